@@ -1,0 +1,47 @@
+//! The contract between stages: what travels on each queue, in one place.
+//!
+//! Every message carries a contract version `v`. A binary refuses (dead-letters) a message
+//! whose version is newer than it understands instead of misreading it; older versions are
+//! read as long as they stay readable.
+
+mod event;
+mod job;
+mod rendered;
+mod smtp;
+
+pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
+pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
+pub use rendered::{RenderedMessage, RenderedMeta, META_HEADER};
+pub use smtp::SmtpReply;
+
+/// The contract version this build writes and the newest it reads.
+pub const CONTRACT_VERSION: u16 = 1;
+
+/// AMQP header that carries the contract version of a message.
+pub const VERSION_HEADER: &str = "mailpipe-contract";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("contract version {found} is newer than this build understands ({CONTRACT_VERSION}); upgrade this binary")]
+    TooNew { found: u16 },
+    #[error("malformed {what}: {source}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+}
+
+pub(crate) fn check_version(v: u16) -> Result<(), ContractError> {
+    if v > CONTRACT_VERSION {
+        Err(ContractError::TooNew { found: v })
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn current_version() -> u16 {
+    CONTRACT_VERSION
+}

@@ -1,0 +1,10 @@
+//! Domain types that parse at the edge: once constructed, they are valid, so nothing
+//! downstream re-checks them and nothing invalid can travel through the queues.
+
+mod email;
+mod ident;
+mod mailbox;
+
+pub use email::{EmailAddress, EmailAddressError};
+pub use ident::{BatchId, IdError, JobId, TemplateName};
+pub use mailbox::{Mailbox, MailboxError};

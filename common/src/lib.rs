@@ -1,0 +1,21 @@
+//! mailpipe-common: what the stages share.
+//!
+//! - [`domain`]: types that parse at the edge (`EmailAddress`, `Mailbox`, `JobId`...).
+//! - [`contract`]: what travels between stages (`Job`, `RenderedMeta`, `DeliveryEvent`),
+//!   versioned.
+//! - [`config`]: one TOML file for all binaries, environment overrides, secret references.
+//! - [`amqp`]: the RabbitMQ layer: reconnecting `Broker`, `Topology`, confirmed
+//!   `Publisher`, bounded `consume` loop.
+//! - [`pipeline`]: the records stages write: delivery events, dead letters, the retry ladder.
+//! - [`service`], [`telemetry`], [`shutdown`], [`cli`]: what every binary serves and how it
+//!   starts and stops.
+
+pub mod amqp;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod domain;
+pub mod pipeline;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,186 @@
+//! The records every stage writes, in one place: jobs onto the render queue, rendered
+//! messages onto the deliver queue, delivery events onto the events stream, messages into
+//! the retry ladder or dead letters. Each returns a `PendingConfirm`, so a stage acks its
+//! input only after what it wrote is confirmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicQosOptions, BasicConsumeOptions, BasicCancelOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+use crate::amqp::{
+    header_str, persistent_properties, set_header, Broker, BrokerError, Outgoing, PendingConfirm, PublishError, Publisher,
+    Stage, Topology, DEAD_REASON_HEADER, DEAD_STAGE_HEADER,
+};
+use crate::contract::{DeliveryEvent, Job, RenderedMeta, CONTRACT_VERSION, META_HEADER, VERSION_HEADER};
+use crate::telemetry::inject_trace_context;
+
+/// Header with the job id on every message, so the management UI and dead-letter tools
+/// can show it without parsing bodies.
+pub const JOB_ID_HEADER: &str = "mailpipe-job-id";
+pub const BATCH_HEADER: &str = "mailpipe-batch";
+/// Delivery attempts already spent, on messages in the retry ladder.
+pub const ATTEMPT_HEADER: &str = "mailpipe-attempt";
+/// Marks the sentinel a reader publishes to know where "now" is in the events stream.
+const MARKER_HEADER: &str = "mailpipe-marker";
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    publisher: Arc<Publisher>,
+}
+
+impl Pipeline {
+    pub fn new(publisher: Arc<Publisher>) -> Self {
+        Self { publisher }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        self.publisher.broker()
+    }
+
+    pub fn topology(&self) -> &Topology {
+        self.publisher.broker().topology()
+    }
+
+    fn headers(job_id: &str, batch: Option<&str>) -> FieldTable {
+        let mut h = FieldTable::default();
+        set_header(&mut h, VERSION_HEADER, CONTRACT_VERSION.to_string());
+        set_header(&mut h, JOB_ID_HEADER, job_id);
+        if let Some(b) = batch {
+            set_header(&mut h, BATCH_HEADER, b);
+        }
+        inject_trace_context(&mut h);
+        h
+    }
+
+    /// ingest → render queue.
+    pub async fn send_job(&self, job: &Job) -> Result<PendingConfirm, PublishError> {
+        let body = serde_json::to_vec(job).unwrap_or_default();
+        let headers = Self::headers(job.id.as_str(), job.batch.as_ref().map(|b| b.as_str()));
+        let props = persistent_properties("application/json", headers).with_message_id(job.id.as_str().into());
+        let exchange = self.topology().work_exchange();
+        self.publisher
+            .send(Outgoing { exchange: &exchange, routing_key: Stage::Render.as_str(), body: &body, properties: props })
+            .await
+    }
+
+    /// render → deliver queue: MIME as the body, metadata in a header.
+    pub async fn send_rendered(&self, meta: &RenderedMeta, mime: &[u8]) -> Result<PendingConfirm, PublishError> {
+        let exchange = self.topology().work_exchange();
+        self.publisher
+            .send(Outgoing { exchange: &exchange, routing_key: Stage::Deliver.as_str(), body: mime, properties: rendered_properties(meta) })
+            .await
+    }
+
+    pub async fn record_event(&self, event: &DeliveryEvent) -> Result<PendingConfirm, PublishError> {
+        let body = event.to_json();
+        let headers = Self::headers(event.job_id.as_str(), event.batch.as_ref().map(|b| b.as_str()));
+        let exchange = self.topology().events_exchange();
+        self.publisher
+            .send(Outgoing { exchange: &exchange, routing_key: "", body: &body, properties: persistent_properties("application/json", headers) })
+            .await
+    }
+
+    /// Puts a message into dead letters with the reason, keeping its body and headers so
+    /// it can be replayed as it was.
+    pub async fn dead_letter(
+        &self,
+        stage: Stage,
+        body: &[u8],
+        original: &BasicProperties,
+        reason: &str,
+    ) -> Result<PendingConfirm, PublishError> {
+        let mut headers = original.headers().clone().unwrap_or_default();
+        set_header(&mut headers, DEAD_REASON_HEADER, reason);
+        set_header(&mut headers, DEAD_STAGE_HEADER, stage.as_str());
+        let props = original.clone().with_headers(headers).with_delivery_mode(2);
+        let exchange = self.topology().dead_exchange();
+        self.publisher.send(Outgoing { exchange: &exchange, routing_key: stage.as_str(), body, properties: props }).await
+    }
+
+    /// Sends a message back to `stage` after the ladder's delay for `attempt` (1-based).
+    /// Returns the delay, or `None` when no ladder is configured (caller dead-letters).
+    pub async fn retry(
+        &self,
+        stage: Stage,
+        attempt: u32,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Option<(Duration, PendingConfirm)>, PublishError> {
+        let Some((exchange, key, delay)) = self.topology().retry_route(stage, attempt) else {
+            return Ok(None);
+        };
+        let pending = self.publisher.send(Outgoing { exchange: &exchange, routing_key: &key, body, properties }).await?;
+        Ok(Some((delay, pending)))
+    }
+
+    /// Reads the events stream from `since` up to the moment of the call, then returns.
+    /// "Now" is found by publishing a marker and reading until it comes back, so the read
+    /// is complete without guessing at idle timeouts.
+    pub async fn read_events_since(
+        &self,
+        since: DateTime<Utc>,
+        mut each: impl FnMut(DeliveryEvent),
+    ) -> Result<usize, BrokerError> {
+        let topo = self.topology().clone();
+        let marker = uuid::Uuid::new_v4().to_string();
+        let mut headers = FieldTable::default();
+        set_header(&mut headers, MARKER_HEADER, marker.clone());
+        let exchange = topo.events_exchange();
+        self.publisher
+            .publish(Outgoing { exchange: &exchange, routing_key: "", body: b"", properties: persistent_properties("application/octet-stream", headers) })
+            .await
+            .map_err(|e| BrokerError::Amqp { endpoint: self.broker().endpoint().to_owned(), source: publish_to_lapin(e) })?;
+
+        let ch = self.broker().channel().await?;
+        let amqp = |source| BrokerError::Amqp { endpoint: self.broker().endpoint().to_owned(), source };
+        ch.basic_qos(500, BasicQosOptions::default()).await.map_err(amqp)?;
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-stream-offset"), AMQPValue::Timestamp(since.timestamp().max(0) as u64));
+        let mut consumer = ch
+            .basic_consume(ShortString::from(topo.events_stream()), ShortString::from(""), BasicConsumeOptions::default(), args)
+            .await
+            .map_err(amqp)?;
+        let mut count = 0;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.map_err(amqp)?;
+            delivery.acker.ack(BasicAckOptions::default()).await.ok();
+            if let Some(m) = header_str(&delivery.properties, MARKER_HEADER) {
+                if m == marker {
+                    break;
+                }
+                continue;
+            }
+            match DeliveryEvent::from_json(&delivery.data) {
+                // x-stream-offset by timestamp is chunk-granular: filter precisely here.
+                Ok(e) if e.at >= since => {
+                    count += 1;
+                    each(e);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable event"),
+            }
+        }
+        ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await.ok();
+        ch.close(200, "read".into()).await.ok();
+        Ok(count)
+    }
+}
+
+fn publish_to_lapin(e: PublishError) -> lapin::Error {
+    match e {
+        PublishError::Amqp { source, .. } => source,
+        other => lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::other(other.to_string())))),
+    }
+}
+
+/// AMQP properties of a rendered message (also used when deliver re-queues one).
+pub fn rendered_properties(meta: &RenderedMeta) -> BasicProperties {
+    let mut headers = Pipeline::headers(meta.job_id.as_str(), meta.batch.as_ref().map(|b| b.as_str()));
+    set_header(&mut headers, META_HEADER, meta.to_header_value());
+    persistent_properties("message/rfc822", headers).with_message_id(meta.job_id.as_str().into())
+}

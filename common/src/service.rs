@@ -1,0 +1,68 @@
+//! The HTTP surface every binary serves: `/metrics` (Prometheus text), `/healthz`
+//! (the process is alive) and `/readyz` (the broker connection and topology are up, plus
+//! whatever the stage adds). Stages may merge their own routes (ingest's API).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A readiness check; all must pass for `/readyz` to answer 200.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The routes `/metrics`, `/healthz`, `/readyz`.
+pub fn ops_router(checks: Vec<ReadyCheck>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    let failing: Vec<String> = checks.iter().filter_map(|c| c().err()).collect();
+                    if failing.is_empty() {
+                        (StatusCode::OK, "ready\n".to_owned())
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failing.join("; ")))
+                    }
+                }
+            }),
+        )
+}
+
+async fn metrics() -> impl IntoResponse {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string().into_bytes());
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+}
+
+/// A bound HTTP server; `addr` is the real address (port 0 picks a free one).
+#[derive(Debug)]
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds now (so the caller learns the port and bind errors early) and serves until
+/// `shutdown` fires.
+pub async fn serve(listen: SocketAddr, router: Router, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    Ok(HttpServer { addr, task })
+}
