@@ -1,0 +1,3 @@
+//! stage
+
+pub mod throttle;
