@@ -19,3 +19,6 @@ pub mod pipeline;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

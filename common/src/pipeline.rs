@@ -3,7 +3,6 @@
 //! the retry ladder or dead letters. Each returns a `PendingConfirm`, so a stage acks its
 //! input only after what it wrote is confirmed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,11 +29,11 @@ const MARKER_HEADER: &str = "mailpipe-marker";
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    publisher: Arc<Publisher>,
+    publisher: Publisher,
 }
 
 impl Pipeline {
-    pub fn new(publisher: Arc<Publisher>) -> Self {
+    pub fn new(publisher: Publisher) -> Self {
         Self { publisher }
     }
 

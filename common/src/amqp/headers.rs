@@ -43,3 +43,16 @@ pub fn persistent_properties(content_type: &str, headers: FieldTable) -> BasicPr
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
         .with_headers(headers)
 }
+
+/// Why the broker dead-lettered a message (`delivery_limit`, `rejected`, `expired`...),
+/// from the newest `x-death` entry.
+pub fn death_reason(props: &BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    match first.inner().get("reason")? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -10,7 +10,7 @@ mod topology;
 
 pub use broker::{Broker, BrokerError};
 pub use consumer::{consume, ConsumerSpec};
-pub use headers::{header_i64, header_str, persistent_properties, set_header, DEAD_REASON_HEADER, DEAD_STAGE_HEADER};
+pub use headers::{death_reason, header_i64, header_str, persistent_properties, set_header, DEAD_REASON_HEADER, DEAD_STAGE_HEADER};
 pub use publisher::{Outgoing, PendingConfirm, PublishError, Publisher};
 pub use topology::{Stage, Topology};
 

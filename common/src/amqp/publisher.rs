@@ -2,7 +2,12 @@
 //! confirm timeout, an unroutable message or a missing exchange is an error the caller
 //! sees, never a silent loss. Publishes can be pipelined: `send` returns a
 //! `PendingConfirm` to await later, so many publishes are in flight at once.
+//!
+//! A confirm lost because the connection dropped is not a refusal: `PendingConfirm`
+//! publishes the message again on a fresh channel (at-least-once; consumers are
+//! idempotent by job id), so callers only ever see the broker's real answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -11,6 +16,9 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::Mutex;
 
 use super::{Broker, BrokerError};
+
+/// How often a message whose confirm was lost to a dropped connection is published again.
+const REPUBLISH_LIMIT: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -31,6 +39,20 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
+impl PublishError {
+    /// True when the broker did not refuse the message: the connection or channel went
+    /// away before the confirm arrived, so publishing again is the fix.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            PublishError::Amqp { source, .. } => !matches!(
+                source.kind(),
+                lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
@@ -40,8 +62,14 @@ pub struct Outgoing<'a> {
     pub properties: BasicProperties,
 }
 
-#[derive(Debug)]
+/// Cheap to clone: clones share one confirm-mode channel.
+#[derive(Debug, Clone)]
 pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     broker: Broker,
     channel: Mutex<Option<Channel>>,
     timeout: Duration,
@@ -49,11 +77,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(broker: Broker, confirm_timeout: Duration) -> Self {
-        Self { broker, channel: Mutex::new(None), timeout: confirm_timeout }
+        Self { inner: Arc::new(Inner { broker, channel: Mutex::new(None), timeout: confirm_timeout }) }
     }
 
     pub fn broker(&self) -> &Broker {
-        &self.broker
+        &self.inner.broker
     }
 
     /// Publishes and waits for the confirm.
@@ -64,12 +92,24 @@ impl Publisher {
     /// Hands the message to the broker; the returned `PendingConfirm` resolves when the
     /// broker has taken responsibility for it.
     pub async fn send(&self, msg: Outgoing<'_>) -> Result<PendingConfirm, PublishError> {
-        let amqp = |source| PublishError::Amqp { exchange: msg.exchange.to_owned(), routing_key: msg.routing_key.to_owned(), source };
+        let confirm = self.basic_publish(&msg).await?;
+        Ok(PendingConfirm {
+            confirm,
+            publisher: self.clone(),
+            exchange: msg.exchange.to_owned(),
+            routing_key: msg.routing_key.to_owned(),
+            body: msg.body.to_vec(),
+            properties: msg.properties,
+        })
+    }
+
+    async fn basic_publish(&self, msg: &Outgoing<'_>) -> Result<PublisherConfirm, PublishError> {
         // A dead channel (broker restart, or closed by a previous error such as a missing
-        // exchange) is replaced once; a second failure is the caller's to handle.
-        for attempt in 0..2 {
+        // exchange) is replaced once; a second failure is the caller's to see.
+        let mut last = None;
+        for _ in 0..2 {
             let channel = self.channel().await?;
-            let result = channel
+            match channel
                 .basic_publish(
                     ShortString::from(msg.exchange),
                     ShortString::from(msg.routing_key),
@@ -77,34 +117,31 @@ impl Publisher {
                     msg.body,
                     msg.properties.clone(),
                 )
-                .await;
-            match result {
-                Ok(confirm) => {
-                    return Ok(PendingConfirm {
-                        confirm,
-                        timeout: self.timeout,
-                        exchange: msg.exchange.to_owned(),
-                        routing_key: msg.routing_key.to_owned(),
-                    });
-                }
-                Err(e) if attempt == 0 => {
+                .await
+            {
+                Ok(confirm) => return Ok(confirm),
+                Err(e) => {
                     tracing::debug!(error = %e, "publish channel failed; opening a new one");
-                    *self.channel.lock().await = None;
+                    *self.inner.channel.lock().await = None;
+                    last = Some(e);
                 }
-                Err(e) => return Err(amqp(e)),
             }
         }
-        unreachable!("the loop returns on its second attempt")
+        Err(PublishError::Amqp {
+            exchange: msg.exchange.to_owned(),
+            routing_key: msg.routing_key.to_owned(),
+            source: last.unwrap_or_else(|| lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.publish").into()),
+        })
     }
 
     async fn channel(&self) -> Result<Channel, PublishError> {
-        let mut guard = self.channel.lock().await;
+        let mut guard = self.inner.channel.lock().await;
         if let Some(ch) = guard.as_ref()
             && ch.status().connected()
         {
             return Ok(ch.clone());
         }
-        let ch = self.broker.channel().await?;
+        let ch = self.inner.broker.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|source| PublishError::Amqp { exchange: String::new(), routing_key: String::new(), source })?;
@@ -117,26 +154,50 @@ impl Publisher {
 #[derive(Debug)]
 pub struct PendingConfirm {
     confirm: PublisherConfirm,
-    timeout: Duration,
+    publisher: Publisher,
     exchange: String,
     routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
 }
 
 impl PendingConfirm {
-    pub async fn confirmed(self) -> Result<(), PublishError> {
-        let Self { confirm, timeout, exchange, routing_key } = self;
-        match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => Err(PublishError::Timeout { exchange, routing_key, timeout }),
-            Ok(Err(source)) => Err(PublishError::Amqp { exchange, routing_key, source }),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)))) => Err(PublishError::Unroutable {
-                exchange,
-                routing_key,
-                reply: format!("{} {}", ret.reply_code, ret.reply_text),
-            }),
-            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked { exchange, routing_key }),
-            // confirm_select is always on for our channels; treat the impossible as a loss.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked { exchange, routing_key }),
+    pub async fn confirmed(mut self) -> Result<(), PublishError> {
+        let timeout = self.publisher.inner.timeout;
+        let mut republished = 0;
+        loop {
+            let result = match tokio::time::timeout(timeout, &mut self.confirm).await {
+                Err(_) => {
+                    return Err(PublishError::Timeout { exchange: self.exchange, routing_key: self.routing_key, timeout });
+                }
+                Ok(Err(source)) => Err(PublishError::Amqp { exchange: self.exchange.clone(), routing_key: self.routing_key.clone(), source }),
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)))) => {
+                    return Err(PublishError::Unroutable {
+                        exchange: self.exchange,
+                        routing_key: self.routing_key,
+                        reply: format!("{} {}", ret.reply_code, ret.reply_text),
+                    });
+                }
+                // NotRequested cannot happen (our channels are in confirm mode); count it as a nack.
+                Ok(Ok(Confirmation::Nack(None) | Confirmation::NotRequested)) => {
+                    return Err(PublishError::Nacked { exchange: self.exchange, routing_key: self.routing_key });
+                }
+            };
+            match result {
+                Err(e) if e.is_connection_loss() && republished < REPUBLISH_LIMIT => {
+                    republished += 1;
+                    tracing::warn!(error = %e, "confirm lost with the connection; publishing again");
+                    let msg = Outgoing {
+                        exchange: &self.exchange,
+                        routing_key: &self.routing_key,
+                        body: &self.body,
+                        properties: self.properties.clone(),
+                    };
+                    self.confirm = self.publisher.basic_publish(&msg).await?;
+                }
+                other => return other,
+            }
         }
     }
 }
