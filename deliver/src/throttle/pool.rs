@@ -385,3 +385,173 @@ fn earliest(a: Admit, b: Admit) -> Admit {
         (Admit::Never, Admit::Never) => Admit::Never,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::throttle::mailbox::MailboxLimits;
+
+    const ALL: fn(usize) -> bool = |_| true;
+
+    fn pool(n: usize, limits: MailboxLimits, tenant_limit: u64) -> PoolSchedule {
+        let mut p = PoolSchedule::new();
+        let t = p.add_tenant(TenantLimit::new(tenant_limit, Duration::from_secs(86_400), ["contoso.com"]));
+        for _ in 0..n {
+            p.add_mailbox(MailboxThrottle::new(limits.clone()), t).expect("tenant exists");
+        }
+        p
+    }
+
+    fn take(p: Pick) -> (usize, Reservation) {
+        match p {
+            Pick::Mailbox(idx, r) => (idx, r),
+            other => panic!("expected a mailbox, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn impossible_reasons() {
+        let mut empty = PoolSchedule::new();
+        assert!(matches!(empty.pick(Millis(0), 1, 0, ALL), Pick::Impossible(Impossible::NoEligibleMailbox)));
+        let mut p = pool(2, MailboxLimits::default(), 1_000);
+        assert!(matches!(p.pick(Millis(0), 1, 0, |_| false), Pick::Impossible(Impossible::NoEligibleMailbox)));
+        match p.pick(Millis(0), 501, 0, ALL) {
+            Pick::Impossible(Impossible::TooManyRecipients { requested: 501, max: 500 }) => {}
+            other => panic!("{other:?}"),
+        }
+        match p.pick(Millis(0), 400, 1_001, ALL) {
+            Pick::Impossible(Impossible::TooManyExternalRecipients { requested: 1_001, max: 1_000 }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.earliest_admit(Millis(0), 501, 0, ALL), Admit::Never);
+        // nothing was held by the refusals
+        assert_eq!(p.snapshot(0, Millis(0)).map(|s| s.messages_left), Some(30));
+        assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(0))), Some(1_000));
+        assert!(p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), 7).is_err());
+        assert_eq!(
+            Impossible::TooManyRecipients { requested: 501, max: 500 }.to_string(),
+            "501 recipients, but eligible mailboxes take at most 500 per message"
+        );
+    }
+
+    #[test]
+    fn impossible_only_considers_eligible_mailboxes() {
+        let mut p = PoolSchedule::new();
+        let t = p.add_tenant(TenantLimit::new(10_000, Duration::from_secs(86_400), ["contoso.com"]));
+        let small = MailboxLimits { recipients_per_message: 10, ..MailboxLimits::default() };
+        p.add_mailbox(MailboxThrottle::new(small), t).expect("tenant");
+        p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), t).expect("tenant");
+        assert!(matches!(
+            p.pick(Millis(0), 20, 0, |i| i == 0),
+            Pick::Impossible(Impossible::TooManyRecipients { requested: 20, max: 10 })
+        ));
+        assert!(matches!(p.pick(Millis(0), 20, 0, ALL), Pick::Mailbox(1, _)));
+    }
+
+    #[test]
+    fn spreads_load_round_robin() {
+        let mut p = pool(3, MailboxLimits::default(), 10_000);
+        let mut order = Vec::new();
+        for t in 0..7u64 {
+            let (idx, r) = take(p.pick(Millis(t), 1, 0, ALL));
+            order.push(idx);
+            p.settle(r, Millis(t)).expect("own");
+        }
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0]);
+        // a mailbox with more capacity left is preferred over the least recently used one
+        p.restore(0, Millis(100), 1, 0).expect("mailbox");
+        p.restore(2, Millis(100), 1, 0).expect("mailbox");
+        let (idx, r) = take(p.pick(Millis(200), 1, 0, ALL));
+        assert_eq!(idx, 1);
+        p.release(r).expect("own");
+    }
+
+    #[test]
+    fn paused_and_quarantined_mailboxes_come_back_at_until() {
+        let mut p = pool(2, MailboxLimits::default(), 10_000);
+        p.set_state(0, MailboxState::Paused { until: Millis(5_000) }).expect("mailbox");
+        p.set_state(1, MailboxState::Quarantined { until: Millis(9_000) }).expect("mailbox");
+        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitUntil(Millis(5_000))));
+        assert!(matches!(p.pick(Millis(4_999), 1, 0, |i| i == 1), Pick::WaitUntil(Millis(9_000))));
+        let (idx, r) = take(p.pick(Millis(5_000), 1, 0, ALL));
+        assert_eq!(idx, 0);
+        assert_eq!(p.state(0), Some(MailboxState::Active));
+        assert_eq!(MailboxState::Quarantined { until: Millis(9_000) }.at(Millis(9_000)), MailboxState::Active);
+        p.settle(r, Millis(5_100)).expect("own");
+        assert!(p.set_state(5, MailboxState::Active).is_err());
+    }
+
+    #[test]
+    fn pause_while_busy_waits_for_release() {
+        let limits = MailboxLimits { connections: 1, ..MailboxLimits::default() };
+        let mut p = pool(1, limits, 10_000);
+        let (_, r) = take(p.pick(Millis(0), 1, 0, ALL));
+        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitForRelease));
+        p.set_state(0, MailboxState::Paused { until: Millis(1_000) }).expect("mailbox");
+        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitForRelease));
+        p.release(r).expect("own");
+        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitUntil(Millis(1_000))));
+    }
+
+    #[test]
+    fn wait_until_is_the_earliest_over_mailboxes_and_tenant() {
+        let limits = MailboxLimits { messages: 1, connections: 1, ..MailboxLimits::default() };
+        let mut p = pool(2, limits, 10_000);
+        let (a, ra) = take(p.pick(Millis(0), 1, 0, ALL));
+        let (b, rb) = take(p.pick(Millis(10), 1, 0, ALL));
+        assert_ne!(a, b);
+        p.settle(ra, Millis(500)).expect("own");
+        // mailbox a: window full until 60_500; mailbox b: connection busy
+        assert!(matches!(p.pick(Millis(600), 1, 0, ALL), Pick::WaitUntil(Millis(60_500))));
+        p.settle(rb, Millis(700)).expect("own");
+        assert!(matches!(p.pick(Millis(800), 1, 0, ALL), Pick::WaitUntil(Millis(60_500))));
+        assert!(matches!(p.pick(Millis(60_500), 1, 0, ALL), Pick::Mailbox(_, _)));
+    }
+
+    #[test]
+    fn tenant_window_is_reserved_with_the_mailbox() {
+        let mut p = pool(2, MailboxLimits::default(), 100);
+        let (_, r1) = take(p.pick(Millis(0), 60, 60, ALL));
+        // the other mailbox is free, but the tenant's in-flight 60 leave no room for 60 more
+        assert!(matches!(p.pick(Millis(0), 60, 60, ALL), Pick::WaitForRelease));
+        assert!(matches!(p.pick(Millis(0), 60, 40, ALL), Pick::Mailbox(1, _)));
+        p.settle(r1, Millis(1_000)).expect("own");
+        assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(1_000))), Some(0));
+        assert!(matches!(p.pick(Millis(2_000), 1, 1, ALL), Pick::WaitUntil(Millis(86_401_000))));
+        assert!(matches!(p.pick(Millis(2_000), 1, 0, ALL), Pick::Mailbox(_, _)));
+    }
+
+    #[test]
+    fn release_gives_everything_back_and_foreign_tokens_are_refused() {
+        let mut p = pool(1, MailboxLimits::default(), 1_000);
+        let mut other = pool(1, MailboxLimits::default(), 1_000);
+        let (_, r) = take(p.pick(Millis(0), 10, 5, ALL));
+        assert_eq!((r.recipients(), r.external_recipients(), r.started()), (10, 5, Millis(0)));
+        let s = p.snapshot(0, Millis(0)).expect("mailbox");
+        assert_eq!((s.messages_left, s.recipients_left, s.connections_in_use), (29, 9_990, 1));
+        let (_, foreign) = take(other.pick(Millis(0), 1, 0, ALL));
+        assert_eq!(p.release(foreign), Err(ThrottleError::ForeignReservation));
+        p.release(r).expect("own");
+        let s = p.snapshot(0, Millis(0)).expect("mailbox");
+        assert_eq!((s.messages_left, s.recipients_left, s.connections_in_use), (30, 10_000, 0));
+        assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(0))), Some(1_000));
+    }
+
+    #[test]
+    fn restore_rebuilds_the_pool_ledger() {
+        let limits = MailboxLimits { messages: 2, ..MailboxLimits::default() };
+        let mut p = pool(1, limits, 50);
+        let now = Millis(1_000_000_000);
+        p.restore(0, now.minus_ms(90_000), 5, 5).expect("mailbox"); // outside the message window
+        p.restore(0, now.minus_ms(50_000), 5, 20).expect("mailbox");
+        p.restore(0, now.minus_ms(40_000), 5, 20).expect("mailbox");
+        assert!(p.restore(3, now, 1, 1).is_err());
+        assert!(matches!(p.pick(now, 1, 0, ALL), Pick::WaitUntil(t) if t == now.plus_ms(10_000)));
+        // the tenant's 24 h window holds 45 of 50
+        assert!(matches!(p.pick(now.plus_ms(10_000), 1, 6, ALL),
+            Pick::WaitUntil(t) if t == now.minus_ms(90_000).plus_ms(86_400_000)));
+        assert!(matches!(p.pick(now.plus_ms(10_000), 1, 5, ALL), Pick::Mailbox(0, _)));
+    }
+}

@@ -133,6 +133,10 @@ impl SlidingWindow {
         if weight > self.limit {
             return Admit::Never;
         }
+        if weight == 0 {
+            // adding nothing cannot overflow, even a window overfilled by restored history
+            return Admit::Now;
+        }
         let budget = u128::from(self.limit - weight);
         if self.in_flight > budget {
             return Admit::Busy;
@@ -288,6 +292,14 @@ mod tests {
         w.prune(Millis(70_000));
         assert_eq!(w.len(), 2);
         assert_eq!(w.used(Millis(70_000)), 6);
+    }
+
+    #[test]
+    fn zero_weight_always_fits() {
+        let mut w = SlidingWindow::new(2, MIN);
+        w.record(Millis(0), 5); // overfilled by restored history
+        assert_eq!(w.earliest_admit(Millis(0), 0), Admit::Now);
+        assert_eq!(w.earliest_admit(Millis(0), 1), Admit::At(Millis(60_000)));
     }
 
     #[test]
