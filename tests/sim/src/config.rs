@@ -1,0 +1,484 @@
+//! The simulator's configuration: TOML shape, defaults (Exchange Online's), and validation.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Exchange Online's per-mailbox defaults (see DESIGN.md, "Exchange Online facts").
+pub mod defaults {
+    pub const MESSAGES_PER_WINDOW: u64 = 30;
+    pub const MESSAGE_WINDOW_MS: u64 = 60_000;
+    pub const RECIPIENTS_PER_WINDOW: u64 = 10_000;
+    pub const RECIPIENT_WINDOW_MS: u64 = 86_400_000;
+    pub const MAX_CONNECTIONS: u64 = 3;
+    pub const MAX_RECIPIENTS_PER_MESSAGE: u64 = 500;
+    /// 35 MiB, what Exchange advertises by default.
+    pub const MAX_MESSAGE_SIZE: u64 = 36_700_160;
+    /// The largest size Exchange can be configured to; also the memory cap when limits are off.
+    pub const HARD_MAX_MESSAGE_SIZE: u64 = 157_286_400;
+    pub const EXTERNAL_RECIPIENT_LIMIT: u64 = 10_000;
+    pub const EXTERNAL_WINDOW_MS: u64 = 86_400_000;
+    /// Entra ID answers `expires_in: 3599` for a one-hour token.
+    pub const TOKEN_LIFETIME_SECS: u64 = 3599;
+    pub const SCOPE: &str = "https://outlook.office365.com/.default";
+}
+
+/// Whole simulator configuration. Every key except the lists has a default, so an empty
+/// document is a valid (if useless) configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// SMTP submission listener; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub smtp_listen: SocketAddr,
+    /// HTTP listener: token endpoint, inspection API, /metrics, /healthz.
+    #[serde(default = "default_listen")]
+    pub http_listen: SocketAddr,
+    /// Where `ca.pem` (and `messages/*.eml` when `record_eml`) are written. A fresh
+    /// directory under the system temp dir when unset.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Also write each accepted message to `state_dir/messages/<id>.eml`.
+    #[serde(default)]
+    pub record_eml: bool,
+    /// Seed for fault injection; the same seed and the same order of messages per mailbox
+    /// gives the same faults.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Host name used in the greeting and reply texts (Exchange puts its server name there).
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Switch every mailbox and tenant limit off (throughput benchmarks).
+    #[serde(default = "default_true")]
+    pub limits_enabled: bool,
+    /// How many accepted messages (with their raw bytes) are kept in memory; older ones are
+    /// dropped but still counted. Keeps long benchmarks from growing without bound.
+    #[serde(default = "default_max_recorded")]
+    pub max_recorded_messages: usize,
+    /// How many refusals are kept in memory.
+    #[serde(default = "default_max_recorded")]
+    pub max_recorded_refusals: usize,
+    /// Idle time after which a connection is closed with 421 4.4.1.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Longest accepted command line (bytes, including CRLF).
+    #[serde(default = "default_max_line")]
+    pub max_line_length: usize,
+    /// Scopes the token endpoint accepts.
+    #[serde(default = "default_scopes")]
+    pub accepted_scopes: Vec<String>,
+    /// Default limits for every mailbox; each `[mailboxes.limits]` key overrides one of these.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Faults for every mailbox that has no `[mailboxes.faults]` of its own.
+    #[serde(default)]
+    pub faults: FaultsConfig,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    #[serde(default)]
+    pub mailboxes: Vec<MailboxConfig>,
+}
+
+/// One Microsoft 365 tenant.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Used in the token URL path (`/{id}/oauth2/v2.0/token`); any of `domains` works there too.
+    pub id: String,
+    /// The tenant's own (accepted) domains; recipients elsewhere are external.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Tenant-wide SMTP AUTH with passwords (AUTH LOGIN / PLAIN).
+    #[serde(default = "default_true")]
+    pub basic_auth_enabled: bool,
+    /// External recipients per tenant per `external_window_ms` (TERRL).
+    #[serde(default)]
+    pub external_recipient_limit: Option<u64>,
+    /// Number of licenses; when set and `external_recipient_limit` is not, the limit is
+    /// Microsoft's formula `500 × licenses^0.7 + 9500`.
+    #[serde(default)]
+    pub licenses: Option<u64>,
+    #[serde(default = "default_external_window")]
+    pub external_window_ms: u64,
+    /// A blocked tenant gets `550 5.7.708` at AUTH and MAIL.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+/// An Entra ID app registration with client credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Mailboxes the app may authenticate as (Exchange's service principal grants); `"*"` = all
+    /// mailboxes of its tenant.
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+}
+
+/// A licensed mailbox that can submit mail.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    pub address: String,
+    pub tenant: String,
+    /// Password for AUTH LOGIN / PLAIN; without one only XOAUTH2 works.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Addresses this mailbox has Send As rights on (`"*"` = any).
+    #[serde(default)]
+    pub send_as: Vec<String>,
+    /// Per-mailbox SMTP AUTH switch (`Set-CASMailbox -SmtpClientAuthenticationDisabled`).
+    #[serde(default = "default_true")]
+    pub smtp_auth_enabled: bool,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Replaces the global `[faults]` for this mailbox when present.
+    #[serde(default)]
+    pub faults: Option<FaultsConfig>,
+}
+
+/// Limits as written in TOML: every key optional, unset keys fall back to the global
+/// `[limits]` table and then to Exchange's defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub unlimited: Option<bool>,
+    pub messages_per_window: Option<u64>,
+    pub message_window_ms: Option<u64>,
+    pub recipients_per_window: Option<u64>,
+    pub recipient_window_ms: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_recipients_per_message: Option<u64>,
+    pub max_message_size: Option<u64>,
+}
+
+/// Limits after resolution, as the SMTP server applies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub unlimited: bool,
+    pub messages_per_window: u64,
+    pub message_window: Duration,
+    pub recipients_per_window: u64,
+    pub recipient_window: Duration,
+    pub max_connections: u64,
+    pub max_recipients_per_message: u64,
+    pub max_message_size: u64,
+}
+
+/// Fault injection knobs. Rates are probabilities per message (0.0 – 1.0).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// Close the connection after the final `.` of DATA without replying.
+    pub drop_after_data_rate: f64,
+    /// Answer the final `.` with `421 4.3.2 Service not available` and close.
+    pub reply_421_rate: f64,
+    /// Answer the final `.` with `451 4.7.0 Temporary server error`.
+    pub reply_451_rate: f64,
+    /// Delay before every reply, in milliseconds.
+    pub slow_reply_ms: u64,
+    /// Recipients refused at RCPT with `550 5.1.1 RESOLVER.ADR.RecipNotFound`.
+    pub refuse_recipients: Vec<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_hostname() -> String {
+    "SIM0PR01MB0001.mailpipe-sim.localhost".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_recorded() -> usize {
+    100_000
+}
+fn default_idle_timeout() -> u64 {
+    600
+}
+fn default_max_line() -> usize {
+    4096
+}
+fn default_scopes() -> Vec<String> {
+    vec![defaults::SCOPE.to_owned(), "https://outlook.office.com/.default".to_owned()]
+}
+fn default_external_window() -> u64 {
+    defaults::EXTERNAL_WINDOW_MS
+}
+fn default_token_lifetime() -> u64 {
+    defaults::TOKEN_LIFETIME_SECS
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        // Same values as an empty TOML document, so both paths agree.
+        Self::from_toml_str("").unwrap_or_else(|_| unreachable!("empty config is valid"))
+    }
+}
+
+impl SimConfig {
+    /// Parses and validates a TOML document.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let cfg: SimConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Checks cross references and ranges; errors name the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        let mut tenant_ids = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.id.trim().is_empty() {
+                return invalid(format!("tenants[{i}].id"), "must not be empty".into());
+            }
+            if !tenant_ids.insert(t.id.to_ascii_lowercase()) {
+                return invalid(format!("tenants[{i}].id"), format!("duplicate tenant {:?}", t.id));
+            }
+            if t.external_window_ms == 0 {
+                return invalid(format!("tenants[{i}].external_window_ms"), "must be > 0".into());
+            }
+        }
+        let mut addresses = HashSet::new();
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            if !m.address.contains('@') {
+                return invalid(
+                    format!("mailboxes[{i}].address"),
+                    format!("{:?} is not an email address", m.address),
+                );
+            }
+            if !addresses.insert(m.address.to_ascii_lowercase()) {
+                return invalid(
+                    format!("mailboxes[{i}].address"),
+                    format!("duplicate mailbox {:?}", m.address),
+                );
+            }
+            if !tenant_ids.contains(&m.tenant.to_ascii_lowercase()) {
+                return invalid(
+                    format!("mailboxes[{i}].tenant"),
+                    format!("unknown tenant {:?}", m.tenant),
+                );
+            }
+            validate_limits(&m.limits, &format!("mailboxes[{i}].limits"))?;
+            if let Some(f) = &m.faults {
+                validate_faults(f, &format!("mailboxes[{i}].faults"))?;
+            }
+        }
+        let mut client_ids = HashSet::new();
+        for (i, a) in self.apps.iter().enumerate() {
+            if !tenant_ids.contains(&a.tenant.to_ascii_lowercase()) {
+                return invalid(format!("apps[{i}].tenant"), format!("unknown tenant {:?}", a.tenant));
+            }
+            if !client_ids.insert(a.client_id.clone()) {
+                return invalid(
+                    format!("apps[{i}].client_id"),
+                    format!("duplicate client id {:?}", a.client_id),
+                );
+            }
+            for (j, mb) in a.mailboxes.iter().enumerate() {
+                if mb == "*" {
+                    continue;
+                }
+                let found = self.mailboxes.iter().find(|m| m.address.eq_ignore_ascii_case(mb));
+                match found {
+                    None => {
+                        return invalid(
+                            format!("apps[{i}].mailboxes[{j}]"),
+                            format!("unknown mailbox {mb:?}"),
+                        );
+                    }
+                    Some(m) if !m.tenant.eq_ignore_ascii_case(&a.tenant) => {
+                        return invalid(
+                            format!("apps[{i}].mailboxes[{j}]"),
+                            format!("mailbox {mb:?} belongs to tenant {:?}, not {:?}", m.tenant, a.tenant),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        validate_limits(&self.limits, "limits")?;
+        validate_faults(&self.faults, "faults")?;
+        if self.max_line_length < 512 {
+            return invalid("max_line_length".into(), "must be at least 512 (RFC 5321)".into());
+        }
+        Ok(())
+    }
+
+    /// The effective limits of one mailbox: its own keys, then `[limits]`, then Exchange's.
+    pub fn limits_for(&self, mailbox: &MailboxConfig) -> Limits {
+        self.resolve_limits(&mailbox.limits)
+    }
+
+    /// The limits a mailbox without a `[mailboxes.limits]` table gets.
+    pub fn limits_for_default(&self) -> Limits {
+        self.resolve_limits(&LimitsConfig::default())
+    }
+
+    fn resolve_limits(&self, own: &LimitsConfig) -> Limits {
+        let global = &self.limits;
+        let pick = |a: Option<u64>, b: Option<u64>, d: u64| a.or(b).unwrap_or(d);
+        Limits {
+            unlimited: !self.limits_enabled || own.unlimited.or(global.unlimited).unwrap_or(false),
+            messages_per_window: pick(
+                own.messages_per_window,
+                global.messages_per_window,
+                defaults::MESSAGES_PER_WINDOW,
+            ),
+            message_window: Duration::from_millis(pick(
+                own.message_window_ms,
+                global.message_window_ms,
+                defaults::MESSAGE_WINDOW_MS,
+            )),
+            recipients_per_window: pick(
+                own.recipients_per_window,
+                global.recipients_per_window,
+                defaults::RECIPIENTS_PER_WINDOW,
+            ),
+            recipient_window: Duration::from_millis(pick(
+                own.recipient_window_ms,
+                global.recipient_window_ms,
+                defaults::RECIPIENT_WINDOW_MS,
+            )),
+            max_connections: pick(own.max_connections, global.max_connections, defaults::MAX_CONNECTIONS),
+            max_recipients_per_message: pick(
+                own.max_recipients_per_message,
+                global.max_recipients_per_message,
+                defaults::MAX_RECIPIENTS_PER_MESSAGE,
+            ),
+            max_message_size: pick(own.max_message_size, global.max_message_size, defaults::MAX_MESSAGE_SIZE)
+                .min(defaults::HARD_MAX_MESSAGE_SIZE),
+        }
+    }
+}
+
+impl TenantConfig {
+    /// TERRL: explicit limit, else Microsoft's license formula, else 10,000.
+    pub fn effective_external_limit(&self) -> u64 {
+        if let Some(l) = self.external_recipient_limit {
+            return l;
+        }
+        match self.licenses {
+            Some(n) => (500.0 * (n as f64).powf(0.7) + 9500.0).floor() as u64,
+            None => defaults::EXTERNAL_RECIPIENT_LIMIT,
+        }
+    }
+
+    /// Whether `address` is in one of the tenant's own domains.
+    pub fn is_internal(&self, address: &str) -> bool {
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+fn validate_limits(l: &LimitsConfig, key: &str) -> Result<(), ConfigError> {
+    for (name, v) in [("message_window_ms", l.message_window_ms), ("recipient_window_ms", l.recipient_window_ms)] {
+        if v == Some(0) {
+            return Err(ConfigError::Invalid { key: format!("{key}.{name}"), message: "must be > 0".into() });
+        }
+    }
+    Ok(())
+}
+
+fn validate_faults(f: &FaultsConfig, key: &str) -> Result<(), ConfigError> {
+    for (name, v) in [
+        ("drop_after_data_rate", f.drop_after_data_rate),
+        ("reply_421_rate", f.reply_421_rate),
+        ("reply_451_rate", f.reply_451_rate),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ConfigError::Invalid {
+                key: format!("{key}.{name}"),
+                message: format!("{v} is not a probability between 0.0 and 1.0"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_valid_and_uses_exchange_defaults() {
+        let cfg = SimConfig::from_toml_str("").expect("valid");
+        assert_eq!(cfg.seed, 42);
+        assert!(cfg.limits_enabled);
+        let mb = MailboxConfig {
+            address: "a@b".into(),
+            tenant: "t".into(),
+            password: None,
+            send_as: vec![],
+            smtp_auth_enabled: true,
+            limits: LimitsConfig::default(),
+            faults: None,
+        };
+        let l = cfg.limits_for(&mb);
+        assert_eq!(l.messages_per_window, 30);
+        assert_eq!(l.message_window, Duration::from_secs(60));
+        assert_eq!(l.max_connections, 3);
+        assert_eq!(l.max_message_size, 36_700_160);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = SimConfig::from_toml_str("[[tenants]]\nid = \"x\"\nbogus = 1\n").expect_err("invalid");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn dangling_reference_names_key() {
+        let err = SimConfig::from_toml_str(
+            "[[tenants]]\nid = \"t\"\n[[mailboxes]]\naddress = \"a@t.example\"\ntenant = \"nope\"\n",
+        )
+        .expect_err("invalid");
+        assert!(err.to_string().contains("mailboxes[0].tenant"), "{err}");
+    }
+
+    #[test]
+    fn bad_rate_names_key() {
+        let err = SimConfig::from_toml_str("[faults]\nreply_421_rate = 2.0\n").expect_err("invalid");
+        assert!(err.to_string().contains("faults.reply_421_rate"), "{err}");
+    }
+
+    #[test]
+    fn licenses_formula() {
+        let t = TenantConfig {
+            id: "t".into(),
+            domains: vec![],
+            basic_auth_enabled: true,
+            external_recipient_limit: None,
+            licenses: Some(1000),
+            external_window_ms: 1,
+            blocked: false,
+        };
+        // 500 * 1000^0.7 + 9500 = 500 * 125.89 + 9500
+        assert_eq!(t.effective_external_limit(), 72_446);
+    }
+}

@@ -1,0 +1,313 @@
+//! The HTTP side: the Entra ID token endpoint, the inspection API, /metrics and /healthz.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::FaultsConfig;
+use crate::records::lock;
+use crate::state::Shared;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/api/messages", get(messages))
+        .route("/api/messages/{id}/raw", get(message_raw))
+        .route("/api/refusals", get(refusals))
+        .route("/api/mailboxes", get(mailboxes))
+        .route("/api/reset", post(reset))
+        .route("/api/faults", get(get_faults).put(put_faults))
+        .route("/api/tenants/{tenant}/blocked", put(put_blocked))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+// ---------- token endpoint ----------
+
+/// An Entra ID style error body (`error`, `error_description` starting with the AADSTS
+/// code, `error_codes`, ids and timestamp).
+fn aad_error(status: StatusCode, error: &str, code: u32, message: &str) -> Response {
+    let trace_id = uuid::Uuid::new_v4();
+    let correlation_id = uuid::Uuid::new_v4();
+    let now = chrono::Utc::now();
+    let timestamp = now.format("%Y-%m-%d %H:%M:%SZ").to_string();
+    let description = format!(
+        "AADSTS{code}: {message} Trace ID: {trace_id} Correlation ID: {correlation_id} Timestamp: {}",
+        now.format("%Y-%m-%d %H:%M:%S%.3fZ")
+    );
+    let body = json!({
+        "error": error,
+        "error_description": description,
+        "error_codes": [code],
+        "timestamp": timestamp,
+        "trace_id": trace_id,
+        "correlation_id": correlation_id,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body. Invalid percent escapes are kept
+/// literally, which makes the lookup fail the way a wrong value would.
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// `Authorization: Basic base64(client_id:client_secret)` (client_secret_basic).
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+async fn token(
+    State(s): State<Arc<Shared>>,
+    Path(tenant_path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fail = |status: StatusCode, error: &str, code: u32, message: &str| {
+        s.metrics.token_errors.with_label_values(&[error]).inc();
+        aad_error(status, error, code, message)
+    };
+    let form = parse_form(&body);
+    let Some(tenant) = s.directory.tenant(&tenant_path) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+        );
+    };
+    let Some(grant_type) = form.get("grant_type") else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    };
+    if grant_type != "client_credentials" {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!("The app requested an unsupported grant type '{grant_type}'."),
+        );
+    }
+    let basic = basic_credentials(&headers);
+    let client_id = form.get("client_id").cloned().or_else(|| basic.as_ref().map(|b| b.0.clone()));
+    let Some(client_id) = client_id else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    let app = s.directory.apps.get(&client_id).filter(|a| a.tenant.eq_ignore_ascii_case(&tenant.id));
+    let Some(app) = app else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", tenant.id),
+        );
+    };
+    let secret = form.get("client_secret").cloned().or_else(|| basic.map(|b| b.1));
+    let Some(secret) = secret else {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000216,
+            "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+        );
+    };
+    if secret != app.client_secret {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+        );
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    let scope_ok = scope.split_whitespace().count() == 1
+        && s.config.accepted_scopes.iter().any(|a| a.eq_ignore_ascii_case(scope.trim()));
+    if !scope_ok {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            &format!("The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."),
+        );
+    }
+    let lifetime = app.token_lifetime_secs;
+    let access_token = s.tokens.issue(&app.client_id, &tenant.id.to_ascii_lowercase(), Duration::from_secs(lifetime));
+    s.metrics.tokens_issued.with_label_values(&[&app.client_id]).inc();
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": access_token,
+    }))
+    .into_response()
+}
+
+// ---------- inspection API ----------
+
+/// An accepted message as the API shows it.
+#[derive(Debug, Serialize)]
+struct MessageView {
+    id: String,
+    mailbox: String,
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_base64: Option<String>,
+}
+
+fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+}
+
+async fn messages(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let with_raw = flag(&q, "raw");
+    let mailbox = q.get("mailbox").map(|m| m.to_ascii_lowercase());
+    let views: Vec<MessageView> = s
+        .records
+        .accepted()
+        .into_iter()
+        .filter(|m| mailbox.as_ref().is_none_or(|mb| &m.mailbox == mb))
+        .map(|m| MessageView {
+            size: m.raw.len(),
+            raw_base64: with_raw.then(|| base64::engine::general_purpose::STANDARD.encode(&m.raw)),
+            id: m.id,
+            mailbox: m.mailbox,
+            mail_from: m.mail_from,
+            rcpt_to: m.rcpt_to,
+            received_at: m.received_at,
+        })
+        .collect();
+    Json(views).into_response()
+}
+
+async fn message_raw(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.records.accepted().into_iter().find(|m| m.id == id) {
+        Some(m) => ([(header::CONTENT_TYPE, "message/rfc822")], m.raw).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such message").into_response(),
+    }
+}
+
+async fn refusals(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.records.refusals()).into_response()
+}
+
+async fn mailboxes(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.limits.stats()).into_response()
+}
+
+async fn reset(State(s): State<Arc<Shared>>) -> Response {
+    s.reset();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn get_faults(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.faults.global()).into_response()
+}
+
+async fn put_faults(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FaultsConfig>(&body) {
+        Ok(f) => {
+            s.faults.set_global(f);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn put_blocked(State(s): State<Arc<Shared>>, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let Some(t) = s.directory.tenant(&tenant) else {
+        return (StatusCode::NOT_FOUND, "no such tenant").into_response();
+    };
+    match serde_json::from_slice::<bool>(&body) {
+        Ok(blocked) => {
+            let id = t.id.to_ascii_lowercase();
+            let mut set = lock(&s.blocked_tenants);
+            if blocked {
+                set.insert(id);
+            } else {
+                set.remove(&id);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("body must be true or false: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let f = parse_form(b"grant_type=client_credentials&scope=https%3A%2F%2Foutlook.office365.com%2F.default&x=a+b&bad=%zz");
+        assert_eq!(f["grant_type"], "client_credentials");
+        assert_eq!(f["scope"], "https://outlook.office365.com/.default");
+        assert_eq!(f["x"], "a b");
+        assert_eq!(f["bad"], "%zz");
+    }
+}

@@ -1,0 +1,30 @@
+//! mailpipe-sim: an Exchange Online stand-in (SMTP AUTH client submission on STARTTLS with
+//! XOAUTH2 / LOGIN, and the Entra ID client-credentials token endpoint), with Exchange's
+//! limits, reply texts and injectable faults, for tests, benchmarks and demos.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mailpipe_sim::SimError> {
+//! let config = mailpipe_sim::SimConfig::from_file(std::path::Path::new("examples/sim.toml"))?;
+//! let sim = mailpipe_sim::Simulator::start(config).await?;
+//! println!("smtp on {}, tokens at {}", sim.smtp_addr(), sim.token_url("contoso"));
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod directory;
+mod error;
+mod faults;
+mod http;
+mod metrics;
+mod records;
+mod sim;
+mod smtp;
+mod state;
+mod tls;
+mod tokens;
+
+pub use config::{AppConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults};
+pub use error::{ConfigError, SimError};
+pub use records::{AcceptedMessage, MailboxStats, Refusal, Stage};
+pub use sim::{RunningSim, Simulator};

@@ -1,0 +1,252 @@
+//! Starting and stopping a simulator, and the handle tests use to inspect it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FaultsConfig, SimConfig};
+use crate::directory::Directory;
+use crate::error::SimError;
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+use crate::records::{AcceptedMessage, MailboxStats, Records, Refusal, lock};
+use crate::smtp::limits::LimitState;
+use crate::state::Shared;
+use crate::tokens::TokenStore;
+
+/// Entry point: `Simulator::start(config).await?` gives a [`RunningSim`].
+#[derive(Debug)]
+pub struct Simulator;
+
+/// A running simulator: both listeners are bound and serving. Dropping it stops the
+/// listeners too; `shutdown().await` also waits for them and removes a temporary state dir.
+#[derive(Debug)]
+pub struct RunningSim {
+    shared: Arc<Shared>,
+    smtp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    state_dir: PathBuf,
+    ca_pem_path: PathBuf,
+    ca_pem: String,
+    /// Set when the state dir was created by us (no `state_dir` in the config).
+    temp_state_dir: bool,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Validates the config, generates the CA and server certificate, writes `ca.pem`,
+    /// binds both listeners and starts serving.
+    pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
+        config.validate()?;
+        let pki = crate::tls::generate()?;
+
+        let (state_dir, temp_state_dir) = match &config.state_dir {
+            Some(d) => (d.clone(), false),
+            None => (std::env::temp_dir().join(format!("mailpipe-sim-{}", uuid::Uuid::new_v4().simple())), true),
+        };
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SimError::Write { path, source }
+        };
+        std::fs::create_dir_all(&state_dir).map_err(write_err(&state_dir))?;
+        let ca_pem_path = state_dir.join("ca.pem");
+        std::fs::write(&ca_pem_path, &pki.ca_pem).map_err(write_err(&ca_pem_path))?;
+        let eml_dir = if config.record_eml {
+            let dir = state_dir.join("messages");
+            std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+            Some(dir)
+        } else {
+            None
+        };
+
+        let smtp = TcpListener::bind(config.smtp_listen)
+            .await
+            .map_err(|source| SimError::Bind { what: "SMTP", addr: config.smtp_listen, source })?;
+        let http = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| SimError::Bind { what: "HTTP", addr: config.http_listen, source })?;
+        let local = |l: &TcpListener, what: &'static str, addr: SocketAddr| {
+            l.local_addr().map_err(|source| SimError::Bind { what, addr, source })
+        };
+        let smtp_addr = local(&smtp, "SMTP", config.smtp_listen)?;
+        let http_addr = local(&http, "HTTP", config.http_listen)?;
+
+        let limits = LimitState::new(
+            config.limits_enabled,
+            config.mailboxes.iter().map(|m| (m.address.to_ascii_lowercase(), config.limits_for(m))),
+            config.tenants.iter().map(|t| {
+                (t.id.to_ascii_lowercase(), t.effective_external_limit(), Duration::from_millis(t.external_window_ms))
+            }),
+        );
+        let per_mailbox_faults: HashMap<String, FaultsConfig> = config
+            .mailboxes
+            .iter()
+            .filter_map(|m| m.faults.clone().map(|f| (m.address.to_ascii_lowercase(), f)))
+            .collect();
+        let blocked: HashSet<String> =
+            config.tenants.iter().filter(|t| t.blocked).map(|t| t.id.to_ascii_lowercase()).collect();
+
+        let shared = Arc::new(Shared {
+            directory: Directory::new(&config),
+            tokens: TokenStore::default(),
+            records: Records::new(config.max_recorded_messages, config.max_recorded_refusals, eml_dir),
+            limits: Arc::new(limits),
+            faults: Faults::new(config.seed, config.faults.clone(), per_mailbox_faults),
+            metrics: Metrics::new()?,
+            tls: pki.server_config,
+            blocked_tenants: Mutex::new(blocked),
+            config,
+        });
+
+        let cancel = CancellationToken::new();
+        let smtp_task = tokio::spawn(crate::smtp::serve(smtp, Arc::clone(&shared), cancel.clone()));
+        let router = crate::http::router(Arc::clone(&shared));
+        let http_cancel = cancel.clone();
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(http, router).with_graceful_shutdown(http_cancel.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "http server failed");
+            }
+        });
+        tracing::info!(%smtp_addr, %http_addr, ca = %ca_pem_path.display(), "mailpipe-sim started");
+        Ok(RunningSim {
+            shared,
+            smtp_addr,
+            http_addr,
+            state_dir,
+            ca_pem_path,
+            ca_pem: pki.ca_pem,
+            temp_state_dir,
+            cancel,
+            tasks: vec![smtp_task, http_task],
+        })
+    }
+}
+
+impl RunningSim {
+    /// Where the SMTP listener is bound (connect with the name `localhost`).
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The token authority to give clients instead of `https://login.microsoftonline.com`.
+    pub fn authority(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.authority())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The CA that signed the server certificate, as a PEM file clients can trust.
+    pub fn ca_pem_path(&self) -> &Path {
+        &self.ca_pem_path
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// Accepted messages, oldest first (at most `max_recorded_messages`).
+    pub fn accepted(&self) -> Vec<AcceptedMessage> {
+        self.shared.records.accepted()
+    }
+
+    /// Refusals (4xx/5xx replies, and `code == 0` for dropped connections), oldest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.shared.records.refusals()
+    }
+
+    /// Per-mailbox counters, sorted by address.
+    pub fn mailbox_stats(&self) -> Vec<MailboxStats> {
+        self.shared.limits.stats()
+    }
+
+    /// The stats of one mailbox.
+    pub fn mailbox(&self, address: &str) -> Option<MailboxStats> {
+        let address = address.to_ascii_lowercase();
+        self.mailbox_stats().into_iter().find(|m| m.address == address)
+    }
+
+    /// Replaces the global faults (mailboxes with their own faults keep theirs).
+    pub fn set_faults(&self, faults: FaultsConfig) {
+        self.shared.faults.set_global(faults);
+    }
+
+    pub fn faults(&self) -> FaultsConfig {
+        self.shared.faults.global()
+    }
+
+    /// Gives one mailbox its own faults, or (`None`) makes it follow the global ones.
+    pub fn set_mailbox_faults(&self, mailbox: &str, faults: Option<FaultsConfig>) {
+        self.shared.faults.set_mailbox(&mailbox.to_ascii_lowercase(), faults);
+    }
+
+    /// Blocks or unblocks a tenant (`550 5.7.708` at AUTH and MAIL). False if unknown.
+    pub fn set_tenant_blocked(&self, tenant: &str, blocked: bool) -> bool {
+        let Some(t) = self.shared.directory.tenant(tenant) else { return false };
+        let id = t.id.to_ascii_lowercase();
+        let mut set = lock(&self.shared.blocked_tenants);
+        if blocked {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
+        true
+    }
+
+    /// Makes every token issued so far expired (tests of token refresh).
+    pub fn expire_tokens(&self) {
+        self.shared.tokens.expire_all();
+    }
+
+    /// Forgets messages, refusals, quota windows and counters (like `POST /api/reset`).
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// The Prometheus text exposition (as served on /metrics).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Stops both listeners and every open session, and removes a temporary state dir.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for task in self.tasks.drain(..) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                abort.abort();
+            }
+        }
+        if self.temp_state_dir {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

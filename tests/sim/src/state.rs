@@ -1,0 +1,84 @@
+//! The state shared by the SMTP sessions and the HTTP handlers of one running simulator.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::SimConfig;
+use crate::directory::Directory;
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+use crate::records::{Records, Refusal, Stage};
+use crate::smtp::limits::LimitState;
+use crate::smtp::replies::Reply;
+use crate::tokens::TokenStore;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    pub directory: Directory,
+    pub tokens: TokenStore,
+    pub records: Records,
+    pub limits: Arc<LimitState>,
+    pub faults: Faults,
+    pub metrics: Metrics,
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Lower-case ids of blocked tenants; starts from the config, changeable at run time.
+    pub blocked_tenants: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    pub fn hostname(&self) -> &str {
+        &self.config.hostname
+    }
+
+    pub fn tenant_blocked(&self, tenant: &str) -> bool {
+        crate::records::lock(&self.blocked_tenants).contains(&tenant.to_ascii_lowercase())
+    }
+
+    /// Forgets messages, refusals, windows and counters (not tokens, not open connections).
+    pub fn reset(&self) {
+        self.records.clear();
+        self.limits.reset();
+        self.faults.reseed();
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.idle_timeout_secs.max(1))
+    }
+
+    /// Records a refusal in the log, the mailbox's counters and the metrics.
+    pub fn refuse(&self, mailbox: Option<&str>, stage: Stage, command: &str, reply: &Reply) {
+        let enhanced = reply.enhanced().to_owned();
+        self.metrics
+            .refusals
+            .with_label_values(&[stage_label(stage), &reply.code.to_string(), &enhanced])
+            .inc();
+        if let Some(mb) = mailbox {
+            self.limits.note_refusal(mb);
+        }
+        self.records.push_refusal(Refusal {
+            mailbox: mailbox.map(str::to_owned),
+            stage,
+            command: command.to_owned(),
+            code: reply.code,
+            enhanced,
+            text: reply.text.clone(),
+            at: chrono::Utc::now(),
+        });
+    }
+}
+
+fn stage_label(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Connect => "connect",
+        Stage::Helo => "helo",
+        Stage::StartTls => "starttls",
+        Stage::Auth => "auth",
+        Stage::MailFrom => "mail_from",
+        Stage::RcptTo => "rcpt_to",
+        Stage::Data => "data",
+        Stage::DataEnd => "data_end",
+        Stage::Other => "other",
+    }
+}
