@@ -351,7 +351,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
         /// Reserve at send start, settle at completion (or release when the server never counted
         /// it): whatever instant inside [start, completion] the server counts each send at, no
