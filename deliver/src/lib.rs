@@ -1,3 +1,14 @@
-//! stage
+//! mailpipe-deliver: sends rendered messages through a pool of Office 365 mailboxes.
+//!
+//! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
+//!   scheduler (which mailbox may send what, and when).
+//! - [`classify`]: what each Exchange reply means (the documented table).
+//! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
+//! - [`oauth`]: client-credentials tokens, cached and refreshed.
+//! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 
+pub mod classify;
+pub mod oauth;
+pub mod settings;
+pub mod smtp;
 pub mod throttle;

@@ -1,0 +1,158 @@
+//! What an Exchange Online reply means for the message and for the mailbox that sent it.
+//!
+//! | reply | class | what deliver does |
+//! |---|---|---|
+//! | 2xx | `Accepted` | `delivered` event, ack |
+//! | 535 5.7.3 (bad credentials / token) | `Mailbox(Auth)` | OAuth: refresh the token once and retry; then quarantine the mailbox, reroute |
+//! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine, reroute |
+//! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine, reroute |
+//! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
+//! | 432 4.3.2 sender thread limit (connections) | `Mailbox(Connections)` | short pause, reroute |
+//! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
+//! | 5.2.251, 5.2.253–5.2.255 (sender throttled for repeated errors) | `Mailbox(Throttled)` | pause, reroute |
+//! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
+//! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
+//! | other 4xx, timeouts, dropped connections | `Transient` | retry ladder (an attempt is spent), dead letters after `max_attempts` |
+//! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
+//!
+//! Mailbox- and tenant-level refusals never spend one of the message's attempts: the
+//! message is not at fault. Exchange gives enhanced codes in the text only, so the
+//! classification reads `SmtpReply::enhanced` (parsed from the text) and a few markers.
+
+use mailpipe_common::contract::SmtpReply;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    Accepted,
+    MessagePermanent,
+    Mailbox(MailboxProblem),
+    Tenant(TenantProblem),
+    Transient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MailboxProblem {
+    /// Credentials, token, or SMTP AUTH disabled: nothing this mailbox sends can pass.
+    Auth,
+    SendAs,
+    /// The 24-hour recipient quota is spent.
+    Quota,
+    /// Too many concurrent connections.
+    Connections,
+    /// Message rate exceeded.
+    Rate,
+    /// Throttled for repeated errors.
+    Throttled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantProblem {
+    Blocked,
+    ExternalLimit,
+}
+
+impl MailboxProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailboxProblem::Auth => "auth",
+            MailboxProblem::SendAs => "send_as",
+            MailboxProblem::Quota => "quota",
+            MailboxProblem::Connections => "connections",
+            MailboxProblem::Rate => "rate",
+            MailboxProblem::Throttled => "throttled",
+        }
+    }
+
+    /// Quarantine (needs an operator's fix, re-admitted on a long backoff) vs pause
+    /// (resolves itself when a window slides).
+    pub fn is_quarantine(self) -> bool {
+        matches!(self, MailboxProblem::Auth | MailboxProblem::SendAs)
+    }
+}
+
+impl TenantProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantProblem::Blocked => "tenant_blocked",
+            TenantProblem::ExternalLimit => "tenant_external_limit",
+        }
+    }
+}
+
+impl ReplyClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyClass::Accepted => "accepted",
+            ReplyClass::MessagePermanent => "message_permanent",
+            ReplyClass::Mailbox(p) => p.as_str(),
+            ReplyClass::Tenant(p) => p.as_str(),
+            ReplyClass::Transient => "transient",
+        }
+    }
+}
+
+pub fn classify(reply: &SmtpReply) -> ReplyClass {
+    if reply.is_positive() {
+        return ReplyClass::Accepted;
+    }
+    let enhanced = reply.enhanced.as_deref().unwrap_or("");
+    let text = reply.text.to_ascii_lowercase();
+    match enhanced {
+        "5.7.708" => return ReplyClass::Tenant(TenantProblem::Blocked),
+        "5.7.233" => return ReplyClass::Tenant(TenantProblem::ExternalLimit),
+        "5.7.3" | "5.7.139" | "5.7.30" | "5.7.57" | "4.7.3" => return ReplyClass::Mailbox(MailboxProblem::Auth),
+        "5.7.60" | "5.2.252" => return ReplyClass::Mailbox(MailboxProblem::SendAs),
+        "5.2.251" | "5.2.253" | "5.2.254" | "5.2.255" => return ReplyClass::Mailbox(MailboxProblem::Throttled),
+        _ => {}
+    }
+    if text.contains("submissionquotaexceeded") {
+        return ReplyClass::Mailbox(MailboxProblem::Quota);
+    }
+    if text.contains("sender thread limit") {
+        return ReplyClass::Mailbox(MailboxProblem::Connections);
+    }
+    if enhanced == "4.4.2" && text.contains("submission rate") {
+        return ReplyClass::Mailbox(MailboxProblem::Rate);
+    }
+    if reply.code == 535 || reply.code == 530 {
+        return ReplyClass::Mailbox(MailboxProblem::Auth);
+    }
+    if reply.is_transient() { ReplyClass::Transient } else { ReplyClass::MessagePermanent }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: u16, text: &str) -> ReplyClass {
+        classify(&SmtpReply::new(code, text))
+    }
+
+    #[test]
+    fn exchange_replies_are_classified_as_documented() {
+        use MailboxProblem::*;
+        assert_eq!(class(250, "2.6.0 <id> Queued mail for delivery"), ReplyClass::Accepted);
+        assert_eq!(class(535, "5.7.3 Authentication unsuccessful"), ReplyClass::Mailbox(Auth));
+        assert_eq!(
+            class(535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."),
+            ReplyClass::Mailbox(Auth)
+        );
+        assert_eq!(class(550, "5.7.30 Basic authentication is not supported for Client Submission."), ReplyClass::Mailbox(Auth));
+        assert_eq!(class(530, "5.7.57 Client not authenticated to send mail."), ReplyClass::Mailbox(Auth));
+        assert_eq!(class(550, "5.7.60 SMTP; Client does not have permissions to send as this sender"), ReplyClass::Mailbox(SendAs));
+        assert_eq!(class(554, "5.2.252 SendAsDenied; a@b.example not allowed to send as c@d.example"), ReplyClass::Mailbox(SendAs));
+        assert_eq!(
+            class(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message"),
+            ReplyClass::Mailbox(Quota)
+        );
+        assert_eq!(class(432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"), ReplyClass::Mailbox(Connections));
+        assert_eq!(class(421, "4.4.2 Message submission rate for this client has exceeded the configured limit"), ReplyClass::Mailbox(Rate));
+        assert_eq!(class(550, "5.2.254 sender throttled"), ReplyClass::Mailbox(Throttled));
+        assert_eq!(class(550, "5.7.708 Service unavailable. Access denied"), ReplyClass::Tenant(TenantProblem::Blocked));
+        assert_eq!(class(550, "5.7.233 external recipient limit"), ReplyClass::Tenant(TenantProblem::ExternalLimit));
+        assert_eq!(class(421, "4.3.2 Service not available"), ReplyClass::Transient);
+        assert_eq!(class(451, "4.7.0 Temporary server error"), ReplyClass::Transient);
+        assert_eq!(class(550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found"), ReplyClass::MessagePermanent);
+        assert_eq!(class(552, "5.3.4 Message size exceeds fixed maximum message size"), ReplyClass::MessagePermanent);
+    }
+}

@@ -1,0 +1,291 @@
+//! `[deliver]`: the pool (tenants and mailboxes with their limits and credentials), the
+//! From policy, timeouts and retry policy. Everything is checked at load, secrets included,
+//! so `--check-config` catches what would otherwise fail at the first send.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mailpipe_common::config::{ConfigError, ConfigSource, SecretRef};
+use mailpipe_common::domain::EmailAddress;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverSettings {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http_listen: SocketAddr,
+    /// `mailbox`: From becomes the sending mailbox (the job's From is kept as Reply-To when
+    /// the message has none). `send_as`: From is kept; only mailboxes allowed to send as it
+    /// are used.
+    pub from_policy: FromPolicy,
+    /// Transient failures (4xx, timeouts, dropped connections) a message may have before it
+    /// goes to dead letters.
+    pub max_attempts: u32,
+    /// Timeout of each SMTP exchange step (connect, STARTTLS, AUTH, each command, DATA).
+    pub smtp_timeout_ms: u64,
+    /// How long an idle SMTP connection is kept for reuse.
+    pub idle_connection_ms: u64,
+    /// Extra CA certificates (PEM) to trust for SMTP and token endpoints (the simulator's).
+    pub extra_ca_file: Option<PathBuf>,
+    /// The EHLO name.
+    pub hello_name: String,
+    /// First pause of a mailbox after a mailbox-level refusal (doubles while it repeats).
+    pub pause_ms: u64,
+    /// Longest pause or quarantine.
+    pub max_pause_ms: u64,
+    /// Concurrent messages in hand (RabbitMQ prefetch of the deliver queue).
+    pub prefetch: u16,
+    /// Rebuild the quota ledger from the events stream at start.
+    pub replay_ledger: bool,
+    pub tenants: Vec<TenantSettings>,
+    pub mailboxes: Vec<MailboxSettings>,
+}
+
+impl Default for DeliverSettings {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
+            from_policy: FromPolicy::Mailbox,
+            max_attempts: 6,
+            smtp_timeout_ms: 60_000,
+            idle_connection_ms: 30_000,
+            extra_ca_file: None,
+            hello_name: "mailpipe.localhost".into(),
+            pause_ms: 60_000,
+            max_pause_ms: 3_600_000,
+            prefetch: 64,
+            replay_ledger: true,
+            tenants: Vec::new(),
+            mailboxes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromPolicy {
+    Mailbox,
+    SendAs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Our name for the tenant, referenced by mailboxes.
+    pub id: String,
+    /// The app registration for OAuth2 client credentials (absent: password auth only).
+    #[serde(default)]
+    pub oauth: Option<OAuthApp>,
+    /// The tenant's own domains: recipients elsewhere count against the external limit.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// External recipients per window for the whole tenant. Default from `licenses`
+    /// (500 x licenses^0.7 + 9,500), or 10,000 without.
+    #[serde(default)]
+    pub external_recipient_limit: Option<u64>,
+    #[serde(default)]
+    pub licenses: Option<u64>,
+    #[serde(default = "day_ms")]
+    pub external_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthApp {
+    /// Directory (tenant) id or domain in the token URL; defaults to the tenant's `id`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    pub client_id: String,
+    pub client_secret: SecretRef,
+    /// `https://login.microsoftonline.com` (global); sovereign clouds differ.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    #[serde(default = "default_scope")]
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Oauth2,
+    Password,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxSettings {
+    pub address: EmailAddress,
+    pub tenant: String,
+    #[serde(default = "default_auth")]
+    pub auth: AuthMethod,
+    /// For `auth = "password"`.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Login name when it differs from the address.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// Addresses this mailbox has Send As rights on.
+    #[serde(default)]
+    pub send_as: Vec<EmailAddress>,
+    /// Groups a job may ask for.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Exchange Online's defaults; windows in milliseconds so tests can scale time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub messages_per_window: u64,
+    pub message_window_ms: u64,
+    pub recipients_per_window: u64,
+    pub recipient_window_ms: u64,
+    pub max_connections: u32,
+    pub max_recipients_per_message: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            messages_per_window: 30,
+            message_window_ms: 60_000,
+            recipients_per_window: 10_000,
+            recipient_window_ms: day_ms(),
+            max_connections: 3,
+            max_recipients_per_message: 500,
+        }
+    }
+}
+
+fn day_ms() -> u64 {
+    86_400_000
+}
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+fn default_scope() -> String {
+    "https://outlook.office365.com/.default".into()
+}
+fn default_auth() -> AuthMethod {
+    AuthMethod::Oauth2
+}
+fn default_host() -> String {
+    "smtp.office365.com".into()
+}
+fn default_port() -> u16 {
+    587
+}
+
+impl TenantSettings {
+    pub fn external_limit(&self) -> u64 {
+        self.external_recipient_limit.unwrap_or_else(|| match self.licenses {
+            Some(l) => crate::throttle::TenantLimit::production_limit(l),
+            None => 10_000,
+        })
+    }
+}
+
+impl DeliverSettings {
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let settings: DeliverSettings = source.section("deliver")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn smtp_timeout(&self) -> Duration {
+        Duration::from_millis(self.smtp_timeout_ms)
+    }
+
+    /// Cross-checks and secret resolution; errors name the key path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.mailboxes.is_empty() {
+            return invalid("deliver.mailboxes: the pool is empty; configure at least one [[deliver.mailboxes]]".into());
+        }
+        let mut tenants = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if !tenants.insert(t.id.as_str()) {
+                return invalid(format!("deliver.tenants[{i}].id: tenant {:?} is configured twice", t.id));
+            }
+            if let Some(app) = &t.oauth {
+                app.client_secret.resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
+                if !(app.authority.starts_with("https://") || app.authority.starts_with("http://127.") || app.authority.starts_with("http://localhost")) {
+                    return invalid(format!("deliver.tenants[{i}].oauth.authority: must be https:// (plain http only for a local simulator)"));
+                }
+            }
+        }
+        let mut addresses = HashSet::new();
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            let key = format!("deliver.mailboxes[{i}]");
+            if !addresses.insert(m.address.as_str().to_ascii_lowercase()) {
+                return invalid(format!("{key}.address: {} is configured twice", m.address));
+            }
+            let Some(tenant) = self.tenants.iter().find(|t| t.id == m.tenant) else {
+                return invalid(format!("{key}.tenant: no [[deliver.tenants]] with id {:?}", m.tenant));
+            };
+            match m.auth {
+                AuthMethod::Oauth2 if tenant.oauth.is_none() => {
+                    return invalid(format!("{key}.auth: oauth2 needs deliver.tenants.oauth for tenant {:?}", m.tenant));
+                }
+                AuthMethod::Password => match &m.password {
+                    None => return invalid(format!("{key}.password: auth = \"password\" needs a password reference")),
+                    Some(p) => {
+                        p.resolve(&format!("{key}.password"))?;
+                    }
+                },
+                _ => {}
+            }
+            let l = &m.limits;
+            if l.messages_per_window == 0 || l.recipients_per_window == 0 || l.max_connections == 0 || l.max_recipients_per_message == 0 {
+                return invalid(format!("{key}.limits: limits must be at least 1"));
+            }
+            if l.message_window_ms == 0 || l.recipient_window_ms == 0 {
+                return invalid(format!("{key}.limits: windows must be longer than 0 ms"));
+            }
+        }
+        if let Some(ca) = &self.extra_ca_file
+            && let Err(e) = std::fs::read(ca)
+        {
+            return invalid(format!("deliver.extra_ca_file: cannot read {}: {e}", ca.display()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_of_an_unknown_tenant_is_named() {
+        let src = ConfigSource::from_toml(
+            r#"
+            [[deliver.tenants]]
+            id = "contoso"
+            [[deliver.mailboxes]]
+            address = "a@contoso.example"
+            tenant = "fabrikam"
+            auth = "password"
+            password = { env = "X" }
+            "#,
+        );
+        let err = DeliverSettings::load(&src).unwrap_err().to_string();
+        assert!(err.contains("deliver.mailboxes[0].tenant"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_exchange_online_limits() {
+        let l = LimitSettings::default();
+        assert_eq!((l.messages_per_window, l.message_window_ms, l.recipients_per_window, l.max_connections), (30, 60_000, 10_000, 3));
+        let t = TenantSettings { id: "t".into(), oauth: None, domains: vec![], external_recipient_limit: None, licenses: Some(100), external_window_ms: day_ms() };
+        assert_eq!(t.external_limit(), 22_059);
+    }
+}

@@ -1,0 +1,243 @@
+//! One SMTP client-submission session with Exchange: connect, STARTTLS (TLS 1.2+, the
+//! certificate verified), AUTH, then messages. Every step runs under a timeout (lettre's
+//! async connection has none on reads and writes), and each reply is kept whole (code,
+//! enhanced code, text) so `classify` can judge it. Recipients are sent one RCPT at a
+//! time so a refusal of one recipient is recorded without failing the others.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
+use mailpipe_common::contract::SmtpReply;
+use mailpipe_common::domain::EmailAddress;
+
+use crate::classify::{classify, MailboxProblem, ReplyClass};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpStage {
+    Connect,
+    StartTls,
+    Auth,
+    MailFrom,
+    RcptTo,
+    Data,
+    Message,
+}
+
+impl SmtpStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpStage::Connect => "connect",
+            SmtpStage::StartTls => "starttls",
+            SmtpStage::Auth => "auth",
+            SmtpStage::MailFrom => "mail_from",
+            SmtpStage::RcptTo => "rcpt_to",
+            SmtpStage::Data => "data",
+            SmtpStage::Message => "message",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SmtpFailure {
+    #[error("{} refused at {}: {reply}", "server", stage.as_str())]
+    Reply { stage: SmtpStage, reply: SmtpReply },
+    #[error("no answer within the timeout at {}", stage.as_str())]
+    Timeout { stage: SmtpStage },
+    #[error("connection failed at {}: {message}", stage.as_str())]
+    Network { stage: SmtpStage, message: String },
+    /// TLS could not be established or verified, or STARTTLS is not offered: we never
+    /// authenticate without it, so this endpoint is unusable until fixed.
+    #[error("no secure channel at {}: {message}", stage.as_str())]
+    Insecure { stage: SmtpStage, message: String },
+}
+
+impl SmtpFailure {
+    pub fn class(&self) -> ReplyClass {
+        match self {
+            SmtpFailure::Reply { reply, .. } => classify(reply),
+            SmtpFailure::Insecure { .. } => ReplyClass::Mailbox(MailboxProblem::Auth),
+            SmtpFailure::Timeout { .. } | SmtpFailure::Network { .. } => ReplyClass::Transient,
+        }
+    }
+
+    pub fn stage(&self) -> SmtpStage {
+        match self {
+            SmtpFailure::Reply { stage, .. }
+            | SmtpFailure::Timeout { stage }
+            | SmtpFailure::Network { stage, .. }
+            | SmtpFailure::Insecure { stage, .. } => *stage,
+        }
+    }
+
+    /// Could the server have accepted the message? Only a failure that leaves us blind
+    /// after the message was handed over (timeout or dropped connection while waiting for
+    /// the final reply). Throttling counts such a send as made.
+    pub fn maybe_accepted(&self) -> bool {
+        matches!(self, SmtpFailure::Timeout { stage: SmtpStage::Message } | SmtpFailure::Network { stage: SmtpStage::Message, .. })
+    }
+
+    /// The reply for events: the server's, or a synthetic 4xx describing the failure.
+    pub fn reply(&self) -> SmtpReply {
+        match self {
+            SmtpFailure::Reply { reply, .. } => reply.clone(),
+            other => SmtpReply { code: 0, enhanced: None, text: other.to_string() },
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct SmtpEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsParameters,
+    pub hello: ClientId,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What the server did with one message.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// The final reply to the message data (or to the last RCPT when all were refused).
+    pub reply: SmtpReply,
+    pub accepted: Vec<EmailAddress>,
+    pub refused: Vec<(EmailAddress, SmtpReply)>,
+}
+
+impl SendReport {
+    pub fn delivered(&self) -> bool {
+        !self.accepted.is_empty() && self.reply.is_positive()
+    }
+}
+
+pub struct SmtpSession {
+    conn: AsyncSmtpConnection,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SmtpSession")
+    }
+}
+
+fn lettre_failure(stage: SmtpStage, e: lettre::transport::smtp::Error) -> SmtpFailure {
+    if let Some(code) = e.status() {
+        let full = e.to_string();
+        // lettre formats "permanent error (550): <reply text>".
+        let text = full.split_once("): ").map(|(_, t)| t).unwrap_or(&full).trim().to_owned();
+        return SmtpFailure::Reply { stage, reply: SmtpReply::new(u16::from(code), text) };
+    }
+    if e.is_timeout() {
+        SmtpFailure::Timeout { stage }
+    } else if e.is_tls() {
+        SmtpFailure::Insecure { stage, message: e.to_string() }
+    } else {
+        SmtpFailure::Network { stage, message: e.to_string() }
+    }
+}
+
+async fn step<T>(
+    timeout: Duration,
+    stage: SmtpStage,
+    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, SmtpFailure> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(SmtpFailure::Timeout { stage }),
+        Ok(r) => r.map_err(|e| lettre_failure(stage, e)),
+    }
+}
+
+fn lettre_address(a: &EmailAddress) -> Result<lettre::Address, SmtpFailure> {
+    a.as_str().parse().map_err(|e| SmtpFailure::Reply {
+        stage: SmtpStage::RcptTo,
+        reply: SmtpReply::new(553, format!("5.1.3 address {a} not accepted by the SMTP client: {e}")),
+    })
+}
+
+impl SmtpSession {
+    /// Connects in clear, upgrades with STARTTLS, then authenticates. AUTH is never sent
+    /// before TLS is up: a server that does not offer STARTTLS is refused.
+    pub async fn open(ep: &SmtpEndpoint, mechanism: Mechanism, credentials: &Credentials) -> Result<Self, SmtpFailure> {
+        let mut conn = step(
+            ep.timeout,
+            SmtpStage::Connect,
+            AsyncSmtpConnection::connect_tokio1((ep.host.as_str(), ep.port), Some(ep.timeout), &ep.hello, None, None),
+        )
+        .await?;
+        if !conn.can_starttls() {
+            conn.abort().await;
+            return Err(SmtpFailure::Insecure { stage: SmtpStage::StartTls, message: format!("{}:{} does not offer STARTTLS", ep.host, ep.port) });
+        }
+        step(ep.timeout, SmtpStage::StartTls, conn.starttls(ep.tls.clone(), &ep.hello)).await.map_err(|e| match e {
+            SmtpFailure::Network { stage, message } => SmtpFailure::Insecure { stage, message },
+            other => other,
+        })?;
+        if !conn.is_encrypted() {
+            conn.abort().await;
+            return Err(SmtpFailure::Insecure { stage: SmtpStage::StartTls, message: "STARTTLS did not encrypt the connection".into() });
+        }
+        step(ep.timeout, SmtpStage::Auth, conn.auth(&[mechanism], credentials)).await?;
+        Ok(Self { conn, timeout: ep.timeout })
+    }
+
+    /// Sends one message: MAIL FROM, one RCPT per recipient (refusals collected), DATA.
+    pub async fn send(&mut self, mail_from: &EmailAddress, recipients: &[EmailAddress], message: &[u8]) -> Result<SendReport, SmtpFailure> {
+        let mut params = Vec::new();
+        if !message.is_ascii() {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let from = lettre_address(mail_from)?;
+        step(self.timeout, SmtpStage::MailFrom, self.conn.command(Mail::new(Some(from), params))).await?;
+
+        let mut accepted = Vec::with_capacity(recipients.len());
+        let mut refused = Vec::new();
+        for rcpt in recipients {
+            match step(self.timeout, SmtpStage::RcptTo, self.conn.command(Rcpt::new(lettre_address(rcpt)?, vec![]))).await {
+                Ok(_) => accepted.push(rcpt.clone()),
+                // This recipient can never be delivered: note it and go on with the rest.
+                Err(SmtpFailure::Reply { reply, .. }) if classify(&reply) == ReplyClass::MessagePermanent => {
+                    refused.push((rcpt.clone(), reply));
+                }
+                Err(other) => {
+                    self.reset().await;
+                    return Err(other);
+                }
+            }
+        }
+        if accepted.is_empty() {
+            self.reset().await;
+            let reply = refused.last().map(|(_, r)| r.clone()).unwrap_or_else(|| SmtpReply::new(554, "5.5.1 no valid recipients"));
+            return Ok(SendReport { reply, accepted, refused });
+        }
+        step(self.timeout, SmtpStage::Data, self.conn.command(Data)).await?;
+        let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
+        let text = response.message().collect::<Vec<_>>().join(" ");
+        Ok(SendReport { reply: SmtpReply::new(u16::from(response.code()), text), accepted, refused })
+    }
+
+    async fn reset(&mut self) {
+        if !self.conn.has_broken() {
+            let _ = tokio::time::timeout(self.timeout, self.conn.command(Rset)).await;
+        }
+    }
+
+    /// Worth keeping for the next message.
+    pub fn is_usable(&self) -> bool {
+        !self.conn.has_broken()
+    }
+
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
+    }
+}
