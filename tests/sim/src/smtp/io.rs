@@ -5,10 +5,6 @@ use std::io;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 
-/// Anything a session can run over.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// One line read from the client.
 #[derive(Debug)]
 pub(crate) enum Line {
@@ -20,7 +16,7 @@ pub(crate) enum Line {
 }
 
 pub(crate) struct Conn {
-    reader: BufReader<Box<dyn Io>>,
+    reader: BufReader<Stream>,
     out: Vec<u8>,
 }
 
@@ -31,7 +27,7 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub fn new(io: Box<dyn Io>) -> Self {
+    pub fn new(io: Stream) -> Self {
         Self { reader: BufReader::with_capacity(64 * 1024, io), out: Vec::with_capacity(1024) }
     }
 
@@ -94,7 +90,7 @@ impl Conn {
 
     /// The raw stream for the TLS handshake. Input the client pipelined after STARTTLS is
     /// discarded, as RFC 3207 requires (it would be a plaintext injection).
-    pub fn into_inner(self) -> Box<dyn Io> {
+    pub fn into_inner(self) -> Stream {
         self.reader.into_inner()
     }
 
@@ -102,4 +98,83 @@ impl Conn {
         let _ = self.flush().await;
         let _ = self.reader.get_mut().shutdown().await;
     }
+}
+
+/// The connection's transport: plain TCP until STARTTLS, then TLS over it. An enum rather
+/// than a boxed trait object so the plain socket can still be peeked before the handshake.
+pub(crate) enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = std::pin::Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Peeks at the first TLS record and tells whether the ClientHello's highest offered
+/// version is below TLS 1.2 (legacy_version 0x0301/0x0302; TLS 1.2 and 1.3 clients both
+/// send 0x0303 there). `None` when it cannot tell (not TLS, too slow).
+pub(crate) async fn offers_only_old_tls(tcp: &tokio::net::TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 11];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n >= buf.len() {
+            break;
+        }
+        // Partial record: wait a little for the rest instead of spinning on peek.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+    // record type 22 (handshake), handshake type 1 (ClientHello) at offset 5.
+    if buf[0] != 0x16 || buf[5] != 0x01 {
+        return None;
+    }
+    let version = u16::from_be_bytes([buf[9], buf[10]]);
+    Some(version < 0x0303)
 }

@@ -14,7 +14,7 @@ use crate::directory::Mailbox;
 use crate::faults::DataEndFault;
 use crate::records::{AcceptedMessage, Stage};
 use crate::smtp::auth;
-use crate::smtp::io::{Conn, Line};
+use crate::smtp::io::{Conn, Line, Stream, offers_only_old_tls};
 use crate::smtp::limits::{ConnectionSlot, Verdict};
 use crate::smtp::parse::{Command, header_from_addresses, parse_command};
 use crate::smtp::replies::{self, Reply};
@@ -64,7 +64,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     shared.metrics.connections_total.inc();
     shared.metrics.connections_active.inc();
     let mut session = Session { shared: Arc::clone(&shared), peer, tls: false, helo: None, auth: None, txn: None };
-    if let Err(e) = session.run(Conn::new(Box::new(tcp))).await {
+    if let Err(e) = session.run(Conn::new(Stream::Tcp(tcp))).await {
         tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
     }
     shared.metrics.connections_active.dec();
@@ -111,22 +111,27 @@ impl Session {
                 Flow::Drop => return Ok(()),
                 Flow::StartTls => {
                     conn.flush().await?;
+                    let Stream::Tcp(tcp) = conn.into_inner() else {
+                        // STARTTLS is refused once TLS is up, so this cannot happen.
+                        return Ok(());
+                    };
+                    let old_tls = offers_only_old_tls(&tcp).await == Some(true);
                     let acceptor = TlsAcceptor::from(Arc::clone(&self.shared.tls));
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(conn.into_inner()));
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            conn = Conn::new(Box::new(tls));
+                            conn = Conn::new(Stream::Tls(Box::new(tls)));
                             // RFC 3207: forget everything learnt before the handshake.
                             self.tls = true;
                             self.helo = None;
                             self.txn = None;
                         }
                         Ok(Err(e)) => {
-                            self.record_tls_failure(&e.to_string());
+                            self.record_tls_failure(old_tls, &e.to_string());
                             return Ok(());
                         }
                         Err(_) => {
-                            self.record_tls_failure("handshake timed out");
+                            self.record_tls_failure(old_tls, "handshake timed out");
                             return Ok(());
                         }
                     }
@@ -137,8 +142,7 @@ impl Session {
 
     /// A failed handshake cannot be answered in SMTP (the client is speaking TLS), so it is
     /// only recorded. Exchange's equivalent for old TLS versions is 421 4.7.66.
-    fn record_tls_failure(&self, error: &str) {
-        let old_version = error.contains("ProtocolVersion") || error.contains("version");
+    fn record_tls_failure(&self, old_version: bool, error: &str) {
         let reply = if old_version {
             Reply::new(421, format!("4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2. (handshake failed: {error})"))
         } else {

@@ -135,9 +135,9 @@ impl Smtp {
     /// Connect, EHLO, STARTTLS, EHLO: ready for AUTH.
     pub async fn tls(sim: &RunningSim) -> Smtp {
         let (mut s, _) = Smtp::connect(sim).await;
-        s.cmd("EHLO client.example").await.assert(250, "");
+        assert_eq!(s.cmd("EHLO client.example").await.code, 250);
         let mut s = s.starttls(&sim.ca_pem()).await;
-        s.cmd("EHLO client.example").await.assert(250, "");
+        assert_eq!(s.cmd("EHLO client.example").await.code, 250);
         s
     }
 
