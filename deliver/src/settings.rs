@@ -39,6 +39,8 @@ pub struct DeliverSettings {
     pub prefetch: u16,
     /// Rebuild the quota ledger from the events stream at start.
     pub replay_ledger: bool,
+    /// How far back delivered jobs are remembered (never sent twice) after a restart.
+    pub dedupe_horizon_ms: u64,
     pub tenants: Vec<TenantSettings>,
     pub mailboxes: Vec<MailboxSettings>,
 }
@@ -57,6 +59,7 @@ impl Default for DeliverSettings {
             max_pause_ms: 3_600_000,
             prefetch: 64,
             replay_ledger: true,
+            dedupe_horizon_ms: 7 * day_ms(),
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }

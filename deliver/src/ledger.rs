@@ -1,0 +1,105 @@
+//! Memory rebuilt from the events stream at start: the quota each mailbox and tenant used
+//! inside its windows (so a restart never resets a 24-hour quota), and the jobs already
+//! delivered (so a job is never sent twice, even when redelivered after a crash).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use mailpipe_common::amqp::BrokerError;
+use mailpipe_common::contract::{DeliveryEvent, EventKind};
+use mailpipe_common::domain::JobId;
+use mailpipe_common::pipeline::Pipeline;
+
+use crate::pool::MailboxPool;
+use crate::throttle::Millis;
+
+#[derive(Debug, Clone)]
+pub struct DeliveredEntry {
+    pub event: DeliveryEvent,
+    /// False while the `delivered` event is not yet confirmed by the broker.
+    pub recorded: bool,
+}
+
+/// Jobs known to be delivered.
+#[derive(Debug, Default)]
+pub struct DeliveredJobs {
+    jobs: Mutex<HashMap<JobId, Option<DeliveredEntry>>>,
+}
+
+impl DeliveredJobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Option<DeliveredEntry>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: &JobId) -> Option<DeliveredEntry> {
+        match self.lock().get(id)? {
+            Some(entry) => Some(entry.clone()),
+            None => Some(DeliveredEntry { event: DeliveryEvent::new(id.clone(), None, EventKind::Delivered), recorded: true }),
+        }
+    }
+
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Delivered, event not yet confirmed: the event is kept so it can be written again.
+    pub fn insert_pending(&self, event: DeliveryEvent) {
+        self.lock().insert(event.job_id.clone(), Some(DeliveredEntry { event, recorded: false }));
+    }
+
+    /// Recorded in the stream: only the id is kept.
+    pub fn mark_recorded(&self, id: &JobId) {
+        self.lock().insert(id.clone(), None);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a replay found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub events: usize,
+    pub delivered_jobs: usize,
+    pub sends_restored: usize,
+}
+
+/// Reads the stream back `horizon` and applies it: delivered jobs into `delivered`, sends
+/// still inside `quota_horizon` into the pool's windows.
+pub async fn replay(
+    pipeline: &Pipeline,
+    pool: &MailboxPool,
+    delivered: &DeliveredJobs,
+    horizon: Duration,
+    quota_horizon: Duration,
+) -> Result<ReplayStats, BrokerError> {
+    let now = Utc::now();
+    let since = now - chrono::Duration::from_std(horizon.max(quota_horizon)).unwrap_or_default();
+    let quota_since = now - chrono::Duration::from_std(quota_horizon).unwrap_or_default();
+    let mut stats = ReplayStats::default();
+    stats.events = pipeline
+        .read_events_since(since, |event| {
+            if event.kind != EventKind::Delivered {
+                return;
+            }
+            stats.delivered_jobs += 1;
+            if event.at >= quota_since
+                && let Some(mailbox) = &event.mailbox
+            {
+                let at = Millis(event.at.timestamp_millis().max(0) as u64);
+                if pool.restore(mailbox, event.tenant.as_deref(), at, u64::from(event.recipients), u64::from(event.external_recipients)) {
+                    stats.sends_restored += 1;
+                }
+            }
+            delivered.mark_recorded(&event.job_id);
+        })
+        .await?;
+    Ok(stats)
+}

@@ -1,0 +1,421 @@
+//! `MailboxPool`: the async face of the throttle. `acquire` waits exactly until some
+//! eligible mailbox may send (a timer for time-bound waits, a notification for releases:
+//! no polling), sessions are reused per mailbox within its connection cap, and mailboxes
+//! or tenants that the server refuses are held back and re-admitted automatically.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, TlsParameters, TlsVersion};
+use lettre::transport::smtp::extension::ClientId;
+use mailpipe_common::contract::RenderedMeta;
+use mailpipe_common::domain::EmailAddress;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Notify;
+
+use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
+use crate::oauth::{OAuthError, TokenSource};
+use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
+use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
+use crate::throttle::{Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule, Reservation, Snapshot, TenantLimit};
+
+/// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
+enum MailboxAuth {
+    OAuth(Arc<TokenSource>),
+    Password { login: String, password: SecretString },
+}
+
+/// One pool mailbox: what it is and how to reach it.
+pub struct PoolMailbox {
+    pub address: EmailAddress,
+    pub tenant: usize,
+    pub tenant_id: String,
+    send_as: Vec<EmailAddress>,
+    groups: Vec<String>,
+    endpoint: SmtpEndpoint,
+    auth: MailboxAuth,
+}
+
+impl std::fmt::Debug for PoolMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolMailbox").field("address", &self.address).field("tenant", &self.tenant_id).finish()
+    }
+}
+
+impl PoolMailbox {
+    fn may_send(&self, meta: &RenderedMeta, policy: FromPolicy) -> bool {
+        let group_ok = meta.group.as_ref().is_none_or(|g| self.groups.iter().any(|mine| mine == g));
+        let from_ok = match policy {
+            FromPolicy::Mailbox => true,
+            FromPolicy::SendAs => {
+                meta.from.address.eq_ignore_case(&self.address) || self.send_as.iter().any(|a| a.eq_ignore_case(&meta.from.address))
+            }
+        };
+        group_ok && from_ok
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Smtp(#[from] SmtpFailure),
+    #[error(transparent)]
+    Token(#[from] OAuthError),
+}
+
+impl SessionError {
+    /// Neither case is the message's fault: a token that cannot be had is the mailbox's.
+    pub fn class(&self) -> ReplyClass {
+        match self {
+            SessionError::Smtp(f) => f.class(),
+            SessionError::Token(_) => ReplyClass::Mailbox(MailboxProblem::Auth),
+        }
+    }
+}
+
+/// A reserved send: one mailbox, its quota and one connection. Give it back with
+/// [`MailboxPool::finish`].
+#[derive(Debug)]
+pub struct Lease {
+    pub idx: usize,
+    reservation: Reservation,
+}
+
+/// Whether the server may have counted the send (see `SmtpFailure::maybe_accepted`).
+#[derive(Debug, Clone, Copy)]
+pub enum Completion {
+    Counted,
+    NotCounted,
+}
+
+pub struct MailboxPool {
+    schedule: Mutex<PoolSchedule>,
+    changed: Notify,
+    mailboxes: Vec<PoolMailbox>,
+    tokens: Vec<Option<Arc<TokenSource>>>,
+    idle: Vec<Mutex<Vec<(SmtpSession, Instant)>>>,
+    strikes: Vec<AtomicU32>,
+    policy: FromPolicy,
+    idle_timeout: Duration,
+    pause: Duration,
+    max_pause: Duration,
+}
+
+impl std::fmt::Debug for MailboxPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxPool").field("mailboxes", &self.mailboxes).finish()
+    }
+}
+
+pub fn now_millis() -> Millis {
+    Millis::from_system_time(SystemTime::now())
+}
+
+impl MailboxPool {
+    /// Builds the pool from validated settings (secrets resolved here).
+    pub fn build(settings: &DeliverSettings) -> anyhow::Result<Self> {
+        let extra_ca = match &settings.extra_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("deliver.extra_ca_file {}: {e}", path.display()))?),
+            None => None,
+        };
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30)).https_only(false);
+        if let Some(pem) = &extra_ca {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
+        let http = http.build()?;
+
+        let mut schedule = PoolSchedule::new();
+        let mut tokens = Vec::new();
+        for (i, t) in settings.tenants.iter().enumerate() {
+            schedule.add_tenant(TenantLimit::new(t.external_limit(), Duration::from_millis(t.external_window_ms), t.domains.iter()));
+            tokens.push(match &t.oauth {
+                Some(app) => {
+                    let secret = app.client_secret.resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
+                    Some(Arc::new(TokenSource::new(app, &t.id, secret, http.clone())))
+                }
+                None => None,
+            });
+        }
+        let mut mailboxes = Vec::new();
+        for (i, m) in settings.mailboxes.iter().enumerate() {
+            let tenant = settings.tenants.iter().position(|t| t.id == m.tenant).ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].tenant unknown"))?;
+            let l = &m.limits;
+            let limits = MailboxLimits {
+                messages: l.messages_per_window,
+                message_window: Duration::from_millis(l.message_window_ms),
+                recipients: l.recipients_per_window,
+                recipient_window: Duration::from_millis(l.recipient_window_ms),
+                connections: l.max_connections,
+                recipients_per_message: l.max_recipients_per_message,
+            };
+            schedule.add_mailbox(MailboxThrottle::new(limits), tenant)?;
+            let mut tls = TlsParameters::builder(m.host.clone()).set_min_tls_version(TlsVersion::Tlsv12);
+            if let Some(pem) = &extra_ca {
+                tls = tls.add_root_certificate(Certificate::from_pem(pem)?);
+            }
+            let auth = match m.auth {
+                AuthMethod::Oauth2 => MailboxAuth::OAuth(tokens[tenant].clone().ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}]: tenant has no oauth app"))?),
+                AuthMethod::Password => MailboxAuth::Password {
+                    login: m.username.clone().unwrap_or_else(|| m.address.to_string()),
+                    password: m.password.as_ref().ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].password missing"))?.resolve(&format!("deliver.mailboxes[{i}].password"))?,
+                },
+            };
+            mailboxes.push(PoolMailbox {
+                address: m.address.clone(),
+                tenant,
+                tenant_id: m.tenant.clone(),
+                send_as: m.send_as.clone(),
+                groups: m.groups.clone(),
+                endpoint: SmtpEndpoint {
+                    host: m.host.clone(),
+                    port: m.port,
+                    tls: tls.build_rustls()?,
+                    hello: ClientId::Domain(settings.hello_name.clone()),
+                    timeout: settings.smtp_timeout(),
+                },
+                auth,
+            });
+        }
+        let n = mailboxes.len();
+        Ok(Self {
+            schedule: Mutex::new(schedule),
+            changed: Notify::new(),
+            tokens,
+            idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            strikes: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            mailboxes,
+            policy: settings.from_policy,
+            idle_timeout: Duration::from_millis(settings.idle_connection_ms),
+            pause: Duration::from_millis(settings.pause_ms),
+            max_pause: Duration::from_millis(settings.max_pause_ms),
+        })
+    }
+
+    fn schedule(&self) -> MutexGuard<'_, PoolSchedule> {
+        // The schedule's invariants hold between calls; a panic elsewhere cannot break them.
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn mailboxes(&self) -> &[PoolMailbox] {
+        &self.mailboxes
+    }
+
+    pub fn policy(&self) -> FromPolicy {
+        self.policy
+    }
+
+    pub fn index_of(&self, address: &EmailAddress) -> Option<usize> {
+        self.mailboxes.iter().position(|m| m.address.eq_ignore_case(address))
+    }
+
+    /// External recipients of a message: counted against each candidate tenant's own
+    /// domains; the largest count is reserved (exact for one tenant, safe for several).
+    fn external_count(&self, schedule: &PoolSchedule, recipients: &[EmailAddress]) -> u64 {
+        (0..schedule.tenant_count())
+            .filter_map(|t| schedule.tenant(t))
+            .map(|t| t.count_external(recipients.iter().map(EmailAddress::domain)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever could.
+    pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, Impossible> {
+        let recipients = meta.recipients.len() as u64;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_millis();
+            let pick = {
+                let mut schedule = self.schedule();
+                let external = self.external_count(&schedule, &meta.recipients);
+                schedule.pick(now, recipients, external, |i| self.mailboxes.get(i).is_some_and(|m| m.may_send(meta, self.policy)))
+            };
+            match pick {
+                Pick::Mailbox(idx, reservation) => return Ok(Lease { idx, reservation }),
+                Pick::Impossible(why) => return Err(why),
+                Pick::WaitUntil(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut notified => {}
+                    }
+                }
+                Pick::WaitForRelease => notified.await,
+            }
+        }
+    }
+
+    /// Ends a send: its quota counts from now (if the server may have counted it) or is
+    /// given back; its connection slot frees; waiters re-check.
+    pub fn finish(&self, lease: Lease, completion: Completion) {
+        let result = {
+            let mut schedule = self.schedule();
+            match completion {
+                Completion::Counted => schedule.settle(lease.reservation, now_millis()),
+                Completion::NotCounted => schedule.release(lease.reservation),
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "throttle bookkeeping error");
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The mailbox worked: its failure streak ends.
+    pub fn mark_healthy(&self, idx: usize) {
+        self.strikes[idx].store(0, Ordering::Relaxed);
+    }
+
+    /// Holds a mailbox back after a mailbox-level refusal; returns until when.
+    pub fn hold_mailbox(&self, idx: usize, problem: MailboxProblem) -> Millis {
+        let strikes = self.strikes[idx].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_millis();
+        let pause = {
+            let schedule = self.schedule();
+            let limits = schedule.mailbox(idx).map(|m| m.limits().clone()).unwrap_or_default();
+            match problem {
+                // The window tells exactly when room comes back.
+                MailboxProblem::Rate => limits.message_window,
+                MailboxProblem::Quota => limits.recipient_window.min(self.max_pause),
+                MailboxProblem::Connections => Duration::from_secs(2).min(self.pause),
+                _ => self.backoff(strikes),
+            }
+        };
+        let until = now + pause;
+        let state = if problem.is_quarantine() { MailboxState::Quarantined { until } } else { MailboxState::Paused { until } };
+        let _ = self.schedule().set_state(idx, state);
+        tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
+        self.changed.notify_waiters();
+        until
+    }
+
+    /// Holds back every mailbox of a tenant (blocked, or its external limit reached).
+    pub fn hold_tenant(&self, tenant: usize, problem: TenantProblem) {
+        let now = now_millis();
+        let pause = match problem {
+            TenantProblem::ExternalLimit => {
+                let schedule = self.schedule();
+                schedule.tenant(tenant).map(|t| t.window().window()).unwrap_or(self.pause).min(self.max_pause)
+            }
+            TenantProblem::Blocked => self.max_pause,
+        };
+        let until = now + pause;
+        {
+            let mut schedule = self.schedule();
+            for (idx, m) in self.mailboxes.iter().enumerate() {
+                if m.tenant == tenant {
+                    let _ = schedule.set_state(idx, MailboxState::Quarantined { until });
+                }
+            }
+        }
+        tracing::warn!(tenant = %self.mailboxes.iter().find(|m| m.tenant == tenant).map(|m| m.tenant_id.as_str()).unwrap_or("?"), problem = problem.as_str(), pause_ms = pause.as_millis() as u64, "tenant held back");
+        self.changed.notify_waiters();
+    }
+
+    fn backoff(&self, strikes: u32) -> Duration {
+        let factor = 1u32 << strikes.saturating_sub(1).min(16);
+        (self.pause * factor).min(self.max_pause)
+    }
+
+    /// Re-applies a send recorded in the events stream (ledger rebuild after a restart).
+    pub fn restore(&self, mailbox: &EmailAddress, tenant_id: Option<&str>, at: Millis, recipients: u64, external: u64) -> bool {
+        let mut schedule = self.schedule();
+        if let Some(idx) = self.index_of(mailbox) {
+            return schedule.restore(idx, at, recipients, external).is_ok();
+        }
+        // Another mailbox of one of our tenants: only the tenant-wide external limit applies.
+        if let Some(t) = tenant_id.and_then(|id| self.mailboxes.iter().find(|m| m.tenant_id == id)).map(|m| m.tenant)
+            && let Some(limit) = schedule.tenant_mut(t)
+        {
+            limit.restore(at, external);
+            return true;
+        }
+        false
+    }
+
+    pub fn snapshot(&self, idx: usize) -> Option<(Snapshot, MailboxState)> {
+        let now = now_millis();
+        let schedule = self.schedule();
+        Some((schedule.snapshot(idx, now)?, schedule.state(idx)?.at(now)))
+    }
+
+    pub fn limits(&self, idx: usize) -> Option<MailboxLimits> {
+        self.schedule().mailbox(idx).map(|m| m.limits().clone())
+    }
+
+    pub fn token_seconds_to_expiry(&self, tenant: usize) -> Option<f64> {
+        self.tokens.get(tenant)?.as_ref()?.seconds_to_expiry()
+    }
+
+    pub fn external_count_for(&self, tenant: usize, recipients: &[EmailAddress]) -> u64 {
+        self.schedule().tenant(tenant).map(|t| t.count_external(recipients.iter().map(EmailAddress::domain))).unwrap_or(0)
+    }
+
+    /// An idle session of this mailbox, or a new one. The throttle's connection cap bounds
+    /// in-flight sends, and a new session is opened only when none is idle, so open
+    /// connections never exceed the cap.
+    pub async fn session(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+        let reusable = {
+            let mut idle = self.idle[idx].lock().unwrap_or_else(|e| e.into_inner());
+            let mut found = None;
+            while let Some((s, since)) = idle.pop() {
+                if since.elapsed() < self.idle_timeout && s.is_usable() {
+                    found = Some(s);
+                    break;
+                }
+                tokio::spawn(s.quit());
+            }
+            found
+        };
+        match reusable {
+            Some(s) => Ok(s),
+            None => self.open(idx).await,
+        }
+    }
+
+    pub fn return_session(&self, idx: usize, session: SmtpSession) {
+        if session.is_usable() {
+            self.idle[idx].lock().unwrap_or_else(|e| e.into_inner()).push((session, Instant::now()));
+        }
+    }
+
+    async fn open(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+        let m = &self.mailboxes[idx];
+        match &m.auth {
+            MailboxAuth::Password { login, password } => {
+                let creds = Credentials::new(login.clone(), password.expose_secret().to_owned());
+                Ok(SmtpSession::open(&m.endpoint, Mechanism::Login, &creds).await?)
+            }
+            MailboxAuth::OAuth(tokens) => {
+                // A refused token is refreshed once: it may have been revoked or expired early.
+                let mut refreshed = false;
+                loop {
+                    let token = tokens.token().await?;
+                    let creds = Credentials::new(m.address.to_string(), token.expose_secret().to_owned());
+                    match SmtpSession::open(&m.endpoint, Mechanism::Xoauth2, &creds).await {
+                        Err(SmtpFailure::Reply { stage: SmtpStage::Auth, .. }) if !refreshed => {
+                            tracing::info!(mailbox = %m.address, "token refused; fetching a new one");
+                            tokens.invalidate(&token).await;
+                            refreshed = true;
+                        }
+                        other => return Ok(other?),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes idle sessions (shutdown).
+    pub async fn close_idle(&self) {
+        for idle in &self.idle {
+            let sessions: Vec<_> = idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+            for (s, _) in sessions {
+                s.quit().await;
+            }
+        }
+    }
+}

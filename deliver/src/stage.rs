@@ -1,0 +1,288 @@
+//! Delivering one rendered message: pick a mailbox, send, classify the reply, record the
+//! outcome durably, and only then let the caller ack. `DeliverStage::handle` returns what
+//! happened, so tests can drive it one message at a time; the consume loop is dull.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use lapin::BasicProperties;
+use mailpipe_common::amqp::{header_str, PublishError, Stage};
+use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, RenderedMeta, SmtpReply, META_HEADER};
+use mailpipe_common::pipeline::{rendered_properties, Pipeline};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::ReplyClass;
+use crate::compose;
+use crate::ledger::DeliveredJobs;
+use crate::metrics;
+use crate::pool::{Completion, Lease, MailboxPool};
+use crate::smtp::{SendReport, SmtpStage};
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The server accepted it (some recipients may have been refused: see the event).
+    Delivered { mailbox: String },
+    /// The events stream already shows this job delivered: not sent again.
+    AlreadyDelivered,
+    /// A transient failure: the message waits in the retry ladder.
+    Retry { attempt: u32 },
+    /// Permanently failed: in dead letters with its reason.
+    Dead { reason: String },
+    /// Shutdown came while it waited for a mailbox: it goes back to the queue unsent.
+    Returned,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverStage {
+    pool: Arc<MailboxPool>,
+    pipeline: Pipeline,
+    delivered: Arc<DeliveredJobs>,
+    max_attempts: u32,
+    shutdown: CancellationToken,
+}
+
+/// Why the last try failed, carried into the retry or dead-letter record.
+struct LastFailure {
+    reply: SmtpReply,
+    mailbox: Option<usize>,
+}
+
+impl DeliverStage {
+    pub fn new(pool: Arc<MailboxPool>, pipeline: Pipeline, delivered: Arc<DeliveredJobs>, max_attempts: u32, shutdown: CancellationToken) -> Self {
+        Self { pool, pipeline, delivered, max_attempts: max_attempts.max(1), shutdown }
+    }
+
+    pub fn pool(&self) -> &Arc<MailboxPool> {
+        &self.pool
+    }
+
+    /// Handles one message. `Err` only when the outcome could not be recorded (broker
+    /// trouble): the caller must not ack then, so the message comes back.
+    pub async fn handle(&self, props: &BasicProperties, mime: &[u8]) -> Result<DeliveryOutcome, PublishError> {
+        let meta = match header_str(props, META_HEADER).map(|v| RenderedMeta::from_header_value(&v)) {
+            Some(Ok(meta)) => meta,
+            Some(Err(e)) => return self.unreadable(props, mime, &e.to_string()).await,
+            None => return self.unreadable(props, mime, "no mailpipe-meta header").await,
+        };
+        if let Some(event) = self.delivered.get(&meta.job_id) {
+            // Delivered before (maybe by a process that died before acking): make sure the
+            // event is on record, but never send twice.
+            if !event.recorded {
+                self.pipeline.record_event(&event.event).await?.confirmed().await?;
+                self.delivered.mark_recorded(&meta.job_id);
+            }
+            metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+            return Ok(DeliveryOutcome::AlreadyDelivered);
+        }
+
+        let waited = Instant::now();
+        // Mailbox-level refusals reroute without spending an attempt; but a message that
+        // every mailbox refuses is itself suspect, so after this many reroutes it is
+        // treated as a transient failure (an attempt is spent).
+        let reroute_limit = self.pool.mailboxes().len() + 2;
+        let mut reroutes = 0;
+        let last = loop {
+            // A message waiting for quota (maybe for hours) must not hold up shutdown.
+            let acquired = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(DeliveryOutcome::Returned),
+                acquired = self.pool.acquire(&meta) => acquired,
+            };
+            let lease = match acquired {
+                Ok(lease) => lease,
+                Err(impossible) => {
+                    let reason = format!("cannot be sent by this pool: {impossible}");
+                    return self.dead(&meta, props, mime, &reason, None, None, vec![]).await;
+                }
+            };
+            metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
+            let idx = lease.idx;
+            match self.attempt(&meta, mime, lease).await {
+                Attempt::Delivered(report) => return self.delivered(&meta, mime, idx, report).await,
+                Attempt::AllRefused(report) => {
+                    let reason = format!("every recipient refused: {}", report.reply);
+                    let refused = refusals(&report);
+                    return self.dead(&meta, props, mime, &reason, Some(report.reply), Some(idx), refused).await;
+                }
+                Attempt::Failed { class, reply } => match class {
+                    ReplyClass::Mailbox(problem) => {
+                        metrics::REFUSALS.with_label_values(&[self.pool.mailboxes()[idx].address.as_str(), problem.as_str()]).inc();
+                        self.pool.hold_mailbox(idx, problem);
+                    }
+                    ReplyClass::Tenant(problem) => {
+                        metrics::REFUSALS.with_label_values(&[self.pool.mailboxes()[idx].address.as_str(), problem.as_str()]).inc();
+                        self.pool.hold_tenant(self.pool.mailboxes()[idx].tenant, problem);
+                    }
+                    ReplyClass::MessagePermanent => {
+                        let reason = format!("refused by the server: {reply}");
+                        return self.dead(&meta, props, mime, &reason, Some(reply), Some(idx), vec![]).await;
+                    }
+                    ReplyClass::Transient | ReplyClass::Accepted => break LastFailure { reply, mailbox: Some(idx) },
+                },
+            }
+            reroutes += 1;
+            if reroutes >= reroute_limit {
+                break LastFailure {
+                    reply: SmtpReply { code: 0, enhanced: None, text: format!("refused at mailbox level by {reroutes} mailboxes in a row") },
+                    mailbox: None,
+                };
+            }
+        };
+        self.retry(&meta, props, mime, last).await
+    }
+
+    /// One send through the leased mailbox; the lease is always finished here.
+    async fn attempt(&self, meta: &RenderedMeta, mime: &[u8], lease: Lease) -> Attempt {
+        let idx = lease.idx;
+        let mailbox = &self.pool.mailboxes()[idx];
+        let started = Instant::now();
+        let mut session = match self.pool.session(idx).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Failed before any message was handed over: the server counted nothing.
+                self.pool.finish(lease, Completion::NotCounted);
+                let reply = match &e {
+                    crate::pool::SessionError::Smtp(f) => f.reply(),
+                    other => SmtpReply { code: 0, enhanced: None, text: other.to_string() },
+                };
+                let class = e.class();
+                tracing::warn!(mailbox = %mailbox.address, error = %e, class = class.as_str(), "cannot open an SMTP session");
+                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), class.as_str()]).inc();
+                return Attempt::Failed { class, reply };
+            }
+        };
+        let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
+        let result = session.send(&mailbox.address, &meta.recipients, &bytes).await;
+        metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(report) if report.delivered() => {
+                self.pool.finish(lease, Completion::Counted);
+                self.pool.return_session(idx, session);
+                self.pool.mark_healthy(idx);
+                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "accepted"]).inc();
+                Attempt::Delivered(report)
+            }
+            Ok(report) => {
+                self.pool.finish(lease, Completion::NotCounted);
+                self.pool.return_session(idx, session);
+                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "message_permanent"]).inc();
+                Attempt::AllRefused(report)
+            }
+            Err(failure) => {
+                // Refused or lost after the data was handed over: count it, to be safe.
+                let counted = if failure.stage() == SmtpStage::Message { Completion::Counted } else { Completion::NotCounted };
+                self.pool.finish(lease, counted);
+                if matches!(failure, crate::smtp::SmtpFailure::Reply { .. }) {
+                    self.pool.return_session(idx, session);
+                }
+                let class = failure.class();
+                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), class.as_str()]).inc();
+                tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");
+                Attempt::Failed { class, reply: failure.reply() }
+            }
+        }
+    }
+
+    fn event(&self, meta: &RenderedMeta, kind: EventKind, mailbox: Option<usize>) -> DeliveryEvent {
+        let mut e = DeliveryEvent::new(meta.job_id.clone(), meta.batch.clone(), kind);
+        e.attempt = meta.attempt;
+        if let Some(m) = mailbox.and_then(|i| self.pool.mailboxes().get(i)) {
+            e.mailbox = Some(m.address.clone());
+            e.tenant = Some(m.tenant_id.clone());
+        }
+        e
+    }
+
+    async fn delivered(&self, meta: &RenderedMeta, mime: &[u8], idx: usize, report: SendReport) -> Result<DeliveryOutcome, PublishError> {
+        let m = &self.pool.mailboxes()[idx];
+        let mut event = self.event(meta, EventKind::Delivered, Some(idx));
+        event.recipients = report.accepted.len() as u32;
+        event.external_recipients = self.pool.external_count_for(m.tenant, &report.accepted) as u32;
+        event.smtp = Some(report.reply.clone());
+        event.refused_recipients = refusals(&report);
+        // Remember before recording: if recording fails and the message comes back, it is
+        // not sent again (only the event is written).
+        self.delivered.insert_pending(event.clone());
+        self.pipeline.record_event(&event).await?.confirmed().await?;
+        self.delivered.mark_recorded(&meta.job_id);
+        if !report.refused.is_empty() {
+            // The refused recipients go to dead letters once, with their replies; a replay
+            // of that dead letter addresses only them.
+            let mut refused_meta = meta.clone();
+            refused_meta.recipients = report.refused.iter().map(|(a, _)| a.clone()).collect();
+            let reason = report.refused.iter().map(|(a, r)| format!("{a}: {r}")).collect::<Vec<_>>().join("; ");
+            let dead_props = rendered_properties(&refused_meta);
+            self.pipeline.dead_letter(Stage::Deliver, mime, &dead_props, &format!("recipients refused: {reason}")).await?.confirmed().await?;
+        }
+        metrics::MESSAGES.with_label_values(&["delivered"]).inc();
+        tracing::info!(job = %meta.job_id, mailbox = %m.address, recipients = event.recipients, "delivered");
+        Ok(DeliveryOutcome::Delivered { mailbox: m.address.to_string() })
+    }
+
+    async fn retry(&self, meta: &RenderedMeta, props: &BasicProperties, mime: &[u8], last: LastFailure) -> Result<DeliveryOutcome, PublishError> {
+        let attempt = meta.attempt + 1;
+        if attempt >= self.max_attempts {
+            let reason = format!("gave up after {attempt} attempts; last: {}", last.reply);
+            return self.dead(meta, props, mime, &reason, Some(last.reply), last.mailbox, vec![]).await;
+        }
+        let mut next = meta.clone();
+        next.attempt = attempt;
+        match self.pipeline.retry(Stage::Deliver, attempt, mime, rendered_properties(&next)).await? {
+            Some((delay, pending)) => {
+                pending.confirmed().await?;
+                let mut event = self.event(&next, EventKind::Retrying, last.mailbox);
+                event.smtp = Some(last.reply);
+                event.retry_at = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+                self.pipeline.record_event(&event).await?.confirmed().await?;
+                metrics::MESSAGES.with_label_values(&["retry"]).inc();
+                Ok(DeliveryOutcome::Retry { attempt })
+            }
+            None => {
+                let reason = format!("transient failure and no retry ladder configured: {}", last.reply);
+                self.dead(meta, props, mime, &reason, Some(last.reply), last.mailbox, vec![]).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dead(
+        &self,
+        meta: &RenderedMeta,
+        props: &BasicProperties,
+        mime: &[u8],
+        reason: &str,
+        reply: Option<SmtpReply>,
+        mailbox: Option<usize>,
+        refused: Vec<RecipientRefusal>,
+    ) -> Result<DeliveryOutcome, PublishError> {
+        self.pipeline.dead_letter(Stage::Deliver, mime, props, reason).await?.confirmed().await?;
+        let mut event = self.event(meta, EventKind::Failed, mailbox);
+        event.smtp = reply;
+        event.reason = Some(reason.to_owned());
+        event.refused_recipients = refused;
+        self.pipeline.record_event(&event).await?.confirmed().await?;
+        metrics::MESSAGES.with_label_values(&["dead"]).inc();
+        tracing::warn!(job = %meta.job_id, reason, "dead-lettered");
+        Ok(DeliveryOutcome::Dead { reason: reason.to_owned() })
+    }
+
+    async fn unreadable(&self, props: &BasicProperties, mime: &[u8], why: &str) -> Result<DeliveryOutcome, PublishError> {
+        let reason = format!("unreadable rendered message: {why}");
+        self.pipeline.dead_letter(Stage::Deliver, mime, props, &reason).await?.confirmed().await?;
+        metrics::MESSAGES.with_label_values(&["dead"]).inc();
+        Ok(DeliveryOutcome::Dead { reason })
+    }
+}
+
+enum Attempt {
+    Delivered(SendReport),
+    AllRefused(SendReport),
+    Failed { class: ReplyClass, reply: SmtpReply },
+}
+
+fn refusals(report: &SendReport) -> Vec<RecipientRefusal> {
+    report.refused.iter().map(|(address, reply)| RecipientRefusal { address: address.clone(), reply: reply.clone() }).collect()
+}

@@ -1,0 +1,111 @@
+//! Wiring: pool, broker, ledger replay, ops HTTP server, consumer. `Application::build`
+//! binds and connects (tests learn the HTTP port), `run_until_stopped` consumes until
+//! shutdown, then returns what it holds and closes cleanly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use mailpipe_common::amqp::{consume, Broker, ConsumerSpec, Publisher, Stage};
+use mailpipe_common::config::CommonSettings;
+use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::service::{ops_router, serve, HttpServer, ReadyCheck};
+use mailpipe_common::telemetry::adopt_trace_context;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::ledger::{replay, DeliveredJobs};
+use crate::metrics;
+use crate::pool::MailboxPool;
+use crate::settings::DeliverSettings;
+use crate::stage::{DeliverStage, DeliveryOutcome};
+
+#[derive(Debug)]
+pub struct Application {
+    http: HttpServer,
+    broker: Broker,
+    stage: DeliverStage,
+    prefetch: u16,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(common: &CommonSettings, settings: &DeliverSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        metrics::register();
+        let pool = Arc::new(MailboxPool::build(settings).context("building the mailbox pool")?);
+        let broker = Broker::connect(&common.rabbitmq, "mailpipe-deliver", shutdown.clone()).await?;
+        let pipeline = Pipeline::new(Publisher::new(broker.clone(), Duration::from_millis(common.rabbitmq.confirm_timeout_ms)));
+        let delivered = Arc::new(DeliveredJobs::default());
+
+        let replayed = Arc::new(AtomicBool::new(!settings.replay_ledger));
+        if settings.replay_ledger {
+            let quota_horizon = quota_horizon(settings);
+            let stats = replay(&pipeline, &pool, &delivered, Duration::from_millis(settings.dedupe_horizon_ms), quota_horizon)
+                .await
+                .context("rebuilding the quota ledger from the events stream")?;
+            tracing::info!(events = stats.events, delivered_jobs = stats.delivered_jobs, sends_restored = stats.sends_restored, "ledger rebuilt from the events stream");
+            replayed.store(true, Ordering::SeqCst);
+        }
+
+        let broker_check = broker.clone();
+        let checks: Vec<ReadyCheck> = vec![
+            Arc::new(move || if broker_check.is_connected() { Ok(()) } else { Err("RabbitMQ connection down".into()) }),
+            Arc::new(move || if replayed.load(Ordering::SeqCst) { Ok(()) } else { Err("ledger replay in progress".into()) }),
+        ];
+        let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
+        tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
+        let stage = DeliverStage::new(pool, pipeline, delivered, settings.max_attempts, shutdown.clone());
+        Ok(Self { http, broker, stage, prefetch: settings.prefetch, shutdown })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr
+    }
+
+    pub fn stage(&self) -> &DeliverStage {
+        &self.stage
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let queue = self.broker.topology().stage_queue(Stage::Deliver);
+        let stage = self.stage.clone();
+        consume(&self.broker, ConsumerSpec::queue(queue, self.prefetch), move |delivery| {
+            let stage = stage.clone();
+            async move {
+                let span = tracing::info_span!("deliver", job = tracing::field::Empty);
+                adopt_trace_context(&span, &delivery.properties);
+                let outcome = stage.handle(&delivery.properties, &delivery.data).instrument(span).await;
+                let acked = match outcome {
+                    Ok(DeliveryOutcome::Returned) => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+                    Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        // The outcome is not on record: the message must come back.
+                        tracing::error!(error = %e, "could not record the outcome; returning the message to the queue");
+                        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    }
+                };
+                if let Err(e) = acked {
+                    // The channel died; the broker redelivers, and the ledger prevents a resend.
+                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                }
+            }
+        })
+        .await;
+        self.stage.pool().close_idle().await;
+        self.broker.close().await;
+        self.shutdown.cancel();
+        self.http.task.await.ok();
+        tracing::info!("mailpipe-deliver stopped");
+        Ok(())
+    }
+}
+
+/// The longest window any limit uses: sends older than this no longer matter.
+fn quota_horizon(settings: &DeliverSettings) -> Duration {
+    let mailbox = settings.mailboxes.iter().map(|m| m.limits.recipient_window_ms.max(m.limits.message_window_ms)).max().unwrap_or(0);
+    let tenant = settings.tenants.iter().map(|t| t.external_window_ms).max().unwrap_or(0);
+    Duration::from_millis(mailbox.max(tenant))
+}
