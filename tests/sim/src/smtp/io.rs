@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _,
 #[derive(Debug)]
 pub(crate) enum Line {
     /// The line including its terminator.
-    Line(Vec<u8>),
+    Complete(Vec<u8>),
     /// The line exceeded the limit; it has been consumed and discarded.
     TooLong,
     Eof,
@@ -83,7 +83,7 @@ impl Conn {
             }
             self.reader.consume(n);
             if done {
-                return Ok(if too_long { Line::TooLong } else { Line::Line(line) });
+                return Ok(if too_long { Line::TooLong } else { Line::Complete(line) });
             }
         }
     }

@@ -97,7 +97,7 @@ impl Session {
                     self.reply(&mut conn, Stage::Other, "", replies::line_too_long()).await;
                     continue;
                 }
-                Line::Line(l) => l,
+                Line::Complete(l) => l,
             };
             let text = String::from_utf8_lossy(&line);
             let verb = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
@@ -259,7 +259,7 @@ impl Session {
                 self.reply(conn, Stage::Auth, "AUTH", replies::line_too_long()).await;
                 Ok(Err(Flow::Continue))
             }
-            Line::Line(l) => {
+            Line::Complete(l) => {
                 let s = String::from_utf8_lossy(&l).trim().to_owned();
                 if s == "*" {
                     self.reply(conn, Stage::Auth, "AUTH", replies::auth_cancelled()).await;
@@ -459,7 +459,7 @@ impl Session {
                 // Connection lost in the middle of the message: nothing to answer.
                 Line::Eof => return Ok(Flow::Drop),
                 Line::TooLong => line_too_long = true,
-                Line::Line(l) => {
+                Line::Complete(l) => {
                     if l == b".\r\n" || l == b".\n" {
                         break;
                     }
