@@ -1,1 +1,126 @@
-fn main() {}
+//! `mailpipe-render`: parses flags, loads configuration, runs the render stage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mailpipe_common::cli::ConfigArgs;
+use mailpipe_common::config::{CommonSettings, ConfigSource};
+use mailpipe_render::templates::Templates;
+use mailpipe_render::{Application, Settings};
+
+/// Renders mailpipe jobs into MIME messages.
+#[derive(Debug, Parser)]
+#[command(name = "mailpipe-render", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+
+    /// Load every template, render each with the sample data of its [[checks]], report
+    /// every problem and exit: 0 if all are fine, 2 if not.
+    #[arg(long)]
+    check_templates: bool,
+}
+
+fn load(cli: &Cli) -> Result<(CommonSettings, Settings), String> {
+    let source = ConfigSource::load(cli.config.config.as_deref()).map_err(|e| e.to_string())?;
+    let common = source.common().map_err(|e| e.to_string())?;
+    let settings = Settings::load(&source).map_err(|e| e.to_string())?;
+    if cli.config.check_config {
+        if let Some(p) = &common.rabbitmq.password {
+            p.resolve("rabbitmq.password").map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((common, settings))
+}
+
+fn check_templates(settings: &Settings) -> ExitCode {
+    match Templates::load(&settings.templates_dir) {
+        Err(e) => {
+            eprintln!("templates in {}:", e.dir.display());
+            for p in &e.problems {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(2)
+        }
+        Ok(t) => {
+            let problems = t.check();
+            for p in &problems {
+                eprintln!("  {p}");
+            }
+            if problems.is_empty() {
+                println!("{} templates OK: {}", t.len(), t.names().collect::<Vec<_>>().join(", "));
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{} problem(s) in {}", problems.len(), settings.templates_dir.display());
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, settings) = match load(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.config.check_config {
+        println!("configuration OK");
+        println!("rabbitmq: {} (prefix {}, prefetch {})", redact(&common.rabbitmq.url), common.rabbitmq.prefix, common.rabbitmq.prefetch);
+        println!("render: {settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    if cli.check_templates {
+        return check_templates(&settings);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match mailpipe_common::telemetry::init("mailpipe-render", &common.telemetry) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("configuration error: telemetry: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let shutdown = mailpipe_common::shutdown::on_signals();
+        let app = match Application::build(settings, common, shutdown).await {
+            Ok(app) => app,
+            Err(e) if e.is_config() => {
+                eprintln!("configuration error: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        match app.run_until_stopped().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
