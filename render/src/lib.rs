@@ -7,14 +7,14 @@
 //!                    │    attachments (inline base64 or a file under the root)
 //!                    │    mime        (mail-builder; no From, no Bcc)
 //! ```
-//! - [`settings`]: the `[render]` section.
-//! - [`templates`]: template directories, compiled and checked at start.
-//! - [`attachments`]: attachment bytes, never from outside the root.
-//! - [`mime`]: the message bytes.
-//! - [`renderer`]: a job to a `RenderedMessage`; pure CPU, used by the stage and the benchmark.
-//! - [`stage`]: one delivery to an outcome, with everything written confirmed before the ack.
-//! - [`metrics`]: `mailpipe_render_*`.
-//! - [`startup`]: `Application::build` and `run_until_stopped`.
+//! - [`settings`] — the `[render]` section.
+//! - [`templates`] — template directories, compiled and checked at start.
+//! - [`attachments`] — attachment bytes, never from outside the root.
+//! - [`mime`] — the message bytes.
+//! - [`renderer`] — a job to a `RenderedMessage`; pure CPU, used by the stage and the benchmark.
+//! - [`stage`] — one delivery to an outcome, with everything written confirmed before the ack.
+//! - [`metrics`] — the `mailpipe_render_*` series.
+//! - [`startup`] — `Application::build` and `run_until_stopped`.
 
 pub mod attachments;
 pub mod metrics;

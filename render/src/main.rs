@@ -25,10 +25,10 @@ fn load(cli: &Cli) -> Result<(CommonSettings, Settings), String> {
     let source = ConfigSource::load(cli.config.config.as_deref()).map_err(|e| e.to_string())?;
     let common = source.common().map_err(|e| e.to_string())?;
     let settings = Settings::load(&source).map_err(|e| e.to_string())?;
-    if cli.config.check_config {
-        if let Some(p) = &common.rabbitmq.password {
-            p.resolve("rabbitmq.password").map_err(|e| e.to_string())?;
-        }
+    if cli.config.check_config
+        && let Some(p) = &common.rabbitmq.password
+    {
+        p.resolve("rabbitmq.password").map_err(|e| e.to_string())?;
     }
     Ok((common, settings))
 }

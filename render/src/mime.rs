@@ -112,6 +112,7 @@ pub fn build(input: MimeInput<'_>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -87,6 +87,7 @@ fn valid_domain(domain: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

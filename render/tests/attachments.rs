@@ -1,5 +1,7 @@
 //! Attachments stay inside their root, whatever the path or symlinks say.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::os::unix::fs::symlink;

@@ -1,5 +1,7 @@
 //! The rendered bytes, read back by an independent parser (mail-parser).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

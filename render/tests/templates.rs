@@ -1,5 +1,7 @@
 //! Template loading, checks and errors.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use mailpipe_render::templates::{TemplateError, Templates};

@@ -1,5 +1,5 @@
 //! Shared by the render tests: the example templates, a renderer over them, jobs.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod pdf;
 
