@@ -1,0 +1,67 @@
+//! Every error the API answers is JSON: `{"error": "...", "field": "...", "errors": [...]}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every problem (`{field, reason}`, or `{line, field, reason}` for batches).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Value>,
+    /// Extra members merged into the body (a batch report's counts).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: None, errors: Vec::new(), extra: None }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn errors<T: Serialize>(mut self, errors: &[T]) -> Self {
+        self.errors = errors.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+        self
+    }
+
+    pub fn extra(mut self, value: &impl Serialize) -> Self {
+        if let Ok(Value::Object(map)) = serde_json::to_value(value) {
+            self.extra = Some(map);
+        }
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token (Authorization: Bearer <token>)")
+    }
+
+    pub fn unavailable(why: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut res = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        res
+    }
+}

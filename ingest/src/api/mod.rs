@@ -1,0 +1,138 @@
+//! The HTTP API. Routes are declared once, in [`api_routes`]; the router and the
+//! OpenAPI sync test both read that list.
+//!
+//! | route | auth | |
+//! |---|---|---|
+//! | `POST /v1/jobs` | bearer | one job (JSON) |
+//! | `GET /v1/jobs/{id}` | bearer | a job's latest status |
+//! | `POST /v1/batches?batch=ID[&partial=true]` | bearer | JSONL or CSV upload |
+//! | `GET /v1/batches/{id}` | bearer | counts by status |
+//! | `GET /v1/openapi.yaml` | open | this API, described |
+
+mod auth;
+mod batches;
+mod error;
+mod jobs;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::events::Replayed;
+use crate::metrics;
+use crate::publish::JobPublisher;
+use crate::settings::{ApiTokens, IngestSettings};
+use crate::validate::Validator;
+
+/// The OpenAPI description served at `/v1/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) validator: Arc<Validator>,
+    pub(crate) publisher: JobPublisher,
+    pub(crate) tokens: ApiTokens,
+    pub(crate) settings: Arc<IngestSettings>,
+    pub(crate) replayed: Replayed,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("tokens", &self.tokens).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(validator: Validator, publisher: JobPublisher, tokens: ApiTokens, settings: IngestSettings, replayed: Replayed) -> Self {
+        Self { validator: Arc::new(validator), publisher, tokens, settings: Arc::new(settings), replayed }
+    }
+
+    /// Submissions wait until the events stream replay is complete, so the duplicate
+    /// check knows every id accepted before this process started.
+    async fn wait_for_replay(&self) -> Result<(), ApiError> {
+        let mut rx = self.replayed.clone();
+        let wait = Duration::from_millis(self.settings.replay_wait_ms);
+        match tokio::time::timeout(wait, rx.wait_for(|done| *done)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::unavailable("still replaying the events stream after a start; retry shortly")),
+        }
+    }
+}
+
+/// Every API route: method, path (OpenAPI syntax), handler, whether it needs a token.
+pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)> {
+    vec![
+        (Method::POST, "/v1/jobs", post(jobs::submit), true),
+        (Method::GET, "/v1/jobs/{id}", get(jobs::status), true),
+        (Method::POST, "/v1/batches", post(batches::upload), true),
+        (Method::GET, "/v1/batches/{id}", get(batches::status), true),
+        (Method::GET, "/v1/openapi.yaml", get(openapi), false),
+    ]
+}
+
+/// The API router (without the ops routes, which `startup` merges in).
+pub fn router(state: AppState) -> Router {
+    let (mut private, mut public) = (Router::new(), Router::new());
+    for (_, path, handler, needs_token) in api_routes() {
+        if needs_token {
+            private = private.route(path, handler);
+        } else {
+            public = public.route(path, handler);
+        }
+    }
+    let private = private.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    private
+        .merge(public)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route (see /v1/openapi.yaml)") })
+        .with_state(state)
+}
+
+/// Records `mailpipe_ingest_http_request_duration_seconds{route,status}` (route is the
+/// template, so cardinality stays bounded).
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::HTTP_SECONDS
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Reads a whole (small) body, refusing it with 413 past `limit` bytes.
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes (ingest.max_request_bytes)"))
+            .field("body")
+    };
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).field("body"))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

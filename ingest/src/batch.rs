@@ -1,0 +1,261 @@
+//! One batch import, shared by `POST /v1/batches` and `mailpipe-ingest submit`:
+//!
+//! 1. check: read the upload line by line on a blocking thread, validate each line, and
+//!    spool the good jobs to an anonymous temp file (never the whole upload in memory);
+//! 2. decide: with bad lines and all-or-nothing, stop here: nothing is published;
+//! 3. publish: stream the spool through a `BatchSender` (many confirms in flight).
+//!
+//! Spooling also in partial mode keeps one rule for both: an upload that breaks off
+//! halfway (client gone, size limit) publishes nothing.
+
+use std::collections::HashSet;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mailpipe_common::amqp::PublishError;
+use mailpipe_common::contract::{FieldError, Job};
+use mailpipe_common::domain::{BatchId, JobId};
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+
+use crate::batch_reader::{read_jobs, Format, LineError, ReadError};
+use crate::idempotency::AcceptedIds;
+use crate::metrics;
+use crate::publish::JobPublisher;
+use crate::validate::Validator;
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Every job gets this batch (jobs naming another batch are refused). A fresh id is
+    /// made when absent, so the import can always be looked up.
+    pub batch: Option<BatchId>,
+    /// Accept the good lines even when some are bad.
+    pub partial: bool,
+    /// Refuse the upload once it grows past this many bytes.
+    pub max_bytes: u64,
+}
+
+/// Counters a progress display reads while an import runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_read: AtomicU64,
+    pub lines: AtomicU64,
+    pub bad_lines: AtomicU64,
+    pub publishing: AtomicBool,
+    pub to_publish: AtomicU64,
+    pub published: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    pub batch: BatchId,
+    /// Non-blank lines read.
+    pub lines: u64,
+    /// Jobs published (confirmed by the broker).
+    pub accepted: u64,
+    /// Jobs whose id was accepted before (or appeared earlier in this upload): not published again.
+    pub duplicates: u64,
+    /// Bad lines.
+    pub rejected: u64,
+    /// Every problem of every bad line.
+    pub errors: Vec<LineError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// All-or-nothing and some lines were bad: nothing was published.
+    #[error("{} of {} lines are bad; nothing was published", .0.rejected, .0.lines)]
+    Rejected(ImportReport),
+    #[error("CSV header: column {column:?}: {reason}")]
+    Header { column: String, reason: String },
+    #[error("the upload exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("reading the upload: {0}")]
+    Io(std::io::Error),
+    /// Publishing stopped partway; `report` says what was published before.
+    #[error("publishing stopped after {} jobs: {source}", report.accepted)]
+    Publish { report: ImportReport, source: PublishError },
+}
+
+/// Read errors on purpose by `Limited`, told apart from the transport's.
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upload too large")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Counts bytes for progress and stops at the size limit.
+struct Limited<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        self.progress.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        if self.read > self.limit {
+            return Err(std::io::Error::other(TooLarge));
+        }
+        Ok(n)
+    }
+}
+
+struct Checked {
+    spool: std::fs::File,
+    valid: u64,
+    lines: u64,
+    duplicates: u64,
+    rejected: u64,
+    errors: Vec<LineError>,
+}
+
+/// A fresh batch id for uploads that did not name one.
+pub fn new_batch_id() -> BatchId {
+    BatchId::parse(&format!("batch-{}", uuid::Uuid::now_v7().simple())).expect("hex is a valid batch id")
+}
+
+/// Runs a whole import. `input` is read on a blocking thread.
+pub async fn import<R: Read + Send + 'static>(
+    input: R,
+    format: Format,
+    options: ImportOptions,
+    validator: Arc<Validator>,
+    publisher: &JobPublisher,
+    progress: Arc<Progress>,
+) -> Result<ImportReport, ImportError> {
+    let batch = options.batch.clone().unwrap_or_else(new_batch_id);
+    let ids = publisher.ids().clone();
+    let (b, p) = (batch.clone(), progress.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let input = Limited { inner: input, read: 0, limit: options.max_bytes, progress: p.clone() };
+        check(input, format, &validator, &ids, &b, &p)
+    })
+    .await
+    .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
+    .map_err(|e| match e {
+        ReadError::Header { column, reason } => ImportError::Header { column, reason },
+        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => ImportError::TooLarge { limit: options.max_bytes },
+        ReadError::Io(io) => ImportError::Io(io),
+    })?;
+    metrics::BATCH_SIZE.observe(checked.lines as f64);
+
+    let mut report = ImportReport {
+        batch,
+        lines: checked.lines,
+        accepted: 0,
+        duplicates: checked.duplicates,
+        rejected: checked.rejected,
+        errors: checked.errors,
+    };
+    if report.rejected > 0 && !options.partial {
+        return Err(ImportError::Rejected(report));
+    }
+
+    progress.to_publish.store(checked.valid, Ordering::Relaxed);
+    progress.publishing.store(true, Ordering::Relaxed);
+    let mut sender = publisher.sender();
+    let result = publish_spool(checked.spool, &mut sender, &progress).await;
+    let finished = match result {
+        Ok(()) => sender.finish().await.map_err(Stop::Publish),
+        Err(e) => Err(e),
+    };
+    report.accepted = sender.accepted;
+    report.duplicates += sender.duplicates;
+    progress.published.store(sender.accepted, Ordering::Relaxed);
+    match finished {
+        Ok(()) => Ok(report),
+        Err(Stop::Publish(source)) => Err(ImportError::Publish { report, source }),
+        Err(Stop::Spool(e)) => Err(ImportError::Io(e)),
+    }
+}
+
+fn check(
+    input: impl Read,
+    format: Format,
+    validator: &Validator,
+    ids: &AcceptedIds,
+    batch: &BatchId,
+    progress: &Progress,
+) -> Result<Checked, ReadError> {
+    let spool = tempfile::tempfile()?;
+    let mut out = BufWriter::with_capacity(256 * 1024, spool);
+    let mut seen: HashSet<JobId> = HashSet::new();
+    let (mut valid, mut lines, mut duplicates, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let mut errors = Vec::new();
+    let mut write_error = None;
+    read_jobs(input, format, validator, |line, result| {
+        lines += 1;
+        progress.lines.fetch_add(1, Ordering::Relaxed);
+        let result = result.and_then(|mut job: Job| match &job.batch {
+            Some(b) if b != batch => Err(crate::validate::Invalid {
+                malformed: false,
+                errors: vec![FieldError::new("batch", format!("{b} differs from the upload's batch {batch}"))],
+            }),
+            _ => {
+                job.batch = Some(batch.clone());
+                Ok(job)
+            }
+        });
+        match result {
+            Ok(job) => {
+                if ids.is_accepted(&job.id) || !seen.insert(job.id.clone()) {
+                    duplicates += 1;
+                    progress.duplicates.fetch_add(1, Ordering::Relaxed);
+                    metrics::duplicate(1);
+                    return;
+                }
+                valid += 1;
+                if write_error.is_none()
+                    && let Err(e) = serde_json::to_writer(&mut out, &job).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
+                {
+                    write_error = Some(e);
+                }
+            }
+            Err(invalid) => {
+                rejected += 1;
+                progress.bad_lines.fetch_add(1, Ordering::Relaxed);
+                metrics::rejected(&invalid.errors, invalid.malformed);
+                errors.extend(invalid.errors.into_iter().map(|e| LineError::new(line, e)));
+            }
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(ReadError::Io(e));
+    }
+    let mut spool = out.into_inner().map_err(|e| e.into_error())?;
+    spool.rewind()?;
+    Ok(Checked { spool, valid, lines, duplicates, rejected, errors })
+}
+
+enum Stop {
+    Spool(std::io::Error),
+    Publish(PublishError),
+}
+
+async fn publish_spool(spool: std::fs::File, sender: &mut crate::publish::BatchSender, progress: &Progress) -> Result<(), Stop> {
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::from_std(spool));
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).await.map_err(Stop::Spool)?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Our own serialisation of a job checked moments ago.
+        let job = Job::from_queue(&buf).map_err(|e| Stop::Spool(std::io::Error::other(e)))?;
+        sender.send(job).await.map_err(Stop::Publish)?;
+        progress.published.store(sender.accepted, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,175 @@
+//! The `[ingest]` configuration section, and the whole configuration ingest reads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mailpipe_common::config::{ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings};
+use mailpipe_common::contract::JobLimits;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+/// `[ingest]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Where the HTTP API (and /metrics, /healthz, /readyz) listens.
+    pub listen: SocketAddr,
+    /// Bearer tokens the API accepts: `[{ env = "VAR" }, { file = "path" }]`. Several at
+    /// once make rotation possible (add the new one, move clients, drop the old one).
+    pub api_tokens: Vec<SecretRef>,
+    /// Limits every job must respect (shared with render).
+    pub limits: JobLimits,
+    /// When set, a job's template must exist as a directory here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub templates_dir: Option<PathBuf>,
+    /// When set, attachment paths must name an existing file inside this directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachments_root: Option<PathBuf>,
+    /// Largest body `POST /v1/jobs` accepts.
+    pub max_request_bytes: usize,
+    /// Largest body `POST /v1/batches` accepts (read as a stream, never held whole).
+    pub max_batch_bytes: u64,
+    /// Publishes awaiting their broker confirm at once during a batch.
+    pub max_in_flight: usize,
+    /// How long a submission waits for the events stream replay after a start (so that
+    /// duplicates are known) before it is answered 503.
+    pub replay_wait_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_tokens: Vec::new(),
+            limits: JobLimits::default(),
+            templates_dir: None,
+            attachments_root: None,
+            max_request_bytes: 10 * 1024 * 1024,
+            max_batch_bytes: 1024 * 1024 * 1024,
+            max_in_flight: 256,
+            replay_wait_ms: 30_000,
+        }
+    }
+}
+
+/// Everything ingest reads from the shared file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rabbitmq: RabbitSettings,
+    pub telemetry: TelemetrySettings,
+    pub ingest: IngestSettings,
+}
+
+impl Config {
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let common = source.common()?;
+        let ingest: IngestSettings = source.section("ingest")?;
+        let invalid = |key: &str, why: &str| ConfigError::Invalid(format!("ingest.{key}: {why}"));
+        if ingest.max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
+        if ingest.max_request_bytes == 0 || ingest.max_batch_bytes == 0 {
+            return Err(invalid("max_request_bytes", "size limits must be positive"));
+        }
+        for (key, dir) in [("templates_dir", &ingest.templates_dir), ("attachments_root", &ingest.attachments_root)] {
+            if let Some(dir) = dir
+                && !dir.is_dir()
+            {
+                return Err(invalid(key, &format!("{} is not a directory", dir.display())));
+            }
+        }
+        Ok(Self { rabbitmq: common.rabbitmq, telemetry: common.telemetry, ingest })
+    }
+}
+
+/// The resolved API tokens. Compared in constant time, all of them every time, so
+/// neither the content nor which token matched leaks through timing.
+#[derive(Clone)]
+pub struct ApiTokens(Vec<SecretString>);
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiTokens({} configured)", self.0.len())
+    }
+}
+
+impl ApiTokens {
+    /// Reads every token now; the error names the entry (`ingest.api_tokens[1]`).
+    pub fn resolve(refs: &[SecretRef]) -> Result<Self, ConfigError> {
+        if refs.is_empty() {
+            return Err(ConfigError::Invalid(
+                "ingest.api_tokens: at least one token is required to serve the API (e.g. api_tokens = [{ env = \"MAILPIPE_INGEST_TOKEN\" }])".into(),
+            ));
+        }
+        let tokens = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.resolve(&format!("ingest.api_tokens[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(tokens))
+    }
+
+    pub fn from_plain(tokens: impl IntoIterator<Item = String>) -> Self {
+        Self(tokens.into_iter().map(SecretString::from).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn accepts(&self, presented: &str) -> bool {
+        let mut ok = subtle::Choice::from(0);
+        for t in &self.0 {
+            ok |= t.expose_secret().as_bytes().ct_eq(presented.as_bytes());
+        }
+        ok.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let src = ConfigSource::from_toml(
+            "[ingest]\nlisten = \"0.0.0.0:9000\"\nmax_in_flight = 64\napi_tokens = [{ env = \"A\" }, { file = \"/x\" }]\n[ingest.limits]\nmax_recipients = 50\n",
+        );
+        let c = Config::load(&src).unwrap();
+        assert_eq!(c.ingest.listen.port(), 9000);
+        assert_eq!(c.ingest.max_in_flight, 64);
+        assert_eq!(c.ingest.api_tokens.len(), 2);
+        assert_eq!(c.ingest.limits.max_recipients, 50);
+        assert_eq!(c.ingest.limits.max_attachments, JobLimits::default().max_attachments);
+        assert_eq!(Config::load(&ConfigSource::from_toml("")).unwrap().ingest, IngestSettings::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load(&ConfigSource::from_toml("[ingest]\nmax_in_flight = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("ingest.max_in_flight"), "{err}");
+        let err = Config::load(&ConfigSource::from_toml("[ingest]\nlisen = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::load(&ConfigSource::from_toml("[ingest]\ntemplates_dir = \"/surely/not/here\"\n")).unwrap_err().to_string();
+        assert!(err.contains("ingest.templates_dir"), "{err}");
+        let err = ApiTokens::resolve(&[]).unwrap_err().to_string();
+        assert!(err.contains("ingest.api_tokens"), "{err}");
+        let err = ApiTokens::resolve(&[SecretRef::env("MAILPIPE_TEST_NO_SUCH_TOKEN_VAR")]).unwrap_err().to_string();
+        assert!(err.contains("ingest.api_tokens[0]"), "{err}");
+    }
+
+    #[test]
+    fn every_configured_token_is_accepted_and_nothing_else() {
+        let t = ApiTokens::from_plain(["old-token".to_owned(), "new-token".to_owned()]);
+        assert!(t.accepts("old-token"));
+        assert!(t.accepts("new-token"));
+        assert!(!t.accepts("new-toke"));
+        assert!(!t.accepts(""));
+        assert!(!t.accepts("new-token2"));
+    }
+}

@@ -1,0 +1,85 @@
+//! `Application`: connects, starts following the events stream, binds the HTTP server
+//! (port 0 picks a free one: tests read it back with `port()`), and runs until the
+//! shutdown token fires.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailpipe_common::amqp::{Broker, BrokerError, PublishError, Publisher};
+use mailpipe_common::config::ConfigError;
+use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::service::{ops_router, serve, HttpServer, ReadyCheck};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::events;
+use crate::idempotency::AcceptedIds;
+use crate::metrics;
+use crate::publish::JobPublisher;
+use crate::settings::{ApiTokens, Config};
+use crate::status::StatusIndex;
+use crate::validate::Validator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("publishing the replay marker to the events stream: {0}")]
+    Marker(#[from] PublishError),
+    #[error(transparent)]
+    Listen(#[from] std::io::Error),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    server: HttpServer,
+    follower: tokio::task::JoinHandle<()>,
+    broker: Broker,
+}
+
+impl Application {
+    /// Everything up to a listening socket; returns once the port is bound.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        metrics::register();
+        let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
+        let broker = Broker::connect(&config.rabbitmq, "mailpipe-ingest", shutdown.clone()).await?;
+        let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
+        let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
+        let ids = AcceptedIds::new();
+        let status = Arc::new(Mutex::new(StatusIndex::new()));
+        let (replayed, follower) = events::follow(&pipeline, ids.clone(), status.clone(), confirm_timeout).await?;
+        let publisher = JobPublisher::new(pipeline, ids, status, config.ingest.max_in_flight);
+
+        let connected = broker.clone();
+        let replay = replayed.clone();
+        let checks: Vec<ReadyCheck> = vec![
+            Arc::new(move || if connected.is_connected() { Ok(()) } else { Err("RabbitMQ connection is down".into()) }),
+            Arc::new(move || if *replay.borrow() { Ok(()) } else { Err("replaying the events stream".into()) }),
+        ];
+        let listen = config.ingest.listen;
+        let state = AppState::new(Validator::from_settings(&config.ingest), publisher, tokens, config.ingest, replayed);
+        let router = api::router(state).merge(ops_router(checks)).layer(axum::middleware::from_fn(api::track));
+        let server = serve(listen, router, shutdown).await?;
+        Ok(Self { server, follower, broker })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.addr.port()
+    }
+
+    /// Serves until the shutdown token given to `build` fires; in-flight requests finish
+    /// (a batch being published is published to the end) before this returns.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.task.await.map_err(std::io::Error::other)?;
+        self.follower.await.ok();
+        self.broker.close().await;
+        served
+    }
+}

@@ -1,0 +1,209 @@
+//! `mailpipe-ingest submit FILE`: the batch import from the command line, straight to
+//! RabbitMQ, with a progress bar on a terminal and plain periodic lines otherwise.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use mailpipe_common::domain::BatchId;
+use mailpipe_common::pipeline::Pipeline;
+
+use crate::batch::{import, ImportError, ImportOptions, ImportReport, Progress};
+use crate::batch_reader::Format;
+use crate::idempotency::AcceptedIds;
+use crate::publish::JobPublisher;
+use crate::settings::IngestSettings;
+use crate::status::StatusIndex;
+use crate::validate::Validator;
+
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    pub file: PathBuf,
+    pub batch: Option<BatchId>,
+    pub partial: bool,
+    pub display: Display,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// indicatif bars with rate and ETA (stderr is a terminal).
+    Bar,
+    /// A plain line every few seconds (logs, CI).
+    Lines,
+    Quiet,
+}
+
+impl Display {
+    pub fn for_stderr() -> Self {
+        if std::io::stderr().is_terminal() { Display::Bar } else { Display::Lines }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{}: unknown format; name the file .jsonl, .ndjson or .csv", .0.display())]
+    Format(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("reading the events stream for duplicate checks: {0}")]
+    Replay(#[from] mailpipe_common::amqp::BrokerError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+impl SubmitError {
+    /// 1: lines were rejected; 3: the broker failed us; 2: the input could not be read.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SubmitError::Import(ImportError::Rejected(_)) => 1,
+            SubmitError::Replay(_) | SubmitError::Import(ImportError::Publish { .. }) => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// Imports `options.file` through `pipeline`. Learns the ids already accepted from the
+/// events stream first, so a file submitted twice is published once.
+pub async fn submit(pipeline: &Pipeline, settings: &IngestSettings, options: &SubmitOptions) -> Result<ImportReport, SubmitError> {
+    let format = Format::from_path(&options.file).ok_or_else(|| SubmitError::Format(options.file.clone()))?;
+    let file = std::fs::File::open(&options.file).map_err(|source| SubmitError::Open { path: options.file.clone(), source })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+
+    let ids = AcceptedIds::new();
+    let learned = ids.clone();
+    let known = pipeline.read_events_since(DateTime::<Utc>::UNIX_EPOCH, move |e| learned.learn(&e.job_id)).await?;
+    tracing::debug!(events = known, ids = ids.len(), "events stream read");
+
+    let status = Arc::new(Mutex::new(StatusIndex::new()));
+    let publisher = JobPublisher::new(pipeline.clone(), ids, status, settings.max_in_flight);
+    let progress = Arc::new(Progress::default());
+    let display = spawn_display(options.display, progress.clone(), size);
+    let import_options = ImportOptions { batch: options.batch.clone(), partial: options.partial, max_bytes: u64::MAX };
+    let validator = Arc::new(Validator::from_settings(settings));
+    let result = import(file, format, import_options, validator, &publisher, progress).await;
+    display.finish().await;
+    Ok(result?)
+}
+
+/// The summary printed after a submit (stdout): counts, then every bad line.
+pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let report = match result {
+        Ok(r) => Some(r),
+        Err(SubmitError::Import(ImportError::Rejected(r) | ImportError::Publish { report: r, .. })) => Some(r),
+        Err(_) => None,
+    };
+    if let Some(r) = report {
+        let _ = writeln!(
+            out,
+            "{}: batch {}: {} lines, {} accepted, {} duplicates (skipped), {} rejected",
+            path.display(),
+            r.batch,
+            r.lines,
+            r.accepted,
+            r.duplicates,
+            r.rejected
+        );
+        for e in &r.errors {
+            let _ = writeln!(out, "  line {}: {}: {}", e.line, e.field, e.reason);
+        }
+    }
+    match result {
+        Err(SubmitError::Import(ImportError::Rejected(_))) => {
+            let _ = writeln!(out, "nothing was published: fix the lines above, or submit with --partial to send the good ones");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+        }
+        Ok(r) if r.rejected > 0 => {
+            let _ = writeln!(out, "the good lines were published; the rejected ones were not");
+        }
+        Ok(_) => {}
+    }
+    out
+}
+
+struct DisplayTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DisplayTask {
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        self.task.await.ok();
+    }
+}
+
+fn spawn_display(display: Display, progress: Arc<Progress>, size: u64) -> DisplayTask {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let tick = if display == Display::Bar { Duration::from_millis(100) } else { Duration::from_secs(2) };
+        let mut bar: Option<(ProgressBar, bool)> = None;
+        loop {
+            let done = tokio::select! {
+                _ = &mut stopped => true,
+                _ = tokio::time::sleep(tick) => false,
+            };
+            let publishing = progress.publishing.load(Ordering::Relaxed);
+            let lines = progress.lines.load(Ordering::Relaxed);
+            let bad = progress.bad_lines.load(Ordering::Relaxed);
+            let published = progress.published.load(Ordering::Relaxed);
+            let total = progress.to_publish.load(Ordering::Relaxed);
+            match display {
+                Display::Quiet => {}
+                Display::Lines => {
+                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    if publishing {
+                        eprintln!("published {published}/{total} jobs ({:.0}/s)", published as f64 / secs);
+                    } else {
+                        eprintln!("checked {lines} lines ({bad} bad), {} bytes read", progress.bytes_read.load(Ordering::Relaxed));
+                    }
+                }
+                Display::Bar => {
+                    if bar.as_ref().is_none_or(|(_, p)| *p != publishing) {
+                        if let Some((b, _)) = bar.take() {
+                            b.finish();
+                        }
+                        let b = if publishing {
+                            let b = ProgressBar::new(total);
+                            b.set_style(style("publishing {bar:40} {pos}/{len} jobs {per_sec} ETA {eta}"));
+                            b
+                        } else {
+                            let b = ProgressBar::new(size);
+                            b.set_style(style("checking   {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}"));
+                            b
+                        };
+                        bar = Some((b, publishing));
+                    }
+                    if let Some((b, _)) = &bar {
+                        if publishing {
+                            b.set_position(published);
+                        } else {
+                            b.set_position(progress.bytes_read.load(Ordering::Relaxed));
+                            b.set_message(format!("{lines} lines, {bad} bad"));
+                        }
+                    }
+                }
+            }
+            if done {
+                if let Some((b, _)) = bar {
+                    b.finish();
+                }
+                return;
+            }
+        }
+    });
+    DisplayTask { stop, task }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}

@@ -1,0 +1,147 @@
+//! A real ingest `Application` on port 0 against a real RabbitMQ (unique prefix per test).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mailpipe_common::amqp::Stage;
+use mailpipe_common::config::{SecretRef, TelemetrySettings};
+use mailpipe_common::contract::JobLimits;
+use mailpipe_common::testkit::TestBroker;
+use mailpipe_ingest::{Application, Config, IngestSettings};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "first-token-0123456789";
+pub const ROTATED_TOKEN: &str = "second-token-9876543210";
+
+pub struct TestApp {
+    pub broker: TestBroker,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A directory with two token files, a templates dir holding `invoice`, and an
+/// attachments root holding `2026/inv-1.pdf`.
+pub fn fixture_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token1"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("token2"), ROTATED_TOKEN).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates/invoice")).unwrap();
+    std::fs::create_dir_all(dir.path().join("files/2026")).unwrap();
+    std::fs::write(dir.path().join("files/2026/inv-1.pdf"), b"%PDF-1.4").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), b"secret").unwrap();
+    dir
+}
+
+pub fn settings_for(dir: &Path) -> IngestSettings {
+    IngestSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_tokens: vec![
+            SecretRef { env: None, file: Some(dir.join("token1")) },
+            SecretRef { env: None, file: Some(dir.join("token2")) },
+        ],
+        limits: JobLimits { max_recipients: 3, ..JobLimits::default() },
+        templates_dir: Some(dir.join("templates")),
+        attachments_root: Some(dir.join("files")),
+        max_request_bytes: 64 * 1024,
+        max_batch_bytes: 8 * 1024 * 1024,
+        max_in_flight: 64,
+        replay_wait_ms: 10_000,
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(name: &str) -> Self {
+        let broker = TestBroker::start(name).await;
+        let dir = fixture_dir();
+        let config = Config { rabbitmq: broker.settings.clone(), telemetry: TelemetrySettings::default(), ingest: settings_for(dir.path()) };
+        Self::spawn_with(broker, dir, config).await
+    }
+
+    pub async fn spawn_with(broker: TestBroker, dir: tempfile::TempDir, config: Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let app = Application::build(config.clone(), shutdown.clone()).await.expect("application starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let server = tokio::spawn(app.run_until_stopped());
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "ingest did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { broker, base, client, shutdown, dir, config, server }
+    }
+
+    pub fn render_queue(&self) -> String {
+        self.broker.broker.topology().stage_queue(Stage::Render)
+    }
+
+    pub async fn render_depth(&self) -> u32 {
+        self.broker.depth(&self.render_queue()).await
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.base)).bearer_auth(TOKEN)
+    }
+
+    pub async fn post_job(&self, body: &str) -> (u16, serde_json::Value) {
+        let r = self.post("/v1/jobs").header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `path` until `check` holds on its JSON (the status index is fed asynchronously).
+    pub async fn eventually(&self, path: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get(path).send().await.unwrap();
+            let json: serde_json::Value = r.json().await.unwrap_or_default();
+            if check(&json) {
+                return json;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path} never satisfied the check; last: {json}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server but keeps the broker topology (for restart tests).
+    pub async fn stop(self) -> (TestBroker, tempfile::TempDir, Config) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+        (self.broker, self.dir, self.config)
+    }
+
+    pub async fn cleanup(self) {
+        let (broker, _, _) = self.stop().await;
+        broker.cleanup().await;
+    }
+}
+
+pub fn job_json(id: &str) -> String {
+    format!(r#"{{"id":"{id}","template":"invoice","to":["ann@example.com"],"data":{{"n":"1"}}}}"#)
+}
+
+pub fn write_jsonl(dir: &Path, name: &str, lines: impl IntoIterator<Item = String>) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
