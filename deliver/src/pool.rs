@@ -359,18 +359,23 @@ impl MailboxPool {
     /// in-flight sends, and a new session is opened only when none is idle, so open
     /// connections never exceed the cap.
     pub async fn session(&self, idx: usize) -> Result<SmtpSession, SessionError> {
-        let reusable = {
+        let (reusable, stale) = {
             let mut idle = self.idle[idx].lock().unwrap_or_else(|e| e.into_inner());
+            let mut stale = Vec::new();
             let mut found = None;
             while let Some((s, since)) = idle.pop() {
                 if since.elapsed() < self.idle_timeout && s.is_usable() {
                     found = Some(s);
                     break;
                 }
-                tokio::spawn(s.quit());
+                stale.push(s);
             }
-            found
+            (found, stale)
         };
+        // Stale sessions are closed before a new one opens: the server counts them until then.
+        for s in stale {
+            s.quit().await;
+        }
         match reusable {
             Some(s) => Ok(s),
             None => self.open(idx).await,

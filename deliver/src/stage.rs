@@ -159,25 +159,30 @@ impl DeliverStage {
         metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(report) if report.delivered() => {
-                self.pool.finish(lease, Completion::Counted);
+                // The session goes back before the slot frees: otherwise a waiting send
+                // could take the slot, find no idle session and open one connection too many.
                 self.pool.return_session(idx, session);
+                self.pool.finish(lease, Completion::Counted);
                 self.pool.mark_healthy(idx);
                 metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "accepted"]).inc();
                 Attempt::Delivered(report)
             }
             Ok(report) => {
-                self.pool.finish(lease, Completion::NotCounted);
                 self.pool.return_session(idx, session);
+                self.pool.finish(lease, Completion::NotCounted);
                 metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "message_permanent"]).inc();
                 Attempt::AllRefused(report)
             }
             Err(failure) => {
                 // Refused or lost after the data was handed over: count it, to be safe.
                 let counted = if failure.stage() == SmtpStage::Message { Completion::Counted } else { Completion::NotCounted };
-                self.pool.finish(lease, counted);
                 if matches!(failure, crate::smtp::SmtpFailure::Reply { .. }) {
                     self.pool.return_session(idx, session);
+                } else {
+                    // Close it before the slot frees, so the server never sees one too many.
+                    session.quit().await;
                 }
+                self.pool.finish(lease, counted);
                 let class = failure.class();
                 metrics::SENDS.with_label_values(&[mailbox.address.as_str(), class.as_str()]).inc();
                 tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");

@@ -1,0 +1,239 @@
+//! Harness for deliver's tests: a simulator with a pool of mailboxes, matching deliver
+//! settings (secrets in files, as in production), a real RabbitMQ under a unique prefix,
+//! and helpers to publish rendered messages and wait for outcomes.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mailpipe_common::config::{CommonSettings, SecretRef, TelemetrySettings};
+use mailpipe_common::contract::RenderedMeta;
+use mailpipe_common::domain::{BatchId, EmailAddress, JobId, Mailbox};
+use mailpipe_common::testkit::TestBroker;
+use mailpipe_deliver::settings::{AuthMethod, DeliverSettings, FromPolicy, LimitSettings, MailboxSettings, OAuthApp, TenantSettings};
+use mailpipe_deliver::startup::Application;
+use mailpipe_sim::{RunningSim, SimConfig, Simulator};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "s3cret-value-for-tests";
+
+/// Limits applied identically in the simulator and in deliver.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub messages: u64,
+    pub message_window_ms: u64,
+    pub recipients: u64,
+    pub recipient_window_ms: u64,
+    pub connections: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { messages: 10, message_window_ms: 1_000, recipients: 10_000, recipient_window_ms: 60_000, connections: 3 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub mailboxes: usize,
+    pub limits: Limits,
+    /// Mailbox indexes whose tenant app gets a wrong secret in deliver's settings.
+    pub wrong_secret: Vec<usize>,
+    pub token_lifetime_secs: u64,
+    /// Mailbox indexes allowed to send as `billing@contoso.example`.
+    pub send_as_billing: Vec<usize>,
+    pub from_policy: FromPolicy,
+    pub faults: String,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            mailboxes: 4,
+            limits: Limits::default(),
+            wrong_secret: vec![],
+            token_lifetime_secs: 3600,
+            send_as_billing: vec![],
+            from_policy: FromPolicy::Mailbox,
+            faults: String::new(),
+        }
+    }
+}
+
+pub fn mailbox_address(i: usize) -> String {
+    format!("mbx{i}@contoso.example")
+}
+
+/// Each mailbox in its own tenant, so one tenant's app can carry a wrong secret alone.
+pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
+    let l = spec.limits;
+    let mut toml = format!("limits_enabled = true\n{}\n", spec.faults);
+    for i in 0..spec.mailboxes {
+        let send_as = if spec.send_as_billing.contains(&i) { r#"send_as = ["billing@contoso.example"]"# } else { "" };
+        toml.push_str(&format!(
+            r#"
+[[tenants]]
+id = "t{i}"
+domains = ["contoso.example"]
+[[apps]]
+tenant = "t{i}"
+client_id = "app-{i}"
+client_secret = "{SECRET}"
+mailboxes = ["*"]
+token_lifetime_secs = {lifetime}
+[[mailboxes]]
+address = "{addr}"
+tenant = "t{i}"
+{send_as}
+[mailboxes.limits]
+messages_per_window = {m}
+message_window_ms = {mw}
+recipients_per_window = {r}
+recipient_window_ms = {rw}
+max_connections = {c}
+"#,
+            lifetime = spec.token_lifetime_secs,
+            addr = mailbox_address(i),
+            m = l.messages,
+            mw = l.message_window_ms,
+            r = l.recipients,
+            rw = l.recipient_window_ms,
+            c = l.connections,
+        ));
+    }
+    Simulator::start(SimConfig::from_toml_str(&toml).expect("sim config")).await.expect("simulator starts")
+}
+
+pub struct Harness {
+    pub sim: RunningSim,
+    pub broker: TestBroker,
+    pub common: CommonSettings,
+    pub settings: DeliverSettings,
+    _secrets: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn new(name: &str, spec: PoolSpec) -> Self {
+        let sim = start_sim(&spec).await;
+        let broker = TestBroker::start(name).await;
+        let secrets = tempfile::tempdir().unwrap();
+        let good = secrets.path().join("good");
+        let bad = secrets.path().join("bad");
+        std::fs::write(&good, SECRET).unwrap();
+        std::fs::write(&bad, "not-the-secret").unwrap();
+        let l = spec.limits;
+        let mut tenants = Vec::new();
+        let mut mailboxes = Vec::new();
+        for i in 0..spec.mailboxes {
+            let secret = if spec.wrong_secret.contains(&i) { &bad } else { &good };
+            tenants.push(TenantSettings {
+                id: format!("t{i}"),
+                oauth: Some(OAuthApp {
+                    tenant_id: None,
+                    client_id: format!("app-{i}"),
+                    client_secret: SecretRef { env: None, file: Some(secret.clone()) },
+                    authority: sim.authority(),
+                    scope: "https://outlook.office365.com/.default".into(),
+                }),
+                domains: vec!["contoso.example".into()],
+                external_recipient_limit: None,
+                licenses: None,
+                external_window_ms: 86_400_000,
+            });
+            mailboxes.push(MailboxSettings {
+                address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
+                tenant: format!("t{i}"),
+                auth: AuthMethod::Oauth2,
+                password: None,
+                username: None,
+                host: "localhost".into(),
+                port: sim.smtp_addr().port(),
+                limits: LimitSettings {
+                    messages_per_window: l.messages,
+                    message_window_ms: l.message_window_ms,
+                    recipients_per_window: l.recipients,
+                    recipient_window_ms: l.recipient_window_ms,
+                    max_connections: l.connections as u32,
+                    max_recipients_per_message: 500,
+                },
+                send_as: if spec.send_as_billing.contains(&i) { vec![EmailAddress::parse("billing@contoso.example").unwrap()] } else { vec![] },
+                groups: vec![],
+            });
+        }
+        let settings = DeliverSettings {
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            from_policy: spec.from_policy,
+            max_attempts: 8,
+            smtp_timeout_ms: 10_000,
+            idle_connection_ms: 30_000,
+            extra_ca_file: Some(sim.ca_pem_path().to_owned()),
+            pause_ms: 2_000,
+            max_pause_ms: 30_000,
+            prefetch: 64,
+            tenants,
+            mailboxes,
+            ..DeliverSettings::default()
+        };
+        settings.validate().expect("deliver settings");
+        let common = CommonSettings { rabbitmq: broker.settings.clone(), telemetry: TelemetrySettings::default() };
+        Self { sim, broker, common, settings, _secrets: secrets }
+    }
+
+    /// Starts deliver in this process; returns its shutdown token and task.
+    pub async fn start_deliver(&self) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let shutdown = CancellationToken::new();
+        let app = Application::build(&self.common, &self.settings, shutdown.clone()).await.expect("deliver starts");
+        (shutdown, tokio::spawn(app.run_until_stopped()))
+    }
+
+    pub async fn publish(&self, job: &str, from: &str, recipients: &[String]) {
+        let meta = RenderedMeta {
+            v: 1,
+            job_id: JobId::parse(job).unwrap(),
+            batch: Some(BatchId::parse("batch-1").unwrap()),
+            from: Mailbox::new(Some("Contoso Billing".into()), EmailAddress::parse(from).unwrap()).unwrap(),
+            has_reply_to: false,
+            recipients: recipients.iter().map(|r| EmailAddress::parse(r).unwrap()).collect(),
+            group: None,
+            message_id: format!("<{job}@mailpipe.test>"),
+            attempt: 0,
+            rendered_at: Utc::now(),
+        };
+        let mime = format!(
+            "To: {}\r\nSubject: Invoice {job}\r\nMessage-ID: <{job}@mailpipe.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello from {job}.\r\n",
+            recipients.join(", ")
+        );
+        self.broker.pipeline.send_rendered(&meta, mime.as_bytes()).await.unwrap().confirmed().await.unwrap();
+    }
+
+    /// Waits until the simulator has accepted `n` messages (or fails after `limit`).
+    pub async fn wait_accepted(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let got = self.sim.accepted().len();
+            if got >= n {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {got} of {n} accepted within {limit:?}; refusals: {:?}", self.sim.refusals());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(m) = self.broker.get(&self.broker.broker.topology().dead_queue(), Duration::from_millis(200)).await {
+            let reason = mailpipe_common::amqp::header_str(&m.delivery.properties, mailpipe_common::amqp::DEAD_REASON_HEADER).unwrap_or_default();
+            out.push((reason, m.delivery.data));
+        }
+        out
+    }
+
+    pub async fn finish(self) {
+        self.sim.shutdown().await;
+        self.broker.cleanup().await;
+    }
+}
+
+pub fn recipients(job: usize, n: usize) -> Vec<String> {
+    (0..n).map(|r| format!("customer{job}-{r}@fabrikam.example")).collect()
+}
