@@ -146,10 +146,13 @@ impl Broker {
         Ok(ch)
     }
 
-    /// Closes the connection (unacked messages go back to their queues).
+    /// Closes the connection (unacked messages go back to their queues). Bounded: a broker
+    /// that does not answer the close must not hold up a process's exit.
     pub async fn close(&self) {
-        if let Some(conn) = self.inner.connection.lock().await.take() {
-            conn.close(200, "shutdown".into()).await.ok();
+        if let Some(conn) = self.inner.connection.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into())).await.is_err()
+        {
+            tracing::warn!(endpoint = %self.inner.endpoint, "RabbitMQ did not confirm the connection close within 5 s");
         }
     }
 }

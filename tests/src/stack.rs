@@ -1,0 +1,402 @@
+//! A whole mailpipe for tests and the demo: the simulator in-process, one configuration
+//! file, and `mailpipe-ingest serve`, `mailpipe-render` and `mailpipe-deliver` as real
+//! child processes on a real RabbitMQ under a unique prefix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use mailpipe_common::config::RabbitSettings;
+use mailpipe_common::testkit::{amqp_url, unique_prefix, TestBroker};
+use mailpipe_sim::{RunningSim, SimConfig, Simulator};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// The three stage binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Ingest,
+    Render,
+    Deliver,
+}
+
+impl Binary {
+    pub const ALL: [Binary; 3] = [Binary::Ingest, Binary::Render, Binary::Deliver];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Binary::Ingest => "mailpipe-ingest",
+            Binary::Render => "mailpipe-render",
+            Binary::Deliver => "mailpipe-deliver",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Names the RabbitMQ prefix and the run.
+    pub name: String,
+    /// Where config, logs, attachments and simulator state go (default: a temp dir).
+    pub dir: Option<PathBuf>,
+    pub tenants: usize,
+    pub mailboxes_per_tenant: usize,
+    pub messages_per_window: u64,
+    pub message_window_ms: u64,
+    pub recipients_per_window: u64,
+    pub recipient_window_ms: u64,
+    /// This mailbox (index over all) authenticates with a wrong password.
+    pub wrong_password_mailbox: Option<usize>,
+    pub record_eml: bool,
+    /// Extra simulator TOML (e.g. a `[faults]` table).
+    pub sim_extra: String,
+    pub retry_delays_ms: Vec<u64>,
+    /// `MAILPIPE_*`/`RUST_LOG` environment for the children.
+    pub log_filter: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            name: "e2e".into(),
+            dir: None,
+            tenants: 2,
+            mailboxes_per_tenant: 2,
+            messages_per_window: 30,
+            message_window_ms: 2_000,
+            recipients_per_window: 10_000,
+            recipient_window_ms: 60_000,
+            wrong_password_mailbox: None,
+            record_eml: false,
+            sim_extra: String::new(),
+            retry_delays_ms: vec![500, 1_000, 2_000],
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// A mailbox of the generated pool.
+#[derive(Debug, Clone)]
+pub struct PoolMailbox {
+    pub address: String,
+    pub tenant: String,
+}
+
+struct Proc {
+    child: Child,
+}
+
+pub struct Stack {
+    pub options: StackOptions,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub sim: RunningSim,
+    pub config_path: PathBuf,
+    pub rabbit: RabbitSettings,
+    pub token: String,
+    pub mailboxes: Vec<PoolMailbox>,
+    ports: HashMap<Binary, u16>,
+    procs: HashMap<Binary, Proc>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("dir", &self.dir).field("prefix", &self.rabbit.prefix).finish()
+    }
+}
+
+/// The directory holding the workspace's built binaries: `MAILPIPE_BIN_DIR`, or the one
+/// this executable was built into (`target/debug` for tests and the demo).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("MAILPIPE_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        if dir.join(Binary::Deliver.name()).is_file() {
+            return Ok(dir.to_owned());
+        }
+    }
+    bail!("the mailpipe binaries are not built next to {}; run `cargo build --workspace --bins` first (or set MAILPIPE_BIN_DIR)", exe.display())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The workspace root (for `examples/templates`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+impl Stack {
+    /// Starts the simulator and all three binaries, and waits until each is ready.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let mut stack = Self::prepare(options).await?;
+        for b in Binary::ALL {
+            stack.start_binary(b).await?;
+        }
+        Ok(stack)
+    }
+
+    /// Writes the configuration and starts the simulator; binaries are started by the caller.
+    pub async fn prepare(options: StackOptions) -> anyhow::Result<Self> {
+        let (dir, temp) = match &options.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (d.clone(), None)
+            }
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        for sub in ["logs", "secrets", "attachments", "sim"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        std::fs::write(dir.join("secrets/api-token"), &token)?;
+        let mut mailboxes = Vec::new();
+        let mut sim_toml = format!(
+            "state_dir = {:?}\nrecord_eml = {}\nlimits_enabled = true\n{}\n",
+            dir.join("sim").display().to_string(),
+            options.record_eml,
+            options.sim_extra
+        );
+        let mut deliver_toml = String::new();
+        for t in 0..options.tenants {
+            let tenant = ["contoso", "fabrikam", "northwind", "tailspin"].get(t).map(|s| (*s).to_owned()).unwrap_or_else(|| format!("tenant{t}"));
+            let secret = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(dir.join(format!("secrets/{tenant}-client-secret")), &secret)?;
+            sim_toml.push_str(&format!(
+                "[[tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[[apps]]\ntenant = \"{tenant}\"\nclient_id = \"{tenant}-app\"\nclient_secret = \"{secret}\"\nmailboxes = [\"*\"]\n"
+            ));
+            deliver_toml.push_str(&format!(
+                "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{}\"\n",
+                dir.join(format!("secrets/{tenant}-client-secret")).display().to_string(),
+                "AUTHORITY"
+            ));
+            for m in 0..options.mailboxes_per_tenant {
+                let idx = mailboxes.len();
+                let address = format!("sender{m}@{tenant}.example");
+                let password = "correct-horse";
+                sim_toml.push_str(&format!(
+                    "[[mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\npassword = \"{password}\"\n[mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
+                    options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
+                ));
+                let auth = if options.wrong_password_mailbox == Some(idx) {
+                    std::fs::write(dir.join(format!("secrets/{address}")), "wrong-password")?;
+                    format!("auth = \"password\"\npassword = {{ file = {:?} }}\n", dir.join(format!("secrets/{address}")).display().to_string())
+                } else {
+                    String::new()
+                };
+                deliver_toml.push_str(&format!(
+                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = SMTP_PORT\n{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
+                    options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
+                ));
+                mailboxes.push(PoolMailbox { address, tenant: tenant.clone() });
+            }
+        }
+        std::fs::write(dir.join("sim.toml"), &sim_toml)?;
+        let sim = Simulator::start(SimConfig::from_toml_str(&sim_toml).context("simulator configuration")?).await?;
+        let deliver_toml = deliver_toml.replace("AUTHORITY", &sim.authority()).replace("SMTP_PORT", &sim.smtp_addr().port().to_string());
+
+        let mut ports = HashMap::new();
+        for b in Binary::ALL {
+            ports.insert(b, free_port()?);
+        }
+        let rabbit = RabbitSettings {
+            url: amqp_url(),
+            prefix: unique_prefix(&options.name),
+            retry_delays_ms: options.retry_delays_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            ..RabbitSettings::default()
+        };
+        let root = workspace_root();
+        let config = format!(
+            r#"# Generated by mailpipe-tests for one run.
+[rabbitmq]
+url = "{url}"
+prefix = "{prefix}"
+prefetch = 64
+delivery_limit = 5
+retry_delays_ms = {delays:?}
+
+[telemetry]
+log_filter = "{log}"
+
+[ingest]
+listen = "127.0.0.1:{ingest}"
+api_tokens = [{{ file = {token:?} }}]
+templates_dir = {templates:?}
+attachments_root = {attachments:?}
+
+[render]
+http_listen = "127.0.0.1:{render}"
+templates_dir = {templates:?}
+attachments_root = {attachments:?}
+message_id_domain = "mailpipe.test"
+
+[deliver]
+http_listen = "127.0.0.1:{deliver}"
+extra_ca_file = {ca:?}
+from_policy = "mailbox"
+smtp_timeout_ms = 15000
+pause_ms = 2000
+max_pause_ms = 20000
+max_attempts = 6
+{deliver_toml}"#,
+            url = rabbit.url,
+            prefix = rabbit.prefix,
+            delays = options.retry_delays_ms,
+            log = options.log_filter,
+            ingest = ports[&Binary::Ingest],
+            render = ports[&Binary::Render],
+            deliver = ports[&Binary::Deliver],
+            token = dir.join("secrets/api-token").display().to_string(),
+            templates = root.join("examples/templates").display().to_string(),
+            attachments = dir.join("attachments").display().to_string(),
+            ca = sim.ca_pem_path().display().to_string(),
+        );
+        let config_path = dir.join("mailpipe.toml");
+        std::fs::write(&config_path, config)?;
+        Ok(Self {
+            options,
+            dir,
+            _temp: temp,
+            sim,
+            config_path,
+            rabbit,
+            token,
+            mailboxes,
+            ports,
+            procs: HashMap::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        })
+    }
+
+    pub fn url(&self, b: Binary) -> String {
+        format!("http://127.0.0.1:{}", self.ports[&b])
+    }
+
+    pub fn attachments_root(&self) -> PathBuf {
+        self.dir.join("attachments")
+    }
+
+    pub fn log_path(&self, b: Binary) -> PathBuf {
+        self.dir.join("logs").join(format!("{}.log", b.name()))
+    }
+
+    /// Messages per second the whole pool may send.
+    pub fn pool_rate(&self) -> f64 {
+        self.mailboxes.len() as f64 * self.options.messages_per_window as f64 * 1000.0 / self.options.message_window_ms as f64
+    }
+
+    /// Spawns a binary (appending to its log) and waits for `/readyz`.
+    pub async fn start_binary(&mut self, b: Binary) -> anyhow::Result<()> {
+        let path = bin_dir()?.join(b.name());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(b))?;
+        let mut cmd = Command::new(&path);
+        cmd.arg("--config").arg(&self.config_path);
+        if b == Binary::Ingest {
+            cmd.arg("serve");
+        }
+        cmd.env("RUST_LOG", &self.options.log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("starting {}", path.display()))?;
+        self.procs.insert(b, Proc { child });
+        self.wait_ready(b, Duration::from_secs(90)).await
+    }
+
+    pub async fn wait_ready(&mut self, b: Binary, limit: Duration) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.url(b));
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(p) = self.procs.get_mut(&b)
+                && let Some(status) = p.child.try_wait()?
+            {
+                bail!("{} exited during start ({status}); see {}", b.name(), self.log_path(b).display());
+            }
+            if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} not ready within {limit:?}; see {}", b.name(), self.log_path(b).display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (SIGKILL after `limit`).
+    pub async fn stop_binary(&mut self, b: Binary, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut p) = self.procs.remove(&b) else { bail!("{} is not running", b.name()) };
+        if let Some(pid) = p.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        match tokio::time::timeout(limit, p.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                p.child.kill().await.ok();
+                bail!("{} did not stop within {limit:?} after SIGTERM", b.name())
+            }
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub async fn kill_binary(&mut self, b: Binary) -> anyhow::Result<()> {
+        if let Some(mut p) = self.procs.remove(&b) {
+            p.child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn post_batch(&self, batch: &str, jsonl: String, partial: bool) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}/v1/batches?batch={batch}{}", self.url(Binary::Ingest), if partial { "&partial=true" } else { "" });
+        let r = self.http.post(url).bearer_auth(&self.token).header("content-type", "application/x-ndjson").body(jsonl).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn batch_status(&self, batch: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(format!("{}/v1/batches/{batch}", self.url(Binary::Ingest))).bearer_auth(&self.token).send().await?;
+        if r.status().as_u16() == 404 {
+            return Ok(Value::Null);
+        }
+        Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// Waits until every job of the batch is delivered or failed; returns the last status.
+    pub async fn wait_batch_done(&self, batch: &str, jobs: u64, limit: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = self.batch_status(batch).await.unwrap_or(Value::Null);
+            let c = &status["counts"];
+            let done = c["delivered"].as_u64().unwrap_or(0) + c["failed"].as_u64().unwrap_or(0);
+            if done >= jobs {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("batch {batch} not done within {limit:?}: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the binaries (SIGTERM), the simulator, and removes the run's queues.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let running: Vec<Binary> = self.procs.keys().copied().collect();
+        for b in running {
+            self.stop_binary(b, Duration::from_secs(30)).await?;
+        }
+        let broker = TestBroker::with_settings(self.rabbit.clone()).await;
+        broker.cleanup().await;
+        self.sim.shutdown().await;
+        Ok(())
+    }
+}
