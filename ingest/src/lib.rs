@@ -19,6 +19,8 @@
 //! - [`events`]: follows the events stream into both.
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod batch;
 pub mod batch_reader;

@@ -1,6 +1,8 @@
 //! The HTTP API against a real RabbitMQ: what is accepted arrives as the contract says;
 //! what is refused names its field and publishes nothing.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! docs: ingest/openapi.yaml describes exactly the routes the router has, and its
 //! example jobs parse as jobs.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 
 use mailpipe_common::contract::Job;
@@ -21,10 +23,10 @@ fn spec_routes() -> BTreeSet<(String, String)> {
         }
         if let Some(p) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')).filter(|p| p.starts_with('/')) {
             path = Some(p.to_owned());
-        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')).filter(|m| !m.starts_with(' ')) {
-            if ["get", "post", "put", "patch", "delete"].contains(&m) {
-                routes.insert((m.to_uppercase(), path.clone().expect("method under a path")));
-            }
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')).filter(|m| !m.starts_with(' '))
+            && ["get", "post", "put", "patch", "delete"].contains(&m)
+        {
+            routes.insert((m.to_uppercase(), path.clone().expect("method under a path")));
         }
     }
     routes

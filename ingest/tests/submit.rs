@@ -1,5 +1,7 @@
 //! `submit`: the library function the CLI uses, and the binary itself.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Command;
@@ -52,10 +54,16 @@ async fn bad_lines_are_reported_exactly_and_nothing_is_published() {
 
 fn config_file(dir: &std::path::Path, t: &TestBroker) -> std::path::PathBuf {
     let path = dir.join("mailpipe.toml");
+    // The topology arguments must match the test broker's, or declaring it fails.
+    let r = &t.settings;
+    let delays: Vec<String> = r.retry_delays_ms.iter().map(|d| d.as_millis().to_string()).collect();
     let text = format!(
-        "[rabbitmq]\nurl = {:?}\nprefix = {:?}\n\n[ingest]\ntemplates_dir = {:?}\n",
-        t.settings.url,
-        t.settings.prefix,
+        "[rabbitmq]\nurl = {:?}\nprefix = {:?}\ndelivery_limit = {}\nretry_delays_ms = [{}]\nevents_max_age = {:?}\n\n[ingest]\ntemplates_dir = {:?}\n",
+        r.url,
+        r.prefix,
+        r.delivery_limit,
+        delays.join(", "),
+        r.events_max_age,
         dir.join("templates")
     );
     std::fs::write(&path, text).unwrap();

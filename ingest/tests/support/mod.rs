@@ -1,5 +1,7 @@
 //! A real ingest `Application` on port 0 against a real RabbitMQ (unique prefix per test).
 
+#![allow(clippy::unwrap_used)]
+
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
