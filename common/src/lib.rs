@@ -7,6 +7,7 @@
 //! - [`amqp`]: the RabbitMQ layer: reconnecting `Broker`, `Topology`, confirmed
 //!   `Publisher`, bounded `consume` loop.
 //! - [`pipeline`]: the records stages write: delivery events, dead letters, the retry ladder.
+//! - [`pool`]: the configured pool of sending mailboxes (deliver sends, ingest estimates).
 //! - [`service`], [`telemetry`], [`shutdown`], [`cli`]: what every binary serves and how it
 //!   starts and stops.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod contract;
 pub mod domain;
 pub mod pipeline;
+pub mod pool;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

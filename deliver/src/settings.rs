@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mailpipe_common::config::{ConfigError, ConfigSource, SecretRef};
-use mailpipe_common::domain::EmailAddress;
+use mailpipe_common::config::{ConfigError, ConfigSource};
+pub use mailpipe_common::pool::{AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ impl Default for DeliverSettings {
             max_pause_ms: 3_600_000,
             prefetch: 64,
             replay_ledger: true,
-            dedupe_horizon_ms: 7 * day_ms(),
+            dedupe_horizon_ms: 7 * 86_400_000,
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }
@@ -71,129 +71,6 @@ impl Default for DeliverSettings {
 pub enum FromPolicy {
     Mailbox,
     SendAs,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantSettings {
-    /// Our name for the tenant, referenced by mailboxes.
-    pub id: String,
-    /// The app registration for OAuth2 client credentials (absent: password auth only).
-    #[serde(default)]
-    pub oauth: Option<OAuthApp>,
-    /// The tenant's own domains: recipients elsewhere count against the external limit.
-    #[serde(default)]
-    pub domains: Vec<String>,
-    /// External recipients per window for the whole tenant. Default from `licenses`
-    /// (500 x licenses^0.7 + 9,500), or 10,000 without.
-    #[serde(default)]
-    pub external_recipient_limit: Option<u64>,
-    #[serde(default)]
-    pub licenses: Option<u64>,
-    #[serde(default = "day_ms")]
-    pub external_window_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuthApp {
-    /// Directory (tenant) id or domain in the token URL; defaults to the tenant's `id`.
-    #[serde(default)]
-    pub tenant_id: Option<String>,
-    pub client_id: String,
-    pub client_secret: SecretRef,
-    /// `https://login.microsoftonline.com` (global); sovereign clouds differ.
-    #[serde(default = "default_authority")]
-    pub authority: String,
-    #[serde(default = "default_scope")]
-    pub scope: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    Oauth2,
-    Password,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MailboxSettings {
-    pub address: EmailAddress,
-    pub tenant: String,
-    #[serde(default = "default_auth")]
-    pub auth: AuthMethod,
-    /// For `auth = "password"`.
-    #[serde(default)]
-    pub password: Option<SecretRef>,
-    /// Login name when it differs from the address.
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
-    #[serde(default)]
-    pub limits: LimitSettings,
-    /// Addresses this mailbox has Send As rights on.
-    #[serde(default)]
-    pub send_as: Vec<EmailAddress>,
-    /// Groups a job may ask for.
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-/// Exchange Online's defaults; windows in milliseconds so tests can scale time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitSettings {
-    pub messages_per_window: u64,
-    pub message_window_ms: u64,
-    pub recipients_per_window: u64,
-    pub recipient_window_ms: u64,
-    pub max_connections: u32,
-    pub max_recipients_per_message: u64,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        Self {
-            messages_per_window: 30,
-            message_window_ms: 60_000,
-            recipients_per_window: 10_000,
-            recipient_window_ms: day_ms(),
-            max_connections: 3,
-            max_recipients_per_message: 500,
-        }
-    }
-}
-
-fn day_ms() -> u64 {
-    86_400_000
-}
-fn default_authority() -> String {
-    "https://login.microsoftonline.com".into()
-}
-fn default_scope() -> String {
-    "https://outlook.office365.com/.default".into()
-}
-fn default_auth() -> AuthMethod {
-    AuthMethod::Oauth2
-}
-fn default_host() -> String {
-    "smtp.office365.com".into()
-}
-fn default_port() -> u16 {
-    587
-}
-
-impl TenantSettings {
-    pub fn external_limit(&self) -> u64 {
-        self.external_recipient_limit.unwrap_or_else(|| match self.licenses {
-            Some(l) => crate::throttle::TenantLimit::production_limit(l),
-            None => 10_000,
-        })
-    }
 }
 
 impl DeliverSettings {
@@ -288,7 +165,7 @@ mod tests {
     fn defaults_are_exchange_online_limits() {
         let l = LimitSettings::default();
         assert_eq!((l.messages_per_window, l.message_window_ms, l.recipients_per_window, l.max_connections), (30, 60_000, 10_000, 3));
-        let t = TenantSettings { id: "t".into(), oauth: None, domains: vec![], external_recipient_limit: None, licenses: Some(100), external_window_ms: day_ms() };
+        let t = TenantSettings { id: "t".into(), oauth: None, domains: vec![], external_recipient_limit: None, licenses: Some(100), external_window_ms: 86_400_000 };
         assert_eq!(t.external_limit(), 22_059);
     }
 }

@@ -52,9 +52,7 @@ impl TenantLimit {
     /// Exchange Online's limit per 24 h for a tenant with `licenses` licenses:
     /// `500 × licenses^0.7 + 9,500`, rounded down.
     pub fn production_limit(licenses: u64) -> u64 {
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let scaled = (500.0 * (licenses as f64).powf(0.7)).floor() as u64;
-        scaled.saturating_add(9_500)
+        mailpipe_common::pool::external_recipient_limit(licenses)
     }
 
     /// The window (read-only).
