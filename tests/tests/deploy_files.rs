@@ -26,8 +26,11 @@ pub mod names {
     /// Metric names in a PromQL expression: identifiers that are not functions, keywords,
     /// label names (inside `{}` or a `by (...)` list), strings, durations or `$variables`.
     pub fn in_promql(expr: &str) -> BTreeSet<String> {
-        const KEYWORDS: [&str; 14] =
-            ["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan", "atan2"];
+        // Aggregation operators may be followed by `by (...)` rather than `(`.
+        const KEYWORDS: [&str; 26] = [
+            "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan", "atan2",
+            "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+        ];
         const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
         let chars: Vec<char> = expr.chars().collect();
         let mut out = BTreeSet::new();
