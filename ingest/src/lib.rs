@@ -16,7 +16,9 @@
 //! - [`batch`]: one import (check, spool, publish), shared by the API and `submit`.
 //! - [`publish`]: claim the id, publish, await the confirm, record the `accepted` event.
 //! - [`idempotency`]: ids already accepted. [`status`]: what is known per job and batch.
+//! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
 //! - [`events`]: follows the events stream into both.
+//! - [`status_cli`]: `mailpipe-ingest status`. [`dead`]: `mailpipe-ingest dead list|replay`.
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -24,12 +26,15 @@
 pub mod api;
 pub mod batch;
 pub mod batch_reader;
+pub mod dead;
+pub mod eta;
 pub mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod publish;
 pub mod settings;
 pub mod startup;
+pub mod status_cli;
 pub mod status;
 pub mod submit;
 pub mod validate;

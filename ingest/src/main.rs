@@ -1,11 +1,14 @@
-//! `mailpipe-ingest`: `serve` the HTTP API, or `submit` a file from the command line.
+//! `mailpipe-ingest`: `serve` the HTTP API, `submit` a file, ask a batch's `status`, or
+//! list and replay `dead` letters.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
-use mailpipe_common::domain::BatchId;
+use mailpipe_common::domain::{BatchId, JobId};
+use mailpipe_ingest::dead::{self, DeadFilter};
+use mailpipe_ingest::status_cli::{self, StatusOptions};
 use mailpipe_ingest::settings::ApiTokens;
 use mailpipe_ingest::submit::{self, Display, SubmitOptions};
 use mailpipe_ingest::{Application, Config};
@@ -23,11 +26,24 @@ Examples:
   mailpipe-ingest --config mailpipe.toml submit examples/jobs/batch.csv --batch nov-2026
   mailpipe-ingest submit invoices.jsonl --partial     # publish the good lines, report the bad
 
+  # A batch's status from the events stream (no server needed): counts, per mailbox,
+  # failures with their SMTP replies, ETA from the [deliver] pool's limits:
+  mailpipe-ingest --config mailpipe.toml status nov-2026
+  mailpipe-ingest status nov-2026 --watch          # every 2 s until finished (or Ctrl-C)
+  mailpipe-ingest status nov-2026 --json | jq .eta # the same JSON as GET /v1/batches/{id}
+
+  # Dead letters: read them (the queue is left intact), then send them back:
+  mailpipe-ingest dead list --batch nov-2026
+  mailpipe-ingest dead replay --batch nov-2026 --dry-run
+  mailpipe-ingest dead replay --id inv-2026-11-000123
+
   # Check the configuration (exit 2 naming the key when it is wrong):
   mailpipe-ingest --config mailpipe.toml --check-config
 
-Exit codes: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ failed.
-See docs/ingest.md for the CSV columns, idempotency and the HTTP API.";
+Exit codes: submit: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ
+failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown
+batch or configuration; 3 RabbitMQ failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
+See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
 
 #[derive(Debug, Parser)]
 #[command(name = "mailpipe-ingest", version, about = "Accepts mail jobs (HTTP API or files), validates them and publishes them to RabbitMQ.", after_help = AFTER_HELP)]
@@ -56,6 +72,54 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// A batch's status from the events stream: counts, per mailbox, failures, ETA.
+    Status {
+        /// The batch id.
+        #[arg(value_parser = |s: &str| BatchId::parse(s))]
+        batch: BatchId,
+        /// Print again every 2 s until the batch is finished (or Ctrl-C).
+        #[arg(long)]
+        watch: bool,
+        /// One JSON object (per refresh with --watch), as GET /v1/batches/{id} answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: list them, or replay them to the stage they died in.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadCommand {
+    /// Show each dead letter (job, batch, stage, reason, SMTP reply); the queue is left intact.
+    List {
+        /// Only this batch's.
+        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
+        batch: Option<BatchId>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish matching dead letters to their stage (acked after the broker confirmed).
+    Replay {
+        /// This batch's dead letters.
+        #[arg(long, value_parser = |s: &str| BatchId::parse(s), required_unless_present_any = ["id", "all"])]
+        batch: Option<BatchId>,
+        /// This job's dead letter(s).
+        #[arg(long, value_parser = |s: &str| JobId::parse(s))]
+        id: Option<JobId>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with_all = ["batch", "id"])]
+        all: bool,
+        /// Say what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +135,7 @@ fn main() -> ExitCode {
         return check_config(&config);
     }
     let Some(command) = cli.command else {
-        eprintln!("nothing to do: give `serve` or `submit FILE` (see --help)");
+        eprintln!("nothing to do: give `serve`, `submit FILE`, `status BATCH` or `dead list|replay` (see --help)");
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -85,7 +149,6 @@ fn main() -> ExitCode {
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    let tokens = ApiTokens::resolve(&config.ingest.api_tokens);
     println!("rabbitmq: prefix {:?}, confirm timeout {} ms", config.rabbitmq.prefix, config.rabbitmq.confirm_timeout_ms);
     println!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
@@ -96,16 +159,133 @@ fn check_config(config: &Config) -> ExitCode {
         config.ingest.max_in_flight
     );
     println!("ingest.limits: {:?}", config.ingest.limits);
-    match tokens {
-        Ok(_) => {
-            println!("configuration is valid");
-            ExitCode::SUCCESS
+    match &config.pool {
+        Ok(pool) => {
+            let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
+            if let Ok(p) = pool {
+                println!(
+                    "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
+                    p.mailboxes.len(),
+                    p.messages_per_second(),
+                    p.recipients_per_window()
+                );
+            }
+        }
+        Err(why) => println!("warning: batch ETAs will be null: {why}"),
+    }
+    // Tokens are needed by `serve` only: none configured is a warning here, but a token
+    // that is configured and cannot be read is an error.
+    if config.ingest.api_tokens.is_empty() {
+        println!("warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)");
+    } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
+        eprintln!("configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    println!("configuration is valid");
+    ExitCode::SUCCESS
+}
+
+async fn connect(config: &Config, name: &str, shutdown: tokio_util::sync::CancellationToken) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
+    match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, name, shutdown).await {
+        Ok(b) => {
+            let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
+            Ok(mailpipe_common::pipeline::Pipeline::new(mailpipe_common::amqp::Publisher::new(b, timeout)))
         }
         Err(e) => {
-            eprintln!("configuration error: {e}");
-            ExitCode::from(2)
+            eprintln!("RabbitMQ: {e}");
+            Err(ExitCode::from(3))
         }
     }
+}
+
+async fn dead_command(config: &Config, command: DeadCommand, shutdown: tokio_util::sync::CancellationToken) -> ExitCode {
+    let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone()).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    // Which jobs are delivered: from the events stream, as `status` reads it.
+    let index = match status_cli::follow_index(&pipeline, config, &shutdown).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(3);
+        }
+    };
+    let delivered = |id: &JobId| mailpipe_ingest::publish::lock_status(&index).is_delivered(id);
+    let code = match command {
+        DeadCommand::List { batch, json } => {
+            let filter = DeadFilter { batch, job: None };
+            match dead::list(pipeline.broker(), &filter, delivered).await {
+                Ok(listing) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&listing).unwrap_or_default());
+                    } else {
+                        print!("{}", dead_listing_text(&listing));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dead letters: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
+        DeadCommand::Replay { batch, id, all: _, dry_run, json } => {
+            let filter = DeadFilter { batch, job: id };
+            match dead::replay(&pipeline, &filter, dry_run, delivered).await {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    } else {
+                        let verb = if dry_run { "would replay" } else { "replayed" };
+                        println!(
+                            "{}: {} dead letters, {} matching; {verb} {}, left {}",
+                            report.queue,
+                            report.total,
+                            report.matched,
+                            report.replayed.len(),
+                            report.skipped.len()
+                        );
+                        for r in &report.replayed {
+                            println!("  {verb} {} -> {}", r.job_id.as_deref().unwrap_or("?"), r.stage);
+                        }
+                        for s in &report.skipped {
+                            println!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dead letters: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
+    };
+    pipeline.broker().shutdown_token().cancel();
+    pipeline.broker().close().await;
+    code
+}
+
+fn dead_listing_text(l: &dead::Listing) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("{}: {} dead letters, {} listed\n", l.queue, l.total, l.matched);
+    for d in &l.dead_letters {
+        let _ = writeln!(
+            out,
+            "  {}  batch {}  stage {}{}",
+            d.job_id.as_deref().unwrap_or("?"),
+            d.batch.as_deref().unwrap_or("-"),
+            d.stage.as_deref().unwrap_or("?"),
+            if d.delivered { "  (job delivered)" } else { "" }
+        );
+        let from = d.reason_from.map(|f| format!(" ({f})")).unwrap_or_default();
+        let _ = writeln!(out, "      reason{from}: {}", d.reason.as_deref().unwrap_or("(none given)"));
+        if let Some(reply) = &d.smtp {
+            let _ = writeln!(out, "      last reply: {reply}");
+        }
+    }
+    out
 }
 
 async fn run(config: Config, command: Command) -> ExitCode {
@@ -138,6 +318,17 @@ async fn run(config: Config, command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Status { batch, watch, json } => {
+            let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let code = status_cli::run(&pipeline, &config, &StatusOptions { batch, watch, json }, &shutdown).await;
+            pipeline.broker().shutdown_token().cancel();
+            pipeline.broker().close().await;
+            ExitCode::from(code)
+        }
+        Command::Dead { command } => dead_command(&config, command, shutdown).await,
         Command::Submit { file, batch, partial, quiet } => {
             let broker = match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, "mailpipe-ingest submit", shutdown).await {
                 Ok(b) => b,

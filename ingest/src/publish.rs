@@ -120,8 +120,11 @@ impl BatchSender {
         job.accepted_at = Some(now);
         let started = Instant::now();
         let confirm = self.publisher.pipeline.send_job(&job).await?;
+        let recipients = u32::try_from(job.recipient_count()).unwrap_or(u32::MAX);
         let mut event = DeliveryEvent::new(job.id, job.batch, EventKind::Accepted);
         event.at = now;
+        // On `accepted`, the job's to + cc + bcc: batch ETAs need the recipients left.
+        event.recipients = recipients;
         self.jobs.push_back(InFlightJob { reservation, event, started, confirm });
         while self.jobs.len() >= self.publisher.window {
             self.settle_one().await?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use mailpipe_common::config::{ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings};
 use mailpipe_common::contract::JobLimits;
+use mailpipe_common::pool::PoolSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -59,6 +60,9 @@ pub struct Config {
     pub rabbitmq: RabbitSettings,
     pub telemetry: TelemetrySettings,
     pub ingest: IngestSettings,
+    /// The pool as `[deliver]` describes it (for batch ETAs), or why it is not there. Never
+    /// an error for ingest: without it the ETA is `null` with this reason.
+    pub pool: Result<PoolSettings, String>,
 }
 
 impl Config {
@@ -79,8 +83,42 @@ impl Config {
                 return Err(invalid(key, &format!("{} is not a directory", dir.display())));
             }
         }
-        Ok(Self { rabbitmq: common.rabbitmq, telemetry: common.telemetry, ingest })
+        Ok(Self { rabbitmq: common.rabbitmq, telemetry: common.telemetry, ingest, pool: pool_of(source) })
     }
+
+    /// The retention of the events stream (`rabbitmq.events_max_age`): how long ingest
+    /// keeps finished batches in memory.
+    pub fn events_retention(&self) -> chrono::Duration {
+        parse_max_age(&self.rabbitmq.events_max_age).unwrap_or_else(|| chrono::Duration::days(7))
+    }
+}
+
+/// The `[deliver]` section's pool (its other keys are deliver's business and ignored).
+fn pool_of(source: &ConfigSource) -> Result<PoolSettings, String> {
+    match source.section::<PoolSettings>("deliver") {
+        Ok(p) if p.mailboxes.is_empty() => {
+            Err("no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into())
+        }
+        Ok(p) => Ok(p),
+        Err(e) => Err(format!("the [deliver] pool could not be read: {e}")),
+    }
+}
+
+/// RabbitMQ's `x-max-age` syntax: a number and a unit, `Y`, `M`, `D`, `h`, `m` or `s`.
+pub fn parse_max_age(text: &str) -> Option<chrono::Duration> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let n: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let secs = match unit {
+        'Y' => 365 * 86_400,
+        'M' => 30 * 86_400,
+        'D' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    chrono::Duration::try_seconds(n.checked_mul(secs)?)
 }
 
 /// The resolved API tokens. Compared in constant time, all of them every time, so
@@ -147,6 +185,46 @@ mod tests {
         assert_eq!(c.ingest.limits.max_recipients, 50);
         assert_eq!(c.ingest.limits.max_attachments, JobLimits::default().max_attachments);
         assert_eq!(Config::load(&ConfigSource::from_toml("")).unwrap().ingest, IngestSettings::default());
+    }
+
+    #[test]
+    fn the_pool_comes_from_the_deliver_section_despite_its_other_keys() {
+        let src = ConfigSource::from_toml(
+            r#"
+            [deliver]
+            http_listen = "127.0.0.1:9103"
+            from_policy = "mailbox"
+            max_attempts = 4
+            [[deliver.tenants]]
+            id = "contoso"
+            oauth = { client_id = "app", client_secret = { env = "NOT_RESOLVED_BY_INGEST" } }
+            [[deliver.mailboxes]]
+            address = "a@contoso.example"
+            tenant = "contoso"
+            [deliver.mailboxes.limits]
+            messages_per_window = 10
+            [[deliver.mailboxes]]
+            address = "b@contoso.example"
+            tenant = "contoso"
+            "#,
+        );
+        let pool = Config::load(&src).unwrap().pool.unwrap();
+        assert_eq!(pool.mailboxes.len(), 2);
+        assert_eq!(pool.mailboxes[0].limits.messages_per_window, 10);
+        assert_eq!(pool.mailboxes[1].limits.recipients_per_window, 10_000);
+        let none = Config::load(&ConfigSource::from_toml("")).unwrap().pool.unwrap_err();
+        assert!(none.contains("deliver.mailboxes"), "{none}");
+        let bad = Config::load(&ConfigSource::from_toml("[[deliver.mailboxes]]\naddress = 3\n")).unwrap().pool.unwrap_err();
+        assert!(bad.contains("deliver"), "{bad}");
+    }
+
+    #[test]
+    fn stream_retention_parses_rabbitmq_max_age() {
+        assert_eq!(parse_max_age("7D"), Some(chrono::Duration::days(7)));
+        assert_eq!(parse_max_age("36h"), Some(chrono::Duration::hours(36)));
+        assert_eq!(parse_max_age("90s"), Some(chrono::Duration::seconds(90)));
+        assert_eq!(parse_max_age("7 days"), None);
+        assert_eq!(parse_max_age(""), None);
     }
 
     #[test]

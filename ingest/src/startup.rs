@@ -16,7 +16,8 @@ use crate::api::{self, AppState};
 use crate::events;
 use crate::idempotency::AcceptedIds;
 use crate::metrics;
-use crate::publish::JobPublisher;
+use crate::eta::PoolCapacity;
+use crate::publish::{JobPublisher, SharedStatus};
 use crate::settings::{ApiTokens, Config};
 use crate::status::StatusIndex;
 use crate::validate::Validator;
@@ -37,7 +38,35 @@ pub enum StartError {
 pub struct Application {
     server: HttpServer,
     follower: tokio::task::JoinHandle<()>,
+    pruner: tokio::task::JoinHandle<()>,
     broker: Broker,
+}
+
+/// How often finished batches older than the stream's retention are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// A status index that estimates ETAs from the configured pool (or says why it cannot).
+pub fn status_index(config: &Config) -> StatusIndex {
+    let pool = config.pool.as_ref().map_err(Clone::clone).and_then(PoolCapacity::from_settings);
+    StatusIndex::with_pool(pool)
+}
+
+/// Forgets, every `every`, batches (and their jobs) whose last event is older than the
+/// events stream's retention: the stream has forgotten them too, so memory stays bounded
+/// by what the stream holds.
+pub async fn prune_periodically(status: SharedStatus, retention: chrono::Duration, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let cutoff = chrono::Utc::now() - retention;
+        let mut index = crate::publish::lock_status(&status);
+        let forgotten = index.prune_before(cutoff);
+        if forgotten > 0 {
+            tracing::info!(forgotten, jobs = index.jobs_known(), batches = index.batches_known(), %cutoff, "forgot batches older than the events stream's retention");
+        }
+    }
 }
 
 impl Application {
@@ -49,8 +78,9 @@ impl Application {
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
         let ids = AcceptedIds::new();
-        let status = Arc::new(Mutex::new(StatusIndex::new()));
+        let status = Arc::new(Mutex::new(status_index(&config)));
         let (replayed, follower) = events::follow(&pipeline, ids.clone(), status.clone(), confirm_timeout).await?;
+        let pruner = tokio::spawn(prune_periodically(status.clone(), config.events_retention(), PRUNE_EVERY, shutdown.clone()));
         let publisher = JobPublisher::new(pipeline, ids, status, config.ingest.max_in_flight);
 
         let connected = broker.clone();
@@ -63,7 +93,7 @@ impl Application {
         let state = AppState::new(Validator::from_settings(&config.ingest), publisher, tokens, config.ingest, replayed);
         let router = api::router(state).merge(ops_router(checks)).layer(axum::middleware::from_fn(api::track));
         let server = serve(listen, router, shutdown).await?;
-        Ok(Self { server, follower, broker })
+        Ok(Self { server, follower, pruner, broker })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -79,6 +109,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.task.await.map_err(std::io::Error::other)?;
         self.follower.await.ok();
+        self.pruner.await.ok();
         self.broker.close().await;
         served
     }

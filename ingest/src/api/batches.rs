@@ -1,5 +1,5 @@
 //! `POST /v1/batches?batch=ID[&partial=true]` (JSONL or CSV, streamed) and
-//! `GET /v1/batches/{id}`.
+//! `GET /v1/batches/{id}` (counts, per mailbox, failures, ETA: `status::BatchReport`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ fn too_large(limit: u64) -> ApiError {
 
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = BatchId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
-    let found = lock_status(state.publisher.status()).batch(&id).cloned();
+    let found = lock_status(state.publisher.status()).report(&id, chrono::Utc::now());
     match found {
         Some(b) => Ok(Json(b).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known (yet)")).field("batch")),

@@ -61,7 +61,12 @@ impl TestApp {
     pub async fn spawn(name: &str) -> Self {
         let broker = TestBroker::start(name).await;
         let dir = fixture_dir();
-        let config = Config { rabbitmq: broker.settings.clone(), telemetry: TelemetrySettings::default(), ingest: settings_for(dir.path()) };
+        let config = Config {
+            rabbitmq: broker.settings.clone(),
+            telemetry: TelemetrySettings::default(),
+            ingest: settings_for(dir.path()),
+            pool: Ok(test_pool()),
+        };
         Self::spawn_with(broker, dir, config).await
     }
 
@@ -131,6 +136,30 @@ impl TestApp {
         let (broker, _, _) = self.stop().await;
         broker.cleanup().await;
     }
+}
+
+/// The `[deliver]` pool the tests estimate with: two mailboxes of 30 messages per 60 s
+/// (1 message/s together) and 100 recipients per 1,440 s window.
+pub const POOL_TOML: &str = r#"
+[deliver]
+http_listen = "127.0.0.1:0"
+max_attempts = 3
+[[deliver.tenants]]
+id = "contoso"
+[[deliver.mailboxes]]
+address = "a@pool.example"
+tenant = "contoso"
+auth = "password"
+limits = { messages_per_window = 30, message_window_ms = 60000, recipients_per_window = 100, recipient_window_ms = 1440000 }
+[[deliver.mailboxes]]
+address = "b@pool.example"
+tenant = "contoso"
+auth = "password"
+limits = { messages_per_window = 30, message_window_ms = 60000, recipients_per_window = 100, recipient_window_ms = 1440000 }
+"#;
+
+pub fn test_pool() -> mailpipe_common::pool::PoolSettings {
+    mailpipe_common::config::ConfigSource::from_toml(POOL_TOML).section("deliver").unwrap()
 }
 
 pub fn job_json(id: &str) -> String {

@@ -1,0 +1,180 @@
+//! `mailpipe-ingest status ID [--watch] [--json]`: a batch's status straight from the
+//! events stream (no HTTP server needed). The index is built exactly as `serve` builds
+//! it ([`events::follow`] from the first retained event), so the answer is the API's.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use mailpipe_common::contract::EventKind;
+use mailpipe_common::domain::BatchId;
+use mailpipe_common::pipeline::Pipeline;
+use tokio_util::sync::CancellationToken;
+
+use crate::events;
+use crate::idempotency::AcceptedIds;
+use crate::publish::{lock_status, SharedStatus};
+use crate::settings::Config;
+use crate::startup::status_index;
+use crate::status::BatchReport;
+
+/// How often `--watch` prints.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct StatusOptions {
+    pub batch: BatchId,
+    pub watch: bool,
+    pub json: bool,
+}
+
+/// Reads the events stream up to now (and keeps following it until `stop` fires).
+pub async fn follow_index(pipeline: &Pipeline, config: &Config, stop: &CancellationToken) -> Result<SharedStatus, String> {
+    let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
+    let timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
+    let (mut replayed, _task) =
+        events::follow(pipeline, AcceptedIds::new(), status.clone(), timeout).await.map_err(|e| format!("reading the events stream: {e}"))?;
+    tokio::select! {
+        _ = stop.cancelled() => return Err("interrupted while reading the events stream".into()),
+        done = replayed.wait_for(|d| *d) => { done.map_err(|_| "the events stream reader stopped".to_owned())?; }
+    }
+    Ok(status)
+}
+
+/// Runs the command; returns the exit code (0 finished or running without failures,
+/// 1 with failures, 2 unknown batch, 3 RabbitMQ failed).
+pub async fn run(pipeline: &Pipeline, config: &Config, options: &StatusOptions, stop: &CancellationToken) -> u8 {
+    let status = match follow_index(pipeline, config, stop).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 3;
+        }
+    };
+    let clear = options.watch && !options.json && std::io::stdout().is_terminal();
+    loop {
+        let report = lock_status(&status).report(&options.batch, Utc::now());
+        let Some(report) = report else {
+            eprintln!("unknown batch {}: the events stream has no event of it (retention: rabbitmq.events_max_age)", options.batch);
+            return 2;
+        };
+        if options.json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            if clear {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&report));
+        }
+        let done = report.finished || !options.watch;
+        if done {
+            return exit_code(&report);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return exit_code(&report),
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+    }
+}
+
+pub fn exit_code(report: &BatchReport) -> u8 {
+    if report.failures.total > 0 { 1 } else { 0 }
+}
+
+/// The report in words (what `status` prints without `--json`).
+pub fn render(r: &BatchReport) -> String {
+    let mut out = String::new();
+    let c = &r.counts;
+    let _ = writeln!(
+        out,
+        "batch {}: {} jobs: {} delivered, {} failed, {} to go (accepted {}, rendered {}, retrying {}){}",
+        r.batch,
+        r.jobs,
+        c.get(EventKind::Delivered),
+        c.get(EventKind::Failed),
+        r.remaining,
+        c.get(EventKind::Accepted),
+        c.get(EventKind::Rendered),
+        c.get(EventKind::Retrying),
+        if r.finished { ": finished" } else { "" }
+    );
+    let _ = writeln!(out, "  first event {}, last event {}", r.first_event_at.to_rfc3339(), r.last_event_at.to_rfc3339());
+    if !r.per_mailbox.is_empty() {
+        let _ = writeln!(out, "delivered per mailbox:");
+        let width = r.per_mailbox.keys().map(|m| m.as_str().len()).max().unwrap_or(0);
+        for (m, n) in &r.per_mailbox {
+            let _ = writeln!(out, "  {:width$}  {}", m.as_str(), n.delivered);
+        }
+    }
+    if r.failures.total > 0 {
+        let _ = writeln!(out, "failures: {} (oldest {} shown)", r.failures.total, r.failures.shown);
+        for f in &r.failures.items {
+            let what = match (&f.smtp, &f.reason) {
+                (Some(reply), _) => reply.to_string(),
+                (None, Some(reason)) => reason.clone(),
+                (None, None) => "(no reply recorded)".into(),
+            };
+            let via = f.mailbox.as_ref().map(|m| format!(" via {m}")).unwrap_or_default();
+            let kind = if f.status == EventKind::Failed { "failed" } else { "partly refused" };
+            let _ = writeln!(out, "  {}  {kind}{via}, attempt {}: {what}", f.job_id, f.attempt);
+            if let Some(reason) = &f.reason
+                && f.smtp.is_some()
+            {
+                let _ = writeln!(out, "      reason: {reason}");
+            }
+            for refused in &f.refused_recipients {
+                let _ = writeln!(out, "      refused {}: {}", refused.address, refused.reply);
+            }
+        }
+    }
+    let e = &r.eta;
+    match (e.eta_seconds, e.eta_at) {
+        _ if r.finished => {}
+        (Some(secs), Some(at)) => {
+            let _ = writeln!(out, "ETA: {} (at {})", human(secs), at.to_rfc3339());
+            let _ = writeln!(
+                out,
+                "  {} jobs, {} recipients left; pool {:.2} msg/s ({} at that rate), {} recipients available now, quota wait {}",
+                e.jobs_left,
+                e.recipients_left,
+                e.pool_messages_per_second.unwrap_or_default(),
+                human(e.rate_seconds.unwrap_or_default()),
+                e.pool_recipients_available.unwrap_or_default(),
+                human(e.quota_wait_seconds.unwrap_or_default()),
+            );
+            if e.other_jobs_left > 0 {
+                let _ = writeln!(out, "  {} jobs of other batches share the pool and are not counted", e.other_jobs_left);
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "ETA: unknown: {}", e.reason.as_deref().unwrap_or("no estimate"));
+        }
+    }
+    out
+}
+
+/// `3h 05m`, `12m 30s`, `42s`.
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(0.4), "0s");
+        assert_eq!(human(750.0), "12m 30s");
+        assert_eq!(human(11_100.0), "3h 05m");
+        assert_eq!(human(90_000.0), "1d 01h");
+    }
+}
