@@ -103,9 +103,10 @@ enum DeadCommand {
         json: bool,
     },
     /// Republish matching dead letters to their stage (acked after the broker confirmed).
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["batch", "id", "all"]))]
     Replay {
         /// This batch's dead letters.
-        #[arg(long, value_parser = |s: &str| BatchId::parse(s), required_unless_present_any = ["id", "all"])]
+        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
         batch: Option<BatchId>,
         /// This job's dead letter(s).
         #[arg(long, value_parser = |s: &str| JobId::parse(s))]
