@@ -45,7 +45,15 @@ impl Pipeline {
         self.publisher.broker().topology()
     }
 
+    /// Headers of every message about a job. The trace context injected is that of a
+    /// `publish` span, child of the caller's span when there is one: ingest's publish is
+    /// the root of a job's trace, and each stage's work joins it from the headers.
     fn headers(job_id: &str, batch: Option<&str>) -> FieldTable {
+        let span = tracing::info_span!("publish", job_id = job_id);
+        span.in_scope(|| Self::headers_in_span(job_id, batch))
+    }
+
+    fn headers_in_span(job_id: &str, batch: Option<&str>) -> FieldTable {
         let mut h = FieldTable::default();
         set_header(&mut h, VERSION_HEADER, CONTRACT_VERSION.to_string());
         set_header(&mut h, JOB_ID_HEADER, job_id);

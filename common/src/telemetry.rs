@@ -40,7 +40,11 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     };
     let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+        use opentelemetry_otlp::WithExportConfig as _;
+        // OTLP/HTTP with protobuf, the standard default; `http/json` on request.
+        let json = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")).is_ok_and(|p| p == "http/json");
+        let protocol = if json { opentelemetry_otlp::Protocol::HttpJson } else { opentelemetry_otlp::Protocol::HttpBinary };
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(protocol).build()?;
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
         Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
     } else {

@@ -16,7 +16,7 @@ pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "mailpipe_deliver_messages_total",
-        "Messages handled, by final outcome (delivered, retry, dead, duplicate, requeued)",
+        "Messages handled, by outcome (delivered, retry, dead, duplicate, returned)",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -75,6 +75,10 @@ static TOKEN_EXPIRY: LazyLock<GaugeVec> = LazyLock::new(|| {
 
 /// Forces registration so every metric shows on /metrics from the start.
 pub fn register() {
+    // Outcome series exist from the start, so rate() and absence-based alerts see zeros.
+    for outcome in ["delivered", "retry", "dead", "duplicate", "returned"] {
+        MESSAGES.with_label_values(&[outcome]);
+    }
     let _ = (&*SENDS, &*MESSAGES, &*REFUSALS, &*SMTP_SECONDS, &*WAIT_SECONDS, &*MESSAGES_LEFT, &*MESSAGES_LIMIT);
     let _ = (&*RECIPIENTS_LEFT, &*RECIPIENTS_LIMIT, &*CONNECTIONS, &*STATE, &*TOKEN_EXPIRY);
 }

@@ -255,7 +255,9 @@ impl MailboxPool {
         let result = {
             let mut schedule = self.schedule();
             match completion {
-                Completion::Counted => schedule.settle(lease.reservation, now_millis()),
+                // Rounded up to the next millisecond: instants are whole milliseconds, and a
+                // truncated completion could let the next send in up to 1 ms early.
+                Completion::Counted => schedule.settle(lease.reservation, now_millis().plus_ms(1)),
                 Completion::NotCounted => schedule.release(lease.reservation),
             }
         };

@@ -12,6 +12,7 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, Rend
 use mailpipe_common::pipeline::{rendered_properties, Pipeline};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::classify::ReplyClass;
 use crate::compose;
@@ -155,7 +156,8 @@ impl DeliverStage {
             }
         };
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
-        let result = session.send(&mailbox.address, &meta.recipients, &bytes).await;
+        let span = tracing::info_span!("smtp.send", mailbox = %mailbox.address, recipients = meta.recipients.len());
+        let result = session.send(&mailbox.address, &meta.recipients, &bytes).instrument(span).await;
         metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(report) if report.delivered() => {

@@ -79,7 +79,10 @@ impl Application {
                 adopt_trace_context(&span, &delivery.properties);
                 let outcome = stage.handle(&delivery.properties, &delivery.data).instrument(span).await;
                 let acked = match outcome {
-                    Ok(DeliveryOutcome::Returned) => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+                    Ok(DeliveryOutcome::Returned) => {
+                        metrics::MESSAGES.with_label_values(&["returned"]).inc();
+                        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    }
                     Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
                     Err(e) => {
                         // The outcome is not on record: the message must come back.

@@ -197,3 +197,21 @@ async fn transient_faults_end_delivered_and_a_refused_recipient_is_dead_lettered
     task.await.unwrap().unwrap();
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_mailboxes_with_fast_sends_get_no_limit_refusals() {
+    let limits = Limits { messages: 20, message_window_ms: 2_000, ..Limits::default() };
+    let h = Harness::new("fast10", PoolSpec { mailboxes: 10, limits, ..PoolSpec::default() }).await;
+    for i in 0..600 {
+        h.publish(&format!("job-{i}"), "billing@contoso.example", &recipients(i, 1)).await;
+    }
+    let (shutdown, task) = h.start_deliver().await;
+    h.wait_accepted(600, Duration::from_secs(60)).await;
+    assert_no_limit_refusals(&h);
+    for stats in h.sim.mailbox_stats() {
+        assert!(stats.max_messages_in_window <= limits.messages, "{stats:?}");
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    h.finish().await;
+}

@@ -52,8 +52,10 @@ pub struct StackOptions {
     /// Extra simulator TOML (e.g. a `[faults]` table).
     pub sim_extra: String,
     pub retry_delays_ms: Vec<u64>,
-    /// `MAILPIPE_*`/`RUST_LOG` environment for the children.
+    /// `RUST_LOG` for the children.
     pub log_filter: String,
+    /// Extra environment for the children (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -72,6 +74,7 @@ impl Default for StackOptions {
             sim_extra: String::new(),
             retry_delays_ms: vec![500, 1_000, 2_000],
             log_filter: "info".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -302,6 +305,7 @@ max_attempts = 6
         if b == Binary::Ingest {
             cmd.arg("serve");
         }
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.env("RUST_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
