@@ -89,13 +89,17 @@ mod tests {
     #[test]
     fn the_pdf_has_a_consistent_cross_reference_table() {
         let pdf = invoice_pdf("INV-1", "ACME (Europe)", 12.5);
-        let text = String::from_utf8_lossy(&pdf);
-        assert!(text.starts_with("%PDF-1.4"));
-        let startxref: usize = text.rsplit("startxref\n").next().unwrap().lines().next().unwrap().parse().unwrap();
-        assert!(text[startxref..].starts_with("xref"));
-        for (i, line) in text[startxref..].lines().skip(3).take(5).enumerate() {
+        assert!(pdf.starts_with(b"%PDF-1.4"));
+        // Offsets are byte offsets: search the bytes, never a lossy string.
+        let at = |needle: &[u8], from: usize| pdf[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+        let tail = at(b"startxref\n", 0).expect("startxref") + b"startxref\n".len();
+        let end = at(b"\n", tail).expect("line end");
+        let xref: usize = std::str::from_utf8(&pdf[tail..end]).unwrap().parse().unwrap();
+        assert!(pdf[xref..].starts_with(b"xref"));
+        let table = std::str::from_utf8(&pdf[xref..]).unwrap();
+        for (i, line) in table.lines().skip(3).take(5).enumerate() {
             let offset: usize = line[..10].parse().unwrap();
-            assert!(text[offset..].starts_with(&format!("{} 0 obj", i + 1)), "object {} at {offset}", i + 1);
+            assert!(pdf[offset..].starts_with(format!("{} 0 obj", i + 1).as_bytes()), "object {} at {offset}", i + 1);
         }
     }
 }
