@@ -304,6 +304,10 @@ impl StatusIndex {
                 }
                 job.recipients = job.recipients.max(recipients);
                 let newer = e.at > job.updated_at || (e.at == job.updated_at && e.kind != job.status);
+                // `delivered` is final: deliver never sends a delivered job again, so an
+                // earlier stage's event stamped later (clock skew between hosts) must not
+                // move the job back.
+                let newer = newer && job.status != EventKind::Delivered;
                 // A second accept is a duplicate, never a regression.
                 let changed = newer && e.kind != EventKind::Accepted;
                 if changed {
@@ -514,6 +518,17 @@ mod tests {
         assert!(ix.apply(&ev("a", Some("b1"), EventKind::Rendered, 1)));
         assert!(ix.apply(&ev("a", Some("b1"), EventKind::Delivered, 2)));
         assert_eq!(counts(&ix, "b1"), (2, [1, 0, 1, 0, 0]));
+        assert_eq!(ix.job(&JobId::parse("a").unwrap()).unwrap().status, EventKind::Delivered);
+        assert_eq!(ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(), 1);
+    }
+
+    #[test]
+    fn delivered_is_final_even_when_an_earlier_stage_is_stamped_later() {
+        // Another host's clock may stamp `rendered` after `delivered`.
+        let mut ix = StatusIndex::new();
+        ix.apply(&ev("a", Some("b1"), EventKind::Accepted, 0));
+        ix.apply(&ev("a", Some("b1"), EventKind::Delivered, 1));
+        assert!(!ix.apply(&ev("a", Some("b1"), EventKind::Rendered, 2)));
         assert_eq!(ix.job(&JobId::parse("a").unwrap()).unwrap().status, EventKind::Delivered);
         assert_eq!(ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(), 1);
     }

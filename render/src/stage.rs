@@ -136,8 +136,10 @@ impl RenderStage {
     }
 
     async fn publish(&self, msg: &RenderedMessage) -> Result<(), PublishError> {
-        let sent = self.pipeline.send_rendered(&msg.meta, &msg.mime).await?;
+        // Stamped before the message is published: deliver may send it and record
+        // `delivered` within a millisecond, and status orders events by time.
         let event = DeliveryEvent::new(msg.meta.job_id.clone(), msg.meta.batch.clone(), EventKind::Rendered);
+        let sent = self.pipeline.send_rendered(&msg.meta, &msg.mime).await?;
         let recorded = self.pipeline.record_event(&event).await?;
         sent.confirmed().await?;
         recorded.confirmed().await

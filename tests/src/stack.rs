@@ -151,10 +151,18 @@ impl Stack {
                 std::fs::create_dir_all(d)?;
                 (d.clone(), None)
             }
-            None => {
-                let t = tempfile::tempdir()?;
-                (t.path().to_owned(), Some(t))
-            }
+            // MAILPIPE_TEST_KEEP_DIR keeps each run's config and logs for a post-mortem.
+            None => match std::env::var_os("MAILPIPE_TEST_KEEP_DIR") {
+                Some(keep) => {
+                    let d = PathBuf::from(keep).join(unique_prefix(&options.name));
+                    std::fs::create_dir_all(&d)?;
+                    (d, None)
+                }
+                None => {
+                    let t = tempfile::tempdir()?;
+                    (t.path().to_owned(), Some(t))
+                }
+            },
         };
         for sub in ["logs", "secrets", "attachments", "sim"] {
             std::fs::create_dir_all(dir.join(sub))?;

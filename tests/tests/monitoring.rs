@@ -116,9 +116,10 @@ async fn drive_every_path(stack: &Stack, http: &reqwest::Client) -> anyhow::Resu
     // An injected 451: a retry (mailpipe_deliver_messages_total{outcome="retry"}) and a fault.
     stack.sim.set_faults(FaultsConfig { reply_451_rate: 1.0, ..Default::default() });
     assert!((200..300).contains(&post_job(stack, http, &invoice_job(stack, "mon-retry")?).await?));
-    wait_for(http, &deliver, r#"mailpipe_deliver_messages_total{outcome="retry"}"#, Duration::from_secs(60)).await?;
+    // deliver's outcome series exist from the start (at 0), so wait for the fault itself.
+    wait_for(http, &sim, "mailpipe_sim_faults_injected_total", Duration::from_secs(60)).await?;
     stack.sim.set_faults(FaultsConfig::default());
-    wait_for(http, &sim, "mailpipe_sim_faults_injected_total", Duration::from_secs(5)).await?;
+    wait_for(http, &deliver, r#"mailpipe_deliver_messages_total{outcome="retry"}"#, Duration::from_secs(5)).await?;
 
     // A blocked tenant: mailpipe_deliver_provider_refusals_total.
     stack.sim.set_tenant_blocked(tenant, true);

@@ -41,7 +41,8 @@ pub struct DeliveryEvent {
     pub mailbox: Option<EmailAddress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    /// Envelope recipients the server accepted: what counts against the 24 h quota.
+    /// On `delivered`: envelope recipients the server accepted (what counts against the
+    /// 24 h quota). On `accepted`: the job's To+Cc+Bcc count (for the batch ETA).
     #[serde(default)]
     pub recipients: u32,
     /// Of those, recipients outside the sending tenant's domains.
