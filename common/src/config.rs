@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,8 +34,15 @@ impl ConfigError {
         let lines: Vec<String> = e
             .into_iter()
             .map(|e| {
-                let key = std::iter::once(section.to_owned()).chain(e.path.iter().cloned()).collect::<Vec<_>>().join(".");
-                let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+                let key = std::iter::once(section.to_owned())
+                    .chain(e.path.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (from {})", m.name))
+                    .unwrap_or_default();
                 format!("{key}: {}{source}", e.kind)
             })
             .collect();
@@ -52,13 +59,20 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// Loads `path` (or `$MAILPIPE_CONFIG`, or nothing: defaults and environment only).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = path.map(Path::to_path_buf).or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
         let mut figment = Figment::new();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             // Parse once here so a syntax error names the file and line, not just a key.
-            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             figment = figment.merge(Toml::file_exact(&path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
@@ -67,13 +81,23 @@ impl ConfigSource {
 
     /// Builds a source from TOML text (tests, embedded examples).
     pub fn from_toml(text: &str) -> Self {
-        Self { figment: Figment::new().merge(Toml::string(text)) }
+        Self {
+            figment: Figment::new().merge(Toml::string(text)),
+        }
     }
 
     /// Reads one section (`rabbitmq`, `deliver`...); missing sections take their defaults.
-    pub fn section<T: DeserializeOwned + Serialize + Default>(&self, key: &str) -> Result<T, ConfigError> {
-        let figment = Figment::new().merge(Serialized::default(key, T::default())).merge(self.figment.clone());
-        figment.focus(key).extract().map_err(|e| ConfigError::in_section(key, e))
+    pub fn section<T: DeserializeOwned + Serialize + Default>(
+        &self,
+        key: &str,
+    ) -> Result<T, ConfigError> {
+        let figment = Figment::new()
+            .merge(Serialized::default(key, T::default()))
+            .merge(self.figment.clone());
+        figment
+            .focus(key)
+            .extract()
+            .map_err(|e| ConfigError::in_section(key, e))
     }
 
     /// Like `section`, for sections without a sensible default (a pool of mailboxes).
@@ -81,11 +105,17 @@ impl ConfigSource {
         if !self.figment.contains(key) {
             return Err(ConfigError::Invalid(format!("{key}: section is missing")));
         }
-        self.figment.focus(key).extract().map_err(|e| ConfigError::in_section(key, e))
+        self.figment
+            .focus(key)
+            .extract()
+            .map_err(|e| ConfigError::in_section(key, e))
     }
 
     pub fn common(&self) -> Result<CommonSettings, ConfigError> {
-        Ok(CommonSettings { rabbitmq: self.section("rabbitmq")?, telemetry: self.section("telemetry")? })
+        Ok(CommonSettings {
+            rabbitmq: self.section("rabbitmq")?,
+            telemetry: self.section("telemetry")?,
+        })
     }
 }
 
@@ -130,7 +160,10 @@ impl Default for RabbitSettings {
             prefix: "mailpipe".into(),
             prefetch: 32,
             delivery_limit: 5,
-            retry_delays_ms: [30, 120, 600, 1800, 3600].into_iter().map(Duration::from_secs).collect(),
+            retry_delays_ms: [30, 120, 600, 1800, 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
             confirm_timeout_ms: 30_000,
             reconnect_max_backoff_ms: 30_000,
             events_max_age: "7D".into(),
@@ -144,11 +177,17 @@ mod millis_list {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>().serialize(s)
+        v.iter()
+            .map(|d| d.as_millis() as u64)
+            .collect::<Vec<_>>()
+            .serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Ok(Vec::<u64>::deserialize(d)?.into_iter().map(Duration::from_millis).collect())
+        Ok(Vec::<u64>::deserialize(d)?
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect())
     }
 }
 
@@ -164,7 +203,10 @@ pub struct TelemetrySettings {
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { log_format: LogFormat::Text, log_filter: "info".into() }
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+        }
     }
 }
 
@@ -188,19 +230,26 @@ pub struct SecretRef {
 
 impl SecretRef {
     pub fn env(var: impl Into<String>) -> Self {
-        Self { env: Some(var.into()), file: None }
+        Self {
+            env: Some(var.into()),
+            file: None,
+        }
     }
 
     /// Reads the secret now. Trailing newlines of files are dropped (editors add them).
     pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
-        let err = |message: String| ConfigError::Secret { what: what.to_owned(), message };
+        let err = |message: String| ConfigError::Secret {
+            what: what.to_owned(),
+            message,
+        };
         match (&self.env, &self.file) {
             (Some(var), None) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
                 _ => Err(err(format!("environment variable {var} is not set"))),
             },
             (None, Some(path)) => {
-                let v = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                let v = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
                 let v = v.trim_end_matches(['\r', '\n']).to_owned();
                 if v.is_empty() {
                     return Err(err(format!("{} is empty", path.display())));
@@ -223,7 +272,10 @@ mod tests {
         let r: RabbitSettings = src.section("rabbitmq").unwrap();
         assert_eq!(r.prefetch, 7);
         assert_eq!(r.prefix, "mailpipe");
-        assert_eq!(r.retry_delays_ms, vec![Duration::from_millis(10), Duration::from_millis(20)]);
+        assert_eq!(
+            r.retry_delays_ms,
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
         let t: TelemetrySettings = src.section("telemetry").unwrap();
         assert_eq!(t.log_format, LogFormat::Text);
     }
@@ -231,19 +283,31 @@ mod tests {
     #[test]
     fn errors_name_the_key_path() {
         let src = ConfigSource::from_toml("[rabbitmq]\nprefetch = \"many\"\n");
-        let err = src.section::<RabbitSettings>("rabbitmq").unwrap_err().to_string();
+        let err = src
+            .section::<RabbitSettings>("rabbitmq")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rabbitmq.prefetch"), "{err}");
         let src = ConfigSource::from_toml("[rabbitmq]\nprefech = 3\n");
-        let err = src.section::<RabbitSettings>("rabbitmq").unwrap_err().to_string();
+        let err = src
+            .section::<RabbitSettings>("rabbitmq")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prefech"), "{err}");
     }
 
     #[test]
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "[rabbitmq]\nprefix = \"file\"\ndelivery_limit = 3\n")?;
+            jail.create_file(
+                "m.toml",
+                "[rabbitmq]\nprefix = \"file\"\ndelivery_limit = 3\n",
+            )?;
             jail.set_env("MAILPIPE_RABBITMQ__DELIVERY_LIMIT", "9");
-            let r: RabbitSettings = ConfigSource::load(Some(Path::new("m.toml"))).unwrap().section("rabbitmq").unwrap();
+            let r: RabbitSettings = ConfigSource::load(Some(Path::new("m.toml")))
+                .unwrap()
+                .section("rabbitmq")
+                .unwrap();
             assert_eq!(r.prefix, "file");
             assert_eq!(r.delivery_limit, 9);
             Ok(())
@@ -252,7 +316,9 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = ConfigSource::load(Some(Path::new("/nonexistent/m.toml"))).unwrap_err().to_string();
+        let err = ConfigSource::load(Some(Path::new("/nonexistent/m.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/m.toml"), "{err}");
     }
 
@@ -261,10 +327,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         std::fs::write(&path, "hunter2\n").unwrap();
-        let s = SecretRef { env: None, file: Some(path) }.resolve("x").unwrap();
+        let s = SecretRef {
+            env: None,
+            file: Some(path),
+        }
+        .resolve("x")
+        .unwrap();
         assert_eq!(s.expose_secret(), "hunter2");
-        let err = SecretRef::env("MAILPIPE_TEST_SURELY_UNSET_VAR").resolve("tenant secret").unwrap_err().to_string();
-        assert!(err.contains("MAILPIPE_TEST_SURELY_UNSET_VAR") && err.contains("tenant secret"), "{err}");
-        assert!(ConfigSource::from_toml("[x]\ns = \"inline\"\n").required_section::<std::collections::HashMap<String, SecretRef>>("x").is_err());
+        let err = SecretRef::env("MAILPIPE_TEST_SURELY_UNSET_VAR")
+            .resolve("tenant secret")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MAILPIPE_TEST_SURELY_UNSET_VAR") && err.contains("tenant secret"),
+            "{err}"
+        );
+        assert!(
+            ConfigSource::from_toml("[x]\ns = \"inline\"\n")
+                .required_section::<std::collections::HashMap<String, SecretRef>>("x")
+                .is_err()
+        );
     }
 }

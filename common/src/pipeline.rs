@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicQosOptions, BasicConsumeOptions, BasicCancelOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::amqp::{
-    header_str, persistent_properties, set_header, Broker, BrokerError, Outgoing, PendingConfirm, PublishError, Publisher,
-    Stage, Topology, DEAD_REASON_HEADER, DEAD_STAGE_HEADER,
+    Broker, BrokerError, DEAD_REASON_HEADER, DEAD_STAGE_HEADER, Outgoing, PendingConfirm,
+    PublishError, Publisher, Stage, Topology, header_str, persistent_properties, set_header,
 };
-use crate::contract::{DeliveryEvent, Job, RenderedMeta, CONTRACT_VERSION, META_HEADER, VERSION_HEADER};
+use crate::contract::{
+    CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
+};
 use crate::telemetry::inject_trace_context;
 
 /// Header with the job id on every message, so the management UI and dead-letter tools
@@ -68,27 +70,53 @@ impl Pipeline {
     pub async fn send_job(&self, job: &Job) -> Result<PendingConfirm, PublishError> {
         let body = serde_json::to_vec(job).unwrap_or_default();
         let headers = Self::headers(job.id.as_str(), job.batch.as_ref().map(|b| b.as_str()));
-        let props = persistent_properties("application/json", headers).with_message_id(job.id.as_str().into());
+        let props = persistent_properties("application/json", headers)
+            .with_message_id(job.id.as_str().into());
         let exchange = self.topology().work_exchange();
         self.publisher
-            .send(Outgoing { exchange: &exchange, routing_key: Stage::Render.as_str(), body: &body, properties: props })
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: Stage::Render.as_str(),
+                body: &body,
+                properties: props,
+            })
             .await
     }
 
     /// render → deliver queue: MIME as the body, metadata in a header.
-    pub async fn send_rendered(&self, meta: &RenderedMeta, mime: &[u8]) -> Result<PendingConfirm, PublishError> {
+    pub async fn send_rendered(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+    ) -> Result<PendingConfirm, PublishError> {
         let exchange = self.topology().work_exchange();
         self.publisher
-            .send(Outgoing { exchange: &exchange, routing_key: Stage::Deliver.as_str(), body: mime, properties: rendered_properties(meta) })
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: Stage::Deliver.as_str(),
+                body: mime,
+                properties: rendered_properties(meta),
+            })
             .await
     }
 
-    pub async fn record_event(&self, event: &DeliveryEvent) -> Result<PendingConfirm, PublishError> {
+    pub async fn record_event(
+        &self,
+        event: &DeliveryEvent,
+    ) -> Result<PendingConfirm, PublishError> {
         let body = event.to_json();
-        let headers = Self::headers(event.job_id.as_str(), event.batch.as_ref().map(|b| b.as_str()));
+        let headers = Self::headers(
+            event.job_id.as_str(),
+            event.batch.as_ref().map(|b| b.as_str()),
+        );
         let exchange = self.topology().events_exchange();
         self.publisher
-            .send(Outgoing { exchange: &exchange, routing_key: "", body: &body, properties: persistent_properties("application/json", headers) })
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: "",
+                body: &body,
+                properties: persistent_properties("application/json", headers),
+            })
             .await
     }
 
@@ -106,7 +134,14 @@ impl Pipeline {
         set_header(&mut headers, DEAD_STAGE_HEADER, stage.as_str());
         let props = original.clone().with_headers(headers).with_delivery_mode(2);
         let exchange = self.topology().dead_exchange();
-        self.publisher.send(Outgoing { exchange: &exchange, routing_key: stage.as_str(), body, properties: props }).await
+        self.publisher
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: stage.as_str(),
+                body,
+                properties: props,
+            })
+            .await
     }
 
     /// Sends a message back to `stage` after the ladder's delay for `attempt` (1-based).
@@ -121,7 +156,15 @@ impl Pipeline {
         let Some((exchange, key, delay)) = self.topology().retry_route(stage, attempt) else {
             return Ok(None);
         };
-        let pending = self.publisher.send(Outgoing { exchange: &exchange, routing_key: &key, body, properties }).await?;
+        let pending = self
+            .publisher
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: &key,
+                body,
+                properties,
+            })
+            .await?;
         Ok(Some((delay, pending)))
     }
 
@@ -139,17 +182,38 @@ impl Pipeline {
         set_header(&mut headers, MARKER_HEADER, marker.clone());
         let exchange = topo.events_exchange();
         self.publisher
-            .publish(Outgoing { exchange: &exchange, routing_key: "", body: b"", properties: persistent_properties("application/octet-stream", headers) })
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key: "",
+                body: b"",
+                properties: persistent_properties("application/octet-stream", headers),
+            })
             .await
-            .map_err(|e| BrokerError::Amqp { endpoint: self.broker().endpoint().to_owned(), source: publish_to_lapin(e) })?;
+            .map_err(|e| BrokerError::Amqp {
+                endpoint: self.broker().endpoint().to_owned(),
+                source: publish_to_lapin(e),
+            })?;
 
         let ch = self.broker().channel().await?;
-        let amqp = |source| BrokerError::Amqp { endpoint: self.broker().endpoint().to_owned(), source };
-        ch.basic_qos(500, BasicQosOptions::default()).await.map_err(amqp)?;
+        let amqp = |source| BrokerError::Amqp {
+            endpoint: self.broker().endpoint().to_owned(),
+            source,
+        };
+        ch.basic_qos(500, BasicQosOptions::default())
+            .await
+            .map_err(amqp)?;
         let mut args = FieldTable::default();
-        args.insert(ShortString::from("x-stream-offset"), AMQPValue::Timestamp(since.timestamp().max(0) as u64));
+        args.insert(
+            ShortString::from("x-stream-offset"),
+            AMQPValue::Timestamp(since.timestamp().max(0) as u64),
+        );
         let mut consumer = ch
-            .basic_consume(ShortString::from(topo.events_stream()), ShortString::from(""), BasicConsumeOptions::default(), args)
+            .basic_consume(
+                ShortString::from(topo.events_stream()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
             .await
             .map_err(amqp)?;
         let mut count = 0;
@@ -172,7 +236,9 @@ impl Pipeline {
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable event"),
             }
         }
-        ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await.ok();
+        ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+            .ok();
         ch.close(200, "read".into()).await.ok();
         Ok(count)
     }
@@ -181,13 +247,18 @@ impl Pipeline {
 fn publish_to_lapin(e: PublishError) -> lapin::Error {
     match e {
         PublishError::Amqp { source, .. } => source,
-        other => lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::other(other.to_string())))),
+        other => lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::other(other.to_string()),
+        ))),
     }
 }
 
 /// AMQP properties of a rendered message (also used when deliver re-queues one).
 pub fn rendered_properties(meta: &RenderedMeta) -> BasicProperties {
-    let mut headers = Pipeline::headers(meta.job_id.as_str(), meta.batch.as_ref().map(|b| b.as_str()));
+    let mut headers = Pipeline::headers(
+        meta.job_id.as_str(),
+        meta.batch.as_ref().map(|b| b.as_str()),
+    );
     set_header(&mut headers, META_HEADER, meta.to_header_value());
     persistent_properties("message/rfc822", headers).with_message_id(meta.job_id.as_str().into())
 }

@@ -138,10 +138,10 @@ fn default_port() -> u16 {
 
 impl TenantSettings {
     pub fn external_limit(&self) -> u64 {
-        self.external_recipient_limit.unwrap_or_else(|| match self.licenses {
-            Some(l) => external_recipient_limit(l),
-            None => 10_000,
-        })
+        self.external_recipient_limit
+            .unwrap_or_else(|| match self.licenses {
+                Some(l) => external_recipient_limit(l),
+                None => 10_000,
+            })
     }
 }
-

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
+use axum::Router;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,10 @@ pub fn ops_router(checks: Vec<ReadyCheck>) -> Router {
                     if failing.is_empty() {
                         (StatusCode::OK, "ready\n".to_owned())
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failing.join("; ")))
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", failing.join("; ")),
+                        )
                     }
                 }
             }),
@@ -41,9 +44,17 @@ async fn metrics() -> impl IntoResponse {
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string().into_bytes());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string().into_bytes(),
+        );
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        buf,
+    )
 }
 
 /// A bound HTTP server; `addr` is the real address (port 0 picks a free one).
@@ -55,14 +66,20 @@ pub struct HttpServer {
 
 /// Binds now (so the caller learns the port and bind errors early) and serves until
 /// `shutdown` fires.
-pub async fn serve(listen: SocketAddr, router: Router, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<HttpServer> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
     });
     Ok(HttpServer { addr, task })
 }

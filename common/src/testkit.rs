@@ -14,12 +14,16 @@ use crate::pipeline::Pipeline;
 
 /// `MAILPIPE_TEST_AMQP_URL` or the development default.
 pub fn amqp_url() -> String {
-    std::env::var("MAILPIPE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("MAILPIPE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// A unique prefix per test: `t-<name>-<random>`.
 pub fn unique_prefix(name: &str) -> String {
-    format!("t-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "t-{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Settings for a test: unique prefix, short retry ladder, small delivery limit.
@@ -58,10 +62,21 @@ impl TestBroker {
         let broker = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => panic!("RabbitMQ is required for this test ({}): {e}", amqp_url()),
-            Err(_) => panic!("RabbitMQ is required for this test and did not answer at {} within 10 s (start it: rabbitmq-server -detached)", amqp_url()),
+            Err(_) => panic!(
+                "RabbitMQ is required for this test and did not answer at {} within 10 s (start it: rabbitmq-server -detached)",
+                amqp_url()
+            ),
         };
-        let publisher = Publisher::new(broker.clone(), Duration::from_millis(settings.confirm_timeout_ms));
-        Self { pipeline: Pipeline::new(publisher), settings, broker, shutdown }
+        let publisher = Publisher::new(
+            broker.clone(),
+            Duration::from_millis(settings.confirm_timeout_ms),
+        );
+        Self {
+            pipeline: Pipeline::new(publisher),
+            settings,
+            broker,
+            shutdown,
+        }
     }
 
     /// Takes one message from `queue` (acking it), waiting up to `wait`.
@@ -69,8 +84,16 @@ impl TestBroker {
         let ch = self.broker.channel().await.expect("channel");
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(msg) = ch.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
-                msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            if let Some(msg) = ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("basic.get")
+            {
+                msg.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
                 return Some(msg);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -84,7 +107,14 @@ impl TestBroker {
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.broker.channel().await.expect("channel");
         let q = ch
-            .queue_declare(queue.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, Default::default())
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
             .await
             .expect("queue exists");
         q.message_count()
@@ -95,7 +125,9 @@ impl TestBroker {
         self.shutdown.cancel();
         if let Ok(ch) = self.broker.channel().await {
             let _ = self.broker.topology().delete(&ch).await;
-        } else if let Ok(b) = Broker::connect(&self.settings, "cleanup", CancellationToken::new()).await {
+        } else if let Ok(b) =
+            Broker::connect(&self.settings, "cleanup", CancellationToken::new()).await
+        {
             if let Ok(ch) = b.channel().await {
                 let _ = b.topology().delete(&ch).await;
             }

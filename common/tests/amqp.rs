@@ -1,54 +1,101 @@
 //! The RabbitMQ layer against the real broker (each test under its own name prefix).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use mailpipe_common::amqp::{
-    consume, death_reason, header_str, persistent_properties, ConsumerSpec, Outgoing, PublishError, Stage, DEAD_REASON_HEADER,
+    ConsumerSpec, DEAD_REASON_HEADER, Outgoing, PublishError, Stage, consume, death_reason,
+    header_str, persistent_properties,
 };
 use mailpipe_common::contract::Job;
 use mailpipe_common::testkit::TestBroker;
 
 fn job(id: &str) -> Job {
-    Job::from_json(format!(r#"{{"id":"{id}","template":"invoice","to":["a@example.com"]}}"#).as_bytes()).unwrap()
+    Job::from_json(
+        format!(r#"{{"id":"{id}","template":"invoice","to":["a@example.com"]}}"#).as_bytes(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn declaring_the_topology_twice_is_harmless() {
     let t = TestBroker::start("declare").await;
     let ch = t.broker.channel().await.unwrap();
-    t.broker.topology().declare(&ch).await.expect("second declare");
-    t.broker.topology().declare(&ch).await.expect("third declare");
-    t.pipeline.send_job(&job("j1")).await.unwrap().confirmed().await.unwrap();
-    assert_eq!(t.depth(&t.broker.topology().stage_queue(Stage::Render)).await, 1);
+    t.broker
+        .topology()
+        .declare(&ch)
+        .await
+        .expect("second declare");
+    t.broker
+        .topology()
+        .declare(&ch)
+        .await
+        .expect("third declare");
+    t.pipeline
+        .send_job(&job("j1"))
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
+    assert_eq!(
+        t.depth(&t.broker.topology().stage_queue(Stage::Render))
+            .await,
+        1
+    );
     t.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_message_rejected_past_the_delivery_limit_is_dead_lettered_with_its_reason() {
     let t = TestBroker::start("dlimit").await;
-    t.pipeline.send_job(&job("poison")).await.unwrap().confirmed().await.unwrap();
+    t.pipeline
+        .send_job(&job("poison"))
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
     let ch = t.broker.channel().await.unwrap();
     let queue = t.broker.topology().stage_queue(Stage::Render);
     // delivery_limit is 2 in tests: the third requeue crosses it.
     for _ in 0..3 {
         let mut got = None;
         for _ in 0..100 {
-            got = ch.basic_get(queue.as_str().into(), Default::default()).await.unwrap();
+            got = ch
+                .basic_get(queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
             if got.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let msg = got.expect("message redelivered");
-        msg.delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+        msg.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
-    let dead = t.get(&t.broker.topology().dead_queue(), Duration::from_secs(5)).await.expect("dead letter");
-    assert_eq!(death_reason(&dead.delivery.properties).as_deref(), Some("delivery_limit"));
-    assert_eq!(Job::from_queue(&dead.delivery.data).unwrap().id.as_str(), "poison");
+    let dead = t
+        .get(&t.broker.topology().dead_queue(), Duration::from_secs(5))
+        .await
+        .expect("dead letter");
+    assert_eq!(
+        death_reason(&dead.delivery.properties).as_deref(),
+        Some("delivery_limit")
+    );
+    assert_eq!(
+        Job::from_queue(&dead.delivery.data).unwrap().id.as_str(),
+        "poison"
+    );
     t.cleanup().await;
 }
 
@@ -56,9 +103,21 @@ async fn a_message_rejected_past_the_delivery_limit_is_dead_lettered_with_its_re
 async fn dead_letters_written_on_purpose_carry_the_reason() {
     let t = TestBroker::start("dreason").await;
     let props = persistent_properties("application/json", FieldTable::default());
-    t.pipeline.dead_letter(Stage::Render, b"{}", &props, "unknown template \"x\"").await.unwrap().confirmed().await.unwrap();
-    let dead = t.get(&t.broker.topology().dead_queue(), Duration::from_secs(5)).await.expect("dead letter");
-    assert_eq!(header_str(&dead.delivery.properties, DEAD_REASON_HEADER).as_deref(), Some("unknown template \"x\""));
+    t.pipeline
+        .dead_letter(Stage::Render, b"{}", &props, "unknown template \"x\"")
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
+    let dead = t
+        .get(&t.broker.topology().dead_queue(), Duration::from_secs(5))
+        .await
+        .expect("dead letter");
+    assert_eq!(
+        header_str(&dead.delivery.properties, DEAD_REASON_HEADER).as_deref(),
+        Some("unknown template \"x\"")
+    );
     t.cleanup().await;
 }
 
@@ -67,12 +126,20 @@ async fn a_message_in_the_retry_ladder_returns_to_its_stage_after_its_delay() {
     let t = TestBroker::start("ladder").await;
     let props = persistent_properties("application/json", FieldTable::default());
     let started = std::time::Instant::now();
-    let (delay, pending) = t.pipeline.retry(Stage::Deliver, 1, b"again", props).await.unwrap().expect("ladder configured");
+    let (delay, pending) = t
+        .pipeline
+        .retry(Stage::Deliver, 1, b"again", props)
+        .await
+        .unwrap()
+        .expect("ladder configured");
     pending.confirmed().await.unwrap();
     assert_eq!(delay, Duration::from_millis(300));
     let queue = t.broker.topology().stage_queue(Stage::Deliver);
     assert_eq!(t.depth(&queue).await, 0, "not back before its delay");
-    let back = t.get(&queue, Duration::from_secs(10)).await.expect("back in its stage");
+    let back = t
+        .get(&queue, Duration::from_secs(10))
+        .await
+        .expect("back in its stage");
     assert_eq!(back.delivery.data, b"again");
     assert!(started.elapsed() >= Duration::from_millis(300));
     t.cleanup().await;
@@ -84,34 +151,67 @@ async fn publishing_to_a_missing_exchange_or_an_unroutable_key_fails_loudly() {
     let publisher = mailpipe_common::amqp::Publisher::new(t.broker.clone(), Duration::from_secs(5));
     let props = persistent_properties("text/plain", FieldTable::default());
     let missing = publisher
-        .publish(Outgoing { exchange: "t-no-such-exchange-anywhere", routing_key: "x", body: b"1", properties: props.clone() })
+        .publish(Outgoing {
+            exchange: "t-no-such-exchange-anywhere",
+            routing_key: "x",
+            body: b"1",
+            properties: props.clone(),
+        })
         .await
         .expect_err("missing exchange must fail");
-    assert!(missing.to_string().contains("NOT_FOUND") || missing.to_string().contains("no exchange"), "{missing}");
+    assert!(
+        missing.to_string().contains("NOT_FOUND") || missing.to_string().contains("no exchange"),
+        "{missing}"
+    );
 
     let work = t.broker.topology().work_exchange();
     let unroutable = publisher
-        .publish(Outgoing { exchange: &work, routing_key: "nowhere", body: b"1", properties: props.clone() })
+        .publish(Outgoing {
+            exchange: &work,
+            routing_key: "nowhere",
+            body: b"1",
+            properties: props.clone(),
+        })
         .await
         .expect_err("unroutable must fail");
-    assert!(matches!(unroutable, PublishError::Unroutable { .. }), "{unroutable}");
+    assert!(
+        matches!(unroutable, PublishError::Unroutable { .. }),
+        "{unroutable}"
+    );
 
     // The publisher recovers from the channel the missing exchange closed.
-    publisher.publish(Outgoing { exchange: &work, routing_key: "render", body: b"1", properties: props }).await.expect("publishes again");
+    publisher
+        .publish(Outgoing {
+            exchange: &work,
+            routing_key: "render",
+            body: b"1",
+            properties: props,
+        })
+        .await
+        .expect("publishes again");
     t.cleanup().await;
 }
 
 /// Closes this test's connections from the broker side, as an operator or a broker restart would.
 fn close_connections_named(prefix: &str) {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
         .output()
         .expect("rabbitmqctl is required for this test");
     let mut closed = 0;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if line.contains(prefix) {
             let pid = line.split('\t').next().expect("pid column");
-            let status = std::process::Command::new("rabbitmqctl").args(["close_connection", pid, "test: broker-side close"]).status().unwrap();
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: broker-side close"])
+                .status()
+                .unwrap();
             assert!(status.success());
             closed += 1;
         }
@@ -120,11 +220,18 @@ fn close_connections_named(prefix: &str) {
 }
 
 #[tokio::test]
-async fn a_consumer_keeps_working_after_the_broker_drops_its_connection_without_losing_unacked_work() {
+async fn a_consumer_keeps_working_after_the_broker_drops_its_connection_without_losing_unacked_work()
+ {
     let t = TestBroker::start("reconnect").await;
     let queue = t.broker.topology().stage_queue(Stage::Render);
     for i in 0..3 {
-        t.pipeline.send_job(&job(&format!("before-{i}"))).await.unwrap().confirmed().await.unwrap();
+        t.pipeline
+            .send_job(&job(&format!("before-{i}")))
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
     }
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = Arc::new(AtomicUsize::new(0));
@@ -155,7 +262,13 @@ async fn a_consumer_keeps_working_after_the_broker_drops_its_connection_without_
     close_connections_named(&t.settings.prefix);
     hold.notify_one();
     for i in 0..3 {
-        t.pipeline.send_job(&job(&format!("after-{i}"))).await.unwrap().confirmed().await.unwrap();
+        t.pipeline
+            .send_job(&job(&format!("after-{i}")))
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

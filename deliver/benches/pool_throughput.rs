@@ -26,11 +26,13 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mailpipe_deliver::throttle::{MailboxLimits, MailboxThrottle, Millis, Pick, PoolSchedule, Reservation, TenantLimit};
+use mailpipe_deliver::throttle::{
+    MailboxLimits, MailboxThrottle, Millis, Pick, PoolSchedule, Reservation, TenantLimit,
+};
 use mailpipe_sim::Simulator;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{recipients, Harness, Limits, PoolSpec};
+use support::{Harness, Limits, PoolSpec, recipients};
 
 // ---------------------------------------------------------------------------------------
 // Arguments and process figures
@@ -62,10 +64,18 @@ fn parse_args() -> Args {
         }
     }
     let messages = messages
-        .or_else(|| std::env::var("MAILPIPE_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            std::env::var("MAILPIPE_BENCH_MESSAGES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(if quick { 200 } else { 2_000 })
         .max(1);
-    Args { bench, quick, messages }
+    Args {
+        bench,
+        quick,
+        messages,
+    }
 }
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture Linux
@@ -91,7 +101,11 @@ fn cpu_seconds() -> f64 {
 fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -157,7 +171,12 @@ async fn switch_simulator_limits_off(h: &mut Harness) {
 async fn publish_backlog(h: &Harness, prefix: &str, n: usize) {
     futures::stream::iter(0..n)
         .for_each_concurrent(128, |i| async move {
-            h.publish(&format!("{prefix}-{i:07}"), "billing@contoso.example", &recipients(i, 1)).await;
+            h.publish(
+                &format!("{prefix}-{i:07}"),
+                "billing@contoso.example",
+                &recipients(i, 1),
+            )
+            .await;
         })
         .await;
 }
@@ -197,12 +216,19 @@ fn smtp_seconds() -> (f64, u64) {
 
 fn mean_smtp_ms(before: (f64, u64), after: (f64, u64)) -> f64 {
     let count = after.1.saturating_sub(before.1);
-    if count == 0 { f64::NAN } else { (after.0 - before.0) / count as f64 * 1e3 }
+    if count == 0 {
+        f64::NAN
+    } else {
+        (after.0 - before.0) / count as f64 * 1e3
+    }
 }
 
 fn is_limit_refusal(r: &mailpipe_sim::Refusal) -> bool {
     let text = format!("{} {} {}", r.code, r.enhanced, r.text);
-    text.contains("4.4.2") || text.contains("SubmissionQuotaExceeded") || text.contains("thread limit") || text.contains("5.7.233")
+    text.contains("4.4.2")
+        || text.contains("SubmissionQuotaExceeded")
+        || text.contains("thread limit")
+        || text.contains("5.7.233")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -211,8 +237,22 @@ fn is_limit_refusal(r: &mailpipe_sim::Refusal) -> bool {
 
 async fn limits_off(mailboxes: usize, n: usize) {
     // deliver always throttles; give it limits it can never reach (1 s windows keep its logs short)
-    let limits = Limits { messages: 1_000_000_000, message_window_ms: 1_000, recipients: 1_000_000_000, recipient_window_ms: 1_000, connections: 3 };
-    let mut h = Harness::new(&format!("bench-off-{mailboxes}"), PoolSpec { mailboxes, limits, ..PoolSpec::default() }).await;
+    let limits = Limits {
+        messages: 1_000_000_000,
+        message_window_ms: 1_000,
+        recipients: 1_000_000_000,
+        recipient_window_ms: 1_000,
+        connections: 3,
+    };
+    let mut h = Harness::new(
+        &format!("bench-off-{mailboxes}"),
+        PoolSpec {
+            mailboxes,
+            limits,
+            ..PoolSpec::default()
+        },
+    )
+    .await;
     switch_simulator_limits_off(&mut h).await;
     publish_backlog(&h, &format!("off{mailboxes}"), n).await;
 
@@ -225,10 +265,17 @@ async fn limits_off(mailboxes: usize, n: usize) {
     let (shutdown, task) = h.start_deliver().await;
     let limit = Duration::from_secs(60) + Duration::from_millis(n as u64 * 20);
     let Some((first, last)) = wait_accepted(&h, n as u64, limit).await else {
-        panic!("limits off, {mailboxes} mailboxes: only {} of {n} accepted within {limit:?}", accepted_count(&h));
+        panic!(
+            "limits off, {mailboxes} mailboxes: only {} of {n} accepted within {limit:?}",
+            accepted_count(&h)
+        );
     };
     let cpu = cpu_seconds() - cpu0;
-    let rabbit_cpu = rabbit.as_deref().and_then(cpu_seconds_of).zip(rabbit_cpu0).map(|(b, a)| b - a);
+    let rabbit_cpu = rabbit
+        .as_deref()
+        .and_then(cpu_seconds_of)
+        .zip(rabbit_cpu0)
+        .map(|(b, a)| b - a);
     let peak = status_kib("VmHWM:");
     let wall = (last - t0).as_secs_f64();
     let steady = (last - first).as_secs_f64();
@@ -240,16 +287,25 @@ async fn limits_off(mailboxes: usize, n: usize) {
          CPU {:>6.1} µs/msg = {:.2} cores  RabbitMQ {}  peak RSS {:>5.1} MiB{}  SMTP exchange {smtp_ms:.1} ms  refusals {refusals}",
         n as f64 / wall,
         (first - t0).as_secs_f64() * 1e3,
-        if steady > 0.0 { (n as f64 - 1.0) / steady } else { f64::NAN },
+        if steady > 0.0 {
+            (n as f64 - 1.0) / steady
+        } else {
+            f64::NAN
+        },
         cpu / n as f64 * 1e6,
         cpu / wall,
-        rabbit_cpu.map_or_else(|| "n/a".to_owned(), |c| format!("{:>5.1} µs/msg = {:.2} cores", c / n as f64 * 1e6, c / wall)),
+        rabbit_cpu.map_or_else(
+            || "n/a".to_owned(),
+            |c| format!("{:>5.1} µs/msg = {:.2} cores", c / n as f64 * 1e6, c / wall)
+        ),
         mib(peak),
         if rss_reset { "" } else { " (process peak)" },
     );
 
     shutdown.cancel();
-    task.await.expect("deliver task").expect("deliver stops cleanly");
+    task.await
+        .expect("deliver task")
+        .expect("deliver stops cleanly");
     h.finish().await;
 }
 
@@ -286,7 +342,9 @@ fn max_in_window(times: &mut [u64], window: u64) -> usize {
 fn sustained_rate(done: &mut [u64], limit: usize) -> f64 {
     done.sort_unstable();
     let a = limit.saturating_sub(1);
-    let Some(last) = done.len().checked_sub(1).filter(|&last| last > a) else { return 0.0 };
+    let Some(last) = done.len().checked_sub(1).filter(|&last| last > a) else {
+        return 0.0;
+    };
     let b = last - (last - a) % limit.max(1);
     if b <= a || done[b] <= done[a] {
         return 0.0;
@@ -300,8 +358,13 @@ fn scheduler(mailboxes: usize, minutes: u64) {
     let mut pool = PoolSchedule::new();
     for _ in 0..mailboxes {
         // one tenant per mailbox, Exchange's default external limit (10,000 / 24 h)
-        let t = pool.add_tenant(TenantLimit::new(10_000, Duration::from_secs(86_400), ["contoso.example"]));
-        pool.add_mailbox(MailboxThrottle::new(limits.clone()), t).expect("tenant exists");
+        let t = pool.add_tenant(TenantLimit::new(
+            10_000,
+            Duration::from_secs(86_400),
+            ["contoso.example"],
+        ));
+        pool.add_mailbox(MailboxThrottle::new(limits.clone()), t)
+            .expect("tenant exists");
     }
     let mut rng = StdRng::seed_from_u64(7);
     let start: u64 = 1_800_000_000_000;
@@ -374,14 +437,25 @@ fn scheduler(mailboxes: usize, minutes: u64) {
     // Sustained rate of each mailbox, between two completions `limit` apart (the same slot's
     // successive uses, so both ends are at the same phase of the window cycle), from the end
     // of the first window's burst to the last such completion.
-    let sustained: f64 = completions.iter_mut().map(|done| sustained_rate(done, limits.messages as usize)).sum();
+    let sustained: f64 = completions
+        .iter_mut()
+        .map(|done| sustained_rate(done, limits.messages as usize))
+        .sum();
     let fraction = sustained * window as f64 / (mailboxes as f64 * limits.messages as f64);
     let capacity = mailboxes as f64 * limits.messages as f64 * (end - warm) as f64 / window as f64;
     let run_fraction = steady_done as f64 / capacity;
     let mean_send = send_ms_total as f64 / sends.max(1) as f64;
     let bound = window as f64 / (window as f64 + mean_send);
-    let worst_start = starts.iter_mut().map(|t| max_in_window(t, window)).max().unwrap_or(0);
-    let worst_done = completions.iter_mut().map(|t| max_in_window(t, window)).max().unwrap_or(0);
+    let worst_start = starts
+        .iter_mut()
+        .map(|t| max_in_window(t, window))
+        .max()
+        .unwrap_or(0);
+    let worst_done = completions
+        .iter_mut()
+        .map(|t| max_in_window(t, window))
+        .max()
+        .unwrap_or(0);
     println!(
         "  {mailboxes:>4} mailboxes  {minutes:>3} min  {sends:>8} sends  sustained fraction {fraction:.4} (bound W/(W+s̄) = {bound:.4}, s̄ = {mean_send:.0} ms; \
          run {run_fraction:.4})  max per 60 s window {worst_start}/{worst_done} of {}  {:>6.0} ns/pick  {:.2} picks/send  wall {:.2} s",
@@ -397,41 +471,84 @@ fn scheduler(mailboxes: usize, minutes: u64) {
 // ---------------------------------------------------------------------------------------
 
 async fn limits_on(mailboxes: usize, windows: u64) {
-    let limits = Limits { messages: 20, message_window_ms: 2_000, recipients: 10_000, recipient_window_ms: 60_000, connections: 3 };
+    let limits = Limits {
+        messages: 20,
+        message_window_ms: 2_000,
+        recipients: 10_000,
+        recipient_window_ms: 60_000,
+        connections: 3,
+    };
     let n = mailboxes as u64 * limits.messages * windows;
-    let h = Harness::new("bench-on", PoolSpec { mailboxes, limits, ..PoolSpec::default() }).await;
+    let h = Harness::new(
+        "bench-on",
+        PoolSpec {
+            mailboxes,
+            limits,
+            ..PoolSpec::default()
+        },
+    )
+    .await;
     publish_backlog(&h, "on", n as usize).await;
     let smtp0 = smtp_seconds();
     let (shutdown, task) = h.start_deliver().await;
-    let limit = Duration::from_millis(limits.message_window_ms * windows * 3) + Duration::from_secs(30);
+    let limit =
+        Duration::from_millis(limits.message_window_ms * windows * 3) + Duration::from_secs(30);
     if wait_accepted(&h, n, limit).await.is_none() {
-        panic!("limits on: only {} of {n} accepted within {limit:?}; refusals: {:?}", accepted_count(&h), h.sim.refusals());
+        panic!(
+            "limits on: only {} of {n} accepted within {limit:?}; refusals: {:?}",
+            accepted_count(&h),
+            h.sim.refusals()
+        );
     }
     // let anything still in flight land, so a late refusal would be seen
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let accepted = h.sim.accepted();
-    let first = accepted.iter().map(|m| m.received_at).min().expect("accepted");
-    let last = accepted.iter().map(|m| m.received_at).max().expect("accepted");
+    let first = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .min()
+        .expect("accepted");
+    let last = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .max()
+        .expect("accepted");
     let window = Duration::from_millis(limits.message_window_ms);
     let elapsed = (last - first).to_std().unwrap_or_default() + window;
     let rate = accepted.len() as f64 / elapsed.as_secs_f64();
     let pool_limit = mailboxes as f64 * limits.messages as f64 / window.as_secs_f64();
-    let mut by_mailbox: std::collections::HashMap<&str, Vec<u64>> = std::collections::HashMap::new();
+    let mut by_mailbox: std::collections::HashMap<&str, Vec<u64>> =
+        std::collections::HashMap::new();
     for m in &accepted {
-        let at = u64::try_from((m.received_at - first).num_microseconds().unwrap_or(0)).unwrap_or(0);
+        let at =
+            u64::try_from((m.received_at - first).num_microseconds().unwrap_or(0)).unwrap_or(0);
         by_mailbox.entry(m.mailbox.as_str()).or_default().push(at);
     }
     // per µs -> per s
-    let sustained: f64 = by_mailbox.values_mut().map(|t| sustained_rate(t, limits.messages as usize) * 1e6).sum();
+    let sustained: f64 = by_mailbox
+        .values_mut()
+        .map(|t| sustained_rate(t, limits.messages as usize) * 1e6)
+        .sum();
     let refusals = h.sim.refusals();
     let limit_refusals = refusals.iter().filter(|r| is_limit_refusal(r)).count();
     let stats = h.sim.mailbox_stats();
-    let max_window = stats.iter().map(|s| s.max_messages_in_window).max().unwrap_or(0);
-    let max_conns = stats.iter().map(|s| s.max_concurrent_connections).max().unwrap_or(0);
+    let max_window = stats
+        .iter()
+        .map(|s| s.max_messages_in_window)
+        .max()
+        .unwrap_or(0);
+    let max_conns = stats
+        .iter()
+        .map(|s| s.max_concurrent_connections)
+        .max()
+        .unwrap_or(0);
     let smtp_ms = mean_smtp_ms(smtp0, smtp_seconds());
     let bound = limits.message_window_ms as f64 / (limits.message_window_ms as f64 + smtp_ms);
-    let (lo, hi) = (stats.iter().map(|s| s.accepted).min().unwrap_or(0), stats.iter().map(|s| s.accepted).max().unwrap_or(0));
+    let (lo, hi) = (
+        stats.iter().map(|s| s.accepted).min().unwrap_or(0),
+        stats.iter().map(|s| s.accepted).max().unwrap_or(0),
+    );
     println!(
         "  {mailboxes:>4} mailboxes  {} per {} s  {n:>5} msgs ({windows} windows)  {rate:>6.1} msg/s of {pool_limit:.0}/s  fraction {:.4}  \
          sustained {:.4} (bound W/(W+SMTP exchange) = {bound:.4})  refused for rate/connections/quota: {limit_refusals} (all refusals: {})  max per window {max_window}/{}  max connections {max_conns}/{}  per mailbox {lo}..{hi}  SMTP exchange {smtp_ms:.1} ms",
@@ -444,10 +561,15 @@ async fn limits_on(mailboxes: usize, windows: u64) {
         limits.connections,
     );
     if accepted.len() as u64 != n {
-        println!("  note: the simulator recorded {} acceptances for {n} messages", accepted.len());
+        println!(
+            "  note: the simulator recorded {} acceptances for {n} messages",
+            accepted.len()
+        );
     }
     shutdown.cancel();
-    task.await.expect("deliver task").expect("deliver stops cleanly");
+    task.await
+        .expect("deliver task")
+        .expect("deliver stops cleanly");
     h.finish().await;
 }
 
@@ -457,13 +579,18 @@ fn main() {
     let args = parse_args();
     if !args.bench && !args.quick {
         // `cargo test --all-targets` runs bench binaries without `--bench`: a benchmark is not a test.
-        println!("pool_throughput: benchmark not run (no --bench); use `cargo bench -p mailpipe-deliver --bench pool_throughput [-- --quick]`");
+        println!(
+            "pool_throughput: benchmark not run (no --bench); use `cargo bench -p mailpipe-deliver --bench pool_throughput [-- --quick]`"
+        );
         return;
     }
     let n = args.messages;
     let (sched_minutes, e2e_windows) = if args.quick { (5, 3) } else { (30, 10) };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("pool_throughput ({} run, {cores} cores visible; tokio runtime with 2 workers)", if args.quick { "quick" } else { "full" });
+    println!(
+        "pool_throughput ({} run, {cores} cores visible; tokio runtime with 2 workers)",
+        if args.quick { "quick" } else { "full" }
+    );
     println!(
         "\n1. Limits off, end to end: simulator limits_enabled = false, real RabbitMQ, deliver in this process\n   \
          (3 connections per mailbox, prefetch 64). {n} one-recipient messages are queued first, then deliver starts;\n   \
@@ -473,7 +600,11 @@ fn main() {
          and the bench's polling, so deliver alone costs less. RabbitMQ's own CPU (beam.smp) is shown beside it.\n   \
          Peak RSS = VmHWM of this process, reset before each row (includes the simulator)."
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async {
         for mailboxes in [1, 10, 100] {
             limits_off(mailboxes, n).await;

@@ -100,9 +100,13 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     match enhanced {
         "5.7.708" => return ReplyClass::Tenant(TenantProblem::Blocked),
         "5.7.233" => return ReplyClass::Tenant(TenantProblem::ExternalLimit),
-        "5.7.3" | "5.7.139" | "5.7.30" | "5.7.57" | "4.7.3" => return ReplyClass::Mailbox(MailboxProblem::Auth),
+        "5.7.3" | "5.7.139" | "5.7.30" | "5.7.57" | "4.7.3" => {
+            return ReplyClass::Mailbox(MailboxProblem::Auth);
+        }
         "5.7.60" | "5.2.252" => return ReplyClass::Mailbox(MailboxProblem::SendAs),
-        "5.2.251" | "5.2.253" | "5.2.254" | "5.2.255" => return ReplyClass::Mailbox(MailboxProblem::Throttled),
+        "5.2.251" | "5.2.253" | "5.2.254" | "5.2.255" => {
+            return ReplyClass::Mailbox(MailboxProblem::Throttled);
+        }
         _ => {}
     }
     if text.contains("submissionquotaexceeded") {
@@ -117,7 +121,11 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     if reply.code == 535 || reply.code == 530 {
         return ReplyClass::Mailbox(MailboxProblem::Auth);
     }
-    if reply.is_transient() { ReplyClass::Transient } else { ReplyClass::MessagePermanent }
+    if reply.is_transient() {
+        ReplyClass::Transient
+    } else {
+        ReplyClass::MessagePermanent
+    }
 }
 
 #[cfg(test)]
@@ -131,28 +139,94 @@ mod tests {
     #[test]
     fn exchange_replies_are_classified_as_documented() {
         use MailboxProblem::*;
-        assert_eq!(class(250, "2.6.0 <id> Queued mail for delivery"), ReplyClass::Accepted);
-        assert_eq!(class(535, "5.7.3 Authentication unsuccessful"), ReplyClass::Mailbox(Auth));
         assert_eq!(
-            class(535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."),
+            class(250, "2.6.0 <id> Queued mail for delivery"),
+            ReplyClass::Accepted
+        );
+        assert_eq!(
+            class(535, "5.7.3 Authentication unsuccessful"),
             ReplyClass::Mailbox(Auth)
         );
-        assert_eq!(class(550, "5.7.30 Basic authentication is not supported for Client Submission."), ReplyClass::Mailbox(Auth));
-        assert_eq!(class(530, "5.7.57 Client not authenticated to send mail."), ReplyClass::Mailbox(Auth));
-        assert_eq!(class(550, "5.7.60 SMTP; Client does not have permissions to send as this sender"), ReplyClass::Mailbox(SendAs));
-        assert_eq!(class(554, "5.2.252 SendAsDenied; a@b.example not allowed to send as c@d.example"), ReplyClass::Mailbox(SendAs));
         assert_eq!(
-            class(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message"),
+            class(
+                535,
+                "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
+            ),
+            ReplyClass::Mailbox(Auth)
+        );
+        assert_eq!(
+            class(
+                550,
+                "5.7.30 Basic authentication is not supported for Client Submission."
+            ),
+            ReplyClass::Mailbox(Auth)
+        );
+        assert_eq!(
+            class(530, "5.7.57 Client not authenticated to send mail."),
+            ReplyClass::Mailbox(Auth)
+        );
+        assert_eq!(
+            class(
+                550,
+                "5.7.60 SMTP; Client does not have permissions to send as this sender"
+            ),
+            ReplyClass::Mailbox(SendAs)
+        );
+        assert_eq!(
+            class(
+                554,
+                "5.2.252 SendAsDenied; a@b.example not allowed to send as c@d.example"
+            ),
+            ReplyClass::Mailbox(SendAs)
+        );
+        assert_eq!(
+            class(
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message"
+            ),
             ReplyClass::Mailbox(Quota)
         );
-        assert_eq!(class(432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"), ReplyClass::Mailbox(Connections));
-        assert_eq!(class(421, "4.4.2 Message submission rate for this client has exceeded the configured limit"), ReplyClass::Mailbox(Rate));
-        assert_eq!(class(550, "5.2.254 sender throttled"), ReplyClass::Mailbox(Throttled));
-        assert_eq!(class(550, "5.7.708 Service unavailable. Access denied"), ReplyClass::Tenant(TenantProblem::Blocked));
-        assert_eq!(class(550, "5.7.233 external recipient limit"), ReplyClass::Tenant(TenantProblem::ExternalLimit));
-        assert_eq!(class(421, "4.3.2 Service not available"), ReplyClass::Transient);
-        assert_eq!(class(451, "4.7.0 Temporary server error"), ReplyClass::Transient);
-        assert_eq!(class(550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found"), ReplyClass::MessagePermanent);
-        assert_eq!(class(552, "5.3.4 Message size exceeds fixed maximum message size"), ReplyClass::MessagePermanent);
+        assert_eq!(
+            class(
+                432,
+                "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
+            ),
+            ReplyClass::Mailbox(Connections)
+        );
+        assert_eq!(
+            class(
+                421,
+                "4.4.2 Message submission rate for this client has exceeded the configured limit"
+            ),
+            ReplyClass::Mailbox(Rate)
+        );
+        assert_eq!(
+            class(550, "5.2.254 sender throttled"),
+            ReplyClass::Mailbox(Throttled)
+        );
+        assert_eq!(
+            class(550, "5.7.708 Service unavailable. Access denied"),
+            ReplyClass::Tenant(TenantProblem::Blocked)
+        );
+        assert_eq!(
+            class(550, "5.7.233 external recipient limit"),
+            ReplyClass::Tenant(TenantProblem::ExternalLimit)
+        );
+        assert_eq!(
+            class(421, "4.3.2 Service not available"),
+            ReplyClass::Transient
+        );
+        assert_eq!(
+            class(451, "4.7.0 Temporary server error"),
+            ReplyClass::Transient
+        );
+        assert_eq!(
+            class(550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found"),
+            ReplyClass::MessagePermanent
+        );
+        assert_eq!(
+            class(552, "5.3.4 Message size exceeds fixed maximum message size"),
+            ReplyClass::MessagePermanent
+        );
     }
 }

@@ -36,7 +36,10 @@ impl DeliveredJobs {
     pub fn get(&self, id: &JobId) -> Option<DeliveredEntry> {
         match self.lock().get(id)? {
             Some(entry) => Some(entry.clone()),
-            None => Some(DeliveredEntry { event: DeliveryEvent::new(id.clone(), None, EventKind::Delivered), recorded: true }),
+            None => Some(DeliveredEntry {
+                event: DeliveryEvent::new(id.clone(), None, EventKind::Delivered),
+                recorded: true,
+            }),
         }
     }
 
@@ -46,7 +49,13 @@ impl DeliveredJobs {
 
     /// Delivered, event not yet confirmed: the event is kept so it can be written again.
     pub fn insert_pending(&self, event: DeliveryEvent) {
-        self.lock().insert(event.job_id.clone(), Some(DeliveredEntry { event, recorded: false }));
+        self.lock().insert(
+            event.job_id.clone(),
+            Some(DeliveredEntry {
+                event,
+                recorded: false,
+            }),
+        );
     }
 
     /// Recorded in the stream: only the id is kept.
@@ -94,7 +103,13 @@ pub async fn replay(
                 && let Some(mailbox) = &event.mailbox
             {
                 let at = Millis(event.at.timestamp_millis().max(0) as u64);
-                if pool.restore(mailbox, event.tenant.as_deref(), at, u64::from(event.recipients), u64::from(event.external_recipients)) {
+                if pool.restore(
+                    mailbox,
+                    event.tenant.as_deref(),
+                    at,
+                    u64::from(event.recipients),
+                    u64::from(event.external_recipients),
+                ) {
                     stats.sends_restored += 1;
                 }
             }

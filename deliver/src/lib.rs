@@ -8,13 +8,13 @@
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 
 pub mod classify;
-pub mod oauth;
-pub mod settings;
-pub mod smtp;
-pub mod throttle;
 pub mod compose;
 pub mod ledger;
 pub mod metrics;
+pub mod oauth;
 pub mod pool;
+pub mod settings;
+pub mod smtp;
 pub mod stage;
 pub mod startup;
+pub mod throttle;

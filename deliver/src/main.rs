@@ -24,7 +24,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = ConfigSource::load(cli.config.config.as_deref()).and_then(|src| Ok((src.common()?, DeliverSettings::load(&src)?)));
+    let loaded = ConfigSource::load(cli.config.config.as_deref())
+        .and_then(|src| Ok((src.common()?, DeliverSettings::load(&src)?)));
     let (common, settings) = match loaded {
         Ok(v) => v,
         Err(e) => {
@@ -50,7 +51,13 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = mailpipe_common::shutdown::on_signals();
-    let result = async { Application::build(&common, &settings, shutdown).await?.run_until_stopped().await }.await;
+    let result = async {
+        Application::build(&common, &settings, shutdown)
+            .await?
+            .run_until_stopped()
+            .await
+    }
+    .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,14 +4,21 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{register_gauge_vec, register_histogram, register_int_counter_vec, GaugeVec, Histogram, IntCounterVec};
+use prometheus::{
+    GaugeVec, Histogram, IntCounterVec, register_gauge_vec, register_histogram,
+    register_int_counter_vec,
+};
 
 use crate::pool::MailboxPool;
 use crate::throttle::MailboxState;
 
 pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("mailpipe_deliver_sends_total", "SMTP send attempts by mailbox and reply class", &["mailbox", "outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "mailpipe_deliver_sends_total",
+        "SMTP send attempts by mailbox and reply class",
+        &["mailbox", "outcome"]
+    )
+    .expect("metric registers once")
 });
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -41,36 +48,67 @@ pub static WAIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "mailpipe_deliver_mailbox_wait_seconds",
         "Time a message waited for a mailbox with room in its limits",
-        vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 3600.0]
+        vec![
+            0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 3600.0
+        ]
     )
     .expect("metric registers once")
 });
 static MESSAGES_LEFT: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_messages_left", "Messages the mailbox may still start in its current window", &["mailbox"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_messages_left",
+        "Messages the mailbox may still start in its current window",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
 });
 static MESSAGES_LIMIT: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_messages_limit", "Messages per window the mailbox may send", &["mailbox"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_messages_limit",
+        "Messages per window the mailbox may send",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
 });
 static RECIPIENTS_LEFT: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_recipients_left", "Recipients left in the mailbox's (24 h) recipient window", &["mailbox"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_recipients_left",
+        "Recipients left in the mailbox's (24 h) recipient window",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
 });
 static RECIPIENTS_LIMIT: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_recipients_limit", "Recipients per window the mailbox may send", &["mailbox"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_recipients_limit",
+        "Recipients per window the mailbox may send",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
 });
 static CONNECTIONS: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_connections", "Sends in flight (SMTP connections in use)", &["mailbox"]).expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_connections",
+        "Sends in flight (SMTP connections in use)",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
 });
 static STATE: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_mailbox_state", "1 for the mailbox's current state (active, paused, quarantined)", &["mailbox", "state"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_mailbox_state",
+        "1 for the mailbox's current state (active, paused, quarantined)",
+        &["mailbox", "state"]
+    )
+    .expect("metric registers once")
 });
 static TOKEN_EXPIRY: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("mailpipe_deliver_oauth_token_seconds_to_expiry", "Seconds until the cached OAuth token expires", &["tenant"])
-        .expect("metric registers once")
+    register_gauge_vec!(
+        "mailpipe_deliver_oauth_token_seconds_to_expiry",
+        "Seconds until the cached OAuth token expires",
+        &["tenant"]
+    )
+    .expect("metric registers once")
 });
 
 /// Forces registration so every metric shows on /metrics from the start.
@@ -79,8 +117,22 @@ pub fn register() {
     for outcome in ["delivered", "retry", "dead", "duplicate", "returned"] {
         MESSAGES.with_label_values(&[outcome]);
     }
-    let _ = (&*SENDS, &*MESSAGES, &*REFUSALS, &*SMTP_SECONDS, &*WAIT_SECONDS, &*MESSAGES_LEFT, &*MESSAGES_LIMIT);
-    let _ = (&*RECIPIENTS_LEFT, &*RECIPIENTS_LIMIT, &*CONNECTIONS, &*STATE, &*TOKEN_EXPIRY);
+    let _ = (
+        &*SENDS,
+        &*MESSAGES,
+        &*REFUSALS,
+        &*SMTP_SECONDS,
+        &*WAIT_SECONDS,
+        &*MESSAGES_LEFT,
+        &*MESSAGES_LIMIT,
+    );
+    let _ = (
+        &*RECIPIENTS_LEFT,
+        &*RECIPIENTS_LIMIT,
+        &*CONNECTIONS,
+        &*STATE,
+        &*TOKEN_EXPIRY,
+    );
 }
 
 /// Copies the pool's state into the gauges.
@@ -88,31 +140,51 @@ pub fn refresh(pool: &MailboxPool) {
     let mut tenants_seen = std::collections::HashSet::new();
     for (idx, m) in pool.mailboxes().iter().enumerate() {
         let mbx = m.address.as_str();
-        if let Some((snap, state, limits)) = pool.snapshot(idx).and_then(|(s, st)| pool.limits(idx).map(|l| (s, st, l))) {
-            MESSAGES_LEFT.with_label_values(&[mbx]).set(snap.messages_left as f64);
-            RECIPIENTS_LEFT.with_label_values(&[mbx]).set(snap.recipients_left as f64);
-            MESSAGES_LIMIT.with_label_values(&[mbx]).set(limits.messages as f64);
-            RECIPIENTS_LIMIT.with_label_values(&[mbx]).set(limits.recipients as f64);
-            CONNECTIONS.with_label_values(&[mbx]).set(f64::from(snap.connections_in_use));
+        if let Some((snap, state, limits)) = pool
+            .snapshot(idx)
+            .and_then(|(s, st)| pool.limits(idx).map(|l| (s, st, l)))
+        {
+            MESSAGES_LEFT
+                .with_label_values(&[mbx])
+                .set(snap.messages_left as f64);
+            RECIPIENTS_LEFT
+                .with_label_values(&[mbx])
+                .set(snap.recipients_left as f64);
+            MESSAGES_LIMIT
+                .with_label_values(&[mbx])
+                .set(limits.messages as f64);
+            RECIPIENTS_LIMIT
+                .with_label_values(&[mbx])
+                .set(limits.recipients as f64);
+            CONNECTIONS
+                .with_label_values(&[mbx])
+                .set(f64::from(snap.connections_in_use));
             let current = match state {
                 MailboxState::Active => "active",
                 MailboxState::Paused { .. } => "paused",
                 MailboxState::Quarantined { .. } => "quarantined",
             };
             for s in ["active", "paused", "quarantined"] {
-                STATE.with_label_values(&[mbx, s]).set(if s == current { 1.0 } else { 0.0 });
+                STATE
+                    .with_label_values(&[mbx, s])
+                    .set(if s == current { 1.0 } else { 0.0 });
             }
         }
         if tenants_seen.insert(m.tenant)
             && let Some(secs) = pool.token_seconds_to_expiry(m.tenant)
         {
-            TOKEN_EXPIRY.with_label_values(&[m.tenant_id.as_str()]).set(secs);
+            TOKEN_EXPIRY
+                .with_label_values(&[m.tenant_id.as_str()])
+                .set(secs);
         }
     }
 }
 
 /// Refreshes the gauges every second until `shutdown`.
-pub async fn refresh_loop(pool: std::sync::Arc<MailboxPool>, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn refresh_loop(
+    pool: std::sync::Arc<MailboxPool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

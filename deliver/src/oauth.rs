@@ -18,8 +18,16 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 pub enum OAuthError {
     #[error("token endpoint {endpoint} unreachable: {message}")]
     Unreachable { endpoint: String, message: String },
-    #[error("token endpoint {endpoint} refused client {client_id}: {status} {error}: {description}")]
-    Refused { endpoint: String, client_id: String, status: u16, error: String, description: String },
+    #[error(
+        "token endpoint {endpoint} refused client {client_id}: {status} {error}: {description}"
+    )]
+    Refused {
+        endpoint: String,
+        client_id: String,
+        status: u16,
+        error: String,
+        description: String,
+    },
     #[error("token endpoint {endpoint} answered something that is not a token: {message}")]
     Malformed { endpoint: String, message: String },
 }
@@ -58,10 +66,19 @@ struct ErrorReply {
 }
 
 impl TokenSource {
-    pub fn new(app: &OAuthApp, tenant_id: &str, secret: SecretString, http: reqwest::Client) -> Self {
+    pub fn new(
+        app: &OAuthApp,
+        tenant_id: &str,
+        secret: SecretString,
+        http: reqwest::Client,
+    ) -> Self {
         let tenant = app.tenant_id.as_deref().unwrap_or(tenant_id);
         Self {
-            endpoint: format!("{}/{}/oauth2/v2.0/token", app.authority.trim_end_matches('/'), tenant),
+            endpoint: format!(
+                "{}/{}/oauth2/v2.0/token",
+                app.authority.trim_end_matches('/'),
+                tenant
+            ),
             client_id: app.client_id.clone(),
             secret,
             scope: app.scope.clone(),
@@ -91,7 +108,10 @@ impl TokenSource {
     /// already refreshed.
     pub async fn invalidate(&self, used: &SecretString) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| c.token.expose_secret() == used.expose_secret()) {
+        if cached
+            .as_ref()
+            .is_some_and(|c| c.token.expose_secret() == used.expose_secret())
+        {
             *cached = None;
         }
     }
@@ -100,7 +120,11 @@ impl TokenSource {
     pub fn seconds_to_expiry(&self) -> Option<f64> {
         let at = (*self.expires_at.lock().unwrap_or_else(|e| e.into_inner()))?;
         let now = Instant::now();
-        Some(if at >= now { (at - now).as_secs_f64() } else { -(now - at).as_secs_f64() })
+        Some(if at >= now {
+            (at - now).as_secs_f64()
+        } else {
+            -(now - at).as_secs_f64()
+        })
     }
 
     async fn fetch(&self) -> Result<CachedToken, OAuthError> {
@@ -111,13 +135,25 @@ impl TokenSource {
             ("scope", self.scope.as_str()),
         ];
         let started = Instant::now();
-        let response = self.http.post(&self.endpoint).form(&form).send().await.map_err(|e| OAuthError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            // reqwest's message may hold the URL (no secret in it) but never the form body.
-            message: e.without_url().to_string(),
-        })?;
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                // reqwest's message may hold the URL (no secret in it) but never the form body.
+                message: e.without_url().to_string(),
+            })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| OAuthError::Unreachable { endpoint: self.endpoint.clone(), message: e.without_url().to_string() })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: e.without_url().to_string(),
+            })?;
         if !status.is_success() {
             let err: ErrorReply = serde_json::from_slice(&body).unwrap_or_default();
             return Err(OAuthError::Refused {
@@ -126,16 +162,28 @@ impl TokenSource {
                 status: status.as_u16(),
                 error: err.error,
                 // Entra's descriptions carry AADSTS codes and trace ids, never the secret.
-                description: err.error_description.lines().next().unwrap_or_default().to_owned(),
+                description: err
+                    .error_description
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
             });
         }
-        let reply: TokenReply = serde_json::from_slice(&body)
-            .map_err(|e| OAuthError::Malformed { endpoint: self.endpoint.clone(), message: e.to_string() })?;
+        let reply: TokenReply =
+            serde_json::from_slice(&body).map_err(|e| OAuthError::Malformed {
+                endpoint: self.endpoint.clone(),
+                message: e.to_string(),
+            })?;
         let lifetime = Duration::from_secs(reply.expires_in);
         let expires_at = started + lifetime;
         // Refresh 5 minutes ahead, or at 80% of very short lifetimes (tests, simulators).
         let ahead = REFRESH_AHEAD.min(lifetime / 5);
         tracing::info!(endpoint = %self.endpoint, client_id = %self.client_id, expires_in_s = reply.expires_in, "OAuth token obtained");
-        Ok(CachedToken { token: SecretString::from(reply.access_token), expires_at, refresh_at: expires_at - ahead })
+        Ok(CachedToken {
+            token: SecretString::from(reply.access_token),
+            expires_at,
+            refresh_at: expires_at - ahead,
+        })
     }
 }

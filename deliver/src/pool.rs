@@ -19,12 +19,18 @@ use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
 use crate::oauth::{OAuthError, TokenSource};
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
-use crate::throttle::{Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule, Reservation, Snapshot, TenantLimit};
+use crate::throttle::{
+    Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
+    Reservation, Snapshot, TenantLimit,
+};
 
 /// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
 enum MailboxAuth {
     OAuth(Arc<TokenSource>),
-    Password { login: String, password: SecretString },
+    Password {
+        login: String,
+        password: SecretString,
+    },
 }
 
 /// One pool mailbox: what it is and how to reach it.
@@ -40,17 +46,27 @@ pub struct PoolMailbox {
 
 impl std::fmt::Debug for PoolMailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolMailbox").field("address", &self.address).field("tenant", &self.tenant_id).finish()
+        f.debug_struct("PoolMailbox")
+            .field("address", &self.address)
+            .field("tenant", &self.tenant_id)
+            .finish()
     }
 }
 
 impl PoolMailbox {
     fn may_send(&self, meta: &RenderedMeta, policy: FromPolicy) -> bool {
-        let group_ok = meta.group.as_ref().is_none_or(|g| self.groups.iter().any(|mine| mine == g));
+        let group_ok = meta
+            .group
+            .as_ref()
+            .is_none_or(|g| self.groups.iter().any(|mine| mine == g));
         let from_ok = match policy {
             FromPolicy::Mailbox => true,
             FromPolicy::SendAs => {
-                meta.from.address.eq_ignore_case(&self.address) || self.send_as.iter().any(|a| a.eq_ignore_case(&meta.from.address))
+                meta.from.address.eq_ignore_case(&self.address)
+                    || self
+                        .send_as
+                        .iter()
+                        .any(|a| a.eq_ignore_case(&meta.from.address))
             }
         };
         group_ok && from_ok
@@ -106,7 +122,9 @@ pub struct MailboxPool {
 
 impl std::fmt::Debug for MailboxPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailboxPool").field("mailboxes", &self.mailboxes).finish()
+        f.debug_struct("MailboxPool")
+            .field("mailboxes", &self.mailboxes)
+            .finish()
     }
 }
 
@@ -117,11 +135,16 @@ pub fn now_millis() -> Millis {
 impl MailboxPool {
     /// Builds the pool from validated settings (secrets resolved here).
     pub fn build(settings: &DeliverSettings) -> anyhow::Result<Self> {
-        let extra_ca = match &settings.extra_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("deliver.extra_ca_file {}: {e}", path.display()))?),
-            None => None,
-        };
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30)).https_only(false);
+        let extra_ca =
+            match &settings.extra_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("deliver.extra_ca_file {}: {e}", path.display())
+                })?),
+                None => None,
+            };
+        let mut http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .https_only(false);
         if let Some(pem) = &extra_ca {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
         }
@@ -130,10 +153,16 @@ impl MailboxPool {
         let mut schedule = PoolSchedule::new();
         let mut tokens = Vec::new();
         for (i, t) in settings.tenants.iter().enumerate() {
-            schedule.add_tenant(TenantLimit::new(t.external_limit(), Duration::from_millis(t.external_window_ms), t.domains.iter()));
+            schedule.add_tenant(TenantLimit::new(
+                t.external_limit(),
+                Duration::from_millis(t.external_window_ms),
+                t.domains.iter(),
+            ));
             tokens.push(match &t.oauth {
                 Some(app) => {
-                    let secret = app.client_secret.resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
+                    let secret = app
+                        .client_secret
+                        .resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
                     Some(Arc::new(TokenSource::new(app, &t.id, secret, http.clone())))
                 }
                 None => None,
@@ -141,7 +170,11 @@ impl MailboxPool {
         }
         let mut mailboxes = Vec::new();
         for (i, m) in settings.mailboxes.iter().enumerate() {
-            let tenant = settings.tenants.iter().position(|t| t.id == m.tenant).ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].tenant unknown"))?;
+            let tenant = settings
+                .tenants
+                .iter()
+                .position(|t| t.id == m.tenant)
+                .ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].tenant unknown"))?;
             let l = &m.limits;
             let limits = MailboxLimits {
                 messages: l.messages_per_window,
@@ -152,15 +185,24 @@ impl MailboxPool {
                 recipients_per_message: l.max_recipients_per_message,
             };
             schedule.add_mailbox(MailboxThrottle::new(limits), tenant)?;
-            let mut tls = TlsParameters::builder(m.host.clone()).set_min_tls_version(TlsVersion::Tlsv12);
+            let mut tls =
+                TlsParameters::builder(m.host.clone()).set_min_tls_version(TlsVersion::Tlsv12);
             if let Some(pem) = &extra_ca {
                 tls = tls.add_root_certificate(Certificate::from_pem(pem)?);
             }
             let auth = match m.auth {
-                AuthMethod::Oauth2 => MailboxAuth::OAuth(tokens[tenant].clone().ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}]: tenant has no oauth app"))?),
+                AuthMethod::Oauth2 => {
+                    MailboxAuth::OAuth(tokens[tenant].clone().ok_or_else(|| {
+                        anyhow::anyhow!("deliver.mailboxes[{i}]: tenant has no oauth app")
+                    })?)
+                }
                 AuthMethod::Password => MailboxAuth::Password {
                     login: m.username.clone().unwrap_or_else(|| m.address.to_string()),
-                    password: m.password.as_ref().ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].password missing"))?.resolve(&format!("deliver.mailboxes[{i}].password"))?,
+                    password: m
+                        .password
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("deliver.mailboxes[{i}].password missing"))?
+                        .resolve(&format!("deliver.mailboxes[{i}].password"))?,
                 },
             };
             mailboxes.push(PoolMailbox {
@@ -208,7 +250,9 @@ impl MailboxPool {
     }
 
     pub fn index_of(&self, address: &EmailAddress) -> Option<usize> {
-        self.mailboxes.iter().position(|m| m.address.eq_ignore_case(address))
+        self.mailboxes
+            .iter()
+            .position(|m| m.address.eq_ignore_case(address))
     }
 
     /// External recipients of a message: counted against each candidate tenant's own
@@ -232,7 +276,11 @@ impl MailboxPool {
             let pick = {
                 let mut schedule = self.schedule();
                 let external = self.external_count(&schedule, &meta.recipients);
-                schedule.pick(now, recipients, external, |i| self.mailboxes.get(i).is_some_and(|m| m.may_send(meta, self.policy)))
+                schedule.pick(now, recipients, external, |i| {
+                    self.mailboxes
+                        .get(i)
+                        .is_some_and(|m| m.may_send(meta, self.policy))
+                })
             };
             match pick {
                 Pick::Mailbox(idx, reservation) => return Ok(Lease { idx, reservation }),
@@ -278,7 +326,10 @@ impl MailboxPool {
         let now = now_millis();
         let pause = {
             let schedule = self.schedule();
-            let limits = schedule.mailbox(idx).map(|m| m.limits().clone()).unwrap_or_default();
+            let limits = schedule
+                .mailbox(idx)
+                .map(|m| m.limits().clone())
+                .unwrap_or_default();
             match problem {
                 // The window tells exactly when room comes back.
                 MailboxProblem::Rate => limits.message_window,
@@ -288,7 +339,11 @@ impl MailboxPool {
             }
         };
         let until = now + pause;
-        let state = if problem.is_quarantine() { MailboxState::Quarantined { until } } else { MailboxState::Paused { until } };
+        let state = if problem.is_quarantine() {
+            MailboxState::Quarantined { until }
+        } else {
+            MailboxState::Paused { until }
+        };
         let _ = self.schedule().set_state(idx, state);
         tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
         self.changed.notify_waiters();
@@ -301,7 +356,11 @@ impl MailboxPool {
         let pause = match problem {
             TenantProblem::ExternalLimit => {
                 let schedule = self.schedule();
-                schedule.tenant(tenant).map(|t| t.window().window()).unwrap_or(self.pause).min(self.max_pause)
+                schedule
+                    .tenant(tenant)
+                    .map(|t| t.window().window())
+                    .unwrap_or(self.pause)
+                    .min(self.max_pause)
             }
             TenantProblem::Blocked => self.max_pause,
         };
@@ -324,13 +383,22 @@ impl MailboxPool {
     }
 
     /// Re-applies a send recorded in the events stream (ledger rebuild after a restart).
-    pub fn restore(&self, mailbox: &EmailAddress, tenant_id: Option<&str>, at: Millis, recipients: u64, external: u64) -> bool {
+    pub fn restore(
+        &self,
+        mailbox: &EmailAddress,
+        tenant_id: Option<&str>,
+        at: Millis,
+        recipients: u64,
+        external: u64,
+    ) -> bool {
         let mut schedule = self.schedule();
         if let Some(idx) = self.index_of(mailbox) {
             return schedule.restore(idx, at, recipients, external).is_ok();
         }
         // Another mailbox of one of our tenants: only the tenant-wide external limit applies.
-        if let Some(t) = tenant_id.and_then(|id| self.mailboxes.iter().find(|m| m.tenant_id == id)).map(|m| m.tenant)
+        if let Some(t) = tenant_id
+            .and_then(|id| self.mailboxes.iter().find(|m| m.tenant_id == id))
+            .map(|m| m.tenant)
             && let Some(limit) = schedule.tenant_mut(t)
         {
             limit.restore(at, external);
@@ -354,7 +422,10 @@ impl MailboxPool {
     }
 
     pub fn external_count_for(&self, tenant: usize, recipients: &[EmailAddress]) -> u64 {
-        self.schedule().tenant(tenant).map(|t| t.count_external(recipients.iter().map(EmailAddress::domain))).unwrap_or(0)
+        self.schedule()
+            .tenant(tenant)
+            .map(|t| t.count_external(recipients.iter().map(EmailAddress::domain)))
+            .unwrap_or(0)
     }
 
     /// An idle session of this mailbox, or a new one. The throttle's connection cap bounds
@@ -386,7 +457,10 @@ impl MailboxPool {
 
     pub fn return_session(&self, idx: usize, session: SmtpSession) {
         if session.is_usable() {
-            self.idle[idx].lock().unwrap_or_else(|e| e.into_inner()).push((session, Instant::now()));
+            self.idle[idx]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((session, Instant::now()));
         }
     }
 
@@ -402,9 +476,13 @@ impl MailboxPool {
                 let mut refreshed = false;
                 loop {
                     let token = tokens.token().await?;
-                    let creds = Credentials::new(m.address.to_string(), token.expose_secret().to_owned());
+                    let creds =
+                        Credentials::new(m.address.to_string(), token.expose_secret().to_owned());
                     match SmtpSession::open(&m.endpoint, Mechanism::Xoauth2, &creds).await {
-                        Err(SmtpFailure::Reply { stage: SmtpStage::Auth, .. }) if !refreshed => {
+                        Err(SmtpFailure::Reply {
+                            stage: SmtpStage::Auth,
+                            ..
+                        }) if !refreshed => {
                             tracing::info!(mailbox = %m.address, "token refused; fetching a new one");
                             tokens.invalidate(&token).await;
                             refreshed = true;
@@ -419,7 +497,11 @@ impl MailboxPool {
     /// Closes idle sessions (shutdown).
     pub async fn close_idle(&self) {
         for idle in &self.idle {
-            let sessions: Vec<_> = idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+            let sessions: Vec<_> = idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect();
             for (s, _) in sessions {
                 s.quit().await;
             }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mailpipe_common::config::{ConfigError, ConfigSource};
-pub use mailpipe_common::pool::{AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings};
+pub use mailpipe_common::pool::{
+    AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,12 +95,21 @@ impl DeliverSettings {
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if !tenants.insert(t.id.as_str()) {
-                return invalid(format!("deliver.tenants[{i}].id: tenant {:?} is configured twice", t.id));
+                return invalid(format!(
+                    "deliver.tenants[{i}].id: tenant {:?} is configured twice",
+                    t.id
+                ));
             }
             if let Some(app) = &t.oauth {
-                app.client_secret.resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
-                if !(app.authority.starts_with("https://") || app.authority.starts_with("http://127.") || app.authority.starts_with("http://localhost")) {
-                    return invalid(format!("deliver.tenants[{i}].oauth.authority: must be https:// (plain http only for a local simulator)"));
+                app.client_secret
+                    .resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
+                if !(app.authority.starts_with("https://")
+                    || app.authority.starts_with("http://127.")
+                    || app.authority.starts_with("http://localhost"))
+                {
+                    return invalid(format!(
+                        "deliver.tenants[{i}].oauth.authority: must be https:// (plain http only for a local simulator)"
+                    ));
                 }
             }
         }
@@ -109,14 +120,24 @@ impl DeliverSettings {
                 return invalid(format!("{key}.address: {} is configured twice", m.address));
             }
             let Some(tenant) = self.tenants.iter().find(|t| t.id == m.tenant) else {
-                return invalid(format!("{key}.tenant: no [[deliver.tenants]] with id {:?}", m.tenant));
+                return invalid(format!(
+                    "{key}.tenant: no [[deliver.tenants]] with id {:?}",
+                    m.tenant
+                ));
             };
             match m.auth {
                 AuthMethod::Oauth2 if tenant.oauth.is_none() => {
-                    return invalid(format!("{key}.auth: oauth2 needs deliver.tenants.oauth for tenant {:?}", m.tenant));
+                    return invalid(format!(
+                        "{key}.auth: oauth2 needs deliver.tenants.oauth for tenant {:?}",
+                        m.tenant
+                    ));
                 }
                 AuthMethod::Password => match &m.password {
-                    None => return invalid(format!("{key}.password: auth = \"password\" needs a password reference")),
+                    None => {
+                        return invalid(format!(
+                            "{key}.password: auth = \"password\" needs a password reference"
+                        ));
+                    }
                     Some(p) => {
                         p.resolve(&format!("{key}.password"))?;
                     }
@@ -124,7 +145,11 @@ impl DeliverSettings {
                 _ => {}
             }
             let l = &m.limits;
-            if l.messages_per_window == 0 || l.recipients_per_window == 0 || l.max_connections == 0 || l.max_recipients_per_message == 0 {
+            if l.messages_per_window == 0
+                || l.recipients_per_window == 0
+                || l.max_connections == 0
+                || l.max_recipients_per_message == 0
+            {
                 return invalid(format!("{key}.limits: limits must be at least 1"));
             }
             if l.message_window_ms == 0 || l.recipient_window_ms == 0 {
@@ -134,7 +159,10 @@ impl DeliverSettings {
         if let Some(ca) = &self.extra_ca_file
             && let Err(e) = std::fs::read(ca)
         {
-            return invalid(format!("deliver.extra_ca_file: cannot read {}: {e}", ca.display()));
+            return invalid(format!(
+                "deliver.extra_ca_file: cannot read {}: {e}",
+                ca.display()
+            ));
         }
         Ok(())
     }
@@ -164,8 +192,23 @@ mod tests {
     #[test]
     fn defaults_are_exchange_online_limits() {
         let l = LimitSettings::default();
-        assert_eq!((l.messages_per_window, l.message_window_ms, l.recipients_per_window, l.max_connections), (30, 60_000, 10_000, 3));
-        let t = TenantSettings { id: "t".into(), oauth: None, domains: vec![], external_recipient_limit: None, licenses: Some(100), external_window_ms: 86_400_000 };
+        assert_eq!(
+            (
+                l.messages_per_window,
+                l.message_window_ms,
+                l.recipients_per_window,
+                l.max_connections
+            ),
+            (30, 60_000, 10_000, 3)
+        );
+        let t = TenantSettings {
+            id: "t".into(),
+            oauth: None,
+            domains: vec![],
+            external_recipient_limit: None,
+            licenses: Some(100),
+            external_window_ms: 86_400_000,
+        };
         assert_eq!(t.external_limit(), 22_059);
     }
 }

@@ -14,7 +14,7 @@ use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParame
 use mailpipe_common::contract::SmtpReply;
 use mailpipe_common::domain::EmailAddress;
 
-use crate::classify::{classify, MailboxProblem, ReplyClass};
+use crate::classify::{MailboxProblem, ReplyClass, classify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpStage {
@@ -77,14 +77,26 @@ impl SmtpFailure {
     /// after the message was handed over (timeout or dropped connection while waiting for
     /// the final reply). Throttling counts such a send as made.
     pub fn maybe_accepted(&self) -> bool {
-        matches!(self, SmtpFailure::Timeout { stage: SmtpStage::Message } | SmtpFailure::Network { stage: SmtpStage::Message, .. })
+        matches!(
+            self,
+            SmtpFailure::Timeout {
+                stage: SmtpStage::Message
+            } | SmtpFailure::Network {
+                stage: SmtpStage::Message,
+                ..
+            }
+        )
     }
 
     /// The reply for events: the server's, or a synthetic 4xx describing the failure.
     pub fn reply(&self) -> SmtpReply {
         match self {
             SmtpFailure::Reply { reply, .. } => reply.clone(),
-            other => SmtpReply { code: 0, enhanced: None, text: other.to_string() },
+            other => SmtpReply {
+                code: 0,
+                enhanced: None,
+                text: other.to_string(),
+            },
         }
     }
 }
@@ -135,15 +147,29 @@ fn lettre_failure(stage: SmtpStage, e: lettre::transport::smtp::Error) -> SmtpFa
     if let Some(code) = e.status() {
         let full = e.to_string();
         // lettre formats "permanent error (550): <reply text>".
-        let text = full.split_once("): ").map(|(_, t)| t).unwrap_or(&full).trim().to_owned();
-        return SmtpFailure::Reply { stage, reply: SmtpReply::new(u16::from(code), text) };
+        let text = full
+            .split_once("): ")
+            .map(|(_, t)| t)
+            .unwrap_or(&full)
+            .trim()
+            .to_owned();
+        return SmtpFailure::Reply {
+            stage,
+            reply: SmtpReply::new(u16::from(code), text),
+        };
     }
     if e.is_timeout() {
         SmtpFailure::Timeout { stage }
     } else if e.is_tls() {
-        SmtpFailure::Insecure { stage, message: e.to_string() }
+        SmtpFailure::Insecure {
+            stage,
+            message: e.to_string(),
+        }
     } else {
-        SmtpFailure::Network { stage, message: e.to_string() }
+        SmtpFailure::Network {
+            stage,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -161,55 +187,119 @@ async fn step<T>(
 fn lettre_address(a: &EmailAddress) -> Result<lettre::Address, SmtpFailure> {
     a.as_str().parse().map_err(|e| SmtpFailure::Reply {
         stage: SmtpStage::RcptTo,
-        reply: SmtpReply::new(553, format!("5.1.3 address {a} not accepted by the SMTP client: {e}")),
+        reply: SmtpReply::new(
+            553,
+            format!("5.1.3 address {a} not accepted by the SMTP client: {e}"),
+        ),
     })
 }
 
 impl SmtpSession {
     /// Connects in clear, upgrades with STARTTLS, then authenticates. AUTH is never sent
     /// before TLS is up: a server that does not offer STARTTLS is refused.
-    pub async fn open(ep: &SmtpEndpoint, mechanism: Mechanism, credentials: &Credentials) -> Result<Self, SmtpFailure> {
+    pub async fn open(
+        ep: &SmtpEndpoint,
+        mechanism: Mechanism,
+        credentials: &Credentials,
+    ) -> Result<Self, SmtpFailure> {
         // Our own socket, for TCP_NODELAY: SMTP is small request/reply exchanges, and with
         // Nagle on, each command can wait out the peer's delayed ACK (~40 ms per step).
-        let tcp = match tokio::time::timeout(ep.timeout, tokio::net::TcpStream::connect((ep.host.as_str(), ep.port))).await {
-            Err(_) => return Err(SmtpFailure::Timeout { stage: SmtpStage::Connect }),
-            Ok(Err(e)) => return Err(SmtpFailure::Network { stage: SmtpStage::Connect, message: format!("{}:{}: {e}", ep.host, ep.port) }),
+        let tcp = match tokio::time::timeout(
+            ep.timeout,
+            tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(SmtpFailure::Timeout {
+                    stage: SmtpStage::Connect,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SmtpFailure::Network {
+                    stage: SmtpStage::Connect,
+                    message: format!("{}:{}: {e}", ep.host, ep.port),
+                });
+            }
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let mut conn = step(ep.timeout, SmtpStage::Connect, AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ep.hello)).await?;
+        let mut conn = step(
+            ep.timeout,
+            SmtpStage::Connect,
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ep.hello),
+        )
+        .await?;
         if !conn.can_starttls() {
             conn.abort().await;
-            return Err(SmtpFailure::Insecure { stage: SmtpStage::StartTls, message: format!("{}:{} does not offer STARTTLS", ep.host, ep.port) });
+            return Err(SmtpFailure::Insecure {
+                stage: SmtpStage::StartTls,
+                message: format!("{}:{} does not offer STARTTLS", ep.host, ep.port),
+            });
         }
-        step(ep.timeout, SmtpStage::StartTls, conn.starttls(ep.tls.clone(), &ep.hello)).await.map_err(|e| match e {
+        step(
+            ep.timeout,
+            SmtpStage::StartTls,
+            conn.starttls(ep.tls.clone(), &ep.hello),
+        )
+        .await
+        .map_err(|e| match e {
             SmtpFailure::Network { stage, message } => SmtpFailure::Insecure { stage, message },
             other => other,
         })?;
         if !conn.is_encrypted() {
             conn.abort().await;
-            return Err(SmtpFailure::Insecure { stage: SmtpStage::StartTls, message: "STARTTLS did not encrypt the connection".into() });
+            return Err(SmtpFailure::Insecure {
+                stage: SmtpStage::StartTls,
+                message: "STARTTLS did not encrypt the connection".into(),
+            });
         }
-        step(ep.timeout, SmtpStage::Auth, conn.auth(&[mechanism], credentials)).await?;
-        Ok(Self { conn, timeout: ep.timeout })
+        step(
+            ep.timeout,
+            SmtpStage::Auth,
+            conn.auth(&[mechanism], credentials),
+        )
+        .await?;
+        Ok(Self {
+            conn,
+            timeout: ep.timeout,
+        })
     }
 
     /// Sends one message: MAIL FROM, one RCPT per recipient (refusals collected), DATA.
-    pub async fn send(&mut self, mail_from: &EmailAddress, recipients: &[EmailAddress], message: &[u8]) -> Result<SendReport, SmtpFailure> {
+    pub async fn send(
+        &mut self,
+        mail_from: &EmailAddress,
+        recipients: &[EmailAddress],
+        message: &[u8],
+    ) -> Result<SendReport, SmtpFailure> {
         let mut params = Vec::new();
         if !message.is_ascii() {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let from = lettre_address(mail_from)?;
-        step(self.timeout, SmtpStage::MailFrom, self.conn.command(Mail::new(Some(from), params))).await?;
+        step(
+            self.timeout,
+            SmtpStage::MailFrom,
+            self.conn.command(Mail::new(Some(from), params)),
+        )
+        .await?;
 
         let mut accepted = Vec::with_capacity(recipients.len());
         let mut refused = Vec::new();
         for rcpt in recipients {
-            match step(self.timeout, SmtpStage::RcptTo, self.conn.command(Rcpt::new(lettre_address(rcpt)?, vec![]))).await {
+            match step(
+                self.timeout,
+                SmtpStage::RcptTo,
+                self.conn.command(Rcpt::new(lettre_address(rcpt)?, vec![])),
+            )
+            .await
+            {
                 Ok(_) => accepted.push(rcpt.clone()),
                 // This recipient can never be delivered: note it and go on with the rest.
-                Err(SmtpFailure::Reply { reply, .. }) if classify(&reply) == ReplyClass::MessagePermanent => {
+                Err(SmtpFailure::Reply { reply, .. })
+                    if classify(&reply) == ReplyClass::MessagePermanent =>
+                {
                     refused.push((rcpt.clone(), reply));
                 }
                 Err(other) => {
@@ -220,13 +310,24 @@ impl SmtpSession {
         }
         if accepted.is_empty() {
             self.reset().await;
-            let reply = refused.last().map(|(_, r)| r.clone()).unwrap_or_else(|| SmtpReply::new(554, "5.5.1 no valid recipients"));
-            return Ok(SendReport { reply, accepted, refused });
+            let reply = refused
+                .last()
+                .map(|(_, r)| r.clone())
+                .unwrap_or_else(|| SmtpReply::new(554, "5.5.1 no valid recipients"));
+            return Ok(SendReport {
+                reply,
+                accepted,
+                refused,
+            });
         }
         step(self.timeout, SmtpStage::Data, self.conn.command(Data)).await?;
         let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
         let text = response.message().collect::<Vec<_>>().join(" ");
-        Ok(SendReport { reply: SmtpReply::new(u16::from(response.code()), text), accepted, refused })
+        Ok(SendReport {
+            reply: SmtpReply::new(u16::from(response.code()), text),
+            accepted,
+            refused,
+        })
     }
 
     async fn reset(&mut self) {

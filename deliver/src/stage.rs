@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use chrono::Utc;
 use lapin::BasicProperties;
-use mailpipe_common::amqp::{header_str, PublishError, Stage};
-use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, RenderedMeta, SmtpReply, META_HEADER};
-use mailpipe_common::pipeline::{rendered_properties, Pipeline};
+use mailpipe_common::amqp::{PublishError, Stage, header_str};
+use mailpipe_common::contract::{
+    DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
+};
+use mailpipe_common::pipeline::{Pipeline, rendered_properties};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -52,8 +54,20 @@ struct LastFailure {
 }
 
 impl DeliverStage {
-    pub fn new(pool: Arc<MailboxPool>, pipeline: Pipeline, delivered: Arc<DeliveredJobs>, max_attempts: u32, shutdown: CancellationToken) -> Self {
-        Self { pool, pipeline, delivered, max_attempts: max_attempts.max(1), shutdown }
+    pub fn new(
+        pool: Arc<MailboxPool>,
+        pipeline: Pipeline,
+        delivered: Arc<DeliveredJobs>,
+        max_attempts: u32,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            pipeline,
+            delivered,
+            max_attempts: max_attempts.max(1),
+            shutdown,
+        }
     }
 
     pub fn pool(&self) -> &Arc<MailboxPool> {
@@ -62,17 +76,30 @@ impl DeliverStage {
 
     /// Handles one message. `Err` only when the outcome could not be recorded (broker
     /// trouble): the caller must not ack then, so the message comes back.
-    pub async fn handle(&self, props: &BasicProperties, mime: &[u8]) -> Result<DeliveryOutcome, PublishError> {
-        let meta = match header_str(props, META_HEADER).map(|v| RenderedMeta::from_header_value(&v)) {
+    pub async fn handle(
+        &self,
+        props: &BasicProperties,
+        mime: &[u8],
+    ) -> Result<DeliveryOutcome, PublishError> {
+        let meta = match header_str(props, META_HEADER).map(|v| RenderedMeta::from_header_value(&v))
+        {
             Some(Ok(meta)) => meta,
             Some(Err(e)) => return self.unreadable(props, mime, &e.to_string()).await,
-            None => return self.unreadable(props, mime, "no mailpipe-meta header").await,
+            None => {
+                return self
+                    .unreadable(props, mime, "no mailpipe-meta header")
+                    .await;
+            }
         };
         if let Some(event) = self.delivered.get(&meta.job_id) {
             // Delivered before (maybe by a process that died before acking): make sure the
             // event is on record, but never send twice.
             if !event.recorded {
-                self.pipeline.record_event(&event.event).await?.confirmed().await?;
+                self.pipeline
+                    .record_event(&event.event)
+                    .await?
+                    .confirmed()
+                    .await?;
                 self.delivered.mark_recorded(&meta.job_id);
             }
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
@@ -96,38 +123,74 @@ impl DeliverStage {
                 Ok(lease) => lease,
                 Err(impossible) => {
                     let reason = format!("cannot be sent by this pool: {impossible}");
-                    return self.dead(&meta, props, mime, &reason, None, None, vec![]).await;
+                    return self
+                        .dead(&meta, props, mime, &reason, None, None, vec![])
+                        .await;
                 }
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
             let idx = lease.idx;
             match self.attempt(&meta, mime, lease).await {
-                Attempt::Delivered(report) => return self.delivered(&meta, mime, idx, report).await,
+                Attempt::Delivered(report) => {
+                    return self.delivered(&meta, mime, idx, report).await;
+                }
                 Attempt::AllRefused(report) => {
                     let reason = format!("every recipient refused: {}", report.reply);
                     let refused = refusals(&report);
-                    return self.dead(&meta, props, mime, &reason, Some(report.reply), Some(idx), refused).await;
+                    return self
+                        .dead(
+                            &meta,
+                            props,
+                            mime,
+                            &reason,
+                            Some(report.reply),
+                            Some(idx),
+                            refused,
+                        )
+                        .await;
                 }
                 Attempt::Failed { class, reply } => match class {
                     ReplyClass::Mailbox(problem) => {
-                        metrics::REFUSALS.with_label_values(&[self.pool.mailboxes()[idx].address.as_str(), problem.as_str()]).inc();
+                        metrics::REFUSALS
+                            .with_label_values(&[
+                                self.pool.mailboxes()[idx].address.as_str(),
+                                problem.as_str(),
+                            ])
+                            .inc();
                         self.pool.hold_mailbox(idx, problem);
                     }
                     ReplyClass::Tenant(problem) => {
-                        metrics::REFUSALS.with_label_values(&[self.pool.mailboxes()[idx].address.as_str(), problem.as_str()]).inc();
-                        self.pool.hold_tenant(self.pool.mailboxes()[idx].tenant, problem);
+                        metrics::REFUSALS
+                            .with_label_values(&[
+                                self.pool.mailboxes()[idx].address.as_str(),
+                                problem.as_str(),
+                            ])
+                            .inc();
+                        self.pool
+                            .hold_tenant(self.pool.mailboxes()[idx].tenant, problem);
                     }
                     ReplyClass::MessagePermanent => {
                         let reason = format!("refused by the server: {reply}");
-                        return self.dead(&meta, props, mime, &reason, Some(reply), Some(idx), vec![]).await;
+                        return self
+                            .dead(&meta, props, mime, &reason, Some(reply), Some(idx), vec![])
+                            .await;
                     }
-                    ReplyClass::Transient | ReplyClass::Accepted => break LastFailure { reply, mailbox: Some(idx) },
+                    ReplyClass::Transient | ReplyClass::Accepted => {
+                        break LastFailure {
+                            reply,
+                            mailbox: Some(idx),
+                        };
+                    }
                 },
             }
             reroutes += 1;
             if reroutes >= reroute_limit {
                 break LastFailure {
-                    reply: SmtpReply { code: 0, enhanced: None, text: format!("refused at mailbox level by {reroutes} mailboxes in a row") },
+                    reply: SmtpReply {
+                        code: 0,
+                        enhanced: None,
+                        text: format!("refused at mailbox level by {reroutes} mailboxes in a row"),
+                    },
                     mailbox: None,
                 };
             }
@@ -147,17 +210,26 @@ impl DeliverStage {
                 self.pool.finish(lease, Completion::NotCounted);
                 let reply = match &e {
                     crate::pool::SessionError::Smtp(f) => f.reply(),
-                    other => SmtpReply { code: 0, enhanced: None, text: other.to_string() },
+                    other => SmtpReply {
+                        code: 0,
+                        enhanced: None,
+                        text: other.to_string(),
+                    },
                 };
                 let class = e.class();
                 tracing::warn!(mailbox = %mailbox.address, error = %e, class = class.as_str(), "cannot open an SMTP session");
-                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), class.as_str()]).inc();
+                metrics::SENDS
+                    .with_label_values(&[mailbox.address.as_str(), class.as_str()])
+                    .inc();
                 return Attempt::Failed { class, reply };
             }
         };
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
         let span = tracing::info_span!("smtp.send", mailbox = %mailbox.address, recipients = meta.recipients.len());
-        let result = session.send(&mailbox.address, &meta.recipients, &bytes).instrument(span).await;
+        let result = session
+            .send(&mailbox.address, &meta.recipients, &bytes)
+            .instrument(span)
+            .await;
         metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(report) if report.delivered() => {
@@ -166,18 +238,26 @@ impl DeliverStage {
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::Counted);
                 self.pool.mark_healthy(idx);
-                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "accepted"]).inc();
+                metrics::SENDS
+                    .with_label_values(&[mailbox.address.as_str(), "accepted"])
+                    .inc();
                 Attempt::Delivered(report)
             }
             Ok(report) => {
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::NotCounted);
-                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), "message_permanent"]).inc();
+                metrics::SENDS
+                    .with_label_values(&[mailbox.address.as_str(), "message_permanent"])
+                    .inc();
                 Attempt::AllRefused(report)
             }
             Err(failure) => {
                 // Refused or lost after the data was handed over: count it, to be safe.
-                let counted = if failure.stage() == SmtpStage::Message { Completion::Counted } else { Completion::NotCounted };
+                let counted = if failure.stage() == SmtpStage::Message {
+                    Completion::Counted
+                } else {
+                    Completion::NotCounted
+                };
                 if matches!(failure, crate::smtp::SmtpFailure::Reply { .. }) {
                     self.pool.return_session(idx, session);
                 } else {
@@ -186,9 +266,14 @@ impl DeliverStage {
                 }
                 self.pool.finish(lease, counted);
                 let class = failure.class();
-                metrics::SENDS.with_label_values(&[mailbox.address.as_str(), class.as_str()]).inc();
+                metrics::SENDS
+                    .with_label_values(&[mailbox.address.as_str(), class.as_str()])
+                    .inc();
                 tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");
-                Attempt::Failed { class, reply: failure.reply() }
+                Attempt::Failed {
+                    class,
+                    reply: failure.reply(),
+                }
             }
         }
     }
@@ -203,7 +288,13 @@ impl DeliverStage {
         e
     }
 
-    async fn delivered(&self, meta: &RenderedMeta, mime: &[u8], idx: usize, report: SendReport) -> Result<DeliveryOutcome, PublishError> {
+    async fn delivered(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        idx: usize,
+        report: SendReport,
+    ) -> Result<DeliveryOutcome, PublishError> {
         let m = &self.pool.mailboxes()[idx];
         let mut event = self.event(meta, EventKind::Delivered, Some(idx));
         event.recipients = report.accepted.len() as u32;
@@ -213,43 +304,100 @@ impl DeliverStage {
         // Remember before recording: if recording fails and the message comes back, it is
         // not sent again (only the event is written).
         self.delivered.insert_pending(event.clone());
-        self.pipeline.record_event(&event).await?.confirmed().await?;
+        self.pipeline
+            .record_event(&event)
+            .await?
+            .confirmed()
+            .await?;
         self.delivered.mark_recorded(&meta.job_id);
         if !report.refused.is_empty() {
             // The refused recipients go to dead letters once, with their replies; a replay
             // of that dead letter addresses only them.
             let mut refused_meta = meta.clone();
             refused_meta.recipients = report.refused.iter().map(|(a, _)| a.clone()).collect();
-            let reason = report.refused.iter().map(|(a, r)| format!("{a}: {r}")).collect::<Vec<_>>().join("; ");
+            let reason = report
+                .refused
+                .iter()
+                .map(|(a, r)| format!("{a}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             let dead_props = rendered_properties(&refused_meta);
-            self.pipeline.dead_letter(Stage::Deliver, mime, &dead_props, &format!("recipients refused: {reason}")).await?.confirmed().await?;
+            self.pipeline
+                .dead_letter(
+                    Stage::Deliver,
+                    mime,
+                    &dead_props,
+                    &format!("recipients refused: {reason}"),
+                )
+                .await?
+                .confirmed()
+                .await?;
         }
         metrics::MESSAGES.with_label_values(&["delivered"]).inc();
         tracing::info!(job = %meta.job_id, mailbox = %m.address, recipients = event.recipients, "delivered");
-        Ok(DeliveryOutcome::Delivered { mailbox: m.address.to_string() })
+        Ok(DeliveryOutcome::Delivered {
+            mailbox: m.address.to_string(),
+        })
     }
 
-    async fn retry(&self, meta: &RenderedMeta, props: &BasicProperties, mime: &[u8], last: LastFailure) -> Result<DeliveryOutcome, PublishError> {
+    async fn retry(
+        &self,
+        meta: &RenderedMeta,
+        props: &BasicProperties,
+        mime: &[u8],
+        last: LastFailure,
+    ) -> Result<DeliveryOutcome, PublishError> {
         let attempt = meta.attempt + 1;
         if attempt >= self.max_attempts {
             let reason = format!("gave up after {attempt} attempts; last: {}", last.reply);
-            return self.dead(meta, props, mime, &reason, Some(last.reply), last.mailbox, vec![]).await;
+            return self
+                .dead(
+                    meta,
+                    props,
+                    mime,
+                    &reason,
+                    Some(last.reply),
+                    last.mailbox,
+                    vec![],
+                )
+                .await;
         }
         let mut next = meta.clone();
         next.attempt = attempt;
-        match self.pipeline.retry(Stage::Deliver, attempt, mime, rendered_properties(&next)).await? {
+        match self
+            .pipeline
+            .retry(Stage::Deliver, attempt, mime, rendered_properties(&next))
+            .await?
+        {
             Some((delay, pending)) => {
                 pending.confirmed().await?;
                 let mut event = self.event(&next, EventKind::Retrying, last.mailbox);
                 event.smtp = Some(last.reply);
-                event.retry_at = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
-                self.pipeline.record_event(&event).await?.confirmed().await?;
+                event.retry_at =
+                    Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+                self.pipeline
+                    .record_event(&event)
+                    .await?
+                    .confirmed()
+                    .await?;
                 metrics::MESSAGES.with_label_values(&["retry"]).inc();
                 Ok(DeliveryOutcome::Retry { attempt })
             }
             None => {
-                let reason = format!("transient failure and no retry ladder configured: {}", last.reply);
-                self.dead(meta, props, mime, &reason, Some(last.reply), last.mailbox, vec![]).await
+                let reason = format!(
+                    "transient failure and no retry ladder configured: {}",
+                    last.reply
+                );
+                self.dead(
+                    meta,
+                    props,
+                    mime,
+                    &reason,
+                    Some(last.reply),
+                    last.mailbox,
+                    vec![],
+                )
+                .await
             }
         }
     }
@@ -265,20 +413,39 @@ impl DeliverStage {
         mailbox: Option<usize>,
         refused: Vec<RecipientRefusal>,
     ) -> Result<DeliveryOutcome, PublishError> {
-        self.pipeline.dead_letter(Stage::Deliver, mime, props, reason).await?.confirmed().await?;
+        self.pipeline
+            .dead_letter(Stage::Deliver, mime, props, reason)
+            .await?
+            .confirmed()
+            .await?;
         let mut event = self.event(meta, EventKind::Failed, mailbox);
         event.smtp = reply;
         event.reason = Some(reason.to_owned());
         event.refused_recipients = refused;
-        self.pipeline.record_event(&event).await?.confirmed().await?;
+        self.pipeline
+            .record_event(&event)
+            .await?
+            .confirmed()
+            .await?;
         metrics::MESSAGES.with_label_values(&["dead"]).inc();
         tracing::warn!(job = %meta.job_id, reason, "dead-lettered");
-        Ok(DeliveryOutcome::Dead { reason: reason.to_owned() })
+        Ok(DeliveryOutcome::Dead {
+            reason: reason.to_owned(),
+        })
     }
 
-    async fn unreadable(&self, props: &BasicProperties, mime: &[u8], why: &str) -> Result<DeliveryOutcome, PublishError> {
+    async fn unreadable(
+        &self,
+        props: &BasicProperties,
+        mime: &[u8],
+        why: &str,
+    ) -> Result<DeliveryOutcome, PublishError> {
         let reason = format!("unreadable rendered message: {why}");
-        self.pipeline.dead_letter(Stage::Deliver, mime, props, &reason).await?.confirmed().await?;
+        self.pipeline
+            .dead_letter(Stage::Deliver, mime, props, &reason)
+            .await?
+            .confirmed()
+            .await?;
         metrics::MESSAGES.with_label_values(&["dead"]).inc();
         Ok(DeliveryOutcome::Dead { reason })
     }
@@ -291,5 +458,12 @@ enum Attempt {
 }
 
 fn refusals(report: &SendReport) -> Vec<RecipientRefusal> {
-    report.refused.iter().map(|(address, reply)| RecipientRefusal { address: address.clone(), reply: reply.clone() }).collect()
+    report
+        .refused
+        .iter()
+        .map(|(address, reply)| RecipientRefusal {
+            address: address.clone(),
+            reply: reply.clone(),
+        })
+        .collect()
 }

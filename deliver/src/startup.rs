@@ -3,21 +3,21 @@
 //! shutdown, then returns what it holds and closes cleanly.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use mailpipe_common::amqp::{consume, Broker, ConsumerSpec, Publisher, Stage};
+use mailpipe_common::amqp::{Broker, ConsumerSpec, Publisher, Stage, consume};
 use mailpipe_common::config::CommonSettings;
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::service::{ops_router, serve, HttpServer, ReadyCheck};
+use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
 use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::ledger::{replay, DeliveredJobs};
+use crate::ledger::{DeliveredJobs, replay};
 use crate::metrics;
 use crate::pool::MailboxPool;
 use crate::settings::DeliverSettings;
@@ -33,32 +33,75 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(common: &CommonSettings, settings: &DeliverSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(
+        common: &CommonSettings,
+        settings: &DeliverSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         metrics::register();
         let pool = Arc::new(MailboxPool::build(settings).context("building the mailbox pool")?);
-        let broker = Broker::connect(&common.rabbitmq, "mailpipe-deliver", shutdown.clone()).await?;
-        let pipeline = Pipeline::new(Publisher::new(broker.clone(), Duration::from_millis(common.rabbitmq.confirm_timeout_ms)));
+        let broker =
+            Broker::connect(&common.rabbitmq, "mailpipe-deliver", shutdown.clone()).await?;
+        let pipeline = Pipeline::new(Publisher::new(
+            broker.clone(),
+            Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
+        ));
         let delivered = Arc::new(DeliveredJobs::default());
 
         let replayed = Arc::new(AtomicBool::new(!settings.replay_ledger));
         if settings.replay_ledger {
             let quota_horizon = quota_horizon(settings);
-            let stats = replay(&pipeline, &pool, &delivered, Duration::from_millis(settings.dedupe_horizon_ms), quota_horizon)
-                .await
-                .context("rebuilding the quota ledger from the events stream")?;
-            tracing::info!(events = stats.events, delivered_jobs = stats.delivered_jobs, sends_restored = stats.sends_restored, "ledger rebuilt from the events stream");
+            let stats = replay(
+                &pipeline,
+                &pool,
+                &delivered,
+                Duration::from_millis(settings.dedupe_horizon_ms),
+                quota_horizon,
+            )
+            .await
+            .context("rebuilding the quota ledger from the events stream")?;
+            tracing::info!(
+                events = stats.events,
+                delivered_jobs = stats.delivered_jobs,
+                sends_restored = stats.sends_restored,
+                "ledger rebuilt from the events stream"
+            );
             replayed.store(true, Ordering::SeqCst);
         }
 
         let broker_check = broker.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || if broker_check.is_connected() { Ok(()) } else { Err("RabbitMQ connection down".into()) }),
-            Arc::new(move || if replayed.load(Ordering::SeqCst) { Ok(()) } else { Err("ledger replay in progress".into()) }),
+            Arc::new(move || {
+                if broker_check.is_connected() {
+                    Ok(())
+                } else {
+                    Err("RabbitMQ connection down".into())
+                }
+            }),
+            Arc::new(move || {
+                if replayed.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("ledger replay in progress".into())
+                }
+            }),
         ];
         let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
         tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
-        let stage = DeliverStage::new(pool, pipeline, delivered, settings.max_attempts, shutdown.clone());
-        Ok(Self { http, broker, stage, prefetch: settings.prefetch, shutdown })
+        let stage = DeliverStage::new(
+            pool,
+            pipeline,
+            delivered,
+            settings.max_attempts,
+            shutdown.clone(),
+        );
+        Ok(Self {
+            http,
+            broker,
+            stage,
+            prefetch: settings.prefetch,
+            shutdown,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -108,7 +151,17 @@ impl Application {
 
 /// The longest window any limit uses: sends older than this no longer matter.
 fn quota_horizon(settings: &DeliverSettings) -> Duration {
-    let mailbox = settings.mailboxes.iter().map(|m| m.limits.recipient_window_ms.max(m.limits.message_window_ms)).max().unwrap_or(0);
-    let tenant = settings.tenants.iter().map(|t| t.external_window_ms).max().unwrap_or(0);
+    let mailbox = settings
+        .mailboxes
+        .iter()
+        .map(|m| m.limits.recipient_window_ms.max(m.limits.message_window_ms))
+        .max()
+        .unwrap_or(0);
+    let tenant = settings
+        .tenants
+        .iter()
+        .map(|t| t.external_window_ms)
+        .max()
+        .unwrap_or(0);
     Duration::from_millis(mailbox.max(tenant))
 }

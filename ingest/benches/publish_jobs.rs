@@ -11,17 +11,21 @@ use std::io::Write;
 use std::time::Instant;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use mailpipe_common::amqp::{persistent_properties, FieldTable, Stage};
+use mailpipe_common::amqp::{FieldTable, Stage, persistent_properties};
 use mailpipe_common::testkit::TestBroker;
-use mailpipe_ingest::submit::{submit, Display, SubmitOptions};
 use mailpipe_ingest::IngestSettings;
+use mailpipe_ingest::submit::{Display, SubmitOptions, submit};
 
 const WINDOW: usize = 256;
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -53,15 +57,28 @@ async fn main() {
     file.flush().expect("flush");
     drop(file);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!("publish_jobs: {n} jobs, {:.1} MiB of JSONL, window {WINDOW}", size as f64 / 1048576.0);
+    println!(
+        "publish_jobs: {n} jobs, {:.1} MiB of JSONL, window {WINDOW}",
+        size as f64 / 1048576.0
+    );
 
     // 1. The submit path.
     let t = TestBroker::start("bench-submit").await;
-    let settings = IngestSettings { max_in_flight: WINDOW, ..IngestSettings::default() };
-    let options = SubmitOptions { file: path.clone(), batch: Some("bench".parse().expect("id")), partial: false, display: Display::Quiet };
+    let settings = IngestSettings {
+        max_in_flight: WINDOW,
+        ..IngestSettings::default()
+    };
+    let options = SubmitOptions {
+        file: path.clone(),
+        batch: Some("bench".parse().expect("id")),
+        partial: false,
+        display: Display::Quiet,
+    };
     let rss_before = peak_rss_kib();
     let started = Instant::now();
-    let report = submit(&t.pipeline, &settings, &options).await.expect("submit");
+    let report = submit(&t.pipeline, &settings, &options)
+        .await
+        .expect("submit");
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(report.accepted as usize, n, "every job published");
     println!(
@@ -75,7 +92,9 @@ async fn main() {
     // 2. Plain lapin, same bodies, same confirm window, no validation, no events.
     let t = TestBroker::start("bench-lapin").await;
     let ch = t.broker.channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
     let exchange = t.broker.topology().work_exchange();
     let started = Instant::now();
     let mut in_flight = VecDeque::with_capacity(WINDOW);
@@ -84,7 +103,10 @@ async fn main() {
             .basic_publish(
                 exchange.as_str().into(),
                 Stage::Render.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 persistent_properties("application/json", FieldTable::default()),
             )
@@ -92,13 +114,20 @@ async fn main() {
             .expect("publish");
         in_flight.push_back(confirm);
         if in_flight.len() >= WINDOW {
-            in_flight.pop_front().expect("front").await.expect("confirm");
+            in_flight
+                .pop_front()
+                .expect("front")
+                .await
+                .expect("confirm");
         }
     }
     for c in in_flight {
         c.await.expect("confirm");
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("plain lapin:    {n} jobs in {secs:.2} s = {:>8.0} jobs/s (no validation, no events)", n as f64 / secs);
+    println!(
+        "plain lapin:    {n} jobs in {secs:.2} s = {:>8.0} jobs/s (no validation, no events)",
+        n as f64 / secs
+    );
     t.cleanup().await;
 }

@@ -10,8 +10,8 @@
 
 use std::collections::HashSet;
 use std::io::{BufWriter, Read, Seek, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mailpipe_common::amqp::PublishError;
 use mailpipe_common::contract::{FieldError, Job};
@@ -19,7 +19,7 @@ use mailpipe_common::domain::{BatchId, JobId};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
-use crate::batch_reader::{read_jobs, Format, LineError, ReadError};
+use crate::batch_reader::{Format, LineError, ReadError, read_jobs};
 use crate::idempotency::AcceptedIds;
 use crate::metrics;
 use crate::publish::JobPublisher;
@@ -77,7 +77,10 @@ pub enum ImportError {
     Io(std::io::Error),
     /// Publishing stopped partway; `report` says what was published before.
     #[error("publishing stopped after {} jobs: {source}", report.accepted)]
-    Publish { report: ImportReport, source: PublishError },
+    Publish {
+        report: ImportReport,
+        source: PublishError,
+    },
 }
 
 /// Read errors on purpose by `Limited`, told apart from the transport's.
@@ -104,7 +107,9 @@ impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
-        self.progress.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
         if self.read > self.limit {
             return Err(std::io::Error::other(TooLarge));
         }
@@ -123,7 +128,8 @@ struct Checked {
 
 /// A fresh batch id for uploads that did not name one.
 pub fn new_batch_id() -> BatchId {
-    BatchId::parse(&format!("batch-{}", uuid::Uuid::now_v7().simple())).expect("hex is a valid batch id")
+    BatchId::parse(&format!("batch-{}", uuid::Uuid::now_v7().simple()))
+        .expect("hex is a valid batch id")
 }
 
 /// Runs a whole import. `input` is read on a blocking thread.
@@ -139,14 +145,23 @@ pub async fn import<R: Read + Send + 'static>(
     let ids = publisher.ids().clone();
     let (b, p) = (batch.clone(), progress.clone());
     let checked = tokio::task::spawn_blocking(move || {
-        let input = Limited { inner: input, read: 0, limit: options.max_bytes, progress: p.clone() };
+        let input = Limited {
+            inner: input,
+            read: 0,
+            limit: options.max_bytes,
+            progress: p.clone(),
+        };
         check(input, format, &validator, &ids, &b, &p)
     })
     .await
     .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
     .map_err(|e| match e {
         ReadError::Header { column, reason } => ImportError::Header { column, reason },
-        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => ImportError::TooLarge { limit: options.max_bytes },
+        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
+            ImportError::TooLarge {
+                limit: options.max_bytes,
+            }
+        }
         ReadError::Io(io) => ImportError::Io(io),
     })?;
     metrics::BATCH_SIZE.observe(checked.lines as f64);
@@ -201,7 +216,10 @@ fn check(
         let result = result.and_then(|mut job: Job| match &job.batch {
             Some(b) if b != batch => Err(crate::validate::Invalid {
                 malformed: false,
-                errors: vec![FieldError::new("batch", format!("{b} differs from the upload's batch {batch}"))],
+                errors: vec![FieldError::new(
+                    "batch",
+                    format!("{b} differs from the upload's batch {batch}"),
+                )],
             }),
             _ => {
                 job.batch = Some(batch.clone());
@@ -218,7 +236,9 @@ fn check(
                 }
                 valid += 1;
                 if write_error.is_none()
-                    && let Err(e) = serde_json::to_writer(&mut out, &job).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
+                    && let Err(e) = serde_json::to_writer(&mut out, &job)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"))
                 {
                     write_error = Some(e);
                 }
@@ -236,7 +256,14 @@ fn check(
     }
     let mut spool = out.into_inner().map_err(|e| e.into_error())?;
     spool.rewind()?;
-    Ok(Checked { spool, valid, lines, duplicates, rejected, errors })
+    Ok(Checked {
+        spool,
+        valid,
+        lines,
+        duplicates,
+        rejected,
+        errors,
+    })
 }
 
 enum Stop {
@@ -244,12 +271,20 @@ enum Stop {
     Publish(PublishError),
 }
 
-async fn publish_spool(spool: std::fs::File, sender: &mut crate::publish::BatchSender, progress: &Progress) -> Result<(), Stop> {
-    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::from_std(spool));
+async fn publish_spool(
+    spool: std::fs::File,
+    sender: &mut crate::publish::BatchSender,
+    progress: &Progress,
+) -> Result<(), Stop> {
+    let mut reader =
+        tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::from_std(spool));
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).await.map_err(Stop::Spool)?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(Stop::Spool)?;
         if n == 0 {
             return Ok(());
         }

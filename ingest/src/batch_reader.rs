@@ -27,8 +27,18 @@ pub enum Format {
 impl Format {
     /// From a `Content-Type` (parameters ignored).
     pub fn from_content_type(ct: &str) -> Option<Self> {
-        match ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase().as_str() {
-            "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" | "application/jsonlines" => Some(Self::Jsonl),
+        match ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "application/x-ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+            | "application/jsonlines" => Some(Self::Jsonl),
             "text/csv" => Some(Self::Csv),
             _ => None,
         }
@@ -54,7 +64,11 @@ pub struct LineError {
 
 impl LineError {
     pub fn new(line: u64, e: FieldError) -> Self {
-        Self { line, field: e.field, reason: e.reason }
+        Self {
+            line,
+            field: e.field,
+            reason: e.reason,
+        }
     }
 }
 
@@ -92,7 +106,9 @@ fn read_jsonl(
     loop {
         buf.clear();
         line += 1;
-        let n = (&mut reader).take(max as u64 + 1).read_until(b'\n', &mut buf)?;
+        let n = (&mut reader)
+            .take(max as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(());
         }
@@ -116,8 +132,17 @@ fn read_jsonl(
                     }
                 }
             }
-            let reason = format!("line of more than {} bytes exceeds the limit of {max} per job", buf.len() + rest);
-            each(line, Err(Invalid { malformed: false, errors: vec![FieldError::new("job", reason)] }));
+            let reason = format!(
+                "line of more than {} bytes exceeds the limit of {max} per job",
+                buf.len() + rest
+            );
+            each(
+                line,
+                Err(Invalid {
+                    malformed: false,
+                    errors: vec![FieldError::new("job", reason)],
+                }),
+            );
             continue;
         }
         let text = buf.trim_ascii();
@@ -168,7 +193,10 @@ fn plan(headers: &csv::StringRecord) -> Result<Vec<Column>, ReadError> {
             },
         };
         if cols.contains(&col) {
-            return Err(ReadError::Header { column: name.to_owned(), reason: "appears twice".into() });
+            return Err(ReadError::Header {
+                column: name.to_owned(),
+                reason: "appears twice".into(),
+            });
         }
         cols.push(col);
     }
@@ -180,10 +208,18 @@ fn read_csv(
     validator: &Validator,
     each: &mut dyn FnMut(u64, Result<mailpipe_common::contract::Job, Invalid>),
 ) -> Result<(), ReadError> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(input);
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
-        Err(e) => return Err(csv_fatal(e).unwrap_or_else(|e| ReadError::Header { column: String::new(), reason: e.reason })),
+        Err(e) => {
+            return Err(csv_fatal(e).unwrap_or_else(|e| ReadError::Header {
+                column: String::new(),
+                reason: e.reason,
+            }));
+        }
     };
     let columns = plan(&headers)?;
     let mut record = csv::StringRecord::new();
@@ -202,7 +238,13 @@ fn read_csv(
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(line);
                 match csv_fatal(e) {
-                    Err(bad) => each(line, Err(Invalid { malformed: true, errors: vec![bad] })),
+                    Err(bad) => each(
+                        line,
+                        Err(Invalid {
+                            malformed: true,
+                            errors: vec![bad],
+                        }),
+                    ),
                     Ok(fatal) => return Err(fatal),
                 }
             }
@@ -236,7 +278,12 @@ fn row_to_json(columns: &[Column], record: &csv::StringRecord) -> Result<Vec<u8>
                 job.insert((*name).to_owned(), Value::String(trimmed.to_owned()));
             }
             Column::List(name) => {
-                let list = trimmed.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect();
+                let list = trimmed
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect();
                 job.insert((*name).to_owned(), Value::Array(list));
             }
             Column::ToName => to_name = Some(trimmed.to_owned()),
@@ -245,30 +292,49 @@ fn row_to_json(columns: &[Column], record: &csv::StringRecord) -> Result<Vec<u8>
             Column::DataJson(key) => {
                 let v: Value = serde_json::from_str(trimmed).map_err(|e| Invalid {
                     malformed: false,
-                    errors: vec![FieldError::new(format!("data.{key}"), format!("is not valid JSON: {e}"))],
+                    errors: vec![FieldError::new(
+                        format!("data.{key}"),
+                        format!("is not valid JSON: {e}"),
+                    )],
                 })?;
                 data.insert(key.clone(), v);
             }
         }
     }
     if let Some(name) = to_name {
-        match job.get_mut("to").and_then(Value::as_array_mut).and_then(|l| l.first_mut()) {
+        match job
+            .get_mut("to")
+            .and_then(Value::as_array_mut)
+            .and_then(|l| l.first_mut())
+        {
             Some(first) => {
                 let address = first.take();
                 *first = serde_json::json!({ "name": name, "address": address });
             }
-            None => return Err(Invalid { malformed: false, errors: vec![FieldError::new("to_name", "is set but `to` is empty")] }),
+            None => {
+                return Err(Invalid {
+                    malformed: false,
+                    errors: vec![FieldError::new("to_name", "is set but `to` is empty")],
+                });
+            }
         }
     }
     match (path, filename) {
         (Some(path), filename) => {
-            let filename = filename.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(&path).to_owned());
-            job.insert("attachments".into(), serde_json::json!([{ "filename": filename, "path": path }]));
+            let filename =
+                filename.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(&path).to_owned());
+            job.insert(
+                "attachments".into(),
+                serde_json::json!([{ "filename": filename, "path": path }]),
+            );
         }
         (None, Some(_)) => {
             return Err(Invalid {
                 malformed: false,
-                errors: vec![FieldError::new("attachment_name", "is set but attachment_path is empty")],
+                errors: vec![FieldError::new(
+                    "attachment_name",
+                    "is set but attachment_path is empty",
+                )],
             });
         }
         (None, None) => {}
@@ -299,16 +365,31 @@ mod tests {
     fn jsonl_lines_are_numbered_blank_lines_skipped_and_bad_lines_named() {
         let input = "{\"id\":\"a\",\"template\":\"t\",\"to\":[\"a@x.com\"]}\n\n{\"id\":\"b\",\"template\":\"t\",\"to\":[\"bad\"]}\r\n{\"id\":\"c\",\"template\":\"t\",\"to\":[\"c@x.com\"]}";
         let (ok, bad) = read(Format::Jsonl, input, JobLimits::default());
-        assert_eq!(ok.iter().map(|(l, j)| (*l, j.id.as_str())).collect::<Vec<_>>(), vec![(1, "a"), (4, "c")]);
+        assert_eq!(
+            ok.iter()
+                .map(|(l, j)| (*l, j.id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "a"), (4, "c")]
+        );
         assert_eq!(bad.len(), 1);
         assert_eq!((bad[0].line, bad[0].field.as_str()), (3, "to[0]"));
     }
 
     #[test]
     fn an_overlong_jsonl_line_is_one_bad_line_and_reading_goes_on() {
-        let long = format!("{{\"id\":\"a\",\"template\":\"t\",\"to\":[\"a@x.com\"],\"data\":{{\"x\":\"{}\"}}}}", "y".repeat(500));
+        let long = format!(
+            "{{\"id\":\"a\",\"template\":\"t\",\"to\":[\"a@x.com\"],\"data\":{{\"x\":\"{}\"}}}}",
+            "y".repeat(500)
+        );
         let input = format!("{long}\n{{\"id\":\"b\",\"template\":\"t\",\"to\":[\"b@x.com\"]}}\n");
-        let (ok, bad) = read(Format::Jsonl, &input, JobLimits { max_job_bytes: 100, ..Default::default() });
+        let (ok, bad) = read(
+            Format::Jsonl,
+            &input,
+            JobLimits {
+                max_job_bytes: 100,
+                ..Default::default()
+            },
+        );
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].0, 2);
         assert_eq!((bad[0].line, bad[0].field.as_str()), (1, "job"));
@@ -329,24 +410,43 @@ mod tests {
         assert_eq!(j.cc.len(), 1);
         assert_eq!(j.data["amount"], "12.50");
         assert_eq!(j.data["items"][0]["sku"], "A");
-        assert!(matches!(&j.attachments[0].source, AttachmentSource::Path(p) if p.as_str() == "2026/inv-1.pdf"));
+        assert!(
+            matches!(&j.attachments[0].source, AttachmentSource::Path(p) if p.as_str() == "2026/inv-1.pdf")
+        );
         assert_eq!(j.attachments[0].filename, "inv-1.pdf");
-        assert_eq!(bad.iter().map(|e| (e.line, e.field.as_str())).collect::<Vec<_>>(), vec![(3, "to[0]"), (4, "data.items")]);
+        assert_eq!(
+            bad.iter()
+                .map(|e| (e.line, e.field.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(3, "to[0]"), (4, "data.items")]
+        );
     }
 
     #[test]
     fn csv_header_problems_stop_the_read_and_ragged_rows_are_bad_lines() {
         let v = Validator::new(JobLimits::default(), None, None);
-        let err = read_jobs("id,colour\n1,red\n".as_bytes(), Format::Csv, &v, |_, _| {}).unwrap_err();
-        assert!(matches!(err, ReadError::Header { ref column, .. } if column == "colour"), "{err}");
-        let (ok, bad) = read(Format::Csv, "id,to,template\na,a@x.com,t\nb,b@x.com\nc,c@x.com,t\n", JobLimits::default());
+        let err =
+            read_jobs("id,colour\n1,red\n".as_bytes(), Format::Csv, &v, |_, _| {}).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Header { ref column, .. } if column == "colour"),
+            "{err}"
+        );
+        let (ok, bad) = read(
+            Format::Csv,
+            "id,to,template\na,a@x.com,t\nb,b@x.com\nc,c@x.com,t\n",
+            JobLimits::default(),
+        );
         assert_eq!(ok.len(), 2);
         assert_eq!((bad[0].line, bad[0].field.as_str()), (3, "csv"));
     }
 
     #[test]
     fn a_crlf_in_a_display_name_is_refused() {
-        let (ok, bad) = read(Format::Csv, "id,to,to_name,template\na,a@x.com,\"Eve\r\nBcc: x@y.com\",t\n", JobLimits::default());
+        let (ok, bad) = read(
+            Format::Csv,
+            "id,to,to_name,template\na,a@x.com,\"Eve\r\nBcc: x@y.com\",t\n",
+            JobLimits::default(),
+        );
         assert!(ok.is_empty());
         assert_eq!(bad[0].field, "to[0]");
     }

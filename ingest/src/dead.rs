@@ -20,11 +20,12 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDe
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties};
 use mailpipe_common::amqp::{
-    death_reason, header_str, Broker, BrokerError, PublishError, Stage, DEAD_REASON_HEADER, DEAD_STAGE_HEADER,
+    Broker, BrokerError, DEAD_REASON_HEADER, DEAD_STAGE_HEADER, PublishError, Stage, death_reason,
+    header_str,
 };
-use mailpipe_common::contract::{Job, RenderedMeta, SmtpReply, META_HEADER};
+use mailpipe_common::contract::{Job, META_HEADER, RenderedMeta, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
-use mailpipe_common::pipeline::{Pipeline, BATCH_HEADER, JOB_ID_HEADER};
+use mailpipe_common::pipeline::{BATCH_HEADER, JOB_ID_HEADER, Pipeline};
 use serde::Serialize;
 
 /// Which dead letters a command is about (`None` for both: all of them).
@@ -36,8 +37,13 @@ pub struct DeadFilter {
 
 impl DeadFilter {
     pub fn matches(&self, d: &DeadLetter) -> bool {
-        self.batch.as_ref().is_none_or(|b| d.batch.as_deref() == Some(b.as_str()))
-            && self.job.as_ref().is_none_or(|j| d.job_id.as_deref() == Some(j.as_str()))
+        self.batch
+            .as_ref()
+            .is_none_or(|b| d.batch.as_deref() == Some(b.as_str()))
+            && self
+                .job
+                .as_ref()
+                .is_none_or(|j| d.job_id.as_deref() == Some(j.as_str()))
     }
 }
 
@@ -114,12 +120,21 @@ pub enum DeadError {
 }
 
 /// Lists the dead letters matching `filter`; the queue is left as it was.
-pub async fn list(broker: &Broker, filter: &DeadFilter, delivered: impl Fn(&JobId) -> bool) -> Result<Listing, DeadError> {
+pub async fn list(
+    broker: &Broker,
+    filter: &DeadFilter,
+    delivered: impl Fn(&JobId) -> bool,
+) -> Result<Listing, DeadError> {
     let mut pass = Pass::open(broker).await?;
     let mut dead_letters = Vec::new();
     let result: Result<(), DeadError> = async {
         while let Some(msg) = pass.next().await? {
-            let d = describe(&msg.delivery.properties, &msg.delivery.data, broker.topology().prefix(), &delivered);
+            let d = describe(
+                &msg.delivery.properties,
+                &msg.delivery.data,
+                broker.topology().prefix(),
+                &delivered,
+            );
             pass.hold(msg.delivery.acker);
             if filter.matches(&d) {
                 dead_letters.push(d);
@@ -130,7 +145,12 @@ pub async fn list(broker: &Broker, filter: &DeadFilter, delivered: impl Fn(&JobI
     .await;
     pass.release().await;
     result?;
-    Ok(Listing { queue: pass.queue, total: pass.total, matched: dead_letters.len() as u64, dead_letters })
+    Ok(Listing {
+        queue: pass.queue,
+        total: pass.total,
+        matched: dead_letters.len() as u64,
+        dead_letters,
+    })
 }
 
 /// Republishes the dead letters matching `filter` to the stage they died in: a job to
@@ -157,9 +177,15 @@ pub async fn replay(
                 continue;
             }
             matched += 1;
-            let skip = |why: String| Skipped { job_id: d.job_id.clone(), why };
+            let skip = |why: String| Skipped {
+                job_id: d.job_id.clone(),
+                why,
+            };
             if d.delivered {
-                skipped.push(skip("the job is already delivered (deliver never sends a delivered job id again)".into()));
+                skipped.push(skip(
+                    "the job is already delivered (deliver never sends a delivered job id again)"
+                        .into(),
+                ));
                 pass.hold(msg.delivery.acker);
                 continue;
             }
@@ -167,7 +193,9 @@ pub async fn replay(
                 Some("render") => Stage::Render,
                 Some("deliver") => Stage::Deliver,
                 other => {
-                    skipped.push(skip(format!("unknown stage {other:?}: cannot tell where it goes")));
+                    skipped.push(skip(format!(
+                        "unknown stage {other:?}: cannot tell where it goes"
+                    )));
                     pass.hold(msg.delivery.acker);
                     continue;
                 }
@@ -181,7 +209,10 @@ pub async fn replay(
                 }
             };
             if dry_run {
-                replayed.push(Replayed { job_id: d.job_id.clone(), stage: stage.as_str().into() });
+                replayed.push(Replayed {
+                    job_id: d.job_id.clone(),
+                    stage: stage.as_str().into(),
+                });
                 pass.hold(msg.delivery.acker);
                 continue;
             }
@@ -200,14 +231,24 @@ pub async fn replay(
             }
             msg.delivery.acker.ack(BasicAckOptions::default()).await?;
             tracing::info!(job = %job, stage = stage.as_str(), "dead letter replayed");
-            replayed.push(Replayed { job_id: d.job_id.clone(), stage: stage.as_str().into() });
+            replayed.push(Replayed {
+                job_id: d.job_id.clone(),
+                stage: stage.as_str().into(),
+            });
         }
         Ok(())
     }
     .await;
     pass.release().await;
     result?;
-    Ok(ReplayReport { queue: pass.queue, dry_run, total: pass.total, matched, replayed, skipped })
+    Ok(ReplayReport {
+        queue: pass.queue,
+        dry_run,
+        total: pass.total,
+        matched,
+        replayed,
+        skipped,
+    })
 }
 
 enum Republish {
@@ -217,10 +258,14 @@ enum Republish {
 
 fn prepare(stage: Stage, props: &BasicProperties, body: &[u8]) -> Result<Republish, String> {
     match stage {
-        Stage::Render => Job::from_queue(body).map(|j| Republish::Job(Box::new(j))).map_err(|e| format!("not a readable job: {e}")),
+        Stage::Render => Job::from_queue(body)
+            .map(|j| Republish::Job(Box::new(j)))
+            .map_err(|e| format!("not a readable job: {e}")),
         Stage::Deliver => {
-            let header = header_str(props, META_HEADER).ok_or("no mailpipe-meta header: not a rendered message")?;
-            let mut meta = RenderedMeta::from_header_value(&header).map_err(|e| format!("unreadable mailpipe-meta: {e}"))?;
+            let header = header_str(props, META_HEADER)
+                .ok_or("no mailpipe-meta header: not a rendered message")?;
+            let mut meta = RenderedMeta::from_header_value(&header)
+                .map_err(|e| format!("unreadable mailpipe-meta: {e}"))?;
             meta.attempt = 0;
             Ok(Republish::Rendered(Box::new(meta)))
         }
@@ -241,9 +286,22 @@ impl Pass {
         let channel = broker.channel().await?;
         let queue = broker.topology().dead_queue();
         let q = channel
-            .queue_declare(ShortString::from(queue.as_str()), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
-        Ok(Self { channel, queue, total: u64::from(q.message_count()), taken: 0, held: Vec::new() })
+        Ok(Self {
+            channel,
+            queue,
+            total: u64::from(q.message_count()),
+            taken: 0,
+            held: Vec::new(),
+        })
     }
 
     async fn next(&mut self) -> Result<Option<BasicGetMessage>, DeadError> {
@@ -251,7 +309,13 @@ impl Pass {
             return Ok(None);
         }
         self.taken += 1;
-        Ok(self.channel.basic_get(ShortString::from(self.queue.as_str()), BasicGetOptions { no_ack: false }).await?)
+        Ok(self
+            .channel
+            .basic_get(
+                ShortString::from(self.queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?)
     }
 
     fn hold(&mut self, acker: Acker) {
@@ -261,29 +325,56 @@ impl Pass {
     /// Returns every held message to the queue.
     async fn release(&mut self) {
         for acker in self.held.drain(..) {
-            if let Err(e) = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await {
+            if let Err(e) = acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await
+            {
                 // The channel is gone: the broker returns unacked messages by itself.
                 tracing::warn!(error = %e, "returning a dead letter failed; the broker requeues it when the channel closes");
             }
         }
-        self.channel.close(200, "dead-letter pass done".into()).await.ok();
+        self.channel
+            .close(200, "dead-letter pass done".into())
+            .await
+            .ok();
     }
 }
 
 /// What a dead letter says about itself.
-pub fn describe(props: &BasicProperties, body: &[u8], prefix: &str, delivered: impl Fn(&JobId) -> bool) -> DeadLetter {
-    let meta = header_str(props, META_HEADER).and_then(|h| RenderedMeta::from_header_value(&h).ok());
+pub fn describe(
+    props: &BasicProperties,
+    body: &[u8],
+    prefix: &str,
+    delivered: impl Fn(&JobId) -> bool,
+) -> DeadLetter {
+    let meta =
+        header_str(props, META_HEADER).and_then(|h| RenderedMeta::from_header_value(&h).ok());
     let stage = header_str(props, DEAD_STAGE_HEADER).or_else(|| {
-        death_queue(props).and_then(|q| q.strip_prefix(&format!("{prefix}.")).map(str::to_owned)).filter(|s| s == "render" || s == "deliver")
+        death_queue(props)
+            .and_then(|q| q.strip_prefix(&format!("{prefix}.")).map(str::to_owned))
+            .filter(|s| s == "render" || s == "deliver")
     });
-    let job = (stage.as_deref() == Some("render")).then(|| Job::from_queue(body).ok()).flatten();
+    let job = (stage.as_deref() == Some("render"))
+        .then(|| Job::from_queue(body).ok())
+        .flatten();
     let job_id = header_str(props, JOB_ID_HEADER)
         .or_else(|| props.message_id().as_ref().map(|m| m.as_str().to_owned()))
         .or_else(|| meta.as_ref().map(|m| m.job_id.as_str().to_owned()))
         .or_else(|| job.as_ref().map(|j| j.id.as_str().to_owned()));
     let batch = header_str(props, BATCH_HEADER)
-        .or_else(|| meta.as_ref().and_then(|m| m.batch.as_ref()).map(|b| b.as_str().to_owned()))
-        .or_else(|| job.as_ref().and_then(|j| j.batch.as_ref()).map(|b| b.as_str().to_owned()));
+        .or_else(|| {
+            meta.as_ref()
+                .and_then(|m| m.batch.as_ref())
+                .map(|b| b.as_str().to_owned())
+        })
+        .or_else(|| {
+            job.as_ref()
+                .and_then(|j| j.batch.as_ref())
+                .map(|b| b.as_str().to_owned())
+        });
     let (reason, reason_from) = match header_str(props, DEAD_REASON_HEADER) {
         Some(r) => (Some(r), Some("mailpipe")),
         None => match death_reason(props) {
@@ -292,7 +383,10 @@ pub fn describe(props: &BasicProperties, body: &[u8], prefix: &str, delivered: i
         },
     };
     let smtp = reason.as_deref().and_then(last_reply);
-    let delivered = job_id.as_deref().and_then(|j| JobId::parse(j).ok()).is_some_and(|j| delivered(&j));
+    let delivered = job_id
+        .as_deref()
+        .and_then(|j| JobId::parse(j).ok())
+        .is_some_and(|j| delivered(&j));
     DeadLetter {
         job_id,
         batch,
@@ -300,7 +394,10 @@ pub fn describe(props: &BasicProperties, body: &[u8], prefix: &str, delivered: i
         smtp,
         reason,
         reason_from,
-        recipients: meta.as_ref().map(|m| m.recipients.clone()).unwrap_or_default(),
+        recipients: meta
+            .as_ref()
+            .map(|m| m.recipients.clone())
+            .unwrap_or_default(),
         attempt: meta.as_ref().map(|m| m.attempt),
         delivered,
     }
@@ -309,8 +406,12 @@ pub fn describe(props: &BasicProperties, body: &[u8], prefix: &str, delivered: i
 /// The queue of the newest `x-death` entry.
 fn death_queue(props: &BasicProperties) -> Option<String> {
     let headers = props.headers().as_ref()?;
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
     match first.inner().get("queue")? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -325,7 +426,12 @@ pub fn last_reply(reason: &str) -> Option<SmtpReply> {
     let mut found = None;
     for i in 0..bytes.len().saturating_sub(3) {
         let starts = i == 0 || (i >= 2 && matches!(&bytes[i - 2..i], b": " | b"; "));
-        if starts && matches!(bytes[i], b'2'..=b'5') && bytes[i + 1].is_ascii_digit() && bytes[i + 2].is_ascii_digit() && bytes[i + 3] == b' ' {
+        if starts
+            && matches!(bytes[i], b'2'..=b'5')
+            && bytes[i + 1].is_ascii_digit()
+            && bytes[i + 2].is_ascii_digit()
+            && bytes[i + 3] == b' '
+        {
             found = Some(i);
         }
     }
@@ -346,14 +452,26 @@ mod tests {
 
     #[test]
     fn the_last_reply_is_found_in_the_reasons_deliver_writes() {
-        let r = last_reply("gave up after 6 attempts; last: 451 4.7.500 Server busy, try later").unwrap();
-        assert_eq!((r.code, r.enhanced.as_deref(), r.text.as_str()), (451, Some("4.7.500"), "4.7.500 Server busy, try later"));
-        let r = last_reply("refused by the server: 550 5.1.1 RESOLVER.ADR.RecipNotFound; not found").unwrap();
+        let r = last_reply("gave up after 6 attempts; last: 451 4.7.500 Server busy, try later")
+            .unwrap();
+        assert_eq!(
+            (r.code, r.enhanced.as_deref(), r.text.as_str()),
+            (451, Some("4.7.500"), "4.7.500 Server busy, try later")
+        );
+        let r =
+            last_reply("refused by the server: 550 5.1.1 RESOLVER.ADR.RecipNotFound; not found")
+                .unwrap();
         assert_eq!(r.text, "5.1.1 RESOLVER.ADR.RecipNotFound; not found");
         let r = last_reply("recipients refused: a@x.example: 550 5.1.1 unknown; b@x.example: 552 5.2.2 mailbox full").unwrap();
         assert_eq!((r.code, r.text.as_str()), (552, "5.2.2 mailbox full"));
-        assert_eq!(last_reply("render failed: template \"nope\" not found"), None);
+        assert_eq!(
+            last_reply("render failed: template \"nope\" not found"),
+            None
+        );
         assert_eq!(last_reply("delivery_limit"), None);
-        assert_eq!(last_reply("cannot be sent by this pool: 600 recipients > 500"), None);
+        assert_eq!(
+            last_reply("cannot be sent by this pool: 600 recipients > 500"),
+            None
+        );
     }
 }

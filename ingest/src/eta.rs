@@ -43,7 +43,10 @@ impl PoolCapacity {
     /// The pool's limits, or why there are none (the ETA then says so).
     pub fn from_settings(pool: &PoolSettings) -> Result<Self, String> {
         if pool.mailboxes.is_empty() {
-            return Err("no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into());
+            return Err(
+                "no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits"
+                    .into(),
+            );
         }
         let mailboxes = pool
             .mailboxes
@@ -71,7 +74,11 @@ impl PoolCapacity {
     }
 
     fn longest_window_ms(&self) -> i64 {
-        self.mailboxes.iter().map(|m| m.recipient_window_ms).max().unwrap_or(0)
+        self.mailboxes
+            .iter()
+            .map(|m| m.recipient_window_ms)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -104,7 +111,14 @@ impl QuotaLog {
             .iter()
             .map(|m| {
                 let window_ms = m.recipient_window_ms.max(1);
-                (key(&m.address), MailboxLog { window_ms, bucket_ms: (window_ms / 1440).max(1), buckets: VecDeque::new() })
+                (
+                    key(&m.address),
+                    MailboxLog {
+                        window_ms,
+                        bucket_ms: (window_ms / 1440).max(1),
+                        buckets: VecDeque::new(),
+                    },
+                )
             })
             .collect();
         Self { mailboxes }
@@ -112,7 +126,9 @@ impl QuotaLog {
 
     /// Logs `recipients` sent by `mailbox` at `at` (mailboxes outside the pool are ignored).
     pub fn record(&mut self, mailbox: &EmailAddress, at: DateTime<Utc>, recipients: u64) {
-        let Some(log) = self.mailboxes.get_mut(&key(mailbox)) else { return };
+        let Some(log) = self.mailboxes.get_mut(&key(mailbox)) else {
+            return;
+        };
         if recipients == 0 {
             return;
         }
@@ -124,16 +140,26 @@ impl QuotaLog {
         }
         // Prune against the newest send seen (pure: no clock here).
         let newest = log.buckets.back().map(|(e, _)| *e).unwrap_or(end);
-        while log.buckets.front().is_some_and(|(e, _)| *e + log.window_ms <= newest) {
+        while log
+            .buckets
+            .front()
+            .is_some_and(|(e, _)| *e + log.window_ms <= newest)
+        {
             log.buckets.pop_front();
         }
     }
 
     /// Recipients `mailbox` sent in the window ending at `now`.
     pub fn used(&self, mailbox: &EmailAddress, now: DateTime<Utc>) -> u64 {
-        let Some(log) = self.mailboxes.get(&key(mailbox)) else { return 0 };
+        let Some(log) = self.mailboxes.get(&key(mailbox)) else {
+            return 0;
+        };
         let now = now.timestamp_millis();
-        log.buckets.iter().filter(|(e, _)| *e + log.window_ms > now).map(|(_, n)| n).sum()
+        log.buckets
+            .iter()
+            .filter(|(e, _)| *e + log.window_ms > now)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Entries logged in total (memory check).
@@ -173,7 +199,12 @@ pub struct Eta {
 }
 
 impl Eta {
-    pub fn unknown(now: DateTime<Utc>, jobs_left: u64, recipients_left: u64, reason: impl Into<String>) -> Self {
+    pub fn unknown(
+        now: DateTime<Utc>,
+        jobs_left: u64,
+        recipients_left: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         Self {
             eta_seconds: None,
             eta_at: None,
@@ -193,7 +224,13 @@ impl Eta {
 
 /// The ETA of `jobs_left` jobs with `recipients_left` recipients through `pool`, whose
 /// mailboxes already sent what `log` holds.
-pub fn estimate(pool: &PoolCapacity, log: &QuotaLog, jobs_left: u64, recipients_left: u64, now: DateTime<Utc>) -> Eta {
+pub fn estimate(
+    pool: &PoolCapacity,
+    log: &QuotaLog,
+    jobs_left: u64,
+    recipients_left: u64,
+    now: DateTime<Utc>,
+) -> Eta {
     let rate = pool.messages_per_second();
     let per_window = pool.recipients_per_window();
     let mut eta = Eta::unknown(now, jobs_left, recipients_left, "");
@@ -225,7 +262,13 @@ fn finish(mut eta: Eta, seconds: f64) -> Eta {
 }
 
 fn available_now(pool: &PoolCapacity, log: &QuotaLog, now: DateTime<Utc>) -> u64 {
-    pool.mailboxes.iter().map(|m| m.recipients_per_window.saturating_sub(log.used(&m.address, now))).sum()
+    pool.mailboxes
+        .iter()
+        .map(|m| {
+            m.recipients_per_window
+                .saturating_sub(log.used(&m.address, now))
+        })
+        .sum()
 }
 
 /// `(recipients available now, ms until `needed` recipients fit)`.
@@ -236,9 +279,22 @@ fn available_now(pool: &PoolCapacity, log: &QuotaLog, now: DateTime<Utc>) -> u64
 /// windows plus the τ at which S(τ) reaches the rest.
 fn quota_wait(pool: &PoolCapacity, log: &QuotaLog, needed: u64, now: DateTime<Utc>) -> (u64, i64) {
     let now_ms = now.timestamp_millis();
-    let mut used: Vec<u64> = pool.mailboxes.iter().map(|m| log.used(&m.address, now)).collect();
-    let limit: Vec<u64> = pool.mailboxes.iter().map(|m| m.recipients_per_window).collect();
-    let avail = |used: &[u64]| -> u64 { used.iter().zip(&limit).map(|(u, l)| l.saturating_sub(*u)).sum() };
+    let mut used: Vec<u64> = pool
+        .mailboxes
+        .iter()
+        .map(|m| log.used(&m.address, now))
+        .collect();
+    let limit: Vec<u64> = pool
+        .mailboxes
+        .iter()
+        .map(|m| m.recipients_per_window)
+        .collect();
+    let avail = |used: &[u64]| -> u64 {
+        used.iter()
+            .zip(&limit)
+            .map(|(u, l)| l.saturating_sub(*u))
+            .sum()
+    };
     let available = avail(&used);
     let per_window = pool.recipients_per_window();
     if needed <= available {
@@ -252,7 +308,12 @@ fn quota_wait(pool: &PoolCapacity, log: &QuotaLog, needed: u64, now: DateTime<Ut
         let mut expiries: Vec<(i64, usize, u64)> = Vec::new();
         for (i, m) in pool.mailboxes.iter().enumerate() {
             if let Some(l) = log.mailboxes.get(&key(&m.address)) {
-                expiries.extend(l.buckets.iter().filter(|(e, _)| *e + l.window_ms > now_ms).map(|(e, n)| (*e + l.window_ms, i, *n)));
+                expiries.extend(
+                    l.buckets
+                        .iter()
+                        .filter(|(e, _)| *e + l.window_ms > now_ms)
+                        .map(|(e, n)| (*e + l.window_ms, i, *n)),
+                );
             }
         }
         expiries.sort_unstable();
@@ -287,8 +348,15 @@ mod tests {
     /// Two mailboxes: 30 messages/60 s each (1 msg/s together), 100 recipients per 1,440 s
     /// window (buckets of 1 s, so the hand computations are exact to the second).
     fn pool() -> PoolCapacity {
-        let m = |a: &str| MailboxCapacity { address: addr(a), messages_per_second: 0.5, recipients_per_window: 100, recipient_window_ms: 1_440_000 };
-        PoolCapacity { mailboxes: vec![m("a@pool.example"), m("b@pool.example")] }
+        let m = |a: &str| MailboxCapacity {
+            address: addr(a),
+            messages_per_second: 0.5,
+            recipients_per_window: 100,
+            recipient_window_ms: 1_440_000,
+        };
+        PoolCapacity {
+            mailboxes: vec![m("a@pool.example"), m("b@pool.example")],
+        }
     }
 
     #[test]
@@ -335,7 +403,10 @@ mod tests {
         assert_eq!(eta.quota_wait_seconds, Some(2880.0));
         assert_eq!(eta.eta_seconds, Some(2880.0));
         // Exactly 400: one whole window, then 200 are there at once.
-        assert_eq!(estimate(&p, &log, 400, 400, t(0)).quota_wait_seconds, Some(1440.0));
+        assert_eq!(
+            estimate(&p, &log, 400, 400, t(0)).quota_wait_seconds,
+            Some(1440.0)
+        );
         // 200: no wait; the rate (200 s) decides.
         assert_eq!(estimate(&p, &log, 200, 200, t(0)).eta_seconds, Some(200.0));
     }
@@ -346,7 +417,11 @@ mod tests {
         let mut log = QuotaLog::new(&p);
         log.record(&addr("a@pool.example"), t(0), 30);
         log.record(&addr("stranger@elsewhere.example"), t(0), 30);
-        assert_eq!(log.used(&addr("a@pool.example"), t(1440)), 30, "the bucket ends at 1 s: still inside");
+        assert_eq!(
+            log.used(&addr("a@pool.example"), t(1440)),
+            30,
+            "the bucket ends at 1 s: still inside"
+        );
         assert_eq!(log.used(&addr("a@pool.example"), t(1441)), 0);
         log.record(&addr("a@pool.example"), t(3000), 5);
         assert_eq!(log.entries(), 1, "the old bucket was pruned");
@@ -354,20 +429,42 @@ mod tests {
 
     #[test]
     fn buckets_bound_memory() {
-        let p = PoolCapacity { mailboxes: vec![MailboxCapacity { address: addr("a@x.example"), messages_per_second: 0.5, recipients_per_window: 10_000, recipient_window_ms: 86_400_000 }] };
+        let p = PoolCapacity {
+            mailboxes: vec![MailboxCapacity {
+                address: addr("a@x.example"),
+                messages_per_second: 0.5,
+                recipients_per_window: 10_000,
+                recipient_window_ms: 86_400_000,
+            }],
+        };
         let mut log = QuotaLog::new(&p);
         for s in 0..(2 * 86_400) {
             log.record(&addr("a@x.example"), t(s), 1);
         }
         assert!(log.entries() <= 1441, "{} entries", log.entries());
-        assert_eq!(log.used(&addr("a@x.example"), t(2 * 86_400)), 86_400, "the last day of 1/s");
+        assert_eq!(
+            log.used(&addr("a@x.example"), t(2 * 86_400)),
+            86_400,
+            "the last day of 1/s"
+        );
     }
 
     #[test]
     fn a_pool_without_capacity_says_why() {
         let empty = PoolSettings::default();
-        assert!(PoolCapacity::from_settings(&empty).unwrap_err().contains("deliver.mailboxes"));
-        let p = PoolCapacity { mailboxes: vec![MailboxCapacity { address: addr("a@x.example"), messages_per_second: 0.0, recipients_per_window: 10, recipient_window_ms: 1000 }] };
+        assert!(
+            PoolCapacity::from_settings(&empty)
+                .unwrap_err()
+                .contains("deliver.mailboxes")
+        );
+        let p = PoolCapacity {
+            mailboxes: vec![MailboxCapacity {
+                address: addr("a@x.example"),
+                messages_per_second: 0.0,
+                recipients_per_window: 10,
+                recipient_window_ms: 1000,
+            }],
+        };
         let eta = estimate(&p, &QuotaLog::new(&p), 3, 3, t(0));
         assert_eq!(eta.eta_seconds, None);
         assert!(eta.reason.is_some());

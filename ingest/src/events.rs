@@ -7,19 +7,22 @@
 //! applied in the synchronous part of the handler, which `consume` calls in delivery
 //! order, so the marker is never seen before the events ahead of it are applied.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use mailpipe_common::amqp::{consume, header_i64, header_str, persistent_properties, set_header, ConsumerSpec, Delivery, Outgoing, Publisher};
+use mailpipe_common::amqp::{
+    ConsumerSpec, Delivery, Outgoing, Publisher, consume, header_i64, header_str,
+    persistent_properties, set_header,
+};
 use mailpipe_common::contract::DeliveryEvent;
 use mailpipe_common::pipeline::Pipeline;
 use tokio::sync::watch;
 
 use crate::idempotency::AcceptedIds;
-use crate::publish::{lock_status, SharedStatus};
+use crate::publish::{SharedStatus, lock_status};
 
 const MARKER_HEADER: &str = "mailpipe-ingest-replay-marker";
 /// Stream deliveries carry their offset in this header.
@@ -45,7 +48,12 @@ pub async fn follow(
     let publisher = Publisher::new(broker.clone(), confirm_timeout);
     let exchange = topology.events_exchange();
     publisher
-        .publish(Outgoing { exchange: &exchange, routing_key: "", body: b"", properties: persistent_properties("application/octet-stream", headers) })
+        .publish(Outgoing {
+            exchange: &exchange,
+            routing_key: "",
+            body: b"",
+            properties: persistent_properties("application/octet-stream", headers),
+        })
         .await?;
 
     let (tx, rx) = watch::channel(false);
@@ -62,7 +70,11 @@ pub async fn follow(
         args.insert(ShortString::from(OFFSET_HEADER), offset);
         args
     });
-    let spec = ConsumerSpec { queue: topology.events_stream(), prefetch: PREFETCH, arguments };
+    let spec = ConsumerSpec {
+        queue: topology.events_stream(),
+        prefetch: PREFETCH,
+        arguments,
+    };
     let task = tokio::spawn(async move {
         consume(&broker, spec, move |d: Delivery| {
             handle(&d, &marker, &next_offset, &ids, &status, &tx);
@@ -75,13 +87,23 @@ pub async fn follow(
     Ok((rx, task))
 }
 
-fn handle(d: &Delivery, marker: &str, next_offset: &AtomicI64, ids: &AcceptedIds, status: &SharedStatus, replayed: &watch::Sender<bool>) {
+fn handle(
+    d: &Delivery,
+    marker: &str,
+    next_offset: &AtomicI64,
+    ids: &AcceptedIds,
+    status: &SharedStatus,
+    replayed: &watch::Sender<bool>,
+) {
     if let Some(offset) = header_i64(&d.properties, OFFSET_HEADER) {
         next_offset.fetch_max(offset + 1, Ordering::SeqCst);
     }
     if let Some(m) = header_str(&d.properties, MARKER_HEADER) {
         if m == marker && !*replayed.borrow() {
-            tracing::info!(jobs_known = lock_status(status).jobs_known(), "events stream replayed; duplicate checks are complete");
+            tracing::info!(
+                jobs_known = lock_status(status).jobs_known(),
+                "events stream replayed; duplicate checks are complete"
+            );
             replayed.send_replace(true);
         }
         return;

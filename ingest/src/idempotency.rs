@@ -51,7 +51,10 @@ impl AcceptedIds {
             Some(State::InFlight) => Claim::InFlight,
             None => {
                 map.insert(id.clone(), State::InFlight);
-                Claim::New(Reservation { ids: self.clone(), id: Some(id.clone()) })
+                Claim::New(Reservation {
+                    ids: self.clone(),
+                    id: Some(id.clone()),
+                })
             }
         }
     }
@@ -118,10 +121,14 @@ mod tests {
     #[test]
     fn an_id_is_claimed_once_and_a_failed_publish_frees_it() {
         let ids = AcceptedIds::new();
-        let Claim::New(r) = ids.reserve(&id("a")) else { panic!("first claim") };
+        let Claim::New(r) = ids.reserve(&id("a")) else {
+            panic!("first claim")
+        };
         assert!(matches!(ids.reserve(&id("a")), Claim::InFlight));
         drop(r);
-        let Claim::New(r) = ids.reserve(&id("a")) else { panic!("freed after a failed publish") };
+        let Claim::New(r) = ids.reserve(&id("a")) else {
+            panic!("freed after a failed publish")
+        };
         r.commit();
         assert!(matches!(ids.reserve(&id("a")), Claim::Accepted));
         assert!(ids.is_accepted(&id("a")));
@@ -130,7 +137,9 @@ mod tests {
     #[test]
     fn ids_learned_from_the_stream_are_duplicates() {
         let ids = AcceptedIds::new();
-        let Claim::New(r) = ids.reserve(&id("b")) else { panic!() };
+        let Claim::New(r) = ids.reserve(&id("b")) else {
+            panic!()
+        };
         ids.learn(&id("b"));
         drop(r);
         assert!(matches!(ids.reserve(&id("b")), Claim::Accepted));

@@ -34,8 +34,8 @@ pub mod metrics;
 pub mod publish;
 pub mod settings;
 pub mod startup;
-pub mod status_cli;
 pub mod status;
+pub mod status_cli;
 pub mod submit;
 pub mod validate;
 

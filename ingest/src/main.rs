@@ -8,8 +8,8 @@ use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_ingest::dead::{self, DeadFilter};
-use mailpipe_ingest::status_cli::{self, StatusOptions};
 use mailpipe_ingest::settings::ApiTokens;
+use mailpipe_ingest::status_cli::{self, StatusOptions};
 use mailpipe_ingest::submit::{self, Display, SubmitOptions};
 use mailpipe_ingest::{Application, Config};
 
@@ -125,18 +125,21 @@ enum DeadCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match ConfigSource::load(cli.config.config.as_deref()).and_then(|s| Config::load(&s)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match ConfigSource::load(cli.config.config.as_deref()).and_then(|s| Config::load(&s)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("configuration error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if cli.config.check_config {
         return check_config(&config);
     }
     let Some(command) = cli.command else {
-        eprintln!("nothing to do: give `serve`, `submit FILE`, `status BATCH` or `dead list|replay` (see --help)");
+        eprintln!(
+            "nothing to do: give `serve`, `submit FILE`, `status BATCH` or `dead list|replay` (see --help)"
+        );
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -150,7 +153,10 @@ fn main() -> ExitCode {
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    println!("rabbitmq: prefix {:?}, confirm timeout {} ms", config.rabbitmq.prefix, config.rabbitmq.confirm_timeout_ms);
+    println!(
+        "rabbitmq: prefix {:?}, confirm timeout {} ms",
+        config.rabbitmq.prefix, config.rabbitmq.confirm_timeout_ms
+    );
     println!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
         config.ingest.listen,
@@ -177,7 +183,9 @@ fn check_config(config: &Config) -> ExitCode {
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {
-        println!("warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)");
+        println!(
+            "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
+        );
     } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
@@ -186,11 +194,17 @@ fn check_config(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn connect(config: &Config, name: &str, shutdown: tokio_util::sync::CancellationToken) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
+async fn connect(
+    config: &Config,
+    name: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
     match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, name, shutdown).await {
         Ok(b) => {
             let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-            Ok(mailpipe_common::pipeline::Pipeline::new(mailpipe_common::amqp::Publisher::new(b, timeout)))
+            Ok(mailpipe_common::pipeline::Pipeline::new(
+                mailpipe_common::amqp::Publisher::new(b, timeout),
+            ))
         }
         Err(e) => {
             eprintln!("RabbitMQ: {e}");
@@ -199,7 +213,11 @@ async fn connect(config: &Config, name: &str, shutdown: tokio_util::sync::Cancel
     }
 }
 
-async fn dead_command(config: &Config, command: DeadCommand, shutdown: tokio_util::sync::CancellationToken) -> ExitCode {
+async fn dead_command(
+    config: &Config,
+    command: DeadCommand,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> ExitCode {
     let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone()).await {
         Ok(p) => p,
         Err(code) => return code,
@@ -231,7 +249,13 @@ async fn dead_command(config: &Config, command: DeadCommand, shutdown: tokio_uti
                 }
             }
         }
-        DeadCommand::Replay { batch, id, all: _, dry_run, json } => {
+        DeadCommand::Replay {
+            batch,
+            id,
+            all: _,
+            dry_run,
+            json,
+        } => {
             let filter = DeadFilter { batch, job: id };
             match dead::replay(&pipeline, &filter, dry_run, delivered).await {
                 Ok(report) => {
@@ -248,7 +272,11 @@ async fn dead_command(config: &Config, command: DeadCommand, shutdown: tokio_uti
                             report.skipped.len()
                         );
                         for r in &report.replayed {
-                            println!("  {verb} {} -> {}", r.job_id.as_deref().unwrap_or("?"), r.stage);
+                            println!(
+                                "  {verb} {} -> {}",
+                                r.job_id.as_deref().unwrap_or("?"),
+                                r.stage
+                            );
                         }
                         for s in &report.skipped {
                             println!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
@@ -270,7 +298,10 @@ async fn dead_command(config: &Config, command: DeadCommand, shutdown: tokio_uti
 
 fn dead_listing_text(l: &dead::Listing) -> String {
     use std::fmt::Write as _;
-    let mut out = format!("{}: {} dead letters, {} listed\n", l.queue, l.total, l.matched);
+    let mut out = format!(
+        "{}: {} dead letters, {} listed\n",
+        l.queue, l.total, l.matched
+    );
     for d in &l.dead_letters {
         let _ = writeln!(
             out,
@@ -281,7 +312,11 @@ fn dead_listing_text(l: &dead::Listing) -> String {
             if d.delivered { "  (job delivered)" } else { "" }
         );
         let from = d.reason_from.map(|f| format!(" ({f})")).unwrap_or_default();
-        let _ = writeln!(out, "      reason{from}: {}", d.reason.as_deref().unwrap_or("(none given)"));
+        let _ = writeln!(
+            out,
+            "      reason{from}: {}",
+            d.reason.as_deref().unwrap_or("(none given)")
+        );
         if let Some(reply) = &d.smtp {
             let _ = writeln!(out, "      last reply: {reply}");
         }
@@ -320,18 +355,36 @@ async fn run(config: Config, command: Command) -> ExitCode {
             }
         }
         Command::Status { batch, watch, json } => {
-            let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await {
+            let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await
+            {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let code = status_cli::run(&pipeline, &config, &StatusOptions { batch, watch, json }, &shutdown).await;
+            let code = status_cli::run(
+                &pipeline,
+                &config,
+                &StatusOptions { batch, watch, json },
+                &shutdown,
+            )
+            .await;
             pipeline.broker().shutdown_token().cancel();
             pipeline.broker().close().await;
             ExitCode::from(code)
         }
         Command::Dead { command } => dead_command(&config, command, shutdown).await,
-        Command::Submit { file, batch, partial, quiet } => {
-            let broker = match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, "mailpipe-ingest submit", shutdown).await {
+        Command::Submit {
+            file,
+            batch,
+            partial,
+            quiet,
+        } => {
+            let broker = match mailpipe_common::amqp::Broker::connect(
+                &config.rabbitmq,
+                "mailpipe-ingest submit",
+                shutdown,
+            )
+            .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("RabbitMQ: {e}");
@@ -339,9 +392,20 @@ async fn run(config: Config, command: Command) -> ExitCode {
                 }
             };
             let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-            let pipeline = mailpipe_common::pipeline::Pipeline::new(mailpipe_common::amqp::Publisher::new(broker.clone(), timeout));
-            let display = if quiet { Display::Quiet } else { Display::for_stderr() };
-            let options = SubmitOptions { file: file.clone(), batch, partial, display };
+            let pipeline = mailpipe_common::pipeline::Pipeline::new(
+                mailpipe_common::amqp::Publisher::new(broker.clone(), timeout),
+            );
+            let display = if quiet {
+                Display::Quiet
+            } else {
+                Display::for_stderr()
+            };
+            let options = SubmitOptions {
+                file: file.clone(),
+                batch,
+                partial,
+                display,
+            };
             let result = submit::submit(&pipeline, &config.ingest, &options).await;
             print!("{}", submit::summary(&file, &result));
             broker.close().await;

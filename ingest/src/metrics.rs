@@ -3,19 +3,28 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, Histogram, HistogramVec, IntCounterVec,
+    Histogram, HistogramVec, IntCounterVec, register_histogram, register_histogram_vec,
+    register_int_counter_vec,
 };
 
 /// Jobs by outcome: `accepted`, `rejected`, `duplicate`.
 pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("mailpipe_ingest_jobs_total", "Jobs submitted, by outcome.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "mailpipe_ingest_jobs_total",
+        "Jobs submitted, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Refused jobs by the class of the field at fault (bounded: see `validate::reason_class`).
 pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("mailpipe_ingest_rejections_total", "Problems found in refused jobs, by field class.", &["reason"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "mailpipe_ingest_rejections_total",
+        "Problems found in refused jobs, by field class.",
+        &["reason"]
+    )
+    .expect("metric registers once")
 });
 
 pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
@@ -31,7 +40,9 @@ pub static CONFIRM_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "mailpipe_ingest_publish_confirm_seconds",
         "Time from publishing a job to the broker's confirm.",
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+        ]
     )
     .expect("metric registers once")
 });
@@ -58,7 +69,9 @@ pub fn duplicate(n: u64) {
 pub fn rejected(errors: &[mailpipe_common::contract::FieldError], malformed: bool) {
     JOBS.with_label_values(&["rejected"]).inc();
     for e in errors {
-        REJECTIONS.with_label_values(&[crate::validate::reason_class(&e.field, malformed)]).inc();
+        REJECTIONS
+            .with_label_values(&[crate::validate::reason_class(&e.field, malformed)])
+            .inc();
     }
 }
 

@@ -42,7 +42,12 @@ pub struct JobPublisher {
 
 impl JobPublisher {
     pub fn new(pipeline: Pipeline, ids: AcceptedIds, status: SharedStatus, window: usize) -> Self {
-        Self { pipeline, ids, status, window: window.max(1) }
+        Self {
+            pipeline,
+            ids,
+            status,
+            window: window.max(1),
+        }
     }
 
     pub fn ids(&self) -> &AcceptedIds {
@@ -63,7 +68,13 @@ impl JobPublisher {
 
     /// A pipelined sender for many jobs.
     pub fn sender(&self) -> BatchSender {
-        BatchSender { publisher: self.clone(), jobs: VecDeque::new(), events: VecDeque::new(), accepted: 0, duplicates: 0 }
+        BatchSender {
+            publisher: self.clone(),
+            jobs: VecDeque::new(),
+            events: VecDeque::new(),
+            accepted: 0,
+            duplicates: 0,
+        }
     }
 
     fn accepted(&self, reservation: Reservation, event: &DeliveryEvent) {
@@ -95,7 +106,10 @@ pub struct BatchSender {
 
 impl std::fmt::Debug for BatchSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchSender").field("in_flight", &self.jobs.len()).field("accepted", &self.accepted).finish()
+        f.debug_struct("BatchSender")
+            .field("in_flight", &self.jobs.len())
+            .field("accepted", &self.accepted)
+            .finish()
     }
 }
 
@@ -125,7 +139,12 @@ impl BatchSender {
         event.at = now;
         // On `accepted`, the job's to + cc + bcc: batch ETAs need the recipients left.
         event.recipients = recipients;
-        self.jobs.push_back(InFlightJob { reservation, event, started, confirm });
+        self.jobs.push_back(InFlightJob {
+            reservation,
+            event,
+            started,
+            confirm,
+        });
         while self.jobs.len() >= self.publisher.window {
             self.settle_one().await?;
         }
@@ -133,7 +152,9 @@ impl BatchSender {
     }
 
     async fn settle_one(&mut self) -> Result<(), PublishError> {
-        let Some(job) = self.jobs.pop_front() else { return Ok(()) };
+        let Some(job) = self.jobs.pop_front() else {
+            return Ok(());
+        };
         job.confirm.confirmed().await?;
         metrics::CONFIRM_SECONDS.observe(job.started.elapsed().as_secs_f64());
         self.publisher.accepted(job.reservation, &job.event);
@@ -142,7 +163,9 @@ impl BatchSender {
         // that, never the job, so a failure is logged rather than failing the upload.
         match self.publisher.pipeline.record_event(&job.event).await {
             Ok(pending) => self.events.push_back(pending),
-            Err(e) => tracing::warn!(job_id = %job.event.job_id, error = %e, "accepted event not recorded"),
+            Err(e) => {
+                tracing::warn!(job_id = %job.event.job_id, error = %e, "accepted event not recorded")
+            }
         }
         while self.events.len() >= self.publisher.window {
             self.settle_event().await;

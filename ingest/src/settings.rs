@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use mailpipe_common::config::{ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings};
+use mailpipe_common::config::{
+    ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings,
+};
 use mailpipe_common::contract::JobLimits;
 use mailpipe_common::pool::PoolSettings;
 use secrecy::{ExposeSecret, SecretString};
@@ -76,14 +78,25 @@ impl Config {
         if ingest.max_request_bytes == 0 || ingest.max_batch_bytes == 0 {
             return Err(invalid("max_request_bytes", "size limits must be positive"));
         }
-        for (key, dir) in [("templates_dir", &ingest.templates_dir), ("attachments_root", &ingest.attachments_root)] {
+        for (key, dir) in [
+            ("templates_dir", &ingest.templates_dir),
+            ("attachments_root", &ingest.attachments_root),
+        ] {
             if let Some(dir) = dir
                 && !dir.is_dir()
             {
-                return Err(invalid(key, &format!("{} is not a directory", dir.display())));
+                return Err(invalid(
+                    key,
+                    &format!("{} is not a directory", dir.display()),
+                ));
             }
         }
-        Ok(Self { rabbitmq: common.rabbitmq, telemetry: common.telemetry, ingest, pool: pool_of(source) })
+        Ok(Self {
+            rabbitmq: common.rabbitmq,
+            telemetry: common.telemetry,
+            ingest,
+            pool: pool_of(source),
+        })
     }
 
     /// The retention of the events stream (`rabbitmq.events_max_age`): how long ingest
@@ -96,9 +109,9 @@ impl Config {
 /// The `[deliver]` section's pool (its other keys are deliver's business and ignored).
 fn pool_of(source: &ConfigSource) -> Result<PoolSettings, String> {
     match source.section::<PoolSettings>("deliver") {
-        Ok(p) if p.mailboxes.is_empty() => {
-            Err("no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into())
-        }
+        Ok(p) if p.mailboxes.is_empty() => Err(
+            "no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into(),
+        ),
         Ok(p) => Ok(p),
         Err(e) => Err(format!("the [deliver] pool could not be read: {e}")),
     }
@@ -183,8 +196,14 @@ mod tests {
         assert_eq!(c.ingest.max_in_flight, 64);
         assert_eq!(c.ingest.api_tokens.len(), 2);
         assert_eq!(c.ingest.limits.max_recipients, 50);
-        assert_eq!(c.ingest.limits.max_attachments, JobLimits::default().max_attachments);
-        assert_eq!(Config::load(&ConfigSource::from_toml("")).unwrap().ingest, IngestSettings::default());
+        assert_eq!(
+            c.ingest.limits.max_attachments,
+            JobLimits::default().max_attachments
+        );
+        assert_eq!(
+            Config::load(&ConfigSource::from_toml("")).unwrap().ingest,
+            IngestSettings::default()
+        );
     }
 
     #[test]
@@ -212,9 +231,17 @@ mod tests {
         assert_eq!(pool.mailboxes.len(), 2);
         assert_eq!(pool.mailboxes[0].limits.messages_per_window, 10);
         assert_eq!(pool.mailboxes[1].limits.recipients_per_window, 10_000);
-        let none = Config::load(&ConfigSource::from_toml("")).unwrap().pool.unwrap_err();
+        let none = Config::load(&ConfigSource::from_toml(""))
+            .unwrap()
+            .pool
+            .unwrap_err();
         assert!(none.contains("deliver.mailboxes"), "{none}");
-        let bad = Config::load(&ConfigSource::from_toml("[[deliver.mailboxes]]\naddress = 3\n")).unwrap().pool.unwrap_err();
+        let bad = Config::load(&ConfigSource::from_toml(
+            "[[deliver.mailboxes]]\naddress = 3\n",
+        ))
+        .unwrap()
+        .pool
+        .unwrap_err();
         assert!(bad.contains("deliver"), "{bad}");
     }
 
@@ -229,15 +256,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = Config::load(&ConfigSource::from_toml("[ingest]\nmax_in_flight = 0\n")).unwrap_err().to_string();
+        let err = Config::load(&ConfigSource::from_toml("[ingest]\nmax_in_flight = 0\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ingest.max_in_flight"), "{err}");
-        let err = Config::load(&ConfigSource::from_toml("[ingest]\nlisen = \"x\"\n")).unwrap_err().to_string();
+        let err = Config::load(&ConfigSource::from_toml("[ingest]\nlisen = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
-        let err = Config::load(&ConfigSource::from_toml("[ingest]\ntemplates_dir = \"/surely/not/here\"\n")).unwrap_err().to_string();
+        let err = Config::load(&ConfigSource::from_toml(
+            "[ingest]\ntemplates_dir = \"/surely/not/here\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("ingest.templates_dir"), "{err}");
         let err = ApiTokens::resolve(&[]).unwrap_err().to_string();
         assert!(err.contains("ingest.api_tokens"), "{err}");
-        let err = ApiTokens::resolve(&[SecretRef::env("MAILPIPE_TEST_NO_SUCH_TOKEN_VAR")]).unwrap_err().to_string();
+        let err = ApiTokens::resolve(&[SecretRef::env("MAILPIPE_TEST_NO_SUCH_TOKEN_VAR")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ingest.api_tokens[0]"), "{err}");
     }
 

@@ -9,14 +9,14 @@ use std::time::Duration;
 use mailpipe_common::amqp::{Broker, BrokerError, PublishError, Publisher};
 use mailpipe_common::config::ConfigError;
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::service::{ops_router, serve, HttpServer, ReadyCheck};
+use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::eta::PoolCapacity;
 use crate::events;
 use crate::idempotency::AcceptedIds;
 use crate::metrics;
-use crate::eta::PoolCapacity;
 use crate::publish::{JobPublisher, SharedStatus};
 use crate::settings::{ApiTokens, Config};
 use crate::status::StatusIndex;
@@ -47,14 +47,23 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A status index that estimates ETAs from the configured pool (or says why it cannot).
 pub fn status_index(config: &Config) -> StatusIndex {
-    let pool = config.pool.as_ref().map_err(Clone::clone).and_then(PoolCapacity::from_settings);
+    let pool = config
+        .pool
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(PoolCapacity::from_settings);
     StatusIndex::with_pool(pool)
 }
 
 /// Forgets, every `every`, batches (and their jobs) whose last event is older than the
 /// events stream's retention: the stream has forgotten them too, so memory stays bounded
 /// by what the stream holds.
-pub async fn prune_periodically(status: SharedStatus, retention: chrono::Duration, every: Duration, shutdown: CancellationToken) {
+pub async fn prune_periodically(
+    status: SharedStatus,
+    retention: chrono::Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -79,21 +88,52 @@ impl Application {
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
         let ids = AcceptedIds::new();
         let status = Arc::new(Mutex::new(status_index(&config)));
-        let (replayed, follower) = events::follow(&pipeline, ids.clone(), status.clone(), confirm_timeout).await?;
-        let pruner = tokio::spawn(prune_periodically(status.clone(), config.events_retention(), PRUNE_EVERY, shutdown.clone()));
+        let (replayed, follower) =
+            events::follow(&pipeline, ids.clone(), status.clone(), confirm_timeout).await?;
+        let pruner = tokio::spawn(prune_periodically(
+            status.clone(),
+            config.events_retention(),
+            PRUNE_EVERY,
+            shutdown.clone(),
+        ));
         let publisher = JobPublisher::new(pipeline, ids, status, config.ingest.max_in_flight);
 
         let connected = broker.clone();
         let replay = replayed.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || if connected.is_connected() { Ok(()) } else { Err("RabbitMQ connection is down".into()) }),
-            Arc::new(move || if *replay.borrow() { Ok(()) } else { Err("replaying the events stream".into()) }),
+            Arc::new(move || {
+                if connected.is_connected() {
+                    Ok(())
+                } else {
+                    Err("RabbitMQ connection is down".into())
+                }
+            }),
+            Arc::new(move || {
+                if *replay.borrow() {
+                    Ok(())
+                } else {
+                    Err("replaying the events stream".into())
+                }
+            }),
         ];
         let listen = config.ingest.listen;
-        let state = AppState::new(Validator::from_settings(&config.ingest), publisher, tokens, config.ingest, replayed);
-        let router = api::router(state).merge(ops_router(checks)).layer(axum::middleware::from_fn(api::track));
+        let state = AppState::new(
+            Validator::from_settings(&config.ingest),
+            publisher,
+            tokens,
+            config.ingest,
+            replayed,
+        );
+        let router = api::router(state)
+            .merge(ops_router(checks))
+            .layer(axum::middleware::from_fn(api::track));
         let server = serve(listen, router, shutdown).await?;
-        Ok(Self { server, follower, pruner, broker })
+        Ok(Self {
+            server,
+            follower,
+            pruner,
+            broker,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -17,7 +17,13 @@ use serde::Serialize;
 
 use crate::eta::{self, Eta, PoolCapacity, QuotaLog};
 
-const KINDS: [EventKind; 5] = [EventKind::Accepted, EventKind::Rendered, EventKind::Delivered, EventKind::Retrying, EventKind::Failed];
+const KINDS: [EventKind; 5] = [
+    EventKind::Accepted,
+    EventKind::Rendered,
+    EventKind::Delivered,
+    EventKind::Retrying,
+    EventKind::Failed,
+];
 
 /// Failures listed in a batch report (the total is always given).
 pub const FAILURES_SHOWN: usize = 100;
@@ -108,7 +114,8 @@ pub struct JobStatus {
 impl JobStatus {
     /// Failed, or delivered with some recipients refused.
     pub fn has_failure(&self) -> bool {
-        self.status == EventKind::Failed || (self.status == EventKind::Delivered && !self.refused_recipients.is_empty())
+        self.status == EventKind::Failed
+            || (self.status == EventKind::Delivered && !self.refused_recipients.is_empty())
     }
 }
 
@@ -201,7 +208,8 @@ impl BatchStatus {
 
     /// Average recipients per job, from the jobs whose count is known.
     pub fn average_recipients(&self) -> Option<f64> {
-        (self.jobs_with_recipients > 0).then(|| self.recipients_known as f64 / self.jobs_with_recipients as f64)
+        (self.jobs_with_recipients > 0)
+            .then(|| self.recipients_known as f64 / self.jobs_with_recipients as f64)
     }
 
     /// Recipients of the unfinished jobs (unknown counts taken at the batch's average, or 1).
@@ -227,7 +235,11 @@ impl Share {
         Self {
             batch: j.batch.clone(),
             status: j.status,
-            mailbox: if j.status == EventKind::Delivered { j.mailbox.clone() } else { None },
+            mailbox: if j.status == EventKind::Delivered {
+                j.mailbox.clone()
+            } else {
+                None
+            },
             failure: j.has_failure().then(|| (j.updated_at, j.id.clone())),
             recipients: j.recipients,
         }
@@ -286,15 +298,27 @@ impl StatusIndex {
     /// An index that estimates ETAs from `pool` (or says why it cannot).
     pub fn with_pool(pool: Result<PoolCapacity, String>) -> Self {
         match pool {
-            Ok(p) => Self { capacity: Some((p.clone(), QuotaLog::new(&p))), ..Self::default() },
-            Err(why) => Self { no_capacity: Some(why), ..Self::default() },
+            Ok(p) => Self {
+                capacity: Some((p.clone(), QuotaLog::new(&p))),
+                ..Self::default()
+            },
+            Err(why) => Self {
+                no_capacity: Some(why),
+                ..Self::default()
+            },
         }
     }
 
     /// Folds one event in. Returns whether the job's status changed.
     pub fn apply(&mut self, e: &DeliveryEvent) -> bool {
-        let recipients = e.recipients.saturating_add(e.refused_recipients.len() as u32);
-        let detail = e.smtp.as_ref().map(|r| format!("{} {}", r.code, r.text)).or_else(|| e.reason.clone());
+        let recipients = e
+            .recipients
+            .saturating_add(e.refused_recipients.len() as u32);
+        let detail = e
+            .smtp
+            .as_ref()
+            .map(|r| format!("{} {}", r.code, r.text))
+            .or_else(|| e.reason.clone());
         let (before, changed) = match self.jobs.get_mut(&e.job_id) {
             Some(job) => {
                 let before = Share::of(job);
@@ -303,7 +327,8 @@ impl StatusIndex {
                     job.batch = e.batch.clone();
                 }
                 job.recipients = job.recipients.max(recipients);
-                let newer = e.at > job.updated_at || (e.at == job.updated_at && e.kind != job.status);
+                let newer =
+                    e.at > job.updated_at || (e.at == job.updated_at && e.kind != job.status);
                 // `delivered` is final: deliver never sends a delivered job again, so an
                 // earlier stage's event stamped later (clock skew between hosts) must not
                 // move the job back.
@@ -346,9 +371,14 @@ impl StatusIndex {
                 (None, true)
             }
         };
-        let Some(job) = self.jobs.get(&e.job_id) else { return changed };
+        let Some(job) = self.jobs.get(&e.job_id) else {
+            return changed;
+        };
         let after = Share::of(job);
-        let newly_delivered = job.status == EventKind::Delivered && before.as_ref().is_none_or(|b| b.status != EventKind::Delivered);
+        let newly_delivered = job.status == EventKind::Delivered
+            && before
+                .as_ref()
+                .is_none_or(|b| b.status != EventKind::Delivered);
         if newly_delivered
             && let (Some((_, log)), Some(mailbox)) = (self.capacity.as_mut(), job.mailbox.as_ref())
         {
@@ -368,7 +398,9 @@ impl StatusIndex {
     }
 
     fn take_out(&mut self, s: &Share) {
-        let Some(b) = s.batch.as_ref().and_then(|b| self.batches.get_mut(b)) else { return };
+        let Some(b) = s.batch.as_ref().and_then(|b| self.batches.get_mut(b)) else {
+            return;
+        };
         b.jobs = b.jobs.saturating_sub(1);
         b.counts.remove(s.status);
         if let Some(m) = &s.mailbox
@@ -397,7 +429,10 @@ impl StatusIndex {
 
     fn put_in(&mut self, s: &Share, at: DateTime<Utc>) {
         let Some(batch) = &s.batch else { return };
-        let b = self.batches.entry(batch.clone()).or_insert_with(|| BatchStatus::new(batch.clone(), at));
+        let b = self
+            .batches
+            .entry(batch.clone())
+            .or_insert_with(|| BatchStatus::new(batch.clone(), at));
         b.jobs += 1;
         b.counts.add(s.status);
         if let Some(m) = &s.mailbox {
@@ -437,20 +472,29 @@ impl StatusIndex {
 
     /// Whether `id` is known delivered (dead-letter replay leaves those alone).
     pub fn is_delivered(&self, id: &JobId) -> bool {
-        self.jobs.get(id).is_some_and(|j| j.status == EventKind::Delivered)
+        self.jobs
+            .get(id)
+            .is_some_and(|j| j.status == EventKind::Delivered)
     }
 
     /// The batch answer at `now`: counts, per mailbox, the first failures, the ETA.
     pub fn report(&self, id: &BatchId, now: DateTime<Utc>) -> Option<BatchReport> {
         let b = self.batches.get(id)?;
-        let items: Vec<Failure> =
-            b.failures.iter().take(FAILURES_SHOWN).filter_map(|(_, job)| self.jobs.get(job)).map(Failure::from).collect();
+        let items: Vec<Failure> = b
+            .failures
+            .iter()
+            .take(FAILURES_SHOWN)
+            .filter_map(|(_, job)| self.jobs.get(job))
+            .map(Failure::from)
+            .collect();
         let remaining = b.remaining();
         let recipients_left = b.recipients_left();
         let eta = match (&self.capacity, &self.no_capacity) {
             (Some((pool, log)), _) => eta::estimate(pool, log, remaining, recipients_left, now),
             (None, why) => {
-                let why = why.clone().unwrap_or_else(|| "no pool configured: the ETA needs the [deliver] section".into());
+                let why = why.clone().unwrap_or_else(|| {
+                    "no pool configured: the ETA needs the [deliver] section".into()
+                });
                 if remaining == 0 {
                     let mut e = Eta::unknown(now, 0, 0, why);
                     e.eta_seconds = Some(0.0);
@@ -469,8 +513,16 @@ impl StatusIndex {
             finished: remaining == 0,
             remaining,
             counts: b.counts,
-            per_mailbox: b.delivered_by_mailbox.iter().map(|(m, n)| (m.clone(), MailboxCounts { delivered: *n })).collect(),
-            failures: Failures { total: b.failures(), shown: items.len() as u64, items },
+            per_mailbox: b
+                .delivered_by_mailbox
+                .iter()
+                .map(|(m, n)| (m.clone(), MailboxCounts { delivered: *n }))
+                .collect(),
+            failures: Failures {
+                total: b.failures(),
+                shown: items.len() as u64,
+                items,
+            },
             eta,
             first_event_at: b.first_event_at,
             last_event_at: b.last_event_at,
@@ -479,7 +531,11 @@ impl StatusIndex {
 
     /// Jobs not finished in batches other than `id` (they compete for the same pool).
     pub fn remaining_elsewhere(&self, id: &BatchId) -> u64 {
-        self.batches.values().filter(|b| &b.batch != id).map(BatchStatus::remaining).sum()
+        self.batches
+            .values()
+            .filter(|b| &b.batch != id)
+            .map(BatchStatus::remaining)
+            .sum()
     }
 
     /// Forgets batches whose last event is older than `cutoff` (the events stream forgot
@@ -489,7 +545,9 @@ impl StatusIndex {
         let before = self.jobs.len() + self.batches.len();
         self.batches.retain(|_, b| b.last_event_at >= cutoff);
         let batches = &self.batches;
-        self.jobs.retain(|_, j| j.updated_at >= cutoff || j.batch.as_ref().is_some_and(|b| batches.contains_key(b)));
+        self.jobs.retain(|_, j| {
+            j.updated_at >= cutoff || j.batch.as_ref().is_some_and(|b| batches.contains_key(b))
+        });
         before - self.jobs.len() - self.batches.len()
     }
 }
@@ -500,7 +558,11 @@ mod tests {
     use chrono::Duration;
 
     fn ev(job: &str, batch: Option<&str>, kind: EventKind, secs: i64) -> DeliveryEvent {
-        let mut e = DeliveryEvent::new(JobId::parse(job).unwrap(), batch.map(|b| BatchId::parse(b).unwrap()), kind);
+        let mut e = DeliveryEvent::new(
+            JobId::parse(job).unwrap(),
+            batch.map(|b| BatchId::parse(b).unwrap()),
+            kind,
+        );
         e.at = DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0).unwrap();
         e
     }
@@ -518,8 +580,14 @@ mod tests {
         assert!(ix.apply(&ev("a", Some("b1"), EventKind::Rendered, 1)));
         assert!(ix.apply(&ev("a", Some("b1"), EventKind::Delivered, 2)));
         assert_eq!(counts(&ix, "b1"), (2, [1, 0, 1, 0, 0]));
-        assert_eq!(ix.job(&JobId::parse("a").unwrap()).unwrap().status, EventKind::Delivered);
-        assert_eq!(ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(), 1);
+        assert_eq!(
+            ix.job(&JobId::parse("a").unwrap()).unwrap().status,
+            EventKind::Delivered
+        );
+        assert_eq!(
+            ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(),
+            1
+        );
     }
 
     #[test]
@@ -529,8 +597,14 @@ mod tests {
         ix.apply(&ev("a", Some("b1"), EventKind::Accepted, 0));
         ix.apply(&ev("a", Some("b1"), EventKind::Delivered, 1));
         assert!(!ix.apply(&ev("a", Some("b1"), EventKind::Rendered, 2)));
-        assert_eq!(ix.job(&JobId::parse("a").unwrap()).unwrap().status, EventKind::Delivered);
-        assert_eq!(ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(), 1);
+        assert_eq!(
+            ix.job(&JobId::parse("a").unwrap()).unwrap().status,
+            EventKind::Delivered
+        );
+        assert_eq!(
+            ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(),
+            1
+        );
     }
 
     #[test]
@@ -547,8 +621,14 @@ mod tests {
         for e in &events {
             assert!(!ix.apply(e), "replaying {e:?} changed the index");
         }
-        assert!(!ix.apply(&ev("a", Some("b1"), EventKind::Accepted, 9)), "a second accept is a duplicate");
-        assert!(!ix.apply(&ev("a", Some("b1"), EventKind::Retrying, 2)), "an older retry arrives late");
+        assert!(
+            !ix.apply(&ev("a", Some("b1"), EventKind::Accepted, 9)),
+            "a second accept is a duplicate"
+        );
+        assert!(
+            !ix.apply(&ev("a", Some("b1"), EventKind::Retrying, 2)),
+            "an older retry arrives late"
+        );
         assert_eq!(counts(&ix, "b1"), (1, [0, 0, 1, 0, 0]));
     }
 
@@ -587,19 +667,22 @@ mod tests {
         let mut ix = StatusIndex::new();
         ix.apply(&ev("old", Some("b0"), EventKind::Delivered, 0));
         ix.apply(&ev("new", Some("b1"), EventKind::Accepted, 100));
-        ix.prune_before(DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap() + Duration::seconds(50));
+        ix.prune_before(
+            DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap() + Duration::seconds(50),
+        );
         assert!(ix.job(&JobId::parse("old").unwrap()).is_none());
         assert!(ix.batch(&BatchId::parse("b0").unwrap()).is_none());
         assert_eq!(ix.jobs_known(), 1);
     }
-
 
     #[test]
     fn pruning_keeps_the_jobs_of_live_batches() {
         let mut ix = StatusIndex::new();
         ix.apply(&ev("early", Some("b"), EventKind::Delivered, 0));
         ix.apply(&ev("late", Some("b"), EventKind::Accepted, 100));
-        ix.prune_before(DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap() + Duration::seconds(50));
+        ix.prune_before(
+            DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap() + Duration::seconds(50),
+        );
         assert!(ix.job(&JobId::parse("early").unwrap()).is_some());
         // A late replay of the early job's event does not count it twice.
         ix.apply(&ev("early", Some("b"), EventKind::Delivered, 0));
@@ -616,7 +699,13 @@ mod tests {
         e
     }
 
-    fn delivered(job: &str, batch: &str, mailbox: &str, recipients: u32, secs: i64) -> DeliveryEvent {
+    fn delivered(
+        job: &str,
+        batch: &str,
+        mailbox: &str,
+        recipients: u32,
+        secs: i64,
+    ) -> DeliveryEvent {
         let mut e = ev(job, Some(batch), EventKind::Delivered, secs);
         e.mailbox = Some(EmailAddress::parse(mailbox).unwrap());
         e.recipients = recipients;
@@ -627,8 +716,12 @@ mod tests {
     fn failed(job: &str, batch: &str, secs: i64) -> DeliveryEvent {
         let mut e = ev(job, Some(batch), EventKind::Failed, secs);
         e.mailbox = Some(EmailAddress::parse("a@pool.example").unwrap());
-        e.smtp = Some(SmtpReply::new(550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found"));
-        e.reason = Some("refused by the server: 550 5.1.1 RESOLVER.ADR.RecipNotFound; not found".into());
+        e.smtp = Some(SmtpReply::new(
+            550,
+            "5.1.1 RESOLVER.ADR.RecipNotFound; not found",
+        ));
+        e.reason =
+            Some("refused by the server: 550 5.1.1 RESOLVER.ADR.RecipNotFound; not found".into());
         e.attempt = 1;
         e
     }
@@ -638,7 +731,8 @@ mod tests {
         let mut ix = StatusIndex::new();
         ix.apply(&ev("a", Some("b"), EventKind::Accepted, 0));
         ix.apply(&failed("f", "b", 1));
-        let json = serde_json::to_value(ix.report(&BatchId::parse("b").unwrap(), t(2)).unwrap()).unwrap();
+        let json =
+            serde_json::to_value(ix.report(&BatchId::parse("b").unwrap(), t(2)).unwrap()).unwrap();
         assert_eq!(json["counts"]["accepted"], 1);
         assert_eq!(json["counts"]["failed"], 1);
         assert_eq!(json["counts"]["dead"], 1);
@@ -646,7 +740,13 @@ mod tests {
         assert_eq!(json["remaining"], 1);
         assert_eq!(json["finished"], false);
         assert_eq!(json["eta"]["eta_seconds"], serde_json::Value::Null);
-        assert!(json["eta"]["reason"].as_str().unwrap().contains("[deliver]"), "{json}");
+        assert!(
+            json["eta"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("[deliver]"),
+            "{json}"
+        );
     }
 
     #[test]
@@ -674,14 +774,25 @@ mod tests {
         assert_eq!(ids, ["j3", "j4"], "oldest first");
         assert_eq!(r.failures.items[0].status, EventKind::Delivered);
         assert_eq!(r.failures.items[0].refused_recipients.len(), 1);
-        assert_eq!(r.failures.items[1].smtp.as_ref().unwrap().enhanced.as_deref(), Some("5.1.1"));
+        assert_eq!(
+            r.failures.items[1]
+                .smtp
+                .as_ref()
+                .unwrap()
+                .enhanced
+                .as_deref(),
+            Some("5.1.1")
+        );
         assert_eq!(r.eta.eta_seconds, Some(0.0));
         // A failed job replayed and delivered later leaves the failures.
         ix.apply(&delivered("j4", "b", "b@pool.example", 2, 30));
         let r = ix.report(&BatchId::parse("b").unwrap(), t(31)).unwrap();
         assert_eq!(r.failures.total, 1);
         assert_eq!(r.counts.get(EventKind::Failed), 0);
-        assert_eq!(r.per_mailbox[&EmailAddress::parse("b@pool.example").unwrap()].delivered, 2);
+        assert_eq!(
+            r.per_mailbox[&EmailAddress::parse("b@pool.example").unwrap()].delivered,
+            2
+        );
     }
 
     #[test]
@@ -691,7 +802,10 @@ mod tests {
             ix.apply(&failed(&format!("f{i:03}"), "b", i));
         }
         let r = ix.report(&BatchId::parse("b").unwrap(), t(200)).unwrap();
-        assert_eq!((r.failures.total, r.failures.shown, r.failures.items.len()), (150, 100, 100));
+        assert_eq!(
+            (r.failures.total, r.failures.shown, r.failures.items.len()),
+            (150, 100, 100)
+        );
         assert_eq!(r.failures.items[0].job_id.as_str(), "f000");
     }
 
@@ -699,8 +813,15 @@ mod tests {
     fn the_eta_comes_from_the_pool_and_what_its_mailboxes_sent() {
         use crate::eta::MailboxCapacity;
         // Two mailboxes, 0.5 msg/s each, 100 recipients per 1,440 s window.
-        let m = |a: &str| MailboxCapacity { address: EmailAddress::parse(a).unwrap(), messages_per_second: 0.5, recipients_per_window: 100, recipient_window_ms: 1_440_000 };
-        let mut ix = StatusIndex::with_pool(Ok(PoolCapacity { mailboxes: vec![m("a@pool.example"), m("b@pool.example")] }));
+        let m = |a: &str| MailboxCapacity {
+            address: EmailAddress::parse(a).unwrap(),
+            messages_per_second: 0.5,
+            recipients_per_window: 100,
+            recipient_window_ms: 1_440_000,
+        };
+        let mut ix = StatusIndex::with_pool(Ok(PoolCapacity {
+            mailboxes: vec![m("a@pool.example"), m("b@pool.example")],
+        }));
         // An earlier batch used 90 of a's and 100 of b's quota.
         ix.apply(&delivered("old-1", "old", "a@pool.example", 90, 0));
         ix.apply(&delivered("old-2", "old", "b@pool.example", 100, 500));
@@ -710,7 +831,13 @@ mod tests {
             ix.apply(&accepted(&format!("n{i}"), "new", 2, 600));
         }
         for i in 0..5 {
-            ix.apply(&delivered(&format!("n{i}"), "new", "a@pool.example", 2, 601));
+            ix.apply(&delivered(
+                &format!("n{i}"),
+                "new",
+                "a@pool.example",
+                2,
+                601,
+            ));
         }
         let r = ix.report(&BatchId::parse("new").unwrap(), t(700)).unwrap();
         // Left: 25 jobs, 50 recipients; a has 100 - 100 = 0, b 0: nothing available.
@@ -725,6 +852,12 @@ mod tests {
         assert_eq!(r.eta.eta_at, Some(t(1441)));
         // Unknown recipient counts take the batch's average.
         ix.apply(&ev("n30", Some("new"), EventKind::Rendered, 702));
-        assert_eq!(ix.report(&BatchId::parse("new").unwrap(), t(703)).unwrap().eta.recipients_left, 52);
+        assert_eq!(
+            ix.report(&BatchId::parse("new").unwrap(), t(703))
+                .unwrap()
+                .eta
+                .recipients_left,
+            52
+        );
     }
 }

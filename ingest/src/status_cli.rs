@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::idempotency::AcceptedIds;
-use crate::publish::{lock_status, SharedStatus};
+use crate::publish::{SharedStatus, lock_status};
 use crate::settings::Config;
 use crate::startup::status_index;
 use crate::status::BatchReport;
@@ -31,11 +31,17 @@ pub struct StatusOptions {
 }
 
 /// Reads the events stream up to now (and keeps following it until `stop` fires).
-pub async fn follow_index(pipeline: &Pipeline, config: &Config, stop: &CancellationToken) -> Result<SharedStatus, String> {
+pub async fn follow_index(
+    pipeline: &Pipeline,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<SharedStatus, String> {
     let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
     let timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
     let (mut replayed, _task) =
-        events::follow(pipeline, AcceptedIds::new(), status.clone(), timeout).await.map_err(|e| format!("reading the events stream: {e}"))?;
+        events::follow(pipeline, AcceptedIds::new(), status.clone(), timeout)
+            .await
+            .map_err(|e| format!("reading the events stream: {e}"))?;
     tokio::select! {
         _ = stop.cancelled() => return Err("interrupted while reading the events stream".into()),
         done = replayed.wait_for(|d| *d) => { done.map_err(|_| "the events stream reader stopped".to_owned())?; }
@@ -45,7 +51,12 @@ pub async fn follow_index(pipeline: &Pipeline, config: &Config, stop: &Cancellat
 
 /// Runs the command; returns the exit code (0 finished or running without failures,
 /// 1 with failures, 2 unknown batch, 3 RabbitMQ failed).
-pub async fn run(pipeline: &Pipeline, config: &Config, options: &StatusOptions, stop: &CancellationToken) -> u8 {
+pub async fn run(
+    pipeline: &Pipeline,
+    config: &Config,
+    options: &StatusOptions,
+    stop: &CancellationToken,
+) -> u8 {
     let status = match follow_index(pipeline, config, stop).await {
         Ok(s) => s,
         Err(e) => {
@@ -57,7 +68,10 @@ pub async fn run(pipeline: &Pipeline, config: &Config, options: &StatusOptions, 
     loop {
         let report = lock_status(&status).report(&options.batch, Utc::now());
         let Some(report) = report else {
-            eprintln!("unknown batch {}: the events stream has no event of it (retention: rabbitmq.events_max_age)", options.batch);
+            eprintln!(
+                "unknown batch {}: the events stream has no event of it (retention: rabbitmq.events_max_age)",
+                options.batch
+            );
             return 2;
         };
         if options.json {
@@ -100,25 +114,51 @@ pub fn render(r: &BatchReport) -> String {
         c.get(EventKind::Retrying),
         if r.finished { ": finished" } else { "" }
     );
-    let _ = writeln!(out, "  first event {}, last event {}", r.first_event_at.to_rfc3339(), r.last_event_at.to_rfc3339());
+    let _ = writeln!(
+        out,
+        "  first event {}, last event {}",
+        r.first_event_at.to_rfc3339(),
+        r.last_event_at.to_rfc3339()
+    );
     if !r.per_mailbox.is_empty() {
         let _ = writeln!(out, "delivered per mailbox:");
-        let width = r.per_mailbox.keys().map(|m| m.as_str().len()).max().unwrap_or(0);
+        let width = r
+            .per_mailbox
+            .keys()
+            .map(|m| m.as_str().len())
+            .max()
+            .unwrap_or(0);
         for (m, n) in &r.per_mailbox {
             let _ = writeln!(out, "  {:width$}  {}", m.as_str(), n.delivered);
         }
     }
     if r.failures.total > 0 {
-        let _ = writeln!(out, "failures: {} (oldest {} shown)", r.failures.total, r.failures.shown);
+        let _ = writeln!(
+            out,
+            "failures: {} (oldest {} shown)",
+            r.failures.total, r.failures.shown
+        );
         for f in &r.failures.items {
             let what = match (&f.smtp, &f.reason) {
                 (Some(reply), _) => reply.to_string(),
                 (None, Some(reason)) => reason.clone(),
                 (None, None) => "(no reply recorded)".into(),
             };
-            let via = f.mailbox.as_ref().map(|m| format!(" via {m}")).unwrap_or_default();
-            let kind = if f.status == EventKind::Failed { "failed" } else { "partly refused" };
-            let _ = writeln!(out, "  {}  {kind}{via}, attempt {}: {what}", f.job_id, f.attempt);
+            let via = f
+                .mailbox
+                .as_ref()
+                .map(|m| format!(" via {m}"))
+                .unwrap_or_default();
+            let kind = if f.status == EventKind::Failed {
+                "failed"
+            } else {
+                "partly refused"
+            };
+            let _ = writeln!(
+                out,
+                "  {}  {kind}{via}, attempt {}: {what}",
+                f.job_id, f.attempt
+            );
             if let Some(reason) = &f.reason
                 && f.smtp.is_some()
             {
@@ -145,11 +185,19 @@ pub fn render(r: &BatchReport) -> String {
                 human(e.quota_wait_seconds.unwrap_or_default()),
             );
             if e.other_jobs_left > 0 {
-                let _ = writeln!(out, "  {} jobs of other batches share the pool and are not counted", e.other_jobs_left);
+                let _ = writeln!(
+                    out,
+                    "  {} jobs of other batches share the pool and are not counted",
+                    e.other_jobs_left
+                );
             }
         }
         _ => {
-            let _ = writeln!(out, "ETA: unknown: {}", e.reason.as_deref().unwrap_or("no estimate"));
+            let _ = writeln!(
+                out,
+                "ETA: unknown: {}",
+                e.reason.as_deref().unwrap_or("no estimate")
+            );
         }
     }
     out

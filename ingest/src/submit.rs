@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mailpipe_common::domain::BatchId;
 use mailpipe_common::pipeline::Pipeline;
 
-use crate::batch::{import, ImportError, ImportOptions, ImportReport, Progress};
+use crate::batch::{ImportError, ImportOptions, ImportReport, Progress, import};
 use crate::batch_reader::Format;
 use crate::idempotency::AcceptedIds;
 use crate::publish::JobPublisher;
@@ -40,7 +40,11 @@ pub enum Display {
 
 impl Display {
     pub fn for_stderr() -> Self {
-        if std::io::stderr().is_terminal() { Display::Bar } else { Display::Lines }
+        if std::io::stderr().is_terminal() {
+            Display::Bar
+        } else {
+            Display::Lines
+        }
     }
 }
 
@@ -49,7 +53,10 @@ pub enum SubmitError {
     #[error("{}: unknown format; name the file .jsonl, .ndjson or .csv", .0.display())]
     Format(PathBuf),
     #[error("{}: {source}", path.display())]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading the events stream for duplicate checks: {0}")]
     Replay(#[from] mailpipe_common::amqp::BrokerError),
     #[error(transparent)]
@@ -69,23 +76,47 @@ impl SubmitError {
 
 /// Imports `options.file` through `pipeline`. Learns the ids already accepted from the
 /// events stream first, so a file submitted twice is published once.
-pub async fn submit(pipeline: &Pipeline, settings: &IngestSettings, options: &SubmitOptions) -> Result<ImportReport, SubmitError> {
-    let format = Format::from_path(&options.file).ok_or_else(|| SubmitError::Format(options.file.clone()))?;
-    let file = std::fs::File::open(&options.file).map_err(|source| SubmitError::Open { path: options.file.clone(), source })?;
+pub async fn submit(
+    pipeline: &Pipeline,
+    settings: &IngestSettings,
+    options: &SubmitOptions,
+) -> Result<ImportReport, SubmitError> {
+    let format = Format::from_path(&options.file)
+        .ok_or_else(|| SubmitError::Format(options.file.clone()))?;
+    let file = std::fs::File::open(&options.file).map_err(|source| SubmitError::Open {
+        path: options.file.clone(),
+        source,
+    })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
 
     let ids = AcceptedIds::new();
     let learned = ids.clone();
-    let known = pipeline.read_events_since(DateTime::<Utc>::UNIX_EPOCH, move |e| learned.learn(&e.job_id)).await?;
+    let known = pipeline
+        .read_events_since(DateTime::<Utc>::UNIX_EPOCH, move |e| {
+            learned.learn(&e.job_id)
+        })
+        .await?;
     tracing::debug!(events = known, ids = ids.len(), "events stream read");
 
     let status = Arc::new(Mutex::new(StatusIndex::new()));
     let publisher = JobPublisher::new(pipeline.clone(), ids, status, settings.max_in_flight);
     let progress = Arc::new(Progress::default());
     let display = spawn_display(options.display, progress.clone(), size);
-    let import_options = ImportOptions { batch: options.batch.clone(), partial: options.partial, max_bytes: u64::MAX };
+    let import_options = ImportOptions {
+        batch: options.batch.clone(),
+        partial: options.partial,
+        max_bytes: u64::MAX,
+    };
     let validator = Arc::new(Validator::from_settings(settings));
-    let result = import(file, format, import_options, validator, &publisher, progress).await;
+    let result = import(
+        file,
+        format,
+        import_options,
+        validator,
+        &publisher,
+        progress,
+    )
+    .await;
     display.finish().await;
     Ok(result?)
 }
@@ -96,7 +127,9 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
     let mut out = String::new();
     let report = match result {
         Ok(r) => Some(r),
-        Err(SubmitError::Import(ImportError::Rejected(r) | ImportError::Publish { report: r, .. })) => Some(r),
+        Err(SubmitError::Import(
+            ImportError::Rejected(r) | ImportError::Publish { report: r, .. },
+        )) => Some(r),
         Err(_) => None,
     };
     if let Some(r) = report {
@@ -116,13 +149,19 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
     }
     match result {
         Err(SubmitError::Import(ImportError::Rejected(_))) => {
-            let _ = writeln!(out, "nothing was published: fix the lines above, or submit with --partial to send the good ones");
+            let _ = writeln!(
+                out,
+                "nothing was published: fix the lines above, or submit with --partial to send the good ones"
+            );
         }
         Err(e) => {
             let _ = writeln!(out, "error: {e}");
         }
         Ok(r) if r.rejected > 0 => {
-            let _ = writeln!(out, "the good lines were published; the rejected ones were not");
+            let _ = writeln!(
+                out,
+                "the good lines were published; the rejected ones were not"
+            );
         }
         Ok(_) => {}
     }
@@ -145,7 +184,11 @@ fn spawn_display(display: Display, progress: Arc<Progress>, size: u64) -> Displa
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let started = Instant::now();
-        let tick = if display == Display::Bar { Duration::from_millis(100) } else { Duration::from_secs(2) };
+        let tick = if display == Display::Bar {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(2)
+        };
         let mut bar: Option<(ProgressBar, bool)> = None;
         loop {
             let done = tokio::select! {
@@ -162,9 +205,15 @@ fn spawn_display(display: Display, progress: Arc<Progress>, size: u64) -> Displa
                 Display::Lines => {
                     let secs = started.elapsed().as_secs_f64().max(0.001);
                     if publishing {
-                        eprintln!("published {published}/{total} jobs ({:.0}/s)", published as f64 / secs);
+                        eprintln!(
+                            "published {published}/{total} jobs ({:.0}/s)",
+                            published as f64 / secs
+                        );
                     } else {
-                        eprintln!("checked {lines} lines ({bad} bad), {} bytes read", progress.bytes_read.load(Ordering::Relaxed));
+                        eprintln!(
+                            "checked {lines} lines ({bad} bad), {} bytes read",
+                            progress.bytes_read.load(Ordering::Relaxed)
+                        );
                     }
                 }
                 Display::Bar => {
@@ -174,7 +223,9 @@ fn spawn_display(display: Display, progress: Arc<Progress>, size: u64) -> Displa
                         }
                         let b = if publishing {
                             let b = ProgressBar::new(total);
-                            b.set_style(style("publishing {bar:40} {pos}/{len} jobs {per_sec} ETA {eta}"));
+                            b.set_style(style(
+                                "publishing {bar:40} {pos}/{len} jobs {per_sec} ETA {eta}",
+                            ));
                             b
                         } else {
                             let b = ProgressBar::new(size);

@@ -17,7 +17,10 @@ pub struct Invalid {
 
 impl Invalid {
     fn one(malformed: bool, field: &str, reason: impl Into<String>) -> Self {
-        Self { malformed, errors: vec![FieldError::new(field, reason)] }
+        Self {
+            malformed,
+            errors: vec![FieldError::new(field, reason)],
+        }
     }
 }
 
@@ -30,13 +33,25 @@ pub struct Validator {
 }
 
 impl Validator {
-    pub fn new(limits: JobLimits, templates_dir: Option<PathBuf>, attachments_root: Option<PathBuf>) -> Self {
+    pub fn new(
+        limits: JobLimits,
+        templates_dir: Option<PathBuf>,
+        attachments_root: Option<PathBuf>,
+    ) -> Self {
         let attachments_root = attachments_root.map(|r| r.canonicalize().unwrap_or(r));
-        Self { limits, templates_dir, attachments_root }
+        Self {
+            limits,
+            templates_dir,
+            attachments_root,
+        }
     }
 
     pub fn from_settings(s: &IngestSettings) -> Self {
-        Self::new(s.limits, s.templates_dir.clone(), s.attachments_root.clone())
+        Self::new(
+            s.limits,
+            s.templates_dir.clone(),
+            s.attachments_root.clone(),
+        )
     }
 
     pub fn limits(&self) -> &JobLimits {
@@ -49,23 +64,39 @@ impl Validator {
             return Err(Invalid::one(
                 false,
                 "job",
-                format!("{} bytes exceed the limit of {} per job", bytes.len(), self.limits.max_job_bytes),
+                format!(
+                    "{} bytes exceed the limit of {} per job",
+                    bytes.len(),
+                    self.limits.max_job_bytes
+                ),
             ));
         }
         let job = Job::from_json(bytes).map_err(|e| {
             // Tell "not JSON" from "JSON that breaks a rule" by a second, cheap pass; only
             // on the error path.
             let malformed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err();
-            Invalid { malformed, errors: vec![e] }
+            Invalid {
+                malformed,
+                errors: vec![e],
+            }
         })?;
         let mut errors = job.validate(&self.limits);
         if job.accepted_at.is_some() {
-            errors.push(FieldError::new("accepted_at", "is set by ingest, not by clients"));
+            errors.push(FieldError::new(
+                "accepted_at",
+                "is set by ingest, not by clients",
+            ));
         }
         if let Some(dir) = &self.templates_dir
             && !dir.join(job.template.as_str()).is_dir()
         {
-            errors.push(FieldError::new("template", format!("no template {:?} in the templates directory", job.template.as_str())));
+            errors.push(FieldError::new(
+                "template",
+                format!(
+                    "no template {:?} in the templates directory",
+                    job.template.as_str()
+                ),
+            ));
         }
         if let Some(root) = &self.attachments_root {
             for (i, a) in job.attachments.iter().enumerate() {
@@ -76,15 +107,30 @@ impl Validator {
                 }
             }
         }
-        if errors.is_empty() { Ok(job) } else { Err(Invalid { malformed: false, errors }) }
+        if errors.is_empty() {
+            Ok(job)
+        } else {
+            Err(Invalid {
+                malformed: false,
+                errors,
+            })
+        }
     }
 }
 
 /// The file must exist and, symlinks resolved, stay inside `root` (already canonical).
 fn inside_root(root: &Path, rel: &Path) -> Result<(), String> {
-    let real = root.join(rel).canonicalize().map_err(|_| format!("{} does not exist under the attachments root", rel.display()))?;
+    let real = root.join(rel).canonicalize().map_err(|_| {
+        format!(
+            "{} does not exist under the attachments root",
+            rel.display()
+        )
+    })?;
     if !real.starts_with(root) {
-        return Err(format!("{} resolves outside the attachments root", rel.display()));
+        return Err(format!(
+            "{} resolves outside the attachments root",
+            rel.display()
+        ));
     }
     if !real.is_file() {
         return Err(format!("{} is not a file", rel.display()));
@@ -100,8 +146,22 @@ pub fn reason_class(field: &str, malformed: bool) -> &'static str {
     }
     let head = field.split(['[', '.']).next().unwrap_or_default();
     const KNOWN: [&str; 16] = [
-        "id", "batch", "template", "from", "to", "cc", "bcc", "reply_to", "group", "data", "attachments", "v",
-        "accepted_at", "job", "csv", "body",
+        "id",
+        "batch",
+        "template",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply_to",
+        "group",
+        "data",
+        "attachments",
+        "v",
+        "accepted_at",
+        "job",
+        "csv",
+        "body",
     ];
     KNOWN.into_iter().find(|k| *k == head).unwrap_or("other")
 }
@@ -111,21 +171,32 @@ mod tests {
     use super::*;
 
     fn v() -> Validator {
-        Validator::new(JobLimits { max_recipients: 2, ..Default::default() }, None, None)
+        Validator::new(
+            JobLimits {
+                max_recipients: 2,
+                ..Default::default()
+            },
+            None,
+            None,
+        )
     }
 
     #[test]
     fn malformed_json_is_told_apart_from_rule_breaking_json() {
         let e = v().check(b"{\"id\": ").unwrap_err();
         assert!(e.malformed);
-        let e = v().check(br#"{"id":"j1","template":"t","to":["nope"]}"#).unwrap_err();
+        let e = v()
+            .check(br#"{"id":"j1","template":"t","to":["nope"]}"#)
+            .unwrap_err();
         assert!(!e.malformed);
         assert_eq!(e.errors[0].field, "to[0]");
     }
 
     #[test]
     fn limits_and_ingest_only_rules_apply() {
-        let e = v().check(br#"{"id":"j1","template":"t","to":["a@x.com","b@x.com","c@x.com"]}"#).unwrap_err();
+        let e = v()
+            .check(br#"{"id":"j1","template":"t","to":["a@x.com","b@x.com","c@x.com"]}"#)
+            .unwrap_err();
         assert_eq!(e.errors[0].field, "to");
         let e = v().check(br#"{"id":"j1","template":"t","to":["a@x.com"],"accepted_at":"2026-01-01T00:00:00Z"}"#).unwrap_err();
         assert_eq!(e.errors[0].field, "accepted_at");
@@ -144,12 +215,16 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link.pdf")).unwrap();
         let v = Validator::new(JobLimits::default(), Some(templates), Some(root));
         let job = |t: &str, p: &str| {
-            format!(r#"{{"id":"j1","template":"{t}","to":["a@x.com"],"attachments":[{{"filename":"a.pdf","path":"{p}"}}]}}"#)
+            format!(
+                r#"{{"id":"j1","template":"{t}","to":["a@x.com"],"attachments":[{{"filename":"a.pdf","path":"{p}"}}]}}"#
+            )
         };
         assert!(v.check(job("invoice", "a.pdf").as_bytes()).is_ok());
         let e = v.check(job("reminder", "a.pdf").as_bytes()).unwrap_err();
         assert_eq!(e.errors[0].field, "template");
-        let e = v.check(job("invoice", "missing.pdf").as_bytes()).unwrap_err();
+        let e = v
+            .check(job("invoice", "missing.pdf").as_bytes())
+            .unwrap_err();
         assert_eq!(e.errors[0].field, "attachments[0].path");
         #[cfg(unix)]
         {

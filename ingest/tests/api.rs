@@ -11,7 +11,7 @@ use mailpipe_common::amqp::header_str;
 use mailpipe_common::contract::Job;
 use mailpipe_common::pipeline::JOB_ID_HEADER;
 use serde_json::Value;
-use support::{job_json, TestApp, ROTATED_TOKEN};
+use support::{ROTATED_TOKEN, TestApp, job_json};
 
 #[tokio::test]
 async fn a_valid_job_arrives_in_the_render_queue_exactly_as_posted() {
@@ -22,20 +22,42 @@ async fn a_valid_job_arrives_in_the_render_queue_exactly_as_posted() {
         "attachments":[{"filename":"inv-1.pdf","content_type":"application/pdf","path":"2026/inv-1.pdf"}]}"#;
     let (status, json) = app.post_job(body).await;
     assert_eq!(status, 202, "{json}");
-    assert_eq!(json, serde_json::json!({"id": "inv-1", "status": "accepted"}));
+    assert_eq!(
+        json,
+        serde_json::json!({"id": "inv-1", "status": "accepted"})
+    );
 
-    let msg = app.broker.get(&app.render_queue(), Duration::from_secs(5)).await.expect("job in the render queue");
+    let msg = app
+        .broker
+        .get(&app.render_queue(), Duration::from_secs(5))
+        .await
+        .expect("job in the render queue");
     let queued = Job::from_queue(&msg.delivery.data).unwrap();
     let mut expected = Job::from_json(body.as_bytes()).unwrap();
     assert!(queued.accepted_at.is_some(), "accepted_at is set");
     expected.accepted_at = queued.accepted_at;
     assert_eq!(queued, expected);
-    assert_eq!(header_str(&msg.delivery.properties, JOB_ID_HEADER).as_deref(), Some("inv-1"));
-    assert_eq!(msg.delivery.properties.message_id().as_ref().map(|m| m.as_str()), Some("inv-1"));
+    assert_eq!(
+        header_str(&msg.delivery.properties, JOB_ID_HEADER).as_deref(),
+        Some("inv-1")
+    );
+    assert_eq!(
+        msg.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("inv-1")
+    );
 
-    let job = app.eventually("/v1/jobs/inv-1", |j| j["status"] == "accepted").await;
+    let job = app
+        .eventually("/v1/jobs/inv-1", |j| j["status"] == "accepted")
+        .await;
     assert_eq!(job["batch"], "nov");
-    app.eventually("/v1/batches/nov", |b| b["counts"]["accepted"] == 1 && b["jobs"] == 1).await;
+    app.eventually("/v1/batches/nov", |b| {
+        b["counts"]["accepted"] == 1 && b["jobs"] == 1
+    })
+    .await;
     let r = app.get("/v1/jobs/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
     app.cleanup().await;
@@ -92,22 +114,45 @@ async fn every_class_of_bad_input_gets_its_4xx_naming_the_field_and_publishes_no
     for (what, body, status, field) in cases {
         let (got, json) = app.post_job(&body).await;
         assert_eq!(got, status, "{what}: {json}");
-        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: no error text: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: no error text: {json}"
+        );
         let named = json["field"].as_str().unwrap_or_default();
         assert!(!named.is_empty(), "{what}: no field named: {json}");
         if !field.is_empty() {
             assert_eq!(named, field, "{what}: {json}");
         }
         if what == "unknown field" {
-            assert!(json["error"].as_str().unwrap().contains("colour"), "{what}: {json}");
+            assert!(
+                json["error"].as_str().unwrap().contains("colour"),
+                "{what}: {json}"
+            );
         }
     }
-    let r = app.post("/v1/jobs").header("content-type", "text/plain").body(job_json("j1")).send().await.unwrap();
+    let r = app
+        .post("/v1/jobs")
+        .header("content-type", "text/plain")
+        .body(job_json("j1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.render_depth().await, 0, "nothing invalid was published");
-    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("mailpipe_ingest_rejections_total{reason=\"to\"}"), "{metrics}");
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailpipe_ingest_rejections_total{reason=\"to\"}"),
+        "{metrics}"
+    );
     app.cleanup().await;
 }
 
@@ -115,26 +160,69 @@ async fn every_class_of_bad_input_gets_its_4xx_naming_the_field_and_publishes_no
 async fn tokens_are_required_rotated_tokens_work_and_ops_routes_stay_open() {
     let app = TestApp::spawn("ing-auth").await;
     let url = format!("{}/v1/jobs", app.base);
-    let r = app.client.post(&url).header("content-type", "application/json").body(job_json("a1")).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(job_json("a1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let json: Value = r.json().await.unwrap();
     assert!(json["error"].as_str().unwrap().contains("token"), "{json}");
-    let r = app.client.post(&url).bearer_auth("first-token-012345678X").body(job_json("a1")).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth("first-token-012345678X")
+        .body(job_json("a1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.client.get(format!("{}/v1/jobs/a1", app.base)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/v1/jobs/a1", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "status routes need a token too");
     assert_eq!(app.render_depth().await, 0);
 
-    let r = app.client.post(&url).bearer_auth(ROTATED_TOKEN).header("content-type", "application/json").body(job_json("a1")).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth(ROTATED_TOKEN)
+        .header("content-type", "application/json")
+        .body(job_json("a1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202, "the second configured token works");
 
     for open in ["/metrics", "/healthz", "/readyz", "/v1/openapi.yaml"] {
-        let r = app.client.get(format!("{}{open}", app.base)).send().await.unwrap();
+        let r = app
+            .client
+            .get(format!("{}{open}", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{open}");
     }
-    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("mailpipe_ingest_http_request_duration_seconds"), "{metrics}");
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailpipe_ingest_http_request_duration_seconds"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/v1/jobs\""), "{metrics}");
     app.cleanup().await;
 }
@@ -160,7 +248,13 @@ async fn the_same_id_twice_is_published_once_even_across_a_restart() {
 
 fn batch_lines(bad: &[usize], n: usize) -> String {
     (1..=n)
-        .map(|i| if bad.contains(&i) { format!(r#"{{"id":"b-{i}","template":"invoice","to":["not-an-address"]}}"#) } else { job_json(&format!("b-{i}")) })
+        .map(|i| {
+            if bad.contains(&i) {
+                format!(r#"{{"id":"b-{i}","template":"invoice","to":["not-an-address"]}}"#)
+            } else {
+                job_json(&format!("b-{i}"))
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -169,28 +263,77 @@ fn batch_lines(bad: &[usize], n: usize) -> String {
 async fn a_batch_with_bad_lines_is_refused_whole_unless_partial() {
     let app = TestApp::spawn("ing-batch").await;
     let body = batch_lines(&[2, 4], 6);
-    let r = app.post("/v1/batches?batch=nov").header("content-type", "application/x-ndjson").body(body.clone()).send().await.unwrap();
+    let r = app
+        .post("/v1/batches?batch=nov")
+        .header("content-type", "application/x-ndjson")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let json: Value = r.json().await.unwrap();
-    let lines: Vec<(u64, String)> =
-        json["errors"].as_array().unwrap().iter().map(|e| (e["line"].as_u64().unwrap(), e["field"].as_str().unwrap().to_owned())).collect();
-    assert_eq!(lines, vec![(2, "to[0]".to_owned()), (4, "to[0]".to_owned())], "{json}");
+    let lines: Vec<(u64, String)> = json["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![(2, "to[0]".to_owned()), (4, "to[0]".to_owned())],
+        "{json}"
+    );
     assert_eq!(json["rejected"], 2);
-    assert_eq!(app.render_depth().await, 0, "all or nothing: nothing published");
+    assert_eq!(
+        app.render_depth().await,
+        0,
+        "all or nothing: nothing published"
+    );
 
-    let r = app.post("/v1/batches?batch=nov&partial=true").header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
+    let r = app
+        .post("/v1/batches?batch=nov&partial=true")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let json: Value = r.json().await.unwrap();
-    assert_eq!((json["accepted"].as_u64(), json["rejected"].as_u64(), json["lines"].as_u64()), (Some(4), Some(2), Some(6)), "{json}");
+    assert_eq!(
+        (
+            json["accepted"].as_u64(),
+            json["rejected"].as_u64(),
+            json["lines"].as_u64()
+        ),
+        (Some(4), Some(2), Some(6)),
+        "{json}"
+    );
     assert_eq!(json["errors"].as_array().unwrap().len(), 2);
     assert_eq!(app.render_depth().await, 4);
-    let status = app.eventually("/v1/batches/nov", |b| b["counts"]["accepted"] == 4).await;
+    let status = app
+        .eventually("/v1/batches/nov", |b| b["counts"]["accepted"] == 4)
+        .await;
     assert_eq!(status["jobs"], 4);
 
     // The same upload again: every good line is a duplicate now.
-    let r = app.post("/v1/batches?batch=nov&partial=true").header("content-type", "application/x-ndjson").body(batch_lines(&[], 6)).send().await.unwrap();
+    let r = app
+        .post("/v1/batches?batch=nov&partial=true")
+        .header("content-type", "application/x-ndjson")
+        .body(batch_lines(&[], 6))
+        .send()
+        .await
+        .unwrap();
     let json: Value = r.json().await.unwrap();
-    assert_eq!((json["accepted"].as_u64(), json["duplicates"].as_u64()), (Some(2), Some(4)), "{json}");
+    assert_eq!(
+        (json["accepted"].as_u64(), json["duplicates"].as_u64()),
+        (Some(2), Some(4)),
+        "{json}"
+    );
     assert_eq!(app.render_depth().await, 6);
     app.cleanup().await;
 }
@@ -201,21 +344,43 @@ async fn a_csv_batch_follows_the_column_convention() {
     let csv = "id,to,to_name,template,attachment_path,data.amount,data.items\n\
                c-1,ann@example.com,Ann Example,invoice,2026/inv-1.pdf,12.50,\"[{\"\"sku\"\":\"\"A\"\"}]\"\n\
                c-2,bob@example.com,,invoice,,3.00,\n";
-    let r = app.post("/v1/batches?batch=csv-1").header("content-type", "text/csv").body(csv).send().await.unwrap();
+    let r = app
+        .post("/v1/batches?batch=csv-1")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let json: Value = r.json().await.unwrap();
     assert_eq!(json["accepted"], 2, "{json}");
-    let msg = app.broker.get(&app.render_queue(), Duration::from_secs(5)).await.unwrap();
+    let msg = app
+        .broker
+        .get(&app.render_queue(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let job = Job::from_queue(&msg.delivery.data).unwrap();
     assert_eq!(job.to[0].name.as_deref(), Some("Ann Example"));
     assert_eq!(job.data["items"][0]["sku"], "A");
     assert_eq!(job.batch.as_ref().map(|b| b.as_str()), Some("csv-1"));
 
-    let r = app.post("/v1/batches").header("content-type", "text/csv").body("id,colour\nx,red\n").send().await.unwrap();
+    let r = app
+        .post("/v1/batches")
+        .header("content-type", "text/csv")
+        .body("id,colour\nx,red\n")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let json: Value = r.json().await.unwrap();
     assert_eq!(json["field"], "colour", "{json}");
-    let r = app.post("/v1/batches").header("content-type", "application/pdf").body("x").send().await.unwrap();
+    let r = app
+        .post("/v1/batches")
+        .header("content-type", "application/pdf")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     app.cleanup().await;
 }
@@ -226,10 +391,17 @@ async fn an_oversize_batch_is_refused_and_publishes_nothing() {
     // 8 MiB limit in tests; send ~9 MiB of valid lines as a stream without Content-Length.
     let line = job_json("x");
     let n = 9 * 1024 * 1024 / line.len() + 1;
-    let chunks: Vec<Result<String, std::io::Error>> =
-        (0..n).map(|i| Ok(format!("{}\n", job_json(&format!("big-{i}"))))).collect();
+    let chunks: Vec<Result<String, std::io::Error>> = (0..n)
+        .map(|i| Ok(format!("{}\n", job_json(&format!("big-{i}")))))
+        .collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-    let r = app.post("/v1/batches?partial=true").header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
+    let r = app
+        .post("/v1/batches?partial=true")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let json: Value = r.json().await.unwrap();
     assert_eq!(json["field"], "body", "{json}");

@@ -14,10 +14,14 @@ use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::testkit::TestBroker;
 use serde_json::Value;
-use support::{TestApp, POOL_TOML};
+use support::{POOL_TOML, TestApp};
 
 fn event(job: &str, batch: &str, kind: EventKind) -> DeliveryEvent {
-    DeliveryEvent::new(JobId::parse(job).unwrap(), Some(BatchId::parse(batch).unwrap()), kind)
+    DeliveryEvent::new(
+        JobId::parse(job).unwrap(),
+        Some(BatchId::parse(batch).unwrap()),
+        kind,
+    )
 }
 
 async fn record(p: &Pipeline, e: DeliveryEvent) {
@@ -36,7 +40,14 @@ async fn feed_batch(p: &Pipeline, b: &str) {
     }
     for i in 0..4 {
         let mut e = event(&format!("{b}-j{i}"), b, EventKind::Delivered);
-        e.mailbox = Some(EmailAddress::parse(if i < 3 { "a@pool.example" } else { "b@pool.example" }).unwrap());
+        e.mailbox = Some(
+            EmailAddress::parse(if i < 3 {
+                "a@pool.example"
+            } else {
+                "b@pool.example"
+            })
+            .unwrap(),
+        );
         e.recipients = 2;
         e.smtp = Some(SmtpReply::new(250, "2.6.0 Queued mail for delivery"));
         e.at = t0 + chrono::Duration::seconds(1 + i);
@@ -51,8 +62,12 @@ async fn feed_batch(p: &Pipeline, b: &str) {
     }
     let mut e = event(&format!("{b}-j4"), b, EventKind::Failed);
     e.mailbox = Some(EmailAddress::parse("a@pool.example").unwrap());
-    e.smtp = Some(SmtpReply::new(550, "5.7.1 Delivery not authorized, message refused"));
-    e.reason = Some("refused by the server: 550 5.7.1 Delivery not authorized, message refused".into());
+    e.smtp = Some(SmtpReply::new(
+        550,
+        "5.7.1 Delivery not authorized, message refused",
+    ));
+    e.reason =
+        Some("refused by the server: 550 5.7.1 Delivery not authorized, message refused".into());
     e.attempt = 1;
     e.at = t0 + chrono::Duration::seconds(10);
     record(p, e).await;
@@ -69,20 +84,55 @@ fn check_batch(json: &Value, b: &str) {
     assert_eq!(json["finished"], false);
     assert_eq!(json["remaining"], 5);
     let c = &json["counts"];
-    assert_eq!((c["accepted"].as_u64(), c["rendered"].as_u64(), c["delivered"].as_u64()), (Some(3), Some(2), Some(4)), "{json}");
-    assert_eq!((c["retrying"].as_u64(), c["failed"].as_u64(), c["dead"].as_u64()), (Some(0), Some(1), Some(1)), "{json}");
+    assert_eq!(
+        (
+            c["accepted"].as_u64(),
+            c["rendered"].as_u64(),
+            c["delivered"].as_u64()
+        ),
+        (Some(3), Some(2), Some(4)),
+        "{json}"
+    );
+    assert_eq!(
+        (
+            c["retrying"].as_u64(),
+            c["failed"].as_u64(),
+            c["dead"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1)),
+        "{json}"
+    );
     assert_eq!(json["per_mailbox"]["a@pool.example"]["delivered"], 3);
     assert_eq!(json["per_mailbox"]["b@pool.example"]["delivered"], 1);
     let f = &json["failures"];
-    assert_eq!((f["total"].as_u64(), f["shown"].as_u64()), (Some(2), Some(2)), "{json}");
-    assert_eq!(f["items"][0]["job_id"], format!("{b}-j3"), "oldest first: the partial refusal");
+    assert_eq!(
+        (f["total"].as_u64(), f["shown"].as_u64()),
+        (Some(2), Some(2)),
+        "{json}"
+    );
+    assert_eq!(
+        f["items"][0]["job_id"],
+        format!("{b}-j3"),
+        "oldest first: the partial refusal"
+    );
     assert_eq!(f["items"][0]["status"], "delivered");
-    assert_eq!(f["items"][0]["refused_recipients"][0]["address"], "gone@example.com");
-    assert_eq!(f["items"][0]["refused_recipients"][0]["reply"]["enhanced"], "5.1.1");
+    assert_eq!(
+        f["items"][0]["refused_recipients"][0]["address"],
+        "gone@example.com"
+    );
+    assert_eq!(
+        f["items"][0]["refused_recipients"][0]["reply"]["enhanced"],
+        "5.1.1"
+    );
     assert_eq!(f["items"][1]["job_id"], format!("{b}-j4"));
     assert_eq!(f["items"][1]["smtp"]["code"], 550);
     assert_eq!(f["items"][1]["smtp"]["enhanced"], "5.7.1");
-    assert!(f["items"][1]["reason"].as_str().unwrap().contains("refused by the server"));
+    assert!(
+        f["items"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the server")
+    );
     // ETA: 5 jobs x 2 recipients; quota left (100 - 6) + (100 - 1) = 193 >= 10, so the
     // rate decides: 5 jobs at 1 message/s.
     let eta = &json["eta"];
@@ -94,7 +144,8 @@ fn check_batch(json: &Value, b: &str) {
     assert_eq!(eta["quota_wait_seconds"], 0.0);
     assert_eq!(eta["eta_seconds"], 5.0, "{eta}");
     let at = chrono::DateTime::parse_from_rfc3339(eta["eta_at"].as_str().unwrap()).unwrap();
-    let computed = chrono::DateTime::parse_from_rfc3339(eta["computed_at"].as_str().unwrap()).unwrap();
+    let computed =
+        chrono::DateTime::parse_from_rfc3339(eta["computed_at"].as_str().unwrap()).unwrap();
     assert_eq!((at - computed).num_seconds(), 5);
 }
 
@@ -102,10 +153,16 @@ fn check_batch(json: &Value, b: &str) {
 async fn batch_status_over_http_has_counts_mailboxes_failures_and_an_eta() {
     let app = TestApp::spawn("ing-status").await;
     feed_batch(&app.broker.pipeline, "nov").await;
-    let json = app.eventually("/v1/batches/nov", |j| j["counts"]["failed"] == 1 && j["counts"]["rendered"] == 2).await;
+    let json = app
+        .eventually("/v1/batches/nov", |j| {
+            j["counts"]["failed"] == 1 && j["counts"]["rendered"] == 2
+        })
+        .await;
     check_batch(&json, "nov");
 
-    let job = app.eventually("/v1/jobs/nov-j4", |j| j["status"] == "failed").await;
+    let job = app
+        .eventually("/v1/jobs/nov-j4", |j| j["status"] == "failed")
+        .await;
     assert_eq!(job["mailbox"], "a@pool.example");
     assert_eq!(job["smtp"]["enhanced"], "5.7.1");
     assert_eq!(job["recipients"], 2);
@@ -117,7 +174,9 @@ async fn batch_status_over_http_has_counts_mailboxes_failures_and_an_eta() {
         e.recipients = 2;
         record(&app.broker.pipeline, e).await;
     }
-    let json = app.eventually("/v1/batches/nov", |j| j["finished"] == true).await;
+    let json = app
+        .eventually("/v1/batches/nov", |j| j["finished"] == true)
+        .await;
     assert_eq!(json["eta"]["eta_seconds"], 0.0);
     assert_eq!(json["per_mailbox"]["b@pool.example"]["delivered"], 6);
     app.cleanup().await;
@@ -131,21 +190,37 @@ async fn without_a_pool_the_eta_is_null_with_a_reason() {
         rabbitmq: broker.settings.clone(),
         telemetry: Default::default(),
         ingest: support::settings_for(dir.path()),
-        pool: Err("no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into()),
+        pool: Err(
+            "no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into(),
+        ),
     };
     let app = TestApp::spawn_with(broker, dir, config).await;
-    record(&app.broker.pipeline, event("x1", "solo", EventKind::Accepted)).await;
+    record(
+        &app.broker.pipeline,
+        event("x1", "solo", EventKind::Accepted),
+    )
+    .await;
     let json = app.eventually("/v1/batches/solo", |j| j["jobs"] == 1).await;
     assert_eq!(json["eta"]["eta_seconds"], Value::Null);
     assert_eq!(json["eta"]["eta_at"], Value::Null);
-    assert!(json["eta"]["reason"].as_str().unwrap().contains("deliver.mailboxes"), "{json}");
+    assert!(
+        json["eta"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliver.mailboxes"),
+        "{json}"
+    );
     app.cleanup().await;
 }
 
 pub fn config_file(dir: &std::path::Path, t: &TestBroker, with_pool: bool) -> std::path::PathBuf {
     let path = dir.join("mailpipe.toml");
     let r = &t.settings;
-    let delays: Vec<String> = r.retry_delays_ms.iter().map(|d| d.as_millis().to_string()).collect();
+    let delays: Vec<String> = r
+        .retry_delays_ms
+        .iter()
+        .map(|d| d.as_millis().to_string())
+        .collect();
     let text = format!(
         "[rabbitmq]\nurl = {:?}\nprefix = {:?}\ndelivery_limit = {}\nretry_delays_ms = [{}]\nevents_max_age = {:?}\n{}",
         r.url,
@@ -175,35 +250,81 @@ async fn the_status_command_reads_the_stream_and_prints_the_same_json() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &t, true);
     let bin = env!("CARGO_BIN_EXE_mailpipe-ingest");
-    let out = Command::new(bin).arg("--config").arg(&config).args(["status", "dec", "--json"]).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "dec", "--json"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "failures make it 1: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failures make it 1: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: Value = serde_json::from_str(stdout.trim()).unwrap();
     check_batch(&json, "dec");
 
-    let out = Command::new(bin).arg("--config").arg(&config).args(["status", "dec"]).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "dec"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("10 jobs: 4 delivered, 1 failed, 5 to go"), "{text}");
+    assert!(
+        text.contains("10 jobs: 4 delivered, 1 failed, 5 to go"),
+        "{text}"
+    );
     assert!(text.contains("a@pool.example  3"), "{text}");
     assert!(text.contains("550 5.7.1 Delivery not authorized"), "{text}");
-    assert!(text.contains("refused gone@example.com: 550 5.1.1"), "{text}");
+    assert!(
+        text.contains("refused gone@example.com: 550 5.1.1"),
+        "{text}"
+    );
     assert!(text.contains("ETA: 5s"), "{text}");
 
     // Finished without failures: 0, and --watch returns at once.
-    let out = Command::new(bin).arg("--config").arg(&config).args(["status", "clean", "--watch"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "clean", "--watch"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": finished"));
 
-    let out = Command::new(bin).arg("--config").arg(&config).args(["status", "nope", "--json"]).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "nope", "--json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown batch nope"));
 
     // No pool in the file: the ETA is null with the reason.
     let config = config_file(dir.path(), &t, false);
-    let out = Command::new(bin).arg("--config").arg(&config).args(["status", "dec", "--json"]).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "dec", "--json"])
+        .output()
+        .unwrap();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["eta"]["eta_seconds"], Value::Null);
-    assert!(json["eta"]["reason"].as_str().unwrap().contains("deliver.mailboxes"));
+    assert!(
+        json["eta"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliver.mailboxes")
+    );
     t.cleanup().await;
 }
 
@@ -213,15 +334,43 @@ fn check_config_warns_about_missing_tokens_and_the_pool_but_passes() {
     let path = dir.path().join("m.toml");
     std::fs::write(&path, "[ingest]\nmax_in_flight = 8\n").unwrap();
     let bin = env!("CARGO_BIN_EXE_mailpipe-ingest");
-    let out = Command::new(bin).arg("--config").arg(&path).arg("--check-config").output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("no API tokens configured: `serve` will refuse to start"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("no API tokens configured: `serve` will refuse to start"),
+        "{stdout}"
+    );
     assert!(stdout.contains("batch ETAs will be null"), "{stdout}");
 
-    std::fs::write(&path, format!("[ingest]\napi_tokens = [{{ env = \"MAILPIPE_TEST_UNSET_TOKEN_VAR\" }}]\n{POOL_TOML}")).unwrap();
-    let out = Command::new(bin).arg("--config").arg(&path).arg("--check-config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a configured token that cannot be read is an error");
+    std::fs::write(
+        &path,
+        format!(
+            "[ingest]\napi_tokens = [{{ env = \"MAILPIPE_TEST_UNSET_TOKEN_VAR\" }}]\n{POOL_TOML}"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a configured token that cannot be read is an error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.api_tokens[0]"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 mailboxes, 1.00 messages/s"));
 }

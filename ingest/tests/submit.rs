@@ -8,7 +8,7 @@ use std::process::Command;
 
 use mailpipe_common::testkit::TestBroker;
 use mailpipe_ingest::batch::ImportError;
-use mailpipe_ingest::submit::{submit, Display, SubmitError, SubmitOptions};
+use mailpipe_ingest::submit::{Display, SubmitError, SubmitOptions, submit};
 use support::{fixture_dir, job_json, settings_for, write_jsonl};
 
 #[tokio::test]
@@ -16,15 +16,43 @@ async fn ten_thousand_lines_are_published_completely_and_a_second_submit_publish
     let t = TestBroker::start("sub-10k").await;
     let dir = fixture_dir();
     let settings = settings_for(dir.path());
-    let file = write_jsonl(dir.path(), "jobs.jsonl", (0..10_000).map(|i| job_json(&format!("inv-{i:05}"))));
-    let options = SubmitOptions { file: file.clone(), batch: Some("nov".parse().unwrap()), partial: false, display: Display::Quiet };
-    let report = submit(&t.pipeline, &settings, &options).await.expect("submit");
-    assert_eq!((report.lines, report.accepted, report.duplicates, report.rejected), (10_000, 10_000, 0, 0));
-    let queue = t.broker.topology().stage_queue(mailpipe_common::amqp::Stage::Render);
+    let file = write_jsonl(
+        dir.path(),
+        "jobs.jsonl",
+        (0..10_000).map(|i| job_json(&format!("inv-{i:05}"))),
+    );
+    let options = SubmitOptions {
+        file: file.clone(),
+        batch: Some("nov".parse().unwrap()),
+        partial: false,
+        display: Display::Quiet,
+    };
+    let report = submit(&t.pipeline, &settings, &options)
+        .await
+        .expect("submit");
+    assert_eq!(
+        (
+            report.lines,
+            report.accepted,
+            report.duplicates,
+            report.rejected
+        ),
+        (10_000, 10_000, 0, 0)
+    );
+    let queue = t
+        .broker
+        .topology()
+        .stage_queue(mailpipe_common::amqp::Stage::Render);
     assert_eq!(t.depth(&queue).await, 10_000);
 
-    let again = submit(&t.pipeline, &settings, &options).await.expect("second submit");
-    assert_eq!((again.accepted, again.duplicates), (0, 10_000), "ids accepted before are skipped");
+    let again = submit(&t.pipeline, &settings, &options)
+        .await
+        .expect("second submit");
+    assert_eq!(
+        (again.accepted, again.duplicates),
+        (0, 10_000),
+        "ids accepted before are skipped"
+    );
     assert_eq!(t.depth(&queue).await, 10_000);
     t.cleanup().await;
 }
@@ -37,17 +65,34 @@ async fn bad_lines_are_reported_exactly_and_nothing_is_published() {
     let lines = (1..=100).map(|i| match i {
         7 => r#"{"id":"x7","template":"invoice","to":["nope"]}"#.to_owned(),
         50 => "{not json".to_owned(),
-        99 => r#"{"id":"x99","template":"invoice","to":["a@example.com"],"colour":"red"}"#.to_owned(),
+        99 => {
+            r#"{"id":"x99","template":"invoice","to":["a@example.com"],"colour":"red"}"#.to_owned()
+        }
         _ => job_json(&format!("ok-{i}")),
     });
     let file = write_jsonl(dir.path(), "jobs.jsonl", lines);
-    let options = SubmitOptions { file, batch: None, partial: false, display: Display::Quiet };
-    let err = submit(&t.pipeline, &settings, &options).await.expect_err("rejected");
+    let options = SubmitOptions {
+        file,
+        batch: None,
+        partial: false,
+        display: Display::Quiet,
+    };
+    let err = submit(&t.pipeline, &settings, &options)
+        .await
+        .expect_err("rejected");
     assert_eq!(err.exit_code(), 1);
-    let SubmitError::Import(ImportError::Rejected(report)) = err else { panic!("{err}") };
-    assert_eq!(report.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![7, 50, 99]);
+    let SubmitError::Import(ImportError::Rejected(report)) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        report.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+        vec![7, 50, 99]
+    );
     assert_eq!((report.lines, report.rejected), (100, 3));
-    let queue = t.broker.topology().stage_queue(mailpipe_common::amqp::Stage::Render);
+    let queue = t
+        .broker
+        .topology()
+        .stage_queue(mailpipe_common::amqp::Stage::Render);
     assert_eq!(t.depth(&queue).await, 0);
     t.cleanup().await;
 }
@@ -56,7 +101,11 @@ fn config_file(dir: &std::path::Path, t: &TestBroker) -> std::path::PathBuf {
     let path = dir.join("mailpipe.toml");
     // The topology arguments must match the test broker's, or declaring it fails.
     let r = &t.settings;
-    let delays: Vec<String> = r.retry_delays_ms.iter().map(|d| d.as_millis().to_string()).collect();
+    let delays: Vec<String> = r
+        .retry_delays_ms
+        .iter()
+        .map(|d| d.as_millis().to_string())
+        .collect();
     let text = format!(
         "[rabbitmq]\nurl = {:?}\nprefix = {:?}\ndelivery_limit = {}\nretry_delays_ms = [{}]\nevents_max_age = {:?}\n\n[ingest]\ntemplates_dir = {:?}\n",
         r.url,
@@ -82,18 +131,48 @@ async fn the_binary_reports_bad_lines_exits_non_zero_and_partial_publishes_the_r
     });
     let file = write_jsonl(dir.path(), "jobs.jsonl", lines);
     let bin = env!("CARGO_BIN_EXE_mailpipe-ingest");
-    let out = Command::new(bin).arg("--config").arg(&config).args(["submit", "--batch", "b1"]).arg(&file).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["submit", "--batch", "b1"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("20 lines, 0 accepted, 0 duplicates (skipped), 2 rejected"), "{stdout}");
-    assert!(stdout.contains("line 3: to[0]:") && stdout.contains("line 11: template:"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("20 lines, 0 accepted, 0 duplicates (skipped), 2 rejected"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 3: to[0]:") && stdout.contains("line 11: template:"),
+        "{stdout}"
+    );
     assert!(stdout.contains("nothing was published"), "{stdout}");
-    let queue = t.broker.topology().stage_queue(mailpipe_common::amqp::Stage::Render);
+    let queue = t
+        .broker
+        .topology()
+        .stage_queue(mailpipe_common::amqp::Stage::Render);
     assert_eq!(t.depth(&queue).await, 0);
 
-    let out = Command::new(bin).arg("--config").arg(&config).args(["submit", "--partial"]).arg(&file).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["submit", "--partial"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "rejected lines still make the exit non-zero: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "rejected lines still make the exit non-zero: {stdout}"
+    );
     assert!(stdout.contains("18 accepted"), "{stdout}");
     assert_eq!(t.depth(&queue).await, 18);
     t.cleanup().await;
@@ -104,9 +183,21 @@ fn config_errors_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[ingest]\nmax_in_flight = \"lots\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest")).arg("--config").arg(&path).arg("--check-config").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.max_in_flight"), "{}", String::from_utf8_lossy(&out.stderr));
-    let help = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest")).arg("--help").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ingest.max_in_flight"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
 }

@@ -8,7 +8,7 @@ mod support;
 use std::hint::black_box;
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn render_invoice(c: &mut Criterion) {
     let renderer = support::example_renderer();
@@ -18,7 +18,9 @@ fn render_invoice(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("render");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("invoice_html_text_50k_pdf", |b| b.iter(|| renderer.render(black_box(&job)).expect("renders")));
+    group.bench_function("invoice_html_text_50k_pdf", |b| {
+        b.iter(|| renderer.render(black_box(&job)).expect("renders"))
+    });
     group.finish();
 
     // A plain summary line in messages per second, next to criterion's statistics.

@@ -48,10 +48,18 @@ fn check_templates(settings: &Settings) -> ExitCode {
                 eprintln!("  {p}");
             }
             if problems.is_empty() {
-                println!("{} templates OK: {}", t.len(), t.names().collect::<Vec<_>>().join(", "));
+                println!(
+                    "{} templates OK: {}",
+                    t.len(),
+                    t.names().collect::<Vec<_>>().join(", ")
+                );
                 ExitCode::SUCCESS
             } else {
-                eprintln!("{} problem(s) in {}", problems.len(), settings.templates_dir.display());
+                eprintln!(
+                    "{} problem(s) in {}",
+                    problems.len(),
+                    settings.templates_dir.display()
+                );
                 ExitCode::from(2)
             }
         }
@@ -69,7 +77,12 @@ fn main() -> ExitCode {
     };
     if cli.config.check_config {
         println!("configuration OK");
-        println!("rabbitmq: {} (prefix {}, prefetch {})", redact(&common.rabbitmq.url), common.rabbitmq.prefix, common.rabbitmq.prefetch);
+        println!(
+            "rabbitmq: {} (prefix {}, prefetch {})",
+            redact(&common.rabbitmq.url),
+            common.rabbitmq.prefix,
+            common.rabbitmq.prefetch
+        );
         println!("render: {settings:#?}");
         return ExitCode::SUCCESS;
     }
@@ -84,13 +97,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let _telemetry = match mailpipe_common::telemetry::init("mailpipe-render", &common.telemetry) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("configuration error: telemetry: {e}");
-                return ExitCode::from(2);
-            }
-        };
+        let _telemetry =
+            match mailpipe_common::telemetry::init("mailpipe-render", &common.telemetry) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("configuration error: telemetry: {e}");
+                    return ExitCode::from(2);
+                }
+            };
         let shutdown = mailpipe_common::shutdown::on_signals();
         let app = match Application::build(settings, common, shutdown).await {
             Ok(app) => app,

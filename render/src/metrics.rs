@@ -4,16 +4,26 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{exponential_buckets, register_histogram, register_int_counter_vec, Histogram, IntCounterVec};
+use prometheus::{
+    Histogram, IntCounterVec, exponential_buckets, register_histogram, register_int_counter_vec,
+};
 
 pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("mailpipe_render_jobs_total", "Jobs handled, by outcome (rendered, dead, requeued).", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "mailpipe_render_jobs_total",
+        "Jobs handled, by outcome (rendered, dead, requeued).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 pub static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("mailpipe_render_failures_total", "Jobs that could not be rendered, by reason.", &["reason"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "mailpipe_render_failures_total",
+        "Jobs that could not be rendered, by reason.",
+        &["reason"]
+    )
+    .expect("metric registers once")
 });
 
 pub static DURATION: LazyLock<Histogram> = LazyLock::new(|| {

@@ -11,12 +11,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::text::Text;
 use mail_builder::mime::MimePart;
-use mail_builder::MessageBuilder;
 use mailpipe_common::domain::Mailbox;
 
 use crate::attachments::LoadedAttachment;
@@ -45,7 +45,12 @@ pub fn new_message_id(domain: &str) -> String {
 /// One line: every run of CR/LF (and other vertical breaks) becomes one space, and
 /// surrounding whitespace is trimmed.
 pub fn single_line(s: &str) -> Cow<'_, str> {
-    let is_break = |c: char| matches!(c, '\r' | '\n' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    let is_break = |c: char| {
+        matches!(
+            c,
+            '\r' | '\n' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        )
+    };
     if !s.contains(is_break) && s.trim() == s {
         return Cow::Borrowed(s);
     }
@@ -88,7 +93,10 @@ pub fn build(input: MimeInput<'_>) -> Vec<u8> {
     }
     if input.to.is_empty() && input.cc.is_empty() {
         // Bcc-only jobs: a visible, empty group instead of no recipient header at all.
-        msg = msg.to(Address::new_group(Some("undisclosed-recipients"), Vec::new()));
+        msg = msg.to(Address::new_group(
+            Some("undisclosed-recipients"),
+            Vec::new(),
+        ));
     }
     if let Some(r) = input.reply_to {
         msg = msg.reply_to(address(r));
@@ -103,7 +111,8 @@ pub fn build(input: MimeInput<'_>) -> Vec<u8> {
         msg = msg.html_body(html.as_str());
     }
     for a in input.attachments {
-        let part = MimePart::new(a.content_type.as_str(), a.bytes.as_slice()).attachment(a.filename.as_str());
+        let part = MimePart::new(a.content_type.as_str(), a.bytes.as_slice())
+            .attachment(a.filename.as_str());
         msg.attachments.get_or_insert_with(Vec::new).push(part);
     }
     let mut out = Vec::new();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use mailpipe_common::contract::{Job, RenderedMessage, RenderedMeta, CONTRACT_VERSION};
+use mailpipe_common::contract::{CONTRACT_VERSION, Job, RenderedMessage, RenderedMeta};
 use mailpipe_common::domain::EmailAddress;
 
 use crate::attachments::{AttachmentError, AttachmentLoader};
@@ -24,7 +24,9 @@ pub enum RenderError {
     NoSender { template: String },
     #[error("no recipients in to, cc or bcc")]
     NoRecipients,
-    #[error("rendered message is {size} bytes, over the limit of {max} bytes (render.max_message_bytes)")]
+    #[error(
+        "rendered message is {size} bytes, over the limit of {max} bytes (render.max_message_bytes)"
+    )]
     TooLarge { size: usize, max: usize },
 }
 
@@ -67,8 +69,17 @@ impl Renderer {
 
     pub fn render(&self, job: &Job) -> Result<RenderedMessage, RenderError> {
         let name = job.template.as_str();
-        let spec = self.templates.get(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
-        let from = job.from.as_ref().or(spec.defaults.from.as_ref()).ok_or_else(|| RenderError::NoSender { template: name.to_owned() })?;
+        let spec = self
+            .templates
+            .get(name)
+            .ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
+        let from = job
+            .from
+            .as_ref()
+            .or(spec.defaults.from.as_ref())
+            .ok_or_else(|| RenderError::NoSender {
+                template: name.to_owned(),
+            })?;
         let recipients = envelope(job);
         if recipients.is_empty() {
             return Err(RenderError::NoRecipients);
@@ -77,18 +88,29 @@ impl Renderer {
 
         let ctx = RenderContext {
             data: &job.data,
-            job: JobContext { id: &job.id, batch: job.batch.as_ref(), template: name },
+            job: JobContext {
+                id: &job.id,
+                batch: job.batch.as_ref(),
+                template: name,
+            },
             to: &job.to,
             cc: &job.cc,
             from,
         };
         let parts = self.templates.render(name, &ctx)?;
 
-        let attachments = job.attachments.iter().map(|a| self.attachments.load(a)).collect::<Result<Vec<_>, _>>()?;
+        let attachments = job
+            .attachments
+            .iter()
+            .map(|a| self.attachments.load(a))
+            .collect::<Result<Vec<_>, _>>()?;
         // Base64 grows content by 4/3 plus line breaks: refuse early without building.
         let estimate: usize = attachments.iter().map(|a| a.bytes.len() / 57 * 78).sum();
         if estimate > self.max_message_bytes {
-            return Err(RenderError::TooLarge { size: estimate, max: self.max_message_bytes });
+            return Err(RenderError::TooLarge {
+                size: estimate,
+                max: self.max_message_bytes,
+            });
         }
 
         let message_id = mime::new_message_id(&self.message_id_domain);
@@ -104,7 +126,10 @@ impl Renderer {
             attachments: &attachments,
         });
         if bytes.len() > self.max_message_bytes {
-            return Err(RenderError::TooLarge { size: bytes.len(), max: self.max_message_bytes });
+            return Err(RenderError::TooLarge {
+                size: bytes.len(),
+                max: self.max_message_bytes,
+            });
         }
         let meta = RenderedMeta {
             v: CONTRACT_VERSION,

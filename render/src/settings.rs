@@ -39,7 +39,9 @@ impl Default for Settings {
             templates_dir: PathBuf::from("templates"),
             attachments_root: None,
             message_id_domain: String::new(),
-            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_attachment_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
@@ -72,7 +74,11 @@ impl Settings {
         if self.max_attachment_bytes == 0 {
             problems.push("render.max_attachment_bytes: must be at least 1".to_owned());
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
     }
 }
 
@@ -82,7 +88,11 @@ fn valid_domain(domain: &str) -> bool {
     domain.len() <= 253
         && labels.len() >= 2
         && labels.iter().all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
 }
 
@@ -93,9 +103,14 @@ mod tests {
 
     #[test]
     fn defaults_apply_and_the_domain_is_required() {
-        let err = Settings::load(&ConfigSource::from_toml("")).unwrap_err().to_string();
+        let err = Settings::load(&ConfigSource::from_toml(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("render.message_id_domain"), "{err}");
-        let s = Settings::load(&ConfigSource::from_toml("[render]\nmessage_id_domain = \"mail.example.com\"\n")).unwrap();
+        let s = Settings::load(&ConfigSource::from_toml(
+            "[render]\nmessage_id_domain = \"mail.example.com\"\n",
+        ))
+        .unwrap();
         assert_eq!(s.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(s.http_listen.port(), 9102);
         assert!(s.concurrency >= 1);
@@ -103,13 +118,23 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Settings::load(&ConfigSource::from_toml("[render]\nmessage_id_domain = \"a.b\"\nconcurrency = \"lots\"\n"))
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(&ConfigSource::from_toml(
+            "[render]\nmessage_id_domain = \"a.b\"\nconcurrency = \"lots\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("render.concurrency"), "{err}");
-        let err = Settings::load(&ConfigSource::from_toml("[render]\nmessage_id_domain = \"x\r\ny.com\"\n")).unwrap_err().to_string();
+        let err = Settings::load(&ConfigSource::from_toml(
+            "[render]\nmessage_id_domain = \"x\r\ny.com\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("message_id_domain"), "{err}");
-        let err = Settings::load(&ConfigSource::from_toml("[render]\nmessage_id_domain = \"a.b\"\ntemplate_dir = \"x\"\n")).unwrap_err().to_string();
+        let err = Settings::load(&ConfigSource::from_toml(
+            "[render]\nmessage_id_domain = \"a.b\"\ntemplate_dir = \"x\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("template_dir"), "{err}");
     }
 }

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use mailpipe_common::amqp::{header_str, BasicProperties, Delivery, PublishError, Stage};
+use mailpipe_common::amqp::{BasicProperties, Delivery, PublishError, Stage, header_str};
 use mailpipe_common::contract::{ContractError, DeliveryEvent, EventKind, Job, RenderedMessage};
 use mailpipe_common::domain::{BatchId, JobId};
-use mailpipe_common::pipeline::{Pipeline, BATCH_HEADER, JOB_ID_HEADER};
+use mailpipe_common::pipeline::{BATCH_HEADER, JOB_ID_HEADER, Pipeline};
 use mailpipe_common::telemetry::adopt_trace_context;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -50,7 +50,11 @@ pub struct RenderStage {
 
 impl RenderStage {
     pub fn new(renderer: Arc<Renderer>, pipeline: Pipeline, concurrency: usize) -> Self {
-        Self { renderer, pipeline, permits: Arc::new(Semaphore::new(concurrency.max(1))) }
+        Self {
+            renderer,
+            pipeline,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
     }
 
     pub fn renderer(&self) -> &Renderer {
@@ -60,7 +64,8 @@ impl RenderStage {
     /// Handles one delivery: span, outcome, ack or nack, metrics.
     pub async fn process(&self, delivery: Delivery) {
         let job_id = header_str(&delivery.properties, JOB_ID_HEADER).unwrap_or_default();
-        let span = tracing::info_span!("render", job_id = %job_id, redelivered = delivery.redelivered);
+        let span =
+            tracing::info_span!("render", job_id = %job_id, redelivered = delivery.redelivered);
         adopt_trace_context(&span, &delivery.properties);
         async {
             let outcome = self.handle(&delivery.data, &delivery.properties).await;
@@ -77,7 +82,13 @@ impl RenderStage {
                     tracing::warn!(%error, "publishing failed; job goes back to the queue");
                     metrics::requeued();
                     tokio::time::sleep(REQUEUE_PAUSE).await;
-                    delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
                 }
             };
             if let Err(e) = settled {
@@ -99,7 +110,16 @@ impl RenderStage {
                     _ => "bad_job",
                 };
                 let (job_id, batch) = ids_of_unreadable(body, props);
-                return self.dead(body, props, job_id, batch, format!("cannot read the job: {e}"), kind).await;
+                return self
+                    .dead(
+                        body,
+                        props,
+                        job_id,
+                        batch,
+                        format!("cannot read the job: {e}"),
+                        kind,
+                    )
+                    .await;
             }
         };
         let (job_id, batch) = (job.id.clone(), job.batch.clone());
@@ -112,16 +132,26 @@ impl RenderStage {
                 metrics::rendered(started.elapsed(), bytes);
                 match self.publish(&msg).await {
                     Ok(()) => RenderOutcome::Rendered { job_id, bytes },
-                    Err(e) => RenderOutcome::Requeue { error: e.to_string() },
+                    Err(e) => RenderOutcome::Requeue {
+                        error: e.to_string(),
+                    },
                 }
             }
-            Err((reason, kind)) => self.dead(body, props, Some(job_id), batch, reason, kind).await,
+            Err((reason, kind)) => {
+                self.dead(body, props, Some(job_id), batch, reason, kind)
+                    .await
+            }
         }
     }
 
     /// Runs the renderer on the blocking pool, at most `concurrency` at once.
     async fn render(&self, job: Job) -> Result<RenderedMessage, (String, &'static str)> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| ("render pool closed".to_owned(), "internal"))?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ("render pool closed".to_owned(), "internal"))?;
         let renderer = self.renderer.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -138,7 +168,11 @@ impl RenderStage {
     async fn publish(&self, msg: &RenderedMessage) -> Result<(), PublishError> {
         // Stamped before the message is published: deliver may send it and record
         // `delivered` within a millisecond, and status orders events by time.
-        let event = DeliveryEvent::new(msg.meta.job_id.clone(), msg.meta.batch.clone(), EventKind::Rendered);
+        let event = DeliveryEvent::new(
+            msg.meta.job_id.clone(),
+            msg.meta.batch.clone(),
+            EventKind::Rendered,
+        );
         let sent = self.pipeline.send_rendered(&msg.meta, &msg.mime).await?;
         let recorded = self.pipeline.record_event(&event).await?;
         sent.confirmed().await?;
@@ -155,7 +189,10 @@ impl RenderStage {
         kind: &'static str,
     ) -> RenderOutcome {
         let written = async {
-            let dead = self.pipeline.dead_letter(Stage::Render, body, props, &reason).await?;
+            let dead = self
+                .pipeline
+                .dead_letter(Stage::Render, body, props, &reason)
+                .await?;
             let event = match job_id {
                 Some(id) => {
                     let mut event = DeliveryEvent::new(id, batch, EventKind::Failed);
@@ -176,7 +213,9 @@ impl RenderStage {
                 metrics::dead(kind);
                 RenderOutcome::Dead { reason, kind }
             }
-            Err(e) => RenderOutcome::Requeue { error: e.to_string() },
+            Err(e) => RenderOutcome::Requeue {
+                error: e.to_string(),
+            },
         }
     }
 }
@@ -185,8 +224,17 @@ impl RenderStage {
 /// wrote, else from the JSON if it is JSON at all. Without an id no event can be written.
 fn ids_of_unreadable(body: &[u8], props: &BasicProperties) -> (Option<JobId>, Option<BatchId>) {
     let json = serde_json::from_slice::<serde_json::Value>(body).ok();
-    let field = |key: &str| json.as_ref().and_then(|v| v.get(key)).and_then(|v| v.as_str()).map(str::to_owned);
-    let id = header_str(props, JOB_ID_HEADER).or_else(|| field("id")).and_then(|s| JobId::parse(&s).ok());
-    let batch = header_str(props, BATCH_HEADER).or_else(|| field("batch")).and_then(|s| BatchId::parse(&s).ok());
+    let field = |key: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let id = header_str(props, JOB_ID_HEADER)
+        .or_else(|| field("id"))
+        .and_then(|s| JobId::parse(&s).ok());
+    let batch = header_str(props, BATCH_HEADER)
+        .or_else(|| field("batch"))
+        .and_then(|s| BatchId::parse(&s).ok());
     (id, batch)
 }

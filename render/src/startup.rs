@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use mailpipe_common::amqp::{consume, Broker, BrokerError, ConsumerSpec, Publisher, Stage};
+use mailpipe_common::amqp::{Broker, BrokerError, ConsumerSpec, Publisher, Stage, consume};
 use mailpipe_common::config::CommonSettings;
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{self, HttpServer, ReadyCheck};
@@ -33,7 +33,12 @@ pub enum StartupError {
 impl StartupError {
     /// Errors an operator fixes in the configuration or the template files (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartupError::Templates(_) | StartupError::AttachmentsRoot(_) | StartupError::Broker(BrokerError::BadUri(_) | BrokerError::Secret(_)))
+        matches!(
+            self,
+            StartupError::Templates(_)
+                | StartupError::AttachmentsRoot(_)
+                | StartupError::Broker(BrokerError::BadUri(_) | BrokerError::Secret(_))
+        )
     }
 }
 
@@ -50,12 +55,19 @@ impl Application {
     /// Loads and checks the templates, binds the ops server (so `/healthz` answers while
     /// the broker is still being reached), then connects to RabbitMQ (waiting for it, or
     /// for `shutdown`).
-    pub async fn build(settings: Settings, common: CommonSettings, shutdown: CancellationToken) -> Result<Self, StartupError> {
+    pub async fn build(
+        settings: Settings,
+        common: CommonSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartupError> {
         metrics::init();
         let templates = Templates::load(&settings.templates_dir)?;
         tracing::info!(dir = %settings.templates_dir.display(), templates = ?templates.names().collect::<Vec<_>>(), "templates loaded");
-        let attachments = AttachmentLoader::new(settings.attachments_root.as_deref(), settings.max_attachment_bytes)
-            .map_err(StartupError::AttachmentsRoot)?;
+        let attachments = AttachmentLoader::new(
+            settings.attachments_root.as_deref(),
+            settings.max_attachment_bytes,
+        )
+        .map_err(StartupError::AttachmentsRoot)?;
         let renderer = Arc::new(Renderer::new(templates, attachments, &settings));
 
         let connected: Arc<OnceLock<Broker>> = Arc::new(OnceLock::new());
@@ -70,17 +82,34 @@ impl Application {
         let templates_check: ReadyCheck = {
             let renderer = renderer.clone();
             // Templates are loaded before anything is served; the check states it for /readyz readers.
-            Arc::new(move || if renderer.templates().is_empty() { Err("no templates loaded".to_owned()) } else { Ok(()) })
+            Arc::new(move || {
+                if renderer.templates().is_empty() {
+                    Err("no templates loaded".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
         };
         let router = service::ops_router(vec![broker_check, templates_check]);
-        let http = service::serve(settings.http_listen, router, shutdown.clone()).await.map_err(StartupError::Http)?;
+        let http = service::serve(settings.http_listen, router, shutdown.clone())
+            .await
+            .map_err(StartupError::Http)?;
 
         let broker = Broker::connect(&common.rabbitmq, "mailpipe-render", shutdown).await?;
         let _ = connected.set(broker.clone());
-        let publisher = Publisher::new(broker.clone(), Duration::from_millis(common.rabbitmq.confirm_timeout_ms));
+        let publisher = Publisher::new(
+            broker.clone(),
+            Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
+        );
         let stage = RenderStage::new(renderer, Pipeline::new(publisher), settings.concurrency);
         let queue = broker.topology().stage_queue(Stage::Render);
-        Ok(Self { http, broker, stage, queue, prefetch: common.rabbitmq.prefetch })
+        Ok(Self {
+            http,
+            broker,
+            stage,
+            queue,
+            prefetch: common.rabbitmq.prefetch,
+        })
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` answer (port 0 in settings picks one).
@@ -95,10 +124,14 @@ impl Application {
     /// Consumes until shutdown, finishes the jobs in hand, then closes the connection.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let stage = self.stage.clone();
-        consume(&self.broker, ConsumerSpec::queue(self.queue, self.prefetch), move |delivery| {
-            let stage = stage.clone();
-            async move { stage.process(delivery).await }
-        })
+        consume(
+            &self.broker,
+            ConsumerSpec::queue(self.queue, self.prefetch),
+            move |delivery| {
+                let stage = stage.clone();
+                async move { stage.process(delivery).await }
+            },
+        )
         .await;
         self.broker.close().await;
         self.http.task.await??;

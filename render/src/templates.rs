@@ -22,8 +22,21 @@ use serde_json::Map;
 
 /// Headers a template may not set: render and deliver own them.
 const RESERVED_HEADERS: &[&str] = &[
-    "from", "to", "cc", "bcc", "reply-to", "sender", "subject", "date", "message-id", "mime-version",
-    "content-type", "content-transfer-encoding", "content-disposition", "return-path", "received",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "sender",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "return-path",
+    "received",
 ];
 
 /// Everything a template directory declares besides its text.
@@ -93,9 +106,17 @@ pub enum TemplateError {
     #[error("unknown template {0:?}")]
     Unknown(String),
     #[error("undefined variable `{expression}` in {template}{}", line_suffix(*line))]
-    Undefined { template: String, expression: String, line: Option<usize> },
+    Undefined {
+        template: String,
+        expression: String,
+        line: Option<usize>,
+    },
     #[error("{template}{}: {message}", line_suffix(*line))]
-    Render { template: String, message: String, line: Option<usize> },
+    Render {
+        template: String,
+        message: String,
+        line: Option<usize>,
+    },
 }
 
 fn line_suffix(line: Option<usize>) -> String {
@@ -119,16 +140,27 @@ pub struct Templates {
 impl Templates {
     /// Loads and compiles every template under `dir`, reporting all problems at once.
     pub fn load(dir: &Path) -> Result<Self, TemplateLoadError> {
-        let fail = |problems: Vec<String>| TemplateLoadError { dir: dir.to_owned(), problems };
-        let entries = std::fs::read_dir(dir).map_err(|e| fail(vec![format!("cannot read the directory: {e}")]))?;
-        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let fail = |problems: Vec<String>| TemplateLoadError {
+            dir: dir.to_owned(),
+            problems,
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| fail(vec![format!("cannot read the directory: {e}")]))?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
         dirs.sort();
 
         let mut env = new_environment();
         let mut specs = BTreeMap::new();
         let mut problems = Vec::new();
         for path in dirs {
-            let dir_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dir_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if dir_name.starts_with('.') {
                 continue;
             }
@@ -146,7 +178,11 @@ impl Templates {
         if specs.is_empty() && problems.is_empty() {
             problems.push("no templates found (expected one subdirectory per template)".to_owned());
         }
-        if problems.is_empty() { Ok(Self { env, specs }) } else { Err(fail(problems)) }
+        if problems.is_empty() {
+            Ok(Self { env, specs })
+        } else {
+            Err(fail(problems))
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&TemplateSpec> {
@@ -166,11 +202,21 @@ impl Templates {
     }
 
     /// Renders subject and bodies of template `name`.
-    pub fn render(&self, name: &str, ctx: &RenderContext<'_>) -> Result<RenderedParts, TemplateError> {
-        let spec = self.specs.get(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
+    pub fn render(
+        &self,
+        name: &str,
+        ctx: &RenderContext<'_>,
+    ) -> Result<RenderedParts, TemplateError> {
+        let spec = self
+            .specs
+            .get(name)
+            .ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
         let ctx = Value::from_serialize(ctx);
         let render = |file: &str| -> Result<String, TemplateError> {
-            let tmpl = self.env.get_template(file).map_err(|e| describe(file, &e))?;
+            let tmpl = self
+                .env
+                .get_template(file)
+                .map_err(|e| describe(file, &e))?;
             tmpl.render(&ctx).map_err(|e| describe(file, &e))
         };
         Ok(RenderedParts {
@@ -183,15 +229,25 @@ impl Templates {
     /// Renders every template with each of its `[[checks]]`; returns every problem found
     /// (empty: all good). Templates without checks are only compiled, which `load` did.
     pub fn check(&self) -> Vec<String> {
-        let placeholder = Mailbox::address_only(mailpipe_common::domain::EmailAddress::parse("check@example.com").expect("valid"));
+        let placeholder = Mailbox::address_only(
+            mailpipe_common::domain::EmailAddress::parse("check@example.com").expect("valid"),
+        );
         let id = JobId::parse("check").expect("valid");
         let mut problems = Vec::new();
         for spec in self.specs.values() {
-            let from = spec.defaults.from.clone().unwrap_or_else(|| placeholder.clone());
+            let from = spec
+                .defaults
+                .from
+                .clone()
+                .unwrap_or_else(|| placeholder.clone());
             for check in &spec.defaults.checks {
                 let ctx = RenderContext {
                     data: &check.data,
-                    job: JobContext { id: &id, batch: None, template: &spec.name },
+                    job: JobContext {
+                        id: &id,
+                        batch: None,
+                        template: &spec.name,
+                    },
                     to: std::slice::from_ref(&placeholder),
                     cc: &[],
                     from: &from,
@@ -210,7 +266,13 @@ fn new_environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Keeps the source with errors, so an undefined-variable error can name the expression.
     env.set_debug(true);
-    env.set_auto_escape_callback(|name| if name.ends_with(".html") { AutoEscape::Html } else { AutoEscape::None });
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".html") {
+            AutoEscape::Html
+        } else {
+            AutoEscape::None
+        }
+    });
     env.add_filter("money", money);
     env
 }
@@ -221,13 +283,21 @@ fn money(value: Value) -> Result<String, minijinja::Error> {
     Ok(format!("{:.2}", (n * 100.0).round() / 100.0))
 }
 
-fn load_one(env: &mut Environment<'static>, name: &str, dir: &Path) -> Result<TemplateSpec, Vec<String>> {
+fn load_one(
+    env: &mut Environment<'static>,
+    name: &str,
+    dir: &Path,
+) -> Result<TemplateSpec, Vec<String>> {
     let mut problems = Vec::new();
     let read = |file: &str| -> Option<Result<String, String>> {
         let path = dir.join(file);
-        path.exists().then(|| std::fs::read_to_string(&path).map_err(|e| format!("{name}/{file}: {e}")))
+        path.exists()
+            .then(|| std::fs::read_to_string(&path).map_err(|e| format!("{name}/{file}: {e}")))
     };
-    let compile = |env: &mut Environment<'static>, file: &str, problems: &mut Vec<String>| -> Option<String> {
+    let compile = |env: &mut Environment<'static>,
+                   file: &str,
+                   problems: &mut Vec<String>|
+     -> Option<String> {
         match read(file)? {
             Ok(source) => {
                 let key = format!("{name}/{file}");
@@ -246,9 +316,14 @@ fn load_one(env: &mut Environment<'static>, name: &str, dir: &Path) -> Result<Te
         }
     };
 
-    let subject = match (dir.join("subject.txt").exists(), dir.join("subject.j2").exists()) {
+    let subject = match (
+        dir.join("subject.txt").exists(),
+        dir.join("subject.j2").exists(),
+    ) {
         (true, true) => {
-            problems.push(format!("{name}: has both subject.txt and subject.j2; keep one"));
+            problems.push(format!(
+                "{name}: has both subject.txt and subject.j2; keep one"
+            ));
             None
         }
         (false, false) => {
@@ -273,7 +348,10 @@ fn load_one(env: &mut Environment<'static>, name: &str, dir: &Path) -> Result<Te
         Some(Ok(text)) => match toml::from_str::<TemplateDefaults>(&text) {
             Ok(d) => d,
             Err(e) => {
-                problems.push(format!("{name}/template.toml: {}", e.to_string().trim_end()));
+                problems.push(format!(
+                    "{name}/template.toml: {}",
+                    e.to_string().trim_end()
+                ));
                 TemplateDefaults::default()
             }
         },
@@ -285,7 +363,13 @@ fn load_one(env: &mut Environment<'static>, name: &str, dir: &Path) -> Result<Te
     }
 
     match subject {
-        Some(subject) if problems.is_empty() => Ok(TemplateSpec { name: name.to_owned(), defaults, subject, html, text }),
+        Some(subject) if problems.is_empty() => Ok(TemplateSpec {
+            name: name.to_owned(),
+            defaults,
+            subject,
+            html,
+            text,
+        }),
         _ => Err(problems),
     }
 }
@@ -295,7 +379,10 @@ fn header_problem(name: &str, value: &str) -> Option<String> {
     if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
         return Some("not a valid header name".into());
     }
-    if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
         return Some("render sets this header itself; use from/reply_to or the job".into());
     }
     if value.chars().any(char::is_control) {
@@ -313,19 +400,33 @@ fn describe(template: &str, e: &minijinja::Error) -> TemplateError {
             (Some(src), Some(range)) => widen(src, range).map(|s| s.trim().to_owned()),
             _ => None,
         };
-        return TemplateError::Undefined { template, expression: expression.unwrap_or_else(|| "?".into()), line };
+        return TemplateError::Undefined {
+            template,
+            expression: expression.unwrap_or_else(|| "?".into()),
+            line,
+        };
     }
     let message = match e.detail() {
         Some(d) => format!("{}: {d}", e.kind()),
         None => e.kind().to_string(),
     };
-    TemplateError::Render { template, message, line }
+    TemplateError::Render {
+        template,
+        message,
+        line,
+    }
 }
 
 /// MiniJinja's span for a failed attribute lookup starts at the `.`: walk back over the
 /// rest of the path so the error says `data.customer.name`, not `.customer.name`.
 fn widen(src: &str, range: std::ops::Range<usize>) -> Option<&str> {
     let is_path = |c: char| c.is_alphanumeric() || "_.[]\"'".contains(c);
-    let start = src.get(..range.start)?.char_indices().rev().take_while(|&(_, c)| is_path(c)).last().map_or(range.start, |(i, _)| i);
+    let start = src
+        .get(..range.start)?
+        .char_indices()
+        .rev()
+        .take_while(|&(_, c)| is_path(c))
+        .last()
+        .map_or(range.start, |(i, _)| i);
     src.get(start..range.end)
 }

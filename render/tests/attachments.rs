@@ -26,11 +26,21 @@ fn paths_that_leave_the_root_are_refused() {
     let dir = root();
     let loader = AttachmentLoader::new(Some(dir.path()), 1024).unwrap();
     for bad in [
-        "/etc/passwd", "../etc/passwd", "2026-11/../../etc/passwd", "etc/passwd", "etc/no-such-file", "passwd", "2026-11/up/anything",
-        "./passwd", "",
+        "/etc/passwd",
+        "../etc/passwd",
+        "2026-11/../../etc/passwd",
+        "etc/passwd",
+        "etc/no-such-file",
+        "passwd",
+        "2026-11/up/anything",
+        "./passwd",
+        "",
     ] {
         let err = loader.read_path("x.pdf", bad).unwrap_err();
-        assert!(matches!(err, AttachmentError::Escapes { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, AttachmentError::Escapes { .. }),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -38,18 +48,40 @@ fn paths_that_leave_the_root_are_refused() {
 fn files_inside_the_root_are_read_even_through_inner_symlinks() {
     let dir = root();
     let loader = AttachmentLoader::new(Some(dir.path()), 1024).unwrap();
-    assert_eq!(loader.read_path("x.pdf", "2026-11/inv-1.pdf").unwrap(), b"%PDF-1.4 one");
-    assert_eq!(loader.read_path("x.pdf", "latest.pdf").unwrap(), b"%PDF-1.4 one");
-    assert!(matches!(loader.read_path("x.pdf", "2026-11/nope.pdf"), Err(AttachmentError::Missing { .. })));
-    assert!(matches!(loader.read_path("x.pdf", "2026-11"), Err(AttachmentError::NotAFile { .. })));
+    assert_eq!(
+        loader.read_path("x.pdf", "2026-11/inv-1.pdf").unwrap(),
+        b"%PDF-1.4 one"
+    );
+    assert_eq!(
+        loader.read_path("x.pdf", "latest.pdf").unwrap(),
+        b"%PDF-1.4 one"
+    );
+    assert!(matches!(
+        loader.read_path("x.pdf", "2026-11/nope.pdf"),
+        Err(AttachmentError::Missing { .. })
+    ));
+    assert!(matches!(
+        loader.read_path("x.pdf", "2026-11"),
+        Err(AttachmentError::NotAFile { .. })
+    ));
     let small = AttachmentLoader::new(Some(dir.path()), 4).unwrap();
-    assert!(matches!(small.read_path("x.pdf", "2026-11/inv-1.pdf"), Err(AttachmentError::TooLarge { size: 12, max: 4, .. })));
+    assert!(matches!(
+        small.read_path("x.pdf", "2026-11/inv-1.pdf"),
+        Err(AttachmentError::TooLarge {
+            size: 12,
+            max: 4,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn without_a_root_path_attachments_are_refused() {
     let loader = AttachmentLoader::new(None, 1024).unwrap();
-    assert!(matches!(loader.read_path("x.pdf", "a.pdf"), Err(AttachmentError::NoRoot { .. })));
+    assert!(matches!(
+        loader.read_path("x.pdf", "a.pdf"),
+        Err(AttachmentError::NoRoot { .. })
+    ));
 }
 
 #[test]
@@ -65,12 +97,20 @@ fn jobs_with_path_attachments_render_and_bad_ones_die_with_a_reason() {
         }))
     };
     let ok = renderer.render(&base("2026-11/inv-1.pdf")).unwrap();
-    let msg = mail_parser::MessageParser::default().parse(&ok.mime).unwrap();
-    assert_eq!(msg.attachments().next().unwrap().contents(), b"%PDF-1.4 one");
+    let msg = mail_parser::MessageParser::default()
+        .parse(&ok.mime)
+        .unwrap();
+    assert_eq!(
+        msg.attachments().next().unwrap().contents(),
+        b"%PDF-1.4 one"
+    );
 
     let err = renderer.render(&base("passwd")).unwrap_err();
     assert_eq!(err.kind(), "attachment_path");
-    assert!(err.to_string().contains("leaves the attachments root"), "{err}");
+    assert!(
+        err.to_string().contains("leaves the attachments root"),
+        "{err}"
+    );
     let err = renderer.render(&base("2026-11/gone.pdf")).unwrap_err();
     assert_eq!(err.kind(), "attachment_missing");
 }
@@ -95,5 +135,8 @@ fn oversize_inline_attachments_and_messages_are_refused() {
     s.max_message_bytes = 2000;
     let err = renderer_with(&s).render(&j(1000)).unwrap_err();
     assert_eq!(err.kind(), "message_too_large");
-    assert!(err.to_string().contains("render.max_message_bytes"), "{err}");
+    assert!(
+        err.to_string().contains("render.max_message_bytes"),
+        "{err}"
+    );
 }

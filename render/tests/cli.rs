@@ -15,12 +15,19 @@ fn run(config: &str, args: &[&str]) -> (i32, String) {
         .env_remove("MAILPIPE_CONFIG")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
 fn config(templates: &std::path::Path) -> String {
-    format!("[render]\ntemplates_dir = {:?}\nmessage_id_domain = \"mail.acme.example\"\n", templates.display().to_string())
+    format!(
+        "[render]\ntemplates_dir = {:?}\nmessage_id_domain = \"mail.acme.example\"\n",
+        templates.display().to_string()
+    )
 }
 
 #[test]
@@ -36,11 +43,20 @@ fn check_templates_passes_on_the_examples_and_lists_every_problem_otherwise() {
         std::fs::create_dir(&t).unwrap();
         std::fs::write(t.join("subject.txt"), "{{ data.x }}").unwrap();
         std::fs::write(t.join("body.txt"), "{{ data.y }}").unwrap();
-        std::fs::write(t.join("template.toml"), "[[checks]]\nname = \"s\"\ndata = { x = 1 }\n").unwrap();
+        std::fs::write(
+            t.join("template.toml"),
+            "[[checks]]\nname = \"s\"\ndata = { x = 1 }\n",
+        )
+        .unwrap();
     }
     let (code, text) = run(&config(dir.path()), &["--check-templates"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("a [check \"s\"]") && text.contains("b [check \"s\"]") && text.contains("data.y"), "{text}");
+    assert!(
+        text.contains("a [check \"s\"]")
+            && text.contains("b [check \"s\"]")
+            && text.contains("data.y"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -48,10 +64,16 @@ fn configuration_errors_exit_2_with_the_key_named() {
     let (code, text) = run("[render]\n", &["--check-config"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("render.message_id_domain"), "{text}");
-    let (code, text) = run("[render]\nmessage_id_domain = \"a.example\"\nconcurrency = 0\n", &[]);
+    let (code, text) = run(
+        "[render]\nmessage_id_domain = \"a.example\"\nconcurrency = 0\n",
+        &[],
+    );
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("render.concurrency"), "{text}");
-    let (code, text) = run("[render]\nmessage_id_domain = \"a.example\"\ntemplates_dir = \"/nonexistent/t\"\n", &[]);
+    let (code, text) = run(
+        "[render]\nmessage_id_domain = \"a.example\"\ntemplates_dir = \"/nonexistent/t\"\n",
+        &[],
+    );
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("/nonexistent/t"), "{text}");
 }

@@ -9,11 +9,16 @@ use std::collections::BTreeSet;
 use mail_parser::{HeaderName, MessageParser, MimeHeaders, PartType};
 use mailpipe_common::contract::Job;
 use proptest::prelude::*;
-use support::{b64, example_renderer, invoice_job, job, pdf::sample_pdf, renderer_with, settings, DOMAIN};
+use support::{
+    DOMAIN, b64, example_renderer, invoice_job, job, pdf::sample_pdf, renderer_with, settings,
+};
 
 fn header_names(raw: &[u8]) -> Vec<String> {
     let msg = MessageParser::default().parse(raw).expect("parses");
-    msg.headers().iter().map(|h| h.name.as_str().to_owned()).collect()
+    msg.headers()
+        .iter()
+        .map(|h| h.name.as_str().to_owned())
+        .collect()
 }
 
 /// The top-level header block as text (everything before the first empty line).
@@ -25,8 +30,12 @@ fn header_block(raw: &[u8]) -> String {
 #[test]
 fn an_invoice_is_mixed_with_alternative_text_and_html_plus_the_pdf() {
     let pdf = sample_pdf(50 * 1024);
-    let rendered = example_renderer().render(&invoice_job("inv-42", &pdf)).expect("renders");
-    let msg = MessageParser::default().parse(&rendered.mime).expect("parses");
+    let rendered = example_renderer()
+        .render(&invoice_job("inv-42", &pdf))
+        .expect("renders");
+    let msg = MessageParser::default()
+        .parse(&rendered.mime)
+        .expect("parses");
 
     // Structure: multipart/mixed > [multipart/alternative > [text/plain, text/html], application/pdf].
     let root = msg.root_part();
@@ -36,36 +45,80 @@ fn an_invoice_is_mixed_with_alternative_text_and_html_plus_the_pdf() {
     assert_eq!(children.len(), 2);
     let alt = msg.part(children[0]).unwrap();
     let ct = alt.content_type().unwrap();
-    assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("alternative")));
+    assert_eq!(
+        (ct.ctype(), ct.subtype()),
+        ("multipart", Some("alternative"))
+    );
     let alt_children = alt.sub_parts().unwrap();
     assert_eq!(alt_children.len(), 2);
     let text = msg.part(alt_children[0]).unwrap();
     let html = msg.part(alt_children[1]).unwrap();
-    assert!(matches!(text.body, PartType::Text(_)), "{:?}", text.content_type());
-    assert!(matches!(html.body, PartType::Html(_)), "{:?}", html.content_type());
+    assert!(
+        matches!(text.body, PartType::Text(_)),
+        "{:?}",
+        text.content_type()
+    );
+    assert!(
+        matches!(html.body, PartType::Html(_)),
+        "{:?}",
+        html.content_type()
+    );
     let pdf_part = msg.part(children[1]).unwrap();
     let ct = pdf_part.content_type().unwrap();
     assert_eq!((ct.ctype(), ct.subtype()), ("application", Some("pdf")));
-    assert_eq!(pdf_part.attachment_name(), Some("Rechnung INV-2026-0042.pdf"));
-    assert_eq!(pdf_part.contents(), pdf.as_slice(), "attachment bytes survive byte for byte");
+    assert_eq!(
+        pdf_part.attachment_name(),
+        Some("Rechnung INV-2026-0042.pdf")
+    );
+    assert_eq!(
+        pdf_part.contents(),
+        pdf.as_slice(),
+        "attachment bytes survive byte for byte"
+    );
 
     // Headers.
-    assert_eq!(msg.subject(), Some("Invoice INV-2026-0042 for Zoë Müller, due 2026-12-15"));
+    assert_eq!(
+        msg.subject(),
+        Some("Invoice INV-2026-0042 for Zoë Müller, due 2026-12-15")
+    );
     let to = msg.to().unwrap().first().unwrap();
-    assert_eq!((to.name(), to.address()), (Some("Zoë Müller"), Some("zoe@kunde.example")));
-    assert_eq!(msg.cc().unwrap().first().unwrap().address(), Some("accounting@kunde.example"));
-    assert_eq!(msg.reply_to().unwrap().first().unwrap().address(), Some("accounts@acme.example"), "template default Reply-To");
+    assert_eq!(
+        (to.name(), to.address()),
+        (Some("Zoë Müller"), Some("zoe@kunde.example"))
+    );
+    assert_eq!(
+        msg.cc().unwrap().first().unwrap().address(),
+        Some("accounting@kunde.example")
+    );
+    assert_eq!(
+        msg.reply_to().unwrap().first().unwrap().address(),
+        Some("accounts@acme.example"),
+        "template default Reply-To"
+    );
     let id = msg.message_id().expect("Message-ID");
     assert!(id.ends_with(&format!("@{DOMAIN}")), "{id}");
     assert_eq!(rendered.meta.message_id, format!("<{id}>"));
     let date = msg.date().expect("Date").to_timestamp();
     assert!((date - chrono::Utc::now().timestamp()).abs() < 60);
     let names = header_names(&rendered.mime);
-    assert!(!names.iter().any(|n| n.eq_ignore_ascii_case("bcc")), "{names:?}");
-    assert!(!names.iter().any(|n| n.eq_ignore_ascii_case("from")), "deliver writes From: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.eq_ignore_ascii_case("bcc")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.eq_ignore_ascii_case("from")),
+        "deliver writes From: {names:?}"
+    );
     assert!(msg.bcc().is_none() && msg.from().is_none());
-    assert!(!String::from_utf8_lossy(&rendered.mime).contains("archive@acme.example"), "Bcc addresses appear nowhere in the message");
-    assert_eq!(msg.header_raw(HeaderName::Other("X-Mailpipe-Template".into())).map(str::trim), Some("invoice"));
+    assert!(
+        !String::from_utf8_lossy(&rendered.mime).contains("archive@acme.example"),
+        "Bcc addresses appear nowhere in the message"
+    );
+    assert_eq!(
+        msg.header_raw(HeaderName::Other("X-Mailpipe-Template".into()))
+            .map(str::trim),
+        Some("invoice")
+    );
 
     // Meta: template default From, envelope = to + cc + bcc without the case-variant duplicate.
     let m = &rendered.meta;
@@ -73,15 +126,35 @@ fn an_invoice_is_mixed_with_alternative_text_and_html_plus_the_pdf() {
     assert_eq!(m.from.name.as_deref(), Some("Acme Billing"));
     assert!(m.has_reply_to);
     let rcpts: Vec<&str> = m.recipients.iter().map(|a| a.as_str()).collect();
-    assert_eq!(rcpts, ["zoe@kunde.example", "accounting@kunde.example", "archive@acme.example"]);
-    assert_eq!((m.job_id.as_str(), m.batch.as_ref().map(|b| b.as_str()), m.attempt), ("inv-42", Some("2026-11"), 0));
+    assert_eq!(
+        rcpts,
+        [
+            "zoe@kunde.example",
+            "accounting@kunde.example",
+            "archive@acme.example"
+        ]
+    );
+    assert_eq!(
+        (
+            m.job_id.as_str(),
+            m.batch.as_ref().map(|b| b.as_str()),
+            m.attempt
+        ),
+        ("inv-42", Some("2026-11"), 0)
+    );
 
     // Bodies: totals computed from data.items; HTML escaped, text not.
     let html = html.text_contents().unwrap();
     assert!(html.contains("Beratung &lt;vor Ort&gt;"), "{html}");
-    assert!(html.contains("360.00 EUR") && html.contains("449.90 EUR"), "{html}");
+    assert!(
+        html.contains("360.00 EUR") && html.contains("449.90 EUR"),
+        "{html}"
+    );
     let text = text.text_contents().unwrap();
-    assert!(text.contains("Beratung <vor Ort>: 3 x 120.00 = 360.00 EUR"), "{text}");
+    assert!(
+        text.contains("Beratung <vor Ort>: 3 x 120.00 = 360.00 EUR"),
+        "{text}"
+    );
     assert!(text.contains("Total due: 449.90 EUR"), "{text}");
 }
 
@@ -112,7 +185,13 @@ fn non_ascii_subjects_names_and_file_names_round_trip() {
     let dir = echo_templates();
     let renderer = renderer_with(&settings(dir.path(), None));
     let subject = "Rechnung für Zoë Müller — 12 €";
-    let rendered = renderer.render(&echo_job(subject, "Zoë Müller, \"Finanz\" <Abt.>", "Acme Bücher")).unwrap();
+    let rendered = renderer
+        .render(&echo_job(
+            subject,
+            "Zoë Müller, \"Finanz\" <Abt.>",
+            "Acme Bücher",
+        ))
+        .unwrap();
     let head = header_block(&rendered.mime);
     assert!(head.is_ascii(), "headers are 7-bit: {head}");
     let msg = MessageParser::default().parse(&rendered.mime).unwrap();
@@ -128,11 +207,24 @@ fn non_ascii_subjects_names_and_file_names_round_trip() {
     assert!(msg.reply_to().is_none());
 }
 
-const EXPECTED_HEADERS: [&str; 6] = ["Message-ID", "Date", "Subject", "To", "MIME-Version", "Content-Type"];
+const EXPECTED_HEADERS: [&str; 6] = [
+    "Message-ID",
+    "Date",
+    "Subject",
+    "To",
+    "MIME-Version",
+    "Content-Type",
+];
 
 fn assert_only_expected_headers(raw: &[u8]) {
-    let names: BTreeSet<String> = header_names(raw).into_iter().map(|n| n.to_ascii_lowercase()).collect();
-    let expected: BTreeSet<String> = EXPECTED_HEADERS.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let names: BTreeSet<String> = header_names(raw)
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    let expected: BTreeSet<String> = EXPECTED_HEADERS
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
     assert_eq!(names, expected, "{}", header_block(raw));
 }
 
@@ -153,7 +245,12 @@ fn line_breaks_in_template_data_cannot_add_headers() {
         let msg = MessageParser::default().parse(&rendered.mime).unwrap();
         let subject = msg.subject().unwrap();
         assert!(!subject.contains(['\r', '\n']), "{subject:?}");
-        assert!(subject.contains("Bcc:") || subject.contains("body takeover") || subject.contains("From:"), "the text stays, on one line: {subject:?}");
+        assert!(
+            subject.contains("Bcc:")
+                || subject.contains("body takeover")
+                || subject.contains("From:"),
+            "the text stays, on one line: {subject:?}"
+        );
     }
 }
 

@@ -4,8 +4,8 @@
 
 mod support;
 
-use mailpipe_render::templates::{TemplateError, Templates};
 use mailpipe_render::RenderError;
+use mailpipe_render::templates::{TemplateError, Templates};
 use support::{example_renderer, examples_dir, job};
 
 #[test]
@@ -34,7 +34,14 @@ fn a_missing_variable_in_a_body_is_named_with_its_file_and_line() {
         "id": "j1", "template": "notification", "to": ["a@b.example"], "data": {"title": "t"}
     }));
     let err = example_renderer().render(&j).unwrap_err();
-    let RenderError::Template(TemplateError::Undefined { template, expression, line }) = &err else { panic!("{err:?}") };
+    let RenderError::Template(TemplateError::Undefined {
+        template,
+        expression,
+        line,
+    }) = &err
+    else {
+        panic!("{err:?}")
+    };
     assert_eq!(expression, "data.message");
     assert!(template.starts_with("notification/body."), "{template}");
     assert!(line.is_some());
@@ -53,7 +60,11 @@ fn unknown_templates_and_missing_senders_are_refused() {
     std::fs::write(t.join("subject.txt"), "hi").unwrap();
     std::fs::write(t.join("body.txt"), "hi").unwrap();
     let r = support::renderer_with(&support::settings(dir.path(), None));
-    let err = r.render(&job(serde_json::json!({"id": "j1", "template": "bare", "to": ["a@b.example"]}))).unwrap_err();
+    let err = r
+        .render(&job(
+            serde_json::json!({"id": "j1", "template": "bare", "to": ["a@b.example"]}),
+        ))
+        .unwrap_err();
     assert_eq!(err.kind(), "no_sender");
     let ok = r.render(&job(serde_json::json!({"id": "j1", "template": "bare", "from": "me@acme.example", "bcc": ["a@b.example"]}))).unwrap();
     let text = String::from_utf8_lossy(&ok.mime);
@@ -72,15 +83,39 @@ fn loading_reports_every_problem_at_once() {
         }
     };
     mk("good", &[("subject.txt", "ok"), ("body.txt", "ok")]);
-    mk("syntax", &[("subject.txt", "ok"), ("body.html", "{% for x in %}")]);
+    mk(
+        "syntax",
+        &[("subject.txt", "ok"), ("body.html", "{% for x in %}")],
+    );
     mk("nosubject", &[("body.txt", "ok")]);
     mk("nobody", &[("subject.txt", "ok")]);
-    mk("badheader", &[("subject.txt", "ok"), ("body.txt", "ok"), ("template.toml", "[headers]\nBcc = \"x@y.example\"\n")]);
-    mk("badfrom", &[("subject.txt", "ok"), ("body.txt", "ok"), ("template.toml", "from = \"not an address\"\n")]);
+    mk(
+        "badheader",
+        &[
+            ("subject.txt", "ok"),
+            ("body.txt", "ok"),
+            ("template.toml", "[headers]\nBcc = \"x@y.example\"\n"),
+        ],
+    );
+    mk(
+        "badfrom",
+        &[
+            ("subject.txt", "ok"),
+            ("body.txt", "ok"),
+            ("template.toml", "from = \"not an address\"\n"),
+        ],
+    );
     mk("bad.name", &[("subject.txt", "ok"), ("body.txt", "ok")]);
     let err = Templates::load(dir.path()).unwrap_err();
     let all = err.problems.join("\n");
-    for needle in ["syntax/body.html", "nosubject: subject.txt", "nobody: needs body", "headers.Bcc", "badfrom/template.toml", "bad.name"] {
+    for needle in [
+        "syntax/body.html",
+        "nosubject: subject.txt",
+        "nobody: needs body",
+        "headers.Bcc",
+        "badfrom/template.toml",
+        "bad.name",
+    ] {
         assert!(all.contains(needle), "{needle} missing from:\n{all}");
     }
     assert!(!all.contains("good"), "{all}");
@@ -100,6 +135,12 @@ fn checks_report_every_failing_sample() {
     .unwrap();
     let problems = Templates::load(dir.path()).unwrap().check();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains("no b") && problems[0].contains("data.b"), "{problems:?}");
-    assert!(problems[1].contains("no a") && problems[1].contains("data.a"), "{problems:?}");
+    assert!(
+        problems[0].contains("no b") && problems[0].contains("data.b"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("no a") && problems[1].contains("data.a"),
+        "{problems:?}"
+    );
 }

@@ -6,8 +6,8 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
 
 use crate::invoices::write_batch;
 use crate::stack::{Binary, Stack, StackOptions};
@@ -39,7 +39,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         log_filter: "info".into(),
         ..StackOptions::default()
     };
-    say(&opts, "starting the Exchange Online simulator and mailpipe-ingest, mailpipe-render, mailpipe-deliver...");
+    say(
+        &opts,
+        "starting the Exchange Online simulator and mailpipe-ingest, mailpipe-render, mailpipe-deliver...",
+    );
     let mut stack = Stack::prepare(options).await?;
     let started = async {
         for b in Binary::ALL {
@@ -70,8 +73,16 @@ fn say(opts: &DemoOptions, line: &str) {
 
 async fn drive(stack: &Stack, opts: &DemoOptions) -> anyhow::Result<Value> {
     let batch = format!("demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
-    let jsonl = write_batch(&stack.attachments_root(), &batch, opts.invoices, |i| if i % 10 == 0 { 3 } else { 1 })?;
-    say(opts, &format!("submitting batch {batch}: {} invoices with PDF attachments (POST /v1/batches)", opts.invoices));
+    let jsonl = write_batch(&stack.attachments_root(), &batch, opts.invoices, |i| {
+        if i % 10 == 0 { 3 } else { 1 }
+    })?;
+    say(
+        opts,
+        &format!(
+            "submitting batch {batch}: {} invoices with PDF attachments (POST /v1/batches)",
+            opts.invoices
+        ),
+    );
     let t0 = Instant::now();
     let (status, body) = stack.post_batch(&batch, jsonl, false).await?;
     if status >= 300 {
@@ -100,14 +111,20 @@ async fn drive(stack: &Stack, opts: &DemoOptions) -> anyhow::Result<Value> {
             bar.set_position(delivered + failed);
             bar.set_message(format!("{failed} failed"));
         } else if !opts.json && last_line.elapsed() >= Duration::from_secs(3) {
-            eprintln!("  {delivered}/{total} delivered, {failed} failed, {:.0} s", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "  {delivered}/{total} delivered, {failed} failed, {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
             last_line = Instant::now();
         }
         if delivered + failed >= total {
             break s;
         }
         if Instant::now() > deadline {
-            bail!("the batch did not finish within 10 minutes; logs in {}", stack.dir.join("logs").display());
+            bail!(
+                "the batch did not finish within 10 minutes; logs in {}",
+                stack.dir.join("logs").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
@@ -119,9 +136,13 @@ async fn drive(stack: &Stack, opts: &DemoOptions) -> anyhow::Result<Value> {
 
 fn summary(stack: &Stack, batch: &str, status: &Value, elapsed: Duration) -> Value {
     let accepted = stack.sim.accepted();
-    let rate = match (accepted.iter().map(|m| m.received_at).min(), accepted.iter().map(|m| m.received_at).max()) {
+    let rate = match (
+        accepted.iter().map(|m| m.received_at).min(),
+        accepted.iter().map(|m| m.received_at).max(),
+    ) {
         (Some(first), Some(last)) => {
-            let span = (last - first).to_std().unwrap_or_default() + Duration::from_millis(stack.options.message_window_ms);
+            let span = (last - first).to_std().unwrap_or_default()
+                + Duration::from_millis(stack.options.message_window_ms);
             accepted.len() as f64 / span.as_secs_f64()
         }
         _ => 0.0,
@@ -141,7 +162,12 @@ fn summary(stack: &Stack, batch: &str, status: &Value, elapsed: Duration) -> Val
             })
         })
         .collect();
-    let refusals: Vec<Value> = stack.sim.refusals().into_iter().map(|r| json!({"mailbox": r.mailbox, "code": r.code, "text": r.text})).collect();
+    let refusals: Vec<Value> = stack
+        .sim
+        .refusals()
+        .into_iter()
+        .map(|r| json!({"mailbox": r.mailbox, "code": r.code, "text": r.text}))
+        .collect();
     json!({
         "batch": batch,
         "invoices": status["jobs"],
@@ -214,8 +240,16 @@ pub fn render_text(s: &Value) -> String {
         _ => out.push_str("failures: none\n"),
     }
     let i = &s["inspect"];
-    out.push_str(&format!("delivered messages: {} (.eml), {}\n", i["eml_dir"].as_str().unwrap_or(""), i["simulator_api"].as_str().unwrap_or("")));
-    out.push_str(&format!("logs: {}   config: {}\n", i["logs"].as_str().unwrap_or(""), i["config"].as_str().unwrap_or("")));
+    out.push_str(&format!(
+        "delivered messages: {} (.eml), {}\n",
+        i["eml_dir"].as_str().unwrap_or(""),
+        i["simulator_api"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "logs: {}   config: {}\n",
+        i["logs"].as_str().unwrap_or(""),
+        i["config"].as_str().unwrap_or("")
+    ));
     let m = &s["metrics"];
     out.push_str(&format!(
         "metrics (while running): {} {} {} {}\n",

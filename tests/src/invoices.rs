@@ -8,7 +8,10 @@ use serde_json::json;
 /// A one-page PDF naming the invoice (valid: xref offsets computed, so readers open it).
 pub fn invoice_pdf(number: &str, customer: &str, total: f64) -> Vec<u8> {
     let text = format!("Invoice {number} for {customer}: total {total:.2} EUR");
-    let text = text.replace('\\', "\\\\").replace('(', "\\(").replace(')', "\\)");
+    let text = text
+        .replace('\\', "\\\\")
+        .replace('(', "\\(")
+        .replace(')', "\\)");
     let stream = format!("BT /F1 14 Tf 72 720 Td ({text}) Tj ET");
     let objects = [
         "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
@@ -24,11 +27,19 @@ pub fn invoice_pdf(number: &str, customer: &str, total: f64) -> Vec<u8> {
         pdf.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
     }
     let xref = pdf.len();
-    pdf.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    pdf.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for o in offsets {
         pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
     }
-    pdf.extend_from_slice(format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes());
+    pdf.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
     pdf
 }
 
@@ -45,7 +56,12 @@ const CUSTOMERS: [(&str, &str); 8] = [
 
 /// Writes `count` invoice PDFs under `attachments_root/invoices/` and returns the JSONL
 /// batch. Job `i` goes to `recipients(i)` addresses (To, and Cc beyond the first).
-pub fn write_batch(attachments_root: &Path, batch: &str, count: usize, recipients: impl Fn(usize) -> usize) -> std::io::Result<String> {
+pub fn write_batch(
+    attachments_root: &Path,
+    batch: &str,
+    count: usize,
+    recipients: impl Fn(usize) -> usize,
+) -> std::io::Result<String> {
     std::fs::create_dir_all(attachments_root.join("invoices"))?;
     let mut jsonl = String::new();
     for i in 0..count {
@@ -57,10 +73,15 @@ pub fn write_batch(attachments_root: &Path, batch: &str, count: usize, recipient
         ];
         let total = 49.0 + (1 + i % 7) as f64 * 9.5;
         let pdf_path = format!("invoices/{number}.pdf");
-        std::fs::write(attachments_root.join(&pdf_path), invoice_pdf(&number, company, total))?;
+        std::fs::write(
+            attachments_root.join(&pdf_path),
+            invoice_pdf(&number, company, total),
+        )?;
         let n = recipients(i).max(1);
         let to = json!([{ "name": name, "address": format!("customer{i}@fabrikam.example") }]);
-        let cc: Vec<_> = (1..n).map(|r| json!(format!("ap{i}-{r}@fabrikam.example"))).collect();
+        let cc: Vec<_> = (1..n)
+            .map(|r| json!(format!("ap{i}-{r}@fabrikam.example")))
+            .collect();
         let job = json!({
             "id": format!("{batch}-{i:05}"),
             "batch": batch,
@@ -91,15 +112,27 @@ mod tests {
         let pdf = invoice_pdf("INV-1", "ACME (Europe)", 12.5);
         assert!(pdf.starts_with(b"%PDF-1.4"));
         // Offsets are byte offsets: search the bytes, never a lossy string.
-        let at = |needle: &[u8], from: usize| pdf[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+        let at = |needle: &[u8], from: usize| {
+            pdf[from..]
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .map(|p| p + from)
+        };
         let tail = at(b"startxref\n", 0).expect("startxref") + b"startxref\n".len();
         let end = at(b"\n", tail).expect("line end");
-        let xref: usize = std::str::from_utf8(&pdf[tail..end]).unwrap().parse().unwrap();
+        let xref: usize = std::str::from_utf8(&pdf[tail..end])
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(pdf[xref..].starts_with(b"xref"));
         let table = std::str::from_utf8(&pdf[xref..]).unwrap();
         for (i, line) in table.lines().skip(3).take(5).enumerate() {
             let offset: usize = line[..10].parse().unwrap();
-            assert!(pdf[offset..].starts_with(format!("{} 0 obj", i + 1).as_bytes()), "object {} at {offset}", i + 1);
+            assert!(
+                pdf[offset..].starts_with(format!("{} 0 obj", i + 1).as_bytes()),
+                "object {} at {offset}",
+                i + 1
+            );
         }
     }
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use mailpipe_common::config::RabbitSettings;
-use mailpipe_common::testkit::{amqp_url, unique_prefix, TestBroker};
+use mailpipe_common::testkit::{TestBroker, amqp_url, unique_prefix};
 use mailpipe_sim::{RunningSim, SimConfig, Simulator};
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -106,7 +106,10 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("dir", &self.dir).field("prefix", &self.rabbit.prefix).finish()
+        f.debug_struct("Stack")
+            .field("dir", &self.dir)
+            .field("prefix", &self.rabbit.prefix)
+            .finish()
     }
 }
 
@@ -122,16 +125,24 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             return Ok(dir.to_owned());
         }
     }
-    bail!("the mailpipe binaries are not built next to {}; run `cargo build --workspace --bins` first (or set MAILPIPE_BIN_DIR)", exe.display())
+    bail!(
+        "the mailpipe binaries are not built next to {}; run `cargo build --workspace --bins` first (or set MAILPIPE_BIN_DIR)",
+        exe.display()
+    )
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The workspace root (for `examples/templates`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
 }
 
 impl Stack {
@@ -178,7 +189,10 @@ impl Stack {
         );
         let mut deliver_toml = String::new();
         for t in 0..options.tenants {
-            let tenant = ["contoso", "fabrikam", "northwind", "tailspin"].get(t).map(|s| (*s).to_owned()).unwrap_or_else(|| format!("tenant{t}"));
+            let tenant = ["contoso", "fabrikam", "northwind", "tailspin"]
+                .get(t)
+                .map(|s| (*s).to_owned())
+                .unwrap_or_else(|| format!("tenant{t}"));
             let secret = uuid::Uuid::new_v4().simple().to_string();
             std::fs::write(dir.join(format!("secrets/{tenant}-client-secret")), &secret)?;
             sim_toml.push_str(&format!(
@@ -199,7 +213,10 @@ impl Stack {
                 ));
                 let auth = if options.wrong_password_mailbox == Some(idx) {
                     std::fs::write(dir.join(format!("secrets/{address}")), "wrong-password")?;
-                    format!("auth = \"password\"\npassword = {{ file = {:?} }}\n", dir.join(format!("secrets/{address}")).display().to_string())
+                    format!(
+                        "auth = \"password\"\npassword = {{ file = {:?} }}\n",
+                        dir.join(format!("secrets/{address}")).display().to_string()
+                    )
                 } else {
                     String::new()
                 };
@@ -207,12 +224,20 @@ impl Stack {
                     "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = SMTP_PORT\n{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
                     options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
                 ));
-                mailboxes.push(PoolMailbox { address, tenant: tenant.clone() });
+                mailboxes.push(PoolMailbox {
+                    address,
+                    tenant: tenant.clone(),
+                });
             }
         }
         std::fs::write(dir.join("sim.toml"), &sim_toml)?;
-        let sim = Simulator::start(SimConfig::from_toml_str(&sim_toml).context("simulator configuration")?).await?;
-        let deliver_toml = deliver_toml.replace("AUTHORITY", &sim.authority()).replace("SMTP_PORT", &sim.smtp_addr().port().to_string());
+        let sim = Simulator::start(
+            SimConfig::from_toml_str(&sim_toml).context("simulator configuration")?,
+        )
+        .await?;
+        let deliver_toml = deliver_toml
+            .replace("AUTHORITY", &sim.authority())
+            .replace("SMTP_PORT", &sim.smtp_addr().port().to_string());
 
         let mut ports = HashMap::new();
         for b in Binary::ALL {
@@ -221,7 +246,11 @@ impl Stack {
         let rabbit = RabbitSettings {
             url: amqp_url(),
             prefix: unique_prefix(&options.name),
-            retry_delays_ms: options.retry_delays_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            retry_delays_ms: options
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
             ..RabbitSettings::default()
         };
         let root = workspace_root();
@@ -283,7 +312,9 @@ max_attempts = 6
             mailboxes,
             ports,
             procs: HashMap::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
         })
     }
 
@@ -301,25 +332,36 @@ max_attempts = 6
 
     /// Messages per second the whole pool may send.
     pub fn pool_rate(&self) -> f64 {
-        self.mailboxes.len() as f64 * self.options.messages_per_window as f64 * 1000.0 / self.options.message_window_ms as f64
+        self.mailboxes.len() as f64 * self.options.messages_per_window as f64 * 1000.0
+            / self.options.message_window_ms as f64
     }
 
     /// Spawns a binary (appending to its log) and waits for `/readyz`.
     pub async fn start_binary(&mut self, b: Binary) -> anyhow::Result<()> {
         let path = bin_dir()?.join(b.name());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(b))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(b))?;
         let mut cmd = Command::new(&path);
         cmd.arg("--config").arg(&self.config_path);
         if b == Binary::Ingest {
             cmd.arg("serve");
         }
-        cmd.envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.envs(
+            self.options
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         cmd.env("RUST_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {}", path.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
         self.procs.insert(b, Proc { child });
         self.wait_ready(b, Duration::from_secs(90)).await
     }
@@ -331,25 +373,46 @@ max_attempts = 6
             if let Some(p) = self.procs.get_mut(&b)
                 && let Some(status) = p.child.try_wait()?
             {
-                bail!("{} exited during start ({status}); see {}", b.name(), self.log_path(b).display());
+                bail!(
+                    "{} exited during start ({status}); see {}",
+                    b.name(),
+                    self.log_path(b).display()
+                );
             }
-            if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
+            if let Ok(r) = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} not ready within {limit:?}; see {}", b.name(), self.log_path(b).display());
+                bail!(
+                    "{} not ready within {limit:?}; see {}",
+                    b.name(),
+                    self.log_path(b).display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// SIGTERM, then waits for a clean exit (SIGKILL after `limit`).
-    pub async fn stop_binary(&mut self, b: Binary, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut p) = self.procs.remove(&b) else { bail!("{} is not running", b.name()) };
+    pub async fn stop_binary(
+        &mut self,
+        b: Binary,
+        limit: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut p) = self.procs.remove(&b) else {
+            bail!("{} is not running", b.name())
+        };
         if let Some(pid) = p.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
         match tokio::time::timeout(limit, p.child.wait()).await {
             Ok(status) => Ok(status?),
@@ -368,15 +431,36 @@ max_attempts = 6
         Ok(())
     }
 
-    pub async fn post_batch(&self, batch: &str, jsonl: String, partial: bool) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}/v1/batches?batch={batch}{}", self.url(Binary::Ingest), if partial { "&partial=true" } else { "" });
-        let r = self.http.post(url).bearer_auth(&self.token).header("content-type", "application/x-ndjson").body(jsonl).send().await?;
+    pub async fn post_batch(
+        &self,
+        batch: &str,
+        jsonl: String,
+        partial: bool,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!(
+            "{}/v1/batches?batch={batch}{}",
+            self.url(Binary::Ingest),
+            if partial { "&partial=true" } else { "" }
+        );
+        let r = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/x-ndjson")
+            .body(jsonl)
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn batch_status(&self, batch: &str) -> anyhow::Result<Value> {
-        let r = self.http.get(format!("{}/v1/batches/{batch}", self.url(Binary::Ingest))).bearer_auth(&self.token).send().await?;
+        let r = self
+            .http
+            .get(format!("{}/v1/batches/{batch}", self.url(Binary::Ingest)))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
         if r.status().as_u16() == 404 {
             return Ok(Value::Null);
         }
@@ -384,7 +468,12 @@ max_attempts = 6
     }
 
     /// Waits until every job of the batch is delivered or failed; returns the last status.
-    pub async fn wait_batch_done(&self, batch: &str, jobs: u64, limit: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_batch_done(
+        &self,
+        batch: &str,
+        jobs: u64,
+        limit: Duration,
+    ) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let status = self.batch_status(batch).await.unwrap_or(Value::Null);

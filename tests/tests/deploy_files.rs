@@ -15,12 +15,16 @@ pub mod names {
     use std::path::{Path, PathBuf};
 
     pub fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent")
+            .to_owned()
     }
 
     pub fn read(rel: &str) -> String {
         let path = root().join(rel);
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
 
     /// Metric names in a PromQL expression: identifiers that are not functions, keywords,
@@ -28,10 +32,41 @@ pub mod names {
     pub fn in_promql(expr: &str) -> BTreeSet<String> {
         // Aggregation operators may be followed by `by (...)` rather than `(`.
         const KEYWORDS: [&str; 26] = [
-            "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan", "atan2",
-            "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+            "bool",
+            "and",
+            "or",
+            "unless",
+            "offset",
+            "inf",
+            "nan",
+            "atan2",
+            "sum",
+            "avg",
+            "min",
+            "max",
+            "count",
+            "group",
+            "stddev",
+            "stdvar",
+            "topk",
+            "bottomk",
+            "quantile",
+            "count_values",
         ];
-        const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+        const LABEL_LISTS: [&str; 6] = [
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+        ];
         let chars: Vec<char> = expr.chars().collect();
         let mut out = BTreeSet::new();
         let mut i = 0;
@@ -64,10 +99,19 @@ pub mod names {
                         i += 1;
                     }
                 }
-                c if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
+                c if c.is_ascii_digit()
+                    || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) =>
+                {
                     // a number, exponent and duration suffixes included
-                    while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '+' || chars[i] == '-') {
-                        if (chars[i] == '+' || chars[i] == '-') && !matches!(chars[i - 1], 'e' | 'E') {
+                    while i < chars.len()
+                        && (chars[i].is_ascii_alphanumeric()
+                            || chars[i] == '.'
+                            || chars[i] == '+'
+                            || chars[i] == '-')
+                    {
+                        if (chars[i] == '+' || chars[i] == '-')
+                            && !matches!(chars[i - 1], 'e' | 'E')
+                        {
                             break;
                         }
                         i += 1;
@@ -75,7 +119,9 @@ pub mod names {
                 }
                 c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
                     let start = i;
-                    while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                    while i < chars.len()
+                        && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                    {
                         i += 1;
                     }
                     let word: String = chars[start..i].iter().collect();
@@ -143,8 +189,8 @@ pub mod names {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "json") {
                 let text = std::fs::read_to_string(&path).expect("readable dashboard");
-                let json: serde_json::Value =
-                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
                 let mut exprs = Vec::new();
                 collect_exprs(&json, &mut exprs);
                 out.extend(exprs.into_iter().map(|e| (path.clone(), e)));
@@ -155,12 +201,19 @@ pub mod names {
 
     /// (alert or record name, expr) of every rule in deploy/prometheus/alerts.yml.
     pub fn rule_exprs() -> Vec<(String, String)> {
-        let rules: serde_yaml::Value = serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).expect("alerts.yml parses");
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).expect("alerts.yml parses");
         let mut out = Vec::new();
         for group in rules["groups"].as_sequence().expect("groups") {
             for rule in group["rules"].as_sequence().expect("rules") {
-                let name = rule["alert"].as_str().or_else(|| rule["record"].as_str()).expect("alert or record name");
-                out.push((name.to_owned(), rule["expr"].as_str().expect("expr").to_owned()));
+                let name = rule["alert"]
+                    .as_str()
+                    .or_else(|| rule["record"].as_str())
+                    .expect("alert or record name");
+                out.push((
+                    name.to_owned(),
+                    rule["expr"].as_str().expect("expr").to_owned(),
+                ));
             }
         }
         out
@@ -168,15 +221,30 @@ pub mod names {
 
     /// Recording rules defined in alerts.yml (names with a colon).
     pub fn recorded() -> BTreeSet<String> {
-        rule_exprs().into_iter().map(|(n, _)| n).filter(|n| n.contains(':')).collect()
+        rule_exprs()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.contains(':'))
+            .collect()
     }
 
     /// Every `mailpipe_*` family named in docs/metrics.md, the dashboards and the rules.
     pub fn referenced_mailpipe_metrics() -> BTreeSet<String> {
-        let mut all: BTreeSet<String> = documented().into_iter().filter(|n| n.starts_with("mailpipe_")).collect();
-        let exprs = dashboard_exprs().into_iter().map(|(_, e)| e).chain(rule_exprs().into_iter().map(|(_, e)| e));
+        let mut all: BTreeSet<String> = documented()
+            .into_iter()
+            .filter(|n| n.starts_with("mailpipe_"))
+            .collect();
+        let exprs = dashboard_exprs()
+            .into_iter()
+            .map(|(_, e)| e)
+            .chain(rule_exprs().into_iter().map(|(_, e)| e));
         for e in exprs {
-            all.extend(in_promql(&e).into_iter().filter(|n| n.starts_with("mailpipe_")).map(|n| family(&n).to_owned()));
+            all.extend(
+                in_promql(&e)
+                    .into_iter()
+                    .filter(|n| n.starts_with("mailpipe_"))
+                    .map(|n| family(&n).to_owned()),
+            );
         }
         all
     }
@@ -192,7 +260,11 @@ fn files_under(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)) {
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.contains(&e))
+            {
                 out.push(path);
             }
         }
@@ -205,18 +277,30 @@ fn files_under(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
 fn yaml_docs(path: &Path) -> Vec<Yaml> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display())))
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+        })
         .filter(|v: &Yaml| !v.is_null())
         .collect()
 }
 
 /// A metric used in a query must be documented, a recording rule, or the broker's / Prometheus'.
-fn check_known(what: &str, expr: &str, documented: &BTreeSet<String>, recorded: &BTreeSet<String>) -> Vec<String> {
+fn check_known(
+    what: &str,
+    expr: &str,
+    documented: &BTreeSet<String>,
+    recorded: &BTreeSet<String>,
+) -> Vec<String> {
     names::in_promql(expr)
         .into_iter()
         .filter(|n| {
             let fam = names::family(n);
-            !(documented.contains(fam) || recorded.contains(n) || n.starts_with("rabbitmq_") || n == "up" || n == "vector")
+            !(documented.contains(fam)
+                || recorded.contains(n)
+                || n.starts_with("rabbitmq_")
+                || n == "up"
+                || n == "vector")
         })
         .map(|n| format!("{what}: `{n}` is not in docs/metrics.md (expr: {expr})"))
         .collect()
@@ -225,7 +309,10 @@ fn check_known(what: &str, expr: &str, documented: &BTreeSet<String>, recorded: 
 #[test]
 fn every_yaml_under_deploy_parses() {
     let files = files_under(&root().join("deploy"), &["yml", "yaml"]);
-    assert!(files.len() >= 10, "expected the deploy/ YAML files, found {files:?}");
+    assert!(
+        files.len() >= 10,
+        "expected the deploy/ YAML files, found {files:?}"
+    );
     for f in files {
         assert!(!yaml_docs(&f).is_empty(), "{} has no document", f.display());
     }
@@ -236,19 +323,35 @@ fn promql_names_are_extracted() {
     let n = names::in_promql(
         r#"histogram_quantile(0.95, sum by (le, route) (rate(mailpipe_x_bucket{route=~"/v1/.*"}[5m]))) / on () group_left up{job="a"} or vector(1e-9) > 4 * 3600 unless foo:bar offset 10m and $__range"#,
     );
-    assert_eq!(n, ["foo:bar", "mailpipe_x_bucket", "up"].into_iter().map(str::to_owned).collect());
+    assert_eq!(
+        n,
+        ["foo:bar", "mailpipe_x_bucket", "up"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    );
 }
 
 #[test]
 fn grafana_dashboard_parses_and_uses_documented_metrics() {
     let exprs = names::dashboard_exprs();
-    assert!(exprs.len() >= 20, "the dashboard should have its panels, found {} queries", exprs.len());
+    assert!(
+        exprs.len() >= 20,
+        "the dashboard should have its panels, found {} queries",
+        exprs.len()
+    );
     let (documented, recorded) = (names::documented(), names::recorded());
-    let problems: Vec<String> =
-        exprs.iter().flat_map(|(p, e)| check_known(&p.display().to_string(), e, &documented, &recorded)).collect();
+    let problems: Vec<String> = exprs
+        .iter()
+        .flat_map(|(p, e)| check_known(&p.display().to_string(), e, &documented, &recorded))
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // The panels the issue asks for are there.
-    let all: String = exprs.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
+    let all: String = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     for needle in [
         "mailpipe_deliver_mailbox_messages_left",
         "mailpipe_deliver_mailbox_recipients_left",
@@ -264,7 +367,12 @@ fn grafana_dashboard_parses_and_uses_documented_metrics() {
 #[test]
 fn grafana_provisioning_points_at_the_dashboards() {
     let provider = yaml_docs(&root().join("deploy/grafana/provisioning/dashboards/mailpipe.yaml"));
-    assert!(provider[0]["providers"][0]["options"]["path"].as_str().is_some(), "dashboard provider without a path");
+    assert!(
+        provider[0]["providers"][0]["options"]["path"]
+            .as_str()
+            .is_some(),
+        "dashboard provider without a path"
+    );
     let ds = yaml_docs(&root().join("deploy/grafana/provisioning/datasources/prometheus.yaml"));
     assert_eq!(ds[0]["datasources"][0]["type"].as_str(), Some("prometheus"));
 }
@@ -277,7 +385,9 @@ fn alert_rules_use_documented_metrics_and_have_runbooks() {
     for (name, expr) in names::rule_exprs() {
         problems.extend(check_known(&name, &expr, &documented, &recorded));
         if !name.contains(':') && !ops.contains(&format!("### {}", name.to_ascii_lowercase())) {
-            problems.push(format!("alert {name} has no `### {name}` runbook entry in docs/operations.md"));
+            problems.push(format!(
+                "alert {name} has no `### {name}` runbook entry in docs/operations.md"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -289,14 +399,28 @@ fn kubernetes_objects_are_well_formed() {
     for f in files_under(&root().join("deploy/k8s"), &["yml", "yaml"]) {
         for doc in yaml_docs(&f) {
             let at = |k: &str| format!("{}: {k} missing in {doc:?}", f.display());
-            assert!(doc["apiVersion"].as_str().is_some_and(|s| !s.is_empty()), "{}", at("apiVersion"));
-            let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{}", at("kind"))).to_owned();
-            let name = doc["metadata"]["name"].as_str().unwrap_or_else(|| panic!("{}", at("metadata.name"))).to_owned();
+            assert!(
+                doc["apiVersion"].as_str().is_some_and(|s| !s.is_empty()),
+                "{}",
+                at("apiVersion")
+            );
+            let kind = doc["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}", at("kind")))
+                .to_owned();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}", at("metadata.name")))
+                .to_owned();
             kinds.push((kind, name, doc));
         }
     }
     let find = |kind: &str, prefix: &str| {
-        kinds.iter().filter(move |(k, n, _)| k == kind && n.starts_with(prefix)).map(|(_, _, d)| d).collect::<Vec<_>>()
+        kinds
+            .iter()
+            .filter(move |(k, n, _)| k == kind && n.starts_with(prefix))
+            .map(|(_, _, d)| d)
+            .collect::<Vec<_>>()
     };
     for (kind, prefix) in [
         ("Deployment", "mailpipe-ingest"),
@@ -312,26 +436,50 @@ fn kubernetes_objects_are_well_formed() {
         assert!(!find(kind, prefix).is_empty(), "no {kind} named {prefix}*");
     }
     for d in find("Deployment", "mailpipe-deliver") {
-        assert_eq!(d["spec"]["replicas"].as_u64(), Some(1), "deliver runs one replica per pool");
-        assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("Recreate"), "a rollout must never run two delivers on one pool");
+        assert_eq!(
+            d["spec"]["replicas"].as_u64(),
+            Some(1),
+            "deliver runs one replica per pool"
+        );
+        assert_eq!(
+            d["spec"]["strategy"]["type"].as_str(),
+            Some("Recreate"),
+            "a rollout must never run two delivers on one pool"
+        );
     }
     for d in find("Deployment", "mailpipe-") {
         let pod = &d["spec"]["template"];
-        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scrape"].as_str(), Some("true"));
-        assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/scrape"].as_str(),
+            Some("true")
+        );
+        assert_eq!(
+            pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true)
+        );
     }
     let scaled = find("ScaledObject", "mailpipe-render");
-    assert_eq!(scaled[0]["spec"]["triggers"][0]["metadata"]["queueName"].as_str(), Some("mailpipe.render"));
+    assert_eq!(
+        scaled[0]["spec"]["triggers"][0]["metadata"]["queueName"].as_str(),
+        Some("mailpipe.render")
+    );
     // The ConfigMap holds a configuration the binaries accept: TOML, with no inline secret.
     let cm = find("ConfigMap", "mailpipe");
-    let toml_text = cm[0]["data"]["mailpipe.toml"].as_str().expect("mailpipe.toml key");
-    let parsed: toml::Table = toml_text.parse().expect("the ConfigMap's mailpipe.toml is TOML");
+    let toml_text = cm[0]["data"]["mailpipe.toml"]
+        .as_str()
+        .expect("mailpipe.toml key");
+    let parsed: toml::Table = toml_text
+        .parse()
+        .expect("the ConfigMap's mailpipe.toml is TOML");
     for section in ["rabbitmq", "ingest", "render", "deliver"] {
         assert!(parsed.contains_key(section), "ConfigMap lacks [{section}]");
     }
     for secret in find("Secret", "mailpipe") {
         for (_, v) in secret["stringData"].as_mapping().expect("stringData") {
-            assert!(v.as_str().is_some_and(|s| s.contains("PLACEHOLDER")), "the example Secret holds only PLACEHOLDER values");
+            assert!(
+                v.as_str().is_some_and(|s| s.contains("PLACEHOLDER")),
+                "the example Secret holds only PLACEHOLDER values"
+            );
         }
     }
 }
@@ -344,22 +492,63 @@ fn dockerfile_builds_like_the_readme_and_runs_unprivileged() {
         .map(|l| l.trim().trim_end_matches('\\').trim())
         .find(|l| l.starts_with("cargo build"))
         .expect("the Dockerfile runs cargo build");
-    assert!(build.starts_with("cargo build --release --locked"), "{build}");
-    assert!(read("README.md").contains(build), "README.md does not give the Dockerfile's build command `{build}`");
-    assert!(docker.contains("FROM rust:1.95-bookworm AS builder"), "builder image");
-    assert!(docker.contains("FROM debian:bookworm-slim"), "runtime image");
-    assert!(docker.contains("ca-certificates"), "runtime needs CA certificates");
-    for bin in ["mailpipe-ingest", "mailpipe-render", "mailpipe-deliver", "mailpipe-sim"] {
-        assert!(docker.contains(&format!("target/release/{bin}")), "the image lacks {bin}");
+    assert!(
+        build.starts_with("cargo build --release --locked"),
+        "{build}"
+    );
+    assert!(
+        read("README.md").contains(build),
+        "README.md does not give the Dockerfile's build command `{build}`"
+    );
+    assert!(
+        docker.contains("FROM rust:1.95-bookworm AS builder"),
+        "builder image"
+    );
+    assert!(
+        docker.contains("FROM debian:bookworm-slim"),
+        "runtime image"
+    );
+    assert!(
+        docker.contains("ca-certificates"),
+        "runtime needs CA certificates"
+    );
+    for bin in [
+        "mailpipe-ingest",
+        "mailpipe-render",
+        "mailpipe-deliver",
+        "mailpipe-sim",
+    ] {
+        assert!(
+            docker.contains(&format!("target/release/{bin}")),
+            "the image lacks {bin}"
+        );
     }
-    let user = docker.lines().filter(|l| l.starts_with("USER ")).next_back().expect("a USER line");
-    assert!(!user.contains("root") && !user.ends_with(" 0") && !user.contains(" 0:"), "runs as root: {user}");
-    for l in docker.lines().filter(|l| l.starts_with("ENV ") || l.starts_with("ARG ")) {
+    let user = docker
+        .lines()
+        .filter(|l| l.starts_with("USER "))
+        .next_back()
+        .expect("a USER line");
+    assert!(
+        !user.contains("root") && !user.ends_with(" 0") && !user.contains(" 0:"),
+        "runs as root: {user}"
+    );
+    for l in docker
+        .lines()
+        .filter(|l| l.starts_with("ENV ") || l.starts_with("ARG "))
+    {
         let up = l.to_ascii_uppercase();
-        assert!(!["PASSWORD", "SECRET", "TOKEN"].iter().any(|s| up.contains(s)), "secret-looking build setting: {l}");
+        assert!(
+            !["PASSWORD", "SECRET", "TOKEN"]
+                .iter()
+                .any(|s| up.contains(s)),
+            "secret-looking build setting: {l}"
+        );
     }
     let ignore = read(".dockerignore");
-    assert!(ignore.lines().any(|l| l.trim_end_matches('/') == "target"), ".dockerignore must leave target/ out");
+    assert!(
+        ignore.lines().any(|l| l.trim_end_matches('/') == "target"),
+        ".dockerignore must leave target/ out"
+    );
 }
 
 #[test]
@@ -367,7 +556,15 @@ fn compose_runs_the_whole_stack_from_files_that_exist() {
     let path = root().join("deploy/compose/compose.yaml");
     let compose = &yaml_docs(&path)[0];
     let services = compose["services"].as_mapping().expect("services");
-    for s in ["rabbitmq", "sim", "ingest", "render", "deliver", "prometheus", "grafana"] {
+    for s in [
+        "rabbitmq",
+        "sim",
+        "ingest",
+        "render",
+        "deliver",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains_key(s), "compose lacks service {s}");
     }
     let text = read("deploy/compose/compose.yaml");
@@ -376,12 +573,21 @@ fn compose_runs_the_whole_stack_from_files_that_exist() {
         if l.starts_with("./") || l.starts_with("../") {
             let src = l.split(':').next().unwrap_or_default();
             let p = root().join("deploy/compose").join(src);
-            assert!(p.exists(), "compose mounts {src}, which does not exist ({})", p.display());
+            assert!(
+                p.exists(),
+                "compose mounts {src}, which does not exist ({})",
+                p.display()
+            );
         }
     }
     // No secret values in the file: they come from .env.
-    assert!(!text.contains("PLACEHOLDER") && text.contains("${MAILPIPE_INGEST_TOKEN:?"), "secrets come from the environment");
-    let cfg: toml::Table = read("deploy/compose/mailpipe.toml").parse().expect("compose's mailpipe.toml is TOML");
+    assert!(
+        !text.contains("PLACEHOLDER") && text.contains("${MAILPIPE_INGEST_TOKEN:?"),
+        "secrets come from the environment"
+    );
+    let cfg: toml::Table = read("deploy/compose/mailpipe.toml")
+        .parse()
+        .expect("compose's mailpipe.toml is TOML");
     assert!(cfg.contains_key("deliver"));
     let rabbit = read("deploy/compose/rabbitmq/rabbitmq.conf");
     assert!(rabbit.contains("prometheus.return_per_object_metrics = true"));
@@ -394,23 +600,48 @@ fn prometheus_scrapes_every_binary_and_the_broker() {
         .as_sequence()
         .expect("scrape_configs")
         .iter()
-        .flat_map(|j| j["static_configs"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|j| {
+            j["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
         .flat_map(|s| s["targets"].as_sequence().cloned().unwrap_or_default())
         .filter_map(|t| t.as_str().map(str::to_owned))
         .collect();
-    for t in ["127.0.0.1:8080", "127.0.0.1:9102", "127.0.0.1:9103", "127.0.0.1:15692"] {
-        assert!(targets.iter().any(|x| x == t), "no scrape target {t} in {targets:?}");
+    for t in [
+        "127.0.0.1:8080",
+        "127.0.0.1:9102",
+        "127.0.0.1:9103",
+        "127.0.0.1:15692",
+    ] {
+        assert!(
+            targets.iter().any(|x| x == t),
+            "no scrape target {t} in {targets:?}"
+        );
     }
-    assert!(!files_under(&root().join("deploy/prometheus/tests"), &["yml", "yaml"]).is_empty(), "rule unit tests");
+    assert!(
+        !files_under(&root().join("deploy/prometheus/tests"), &["yml", "yaml"]).is_empty(),
+        "rule unit tests"
+    );
 }
 
 #[test]
 fn systemd_units_are_hardened_and_read_secrets_from_an_environment_file() {
     for bin in ["mailpipe-ingest", "mailpipe-render", "mailpipe-deliver"] {
         let unit = read(&format!("deploy/systemd/{bin}.service"));
-        for key in ["ExecStart=/usr/local/bin/", "EnvironmentFile=", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"] {
+        for key in [
+            "ExecStart=/usr/local/bin/",
+            "EnvironmentFile=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+        ] {
             assert!(unit.contains(key), "{bin}.service lacks {key}");
         }
-        assert!(unit.contains(&format!("ExecStart=/usr/local/bin/{bin} ")), "{bin}.service runs another binary");
+        assert!(
+            unit.contains(&format!("ExecStart=/usr/local/bin/{bin} ")),
+            "{bin}.service runs another binary"
+        );
     }
 }

@@ -11,9 +11,15 @@ use mailpipe_tests::stack::{Binary, Stack, StackOptions};
 fn delivered_counts(stack: &Stack) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for m in stack.sim.accepted() {
-        let parsed = mail_parser::MessageParser::default().parse(&m.raw).expect("every delivered message parses");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&m.raw)
+            .expect("every delivered message parses");
         let subject = parsed.subject().expect("subject").to_owned();
-        let number = subject.split_whitespace().find(|w| w.starts_with("INV-")).expect("invoice number in the subject").to_owned();
+        let number = subject
+            .split_whitespace()
+            .find(|w| w.starts_with("INV-"))
+            .expect("invoice number in the subject")
+            .to_owned();
         *counts.entry(number).or_insert(0) += 1;
     }
     counts
@@ -28,12 +34,20 @@ fn assert_exactly_once(stack: &Stack, jobs: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_job_batch_with_attachments_is_delivered_exactly_once_and_status_completes() {
-    let opts = StackOptions { name: "e2e500".into(), messages_per_window: 100, message_window_ms: 1_000, ..StackOptions::default() };
+    let opts = StackOptions {
+        name: "e2e500".into(),
+        messages_per_window: 100,
+        message_window_ms: 1_000,
+        ..StackOptions::default()
+    };
     let stack = Stack::start(opts).await.expect("stack starts");
     let jsonl = write_batch(&stack.attachments_root(), "b500", 500, |i| 1 + i % 4).unwrap();
     let (status, body) = stack.post_batch("b500", jsonl, false).await.unwrap();
     assert_eq!(status, 202, "{body}");
-    let done = stack.wait_batch_done("b500", 500, Duration::from_secs(240)).await.expect("batch completes");
+    let done = stack
+        .wait_batch_done("b500", 500, Duration::from_secs(240))
+        .await
+        .expect("batch completes");
     assert_eq!(done["jobs"], 500, "{done}");
     assert_eq!(done["counts"]["delivered"], 500, "{done}");
     assert_eq!(done["counts"]["failed"], 0, "{done}");
@@ -42,41 +56,75 @@ async fn a_500_job_batch_with_attachments_is_delivered_exactly_once_and_status_c
     let mut recipients = 0;
     for m in stack.sim.accepted() {
         let parsed = mail_parser::MessageParser::default().parse(&m.raw).unwrap();
-        let pdf = parsed.attachments().next().expect("the invoice PDF is attached");
-        assert!(pdf.contents().starts_with(b"%PDF-1.4"), "attachment decodes to the PDF");
+        let pdf = parsed
+            .attachments()
+            .next()
+            .expect("the invoice PDF is attached");
+        assert!(
+            pdf.contents().starts_with(b"%PDF-1.4"),
+            "attachment decodes to the PDF"
+        );
         assert!(parsed.from().is_some(), "From was written by deliver");
         recipients += m.rcpt_to.len();
     }
-    assert_eq!(recipients, (0..500).map(|i| 1 + i % 4).sum::<usize>(), "every recipient in the envelope");
-    assert!(stack.sim.refusals().is_empty(), "{:?}", stack.sim.refusals());
+    assert_eq!(
+        recipients,
+        (0..500).map(|i| 1 + i % 4).sum::<usize>(),
+        "every recipient in the envelope"
+    );
+    assert!(
+        stack.sim.refusals().is_empty(),
+        "{:?}",
+        stack.sim.refusals()
+    );
     stack.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_bad_rows_reports_exactly_those_and_delivers_the_rest() {
-    let opts = StackOptions { name: "e2ebad".into(), messages_per_window: 100, message_window_ms: 1_000, ..StackOptions::default() };
+    let opts = StackOptions {
+        name: "e2ebad".into(),
+        messages_per_window: 100,
+        message_window_ms: 1_000,
+        ..StackOptions::default()
+    };
     let stack = Stack::start(opts).await.expect("stack starts");
     let good = write_batch(&stack.attachments_root(), "bbad", 20, |_| 1).unwrap();
     let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
     // Line 3: an address that is not one; line 8: a template that does not exist;
     // line 15: an attachment outside the root.
     lines[2] = lines[2].replace("customer2@fabrikam.example", "customer2 at fabrikam");
-    lines[7] = lines[7].replace("\"template\":\"invoice\"", "\"template\":\"no-such-template\"");
+    lines[7] = lines[7].replace(
+        "\"template\":\"invoice\"",
+        "\"template\":\"no-such-template\"",
+    );
     lines[14] = lines[14].replace("invoices/INV-2026-11-00014.pdf", "../../etc/passwd");
     let jsonl = lines.join("\n") + "\n";
 
-    let (status, body) = stack.post_batch("bbad", jsonl.clone(), false).await.unwrap();
+    let (status, body) = stack
+        .post_batch("bbad", jsonl.clone(), false)
+        .await
+        .unwrap();
     assert_eq!(status, 422, "all or nothing by default: {body}");
     let (status, body) = stack.post_batch("bbad", jsonl, true).await.unwrap();
     assert!(status < 300, "partial accepts the good lines: {body}");
     let body_text = body.to_string();
-    let reported: Vec<u64> = body["rejected"].as_array().or(body["errors"].as_array()).expect("bad lines reported").iter().filter_map(|e| e["line"].as_u64()).collect();
+    let reported: Vec<u64> = body["rejected"]
+        .as_array()
+        .or(body["errors"].as_array())
+        .expect("bad lines reported")
+        .iter()
+        .filter_map(|e| e["line"].as_u64())
+        .collect();
     let mut unique = reported.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique, vec![3, 8, 15], "{body_text}");
 
-    let done = stack.wait_batch_done("bbad", 17, Duration::from_secs(120)).await.expect("good lines delivered");
+    let done = stack
+        .wait_batch_done("bbad", 17, Duration::from_secs(120))
+        .await
+        .expect("good lines delivered");
     assert_eq!(done["counts"]["delivered"], 17, "{done}");
     assert_exactly_once(&stack, 17);
     stack.shutdown().await.unwrap();
@@ -85,24 +133,47 @@ async fn a_batch_with_bad_rows_reports_exactly_those_and_delivers_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_each_binary_mid_batch_loses_nothing_and_sends_nothing_twice() {
     // Slow enough that the batch is in flight while each binary is stopped and restarted.
-    let opts = StackOptions { name: "e2eterm".into(), messages_per_window: 10, message_window_ms: 1_000, ..StackOptions::default() };
+    let opts = StackOptions {
+        name: "e2eterm".into(),
+        messages_per_window: 10,
+        message_window_ms: 1_000,
+        ..StackOptions::default()
+    };
     let mut stack = Stack::start(opts).await.expect("stack starts");
     let jobs = 240;
     let jsonl = write_batch(&stack.attachments_root(), "bterm", jobs, |_| 1).unwrap();
     let (status, body) = stack.post_batch("bterm", jsonl, false).await.unwrap();
     assert_eq!(status, 202, "{body}");
 
-    for b in [Binary::Deliver, Binary::Render, Binary::Ingest, Binary::Deliver] {
+    for b in [
+        Binary::Deliver,
+        Binary::Render,
+        Binary::Ingest,
+        Binary::Deliver,
+    ] {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let exit = stack.stop_binary(b, Duration::from_secs(30)).await.expect("stops on SIGTERM");
-        assert!(exit.success(), "{} exits cleanly on SIGTERM: {exit}", b.name());
+        let exit = stack
+            .stop_binary(b, Duration::from_secs(30))
+            .await
+            .expect("stops on SIGTERM");
+        assert!(
+            exit.success(),
+            "{} exits cleanly on SIGTERM: {exit}",
+            b.name()
+        );
         stack.start_binary(b).await.expect("restarts");
     }
-    let done = stack.wait_batch_done("bterm", jobs as u64, Duration::from_secs(180)).await.expect("batch completes");
+    let done = stack
+        .wait_batch_done("bterm", jobs as u64, Duration::from_secs(180))
+        .await
+        .expect("batch completes");
     assert_eq!(done["counts"]["delivered"], jobs as u64, "{done}");
     assert_exactly_once(&stack, jobs);
     for m in stack.sim.mailbox_stats() {
-        assert!(m.max_messages_in_window <= 10, "no window overrun across restarts: {m:?}");
+        assert!(
+            m.max_messages_in_window <= 10,
+            "no window overrun across restarts: {m:?}"
+        );
     }
     stack.shutdown().await.unwrap();
 }
@@ -120,11 +191,18 @@ async fn a_mailbox_with_wrong_credentials_does_not_stop_the_batch() {
     let jsonl = write_batch(&stack.attachments_root(), "bcreds", 100, |_| 1).unwrap();
     let (status, body) = stack.post_batch("bcreds", jsonl, false).await.unwrap();
     assert_eq!(status, 202, "{body}");
-    let done = stack.wait_batch_done("bcreds", 100, Duration::from_secs(120)).await.expect("batch completes");
+    let done = stack
+        .wait_batch_done("bcreds", 100, Duration::from_secs(120))
+        .await
+        .expect("batch completes");
     assert_eq!(done["counts"]["delivered"], 100, "{done}");
     assert_eq!(done["counts"]["failed"], 0, "{done}");
     let broken = &stack.mailboxes[1].address;
-    assert_eq!(stack.sim.mailbox(broken).map(|m| m.accepted), Some(0), "the broken mailbox sent nothing");
+    assert_eq!(
+        stack.sim.mailbox(broken).map(|m| m.accepted),
+        Some(0),
+        "the broken mailbox sent nothing"
+    );
     assert_exactly_once(&stack, 100);
     stack.shutdown().await.unwrap();
 }

@@ -15,7 +15,7 @@ mod deploy_files;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use mailpipe_sim::FaultsConfig;
 use mailpipe_tests::invoices;
 use mailpipe_tests::stack::{Binary, Stack, StackOptions};
@@ -33,7 +33,10 @@ impl Scrape {
     fn parse(text: String) -> Self {
         let mut names = BTreeSet::new();
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")) {
+            if let Some(rest) = line
+                .strip_prefix("# TYPE ")
+                .or_else(|| line.strip_prefix("# HELP "))
+            {
                 names.extend(rest.split_whitespace().next().map(str::to_owned));
             } else if !line.starts_with('#') && !line.trim().is_empty() {
                 let name = line.split(['{', ' ']).next().unwrap_or_default();
@@ -50,13 +53,24 @@ impl Scrape {
 }
 
 async fn scrape(http: &reqwest::Client, base: &str) -> anyhow::Result<Scrape> {
-    let r = http.get(format!("{base}/metrics")).send().await.with_context(|| format!("GET {base}/metrics"))?;
-    let r = r.error_for_status().with_context(|| format!("GET {base}/metrics"))?;
+    let r = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/metrics"))?;
+    let r = r
+        .error_for_status()
+        .with_context(|| format!("GET {base}/metrics"))?;
     Ok(Scrape::parse(r.text().await?))
 }
 
 /// Polls `base`/metrics until `needle` (a name, or a name with labels as written) shows.
-async fn wait_for(http: &reqwest::Client, base: &str, needle: &str, limit: Duration) -> anyhow::Result<()> {
+async fn wait_for(
+    http: &reqwest::Client,
+    base: &str,
+    needle: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let s = scrape(http, base).await?;
@@ -88,59 +102,143 @@ fn invoice_job(stack: &Stack, batch: &str) -> anyhow::Result<String> {
 }
 
 async fn drive_every_path(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<()> {
-    let (ingest, render, deliver) = (stack.url(Binary::Ingest), stack.url(Binary::Render), stack.url(Binary::Deliver));
+    let (ingest, render, deliver) = (
+        stack.url(Binary::Ingest),
+        stack.url(Binary::Render),
+        stack.url(Binary::Deliver),
+    );
     let sim = stack.sim.authority();
 
     // A delivered batch: ingest, render and deliver counters and histograms.
     let jsonl = invoices::write_batch(&stack.attachments_root(), "mon-ok", 3, |_| 1)?;
     let (status, body) = stack.post_batch("mon-ok", jsonl, false).await?;
-    assert!((200..300).contains(&status), "batch refused: {status} {body}");
-    stack.wait_batch_done("mon-ok", 3, Duration::from_secs(120)).await?;
+    assert!(
+        (200..300).contains(&status),
+        "batch refused: {status} {body}"
+    );
+    stack
+        .wait_batch_done("mon-ok", 3, Duration::from_secs(120))
+        .await?;
 
     // A refused job: mailpipe_ingest_rejections_total.
-    let status = post_job(stack, http, r#"{"id":"mon-bad","template":"invoice","to":["not-an-address"]}"#).await?;
+    let status = post_job(
+        stack,
+        http,
+        r#"{"id":"mon-bad","template":"invoice","to":["not-an-address"]}"#,
+    )
+    .await?;
     assert!((400..500).contains(&status), "an invalid job got {status}");
-    wait_for(http, &ingest, "mailpipe_ingest_rejections_total", Duration::from_secs(10)).await?;
+    wait_for(
+        http,
+        &ingest,
+        "mailpipe_ingest_rejections_total",
+        Duration::from_secs(10),
+    )
+    .await?;
 
     // A job render cannot render (no data for the template): mailpipe_render_failures_total.
-    let status = post_job(stack, http, r#"{"id":"mon-undefined","template":"invoice","to":["x@fabrikam.example"],"data":{}}"#).await?;
-    assert!((200..300).contains(&status), "the job without data was refused by ingest: {status}");
-    wait_for(http, &render, "mailpipe_render_failures_total", Duration::from_secs(60)).await?;
+    let status = post_job(
+        stack,
+        http,
+        r#"{"id":"mon-undefined","template":"invoice","to":["x@fabrikam.example"],"data":{}}"#,
+    )
+    .await?;
+    assert!(
+        (200..300).contains(&status),
+        "the job without data was refused by ingest: {status}"
+    );
+    wait_for(
+        http,
+        &render,
+        "mailpipe_render_failures_total",
+        Duration::from_secs(60),
+    )
+    .await?;
 
     // A refused token request: mailpipe_sim_token_errors_total.
     let tenant = &stack.mailboxes[0].tenant;
-    let form = [("grant_type", "client_credentials"), ("client_id", "nobody"), ("client_secret", "wrong"), ("scope", "https://outlook.office365.com/.default")];
-    let r = http.post(stack.sim.token_url(tenant)).form(&form).send().await?;
-    assert!(r.status().is_client_error(), "a bad token request got {}", r.status());
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "nobody"),
+        ("client_secret", "wrong"),
+        ("scope", "https://outlook.office365.com/.default"),
+    ];
+    let r = http
+        .post(stack.sim.token_url(tenant))
+        .form(&form)
+        .send()
+        .await?;
+    assert!(
+        r.status().is_client_error(),
+        "a bad token request got {}",
+        r.status()
+    );
 
     // An injected 451: a retry (mailpipe_deliver_messages_total{outcome="retry"}) and a fault.
-    stack.sim.set_faults(FaultsConfig { reply_451_rate: 1.0, ..Default::default() });
+    stack.sim.set_faults(FaultsConfig {
+        reply_451_rate: 1.0,
+        ..Default::default()
+    });
     assert!((200..300).contains(&post_job(stack, http, &invoice_job(stack, "mon-retry")?).await?));
     // deliver's outcome series exist from the start (at 0), so wait for the fault itself.
-    wait_for(http, &sim, "mailpipe_sim_faults_injected_total", Duration::from_secs(60)).await?;
+    wait_for(
+        http,
+        &sim,
+        "mailpipe_sim_faults_injected_total",
+        Duration::from_secs(60),
+    )
+    .await?;
     stack.sim.set_faults(FaultsConfig::default());
-    wait_for(http, &deliver, r#"mailpipe_deliver_messages_total{outcome="retry"}"#, Duration::from_secs(5)).await?;
+    wait_for(
+        http,
+        &deliver,
+        r#"mailpipe_deliver_messages_total{outcome="retry"}"#,
+        Duration::from_secs(5),
+    )
+    .await?;
 
     // A blocked tenant: mailpipe_deliver_provider_refusals_total.
     stack.sim.set_tenant_blocked(tenant, true);
-    assert!((200..300).contains(&post_job(stack, http, &invoice_job(stack, "mon-blocked")?).await?));
-    let refused = wait_for(http, &deliver, "mailpipe_deliver_provider_refusals_total", Duration::from_secs(60)).await;
+    assert!(
+        (200..300).contains(&post_job(stack, http, &invoice_job(stack, "mon-blocked")?).await?)
+    );
+    let refused = wait_for(
+        http,
+        &deliver,
+        "mailpipe_deliver_provider_refusals_total",
+        Duration::from_secs(60),
+    )
+    .await;
     stack.sim.set_tenant_blocked(tenant, false);
     refused?;
     // Both held-up jobs go through once the faults are gone.
-    stack.wait_batch_done("mon-retry", 1, Duration::from_secs(60)).await?;
-    stack.wait_batch_done("mon-blocked", 1, Duration::from_secs(60)).await?;
+    stack
+        .wait_batch_done("mon-retry", 1, Duration::from_secs(60))
+        .await?;
+    stack
+        .wait_batch_done("mon-blocked", 1, Duration::from_secs(60))
+        .await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
     let referenced = names::referenced_mailpipe_metrics();
-    assert!(referenced.len() >= 30, "docs/metrics.md should list every metric, found {referenced:?}");
+    assert!(
+        referenced.len() >= 30,
+        "docs/metrics.md should list every metric, found {referenced:?}"
+    );
 
-    let options = StackOptions { name: "monitoring".into(), tenants: 1, mailboxes_per_tenant: 2, ..Default::default() };
+    let options = StackOptions {
+        name: "monitoring".into(),
+        tenants: 1,
+        mailboxes_per_tenant: 2,
+        ..Default::default()
+    };
     let stack = Stack::start(options).await?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let driven = drive_every_path(&stack, &http).await;
 
     let mut scrapes = Vec::new();
@@ -158,10 +256,16 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
     let mut exported = BTreeSet::new();
     for (what, s) in scrapes {
         let s = s.with_context(|| format!("scraping {what}"))?;
-        assert!(s.names.iter().any(|n| n.starts_with("mailpipe_")), "{what} exports no mailpipe_* metric");
+        assert!(
+            s.names.iter().any(|n| n.starts_with("mailpipe_")),
+            "{what} exports no mailpipe_* metric"
+        );
         exported.extend(s.names);
     }
-    let missing: Vec<&String> = referenced.iter().filter(|n| !exported.contains(*n)).collect();
+    let missing: Vec<&String> = referenced
+        .iter()
+        .filter(|n| !exported.contains(*n))
+        .collect();
     assert!(
         missing.is_empty(),
         "named in docs/metrics.md, the dashboard or the alert rules but not exported by any binary: {missing:?}"
@@ -170,10 +274,15 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
     let documented = names::documented();
     let undocumented: Vec<&String> = exported
         .iter()
-        .filter(|n| n.starts_with("mailpipe_") && names::family(n) == n.as_str() && !documented.contains(*n))
+        .filter(|n| {
+            n.starts_with("mailpipe_") && names::family(n) == n.as_str() && !documented.contains(*n)
+        })
         .filter(|n| !documented.contains(names::family(n)))
         .collect();
-    assert!(undocumented.is_empty(), "exported but missing from docs/metrics.md: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported but missing from docs/metrics.md: {undocumented:?}"
+    );
     Ok(())
 }
 

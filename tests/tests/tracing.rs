@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::post;
 use axum::Router;
+use axum::routing::post;
 use mailpipe_tests::invoices::write_batch;
 use mailpipe_tests::stack::{Stack, StackOptions};
 use serde_json::Value;
@@ -68,24 +68,45 @@ async fn one_job_is_one_trace_across_ingest_render_deliver_and_smtp() {
     let jsonl = write_batch(&stack.attachments_root(), "btrace", 1, |_| 1).unwrap();
     let (status, body) = stack.post_batch("btrace", jsonl, false).await.unwrap();
     assert_eq!(status, 202, "{body}");
-    stack.wait_batch_done("btrace", 1, Duration::from_secs(60)).await.unwrap();
+    stack
+        .wait_batch_done("btrace", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     // SIGTERM flushes each binary's span exporter.
     stack.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let spans = spans.lock().unwrap().clone();
     let services_of = |trace: &str| {
-        let mut s: Vec<String> = spans.iter().filter(|(_, t, _)| t == trace).map(|(svc, _, _)| svc.clone()).collect();
+        let mut s: Vec<String> = spans
+            .iter()
+            .filter(|(_, t, _)| t == trace)
+            .map(|(svc, _, _)| svc.clone())
+            .collect();
         s.sort();
         s.dedup();
         s
     };
-    let smtp = spans.iter().find(|(svc, _, name)| svc == "mailpipe-deliver" && name == "smtp.send").unwrap_or_else(|| panic!("an SMTP exchange span among {spans:?}"));
+    let smtp = spans
+        .iter()
+        .find(|(svc, _, name)| svc == "mailpipe-deliver" && name == "smtp.send")
+        .unwrap_or_else(|| panic!("an SMTP exchange span among {spans:?}"));
     assert_eq!(
         services_of(&smtp.1),
-        vec!["mailpipe-deliver".to_owned(), "mailpipe-ingest".to_owned(), "mailpipe-render".to_owned()],
+        vec![
+            "mailpipe-deliver".to_owned(),
+            "mailpipe-ingest".to_owned(),
+            "mailpipe-render".to_owned()
+        ],
         "the SMTP span's trace spans all three stages: {spans:?}"
     );
-    let names: Vec<&str> = spans.iter().filter(|(_, t, _)| *t == smtp.1).map(|(_, _, n)| n.as_str()).collect();
-    assert!(names.contains(&"render") && names.contains(&"deliver"), "{names:?}");
+    let names: Vec<&str> = spans
+        .iter()
+        .filter(|(_, t, _)| *t == smtp.1)
+        .map(|(_, _, n)| n.as_str())
+        .collect();
+    assert!(
+        names.contains(&"render") && names.contains(&"deliver"),
+        "{names:?}"
+    );
 }

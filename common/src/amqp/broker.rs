@@ -52,17 +52,27 @@ struct Inner {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("endpoint", &self.inner.endpoint).field("name", &self.inner.name).finish()
+        f.debug_struct("Broker")
+            .field("endpoint", &self.inner.endpoint)
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
 impl Broker {
     /// Connects (retrying with backoff until it succeeds or `shutdown` fires) and declares
     /// the topology. `name` shows in the RabbitMQ management UI.
-    pub async fn connect(settings: &RabbitSettings, name: &str, shutdown: CancellationToken) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        settings: &RabbitSettings,
+        name: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BrokerError> {
         let mut uri = AMQPUri::from_str(&settings.url).map_err(BrokerError::BadUri)?;
         if let Some(password) = &settings.password {
-            uri.authority.userinfo.password = password.resolve("rabbitmq.password")?.expose_secret().to_owned();
+            uri.authority.userinfo.password = password
+                .resolve("rabbitmq.password")?
+                .expose_secret()
+                .to_owned();
         }
         if uri.query.heartbeat.is_none() {
             // Notice a dead broker within ~30 s even when idle.
@@ -83,7 +93,12 @@ impl Broker {
                 shutdown,
             }),
         };
-        broker.channel().await?.close(200, "connected".into()).await.ok();
+        broker
+            .channel()
+            .await?
+            .close(200, "connected".into())
+            .await
+            .ok();
         Ok(broker)
     }
 
@@ -101,7 +116,11 @@ impl Broker {
 
     /// True while the connection is up (readiness).
     pub fn is_connected(&self) -> bool {
-        self.inner.connection.try_lock().map(|c| c.as_ref().is_some_and(|c| c.status().connected())).unwrap_or(true)
+        self.inner
+            .connection
+            .try_lock()
+            .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+            .unwrap_or(true)
     }
 
     /// A fresh channel, reconnecting first if the connection is gone. Waits (with backoff)
@@ -124,7 +143,10 @@ impl Broker {
     }
 
     async fn try_channel(&self) -> Result<Channel, BrokerError> {
-        let amqp = |source| BrokerError::Amqp { endpoint: self.inner.endpoint.clone(), source };
+        let amqp = |source| BrokerError::Amqp {
+            endpoint: self.inner.endpoint.clone(),
+            source,
+        };
         let mut guard = self.inner.connection.lock().await;
         if let Some(conn) = guard.as_ref()
             && conn.status().connected()
@@ -137,8 +159,11 @@ impl Broker {
             }
         }
         *guard = None;
-        let props = ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
-        let conn = Connection::connect_uri(self.inner.uri.clone(), props).await.map_err(amqp)?;
+        let props =
+            ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
+        let conn = Connection::connect_uri(self.inner.uri.clone(), props)
+            .await
+            .map_err(amqp)?;
         let ch = conn.create_channel().await.map_err(amqp)?;
         self.inner.topology.declare(&ch).await.map_err(amqp)?;
         tracing::info!(endpoint = %self.inner.endpoint, prefix = self.inner.topology.prefix(), "connected to RabbitMQ; topology declared");
@@ -150,7 +175,9 @@ impl Broker {
     /// that does not answer the close must not hold up a process's exit.
     pub async fn close(&self) {
         if let Some(conn) = self.inner.connection.lock().await.take()
-            && tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into())).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into()))
+                .await
+                .is_err()
         {
             tracing::warn!(endpoint = %self.inner.endpoint, "RabbitMQ did not confirm the connection close within 5 s");
         }

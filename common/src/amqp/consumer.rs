@@ -25,13 +25,20 @@ pub struct ConsumerSpec {
 
 impl std::fmt::Debug for ConsumerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsumerSpec").field("queue", &self.queue).field("prefetch", &self.prefetch).finish()
+        f.debug_struct("ConsumerSpec")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .finish()
     }
 }
 
 impl ConsumerSpec {
     pub fn queue(queue: impl Into<String>, prefetch: u16) -> Self {
-        Self { queue: queue.into(), prefetch, arguments: Arc::new(FieldTable::default) }
+        Self {
+            queue: queue.into(),
+            prefetch,
+            arguments: Arc::new(FieldTable::default),
+        }
     }
 }
 
@@ -55,7 +62,9 @@ where
             }
         };
         let subscribed = async {
-            channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(spec.prefetch, BasicQosOptions::default())
+                .await?;
             channel
                 .basic_consume(
                     ShortString::from(spec.queue.as_str()),

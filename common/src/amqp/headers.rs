@@ -1,8 +1,8 @@
 //! AMQP header helpers. String values are always `LongString`: RabbitMQ refuses
 //! `ShortString` in some places (queue arguments) and readers then need only one case.
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// Why a message is in dead letters, in words (set by whoever dead-lettered it on purpose).
 pub const DEAD_REASON_HEADER: &str = "mailpipe-dead-reason";
@@ -10,7 +10,10 @@ pub const DEAD_REASON_HEADER: &str = "mailpipe-dead-reason";
 pub const DEAD_STAGE_HEADER: &str = "mailpipe-dead-stage";
 
 pub fn set_header(table: &mut FieldTable, key: &str, value: impl Into<String>) {
-    table.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value.into())));
+    table.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value.into())),
+    );
 }
 
 pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
@@ -48,8 +51,12 @@ pub fn persistent_properties(content_type: &str, headers: FieldTable) -> BasicPr
 /// from the newest `x-death` entry.
 pub fn death_reason(props: &BasicProperties) -> Option<String> {
     let headers = props.headers().as_ref()?;
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
     match first.inner().get("reason")? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),

@@ -9,11 +9,14 @@ mod publisher;
 mod topology;
 
 pub use broker::{Broker, BrokerError};
-pub use consumer::{consume, ConsumerSpec};
-pub use headers::{death_reason, header_i64, header_str, persistent_properties, set_header, DEAD_REASON_HEADER, DEAD_STAGE_HEADER};
+pub use consumer::{ConsumerSpec, consume};
+pub use headers::{
+    DEAD_REASON_HEADER, DEAD_STAGE_HEADER, death_reason, header_i64, header_str,
+    persistent_properties, set_header,
+};
 pub use publisher::{Outgoing, PendingConfirm, PublishError, Publisher};
 pub use topology::{Stage, Topology};
 
+pub use lapin::BasicProperties;
 pub use lapin::message::Delivery;
 pub use lapin::types::{AMQPValue, FieldTable};
-pub use lapin::BasicProperties;

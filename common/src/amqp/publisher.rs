@@ -23,11 +23,22 @@ const REPUBLISH_LIMIT: u32 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker refused (nack) the message for {exchange}/{routing_key}")]
-    Nacked { exchange: String, routing_key: String },
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("message for {exchange}/{routing_key} is unroutable: {reply}")]
-    Unroutable { exchange: String, routing_key: String, reply: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
     #[error("no publisher confirm for {exchange}/{routing_key} within {timeout:?}")]
-    Timeout { exchange: String, routing_key: String, timeout: Duration },
+    Timeout {
+        exchange: String,
+        routing_key: String,
+        timeout: Duration,
+    },
     #[error("publishing to {exchange}/{routing_key}: {source}")]
     Amqp {
         exchange: String,
@@ -77,7 +88,13 @@ struct Inner {
 
 impl Publisher {
     pub fn new(broker: Broker, confirm_timeout: Duration) -> Self {
-        Self { inner: Arc::new(Inner { broker, channel: Mutex::new(None), timeout: confirm_timeout }) }
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                channel: Mutex::new(None),
+                timeout: confirm_timeout,
+            }),
+        }
     }
 
     pub fn broker(&self) -> &Broker {
@@ -113,7 +130,10 @@ impl Publisher {
                 .basic_publish(
                     ShortString::from(msg.exchange),
                     ShortString::from(msg.routing_key),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     msg.body,
                     msg.properties.clone(),
                 )
@@ -130,7 +150,10 @@ impl Publisher {
         Err(PublishError::Amqp {
             exchange: msg.exchange.to_owned(),
             routing_key: msg.routing_key.to_owned(),
-            source: last.unwrap_or_else(|| lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.publish").into()),
+            source: last.unwrap_or_else(|| {
+                lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.publish")
+                    .into()
+            }),
         })
     }
 
@@ -144,7 +167,11 @@ impl Publisher {
         let ch = self.inner.broker.channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|source| PublishError::Amqp { exchange: String::new(), routing_key: String::new(), source })?;
+            .map_err(|source| PublishError::Amqp {
+                exchange: String::new(),
+                routing_key: String::new(),
+                source,
+            })?;
         *guard = Some(ch.clone());
         Ok(ch)
     }
@@ -168,9 +195,17 @@ impl PendingConfirm {
         loop {
             let result = match tokio::time::timeout(timeout, &mut self.confirm).await {
                 Err(_) => {
-                    return Err(PublishError::Timeout { exchange: self.exchange, routing_key: self.routing_key, timeout });
+                    return Err(PublishError::Timeout {
+                        exchange: self.exchange,
+                        routing_key: self.routing_key,
+                        timeout,
+                    });
                 }
-                Ok(Err(source)) => Err(PublishError::Amqp { exchange: self.exchange.clone(), routing_key: self.routing_key.clone(), source }),
+                Ok(Err(source)) => Err(PublishError::Amqp {
+                    exchange: self.exchange.clone(),
+                    routing_key: self.routing_key.clone(),
+                    source,
+                }),
                 Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
                 Ok(Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)))) => {
                     return Err(PublishError::Unroutable {
@@ -181,7 +216,10 @@ impl PendingConfirm {
                 }
                 // NotRequested cannot happen (our channels are in confirm mode); count it as a nack.
                 Ok(Ok(Confirmation::Nack(None) | Confirmation::NotRequested)) => {
-                    return Err(PublishError::Nacked { exchange: self.exchange, routing_key: self.routing_key });
+                    return Err(PublishError::Nacked {
+                        exchange: self.exchange,
+                        routing_key: self.routing_key,
+                    });
                 }
             };
             match result {

@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -82,7 +85,11 @@ impl Topology {
     pub fn retry_route(&self, stage: Stage, attempt: u32) -> Option<(String, String, Duration)> {
         let last = self.retry_delays.len().checked_sub(1)?;
         let level = (attempt.saturating_sub(1) as usize).min(last);
-        Some((self.retry_exchange(), format!("{}.{}", stage.as_str(), level), self.retry_delays[level]))
+        Some((
+            self.retry_exchange(),
+            format!("{}.{}", stage.as_str(), level),
+            self.retry_delays[level],
+        ))
     }
 
     pub fn dead_exchange(&self) -> String {
@@ -102,47 +109,82 @@ impl Topology {
     }
 
     pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        let durable_q = QueueDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let durable_q = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         for (name, kind) in [
             (self.work_exchange(), ExchangeKind::Direct),
             (self.retry_exchange(), ExchangeKind::Direct),
             (self.dead_exchange(), ExchangeKind::Fanout),
             (self.events_exchange(), ExchangeKind::Fanout),
         ] {
-            ch.exchange_declare(ShortString::from(name), kind, durable, FieldTable::default()).await?;
+            ch.exchange_declare(
+                ShortString::from(name),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
         }
 
         let mut dead_args = FieldTable::default();
         put_str(&mut dead_args, "x-queue-type", "quorum");
-        ch.queue_declare(ShortString::from(self.dead_queue()), durable_q, dead_args).await?;
-        self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "").await?;
+        ch.queue_declare(ShortString::from(self.dead_queue()), durable_q, dead_args)
+            .await?;
+        self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
+            .await?;
 
         for stage in Stage::ALL {
             let queue = self.stage_queue(stage);
             let mut args = FieldTable::default();
             put_str(&mut args, "x-queue-type", "quorum");
-            args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(self.delivery_limit as i32));
+            args.insert(
+                ShortString::from("x-delivery-limit"),
+                AMQPValue::LongInt(self.delivery_limit as i32),
+            );
             put_str(&mut args, "x-dead-letter-exchange", &self.dead_exchange());
-            ch.queue_declare(ShortString::from(queue.clone()), durable_q, args).await?;
-            self.bind(ch, &queue, &self.work_exchange(), stage.as_str()).await?;
+            ch.queue_declare(ShortString::from(queue.clone()), durable_q, args)
+                .await?;
+            self.bind(ch, &queue, &self.work_exchange(), stage.as_str())
+                .await?;
 
             for (level, delay) in self.retry_delays.iter().enumerate() {
                 let retry = self.retry_queue(stage, level);
                 let mut args = FieldTable::default();
-                args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay.as_millis() as i64));
+                args.insert(
+                    ShortString::from("x-message-ttl"),
+                    AMQPValue::LongLongInt(delay.as_millis() as i64),
+                );
                 put_str(&mut args, "x-dead-letter-exchange", &self.work_exchange());
                 put_str(&mut args, "x-dead-letter-routing-key", stage.as_str());
-                ch.queue_declare(ShortString::from(retry.clone()), durable_q, args).await?;
-                self.bind(ch, &retry, &self.retry_exchange(), &format!("{}.{}", stage.as_str(), level)).await?;
+                ch.queue_declare(ShortString::from(retry.clone()), durable_q, args)
+                    .await?;
+                self.bind(
+                    ch,
+                    &retry,
+                    &self.retry_exchange(),
+                    &format!("{}.{}", stage.as_str(), level),
+                )
+                .await?;
             }
         }
 
         let mut stream_args = FieldTable::default();
         put_str(&mut stream_args, "x-queue-type", "stream");
         put_str(&mut stream_args, "x-max-age", &self.events_max_age);
-        ch.queue_declare(ShortString::from(self.events_stream()), durable_q, stream_args).await?;
-        self.bind(ch, &self.events_stream(), &self.events_exchange(), "").await?;
+        ch.queue_declare(
+            ShortString::from(self.events_stream()),
+            durable_q,
+            stream_args,
+        )
+        .await?;
+        self.bind(ch, &self.events_stream(), &self.events_exchange(), "")
+            .await?;
         Ok(())
     }
 
@@ -154,15 +196,28 @@ impl Topology {
             queues.extend((0..self.retry_delays.len()).map(|l| self.retry_queue(stage, l)));
         }
         for q in queues {
-            ch.queue_delete(ShortString::from(q), QueueDeleteOptions::default()).await?;
+            ch.queue_delete(ShortString::from(q), QueueDeleteOptions::default())
+                .await?;
         }
-        for x in [self.work_exchange(), self.retry_exchange(), self.dead_exchange(), self.events_exchange()] {
-            ch.exchange_delete(ShortString::from(x), ExchangeDeleteOptions::default()).await?;
+        for x in [
+            self.work_exchange(),
+            self.retry_exchange(),
+            self.dead_exchange(),
+            self.events_exchange(),
+        ] {
+            ch.exchange_delete(ShortString::from(x), ExchangeDeleteOptions::default())
+                .await?;
         }
         Ok(())
     }
 
-    async fn bind(&self, ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+    async fn bind(
+        &self,
+        ch: &Channel,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), lapin::Error> {
         ch.queue_bind(
             ShortString::from(queue),
             ShortString::from(exchange),
@@ -175,7 +230,10 @@ impl Topology {
 }
 
 fn put_str(table: &mut FieldTable, key: &str, value: &str) {
-    table.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+    table.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value)),
+    );
 }
 
 #[cfg(test)]
@@ -191,9 +249,15 @@ mod tests {
         };
         let t = Topology::new(&settings);
         assert_eq!(t.retry_route(Stage::Deliver, 1).unwrap().1, "deliver.0");
-        assert_eq!(t.retry_route(Stage::Deliver, 2).unwrap().2, Duration::from_secs(5));
+        assert_eq!(
+            t.retry_route(Stage::Deliver, 2).unwrap().2,
+            Duration::from_secs(5)
+        );
         assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.1");
-        let none = Topology::new(&RabbitSettings { retry_delays_ms: vec![], ..Default::default() });
+        let none = Topology::new(&RabbitSettings {
+            retry_delays_ms: vec![],
+            ..Default::default()
+        });
         assert!(none.retry_route(Stage::Render, 1).is_none());
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{check_version, current_version, ContractError, SmtpReply};
+use super::{ContractError, SmtpReply, check_version, current_version};
 use crate::domain::{BatchId, EmailAddress, JobId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,7 +92,10 @@ impl DeliveryEvent {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, ContractError> {
         let e: DeliveryEvent =
-            serde_json::from_slice(bytes).map_err(|source| ContractError::Malformed { what: "delivery event", source })?;
+            serde_json::from_slice(bytes).map_err(|source| ContractError::Malformed {
+                what: "delivery event",
+                source,
+            })?;
         check_version(e.v)?;
         Ok(e)
     }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{check_version, current_version, ContractError};
+use super::{ContractError, check_version, current_version};
 use crate::domain::{BatchId, JobId, Mailbox, TemplateName};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +56,12 @@ pub struct JobLimits {
 
 impl Default for JobLimits {
     fn default() -> Self {
-        Self { max_recipients: 500, max_attachments: 20, max_attachment_bytes: 25 * 1024 * 1024, max_job_bytes: 35 * 1024 * 1024 }
+        Self {
+            max_recipients: 500,
+            max_attachments: 20,
+            max_attachment_bytes: 25 * 1024 * 1024,
+            max_job_bytes: 35 * 1024 * 1024,
+        }
     }
 }
 
@@ -69,7 +74,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -94,7 +102,11 @@ impl Job {
 
     /// Reads a job from a queue body (already accepted once, so only the version can be new).
     pub fn from_queue(bytes: &[u8]) -> Result<Self, ContractError> {
-        let job: Job = serde_json::from_slice(bytes).map_err(|source| ContractError::Malformed { what: "job", source })?;
+        let job: Job =
+            serde_json::from_slice(bytes).map_err(|source| ContractError::Malformed {
+                what: "job",
+                source,
+            })?;
         check_version(job.v)?;
         Ok(job)
     }
@@ -105,21 +117,37 @@ impl Job {
         let mut errors = Vec::new();
         let recipients = self.to.len() + self.cc.len() + self.bcc.len();
         if recipients == 0 {
-            errors.push(FieldError::new("to", "a job needs at least one recipient in to, cc or bcc"));
+            errors.push(FieldError::new(
+                "to",
+                "a job needs at least one recipient in to, cc or bcc",
+            ));
         }
         if recipients > limits.max_recipients {
             errors.push(FieldError::new(
                 "to",
-                format!("{recipients} recipients (to+cc+bcc) exceed the limit of {} per message", limits.max_recipients),
+                format!(
+                    "{recipients} recipients (to+cc+bcc) exceed the limit of {} per message",
+                    limits.max_recipients
+                ),
             ));
         }
         if let Some(group) = &self.group
-            && (group.is_empty() || group.len() > 64 || !group.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)))
+            && (group.is_empty()
+                || group.len() > 64
+                || !group
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)))
         {
-            errors.push(FieldError::new("group", "a group is 1-64 letters, digits, '-' or '_'"));
+            errors.push(FieldError::new(
+                "group",
+                "a group is 1-64 letters, digits, '-' or '_'",
+            ));
         }
         if self.attachments.len() > limits.max_attachments {
-            errors.push(FieldError::new("attachments", format!("more than {} attachments", limits.max_attachments)));
+            errors.push(FieldError::new(
+                "attachments",
+                format!("more than {} attachments", limits.max_attachments),
+            ));
         }
         for (i, a) in self.attachments.iter().enumerate() {
             if let AttachmentSource::Inline(content) = &a.source
@@ -172,14 +200,22 @@ impl TryFrom<RawAttachment> for Attachment {
     fn try_from(raw: RawAttachment) -> Result<Self, String> {
         if raw.filename.is_empty()
             || raw.filename.len() > 255
-            || raw.filename.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+            || raw
+                .filename
+                .chars()
+                .any(|c| c.is_control() || c == '/' || c == '\\')
         {
-            return Err("filename must be 1-255 characters without control characters or path separators".into());
+            return Err(
+                "filename must be 1-255 characters without control characters or path separators"
+                    .into(),
+            );
         }
         if let Some(ct) = &raw.content_type
             && !valid_content_type(ct)
         {
-            return Err(format!("content_type {ct:?} is not a type/subtype media type"));
+            return Err(format!(
+                "content_type {ct:?} is not a type/subtype media type"
+            ));
         }
         let source = match (raw.content_base64, raw.path) {
             (Some(b64), None) => {
@@ -192,7 +228,11 @@ impl TryFrom<RawAttachment> for Attachment {
             (None, Some(p)) => AttachmentSource::Path(AttachmentPath::parse(&p)?),
             _ => return Err("an attachment needs exactly one of content_base64 or path".into()),
         };
-        Ok(Self { filename: raw.filename, content_type: raw.content_type, source })
+        Ok(Self {
+            filename: raw.filename,
+            content_type: raw.content_type,
+            source,
+        })
     }
 }
 
@@ -202,12 +242,21 @@ impl From<Attachment> for RawAttachment {
             AttachmentSource::Inline(b) => (Some(b), None),
             AttachmentSource::Path(p) => (None, Some(p.0)),
         };
-        Self { filename: a.filename, content_type: a.content_type, content_base64, path }
+        Self {
+            filename: a.filename,
+            content_type: a.content_type,
+            content_base64,
+            path,
+        }
     }
 }
 
 fn valid_content_type(ct: &str) -> bool {
-    let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c));
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
     matches!(ct.split_once('/'), Some((t, s)) if token(t) && token(s))
 }
 
@@ -222,13 +271,17 @@ impl AttachmentPath {
             return Err("path must be 1-1024 characters".into());
         }
         if input.starts_with('/') || input.contains('\\') || input.contains(':') {
-            return Err(format!("path {input:?} must be relative to the attachments root"));
+            return Err(format!(
+                "path {input:?} must be relative to the attachments root"
+            ));
         }
         if input.chars().any(char::is_control) {
             return Err("path contains a control character".into());
         }
         if input.split('/').any(|part| part == ".." || part.is_empty()) {
-            return Err(format!("path {input:?} may not contain '..' or empty segments"));
+            return Err(format!(
+                "path {input:?} may not contain '..' or empty segments"
+            ));
         }
         Ok(Self(input.to_owned()))
     }
@@ -248,18 +301,21 @@ mod tests {
 
     #[test]
     fn a_minimal_job_parses() {
-        let j = job(r#"{"id":"j1","template":"invoice","to":["a@example.com"],"data":{"n":1}}"#).unwrap();
+        let j = job(r#"{"id":"j1","template":"invoice","to":["a@example.com"],"data":{"n":1}}"#)
+            .unwrap();
         assert_eq!(j.v, 1);
         assert!(j.validate(&JobLimits::default()).is_empty());
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = job(r#"{"id":"j1","template":"invoice","to":["a@example.com","bad"]}"#).unwrap_err();
+        let e =
+            job(r#"{"id":"j1","template":"invoice","to":["a@example.com","bad"]}"#).unwrap_err();
         assert_eq!(e.field, "to[1]");
         let e = job(r#"{"id":"j1","template":"invoice","to":[],"colour":"red"}"#).unwrap_err();
         assert!(e.reason.contains("colour"), "{e}");
-        let e = job(r#"{"id":"j1","template":"invoice","to":["a@example.com"],"data":[1]}"#).unwrap_err();
+        let e = job(r#"{"id":"j1","template":"invoice","to":["a@example.com"],"data":[1]}"#)
+            .unwrap_err();
         assert_eq!(e.field, "data");
         let e = job(r#"{"id":"j1","template":"x","to":["a@example.com"],"attachments":[{"filename":"a.pdf","path":"../etc/passwd"}]}"#).unwrap_err();
         assert_eq!(e.field, "attachments[0]");
@@ -268,15 +324,23 @@ mod tests {
 
     #[test]
     fn too_new_a_version_is_refused() {
-        let e = job(r#"{"v":9,"id":"j1","template":"invoice","to":["a@example.com"]}"#).unwrap_err();
+        let e =
+            job(r#"{"v":9,"id":"j1","template":"invoice","to":["a@example.com"]}"#).unwrap_err();
         assert_eq!(e.field, "v");
     }
 
     #[test]
     fn recipient_limits_apply_to_to_cc_and_bcc() {
         let to: Vec<String> = (0..3).map(|i| format!("\"r{i}@example.com\"")).collect();
-        let j = job(&format!(r#"{{"id":"j","template":"t","to":[{}],"bcc":["b@example.com"]}}"#, to.join(","))).unwrap();
-        let limits = JobLimits { max_recipients: 3, ..Default::default() };
+        let j = job(&format!(
+            r#"{{"id":"j","template":"t","to":[{}],"bcc":["b@example.com"]}}"#,
+            to.join(",")
+        ))
+        .unwrap();
+        let limits = JobLimits {
+            max_recipients: 3,
+            ..Default::default()
+        };
         let errors = j.validate(&limits);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].reason.contains("4 recipients"));

@@ -11,7 +11,7 @@ mod smtp;
 
 pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
 pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
-pub use rendered::{RenderedMessage, RenderedMeta, META_HEADER};
+pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;
 
 /// The contract version this build writes and the newest it reads.
@@ -22,7 +22,9 @@ pub const VERSION_HEADER: &str = "mailpipe-contract";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
-    #[error("contract version {found} is newer than this build understands ({CONTRACT_VERSION}); upgrade this binary")]
+    #[error(
+        "contract version {found} is newer than this build understands ({CONTRACT_VERSION}); upgrade this binary"
+    )]
     TooNew { found: u16 },
     #[error("malformed {what}: {source}")]
     Malformed {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{check_version, current_version, ContractError};
+use super::{ContractError, check_version, current_version};
 use crate::domain::{BatchId, EmailAddress, JobId, Mailbox};
 
 /// AMQP header holding the `RenderedMeta` JSON.
@@ -45,7 +45,10 @@ impl RenderedMeta {
 
     pub fn from_header_value(value: &str) -> Result<Self, ContractError> {
         let meta: RenderedMeta =
-            serde_json::from_str(value).map_err(|source| ContractError::Malformed { what: "rendered message metadata", source })?;
+            serde_json::from_str(value).map_err(|source| ContractError::Malformed {
+                what: "rendered message metadata",
+                source,
+            })?;
         check_version(meta.v)?;
         Ok(meta)
     }

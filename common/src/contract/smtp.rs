@@ -16,7 +16,11 @@ impl SmtpReply {
     pub fn new(code: u16, text: impl Into<String>) -> Self {
         let text = text.into();
         let enhanced = enhanced_code(&text).map(str::to_owned);
-        Self { code, enhanced, text }
+        Self {
+            code,
+            enhanced,
+            text,
+        }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -50,7 +54,10 @@ fn enhanced_code(text: &str) -> Option<&str> {
         && matches!(class, "2" | "4" | "5")
         && (1..=3).contains(&subject.len())
         && (1..=3).contains(&detail.len())
-        && subject.chars().chain(detail.chars()).all(|c| c.is_ascii_digit());
+        && subject
+            .chars()
+            .chain(detail.chars())
+            .all(|c| c.is_ascii_digit());
     ok.then_some(token)
 }
 
@@ -60,12 +67,23 @@ mod tests {
 
     #[test]
     fn enhanced_codes_come_from_the_text() {
-        let r = SmtpReply::new(535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled");
+        let r = SmtpReply::new(
+            535,
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled",
+        );
         assert_eq!(r.enhanced.as_deref(), Some("5.7.139"));
-        let r = SmtpReply::new(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException");
+        let r = SmtpReply::new(
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+        );
         assert_eq!(r.enhanced.as_deref(), Some("5.2.0"));
         assert_eq!(SmtpReply::new(250, "OK queued").enhanced, None);
-        assert_eq!(SmtpReply::new(451, "4.7.500 Server busy").enhanced.as_deref(), Some("4.7.500"));
+        assert_eq!(
+            SmtpReply::new(451, "4.7.500 Server busy")
+                .enhanced
+                .as_deref(),
+            Some("4.7.500")
+        );
         assert_eq!(SmtpReply::new(550, "1.2.3 nope").enhanced, None);
     }
 }

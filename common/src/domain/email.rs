@@ -27,7 +27,9 @@ pub enum EmailAddressError {
     ControlOrSpace,
     #[error("address must contain exactly one '@' between a local part and a domain")]
     Shape,
-    #[error("local part {0:?} is not allowed (1-64 characters of letters, digits and !#$%&'*+/=?^_`{{|}}~.- without leading, trailing or doubled dots)")]
+    #[error(
+        "local part {0:?} is not allowed (1-64 characters of letters, digits and !#$%&'*+/=?^_`{{|}}~.- without leading, trailing or doubled dots)"
+    )]
     LocalPart(String),
     #[error("domain {0:?} is not a valid host name")]
     Domain(String),
@@ -84,9 +86,11 @@ fn valid_local(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || (!c.is_ascii() && c.is_alphanumeric()))
+        && local.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || SPECIALS.contains(c)
+                || (!c.is_ascii() && c.is_alphanumeric())
+        })
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -132,7 +136,12 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_addresses() {
-        for ok in ["a@b.co", "first.last+tag@sub.example.com", "o'neil@example.org", "x_y-z@ex-ample.de"] {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@sub.example.com",
+            "o'neil@example.org",
+            "x_y-z@ex-ample.de",
+        ] {
             assert!(EmailAddress::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -140,9 +149,23 @@ mod tests {
     #[test]
     fn refuses_malformed_addresses() {
         for bad in [
-            "", "plain", "@example.com", "a@", "a@@b.com", "a@b@c.com", "a..b@example.com", ".a@example.com",
-            "a.@example.com", "a@example", "a@-bad.com", "a@1.2.3.4", "a b@example.com", "<a@example.com>",
-            "a@example.com\r\nBcc: victim@example.com", "a@exa\nmple.com", "a\u{0}@example.com",
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@@b.com",
+            "a@b@c.com",
+            "a..b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a@example",
+            "a@-bad.com",
+            "a@1.2.3.4",
+            "a b@example.com",
+            "<a@example.com>",
+            "a@example.com\r\nBcc: victim@example.com",
+            "a@exa\nmple.com",
+            "a\u{0}@example.com",
             "\"quoted\"@example.com",
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
@@ -151,7 +174,8 @@ mod tests {
 
     #[test]
     fn deserialising_validates() {
-        let err = serde_json::from_str::<EmailAddress>("\"x@y.com\\r\\nBcc: z@w.com\"").unwrap_err();
+        let err =
+            serde_json::from_str::<EmailAddress>("\"x@y.com\\r\\nBcc: z@w.com\"").unwrap_err();
         assert!(err.to_string().contains("control"), "{err}");
     }
 

@@ -22,7 +22,10 @@ fn check(kind: &'static str, max: usize, input: &str, extra: &[char]) -> Result<
     if input.len() > max {
         return Err(IdError::TooLong { kind, max });
     }
-    if let Some(found) = input.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c))) {
+    if let Some(found) = input
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
+    {
         return Err(IdError::Charset { kind, found });
     }
     Ok(())
@@ -93,8 +96,14 @@ mod tests {
     fn ids_are_bounded() {
         assert!(JobId::parse("inv-2026-11:000123").is_ok());
         assert!(matches!(JobId::parse(""), Err(IdError::Empty { .. })));
-        assert!(matches!(JobId::parse(&"x".repeat(129)), Err(IdError::TooLong { .. })));
-        assert!(matches!(JobId::parse("a/b"), Err(IdError::Charset { found: '/', .. })));
+        assert!(matches!(
+            JobId::parse(&"x".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(matches!(
+            JobId::parse("a/b"),
+            Err(IdError::Charset { found: '/', .. })
+        ));
         assert!(TemplateName::parse("..").is_err());
         assert!(TemplateName::parse("invoice").is_ok());
     }

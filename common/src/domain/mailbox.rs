@@ -38,7 +38,10 @@ impl Mailbox {
     }
 
     pub fn address_only(address: EmailAddress) -> Self {
-        Self { name: None, address }
+        Self {
+            name: None,
+            address,
+        }
     }
 }
 
@@ -55,13 +58,14 @@ impl<'de> Deserialize<'de> for Mailbox {
                 address: String,
             },
         }
-        let (name, address) = match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected an address string or {\"name\", \"address\"}"))?
-        {
+        let (name, address) = match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an address string or {\"name\", \"address\"}")
+        })? {
             Raw::Bare(a) => (None, a),
             Raw::Full { name, address } => (name, address),
         };
-        let address = EmailAddress::parse(&address).map_err(|e| serde::de::Error::custom(format!("{address:?}: {e}")))?;
+        let address = EmailAddress::parse(&address)
+            .map_err(|e| serde::de::Error::custom(format!("{address:?}: {e}")))?;
         Mailbox::new(name, address).map_err(serde::de::Error::custom)
     }
 }
@@ -80,7 +84,10 @@ mod tests {
 
     #[test]
     fn names_with_line_breaks_are_refused() {
-        let err = serde_json::from_str::<Mailbox>(r#"{"name":"Eve\r\nBcc: x@y.com","address":"a@b.com"}"#).unwrap_err();
+        let err = serde_json::from_str::<Mailbox>(
+            r#"{"name":"Eve\r\nBcc: x@y.com","address":"a@b.com"}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("control"), "{err}");
     }
 }

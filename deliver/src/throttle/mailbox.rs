@@ -116,7 +116,9 @@ impl MailboxThrottle {
         if self.limits.messages == 0 || self.limits.connections == 0 {
             return 0;
         }
-        self.limits.recipients_per_message.min(self.limits.recipients)
+        self.limits
+            .recipients_per_message
+            .min(self.limits.recipients)
     }
 
     /// When a message with `recipients` recipients could start here.
@@ -152,7 +154,11 @@ impl MailboxThrottle {
             }
         };
         self.connections += 1;
-        Ok(MailboxReservation { owner: self.owner, messages, recipients })
+        Ok(MailboxReservation {
+            owner: self.owner,
+            messages,
+            recipients,
+        })
     }
 
     /// The send ended at `at` and the server may have counted it: its quota is logged at
@@ -174,7 +180,11 @@ impl MailboxThrottle {
     }
 
     fn check(&self, r: &MailboxReservation) -> Result<(), ThrottleError> {
-        if r.owner == self.owner { Ok(()) } else { Err(ThrottleError::ForeignReservation) }
+        if r.owner == self.owner {
+            Ok(())
+        } else {
+            Err(ThrottleError::ForeignReservation)
+        }
     }
 
     /// Rebuilds the ledger at startup: a message with `recipients` recipients that the server
@@ -221,7 +231,11 @@ mod tests {
         assert_eq!(m.max_recipients_per_message(), 500);
         assert_eq!(
             m.snapshot(Millis(0)),
-            Snapshot { messages_left: 30, recipients_left: 10_000, connections_in_use: 0 }
+            Snapshot {
+                messages_left: 30,
+                recipients_left: 10_000,
+                connections_in_use: 0
+            }
         );
     }
 
@@ -230,10 +244,16 @@ mod tests {
         let m = MailboxThrottle::new(small());
         assert_eq!(m.earliest_admit(Millis(0), 51), Admit::Never);
         assert_eq!(m.earliest_admit(Millis(0), 50), Admit::Now);
-        let m = MailboxThrottle::new(MailboxLimits { recipients: 20, ..small() });
+        let m = MailboxThrottle::new(MailboxLimits {
+            recipients: 20,
+            ..small()
+        });
         assert_eq!(m.earliest_admit(Millis(0), 21), Admit::Never);
         assert_eq!(m.max_recipients_per_message(), 20);
-        let mut m = MailboxThrottle::new(MailboxLimits { connections: 0, ..small() });
+        let mut m = MailboxThrottle::new(MailboxLimits {
+            connections: 0,
+            ..small()
+        });
         assert_eq!(m.earliest_admit(Millis(0), 1), Admit::Never);
         assert_eq!(m.reserve(Millis(0), 1).err(), Some(Admit::Never));
         assert_eq!(m.max_recipients_per_message(), 0);
@@ -268,8 +288,14 @@ mod tests {
         }
         // 80 used: 20 more fit now, 30 only when the first 40 leave (1 + 3,600,000)
         assert_eq!(m.earliest_admit(Millis(20_000), 20), Admit::Now);
-        assert_eq!(m.earliest_admit(Millis(20_000), 30), Admit::At(Millis(3_600_001)));
-        assert_eq!(m.reserve(Millis(20_000), 30).err(), Some(Admit::At(Millis(3_600_001))));
+        assert_eq!(
+            m.earliest_admit(Millis(20_000), 30),
+            Admit::At(Millis(3_600_001))
+        );
+        assert_eq!(
+            m.reserve(Millis(20_000), 30).err(),
+            Some(Admit::At(Millis(3_600_001)))
+        );
         // nothing was held by the refused reserve
         assert_eq!(m.connections_in_use(), 0);
         assert_eq!(m.snapshot(Millis(20_000)).recipients_left, 20);
@@ -303,7 +329,10 @@ mod tests {
         let mut b = MailboxThrottle::new(small());
         let _held = b.reserve(Millis(0), 5).expect("fits");
         let r = a.reserve(Millis(0), 5).expect("fits");
-        assert_eq!(b.settle(r, Millis(1)), Err(ThrottleError::ForeignReservation));
+        assert_eq!(
+            b.settle(r, Millis(1)),
+            Err(ThrottleError::ForeignReservation)
+        );
         assert_eq!(b.connections_in_use(), 1);
         assert_eq!(b.snapshot(Millis(1)).recipients_left, 95);
     }

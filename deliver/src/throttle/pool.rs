@@ -70,7 +70,10 @@ impl fmt::Display for Impossible {
         match self {
             Impossible::NoEligibleMailbox => write!(f, "no eligible mailbox in the pool"),
             Impossible::TooManyRecipients { requested, max } => {
-                write!(f, "{requested} recipients, but eligible mailboxes take at most {max} per message")
+                write!(
+                    f,
+                    "{requested} recipients, but eligible mailboxes take at most {max} per message"
+                )
             }
             Impossible::TooManyExternalRecipients { requested, max } => write!(
                 f,
@@ -170,7 +173,13 @@ impl Default for PoolSchedule {
 impl PoolSchedule {
     /// An empty pool.
     pub fn new() -> PoolSchedule {
-        PoolSchedule { slots: Vec::new(), tenants: Vec::new(), owner: next_owner(), next_id: 1, picks: 0 }
+        PoolSchedule {
+            slots: Vec::new(),
+            tenants: Vec::new(),
+            owner: next_owner(),
+            next_id: 1,
+            picks: 0,
+        }
     }
 
     /// Adds a tenant; returns its index.
@@ -180,11 +189,20 @@ impl PoolSchedule {
     }
 
     /// Adds an active mailbox of tenant `tenant`; returns its index.
-    pub fn add_mailbox(&mut self, throttle: MailboxThrottle, tenant: usize) -> Result<usize, ThrottleError> {
+    pub fn add_mailbox(
+        &mut self,
+        throttle: MailboxThrottle,
+        tenant: usize,
+    ) -> Result<usize, ThrottleError> {
         if tenant >= self.tenants.len() {
             return Err(ThrottleError::UnknownTenant(tenant));
         }
-        self.slots.push(Slot { throttle, tenant, state: MailboxState::Active, last_used: 0 });
+        self.slots.push(Slot {
+            throttle,
+            tenant,
+            state: MailboxState::Active,
+            last_used: 0,
+        });
         Ok(self.slots.len() - 1)
     }
 
@@ -230,7 +248,10 @@ impl PoolSchedule {
 
     /// Pauses, quarantines or re-activates a mailbox. Sends in flight on it are unaffected.
     pub fn set_state(&mut self, idx: usize, state: MailboxState) -> Result<(), ThrottleError> {
-        let slot = self.slots.get_mut(idx).ok_or(ThrottleError::UnknownMailbox(idx))?;
+        let slot = self
+            .slots
+            .get_mut(idx)
+            .ok_or(ThrottleError::UnknownMailbox(idx))?;
         slot.state = state;
         Ok(())
     }
@@ -242,15 +263,33 @@ impl PoolSchedule {
 
     /// Rebuilds the ledger at startup: mailbox `idx` sent a message with `recipients` recipients,
     /// `external` of them outside its tenant, counted at (or before) `at`.
-    pub fn restore(&mut self, idx: usize, at: Millis, recipients: u64, external: u64) -> Result<(), ThrottleError> {
-        let slot = self.slots.get_mut(idx).ok_or(ThrottleError::UnknownMailbox(idx))?;
-        let tenant = self.tenants.get_mut(slot.tenant).ok_or(ThrottleError::UnknownTenant(slot.tenant))?;
+    pub fn restore(
+        &mut self,
+        idx: usize,
+        at: Millis,
+        recipients: u64,
+        external: u64,
+    ) -> Result<(), ThrottleError> {
+        let slot = self
+            .slots
+            .get_mut(idx)
+            .ok_or(ThrottleError::UnknownMailbox(idx))?;
+        let tenant = self
+            .tenants
+            .get_mut(slot.tenant)
+            .ok_or(ThrottleError::UnknownTenant(slot.tenant))?;
         slot.throttle.restore(at, recipients);
         tenant.restore(at, external);
         Ok(())
     }
 
-    fn plan(&self, now: Millis, recipients: u64, external: u64, eligible: &impl Fn(usize) -> bool) -> Plan {
+    fn plan(
+        &self,
+        now: Millis,
+        recipients: u64,
+        external: u64,
+        eligible: &impl Fn(usize) -> bool,
+    ) -> Plan {
         let mut ready: Vec<(u64, u64, usize)> = Vec::new();
         let mut wait = Admit::Never;
         let mut any_eligible = false;
@@ -262,7 +301,9 @@ impl PoolSchedule {
                 continue;
             }
             any_eligible = true;
-            let Some(tenant) = self.tenants.get(slot.tenant) else { continue };
+            let Some(tenant) = self.tenants.get(slot.tenant) else {
+                continue;
+            };
             max_recipients = max_recipients.max(slot.throttle.max_recipients_per_message());
             let mailbox = slot.throttle.earliest_admit(now, recipients);
             if mailbox == Admit::Never {
@@ -289,26 +330,52 @@ impl PoolSchedule {
         let impossible = if !any_eligible {
             Impossible::NoEligibleMailbox
         } else if !any_mailbox_fits {
-            Impossible::TooManyRecipients { requested: recipients, max: max_recipients }
+            Impossible::TooManyRecipients {
+                requested: recipients,
+                max: max_recipients,
+            }
         } else {
-            Impossible::TooManyExternalRecipients { requested: external, max: max_external }
+            Impossible::TooManyExternalRecipients {
+                requested: external,
+                max: max_external,
+            }
         };
-        Plan { now: ready.into_iter().map(|(_, _, idx)| idx).collect(), wait, impossible }
+        Plan {
+            now: ready.into_iter().map(|(_, _, idx)| idx).collect(),
+            wait,
+            impossible,
+        }
     }
 
     /// When some eligible mailbox could take a message with `recipients` recipients (`external` of
     /// them external), without reserving anything: `Now`, `At(t)` (exactly), `Busy` (only after a
     /// release) or `Never`.
-    pub fn earliest_admit(&self, now: Millis, recipients: u64, external: u64, eligible: impl Fn(usize) -> bool) -> Admit {
+    pub fn earliest_admit(
+        &self,
+        now: Millis,
+        recipients: u64,
+        external: u64,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Admit {
         let plan = self.plan(now, recipients, external, &eligible);
-        if plan.now.is_empty() { plan.wait } else { Admit::Now }
+        if plan.now.is_empty() {
+            plan.wait
+        } else {
+            Admit::Now
+        }
     }
 
     /// Chooses a mailbox for a message with `recipients` recipients, `external` of them outside the
     /// tenant, among the mailboxes for which `eligible(idx)` holds, and reserves its quota (mailbox
     /// and tenant together) and a connection. Among mailboxes that can send now it takes the one
     /// with the most message capacity left, then the least recently used, so load spreads evenly.
-    pub fn pick(&mut self, now: Millis, recipients: u64, external: u64, eligible: impl Fn(usize) -> bool) -> Pick {
+    pub fn pick(
+        &mut self,
+        now: Millis,
+        recipients: u64,
+        external: u64,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Pick {
         let plan = self.plan(now, recipients, external, &eligible);
         for idx in plan.now {
             if let Some(res) = self.reserve(idx, now, recipients, external) {
@@ -322,7 +389,13 @@ impl PoolSchedule {
         }
     }
 
-    fn reserve(&mut self, idx: usize, now: Millis, recipients: u64, external: u64) -> Option<Reservation> {
+    fn reserve(
+        &mut self,
+        idx: usize,
+        now: Millis,
+        recipients: u64,
+        external: u64,
+    ) -> Option<Reservation> {
         let slot = self.slots.get_mut(idx)?;
         let tenant = self.tenants.get_mut(slot.tenant)?;
         let ext = tenant.reserve(now, external).ok()?;
@@ -343,15 +416,31 @@ impl PoolSchedule {
         slot.last_used = self.picks;
         let id = self.next_id;
         self.next_id += 1;
-        Some(Reservation { id, pool: self.owner, mailbox: idx, tenant: slot.tenant, mbox, ext })
+        Some(Reservation {
+            id,
+            pool: self.owner,
+            mailbox: idx,
+            tenant: slot.tenant,
+            mbox,
+            ext,
+        })
     }
 
-    fn parts(&mut self, r: &Reservation) -> Result<(&mut MailboxThrottle, &mut TenantLimit), ThrottleError> {
+    fn parts(
+        &mut self,
+        r: &Reservation,
+    ) -> Result<(&mut MailboxThrottle, &mut TenantLimit), ThrottleError> {
         if r.pool != self.owner {
             return Err(ThrottleError::ForeignReservation);
         }
-        let slot = self.slots.get_mut(r.mailbox).ok_or(ThrottleError::UnknownMailbox(r.mailbox))?;
-        let tenant = self.tenants.get_mut(r.tenant).ok_or(ThrottleError::UnknownTenant(r.tenant))?;
+        let slot = self
+            .slots
+            .get_mut(r.mailbox)
+            .ok_or(ThrottleError::UnknownMailbox(r.mailbox))?;
+        let tenant = self
+            .tenants
+            .get_mut(r.tenant)
+            .ok_or(ThrottleError::UnknownTenant(r.tenant))?;
         Ok((&mut slot.throttle, tenant))
     }
 
@@ -397,9 +486,14 @@ mod tests {
 
     fn pool(n: usize, limits: MailboxLimits, tenant_limit: u64) -> PoolSchedule {
         let mut p = PoolSchedule::new();
-        let t = p.add_tenant(TenantLimit::new(tenant_limit, Duration::from_secs(86_400), ["contoso.com"]));
+        let t = p.add_tenant(TenantLimit::new(
+            tenant_limit,
+            Duration::from_secs(86_400),
+            ["contoso.com"],
+        ));
         for _ in 0..n {
-            p.add_mailbox(MailboxThrottle::new(limits.clone()), t).expect("tenant exists");
+            p.add_mailbox(MailboxThrottle::new(limits.clone()), t)
+                .expect("tenant exists");
         }
         p
     }
@@ -414,24 +508,43 @@ mod tests {
     #[test]
     fn impossible_reasons() {
         let mut empty = PoolSchedule::new();
-        assert!(matches!(empty.pick(Millis(0), 1, 0, ALL), Pick::Impossible(Impossible::NoEligibleMailbox)));
+        assert!(matches!(
+            empty.pick(Millis(0), 1, 0, ALL),
+            Pick::Impossible(Impossible::NoEligibleMailbox)
+        ));
         let mut p = pool(2, MailboxLimits::default(), 1_000);
-        assert!(matches!(p.pick(Millis(0), 1, 0, |_| false), Pick::Impossible(Impossible::NoEligibleMailbox)));
+        assert!(matches!(
+            p.pick(Millis(0), 1, 0, |_| false),
+            Pick::Impossible(Impossible::NoEligibleMailbox)
+        ));
         match p.pick(Millis(0), 501, 0, ALL) {
-            Pick::Impossible(Impossible::TooManyRecipients { requested: 501, max: 500 }) => {}
+            Pick::Impossible(Impossible::TooManyRecipients {
+                requested: 501,
+                max: 500,
+            }) => {}
             other => panic!("{other:?}"),
         }
         match p.pick(Millis(0), 400, 1_001, ALL) {
-            Pick::Impossible(Impossible::TooManyExternalRecipients { requested: 1_001, max: 1_000 }) => {}
+            Pick::Impossible(Impossible::TooManyExternalRecipients {
+                requested: 1_001,
+                max: 1_000,
+            }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(p.earliest_admit(Millis(0), 501, 0, ALL), Admit::Never);
         // nothing was held by the refusals
         assert_eq!(p.snapshot(0, Millis(0)).map(|s| s.messages_left), Some(30));
         assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(0))), Some(1_000));
-        assert!(p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), 7).is_err());
+        assert!(
+            p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), 7)
+                .is_err()
+        );
         assert_eq!(
-            Impossible::TooManyRecipients { requested: 501, max: 500 }.to_string(),
+            Impossible::TooManyRecipients {
+                requested: 501,
+                max: 500
+            }
+            .to_string(),
             "501 recipients, but eligible mailboxes take at most 500 per message"
         );
     }
@@ -439,13 +552,25 @@ mod tests {
     #[test]
     fn impossible_only_considers_eligible_mailboxes() {
         let mut p = PoolSchedule::new();
-        let t = p.add_tenant(TenantLimit::new(10_000, Duration::from_secs(86_400), ["contoso.com"]));
-        let small = MailboxLimits { recipients_per_message: 10, ..MailboxLimits::default() };
-        p.add_mailbox(MailboxThrottle::new(small), t).expect("tenant");
-        p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), t).expect("tenant");
+        let t = p.add_tenant(TenantLimit::new(
+            10_000,
+            Duration::from_secs(86_400),
+            ["contoso.com"],
+        ));
+        let small = MailboxLimits {
+            recipients_per_message: 10,
+            ..MailboxLimits::default()
+        };
+        p.add_mailbox(MailboxThrottle::new(small), t)
+            .expect("tenant");
+        p.add_mailbox(MailboxThrottle::new(MailboxLimits::default()), t)
+            .expect("tenant");
         assert!(matches!(
             p.pick(Millis(0), 20, 0, |i| i == 0),
-            Pick::Impossible(Impossible::TooManyRecipients { requested: 20, max: 10 })
+            Pick::Impossible(Impossible::TooManyRecipients {
+                requested: 20,
+                max: 10
+            })
         ));
         assert!(matches!(p.pick(Millis(0), 20, 0, ALL), Pick::Mailbox(1, _)));
     }
@@ -471,43 +596,92 @@ mod tests {
     #[test]
     fn paused_and_quarantined_mailboxes_come_back_at_until() {
         let mut p = pool(2, MailboxLimits::default(), 10_000);
-        p.set_state(0, MailboxState::Paused { until: Millis(5_000) }).expect("mailbox");
-        p.set_state(1, MailboxState::Quarantined { until: Millis(9_000) }).expect("mailbox");
-        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitUntil(Millis(5_000))));
-        assert!(matches!(p.pick(Millis(4_999), 1, 0, |i| i == 1), Pick::WaitUntil(Millis(9_000))));
+        p.set_state(
+            0,
+            MailboxState::Paused {
+                until: Millis(5_000),
+            },
+        )
+        .expect("mailbox");
+        p.set_state(
+            1,
+            MailboxState::Quarantined {
+                until: Millis(9_000),
+            },
+        )
+        .expect("mailbox");
+        assert!(matches!(
+            p.pick(Millis(0), 1, 0, ALL),
+            Pick::WaitUntil(Millis(5_000))
+        ));
+        assert!(matches!(
+            p.pick(Millis(4_999), 1, 0, |i| i == 1),
+            Pick::WaitUntil(Millis(9_000))
+        ));
         let (idx, r) = take(p.pick(Millis(5_000), 1, 0, ALL));
         assert_eq!(idx, 0);
         assert_eq!(p.state(0), Some(MailboxState::Active));
-        assert_eq!(MailboxState::Quarantined { until: Millis(9_000) }.at(Millis(9_000)), MailboxState::Active);
+        assert_eq!(
+            MailboxState::Quarantined {
+                until: Millis(9_000)
+            }
+            .at(Millis(9_000)),
+            MailboxState::Active
+        );
         p.settle(r, Millis(5_100)).expect("own");
         assert!(p.set_state(5, MailboxState::Active).is_err());
     }
 
     #[test]
     fn pause_while_busy_waits_for_release() {
-        let limits = MailboxLimits { connections: 1, ..MailboxLimits::default() };
+        let limits = MailboxLimits {
+            connections: 1,
+            ..MailboxLimits::default()
+        };
         let mut p = pool(1, limits, 10_000);
         let (_, r) = take(p.pick(Millis(0), 1, 0, ALL));
         assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitForRelease));
-        p.set_state(0, MailboxState::Paused { until: Millis(1_000) }).expect("mailbox");
+        p.set_state(
+            0,
+            MailboxState::Paused {
+                until: Millis(1_000),
+            },
+        )
+        .expect("mailbox");
         assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitForRelease));
         p.release(r).expect("own");
-        assert!(matches!(p.pick(Millis(0), 1, 0, ALL), Pick::WaitUntil(Millis(1_000))));
+        assert!(matches!(
+            p.pick(Millis(0), 1, 0, ALL),
+            Pick::WaitUntil(Millis(1_000))
+        ));
     }
 
     #[test]
     fn wait_until_is_the_earliest_over_mailboxes_and_tenant() {
-        let limits = MailboxLimits { messages: 1, connections: 1, ..MailboxLimits::default() };
+        let limits = MailboxLimits {
+            messages: 1,
+            connections: 1,
+            ..MailboxLimits::default()
+        };
         let mut p = pool(2, limits, 10_000);
         let (a, ra) = take(p.pick(Millis(0), 1, 0, ALL));
         let (b, rb) = take(p.pick(Millis(10), 1, 0, ALL));
         assert_ne!(a, b);
         p.settle(ra, Millis(500)).expect("own");
         // mailbox a: window full until 60_500; mailbox b: connection busy
-        assert!(matches!(p.pick(Millis(600), 1, 0, ALL), Pick::WaitUntil(Millis(60_500))));
+        assert!(matches!(
+            p.pick(Millis(600), 1, 0, ALL),
+            Pick::WaitUntil(Millis(60_500))
+        ));
         p.settle(rb, Millis(700)).expect("own");
-        assert!(matches!(p.pick(Millis(800), 1, 0, ALL), Pick::WaitUntil(Millis(60_500))));
-        assert!(matches!(p.pick(Millis(60_500), 1, 0, ALL), Pick::Mailbox(_, _)));
+        assert!(matches!(
+            p.pick(Millis(800), 1, 0, ALL),
+            Pick::WaitUntil(Millis(60_500))
+        ));
+        assert!(matches!(
+            p.pick(Millis(60_500), 1, 0, ALL),
+            Pick::Mailbox(_, _)
+        ));
     }
 
     #[test]
@@ -515,12 +689,24 @@ mod tests {
         let mut p = pool(2, MailboxLimits::default(), 100);
         let (_, r1) = take(p.pick(Millis(0), 60, 60, ALL));
         // the other mailbox is free, but the tenant's in-flight 60 leave no room for 60 more
-        assert!(matches!(p.pick(Millis(0), 60, 60, ALL), Pick::WaitForRelease));
-        assert!(matches!(p.pick(Millis(0), 60, 40, ALL), Pick::Mailbox(1, _)));
+        assert!(matches!(
+            p.pick(Millis(0), 60, 60, ALL),
+            Pick::WaitForRelease
+        ));
+        assert!(matches!(
+            p.pick(Millis(0), 60, 40, ALL),
+            Pick::Mailbox(1, _)
+        ));
         p.settle(r1, Millis(1_000)).expect("own");
         assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(1_000))), Some(0));
-        assert!(matches!(p.pick(Millis(2_000), 1, 1, ALL), Pick::WaitUntil(Millis(86_401_000))));
-        assert!(matches!(p.pick(Millis(2_000), 1, 0, ALL), Pick::Mailbox(_, _)));
+        assert!(matches!(
+            p.pick(Millis(2_000), 1, 1, ALL),
+            Pick::WaitUntil(Millis(86_401_000))
+        ));
+        assert!(matches!(
+            p.pick(Millis(2_000), 1, 0, ALL),
+            Pick::Mailbox(_, _)
+        ));
     }
 
     #[test]
@@ -528,20 +714,32 @@ mod tests {
         let mut p = pool(1, MailboxLimits::default(), 1_000);
         let mut other = pool(1, MailboxLimits::default(), 1_000);
         let (_, r) = take(p.pick(Millis(0), 10, 5, ALL));
-        assert_eq!((r.recipients(), r.external_recipients(), r.started()), (10, 5, Millis(0)));
+        assert_eq!(
+            (r.recipients(), r.external_recipients(), r.started()),
+            (10, 5, Millis(0))
+        );
         let s = p.snapshot(0, Millis(0)).expect("mailbox");
-        assert_eq!((s.messages_left, s.recipients_left, s.connections_in_use), (29, 9_990, 1));
+        assert_eq!(
+            (s.messages_left, s.recipients_left, s.connections_in_use),
+            (29, 9_990, 1)
+        );
         let (_, foreign) = take(other.pick(Millis(0), 1, 0, ALL));
         assert_eq!(p.release(foreign), Err(ThrottleError::ForeignReservation));
         p.release(r).expect("own");
         let s = p.snapshot(0, Millis(0)).expect("mailbox");
-        assert_eq!((s.messages_left, s.recipients_left, s.connections_in_use), (30, 10_000, 0));
+        assert_eq!(
+            (s.messages_left, s.recipients_left, s.connections_in_use),
+            (30, 10_000, 0)
+        );
         assert_eq!(p.tenant(0).map(|t| t.remaining(Millis(0))), Some(1_000));
     }
 
     #[test]
     fn restore_rebuilds_the_pool_ledger() {
-        let limits = MailboxLimits { messages: 2, ..MailboxLimits::default() };
+        let limits = MailboxLimits {
+            messages: 2,
+            ..MailboxLimits::default()
+        };
         let mut p = pool(1, limits, 50);
         let now = Millis(1_000_000_000);
         p.restore(0, now.minus_ms(90_000), 5, 5).expect("mailbox"); // outside the message window
@@ -552,6 +750,9 @@ mod tests {
         // the tenant's 24 h window holds 45 of 50
         assert!(matches!(p.pick(now.plus_ms(10_000), 1, 6, ALL),
             Pick::WaitUntil(t) if t == now.minus_ms(90_000).plus_ms(86_400_000)));
-        assert!(matches!(p.pick(now.plus_ms(10_000), 1, 5, ALL), Pick::Mailbox(0, _)));
+        assert!(matches!(
+            p.pick(now.plus_ms(10_000), 1, 5, ALL),
+            Pick::Mailbox(0, _)
+        ));
     }
 }

@@ -97,13 +97,25 @@ impl Ledger {
         for (i, m) in mailboxes.iter().enumerate() {
             let l = &m.limits;
             let msgs = max_window_sum(&self.messages[i], ms(l.message_window));
-            prop_assert!(msgs <= l.messages, "mailbox {i}: {msgs} messages in one window > {}", l.messages);
+            prop_assert!(
+                msgs <= l.messages,
+                "mailbox {i}: {msgs} messages in one window > {}",
+                l.messages
+            );
             let rcpts = max_window_sum(&self.recipients[i], ms(l.recipient_window));
-            prop_assert!(rcpts <= l.recipients, "mailbox {i}: {rcpts} recipients in one window > {}", l.recipients);
+            prop_assert!(
+                rcpts <= l.recipients,
+                "mailbox {i}: {rcpts} recipients in one window > {}",
+                l.recipients
+            );
         }
         for (t, cfg) in tenants.iter().enumerate() {
             let ext = max_window_sum(&self.external[t], cfg.window_ms);
-            prop_assert!(ext <= cfg.limit, "tenant {t}: {ext} external in one window > {}", cfg.limit);
+            prop_assert!(
+                ext <= cfg.limit,
+                "tenant {t}: {ext} external in one window > {}",
+                cfg.limit
+            );
         }
         Ok(())
     }
@@ -136,16 +148,28 @@ fn simulate(
     let n = mailboxes.len();
     let mut pool = PoolSchedule::new();
     for t in tenants {
-        pool.add_tenant(TenantLimit::new(t.limit, Duration::from_millis(t.window_ms), ["contoso.com"]));
+        pool.add_tenant(TenantLimit::new(
+            t.limit,
+            Duration::from_millis(t.window_ms),
+            ["contoso.com"],
+        ));
     }
     for m in mailboxes {
-        pool.add_mailbox(MailboxThrottle::new(m.limits.clone()), m.tenant).map_err(fail)?;
+        pool.add_mailbox(MailboxThrottle::new(m.limits.clone()), m.tenant)
+            .map_err(fail)?;
     }
     let mut ledger = Ledger::new(n, tenants.len());
     for r in restored {
         let at = BASE - r.ago;
-        pool.restore(r.mailbox, Millis(at), r.recipients, r.external).map_err(fail)?;
-        ledger.count(r.mailbox, mailboxes[r.mailbox].tenant, at, r.recipients, r.external);
+        pool.restore(r.mailbox, Millis(at), r.recipients, r.external)
+            .map_err(fail)?;
+        ledger.count(
+            r.mailbox,
+            mailboxes[r.mailbox].tenant,
+            at,
+            r.recipients,
+            r.external,
+        );
     }
     // the oracle for Impossible, from the configuration alone
     let feasible = |m: &Msg| {
@@ -174,9 +198,14 @@ fn simulate(
             let idx = f.res.mailbox();
             connections[idx] -= 1;
             match f.outcome {
-                Outcome::Accepted | Outcome::AfterData { .. } => pool.settle(f.res, Millis(f.done)).map_err(fail)?,
+                Outcome::Accepted | Outcome::AfterData { .. } => {
+                    pool.settle(f.res, Millis(f.done)).map_err(fail)?
+                }
                 Outcome::BeforeData => pool.release(f.res).map_err(fail)?,
-                Outcome::MailboxFault { hold_ms, quarantine } => {
+                Outcome::MailboxFault {
+                    hold_ms,
+                    quarantine,
+                } => {
                     pool.release(f.res).map_err(fail)?;
                     let until = Millis(f.done + hold_ms);
                     let state = if quarantine {
@@ -222,14 +251,19 @@ fn simulate(
                         ledger.count(idx, mailboxes[idx].tenant, at, m.recipients, m.external);
                     }
                     ledger.starts.push(now);
-                    in_flight.push(InFlight { done: now + b.duration, res, outcome: b.outcome });
+                    in_flight.push(InFlight {
+                        done: now + b.duration,
+                        res,
+                        outcome: b.outcome,
+                    });
                     waiting.pop_front();
                 }
                 Pick::WaitUntil(t) => {
                     prop_assert!(feasible(&m));
                     prop_assert!(t.0 > now, "WaitUntil({t}) not after now {now}");
                     // exact: not a millisecond sooner, and at t it fits if nothing else changes
-                    let before = pool.earliest_admit(t.minus_ms(1), m.recipients, m.external, eligible);
+                    let before =
+                        pool.earliest_admit(t.minus_ms(1), m.recipients, m.external, eligible);
                     prop_assert!(!before.is_now(), "fits at {} already", t.0 - 1);
                     let at = pool.earliest_admit(t, m.recipients, m.external, eligible);
                     prop_assert!(at.is_now(), "WaitUntil({t}) but then {at:?}");
@@ -238,7 +272,10 @@ fn simulate(
                 }
                 Pick::WaitForRelease => {
                     prop_assert!(feasible(&m));
-                    prop_assert!(!in_flight.is_empty(), "WaitForRelease with nothing in flight");
+                    prop_assert!(
+                        !in_flight.is_empty(),
+                        "WaitForRelease with nothing in flight"
+                    );
                     break;
                 }
                 Pick::Impossible(_) => {
@@ -261,7 +298,11 @@ fn simulate(
                 now = t;
             }
             None => {
-                prop_assert!(stopped || waiting.is_empty(), "stuck with {} messages waiting", waiting.len());
+                prop_assert!(
+                    stopped || waiting.is_empty(),
+                    "stuck with {} messages waiting",
+                    waiting.len()
+                );
                 break;
             }
         }
@@ -277,20 +318,25 @@ fn limits() -> impl Strategy<Value = MailboxLimits> {
         60_000u64..=1_800_000,
         1u32..=3,
         20u64..=60,
-    ).prop_map(
-        |(messages, mw, recipients, rw, connections, recipients_per_message)| MailboxLimits {
-            messages,
-            message_window: Duration::from_millis(mw),
-            recipients,
-            recipient_window: Duration::from_millis(rw),
-            connections,
-            recipients_per_message,
-        },
     )
+        .prop_map(
+            |(messages, mw, recipients, rw, connections, recipients_per_message)| MailboxLimits {
+                messages,
+                message_window: Duration::from_millis(mw),
+                recipients,
+                recipient_window: Duration::from_millis(rw),
+                connections,
+                recipients_per_message,
+            },
+        )
 }
 
 fn tenant() -> impl Strategy<Value = TenantCfg> {
-    (prop_oneof![50u64..=300, 50u64..=3_000], 60_000u64..=1_800_000).prop_map(|(limit, window_ms)| TenantCfg { limit, window_ms })
+    (
+        prop_oneof![50u64..=300, 50u64..=3_000],
+        60_000u64..=1_800_000,
+    )
+        .prop_map(|(limit, window_ms)| TenantCfg { limit, window_ms })
 }
 
 fn msg() -> impl Strategy<Value = Msg> {
@@ -300,7 +346,12 @@ fn msg() -> impl Strategy<Value = Msg> {
         prop_oneof![Just(0u64), Just(100u64), 0u64..=100],
         prop_oneof![6 => Just(0xFFu8), 3 => any::<u8>()],
     )
-        .prop_map(|(gap, recipients, pct, mask)| Msg { gap, recipients, external: recipients * pct / 100, mask })
+        .prop_map(|(gap, recipients, pct, mask)| Msg {
+            gap,
+            recipients,
+            external: recipients * pct / 100,
+            mask,
+        })
 }
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {
@@ -316,7 +367,11 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
         prop_oneof![Just(0u64), Just(1000u64), 0u64..=1000],
         outcome,
     )
-        .prop_map(|(duration, accept_permille, outcome)| Behaviour { duration, accept_permille, outcome })
+        .prop_map(|(duration, accept_permille, outcome)| Behaviour {
+            duration,
+            accept_permille,
+            outcome,
+        })
 }
 
 /// Mailboxes, tenants, and a valid past (history that itself respects every limit).
@@ -339,9 +394,24 @@ fn pool_config() -> impl Strategy<Value = (Vec<MailboxCfg>, Vec<TenantCfg>, Vec<
             let mut restored = Vec::new();
             let mut ledger = Ledger::new(mailboxes.len(), tenants.len());
             for (mailbox, ago, recipients, pct) in candidates {
-                let r = Restored { mailbox, ago, recipients, external: recipients * pct / 100 };
-                let before = (ledger.messages.clone(), ledger.recipients.clone(), ledger.external.clone());
-                ledger.count(mailbox, mailboxes[mailbox].tenant, BASE - ago, r.recipients, r.external);
+                let r = Restored {
+                    mailbox,
+                    ago,
+                    recipients,
+                    external: recipients * pct / 100,
+                };
+                let before = (
+                    ledger.messages.clone(),
+                    ledger.recipients.clone(),
+                    ledger.external.clone(),
+                );
+                ledger.count(
+                    mailbox,
+                    mailboxes[mailbox].tenant,
+                    BASE - ago,
+                    r.recipients,
+                    r.external,
+                );
                 if ledger.check(&mailboxes, &tenants).is_ok() {
                     restored.push(r);
                 } else {
@@ -371,12 +441,28 @@ proptest! {
     }
 }
 
-fn saturated(n: usize, durations: &[u64], recipients: &[u64]) -> Result<(usize, usize), TestCaseError> {
-    let mailboxes: Vec<MailboxCfg> =
-        (0..n).map(|_| MailboxCfg { limits: MailboxLimits::default(), tenant: 0 }).collect();
-    let tenants = [TenantCfg { limit: 10_000_000, window_ms: 86_400_000 }];
+fn saturated(
+    n: usize,
+    durations: &[u64],
+    recipients: &[u64],
+) -> Result<(usize, usize), TestCaseError> {
+    let mailboxes: Vec<MailboxCfg> = (0..n)
+        .map(|_| MailboxCfg {
+            limits: MailboxLimits::default(),
+            tenant: 0,
+        })
+        .collect();
+    let tenants = [TenantCfg {
+        limit: 10_000_000,
+        window_ms: 86_400_000,
+    }];
     let msgs: Vec<Msg> = (0..n * 320)
-        .map(|i| Msg { gap: 0, recipients: recipients[i % recipients.len()], external: 0, mask: 0xFF })
+        .map(|i| Msg {
+            gap: 0,
+            recipients: recipients[i % recipients.len()],
+            external: 0,
+            mask: 0xFF,
+        })
         .collect();
     let behaviours: Vec<Behaviour> = durations
         .iter()
@@ -443,7 +529,11 @@ fn naive_token_bucket_would_exceed_the_window() {
             ours.push((t, 1));
         }
     }
-    assert!(max_window_sum(&naive, window) >= 59, "naive: {}", max_window_sum(&naive, window));
+    assert!(
+        max_window_sum(&naive, window) >= 59,
+        "naive: {}",
+        max_window_sum(&naive, window)
+    );
     assert_eq!(max_window_sum(&ours, window), 30);
     // and ours is not slower over the long run: 30 per window, every window
     assert_eq!(ours.len(), 90);

@@ -73,7 +73,10 @@ impl TenantLimit {
     {
         let external = addresses
             .into_iter()
-            .filter(|a| a.rsplit_once('@').is_none_or(|(_, d)| self.is_external(d.trim_end_matches('>'))))
+            .filter(|a| {
+                a.rsplit_once('@')
+                    .is_none_or(|(_, d)| self.is_external(d.trim_end_matches('>')))
+            })
             .count();
         u64::try_from(external).unwrap_or(u64::MAX)
     }
@@ -120,7 +123,11 @@ mod tests {
 
     #[test]
     fn external_is_case_insensitive() {
-        let t = TenantLimit::new(10, Duration::from_secs(60), ["Contoso.com", "fabrikam.example."]);
+        let t = TenantLimit::new(
+            10,
+            Duration::from_secs(60),
+            ["Contoso.com", "fabrikam.example."],
+        );
         assert!(!t.is_external("contoso.COM"));
         assert!(!t.is_external("FABRIKAM.example"));
         assert!(t.is_external("sub.contoso.com"));
@@ -147,7 +154,10 @@ mod tests {
         assert_eq!(t.earliest_admit(Millis(0), 3), Admit::Busy);
         assert_eq!(t.earliest_admit(Millis(0), 11), Admit::Never);
         t.settle(r, Millis(1_000)).expect("own");
-        assert_eq!(t.earliest_admit(Millis(1_000), 3), Admit::At(Millis(61_000)));
+        assert_eq!(
+            t.earliest_admit(Millis(1_000), 3),
+            Admit::At(Millis(61_000))
+        );
         assert_eq!(t.remaining(Millis(1_000)), 2);
         t.restore(Millis(500), 2);
         assert_eq!(t.remaining(Millis(1_000)), 0);

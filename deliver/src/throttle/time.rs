@@ -78,8 +78,14 @@ mod tests {
     fn arithmetic_saturates() {
         assert_eq!(Millis(u64::MAX).plus_ms(5), Millis(u64::MAX));
         assert_eq!(Millis(3).minus_ms(5), Millis::ZERO);
-        assert_eq!(Millis(3).saturating_duration_since(Millis(10)), Duration::ZERO);
-        assert_eq!(Millis(10).saturating_duration_since(Millis(3)), Duration::from_millis(7));
+        assert_eq!(
+            Millis(3).saturating_duration_since(Millis(10)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Millis(10).saturating_duration_since(Millis(3)),
+            Duration::from_millis(7)
+        );
         assert_eq!(Millis(1) + Duration::from_micros(1500), Millis(3));
         assert_eq!(Millis(1) + Duration::MAX, Millis(u64::MAX));
     }
@@ -89,6 +95,9 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(Millis::from_system_time(t), Millis(1_700_000_000_123));
         assert_eq!(Millis(1_700_000_000_123).to_system_time(), t);
-        assert_eq!(Millis::from_system_time(UNIX_EPOCH - Duration::from_secs(1)), Millis::ZERO);
+        assert_eq!(
+            Millis::from_system_time(UNIX_EPOCH - Duration::from_secs(1)),
+            Millis::ZERO
+        );
     }
 }

@@ -161,7 +161,11 @@ impl SlidingWindow {
             Admit::Now => {
                 self.prune(now);
                 self.in_flight += u128::from(weight);
-                Ok(WindowReservation { owner: self.owner, weight, started: now })
+                Ok(WindowReservation {
+                    owner: self.owner,
+                    weight,
+                    started: now,
+                })
             }
             other => Err(other),
         }
@@ -238,9 +242,15 @@ mod tests {
         assert_eq!(w.earliest_admit(Millis(30), 2), Admit::At(Millis(60_015)));
         assert_eq!(w.earliest_admit(Millis(30), 3), Admit::At(Millis(60_025)));
         assert_eq!(w.earliest_admit(Millis(30), 4), Admit::Never);
-        assert_eq!(w.earliest_admit(Millis(60_004), 1), Admit::At(Millis(60_005)));
+        assert_eq!(
+            w.earliest_admit(Millis(60_004), 1),
+            Admit::At(Millis(60_005))
+        );
         assert_eq!(w.earliest_admit(Millis(60_005), 1), Admit::Now);
-        assert_eq!(w.reserve(Millis(30), 1).err(), Some(Admit::At(Millis(60_005))));
+        assert_eq!(
+            w.reserve(Millis(30), 1).err(),
+            Some(Admit::At(Millis(60_005)))
+        );
     }
 
     #[test]
@@ -273,7 +283,10 @@ mod tests {
         let mut a = SlidingWindow::new(5, MIN);
         let mut b = SlidingWindow::new(5, MIN);
         let r = a.reserve(Millis(0), 3).expect("fits");
-        assert_eq!(b.settle(r, Millis(1)), Err(ThrottleError::ForeignReservation));
+        assert_eq!(
+            b.settle(r, Millis(1)),
+            Err(ThrottleError::ForeignReservation)
+        );
         assert_eq!(b.in_flight(), 0);
         assert_eq!(b.used(Millis(1)), 0);
     }
@@ -287,8 +300,14 @@ mod tests {
         w.record(Millis(30_000), 0);
         assert_eq!(w.len(), 3);
         assert_eq!(w.used(Millis(60_000)), 9);
-        assert_eq!(w.earliest_admit(Millis(60_000), 2), Admit::At(Millis(70_000)));
-        assert_eq!(w.earliest_admit(Millis(60_000), 5), Admit::At(Millis(90_000)));
+        assert_eq!(
+            w.earliest_admit(Millis(60_000), 2),
+            Admit::At(Millis(70_000))
+        );
+        assert_eq!(
+            w.earliest_admit(Millis(60_000), 5),
+            Admit::At(Millis(90_000))
+        );
         w.prune(Millis(70_000));
         assert_eq!(w.len(), 2);
         assert_eq!(w.used(Millis(70_000)), 6);
@@ -316,8 +335,14 @@ mod tests {
         for i in 0..10_000u64 {
             w.record(Millis(i * 8), 1);
         }
-        assert_eq!(w.earliest_admit(Millis(80_000), 1), Admit::At(Millis(86_400_000)));
-        assert_eq!(w.earliest_admit(Millis(80_000), 500), Admit::At(Millis(86_400_000 + 499 * 8)));
+        assert_eq!(
+            w.earliest_admit(Millis(80_000), 1),
+            Admit::At(Millis(86_400_000))
+        );
+        assert_eq!(
+            w.earliest_admit(Millis(80_000), 500),
+            Admit::At(Millis(86_400_000 + 499 * 8))
+        );
         for _ in 0..10_000 {
             assert!(!w.earliest_admit(Millis(80_000), 1).is_now());
         }
@@ -341,13 +366,15 @@ mod tests {
             prop_oneof![Just(0u64), Just(1000u64), 0u64..=1000],
             prop::bool::weighted(0.9),
         )
-            .prop_map(|(gap, weight, duration, accept_permille, reaches_data)| Send {
-                gap,
-                weight,
-                duration,
-                accept_permille,
-                reaches_data,
-            })
+            .prop_map(
+                |(gap, weight, duration, accept_permille, reaches_data)| Send {
+                    gap,
+                    weight,
+                    duration,
+                    accept_permille,
+                    reaches_data,
+                },
+            )
     }
 
     proptest! {

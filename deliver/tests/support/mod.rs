@@ -10,7 +10,10 @@ use mailpipe_common::config::{CommonSettings, SecretRef, TelemetrySettings};
 use mailpipe_common::contract::RenderedMeta;
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId, Mailbox};
 use mailpipe_common::testkit::TestBroker;
-use mailpipe_deliver::settings::{AuthMethod, DeliverSettings, FromPolicy, LimitSettings, MailboxSettings, OAuthApp, TenantSettings};
+use mailpipe_deliver::settings::{
+    AuthMethod, DeliverSettings, FromPolicy, LimitSettings, MailboxSettings, OAuthApp,
+    TenantSettings,
+};
 use mailpipe_deliver::startup::Application;
 use mailpipe_sim::{RunningSim, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { messages: 10, message_window_ms: 1_000, recipients: 10_000, recipient_window_ms: 60_000, connections: 3 }
+        Self {
+            messages: 10,
+            message_window_ms: 1_000,
+            recipients: 10_000,
+            recipient_window_ms: 60_000,
+            connections: 3,
+        }
     }
 }
 
@@ -69,7 +78,11 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
     let l = spec.limits;
     let mut toml = format!("limits_enabled = true\n{}\n", spec.faults);
     for i in 0..spec.mailboxes {
-        let send_as = if spec.send_as_billing.contains(&i) { r#"send_as = ["billing@contoso.example"]"# } else { "" };
+        let send_as = if spec.send_as_billing.contains(&i) {
+            r#"send_as = ["billing@contoso.example"]"#
+        } else {
+            ""
+        };
         toml.push_str(&format!(
             r#"
 [[tenants]]
@@ -101,7 +114,9 @@ max_connections = {c}
             c = l.connections,
         ));
     }
-    Simulator::start(SimConfig::from_toml_str(&toml).expect("sim config")).await.expect("simulator starts")
+    Simulator::start(SimConfig::from_toml_str(&toml).expect("sim config"))
+        .await
+        .expect("simulator starts")
 }
 
 pub struct Harness {
@@ -125,13 +140,20 @@ impl Harness {
         let mut tenants = Vec::new();
         let mut mailboxes = Vec::new();
         for i in 0..spec.mailboxes {
-            let secret = if spec.wrong_secret.contains(&i) { &bad } else { &good };
+            let secret = if spec.wrong_secret.contains(&i) {
+                &bad
+            } else {
+                &good
+            };
             tenants.push(TenantSettings {
                 id: format!("t{i}"),
                 oauth: Some(OAuthApp {
                     tenant_id: None,
                     client_id: format!("app-{i}"),
-                    client_secret: SecretRef { env: None, file: Some(secret.clone()) },
+                    client_secret: SecretRef {
+                        env: None,
+                        file: Some(secret.clone()),
+                    },
                     authority: sim.authority(),
                     scope: "https://outlook.office365.com/.default".into(),
                 }),
@@ -156,7 +178,11 @@ impl Harness {
                     max_connections: l.connections as u32,
                     max_recipients_per_message: 500,
                 },
-                send_as: if spec.send_as_billing.contains(&i) { vec![EmailAddress::parse("billing@contoso.example").unwrap()] } else { vec![] },
+                send_as: if spec.send_as_billing.contains(&i) {
+                    vec![EmailAddress::parse("billing@contoso.example").unwrap()]
+                } else {
+                    vec![]
+                },
                 groups: vec![],
             });
         }
@@ -175,14 +201,30 @@ impl Harness {
             ..DeliverSettings::default()
         };
         settings.validate().expect("deliver settings");
-        let common = CommonSettings { rabbitmq: broker.settings.clone(), telemetry: TelemetrySettings::default() };
-        Self { sim, broker, common, settings, _secrets: secrets }
+        let common = CommonSettings {
+            rabbitmq: broker.settings.clone(),
+            telemetry: TelemetrySettings::default(),
+        };
+        Self {
+            sim,
+            broker,
+            common,
+            settings,
+            _secrets: secrets,
+        }
     }
 
     /// Starts deliver in this process; returns its shutdown token and task.
-    pub async fn start_deliver(&self) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    pub async fn start_deliver(
+        &self,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let shutdown = CancellationToken::new();
-        let app = Application::build(&self.common, &self.settings, shutdown.clone()).await.expect("deliver starts");
+        let app = Application::build(&self.common, &self.settings, shutdown.clone())
+            .await
+            .expect("deliver starts");
         (shutdown, tokio::spawn(app.run_until_stopped()))
     }
 
@@ -191,9 +233,16 @@ impl Harness {
             v: 1,
             job_id: JobId::parse(job).unwrap(),
             batch: Some(BatchId::parse("batch-1").unwrap()),
-            from: Mailbox::new(Some("Contoso Billing".into()), EmailAddress::parse(from).unwrap()).unwrap(),
+            from: Mailbox::new(
+                Some("Contoso Billing".into()),
+                EmailAddress::parse(from).unwrap(),
+            )
+            .unwrap(),
             has_reply_to: false,
-            recipients: recipients.iter().map(|r| EmailAddress::parse(r).unwrap()).collect(),
+            recipients: recipients
+                .iter()
+                .map(|r| EmailAddress::parse(r).unwrap())
+                .collect(),
             group: None,
             message_id: format!("<{job}@mailpipe.test>"),
             attempt: 0,
@@ -203,7 +252,14 @@ impl Harness {
             "To: {}\r\nSubject: Invoice {job}\r\nMessage-ID: <{job}@mailpipe.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello from {job}.\r\n",
             recipients.join(", ")
         );
-        self.broker.pipeline.send_rendered(&meta, mime.as_bytes()).await.unwrap().confirmed().await.unwrap();
+        self.broker
+            .pipeline
+            .send_rendered(&meta, mime.as_bytes())
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
     }
 
     /// Waits until the simulator has accepted `n` messages (or fails after `limit`).
@@ -214,15 +270,30 @@ impl Harness {
             if got >= n {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "only {got} of {n} accepted within {limit:?}; refusals: {:?}", self.sim.refusals());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {got} of {n} accepted within {limit:?}; refusals: {:?}",
+                self.sim.refusals()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
-        while let Some(m) = self.broker.get(&self.broker.broker.topology().dead_queue(), Duration::from_millis(200)).await {
-            let reason = mailpipe_common::amqp::header_str(&m.delivery.properties, mailpipe_common::amqp::DEAD_REASON_HEADER).unwrap_or_default();
+        while let Some(m) = self
+            .broker
+            .get(
+                &self.broker.broker.topology().dead_queue(),
+                Duration::from_millis(200),
+            )
+            .await
+        {
+            let reason = mailpipe_common::amqp::header_str(
+                &m.delivery.properties,
+                mailpipe_common::amqp::DEAD_REASON_HEADER,
+            )
+            .unwrap_or_default();
             out.push((reason, m.delivery.data));
         }
         out
@@ -235,5 +306,7 @@ impl Harness {
 }
 
 pub fn recipients(job: usize, n: usize) -> Vec<String> {
-    (0..n).map(|r| format!("customer{job}-{r}@fabrikam.example")).collect()
+    (0..n)
+        .map(|r| format!("customer{job}-{r}@fabrikam.example"))
+        .collect()
 }

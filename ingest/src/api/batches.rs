@@ -4,19 +4,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::TryStreamExt;
 use mailpipe_common::domain::BatchId;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::error::ApiError;
 use super::AppState;
-use crate::batch::{import, ImportError, ImportOptions, Progress};
+use super::error::ApiError;
+use crate::batch::{ImportError, ImportOptions, Progress, import};
 use crate::batch_reader::Format;
 use crate::publish::lock_status;
 
@@ -26,22 +26,36 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
-    let batch = match query.get("batch") {
-        Some(b) => Some(BatchId::parse(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?),
-        None => None,
-    };
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
+    let batch =
+        match query.get("batch") {
+            Some(b) => Some(BatchId::parse(b).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch")
+            })?),
+            None => None,
+        };
     let partial = match query.get("partial").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("partial={other:?}: use true or false")).field("partial"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("partial={other:?}: use true or false"),
+            )
+            .field("partial"));
         }
     };
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let format = Format::from_content_type(ct).ok_or_else(|| {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {ct:?}: send application/x-ndjson or text/csv"))
-            .field("content-type")
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {ct:?}: send application/x-ndjson or text/csv"),
+        )
+        .field("content-type")
     })?;
     let max_bytes = state.settings.max_batch_bytes;
     if super::content_length(&headers).is_some_and(|n| n > max_bytes) {
@@ -51,8 +65,20 @@ pub async fn upload(
 
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let input = SyncIoBridge::new(StreamReader::new(stream));
-    let options = ImportOptions { batch, partial, max_bytes };
-    let result = import(input, format, options, state.validator.clone(), &state.publisher, Arc::new(Progress::default())).await;
+    let options = ImportOptions {
+        batch,
+        partial,
+        max_bytes,
+    };
+    let result = import(
+        input,
+        format,
+        options,
+        state.validator.clone(),
+        &state.publisher,
+        Arc::new(Progress::default()),
+    )
+    .await;
     match result {
         Ok(report) => Ok((StatusCode::ACCEPTED, Json(report)).into_response()),
         Err(ImportError::Rejected(report)) => Err(ApiError::new(
@@ -78,15 +104,25 @@ pub async fn upload(
 }
 
 fn too_large(limit: u64) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the upload exceeds {limit} bytes (ingest.max_batch_bytes); split it"))
-        .field("body")
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the upload exceeds {limit} bytes (ingest.max_batch_bytes); split it"),
+    )
+    .field("body")
 }
 
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = BatchId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = BatchId::parse(&id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
     let found = lock_status(state.publisher.status()).report(&id, chrono::Utc::now());
     match found {
         Some(b) => Ok(Json(b).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known (yet)")).field("batch")),
+        None => Err(
+            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known (yet)"))
+                .field("batch"),
+        ),
     }
 }

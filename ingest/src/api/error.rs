@@ -1,8 +1,8 @@
 //! Every error the API answers is JSON: `{"error": "...", "field": "...", "errors": [...]}`.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,7 +23,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self { status, error: error.into(), field: None, errors: Vec::new(), extra: None }
+        Self {
+            status,
+            error: error.into(),
+            field: None,
+            errors: Vec::new(),
+            extra: None,
+        }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -32,7 +38,10 @@ impl ApiError {
     }
 
     pub fn errors<T: Serialize>(mut self, errors: &[T]) -> Self {
-        self.errors = errors.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+        self.errors = errors
+            .iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
         self
     }
 
@@ -44,7 +53,10 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token (Authorization: Bearer <token>)")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token (Authorization: Bearer <token>)",
+        )
     }
 
     pub fn unavailable(why: impl Into<String>) -> Self {
@@ -57,10 +69,12 @@ impl IntoResponse for ApiError {
         let status = self.status;
         let mut res = (status, Json(self)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         res
     }

@@ -17,13 +17,13 @@ mod jobs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
-use axum::Router;
+use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
 
@@ -47,13 +47,27 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("tokens", &self.tokens).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    pub fn new(validator: Validator, publisher: JobPublisher, tokens: ApiTokens, settings: IngestSettings, replayed: Replayed) -> Self {
-        Self { validator: Arc::new(validator), publisher, tokens, settings: Arc::new(settings), replayed }
+    pub fn new(
+        validator: Validator,
+        publisher: JobPublisher,
+        tokens: ApiTokens,
+        settings: IngestSettings,
+        replayed: Replayed,
+    ) -> Self {
+        Self {
+            validator: Arc::new(validator),
+            publisher,
+            tokens,
+            settings: Arc::new(settings),
+            replayed,
+        }
     }
 
     /// Submissions wait until the events stream replay is complete, so the duplicate
@@ -63,7 +77,9 @@ impl AppState {
         let wait = Duration::from_millis(self.settings.replay_wait_ms);
         match tokio::time::timeout(wait, rx.wait_for(|done| *done)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(ApiError::unavailable("still replaying the events stream after a start; retry shortly")),
+            _ => Err(ApiError::unavailable(
+                "still replaying the events stream after a start; retry shortly",
+            )),
         }
     }
 }
@@ -89,17 +105,29 @@ pub fn router(state: AppState) -> Router {
             public = public.route(path, handler);
         }
     }
-    let private = private.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let private = private.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
     private
         .merge(public)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route (see /v1/openapi.yaml)") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route (see /v1/openapi.yaml)",
+            )
+        })
         .with_state(state)
 }
 
 /// Records `mailpipe_ingest_http_request_duration_seconds{route,status}` (route is the
 /// template, so cardinality stays bounded).
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(request).await;
     metrics::HTTP_SECONDS
@@ -113,14 +141,26 @@ async fn openapi() -> impl IntoResponse {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads a whole (small) body, refusing it with 413 past `limit` bytes.
-async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes (ingest.max_request_bytes)"))
-            .field("body")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body exceeds {limit} bytes (ingest.max_request_bytes)"),
+        )
+        .field("body")
     };
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(too_large());
@@ -128,7 +168,13 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<a
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).field("body"))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )
+            .field("body")
+        })?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }

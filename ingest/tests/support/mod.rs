@@ -1,7 +1,6 @@
 //! A real ingest `Application` on port 0 against a real RabbitMQ (unique prefix per test).
 
 #![allow(clippy::unwrap_used)]
-
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -44,10 +43,19 @@ pub fn settings_for(dir: &Path) -> IngestSettings {
     IngestSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         api_tokens: vec![
-            SecretRef { env: None, file: Some(dir.join("token1")) },
-            SecretRef { env: None, file: Some(dir.join("token2")) },
+            SecretRef {
+                env: None,
+                file: Some(dir.join("token1")),
+            },
+            SecretRef {
+                env: None,
+                file: Some(dir.join("token2")),
+            },
         ],
-        limits: JobLimits { max_recipients: 3, ..JobLimits::default() },
+        limits: JobLimits {
+            max_recipients: 3,
+            ..JobLimits::default()
+        },
         templates_dir: Some(dir.join("templates")),
         attachments_root: Some(dir.join("files")),
         max_request_bytes: 64 * 1024,
@@ -72,7 +80,9 @@ impl TestApp {
 
     pub async fn spawn_with(broker: TestBroker, dir: tempfile::TempDir, config: Config) -> Self {
         let shutdown = CancellationToken::new();
-        let app = Application::build(config.clone(), shutdown.clone()).await.expect("application starts");
+        let app = Application::build(config.clone(), shutdown.clone())
+            .await
+            .expect("application starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let server = tokio::spawn(app.run_until_stopped());
         let client = reqwest::Client::new();
@@ -83,10 +93,21 @@ impl TestApp {
             {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "ingest did not become ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ingest did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { broker, base, client, shutdown, dir, config, server }
+        Self {
+            broker,
+            base,
+            client,
+            shutdown,
+            dir,
+            config,
+            server,
+        }
     }
 
     pub fn render_queue(&self) -> String {
@@ -98,21 +119,35 @@ impl TestApp {
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN)
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.get(format!("{}{path}", self.base)).bearer_auth(TOKEN)
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
     }
 
     pub async fn post_job(&self, body: &str) -> (u16, serde_json::Value) {
-        let r = self.post("/v1/jobs").header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
+        let r = self
+            .post("/v1/jobs")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// Polls `path` until `check` holds on its JSON (the status index is fed asynchronously).
-    pub async fn eventually(&self, path: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn eventually(
+        &self,
+        path: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let r = self.get(path).send().await.unwrap();
@@ -120,7 +155,10 @@ impl TestApp {
             if check(&json) {
                 return json;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{path} never satisfied the check; last: {json}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} never satisfied the check; last: {json}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -159,7 +197,9 @@ limits = { messages_per_window = 30, message_window_ms = 60000, recipients_per_w
 "#;
 
 pub fn test_pool() -> mailpipe_common::pool::PoolSettings {
-    mailpipe_common::config::ConfigSource::from_toml(POOL_TOML).section("deliver").unwrap()
+    mailpipe_common::config::ConfigSource::from_toml(POOL_TOML)
+        .section("deliver")
+        .unwrap()
 }
 
 pub fn job_json(id: &str) -> String {

@@ -30,7 +30,11 @@ pub fn settings(templates_dir: &Path, attachments_root: Option<&Path>) -> Settin
 
 pub fn renderer_with(settings: &Settings) -> Renderer {
     let templates = Templates::load(&settings.templates_dir).expect("templates load");
-    let loader = AttachmentLoader::new(settings.attachments_root.as_deref(), settings.max_attachment_bytes).expect("root");
+    let loader = AttachmentLoader::new(
+        settings.attachments_root.as_deref(),
+        settings.max_attachment_bytes,
+    )
+    .expect("root");
     Renderer::new(templates, loader, settings)
 }
 

@@ -215,7 +215,10 @@ fn default_max_line() -> usize {
     4096
 }
 fn default_scopes() -> Vec<String> {
-    vec![defaults::SCOPE.to_owned(), "https://outlook.office.com/.default".to_owned()]
+    vec![
+        defaults::SCOPE.to_owned(),
+        "https://outlook.office.com/.default".to_owned(),
+    ]
 }
 fn default_external_window() -> u64 {
     defaults::EXTERNAL_WINDOW_MS
@@ -234,8 +237,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// Parses and validates a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let cfg: SimConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: SimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -258,10 +260,16 @@ impl SimConfig {
                 return invalid(format!("tenants[{i}].id"), "must not be empty".into());
             }
             if !tenant_ids.insert(t.id.to_ascii_lowercase()) {
-                return invalid(format!("tenants[{i}].id"), format!("duplicate tenant {:?}", t.id));
+                return invalid(
+                    format!("tenants[{i}].id"),
+                    format!("duplicate tenant {:?}", t.id),
+                );
             }
             if t.external_window_ms == 0 {
-                return invalid(format!("tenants[{i}].external_window_ms"), "must be > 0".into());
+                return invalid(
+                    format!("tenants[{i}].external_window_ms"),
+                    "must be > 0".into(),
+                );
             }
         }
         let mut addresses = HashSet::new();
@@ -292,7 +300,10 @@ impl SimConfig {
         let mut client_ids = HashSet::new();
         for (i, a) in self.apps.iter().enumerate() {
             if !tenant_ids.contains(&a.tenant.to_ascii_lowercase()) {
-                return invalid(format!("apps[{i}].tenant"), format!("unknown tenant {:?}", a.tenant));
+                return invalid(
+                    format!("apps[{i}].tenant"),
+                    format!("unknown tenant {:?}", a.tenant),
+                );
             }
             if !client_ids.insert(a.client_id.clone()) {
                 return invalid(
@@ -304,7 +315,10 @@ impl SimConfig {
                 if mb == "*" {
                     continue;
                 }
-                let found = self.mailboxes.iter().find(|m| m.address.eq_ignore_ascii_case(mb));
+                let found = self
+                    .mailboxes
+                    .iter()
+                    .find(|m| m.address.eq_ignore_ascii_case(mb));
                 match found {
                     None => {
                         return invalid(
@@ -315,7 +329,10 @@ impl SimConfig {
                     Some(m) if !m.tenant.eq_ignore_ascii_case(&a.tenant) => {
                         return invalid(
                             format!("apps[{i}].mailboxes[{j}]"),
-                            format!("mailbox {mb:?} belongs to tenant {:?}, not {:?}", m.tenant, a.tenant),
+                            format!(
+                                "mailbox {mb:?} belongs to tenant {:?}, not {:?}",
+                                m.tenant, a.tenant
+                            ),
                         );
                     }
                     Some(_) => {}
@@ -325,7 +342,10 @@ impl SimConfig {
         validate_limits(&self.limits, "limits")?;
         validate_faults(&self.faults, "faults")?;
         if self.max_line_length < 512 {
-            return invalid("max_line_length".into(), "must be at least 512 (RFC 5321)".into());
+            return invalid(
+                "max_line_length".into(),
+                "must be at least 512 (RFC 5321)".into(),
+            );
         }
         Ok(())
     }
@@ -365,14 +385,22 @@ impl SimConfig {
                 global.recipient_window_ms,
                 defaults::RECIPIENT_WINDOW_MS,
             )),
-            max_connections: pick(own.max_connections, global.max_connections, defaults::MAX_CONNECTIONS),
+            max_connections: pick(
+                own.max_connections,
+                global.max_connections,
+                defaults::MAX_CONNECTIONS,
+            ),
             max_recipients_per_message: pick(
                 own.max_recipients_per_message,
                 global.max_recipients_per_message,
                 defaults::MAX_RECIPIENTS_PER_MESSAGE,
             ),
-            max_message_size: pick(own.max_message_size, global.max_message_size, defaults::MAX_MESSAGE_SIZE)
-                .min(defaults::HARD_MAX_MESSAGE_SIZE),
+            max_message_size: pick(
+                own.max_message_size,
+                global.max_message_size,
+                defaults::MAX_MESSAGE_SIZE,
+            )
+            .min(defaults::HARD_MAX_MESSAGE_SIZE),
         }
     }
 }
@@ -397,9 +425,15 @@ impl TenantConfig {
 }
 
 fn validate_limits(l: &LimitsConfig, key: &str) -> Result<(), ConfigError> {
-    for (name, v) in [("message_window_ms", l.message_window_ms), ("recipient_window_ms", l.recipient_window_ms)] {
+    for (name, v) in [
+        ("message_window_ms", l.message_window_ms),
+        ("recipient_window_ms", l.recipient_window_ms),
+    ] {
         if v == Some(0) {
-            return Err(ConfigError::Invalid { key: format!("{key}.{name}"), message: "must be > 0".into() });
+            return Err(ConfigError::Invalid {
+                key: format!("{key}.{name}"),
+                message: "must be > 0".into(),
+            });
         }
     }
     Ok(())
@@ -448,7 +482,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = SimConfig::from_toml_str("[[tenants]]\nid = \"x\"\nbogus = 1\n").expect_err("invalid");
+        let err =
+            SimConfig::from_toml_str("[[tenants]]\nid = \"x\"\nbogus = 1\n").expect_err("invalid");
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 
@@ -463,7 +498,8 @@ mod tests {
 
     #[test]
     fn bad_rate_names_key() {
-        let err = SimConfig::from_toml_str("[faults]\nreply_421_rate = 2.0\n").expect_err("invalid");
+        let err =
+            SimConfig::from_toml_str("[faults]\nreply_421_rate = 2.0\n").expect_err("invalid");
         assert!(err.to_string().contains("faults.reply_421_rate"), "{err}");
     }
 

@@ -21,7 +21,10 @@ impl Mailbox {
     /// Whether this mailbox may use `from` as a sender (itself, or Send As rights).
     pub fn may_send_as(&self, from: &str) -> bool {
         from.eq_ignore_ascii_case(&self.address)
-            || self.send_as.iter().any(|s| s == "*" || s.eq_ignore_ascii_case(from))
+            || self
+                .send_as
+                .iter()
+                .any(|s| s == "*" || s.eq_ignore_ascii_case(from))
     }
 }
 
@@ -49,7 +52,11 @@ impl Directory {
             tenant_aliases.insert(id.clone(), id.clone());
             tenants.insert(id, t.clone());
         }
-        let apps = cfg.apps.iter().map(|a| (a.client_id.clone(), a.clone())).collect();
+        let apps = cfg
+            .apps
+            .iter()
+            .map(|a| (a.client_id.clone(), a.clone()))
+            .collect();
         let mailboxes = cfg
             .mailboxes
             .iter()
@@ -64,7 +71,12 @@ impl Directory {
                 (mb.address.clone(), mb)
             })
             .collect();
-        Self { tenants, tenant_aliases, apps, mailboxes }
+        Self {
+            tenants,
+            tenant_aliases,
+            apps,
+            mailboxes,
+        }
     }
 
     pub fn mailbox(&self, address: &str) -> Option<&Mailbox> {
@@ -73,13 +85,18 @@ impl Directory {
 
     /// Resolves a tenant given by id or by one of its domains.
     pub fn tenant(&self, id_or_domain: &str) -> Option<&TenantConfig> {
-        let id = self.tenant_aliases.get(&id_or_domain.to_ascii_lowercase())?;
+        let id = self
+            .tenant_aliases
+            .get(&id_or_domain.to_ascii_lowercase())?;
         self.tenants.get(id)
     }
 
     /// Whether `app` has been granted access to `mailbox` (same tenant, listed or "*").
     pub fn app_may_use(&self, app: &AppConfig, mailbox: &Mailbox) -> bool {
         app.tenant.eq_ignore_ascii_case(&mailbox.tenant)
-            && app.mailboxes.iter().any(|m| m == "*" || m.eq_ignore_ascii_case(&mailbox.address))
+            && app
+                .mailboxes
+                .iter()
+                .any(|m| m == "*" || m.eq_ignore_ascii_case(&mailbox.address))
     }
 }

@@ -30,7 +30,11 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    pub fn new(seed: u64, global: FaultsConfig, per_mailbox: HashMap<String, FaultsConfig>) -> Self {
+    pub fn new(
+        seed: u64,
+        global: FaultsConfig,
+        per_mailbox: HashMap<String, FaultsConfig>,
+    ) -> Self {
         Self {
             seed,
             global: RwLock::new(global),
@@ -54,13 +58,18 @@ impl Faults {
     }
 
     pub fn refuses_recipient(&self, mailbox: Option<&str>, rcpt: &str) -> bool {
-        self.with(mailbox, |f| f.refuse_recipients.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+        self.with(mailbox, |f| {
+            f.refuse_recipients
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(rcpt))
+        })
     }
 
     /// One draw per message from the mailbox's own seeded stream.
     pub fn data_end(&self, mailbox: &str) -> Option<DataEndFault> {
-        let (drop, r421, r451) =
-            self.with(Some(mailbox), |f| (f.drop_after_data_rate, f.reply_421_rate, f.reply_451_rate));
+        let (drop, r421, r451) = self.with(Some(mailbox), |f| {
+            (f.drop_after_data_rate, f.reply_421_rate, f.reply_451_rate)
+        });
         if drop <= 0.0 && r421 <= 0.0 && r451 <= 0.0 {
             return None;
         }
@@ -83,7 +92,10 @@ impl Faults {
     }
 
     pub fn global(&self) -> FaultsConfig {
-        self.global.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.global
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_global(&self, faults: FaultsConfig) {
@@ -119,7 +131,10 @@ mod tests {
     use super::*;
 
     fn cfg(rate: f64) -> FaultsConfig {
-        FaultsConfig { reply_451_rate: rate, ..FaultsConfig::default() }
+        FaultsConfig {
+            reply_451_rate: rate,
+            ..FaultsConfig::default()
+        }
     }
 
     #[test]

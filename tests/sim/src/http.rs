@@ -70,7 +70,10 @@ fn parse_form(body: &[u8]) -> HashMap<String, String> {
             match bytes[i] {
                 b'+' => out.push(b' '),
                 b'%' if i + 2 < bytes.len() => {
-                    match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    match std::str::from_utf8(&bytes[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
                         Some(b) => {
                             out.push(b);
                             i += 2;
@@ -101,7 +104,9 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_owned(), secret.to_owned()))
@@ -123,7 +128,9 @@ async fn token(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "Tenant '{tenant_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         );
     };
     let Some(grant_type) = form.get("grant_type") else {
@@ -143,7 +150,10 @@ async fn token(
         );
     }
     let basic = basic_credentials(&headers);
-    let client_id = form.get("client_id").cloned().or_else(|| basic.as_ref().map(|b| b.0.clone()));
+    let client_id = form
+        .get("client_id")
+        .cloned()
+        .or_else(|| basic.as_ref().map(|b| b.0.clone()));
     let Some(client_id) = client_id else {
         return fail(
             StatusCode::BAD_REQUEST,
@@ -152,16 +162,26 @@ async fn token(
             "The request body must contain the following parameter: 'client_id'.",
         );
     };
-    let app = s.directory.apps.get(&client_id).filter(|a| a.tenant.eq_ignore_ascii_case(&tenant.id));
+    let app = s
+        .directory
+        .apps
+        .get(&client_id)
+        .filter(|a| a.tenant.eq_ignore_ascii_case(&tenant.id));
     let Some(app) = app else {
         return fail(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             700016,
-            &format!("Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", tenant.id),
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.",
+                tenant.id
+            ),
         );
     };
-    let secret = form.get("client_secret").cloned().or_else(|| basic.map(|b| b.1));
+    let secret = form
+        .get("client_secret")
+        .cloned()
+        .or_else(|| basic.map(|b| b.1));
     let Some(secret) = secret else {
         return fail(
             StatusCode::UNAUTHORIZED,
@@ -175,23 +195,37 @@ async fn token(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             7000215,
-            &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+            &format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
         );
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
     let scope_ok = scope.split_whitespace().count() == 1
-        && s.config.accepted_scopes.iter().any(|a| a.eq_ignore_ascii_case(scope.trim()));
+        && s.config
+            .accepted_scopes
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(scope.trim()));
     if !scope_ok {
         return fail(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             70011,
-            &format!("The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."),
+            &format!(
+                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            ),
         );
     }
     let lifetime = app.token_lifetime_secs;
-    let access_token = s.tokens.issue(&app.client_id, &tenant.id.to_ascii_lowercase(), Duration::from_secs(lifetime));
-    s.metrics.tokens_issued.with_label_values(&[&app.client_id]).inc();
+    let access_token = s.tokens.issue(
+        &app.client_id,
+        &tenant.id.to_ascii_lowercase(),
+        Duration::from_secs(lifetime),
+    );
+    s.metrics
+        .tokens_issued
+        .with_label_values(&[&app.client_id])
+        .inc();
     Json(json!({
         "token_type": "Bearer",
         "expires_in": lifetime,
@@ -217,10 +251,14 @@ struct MessageView {
 }
 
 fn flag(q: &HashMap<String, String>, key: &str) -> bool {
-    q.get(key).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+    q.get(key)
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-async fn messages(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn messages(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let with_raw = flag(&q, "raw");
     let mailbox = q.get("mailbox").map(|m| m.to_ascii_lowercase());
     let views: Vec<MessageView> = s
@@ -275,7 +313,11 @@ async fn put_faults(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
-async fn put_blocked(State(s): State<Arc<Shared>>, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn put_blocked(
+    State(s): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
     let Some(t) = s.directory.tenant(&tenant) else {
         return (StatusCode::NOT_FOUND, "no such tenant").into_response();
     };
@@ -290,12 +332,20 @@ async fn put_blocked(State(s): State<Arc<Shared>>, Path(tenant): Path<String>, b
             }
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("body must be true or false: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("body must be true or false: {e}"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

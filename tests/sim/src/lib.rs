@@ -24,7 +24,9 @@ mod state;
 mod tls;
 mod tokens;
 
-pub use config::{AppConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults};
+pub use config::{
+    AppConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults,
+};
 pub use error::{ConfigError, SimError};
 pub use records::{AcceptedMessage, MailboxStats, Refusal, Stage};
 pub use sim::{RunningSim, Simulator};

@@ -41,9 +41,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
     // Logs go to stderr so stdout carries only the address lines scripts read.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_json {
         builder.json().init();
     } else {
@@ -68,7 +71,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let sim = Simulator::start(config).await.context("cannot start the simulator")?;
+    let sim = Simulator::start(config)
+        .await
+        .context("cannot start the simulator")?;
     if args.print_json {
         let line = serde_json::json!({
             "smtp_addr": sim.smtp_addr().to_string(),
@@ -81,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
         });
         println!("{line}");
     } else {
-        println!("SMTP      localhost:{} (listening on {})", sim.smtp_addr().port(), sim.smtp_addr());
+        println!(
+            "SMTP      localhost:{} (listening on {})",
+            sim.smtp_addr().port(),
+            sim.smtp_addr()
+        );
         println!("HTTP      {}", sim.authority());
         println!("authority {}", sim.authority());
         println!("CA        {}", sim.ca_pem_path().display());
@@ -103,6 +112,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
     Ok(())
 }

@@ -87,7 +87,12 @@ struct Inner {
 
 impl Records {
     pub fn new(max_messages: usize, max_refusals: usize, eml_dir: Option<PathBuf>) -> Self {
-        Self { inner: Mutex::new(Inner::default()), max_messages, max_refusals, eml_dir }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_messages,
+            max_refusals,
+            eml_dir,
+        }
     }
 
     pub fn push_accepted(&self, msg: AcceptedMessage) {

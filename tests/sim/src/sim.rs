@@ -49,7 +49,11 @@ impl Simulator {
 
         let (state_dir, temp_state_dir) = match &config.state_dir {
             Some(d) => (d.clone(), false),
-            None => (std::env::temp_dir().join(format!("mailpipe-sim-{}", uuid::Uuid::new_v4().simple())), true),
+            None => (
+                std::env::temp_dir()
+                    .join(format!("mailpipe-sim-{}", uuid::Uuid::new_v4().simple())),
+                true,
+            ),
         };
         let write_err = |path: &Path| {
             let path = path.to_owned();
@@ -68,35 +72,63 @@ impl Simulator {
 
         let smtp = TcpListener::bind(config.smtp_listen)
             .await
-            .map_err(|source| SimError::Bind { what: "SMTP", addr: config.smtp_listen, source })?;
+            .map_err(|source| SimError::Bind {
+                what: "SMTP",
+                addr: config.smtp_listen,
+                source,
+            })?;
         let http = TcpListener::bind(config.http_listen)
             .await
-            .map_err(|source| SimError::Bind { what: "HTTP", addr: config.http_listen, source })?;
+            .map_err(|source| SimError::Bind {
+                what: "HTTP",
+                addr: config.http_listen,
+                source,
+            })?;
         let local = |l: &TcpListener, what: &'static str, addr: SocketAddr| {
-            l.local_addr().map_err(|source| SimError::Bind { what, addr, source })
+            l.local_addr()
+                .map_err(|source| SimError::Bind { what, addr, source })
         };
         let smtp_addr = local(&smtp, "SMTP", config.smtp_listen)?;
         let http_addr = local(&http, "HTTP", config.http_listen)?;
 
         let limits = LimitState::new(
             config.limits_enabled,
-            config.mailboxes.iter().map(|m| (m.address.to_ascii_lowercase(), config.limits_for(m))),
+            config
+                .mailboxes
+                .iter()
+                .map(|m| (m.address.to_ascii_lowercase(), config.limits_for(m))),
             config.tenants.iter().map(|t| {
-                (t.id.to_ascii_lowercase(), t.effective_external_limit(), Duration::from_millis(t.external_window_ms))
+                (
+                    t.id.to_ascii_lowercase(),
+                    t.effective_external_limit(),
+                    Duration::from_millis(t.external_window_ms),
+                )
             }),
         );
         let per_mailbox_faults: HashMap<String, FaultsConfig> = config
             .mailboxes
             .iter()
-            .filter_map(|m| m.faults.clone().map(|f| (m.address.to_ascii_lowercase(), f)))
+            .filter_map(|m| {
+                m.faults
+                    .clone()
+                    .map(|f| (m.address.to_ascii_lowercase(), f))
+            })
             .collect();
-        let blocked: HashSet<String> =
-            config.tenants.iter().filter(|t| t.blocked).map(|t| t.id.to_ascii_lowercase()).collect();
+        let blocked: HashSet<String> = config
+            .tenants
+            .iter()
+            .filter(|t| t.blocked)
+            .map(|t| t.id.to_ascii_lowercase())
+            .collect();
 
         let shared = Arc::new(Shared {
             directory: Directory::new(&config),
             tokens: TokenStore::default(),
-            records: Records::new(config.max_recorded_messages, config.max_recorded_refusals, eml_dir),
+            records: Records::new(
+                config.max_recorded_messages,
+                config.max_recorded_refusals,
+                eml_dir,
+            ),
             limits: Arc::new(limits),
             faults: Faults::new(config.seed, config.faults.clone(), per_mailbox_faults),
             metrics: Metrics::new()?,
@@ -106,11 +138,16 @@ impl Simulator {
         });
 
         let cancel = CancellationToken::new();
-        let smtp_task = tokio::spawn(crate::smtp::serve(smtp, Arc::clone(&shared), cancel.clone()));
+        let smtp_task = tokio::spawn(crate::smtp::serve(
+            smtp,
+            Arc::clone(&shared),
+            cancel.clone(),
+        ));
         let router = crate::http::router(Arc::clone(&shared));
         let http_cancel = cancel.clone();
         let http_task = tokio::spawn(async move {
-            let serve = axum::serve(http, router).with_graceful_shutdown(http_cancel.cancelled_owned());
+            let serve =
+                axum::serve(http, router).with_graceful_shutdown(http_cancel.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "http server failed");
             }
@@ -185,7 +222,9 @@ impl RunningSim {
     /// The stats of one mailbox.
     pub fn mailbox(&self, address: &str) -> Option<MailboxStats> {
         let address = address.to_ascii_lowercase();
-        self.mailbox_stats().into_iter().find(|m| m.address == address)
+        self.mailbox_stats()
+            .into_iter()
+            .find(|m| m.address == address)
     }
 
     /// Replaces the global faults (mailboxes with their own faults keep theirs).
@@ -199,12 +238,16 @@ impl RunningSim {
 
     /// Gives one mailbox its own faults, or (`None`) makes it follow the global ones.
     pub fn set_mailbox_faults(&self, mailbox: &str, faults: Option<FaultsConfig>) {
-        self.shared.faults.set_mailbox(&mailbox.to_ascii_lowercase(), faults);
+        self.shared
+            .faults
+            .set_mailbox(&mailbox.to_ascii_lowercase(), faults);
     }
 
     /// Blocks or unblocks a tenant (`550 5.7.708` at AUTH and MAIL). False if unknown.
     pub fn set_tenant_blocked(&self, tenant: &str, blocked: bool) -> bool {
-        let Some(t) = self.shared.directory.tenant(tenant) else { return false };
+        let Some(t) = self.shared.directory.tenant(tenant) else {
+            return false;
+        };
         let id = t.id.to_ascii_lowercase();
         let mut set = lock(&self.shared.blocked_tenants);
         if blocked {
@@ -235,7 +278,10 @@ impl RunningSim {
         self.cancel.cancel();
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::SimError;
@@ -23,18 +25,32 @@ impl std::fmt::Debug for ServerPki {
 /// Generates a fresh CA and a leaf for `localhost` (plus 127.0.0.1 / ::1 as IP SANs).
 pub(crate) fn generate() -> Result<ServerPki, SimError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "mailpipe-sim test CA");
-    ca_params.distinguished_name.push(DnType::OrganizationName, "mailpipe-sim");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mailpipe-sim test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "mailpipe-sim");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()])?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
-    leaf_params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     leaf_params
         .subject_alt_names
-        .push(rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    leaf_params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ));
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.use_authority_key_identifier_extension = true;
     let leaf_key = KeyPair::generate()?;
@@ -50,5 +66,8 @@ pub(crate) fn generate() -> Result<ServerPki, SimError> {
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     server_config.alpn_protocols.clear();
-    Ok(ServerPki { ca_pem: ca.pem(), server_config: Arc::new(server_config) })
+    Ok(ServerPki {
+        ca_pem: ca.pem(),
+        server_config: Arc::new(server_config),
+    })
 }

@@ -37,13 +37,20 @@ impl TokenStore {
         rand::rng().fill_bytes(&mut bytes);
         // Real tokens are JWTs starting with "eyJ"; clients must treat them as opaque, and a
         // different shape catches clients that try to parse them.
-        let token = format!("simtok.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+        let token = format!(
+            "simtok.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
         let now = Instant::now();
         let mut map = lock(&self.tokens);
         map.retain(|_, t| t.expires_at > now);
         map.insert(
             token.clone(),
-            IssuedToken { client_id: client_id.to_owned(), tenant: tenant.to_owned(), expires_at: now + lifetime },
+            IssuedToken {
+                client_id: client_id.to_owned(),
+                tenant: tenant.to_owned(),
+                expires_at: now + lifetime,
+            },
         );
         token
     }

@@ -49,7 +49,10 @@ tenant = "contoso"
 
 fn transport(sim: &RunningSim, user: &str, token: &str) -> AsyncSmtpTransport<Tokio1Executor> {
     let cert = Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let tls = TlsParameters::builder("localhost".into()).add_root_certificate(cert).build_rustls().unwrap();
+    let tls = TlsParameters::builder("localhost".into())
+        .add_root_certificate(cert)
+        .build_rustls()
+        .unwrap();
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("localhost")
         .port(sim.smtp_addr().port())
         .tls(Tls::Required(tls))
@@ -64,7 +67,9 @@ fn invoice(from: &str, to: &str) -> Message {
         .from(from.parse::<LettreMailbox>().unwrap())
         .to(to.parse::<LettreMailbox>().unwrap())
         .subject("Invoice 42")
-        .body(String::from("Please find your invoice.\r\n.leading dot line\r\n"))
+        .body(String::from(
+            "Please find your invoice.\r\n.leading dot line\r\n",
+        ))
         .unwrap()
 }
 
@@ -73,7 +78,13 @@ async fn lettre_sends_with_xoauth2_and_message_is_recorded() {
     let sim = start(CONFIG).await;
     let tok = token(&sim, "contoso", CONTOSO_APP, CONTOSO_SECRET).await;
     let t = transport(&sim, "a@contoso.example", &tok);
-    let resp = t.send(invoice("Billing <billing@contoso.example>", "customer@fabrikam.example")).await.unwrap();
+    let resp = t
+        .send(invoice(
+            "Billing <billing@contoso.example>",
+            "customer@fabrikam.example",
+        ))
+        .await
+        .unwrap();
     assert_eq!(resp.code().to_string(), "250");
 
     let accepted = sim.accepted();
@@ -100,10 +111,22 @@ async fn expired_token_is_refused_with_535_5_7_3() {
         .send(invoice("a@contoso.example", "x@fabrikam.example"))
         .await
         .expect_err("expired token must be refused");
-    assert_eq!(err.status().map(|c| c.to_string()).as_deref(), Some("535"), "{err}");
-    assert!(err.to_string().contains("5.7.3 Authentication unsuccessful"), "{err}");
+    assert_eq!(
+        err.status().map(|c| c.to_string()).as_deref(),
+        Some("535"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("5.7.3 Authentication unsuccessful"),
+        "{err}"
+    );
     assert!(sim.accepted().is_empty());
-    let refusal = sim.refusals().into_iter().find(|r| r.code == 535).expect("refusal recorded");
+    let refusal = sim
+        .refusals()
+        .into_iter()
+        .find(|r| r.code == 535)
+        .expect("refusal recorded");
     assert_eq!(refusal.enhanced, "5.7.3");
     assert_eq!(refusal.mailbox.as_deref(), Some("a@contoso.example"));
     sim.shutdown().await;
@@ -117,7 +140,11 @@ async fn token_of_app_not_granted_the_mailbox_is_refused() {
         .send(invoice("a@contoso.example", "x@fabrikam.example"))
         .await
         .expect_err("app not granted a@");
-    assert_eq!(err.status().map(|c| c.to_string()).as_deref(), Some("535"), "{err}");
+    assert_eq!(
+        err.status().map(|c| c.to_string()).as_deref(),
+        Some("535"),
+        "{err}"
+    );
     // The same token works for the mailbox it was granted.
     transport(&sim, "b@contoso.example", &tok)
         .send(invoice("b@contoso.example", "x@fabrikam.example"))
@@ -128,7 +155,11 @@ async fn token_of_app_not_granted_the_mailbox_is_refused() {
         .send(invoice("b@contoso.example", "x@fabrikam.example"))
         .await
         .expect_err("unknown token");
-    assert_eq!(err.status().map(|c| c.to_string()).as_deref(), Some("535"), "{err}");
+    assert_eq!(
+        err.status().map(|c| c.to_string()).as_deref(),
+        Some("535"),
+        "{err}"
+    );
     sim.shutdown().await;
 }
 

@@ -48,21 +48,36 @@ async fn pipelined_transaction_and_several_messages_per_connection() {
     s.read_reply().await.unwrap().assert(250, "2.1.5");
     s.read_reply().await.unwrap().assert(250, "2.1.5");
     s.read_reply().await.unwrap().assert(354, "Start");
-    s.send(b"From: a@contoso.example\r\nSubject: one\r\n\r\n..dot stuffed\r\n.\r\n").await;
+    s.send(b"From: a@contoso.example\r\nSubject: one\r\n\r\n..dot stuffed\r\n.\r\n")
+        .await;
     s.read_reply().await.unwrap().assert(250, "2.0.0");
 
     // RSET drops a transaction in progress; the next one starts clean.
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(250, "2.1.0");
-    s.cmd("RCPT TO:<dropped@fabrikam.example>").await.assert(250, "2.1.5");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(250, "2.1.0");
+    s.cmd("RCPT TO:<dropped@fabrikam.example>")
+        .await
+        .assert(250, "2.1.5");
     s.cmd("RSET").await.assert(250, "2.0.0");
-    s.cmd("RCPT TO:<z@fabrikam.example>").await.assert(503, "5.5.2");
+    s.cmd("RCPT TO:<z@fabrikam.example>")
+        .await
+        .assert(503, "5.5.2");
     s.cmd("DATA").await.assert(503, "5.5.2");
     s.cmd("NOOP").await.assert(250, "2.0.0");
-    s.send_mail("a@contoso.example", &["z@fabrikam.example"], &message("a@contoso.example", "z@fabrikam.example", "two"))
+    s.send_mail(
+        "a@contoso.example",
+        &["z@fabrikam.example"],
+        &message("a@contoso.example", "z@fabrikam.example", "two"),
+    )
+    .await
+    .assert(250, "2.0.0");
+    s.cmd("MAIL FROM:<a@contoso.example>")
         .await
-        .assert(250, "2.0.0");
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(250, "2.1.0");
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(503, "5.5.2");
+        .assert(250, "2.1.0");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(503, "5.5.2");
     s.cmd("DATA").await.assert(503, "5.5.2");
     s.cmd("BOGUS").await.assert(500, "5.3.3");
     s.cmd("RCPT TO:no-at-sign").await.assert(501, "5.5.4");
@@ -70,8 +85,14 @@ async fn pipelined_transaction_and_several_messages_per_connection() {
 
     let accepted = sim.accepted();
     assert_eq!(accepted.len(), 2);
-    assert_eq!(accepted[0].rcpt_to, vec!["x@fabrikam.example", "y@fabrikam.example"]);
-    assert_eq!(accepted[0].raw, b"From: a@contoso.example\r\nSubject: one\r\n\r\n.dot stuffed\r\n");
+    assert_eq!(
+        accepted[0].rcpt_to,
+        vec!["x@fabrikam.example", "y@fabrikam.example"]
+    );
+    assert_eq!(
+        accepted[0].raw,
+        b"From: a@contoso.example\r\nSubject: one\r\n\r\n.dot stuffed\r\n"
+    );
     assert_eq!(accepted[1].rcpt_to, vec!["z@fabrikam.example"]);
     sim.shutdown().await;
 }
@@ -89,25 +110,41 @@ async fn overlong_command_line_is_refused_and_session_continues() {
 #[tokio::test]
 async fn refused_recipient_and_451_and_421_faults() {
     let sim = start(CONFIG).await;
-    sim.set_faults(FaultsConfig { refuse_recipients: vec!["nobody@fabrikam.example".into()], ..FaultsConfig::default() });
+    sim.set_faults(FaultsConfig {
+        refuse_recipients: vec!["nobody@fabrikam.example".into()],
+        ..FaultsConfig::default()
+    });
     let mut s = authed(&sim, "a@contoso.example").await;
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(250, "2.1.0");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(250, "2.1.0");
     let r = s.cmd("RCPT TO:<Nobody@fabrikam.example>").await;
     r.assert(550, "5.1.1");
     assert!(r.text().contains("RESOLVER.ADR.RecipNotFound"), "{r:?}");
-    s.cmd("RCPT TO:<somebody@fabrikam.example>").await.assert(250, "2.1.5");
+    s.cmd("RCPT TO:<somebody@fabrikam.example>")
+        .await
+        .assert(250, "2.1.5");
     s.cmd("RSET").await;
 
     // Per-mailbox faults from the config: every message of flaky@ gets 451.
     let mut f = authed(&sim, "flaky@contoso.example").await;
     let body = message("flaky@contoso.example", "x@fabrikam.example", "f");
-    f.send_mail("flaky@contoso.example", &["x@fabrikam.example"], &body).await.assert(451, "4.7.0");
-    f.send_mail("flaky@contoso.example", &["x@fabrikam.example"], &body).await.assert(451, "4.7.0");
+    f.send_mail("flaky@contoso.example", &["x@fabrikam.example"], &body)
+        .await
+        .assert(451, "4.7.0");
+    f.send_mail("flaky@contoso.example", &["x@fabrikam.example"], &body)
+        .await
+        .assert(451, "4.7.0");
 
     // Runtime change: 421 and the connection closes.
-    sim.set_faults(FaultsConfig { reply_421_rate: 1.0, ..FaultsConfig::default() });
+    sim.set_faults(FaultsConfig {
+        reply_421_rate: 1.0,
+        ..FaultsConfig::default()
+    });
     let body = message("a@contoso.example", "x@fabrikam.example", "g");
-    s.send_mail("a@contoso.example", &["x@fabrikam.example"], &body).await.assert(421, "4.3.2");
+    s.send_mail("a@contoso.example", &["x@fabrikam.example"], &body)
+        .await
+        .assert(421, "4.3.2");
     assert!(s.read_reply().await.is_none());
     assert!(sim.accepted().is_empty());
     sim.shutdown().await;
@@ -116,14 +153,24 @@ async fn refused_recipient_and_451_and_421_faults() {
 #[tokio::test]
 async fn drop_after_data_closes_without_reply() {
     let sim = start(CONFIG).await;
-    sim.set_faults(FaultsConfig { drop_after_data_rate: 1.0, ..FaultsConfig::default() });
+    sim.set_faults(FaultsConfig {
+        drop_after_data_rate: 1.0,
+        ..FaultsConfig::default()
+    });
     let mut s = authed(&sim, "a@contoso.example").await;
     let r = s
-        .send_mail("a@contoso.example", &["x@fabrikam.example"], &message("a@contoso.example", "x@fabrikam.example", "d"))
+        .send_mail(
+            "a@contoso.example",
+            &["x@fabrikam.example"],
+            &message("a@contoso.example", "x@fabrikam.example", "d"),
+        )
         .await;
     assert_eq!(r.code, 0, "expected the connection to drop, got {r:?}");
     let refusal = sim.refusals().pop().unwrap();
-    assert_eq!((refusal.code, refusal.mailbox.as_deref()), (0, Some("a@contoso.example")));
+    assert_eq!(
+        (refusal.code, refusal.mailbox.as_deref()),
+        (0, Some("a@contoso.example"))
+    );
     assert!(sim.accepted().is_empty());
     sim.shutdown().await;
 }
@@ -132,14 +179,25 @@ async fn drop_after_data_closes_without_reply() {
 async fn slow_replies_are_delayed() {
     let sim = start(CONFIG).await;
     let mut s = authed(&sim, "a@contoso.example").await;
-    sim.set_faults(FaultsConfig { slow_reply_ms: 300, ..FaultsConfig::default() });
+    sim.set_faults(FaultsConfig {
+        slow_reply_ms: 300,
+        ..FaultsConfig::default()
+    });
     let t = Instant::now();
     s.cmd("NOOP").await.assert(250, "2.0.0");
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     sim.set_faults(FaultsConfig::default());
     let t = Instant::now();
     s.cmd("NOOP").await.assert(250, "2.0.0");
-    assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     sim.shutdown().await;
 }
 
@@ -149,12 +207,19 @@ async fn slow_replies_are_delayed() {
 async fn faults_are_reproducible_from_the_seed() {
     async fn codes(seed: u64) -> Vec<u16> {
         let sim = start(&CONFIG.replace("seed = 7", &format!("seed = {seed}"))).await;
-        sim.set_faults(FaultsConfig { reply_451_rate: 0.5, ..FaultsConfig::default() });
+        sim.set_faults(FaultsConfig {
+            reply_451_rate: 0.5,
+            ..FaultsConfig::default()
+        });
         let mut s = authed(&sim, "a@contoso.example").await;
         let mut out = Vec::new();
         for i in 0..24 {
             let body = message("a@contoso.example", "x@fabrikam.example", &format!("s{i}"));
-            out.push(s.send_mail("a@contoso.example", &["x@fabrikam.example"], &body).await.code);
+            out.push(
+                s.send_mail("a@contoso.example", &["x@fabrikam.example"], &body)
+                    .await
+                    .code,
+            );
         }
         sim.shutdown().await;
         out

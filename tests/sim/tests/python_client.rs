@@ -51,7 +51,12 @@ except smtplib.SMTPResponseException as e:
 "#;
 
 fn python() -> Option<&'static str> {
-    ["python3", "python"].into_iter().find(|p| std::process::Command::new(p).arg("--version").output().is_ok())
+    ["python3", "python"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok()
+    })
 }
 
 async fn run(sim: &mailpipe_sim::RunningSim, user: &str, password: &str) -> serde_json::Value {
@@ -67,7 +72,11 @@ async fn run(sim: &mailpipe_sim::RunningSim, user: &str, password: &str) -> serd
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -80,7 +89,10 @@ async fn python_smtplib_starttls_login_sends() {
     let accepted = sim.accepted();
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].mailbox, "a@contoso.example");
-    assert_eq!(accepted[0].rcpt_to, vec!["customer@tailspin.example".to_owned()]);
+    assert_eq!(
+        accepted[0].rcpt_to,
+        vec!["customer@tailspin.example".to_owned()]
+    );
     let raw = String::from_utf8_lossy(&accepted[0].raw);
     assert!(raw.contains("\r\n.starts with a dot\r\n"), "{raw}");
     sim.shutdown().await;
@@ -92,9 +104,19 @@ async fn python_smtplib_sees_5_7_139_when_basic_auth_is_off() {
     let v = run(&sim, "f@fabrikam.example", "pw-f").await;
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["code"], 535, "{v}");
-    assert!(v["error"].as_str().unwrap().starts_with("5.7.139 Authentication unsuccessful"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("5.7.139 Authentication unsuccessful"),
+        "{v}"
+    );
     let v = run(&sim, "a@contoso.example", "wrong").await;
-    assert_eq!((v["code"].as_u64(), v["error"].as_str().map(|e| &e[..5])), (Some(535), Some("5.7.3")), "{v}");
+    assert_eq!(
+        (v["code"].as_u64(), v["error"].as_str().map(|e| &e[..5])),
+        (Some(535), Some("5.7.3")),
+        "{v}"
+    );
     assert!(sim.accepted().is_empty());
     sim.shutdown().await;
 }

@@ -49,18 +49,38 @@ async fn greeting_and_ehlo_before_and_after_tls() {
     let sim = start(CONFIG).await;
     let (mut s, greeting) = Smtp::connect(&sim).await;
     assert_eq!(greeting.code, 220);
-    assert!(greeting.text().contains("Microsoft ESMTP MAIL Service ready"), "{greeting:?}");
+    assert!(
+        greeting
+            .text()
+            .contains("Microsoft ESMTP MAIL Service ready"),
+        "{greeting:?}"
+    );
 
     let ehlo = s.cmd("EHLO client.example").await;
     assert_eq!(ehlo.code, 250);
-    for ext in ["SIZE 36700160", "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "STARTTLS"] {
-        assert!(ehlo.lines.iter().any(|l| l == ext), "{ext} missing in {ehlo:?}");
+    for ext in [
+        "SIZE 36700160",
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        "8BITMIME",
+        "STARTTLS",
+    ] {
+        assert!(
+            ehlo.lines.iter().any(|l| l == ext),
+            "{ext} missing in {ehlo:?}"
+        );
     }
-    assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")), "AUTH before TLS: {ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "AUTH before TLS: {ehlo:?}"
+    );
 
     let mut s = s.starttls(&sim.ca_pem()).await;
     let ehlo = s.cmd("EHLO client.example").await;
-    assert!(ehlo.lines.iter().any(|l| l == "AUTH LOGIN XOAUTH2"), "{ehlo:?}");
+    assert!(
+        ehlo.lines.iter().any(|l| l == "AUTH LOGIN XOAUTH2"),
+        "{ehlo:?}"
+    );
     assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
     s.cmd("QUIT").await.assert(221, "2.0.0");
     sim.shutdown().await;
@@ -72,17 +92,29 @@ async fn auth_and_mail_before_starttls_get_530_5_7_57() {
     let tok = token(&sim, "contoso", CONTOSO_APP, CONTOSO_SECRET).await;
     let (mut s, _) = Smtp::connect(&sim).await;
     s.cmd("EHLO client.example").await;
-    s.auth_xoauth2("a@contoso.example", &tok).await.assert(530, "5.7.57");
+    s.auth_xoauth2("a@contoso.example", &tok)
+        .await
+        .assert(530, "5.7.57");
     s.cmd("AUTH LOGIN").await.assert(530, "5.7.57");
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(530, "5.7.57");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(530, "5.7.57");
     // The connection still works: STARTTLS then AUTH succeeds.
     let mut s = s.starttls(&sim.ca_pem()).await;
     s.cmd("EHLO client.example").await;
     // MAIL after TLS but before AUTH: also 530 5.7.57.
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(530, "5.7.57");
-    s.auth_xoauth2("a@contoso.example", &tok).await.assert(235, "2.7.0");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(530, "5.7.57");
+    s.auth_xoauth2("a@contoso.example", &tok)
+        .await
+        .assert(235, "2.7.0");
     let refusals = sim.refusals();
-    assert_eq!(refusals.iter().filter(|r| r.enhanced == "5.7.57").count(), 4, "{refusals:?}");
+    assert_eq!(
+        refusals.iter().filter(|r| r.enhanced == "5.7.57").count(),
+        4,
+        "{refusals:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -95,7 +127,9 @@ async fn ehlo_is_required_again_after_starttls() {
     let mut s = s.starttls(&sim.ca_pem()).await;
     s.cmd("AUTH LOGIN").await.assert(503, "5.5.2");
     s.cmd("EHLO client.example").await;
-    s.auth_login("a@contoso.example", "pw-a").await.assert(235, "2.7.0");
+    s.auth_login("a@contoso.example", "pw-a")
+        .await
+        .assert(235, "2.7.0");
     sim.shutdown().await;
 }
 
@@ -134,7 +168,9 @@ fn tls11_client_hello() -> Vec<u8> {
 #[tokio::test]
 async fn tls_1_1_only_client_gets_protocol_version_alert() {
     let sim = start(CONFIG).await;
-    let mut tcp = tokio::net::TcpStream::connect(sim.smtp_addr()).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(sim.smtp_addr())
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     // Greeting, EHLO, STARTTLS in plain text.
     let _ = tcp.read(&mut buf).await.unwrap();
@@ -143,7 +179,11 @@ async fn tls_1_1_only_client_gets_protocol_version_alert() {
     let _ = tcp.read(&mut buf).await.unwrap();
     tcp.write_all(b"STARTTLS\r\n").await.unwrap();
     let n = tcp.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"220 2.0.0"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"220 2.0.0"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 
     tcp.write_all(&tls11_client_hello()).await.unwrap();
     let mut reply = Vec::new();
@@ -152,11 +192,26 @@ async fn tls_1_1_only_client_gets_protocol_version_alert() {
     // (content type 22). rustls answers handshake_failure (40) because no TLS 1.1 cipher
     // suite is acceptable, or protocol_version (70).
     assert!(reply.len() >= 7, "no alert: {reply:?}");
-    assert_eq!((reply[0], reply[5]), (0x15, 2), "expected a fatal alert record, got {reply:?}");
-    assert!([40, 70].contains(&reply[6]), "unexpected alert, got {reply:?}");
+    assert_eq!(
+        (reply[0], reply[5]),
+        (0x15, 2),
+        "expected a fatal alert record, got {reply:?}"
+    );
+    assert!(
+        [40, 70].contains(&reply[6]),
+        "unexpected alert, got {reply:?}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let refusal = sim.refusals().into_iter().find(|r| r.command == "STARTTLS").expect("handshake failure recorded");
-    assert_eq!((refusal.code, refusal.enhanced.as_str()), (421, "4.7.66"), "{refusal:?}");
+    let refusal = sim
+        .refusals()
+        .into_iter()
+        .find(|r| r.command == "STARTTLS")
+        .expect("handshake failure recorded");
+    assert_eq!(
+        (refusal.code, refusal.enhanced.as_str()),
+        (421, "4.7.66"),
+        "{refusal:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -164,7 +219,11 @@ async fn tls_1_1_only_client_gets_protocol_version_alert() {
 /// positive control, verifying the certificate for `localhost`) succeeds.
 #[tokio::test]
 async fn openssl_s_client_tls_1_1_refused_tls_1_2_accepted() {
-    if std::process::Command::new("openssl").arg("version").output().is_err() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         eprintln!("openssl not installed; the raw ClientHello test covers this");
         return;
     }
@@ -175,8 +234,20 @@ async fn openssl_s_client_tls_1_1_refused_tls_1_2_accepted() {
         let ca = ca.clone();
         async move {
             tokio::process::Command::new("openssl")
-                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-starttls", "smtp"])
-                .args(["-servername", "localhost", "-verify_hostname", "localhost", "-verify_return_error"])
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    "-starttls",
+                    "smtp",
+                ])
+                .args([
+                    "-servername",
+                    "localhost",
+                    "-verify_hostname",
+                    "localhost",
+                    "-verify_return_error",
+                ])
                 .arg("-CAfile")
                 .arg(&ca)
                 .arg(version)
@@ -189,15 +260,29 @@ async fn openssl_s_client_tls_1_1_refused_tls_1_2_accepted() {
         }
     };
     let old = run("-tls1_1").await;
-    let old_out = format!("{}{}", String::from_utf8_lossy(&old.stdout), String::from_utf8_lossy(&old.stderr));
-    assert!(!old.status.success(), "TLS 1.1 handshake succeeded: {old_out}");
+    let old_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&old.stdout),
+        String::from_utf8_lossy(&old.stderr)
+    );
+    assert!(
+        !old.status.success(),
+        "TLS 1.1 handshake succeeded: {old_out}"
+    );
     assert!(old_out.contains("Cipher is (NONE)"), "{old_out}");
     assert!(old_out.contains("alert"), "{old_out}");
 
     let good = run("-tls1_2").await;
-    let good_out = format!("{}{}", String::from_utf8_lossy(&good.stdout), String::from_utf8_lossy(&good.stderr));
+    let good_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr)
+    );
     assert!(good.status.success(), "TLS 1.2 failed: {good_out}");
-    assert!(good_out.contains("Verify return code: 0 (ok)"), "{good_out}");
+    assert!(
+        good_out.contains("Verify return code: 0 (ok)"),
+        "{good_out}"
+    );
     sim.shutdown().await;
 }
 
@@ -205,20 +290,33 @@ async fn openssl_s_client_tls_1_1_refused_tls_1_2_accepted() {
 async fn password_auth_and_its_refusals() {
     let sim = start(CONFIG).await;
     let mut s = Smtp::tls(&sim).await;
-    s.auth_login("a@contoso.example", "wrong").await.assert(535, "5.7.3");
-    s.auth_login("a@contoso.example", "pw-a").await.assert(235, "2.7.0");
+    s.auth_login("a@contoso.example", "wrong")
+        .await
+        .assert(535, "5.7.3");
+    s.auth_login("a@contoso.example", "pw-a")
+        .await
+        .assert(235, "2.7.0");
     s.cmd("AUTH LOGIN").await.assert(503, "5.5.2");
 
     // PLAIN is not advertised (as on Exchange) but works.
     let mut s = Smtp::tls(&sim).await;
-    s.cmd("AUTH PLAIN AGFAY29udG9zby5leGFtcGxlAHB3LWE=").await.assert(235, "2.7.0");
+    s.cmd("AUTH PLAIN AGFAY29udG9zby5leGFtcGxlAHB3LWE=")
+        .await
+        .assert(235, "2.7.0");
 
     // Tenant with SMTP AUTH basic auth disabled: 5.7.139 even with the right password.
     let mut s = Smtp::tls(&sim).await;
     let r = s.auth_login("f@fabrikam.example", "pw-f").await;
     r.assert(535, "5.7.139");
-    assert!(r.text().contains("SmtpClientAuthentication is disabled for the Tenant"), "{r:?}");
-    assert!(r.text().contains("https://aka.ms/smtp_auth_disabled"), "{r:?}");
+    assert!(
+        r.text()
+            .contains("SmtpClientAuthentication is disabled for the Tenant"),
+        "{r:?}"
+    );
+    assert!(
+        r.text().contains("https://aka.ms/smtp_auth_disabled"),
+        "{r:?}"
+    );
 
     // Mailbox with SMTP AUTH disabled.
     let r = s.auth_login("nosmtp@contoso.example", "pw-n").await;
@@ -227,7 +325,9 @@ async fn password_auth_and_its_refusals() {
 
     // Unknown mechanism, garbage base64, cancelled exchange.
     s.cmd("AUTH CRAM-MD5").await.assert(504, "5.7.4");
-    s.cmd("AUTH XOAUTH2 !!!notbase64").await.assert(501, "5.5.2");
+    s.cmd("AUTH XOAUTH2 !!!notbase64")
+        .await
+        .assert(501, "5.5.2");
     s.cmd("AUTH LOGIN").await.assert(334, "VXNlcm5hbWU6");
     s.cmd("*").await.assert(501, "5.0.0");
     sim.shutdown().await;
@@ -235,14 +335,24 @@ async fn password_auth_and_its_refusals() {
 
 #[tokio::test]
 async fn blocked_tenant_gets_550_5_7_708_at_auth_and_mail() {
-    let sim = start(&CONFIG.replace("basic_auth_enabled = true", "basic_auth_enabled = true\nblocked = true")).await;
+    let sim = start(&CONFIG.replace(
+        "basic_auth_enabled = true",
+        "basic_auth_enabled = true\nblocked = true",
+    ))
+    .await;
     let tok = token(&sim, "contoso", CONTOSO_APP, CONTOSO_SECRET).await;
     let mut s = Smtp::tls(&sim).await;
-    s.auth_xoauth2("a@contoso.example", &tok).await.assert(550, "5.7.708");
+    s.auth_xoauth2("a@contoso.example", &tok)
+        .await
+        .assert(550, "5.7.708");
     assert!(sim.set_tenant_blocked("contoso", false));
-    s.auth_xoauth2("a@contoso.example", &tok).await.assert(235, "2.7.0");
+    s.auth_xoauth2("a@contoso.example", &tok)
+        .await
+        .assert(235, "2.7.0");
     // Blocked while connected: MAIL is refused.
     assert!(sim.set_tenant_blocked("contoso.example", true));
-    s.cmd("MAIL FROM:<a@contoso.example>").await.assert(550, "5.7.708");
+    s.cmd("MAIL FROM:<a@contoso.example>")
+        .await
+        .assert(550, "5.7.708");
     sim.shutdown().await;
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mailpipe_tests::demo::{render_text, run, DemoOptions};
+use mailpipe_tests::demo::{DemoOptions, render_text, run};
 
 /// Run a sample invoice batch through the whole mailpipe pipeline into the bundled
 /// Exchange Online simulator, show progress, print a summary, and stop everything.
@@ -26,7 +26,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let opts = DemoOptions { invoices: cli.invoices, dir: cli.dir, json: cli.json };
+    let opts = DemoOptions {
+        invoices: cli.invoices,
+        dir: cli.dir,
+        json: cli.json,
+    };
     match run(opts.clone()).await {
         Ok(summary) => {
             if opts.json {

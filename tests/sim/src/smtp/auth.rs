@@ -51,7 +51,13 @@ pub(crate) fn parse_plain(raw: &[u8]) -> Option<(String, String, String)> {
 /// returned alongside failures when known, for the refusal record.
 pub(crate) type AuthResult = Result<Mailbox, (Option<String>, Reply)>;
 
-pub(crate) fn check_xoauth2(dir: &Directory, tokens: &TokenStore, host: &str, user: &str, token: &str) -> AuthResult {
+pub(crate) fn check_xoauth2(
+    dir: &Directory,
+    tokens: &TokenStore,
+    host: &str,
+    user: &str,
+    token: &str,
+) -> AuthResult {
     let fail = || (Some(user.to_ascii_lowercase()), replies::auth_failed(host));
     let mailbox = dir.mailbox(user).ok_or_else(fail)?;
     let issued = tokens.validate(token).map_err(|_| fail())?;
@@ -61,21 +67,37 @@ pub(crate) fn check_xoauth2(dir: &Directory, tokens: &TokenStore, host: &str, us
     }
     if !mailbox.smtp_auth_enabled {
         // Exchange applies the per-mailbox SMTP AUTH switch to OAuth too.
-        return Err((Some(mailbox.address.clone()), replies::basic_auth_disabled_mailbox(host)));
+        return Err((
+            Some(mailbox.address.clone()),
+            replies::basic_auth_disabled_mailbox(host),
+        ));
     }
     Ok(mailbox.clone())
 }
 
-pub(crate) fn check_password(dir: &Directory, host: &str, user: &str, password: &str) -> AuthResult {
+pub(crate) fn check_password(
+    dir: &Directory,
+    host: &str,
+    user: &str,
+    password: &str,
+) -> AuthResult {
     let fail = || (Some(user.to_ascii_lowercase()), replies::auth_failed(host));
     let mailbox = dir.mailbox(user).ok_or_else(fail)?;
-    let tenant_allows = dir.tenant(&mailbox.tenant).is_some_and(|t| t.basic_auth_enabled);
+    let tenant_allows = dir
+        .tenant(&mailbox.tenant)
+        .is_some_and(|t| t.basic_auth_enabled);
     if !tenant_allows {
         // The tenant switch wins over the password: Exchange answers 5.7.139 either way.
-        return Err((Some(mailbox.address.clone()), replies::basic_auth_disabled_tenant(host)));
+        return Err((
+            Some(mailbox.address.clone()),
+            replies::basic_auth_disabled_tenant(host),
+        ));
     }
     if !mailbox.smtp_auth_enabled {
-        return Err((Some(mailbox.address.clone()), replies::basic_auth_disabled_mailbox(host)));
+        return Err((
+            Some(mailbox.address.clone()),
+            replies::basic_auth_disabled_mailbox(host),
+        ));
     }
     match &mailbox.password {
         Some(p) if constant_time_eq(p.as_bytes(), password.as_bytes()) => Ok(mailbox.clone()),
@@ -94,14 +116,20 @@ mod tests {
     #[test]
     fn xoauth2_string() {
         let raw = b"user=a@contoso.example\x01auth=Bearer tok123\x01\x01";
-        assert_eq!(parse_xoauth2(raw), Some(("a@contoso.example".into(), "tok123".into())));
+        assert_eq!(
+            parse_xoauth2(raw),
+            Some(("a@contoso.example".into(), "tok123".into()))
+        );
         assert_eq!(parse_xoauth2(b"user=a\x01auth=Basic x\x01\x01"), None);
         assert_eq!(parse_xoauth2(b"garbage"), None);
     }
 
     #[test]
     fn plain_string() {
-        assert_eq!(parse_plain(b"\0a@x\0pw"), Some(("".into(), "a@x".into(), "pw".into())));
+        assert_eq!(
+            parse_plain(b"\0a@x\0pw"),
+            Some(("".into(), "a@x".into(), "pw".into()))
+        );
         assert_eq!(parse_plain(b"a@x\0pw"), None);
     }
 }

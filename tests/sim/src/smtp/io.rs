@@ -22,25 +22,32 @@ pub(crate) struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("pending_out", &self.out.len()).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("pending_out", &self.out.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Conn {
     pub fn new(io: Stream) -> Self {
-        Self { reader: BufReader::with_capacity(64 * 1024, io), out: Vec::with_capacity(1024) }
+        Self {
+            reader: BufReader::with_capacity(64 * 1024, io),
+            out: Vec::with_capacity(1024),
+        }
     }
 
     /// Queues a single-line reply.
     pub fn queue(&mut self, code: u16, text: &str) {
-        self.out.extend_from_slice(format!("{code} {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
     }
 
     /// Queues a multi-line reply (`250-a`, `250-b`, `250 c`).
     pub fn queue_multi(&mut self, code: u16, lines: &[String]) {
         for (i, l) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            self.out.extend_from_slice(format!("{code}{sep}{l}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("{code}{sep}{l}\r\n").as_bytes());
         }
     }
 
@@ -83,7 +90,11 @@ impl Conn {
             }
             self.reader.consume(n);
             if done {
-                return Ok(if too_long { Line::TooLong } else { Line::Complete(line) });
+                return Ok(if too_long {
+                    Line::TooLong
+                } else {
+                    Line::Complete(line)
+                });
             }
         }
     }
@@ -140,7 +151,10 @@ impl AsyncWrite for Stream {
     ) -> std::task::Poll<io::Result<usize>> {
         delegate!(self, s => s.poll_write(cx, buf))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         delegate!(self, s => s.poll_flush(cx))
     }
     fn poll_shutdown(
@@ -158,7 +172,10 @@ pub(crate) async fn offers_only_old_tls(tcp: &tokio::net::TcpStream) -> Option<b
     let mut buf = [0u8; 11];
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         if n == 0 {
             return None;
         }

@@ -20,7 +20,11 @@ pub(crate) struct SlidingWindow {
 
 impl SlidingWindow {
     pub fn new(len: Duration) -> Self {
-        Self { len, entries: VecDeque::new(), sum: 0 }
+        Self {
+            len,
+            entries: VecDeque::new(),
+            sum: 0,
+        }
     }
 
     fn prune(&mut self, now: Instant) {
@@ -116,16 +120,31 @@ impl LimitState {
                     messages: SlidingWindow::new(limits.message_window),
                     recipients: SlidingWindow::new(limits.recipient_window),
                     limits,
-                    stats: MailboxStats { address: addr.clone(), ..MailboxStats::default() },
+                    stats: MailboxStats {
+                        address: addr.clone(),
+                        ..MailboxStats::default()
+                    },
                 };
                 (addr, st)
             })
             .collect();
         let tenants = tenants
             .into_iter()
-            .map(|(id, limit, window)| (id, TenantState { limit, external: SlidingWindow::new(window) }))
+            .map(|(id, limit, window)| {
+                (
+                    id,
+                    TenantState {
+                        limit,
+                        external: SlidingWindow::new(window),
+                    },
+                )
+            })
             .collect();
-        Self { limits_enabled, mailboxes: Mutex::new(mailboxes), tenants: Mutex::new(tenants) }
+        Self {
+            limits_enabled,
+            mailboxes: Mutex::new(mailboxes),
+            tenants: Mutex::new(tenants),
+        }
     }
 
     pub fn limits(&self, mailbox: &str) -> Option<Limits> {
@@ -140,8 +159,14 @@ impl LimitState {
             return None;
         }
         mb.stats.current_connections += 1;
-        mb.stats.max_concurrent_connections = mb.stats.max_concurrent_connections.max(mb.stats.current_connections);
-        Some(ConnectionSlot { state: Arc::clone(self), mailbox: mailbox.to_owned() })
+        mb.stats.max_concurrent_connections = mb
+            .stats
+            .max_concurrent_connections
+            .max(mb.stats.current_connections);
+        Some(ConnectionSlot {
+            state: Arc::clone(self),
+            mailbox: mailbox.to_owned(),
+        })
     }
 
     /// Checks every rolling-window quota for one message and, if all allow it, counts it.
@@ -155,7 +180,9 @@ impl LimitState {
         now: Instant,
     ) -> Verdict {
         let mut map = lock(&self.mailboxes);
-        let Some(mb) = map.get_mut(mailbox) else { return Verdict::Accept };
+        let Some(mb) = map.get_mut(mailbox) else {
+            return Verdict::Accept;
+        };
         let mut tenants = lock(&self.tenants);
         let tenant_state = tenants.get_mut(tenant);
         if !mb.limits.unlimited {
@@ -166,7 +193,11 @@ impl LimitState {
                 return Verdict::RecipientQuota;
             }
         }
-        let tenant_state = if self.limits_enabled { tenant_state } else { None };
+        let tenant_state = if self.limits_enabled {
+            tenant_state
+        } else {
+            None
+        };
         if let Some(t) = tenant_state {
             if external_recipients > 0 && t.external.current(now) + external_recipients > t.limit {
                 return Verdict::TenantExternal;
@@ -193,7 +224,10 @@ impl LimitState {
     }
 
     pub fn stats(&self) -> Vec<MailboxStats> {
-        let mut v: Vec<_> = lock(&self.mailboxes).values().map(|m| m.stats.clone()).collect();
+        let mut v: Vec<_> = lock(&self.mailboxes)
+            .values()
+            .map(|m| m.stats.clone())
+            .collect();
         v.sort_by(|a, b| a.address.cmp(&b.address));
         v
     }

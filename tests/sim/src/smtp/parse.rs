@@ -6,9 +6,17 @@ pub(crate) enum Command {
     Ehlo(String),
     Helo(String),
     StartTls,
-    Auth { mechanism: String, initial: Option<String> },
-    Mail { from: String, size: Option<u64> },
-    Rcpt { to: String },
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    Mail {
+        from: String,
+        size: Option<u64>,
+    },
+    Rcpt {
+        to: String,
+    },
     Data,
     Rset,
     Noop,
@@ -35,9 +43,10 @@ pub(crate) fn parse_command(line: &str) -> Command {
         "AUTH" => {
             let mut parts = rest.split_whitespace();
             match (parts.next(), parts.next(), parts.next()) {
-                (Some(m), initial, None) => {
-                    Command::Auth { mechanism: m.to_ascii_uppercase(), initial: initial.map(str::to_owned) }
-                }
+                (Some(m), initial, None) => Command::Auth {
+                    mechanism: m.to_ascii_uppercase(),
+                    initial: initial.map(str::to_owned),
+                },
                 _ => Command::Invalid,
             }
         }
@@ -73,7 +82,8 @@ pub(crate) fn parse_command(line: &str) -> Command {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// `<user@example>` params, or a bare address (lenient, as Exchange is). Source routes
@@ -93,7 +103,10 @@ fn parse_path(s: &str) -> Option<(String, &str)> {
         Some((route, a)) if route.starts_with('@') => a,
         _ => addr,
     };
-    if addr.chars().any(|c| c.is_whitespace() || c == '<' || c == '>') {
+    if addr
+        .chars()
+        .any(|c| c.is_whitespace() || c == '<' || c == '>')
+    {
         return None;
     }
     Some((addr.to_owned(), rest))
@@ -119,7 +132,9 @@ pub(crate) fn header_from_addresses(raw: &[u8]) -> Vec<String> {
         .iter()
         .filter_map(|h| {
             let (name, value) = h.split_once(':')?;
-            name.trim().eq_ignore_ascii_case("from").then(|| mailbox_list(value))
+            name.trim()
+                .eq_ignore_ascii_case("from")
+                .then(|| mailbox_list(value))
         })
         .flatten()
         .collect()
@@ -146,7 +161,9 @@ fn mailbox_list(value: &str) -> Vec<String> {
     let mut angle_addr: Option<String> = None;
     let mut angle_buf = String::new();
     let mut flush = |current: &mut String, angle_addr: &mut Option<String>| {
-        let addr = angle_addr.take().unwrap_or_else(|| current.trim().to_owned());
+        let addr = angle_addr
+            .take()
+            .unwrap_or_else(|| current.trim().to_owned());
         if !addr.is_empty() {
             out.push(addr.to_ascii_lowercase());
         }
@@ -170,7 +187,9 @@ fn mailbox_list(value: &str) -> Vec<String> {
                 in_angle = false;
                 angle_addr = Some(angle_buf.trim().to_owned());
             }
-            ',' if !in_quote && depth_comment == 0 && !in_angle => flush(&mut current, &mut angle_addr),
+            ',' if !in_quote && depth_comment == 0 && !in_angle => {
+                flush(&mut current, &mut angle_addr)
+            }
             _ if in_angle => angle_buf.push(c),
             _ if !in_quote && depth_comment == 0 => current.push(c),
             _ => {}
@@ -188,26 +207,53 @@ mod tests {
     fn mail_from_with_params() {
         assert_eq!(
             parse_command("mail from:<A@x.example> SIZE=1234 BODY=8BITMIME"),
-            Command::Mail { from: "A@x.example".into(), size: Some(1234) }
+            Command::Mail {
+                from: "A@x.example".into(),
+                size: Some(1234)
+            }
         );
-        assert_eq!(parse_command("MAIL FROM: <a@x>"), Command::Mail { from: "a@x".into(), size: None });
-        assert_eq!(parse_command("MAIL FROM:<>"), Command::Mail { from: "".into(), size: None });
+        assert_eq!(
+            parse_command("MAIL FROM: <a@x>"),
+            Command::Mail {
+                from: "a@x".into(),
+                size: None
+            }
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<>"),
+            Command::Mail {
+                from: "".into(),
+                size: None
+            }
+        );
         assert_eq!(parse_command("MAIL TO:<a@x>"), Command::Invalid);
         assert_eq!(parse_command("MAIL FROM:<a@x> SIZE=abc"), Command::Invalid);
     }
 
     #[test]
     fn rcpt_with_source_route() {
-        assert_eq!(parse_command("RCPT TO:<@relay:b@y>"), Command::Rcpt { to: "b@y".into() });
+        assert_eq!(
+            parse_command("RCPT TO:<@relay:b@y>"),
+            Command::Rcpt { to: "b@y".into() }
+        );
         assert_eq!(parse_command("RCPT TO:<>"), Command::Invalid);
     }
 
     #[test]
     fn auth_forms() {
-        assert_eq!(parse_command("AUTH xoauth2"), Command::Auth { mechanism: "XOAUTH2".into(), initial: None });
+        assert_eq!(
+            parse_command("AUTH xoauth2"),
+            Command::Auth {
+                mechanism: "XOAUTH2".into(),
+                initial: None
+            }
+        );
         assert_eq!(
             parse_command("AUTH PLAIN AGEAYg=="),
-            Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGEAYg==".into()) }
+            Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGEAYg==".into())
+            }
         );
     }
 

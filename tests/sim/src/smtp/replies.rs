@@ -10,14 +10,21 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn new(code: u16, text: impl Into<String>) -> Self {
-        Self { code, text: text.into() }
+        Self {
+            code,
+            text: text.into(),
+        }
     }
 
     /// The enhanced status code at the start of the text (`5.7.3`), or "".
     pub fn enhanced(&self) -> &str {
         let first = self.text.split(' ').next().unwrap_or("");
         let parts: Vec<&str> = first.split('.').collect();
-        if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             first
         } else {
             ""
@@ -27,7 +34,10 @@ impl Reply {
 
 pub(crate) fn greeting(host: &str) -> Reply {
     let now = chrono::Utc::now().format("%a, %-d %b %Y %H:%M:%S %z");
-    Reply::new(220, format!("{host} Microsoft ESMTP MAIL Service ready at {now}"))
+    Reply::new(
+        220,
+        format!("{host} Microsoft ESMTP MAIL Service ready at {now}"),
+    )
 }
 
 pub(crate) fn starttls_ready() -> Reply {
@@ -35,13 +45,18 @@ pub(crate) fn starttls_ready() -> Reply {
 }
 
 pub(crate) fn auth_before_tls(host: &str) -> Reply {
-    Reply::new(530, format!("5.7.57 Client not authenticated to send mail. [{host}]"))
+    Reply::new(
+        530,
+        format!("5.7.57 Client not authenticated to send mail. [{host}]"),
+    )
 }
 
 pub(crate) fn mail_not_authenticated(host: &str) -> Reply {
     Reply::new(
         530,
-        format!("5.7.57 Client not authenticated to send mail. Client was not authenticated to send anonymous mail during MAIL FROM [{host}]"),
+        format!(
+            "5.7.57 Client not authenticated to send mail. Client was not authenticated to send anonymous mail during MAIL FROM [{host}]"
+        ),
     )
 }
 
@@ -56,54 +71,77 @@ pub(crate) fn auth_failed(host: &str) -> Reply {
 pub(crate) fn basic_auth_disabled_tenant(host: &str) -> Reply {
     Reply::new(
         535,
-        format!("5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information. [{host}]"),
+        format!(
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information. [{host}]"
+        ),
     )
 }
 
 pub(crate) fn basic_auth_disabled_mailbox(host: &str) -> Reply {
     Reply::new(
         535,
-        format!("5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [{host}]"),
+        format!(
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [{host}]"
+        ),
     )
 }
 
 pub(crate) fn sender_thread_limit(host: &str) -> Reply {
-    Reply::new(432, format!("4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname={host}]"))
+    Reply::new(
+        432,
+        format!("4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname={host}]"),
+    )
 }
 
 pub(crate) fn tenant_blocked(host: &str) -> Reply {
     Reply::new(
         550,
-        format!("5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. For more information please go to http://go.microsoft.com/fwlink/?LinkId=526653 AS(7230) [{host}]"),
+        format!(
+            "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. For more information please go to http://go.microsoft.com/fwlink/?LinkId=526653 AS(7230) [{host}]"
+        ),
     )
 }
 
 pub(crate) fn send_as_envelope(host: &str) -> Reply {
-    Reply::new(550, format!("5.7.60 SMTP; Client does not have permissions to send as this sender [{host}]"))
+    Reply::new(
+        550,
+        format!("5.7.60 SMTP; Client does not have permissions to send as this sender [{host}]"),
+    )
 }
 
 pub(crate) fn send_as_header(host: &str, mailbox: &str, from: &str) -> Reply {
     Reply::new(
         554,
-        format!("5.2.252 SendAsDenied; {mailbox} not allowed to send as {from}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. [Hostname={host}]"),
+        format!(
+            "5.2.252 SendAsDenied; {mailbox} not allowed to send as {from}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. [Hostname={host}]"
+        ),
     )
 }
 
 pub(crate) fn message_rate(host: &str) -> Reply {
-    Reply::new(421, format!("4.4.2 Message submission rate for this client has exceeded the configured limit [Hostname={host}]"))
+    Reply::new(
+        421,
+        format!(
+            "4.4.2 Message submission rate for this client has exceeded the configured limit [Hostname={host}]"
+        ),
+    )
 }
 
 pub(crate) fn recipient_quota(host: &str) -> Reply {
     Reply::new(
         554,
-        format!("5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. [Hostname={host}]"),
+        format!(
+            "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. [Hostname={host}]"
+        ),
     )
 }
 
 pub(crate) fn tenant_external_limit(host: &str) -> Reply {
     Reply::new(
         550,
-        format!("5.7.233 Message can't be submitted because the sender's organization has exceeded its tenant external recipient rate limit. [{host}]"),
+        format!(
+            "5.7.233 Message can't be submitted because the sender's organization has exceeded its tenant external recipient rate limit. [{host}]"
+        ),
     )
 }
 
@@ -124,7 +162,10 @@ pub(crate) fn service_not_available() -> Reply {
 }
 
 pub(crate) fn temporary_error() -> Reply {
-    Reply::new(451, "4.7.0 Temporary server error. Please try again later. PRX4")
+    Reply::new(
+        451,
+        "4.7.0 Temporary server error. Please try again later. PRX4",
+    )
 }
 
 pub(crate) fn accepted(host: &str, id: &str) -> Reply {
@@ -181,7 +222,11 @@ pub(crate) fn bad_sequence() -> Reply {
 
 pub(crate) fn unrecognized(verb: &str) -> Reply {
     // Echo only a printable, bounded prefix of what the client sent.
-    let shown: String = verb.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+    let shown: String = verb
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect();
     Reply::new(500, format!("5.3.3 Unrecognized command '{shown}'"))
 }
 

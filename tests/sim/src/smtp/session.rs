@@ -63,7 +63,14 @@ struct Session {
 pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     shared.metrics.connections_total.inc();
     shared.metrics.connections_active.inc();
-    let mut session = Session { shared: Arc::clone(&shared), peer, tls: false, helo: None, auth: None, txn: None };
+    let mut session = Session {
+        shared: Arc::clone(&shared),
+        peer,
+        tls: false,
+        helo: None,
+        auth: None,
+        txn: None,
+    };
     if let Err(e) = session.run(Conn::new(Stream::Tcp(tcp))).await {
         tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
     }
@@ -80,28 +87,43 @@ impl Session {
     }
 
     async fn run(&mut self, mut conn: Conn) -> io::Result<()> {
-        self.reply(&mut conn, Stage::Connect, "", replies::greeting(&self.host())).await;
+        self.reply(
+            &mut conn,
+            Stage::Connect,
+            "",
+            replies::greeting(&self.host()),
+        )
+        .await;
         loop {
             let max = self.shared.config.max_line_length;
-            let line = match tokio::time::timeout(self.shared.idle_timeout(), conn.read_line(max)).await {
-                Err(_) => {
-                    self.reply(&mut conn, Stage::Other, "", replies::idle_timeout()).await;
-                    conn.shutdown().await;
-                    return Ok(());
-                }
-                Ok(r) => r?,
-            };
+            let line =
+                match tokio::time::timeout(self.shared.idle_timeout(), conn.read_line(max)).await {
+                    Err(_) => {
+                        self.reply(&mut conn, Stage::Other, "", replies::idle_timeout())
+                            .await;
+                        conn.shutdown().await;
+                        return Ok(());
+                    }
+                    Ok(r) => r?,
+                };
             let line = match line {
                 Line::Eof => return Ok(()),
                 Line::TooLong => {
-                    self.reply(&mut conn, Stage::Other, "", replies::line_too_long()).await;
+                    self.reply(&mut conn, Stage::Other, "", replies::line_too_long())
+                        .await;
                     continue;
                 }
                 Line::Complete(l) => l,
             };
             let text = String::from_utf8_lossy(&line);
-            let verb = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-            let flow = self.dispatch(&mut conn, &verb, parse_command(&text)).await?;
+            let verb = text
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let flow = self
+                .dispatch(&mut conn, &verb, parse_command(&text))
+                .await?;
             match flow {
                 Flow::Continue => {}
                 Flow::Close => {
@@ -117,7 +139,8 @@ impl Session {
                     };
                     let old_tls = offers_only_old_tls(&tcp).await == Some(true);
                     let acceptor = TlsAcceptor::from(Arc::clone(&self.shared.tls));
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(tls)) => {
                             conn = Conn::new(Stream::Tls(Box::new(tls)));
@@ -144,20 +167,34 @@ impl Session {
     /// only recorded. Exchange's equivalent for old TLS versions is 421 4.7.66.
     fn record_tls_failure(&self, old_version: bool, error: &str) {
         let reply = if old_version {
-            Reply::new(421, format!("4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2. (handshake failed: {error})"))
+            Reply::new(
+                421,
+                format!(
+                    "4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2. (handshake failed: {error})"
+                ),
+            )
         } else {
             Reply::new(0, format!("TLS handshake failed: {error}"))
         };
-        self.shared.refuse(None, Stage::StartTls, "STARTTLS", &reply);
+        self.shared
+            .refuse(None, Stage::StartTls, "STARTTLS", &reply);
     }
 
     /// Queues a reply (after the configured slow-reply delay) and records it if it refuses.
     async fn reply(&mut self, conn: &mut Conn, stage: Stage, command: &str, r: Reply) {
         let mailbox = self.mailbox_name();
-        self.reply_for(conn, mailbox.as_deref(), stage, command, r).await;
+        self.reply_for(conn, mailbox.as_deref(), stage, command, r)
+            .await;
     }
 
-    async fn reply_for(&self, conn: &mut Conn, mailbox: Option<&str>, stage: Stage, command: &str, r: Reply) {
+    async fn reply_for(
+        &self,
+        conn: &mut Conn,
+        mailbox: Option<&str>,
+        stage: Stage,
+        command: &str,
+        r: Reply,
+    ) {
         let delay = self.shared.faults.slow_reply_ms(mailbox);
         if delay > 0 {
             conn.flush().await.ok();
@@ -174,28 +211,45 @@ impl Session {
             Command::Ehlo(domain) => self.ehlo(conn, domain, true).await,
             Command::Helo(domain) => self.ehlo(conn, domain, false).await,
             Command::StartTls => return Ok(self.starttls(conn).await),
-            Command::Auth { mechanism, initial } => return self.auth(conn, &mechanism, initial).await,
+            Command::Auth { mechanism, initial } => {
+                return self.auth(conn, &mechanism, initial).await;
+            }
             Command::Mail { from, size } => self.mail(conn, from, size).await,
             Command::Rcpt { to } => self.rcpt(conn, to).await,
             Command::Data => return self.data(conn).await,
             Command::Rset => {
                 self.txn = None;
-                self.reply(conn, Stage::Other, "RSET", replies::reset()).await;
+                self.reply(conn, Stage::Other, "RSET", replies::reset())
+                    .await;
             }
             Command::Noop => self.reply(conn, Stage::Other, "NOOP", replies::ok()).await,
-            Command::Vrfy => self.reply(conn, Stage::Other, "VRFY", replies::cannot_vrfy()).await,
+            Command::Vrfy => {
+                self.reply(conn, Stage::Other, "VRFY", replies::cannot_vrfy())
+                    .await
+            }
             Command::Help => {
-                self.reply(conn, Stage::Other, "HELP", Reply::new(214, "2.0.0 See RFC 5321")).await;
+                self.reply(
+                    conn,
+                    Stage::Other,
+                    "HELP",
+                    Reply::new(214, "2.0.0 See RFC 5321"),
+                )
+                .await;
             }
             Command::Quit => {
-                self.reply(conn, Stage::Other, "QUIT", replies::closing()).await;
+                self.reply(conn, Stage::Other, "QUIT", replies::closing())
+                    .await;
                 return Ok(Flow::Close);
             }
             Command::Invalid => {
                 let stage = stage_of(verb);
-                self.reply(conn, stage, verb, replies::invalid_arguments()).await;
+                self.reply(conn, stage, verb, replies::invalid_arguments())
+                    .await;
             }
-            Command::Unknown(v) => self.reply(conn, Stage::Other, &v, replies::unrecognized(&v)).await,
+            Command::Unknown(v) => {
+                self.reply(conn, Stage::Other, &v, replies::unrecognized(&v))
+                    .await
+            }
         }
         Ok(Flow::Continue)
     }
@@ -205,14 +259,25 @@ impl Session {
         self.txn = None;
         let greeting = format!("{} Hello [{}]", self.host(), self.peer.ip());
         if !extended {
-            self.reply(conn, Stage::Helo, "HELO", Reply::new(250, greeting)).await;
+            self.reply(conn, Stage::Helo, "HELO", Reply::new(250, greeting))
+                .await;
             return;
         }
         let size = match &self.auth {
             Some(a) => a.limits.max_message_size,
-            None => self.shared.config.limits.max_message_size.unwrap_or(defaults::MAX_MESSAGE_SIZE),
+            None => self
+                .shared
+                .config
+                .limits
+                .max_message_size
+                .unwrap_or(defaults::MAX_MESSAGE_SIZE),
         };
-        let mut lines = vec![greeting, format!("SIZE {size}"), "PIPELINING".into(), "ENHANCEDSTATUSCODES".into()];
+        let mut lines = vec![
+            greeting,
+            format!("SIZE {size}"),
+            "PIPELINING".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
         if self.tls {
             // Exactly what Exchange Online advertises: no PLAIN (it is still accepted).
             lines.push("AUTH LOGIN XOAUTH2".into());
@@ -221,7 +286,10 @@ impl Session {
         }
         lines.push("8BITMIME".into());
         lines.push("SMTPUTF8".into());
-        let delay = self.shared.faults.slow_reply_ms(self.mailbox_name().as_deref());
+        let delay = self
+            .shared
+            .faults
+            .slow_reply_ms(self.mailbox_name().as_deref());
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
@@ -230,25 +298,39 @@ impl Session {
 
     async fn starttls(&mut self, conn: &mut Conn) -> Flow {
         if self.tls {
-            self.reply(conn, Stage::StartTls, "STARTTLS", replies::bad_sequence()).await;
+            self.reply(conn, Stage::StartTls, "STARTTLS", replies::bad_sequence())
+                .await;
             return Flow::Continue;
         }
         if self.helo.is_none() {
-            self.reply(conn, Stage::StartTls, "STARTTLS", replies::send_hello_first()).await;
+            self.reply(
+                conn,
+                Stage::StartTls,
+                "STARTTLS",
+                replies::send_hello_first(),
+            )
+            .await;
             return Flow::Continue;
         }
-        self.reply(conn, Stage::StartTls, "STARTTLS", replies::starttls_ready()).await;
+        self.reply(conn, Stage::StartTls, "STARTTLS", replies::starttls_ready())
+            .await;
         Flow::StartTls
     }
 
     /// Reads one SASL continuation response after a 334 challenge. `Err(flow)` when the
     /// exchange ended (cancelled, connection lost, line too long).
-    async fn sasl_step(&mut self, conn: &mut Conn, challenge: &str) -> io::Result<Result<String, Flow>> {
+    async fn sasl_step(
+        &mut self,
+        conn: &mut Conn,
+        challenge: &str,
+    ) -> io::Result<Result<String, Flow>> {
         conn.queue(334, challenge);
         let max = self.shared.config.max_line_length;
-        let line = match tokio::time::timeout(self.shared.idle_timeout(), conn.read_line(max)).await {
+        let line = match tokio::time::timeout(self.shared.idle_timeout(), conn.read_line(max)).await
+        {
             Err(_) => {
-                self.reply(conn, Stage::Auth, "AUTH", replies::idle_timeout()).await;
+                self.reply(conn, Stage::Auth, "AUTH", replies::idle_timeout())
+                    .await;
                 return Ok(Err(Flow::Close));
             }
             Ok(r) => r?,
@@ -256,13 +338,15 @@ impl Session {
         match line {
             Line::Eof => Ok(Err(Flow::Drop)),
             Line::TooLong => {
-                self.reply(conn, Stage::Auth, "AUTH", replies::line_too_long()).await;
+                self.reply(conn, Stage::Auth, "AUTH", replies::line_too_long())
+                    .await;
                 Ok(Err(Flow::Continue))
             }
             Line::Complete(l) => {
                 let s = String::from_utf8_lossy(&l).trim().to_owned();
                 if s == "*" {
-                    self.reply(conn, Stage::Auth, "AUTH", replies::auth_cancelled()).await;
+                    self.reply(conn, Stage::Auth, "AUTH", replies::auth_cancelled())
+                        .await;
                     return Ok(Err(Flow::Continue));
                 }
                 Ok(Ok(s))
@@ -274,12 +358,18 @@ impl Session {
     async fn decode(&mut self, conn: &mut Conn, s: &str) -> Option<Vec<u8>> {
         let decoded = auth::decode_b64(s);
         if decoded.is_none() {
-            self.reply(conn, Stage::Auth, "AUTH", replies::cannot_decode()).await;
+            self.reply(conn, Stage::Auth, "AUTH", replies::cannot_decode())
+                .await;
         }
         decoded
     }
 
-    async fn auth(&mut self, conn: &mut Conn, mechanism: &str, initial: Option<String>) -> io::Result<Flow> {
+    async fn auth(
+        &mut self,
+        conn: &mut Conn,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> io::Result<Flow> {
         let host = self.host();
         let early = if !self.tls {
             Some(replies::auth_before_tls(&host))
@@ -322,7 +412,9 @@ impl Session {
                 };
                 let raw = decoded!(resp);
                 match auth::parse_xoauth2(&raw) {
-                    Some((user, token)) => auth::check_xoauth2(dir, &shared.tokens, &host, &user, &token),
+                    Some((user, token)) => {
+                        auth::check_xoauth2(dir, &shared.tokens, &host, &user, &token)
+                    }
                     None => Err((None, replies::auth_failed(&host))),
                 }
             }
@@ -333,10 +425,14 @@ impl Session {
                 };
                 let raw = decoded!(resp);
                 match auth::parse_plain(&raw) {
-                    Some((authz, user, pass)) if authz.is_empty() || authz.eq_ignore_ascii_case(&user) => {
+                    Some((authz, user, pass))
+                        if authz.is_empty() || authz.eq_ignore_ascii_case(&user) =>
+                    {
                         auth::check_password(dir, &host, &user, &pass)
                     }
-                    Some((_, user, _)) => Err((Some(user.to_ascii_lowercase()), replies::auth_failed(&host))),
+                    Some((_, user, _)) => {
+                        Err((Some(user.to_ascii_lowercase()), replies::auth_failed(&host)))
+                    }
                     None => Err((None, replies::auth_failed(&host))),
                 }
             }
@@ -353,7 +449,8 @@ impl Session {
                 auth::check_password(dir, &host, &user, &pass)
             }
             _ => {
-                self.reply(conn, Stage::Auth, "AUTH", replies::unrecognized_auth_type()).await;
+                self.reply(conn, Stage::Auth, "AUTH", replies::unrecognized_auth_type())
+                    .await;
                 return Ok(Flow::Continue);
             }
         };
@@ -361,26 +458,64 @@ impl Session {
         let mailbox = match result {
             Ok(m) => m,
             Err((who, reply)) => {
-                shared.metrics.auth_attempts.with_label_values(&[&label, "failed"]).inc();
-                self.reply_for(conn, who.as_deref(), Stage::Auth, "AUTH", reply).await;
+                shared
+                    .metrics
+                    .auth_attempts
+                    .with_label_values(&[&label, "failed"])
+                    .inc();
+                self.reply_for(conn, who.as_deref(), Stage::Auth, "AUTH", reply)
+                    .await;
                 return Ok(Flow::Continue);
             }
         };
         if shared.tenant_blocked(&mailbox.tenant) {
-            shared.metrics.auth_attempts.with_label_values(&[&label, "blocked"]).inc();
-            self.reply_for(conn, Some(&mailbox.address), Stage::Auth, "AUTH", replies::tenant_blocked(&host)).await;
+            shared
+                .metrics
+                .auth_attempts
+                .with_label_values(&[&label, "blocked"])
+                .inc();
+            self.reply_for(
+                conn,
+                Some(&mailbox.address),
+                Stage::Auth,
+                "AUTH",
+                replies::tenant_blocked(&host),
+            )
+            .await;
             return Ok(Flow::Continue);
         }
         let Some(slot) = shared.limits.try_connect(&mailbox.address) else {
-            shared.metrics.auth_attempts.with_label_values(&[&label, "thread_limit"]).inc();
-            self.reply_for(conn, Some(&mailbox.address), Stage::Auth, "AUTH", replies::sender_thread_limit(&host))
-                .await;
+            shared
+                .metrics
+                .auth_attempts
+                .with_label_values(&[&label, "thread_limit"])
+                .inc();
+            self.reply_for(
+                conn,
+                Some(&mailbox.address),
+                Stage::Auth,
+                "AUTH",
+                replies::sender_thread_limit(&host),
+            )
+            .await;
             return Ok(Flow::Continue);
         };
-        let limits = shared.limits.limits(&mailbox.address).unwrap_or_else(|| shared.config.limits_for_default());
-        shared.metrics.auth_attempts.with_label_values(&[&label, "ok"]).inc();
-        self.auth = Some(Authed { mailbox, limits, _slot: slot });
-        self.reply(conn, Stage::Auth, "AUTH", replies::auth_ok()).await;
+        let limits = shared
+            .limits
+            .limits(&mailbox.address)
+            .unwrap_or_else(|| shared.config.limits_for_default());
+        shared
+            .metrics
+            .auth_attempts
+            .with_label_values(&[&label, "ok"])
+            .inc();
+        self.auth = Some(Authed {
+            mailbox,
+            limits,
+            _slot: slot,
+        });
+        self.reply(conn, Stage::Auth, "AUTH", replies::auth_ok())
+            .await;
         Ok(Flow::Continue)
     }
 
@@ -400,7 +535,10 @@ impl Session {
             } else if !a.mailbox.may_send_as(&from) {
                 replies::send_as_envelope(&host)
             } else {
-                self.txn = Some(Txn { from, rcpts: Vec::new() });
+                self.txn = Some(Txn {
+                    from,
+                    rcpts: Vec::new(),
+                });
                 replies::sender_ok()
             }
         } else {
@@ -413,9 +551,15 @@ impl Session {
         let mailbox = self.mailbox_name();
         let r = match (&mut self.txn, &self.auth) {
             (Some(txn), Some(a)) => {
-                if self.shared.faults.refuses_recipient(mailbox.as_deref(), &to) {
+                if self
+                    .shared
+                    .faults
+                    .refuses_recipient(mailbox.as_deref(), &to)
+                {
                     replies::recipient_not_found()
-                } else if !a.limits.unlimited && txn.rcpts.len() as u64 >= a.limits.max_recipients_per_message {
+                } else if !a.limits.unlimited
+                    && txn.rcpts.len() as u64 >= a.limits.max_recipients_per_message
+                {
                     replies::too_many_recipients()
                 } else {
                     txn.rcpts.push(to);
@@ -440,17 +584,30 @@ impl Session {
         let limit = self
             .auth
             .as_ref()
-            .map(|a| if a.limits.unlimited { defaults::HARD_MAX_MESSAGE_SIZE } else { a.limits.max_message_size })
+            .map(|a| {
+                if a.limits.unlimited {
+                    defaults::HARD_MAX_MESSAGE_SIZE
+                } else {
+                    a.limits.max_message_size
+                }
+            })
             .unwrap_or(defaults::MAX_MESSAGE_SIZE);
-        self.reply(conn, Stage::Data, "DATA", replies::start_data()).await;
+        self.reply(conn, Stage::Data, "DATA", replies::start_data())
+            .await;
 
         let mut raw = Vec::new();
         let mut too_big = false;
         let mut line_too_long = false;
         loop {
-            let line = match tokio::time::timeout(self.shared.idle_timeout(), conn.read_line(MAX_DATA_LINE)).await {
+            let line = match tokio::time::timeout(
+                self.shared.idle_timeout(),
+                conn.read_line(MAX_DATA_LINE),
+            )
+            .await
+            {
                 Err(_) => {
-                    self.reply(conn, Stage::Data, "DATA", replies::idle_timeout()).await;
+                    self.reply(conn, Stage::Data, "DATA", replies::idle_timeout())
+                        .await;
                     return Ok(Flow::Close);
                 }
                 Ok(r) => r?,
@@ -464,7 +621,11 @@ impl Session {
                         break;
                     }
                     // Dot-unstuffing (RFC 5321 4.5.2).
-                    let content = if l.first() == Some(&b'.') { &l[1..] } else { &l[..] };
+                    let content = if l.first() == Some(&b'.') {
+                        &l[1..]
+                    } else {
+                        &l[..]
+                    };
                     if !too_big {
                         if (raw.len() + content.len()) as u64 > limit {
                             too_big = true;
@@ -476,13 +637,17 @@ impl Session {
                 }
             }
         }
-        let Some(txn) = self.txn.take() else { return Ok(Flow::Continue) };
+        let Some(txn) = self.txn.take() else {
+            return Ok(Flow::Continue);
+        };
         if too_big {
-            self.reply(conn, Stage::DataEnd, "DATA", replies::message_too_big()).await;
+            self.reply(conn, Stage::DataEnd, "DATA", replies::message_too_big())
+                .await;
             return Ok(Flow::Continue);
         }
         if line_too_long {
-            self.reply(conn, Stage::DataEnd, "DATA", replies::line_too_long()).await;
+            self.reply(conn, Stage::DataEnd, "DATA", replies::line_too_long())
+                .await;
             return Ok(Flow::Continue);
         }
         self.end_of_data(conn, txn, raw).await
@@ -493,59 +658,114 @@ impl Session {
     /// external recipients. A refused message is not counted in any window.
     async fn end_of_data(&mut self, conn: &mut Conn, txn: Txn, raw: Vec<u8>) -> io::Result<Flow> {
         let host = self.host();
-        let Some(a) = &self.auth else { return Ok(Flow::Continue) };
+        let Some(a) = &self.auth else {
+            return Ok(Flow::Continue);
+        };
         let mailbox = a.mailbox.clone();
         let shared = Arc::clone(&self.shared);
 
         match shared.faults.data_end(&mailbox.address) {
             Some(DataEndFault::Drop) => {
-                shared.metrics.faults_injected.with_label_values(&["drop_after_data"]).inc();
+                shared
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&["drop_after_data"])
+                    .inc();
                 let r = Reply::new(0, "connection dropped after DATA (fault injection)");
                 shared.refuse(Some(&mailbox.address), Stage::DataEnd, "DATA", &r);
                 return Ok(Flow::Drop);
             }
             Some(DataEndFault::Reply421) => {
-                shared.metrics.faults_injected.with_label_values(&["reply_421"]).inc();
-                self.reply(conn, Stage::DataEnd, "DATA", replies::service_not_available()).await;
+                shared
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&["reply_421"])
+                    .inc();
+                self.reply(
+                    conn,
+                    Stage::DataEnd,
+                    "DATA",
+                    replies::service_not_available(),
+                )
+                .await;
                 return Ok(Flow::Close);
             }
             Some(DataEndFault::Reply451) => {
-                shared.metrics.faults_injected.with_label_values(&["reply_451"]).inc();
-                self.reply(conn, Stage::DataEnd, "DATA", replies::temporary_error()).await;
+                shared
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&["reply_451"])
+                    .inc();
+                self.reply(conn, Stage::DataEnd, "DATA", replies::temporary_error())
+                    .await;
                 return Ok(Flow::Continue);
             }
             None => {}
         }
 
-        if let Some(bad) = header_from_addresses(&raw).into_iter().find(|f| !mailbox.may_send_as(f)) {
+        if let Some(bad) = header_from_addresses(&raw)
+            .into_iter()
+            .find(|f| !mailbox.may_send_as(f))
+        {
             let r = replies::send_as_header(&host, &mailbox.address, &bad);
             self.reply(conn, Stage::DataEnd, "DATA", r).await;
             return Ok(Flow::Continue);
         }
 
         let tenant = shared.directory.tenant(&mailbox.tenant);
-        let external = txn.rcpts.iter().filter(|r| !tenant.is_some_and(|t| t.is_internal(r))).count() as u64;
+        let external = txn
+            .rcpts
+            .iter()
+            .filter(|r| !tenant.is_some_and(|t| t.is_internal(r)))
+            .count() as u64;
         let n = txn.rcpts.len() as u64;
-        match shared.limits.admit(&mailbox.address, &mailbox.tenant, n, external, Instant::now()) {
+        match shared.limits.admit(
+            &mailbox.address,
+            &mailbox.tenant,
+            n,
+            external,
+            Instant::now(),
+        ) {
             Verdict::MessageRate => {
-                self.reply(conn, Stage::DataEnd, "DATA", replies::message_rate(&host)).await;
+                self.reply(conn, Stage::DataEnd, "DATA", replies::message_rate(&host))
+                    .await;
                 // 421 means the server closes the channel (RFC 5321 3.8); Exchange does.
                 return Ok(Flow::Close);
             }
             Verdict::RecipientQuota => {
-                self.reply(conn, Stage::DataEnd, "DATA", replies::recipient_quota(&host)).await;
+                self.reply(
+                    conn,
+                    Stage::DataEnd,
+                    "DATA",
+                    replies::recipient_quota(&host),
+                )
+                .await;
                 return Ok(Flow::Continue);
             }
             Verdict::TenantExternal => {
-                self.reply(conn, Stage::DataEnd, "DATA", replies::tenant_external_limit(&host)).await;
+                self.reply(
+                    conn,
+                    Stage::DataEnd,
+                    "DATA",
+                    replies::tenant_external_limit(&host),
+                )
+                .await;
                 return Ok(Flow::Continue);
             }
             Verdict::Accept => {}
         }
 
         let id = format!("{}@{}", uuid::Uuid::new_v4().simple(), host);
-        shared.metrics.messages_accepted.with_label_values(&[&mailbox.address]).inc();
-        shared.metrics.recipients_accepted.with_label_values(&[&mailbox.address]).inc_by(n);
+        shared
+            .metrics
+            .messages_accepted
+            .with_label_values(&[&mailbox.address])
+            .inc();
+        shared
+            .metrics
+            .recipients_accepted
+            .with_label_values(&[&mailbox.address])
+            .inc_by(n);
         shared.metrics.bytes_accepted.inc_by(raw.len() as u64);
         shared.records.push_accepted(AcceptedMessage {
             id: id.clone(),
@@ -555,7 +775,8 @@ impl Session {
             received_at: chrono::Utc::now(),
             raw,
         });
-        self.reply(conn, Stage::DataEnd, "DATA", replies::accepted(&host, &id)).await;
+        self.reply(conn, Stage::DataEnd, "DATA", replies::accepted(&host, &id))
+            .await;
         Ok(Flow::Continue)
     }
 }

@@ -34,7 +34,10 @@ pub async fn token(sim: &RunningSim, tenant: &str, client_id: &str, secret: &str
         .expect("token request");
     assert_eq!(resp.status(), 200, "token endpoint refused");
     let body: serde_json::Value = resp.json().await.expect("json");
-    body["access_token"].as_str().expect("access_token").to_owned()
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -52,11 +55,19 @@ impl Reply {
         self.lines.join("\n")
     }
     pub fn enhanced(&self) -> String {
-        self.lines.first().and_then(|l| l.split(' ').next()).unwrap_or("").to_owned()
+        self.lines
+            .first()
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or("")
+            .to_owned()
     }
     #[track_caller]
     pub fn assert(&self, code: u16, enhanced: &str) -> &Self {
-        assert_eq!((self.code, self.enhanced().as_str()), (code, enhanced), "unexpected reply: {self:?}");
+        assert_eq!(
+            (self.code, self.enhanced().as_str()),
+            (code, enhanced),
+            "unexpected reply: {self:?}"
+        );
         self
     }
 }
@@ -71,11 +82,13 @@ pub fn tls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
         roots.add(cert.unwrap()).unwrap();
     }
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
     )
 }
 
@@ -83,7 +96,9 @@ impl Smtp {
     /// Connects and reads the greeting.
     pub async fn connect(sim: &RunningSim) -> (Smtp, Reply) {
         let tcp = TcpStream::connect(sim.smtp_addr()).await.expect("connect");
-        let mut s = Smtp { r: BufReader::new(Box::new(tcp)) };
+        let mut s = Smtp {
+            r: BufReader::new(Box::new(tcp)),
+        };
         let greeting = s.read_reply().await.expect("greeting");
         (s, greeting)
     }
@@ -119,7 +134,9 @@ impl Smtp {
     /// Sends a command line and reads the reply.
     pub async fn cmd(&mut self, line: &str) -> Reply {
         self.send(format!("{line}\r\n").as_bytes()).await;
-        self.read_reply().await.unwrap_or_else(|| panic!("connection closed after {line:?}"))
+        self.read_reply()
+            .await
+            .unwrap_or_else(|| panic!("connection closed after {line:?}"))
     }
 
     /// STARTTLS (expects 220) and a real TLS handshake with the name `localhost`.
@@ -128,8 +145,13 @@ impl Smtp {
         s.cmd("STARTTLS").await.assert(220, "2.0.0");
         let connector = tokio_rustls::TlsConnector::from(tls_client_config(ca_pem));
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, s.r.into_inner()).await.expect("TLS handshake");
-        Smtp { r: BufReader::new(Box::new(tls)) }
+        let tls = connector
+            .connect(name, s.r.into_inner())
+            .await
+            .expect("TLS handshake");
+        Smtp {
+            r: BufReader::new(Box::new(tls)),
+        }
     }
 
     /// Connect, EHLO, STARTTLS, EHLO: ready for AUTH.
@@ -180,13 +202,18 @@ impl Smtp {
         }
         self.send(dot_stuff(body).as_bytes()).await;
         self.send(b".\r\n").await;
-        self.read_reply().await.unwrap_or(Reply { code: 0, lines: vec!["connection closed".into()] })
+        self.read_reply().await.unwrap_or(Reply {
+            code: 0,
+            lines: vec!["connection closed".into()],
+        })
     }
 }
 
 /// A small message with the given From header.
 pub fn message(from: &str, to: &str, subject: &str) -> String {
-    format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@test>\r\n\r\nHello.\r\n")
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@test>\r\n\r\nHello.\r\n"
+    )
 }
 
 pub fn dot_stuff(body: &str) -> String {
