@@ -168,19 +168,14 @@ impl Pipeline {
         Ok(Some((delay, pending)))
     }
 
-    /// Reads the events stream from `since` up to the moment of the call, then returns.
-    /// "Now" is found by publishing a marker and reading until it comes back, so the read
-    /// is complete without guessing at idle timeouts.
-    pub async fn read_events_since(
-        &self,
-        since: DateTime<Utc>,
-        mut each: impl FnMut(DeliveryEvent),
-    ) -> Result<usize, BrokerError> {
-        let topo = self.topology().clone();
+    /// Publishes a marker into the events stream and returns its id. A reader that
+    /// meets its own marker ([`events_marker`]) has seen everything published before it:
+    /// that is how "now" is found in a stream without guessing at idle timeouts.
+    pub async fn publish_events_marker(&self) -> Result<String, PublishError> {
         let marker = uuid::Uuid::new_v4().to_string();
         let mut headers = FieldTable::default();
         set_header(&mut headers, MARKER_HEADER, marker.clone());
-        let exchange = topo.events_exchange();
+        let exchange = self.topology().events_exchange();
         self.publisher
             .publish(Outgoing {
                 exchange: &exchange,
@@ -188,11 +183,18 @@ impl Pipeline {
                 body: b"",
                 properties: persistent_properties("application/octet-stream", headers),
             })
-            .await
-            .map_err(|e| BrokerError::Amqp {
-                endpoint: self.broker().endpoint().to_owned(),
-                source: publish_to_lapin(e),
-            })?;
+            .await?;
+        Ok(marker)
+    }
+
+    /// Reads the events stream from `since` up to the moment of the call, then returns.
+    pub async fn read_events_since(
+        &self,
+        since: DateTime<Utc>,
+        mut each: impl FnMut(DeliveryEvent),
+    ) -> Result<usize, StreamReadError> {
+        let topo = self.topology().clone();
+        let marker = self.publish_events_marker().await?;
 
         let ch = self.broker().channel().await?;
         let amqp = |source| BrokerError::Amqp {
@@ -220,7 +222,7 @@ impl Pipeline {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(amqp)?;
             delivery.acker.ack(BasicAckOptions::default()).await.ok();
-            if let Some(m) = header_str(&delivery.properties, MARKER_HEADER) {
+            if let Some(m) = events_marker(&delivery.properties) {
                 if m == marker {
                     break;
                 }
@@ -244,13 +246,18 @@ impl Pipeline {
     }
 }
 
-fn publish_to_lapin(e: PublishError) -> lapin::Error {
-    match e {
-        PublishError::Amqp { source, .. } => source,
-        other => lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
-            std::io::Error::other(other.to_string()),
-        ))),
-    }
+/// The id of a marker (see [`Pipeline::publish_events_marker`]) if this stream message is one.
+pub fn events_marker(props: &BasicProperties) -> Option<String> {
+    header_str(props, MARKER_HEADER)
+}
+
+/// Why the events stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamReadError {
+    #[error("publishing the events-stream marker: {0}")]
+    Marker(#[from] PublishError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// AMQP properties of a rendered message (also used when deliver re-queues one).

@@ -7,10 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use mailpipe_common::amqp::BrokerError;
 use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::JobId;
-use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::pipeline::{Pipeline, StreamReadError};
 
 use crate::pool::MailboxPool;
 use crate::throttle::Millis;
@@ -43,10 +42,6 @@ impl DeliveredJobs {
         }
     }
 
-    pub fn contains(&self, id: &JobId) -> bool {
-        self.lock().contains_key(id)
-    }
-
     /// Delivered, event not yet confirmed: the event is kept so it can be written again.
     pub fn insert_pending(&self, event: DeliveryEvent) {
         self.lock().insert(
@@ -61,14 +56,6 @@ impl DeliveredJobs {
     /// Recorded in the stream: only the id is kept.
     pub fn mark_recorded(&self, id: &JobId) {
         self.lock().insert(id.clone(), None);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -88,7 +75,7 @@ pub async fn replay(
     delivered: &DeliveredJobs,
     horizon: Duration,
     quota_horizon: Duration,
-) -> Result<ReplayStats, BrokerError> {
+) -> Result<ReplayStats, StreamReadError> {
     let now = Utc::now();
     let since = now - chrono::Duration::from_std(horizon.max(quota_horizon)).unwrap_or_default();
     let quota_since = now - chrono::Duration::from_std(quota_horizon).unwrap_or_default();

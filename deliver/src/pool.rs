@@ -320,8 +320,8 @@ impl MailboxPool {
         self.strikes[idx].store(0, Ordering::Relaxed);
     }
 
-    /// Holds a mailbox back after a mailbox-level refusal; returns until when.
-    pub fn hold_mailbox(&self, idx: usize, problem: MailboxProblem) -> Millis {
+    /// Holds a mailbox back after a mailbox-level refusal, until a window frees or its backoff ends.
+    pub fn hold_mailbox(&self, idx: usize, problem: MailboxProblem) {
         let strikes = self.strikes[idx].fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_millis();
         let pause = {
@@ -347,7 +347,6 @@ impl MailboxPool {
         let _ = self.schedule().set_state(idx, state);
         tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
         self.changed.notify_waiters();
-        until
     }
 
     /// Holds back every mailbox of a tenant (blocked, or its external limit reached).

@@ -43,7 +43,7 @@ impl SmtpStage {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SmtpFailure {
-    #[error("{} refused at {}: {reply}", "server", stage.as_str())]
+    #[error("server refused at {}: {reply}", stage.as_str())]
     Reply { stage: SmtpStage, reply: SmtpReply },
     #[error("no answer within the timeout at {}", stage.as_str())]
     Timeout { stage: SmtpStage },

@@ -9,22 +9,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use mailpipe_common::amqp::{
-    ConsumerSpec, Delivery, Outgoing, Publisher, consume, header_i64, header_str,
-    persistent_properties, set_header,
-};
+use mailpipe_common::amqp::{ConsumerSpec, Delivery, consume, header_i64};
 use mailpipe_common::contract::DeliveryEvent;
-use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::pipeline::{Pipeline, events_marker};
 use tokio::sync::watch;
 
 use crate::idempotency::AcceptedIds;
 use crate::publish::{SharedStatus, lock_status};
 
-const MARKER_HEADER: &str = "mailpipe-ingest-replay-marker";
 /// Stream deliveries carry their offset in this header.
 const OFFSET_HEADER: &str = "x-stream-offset";
 /// Events in hand at once (stream consumers need a prefetch; this bounds memory).
@@ -38,23 +33,10 @@ pub async fn follow(
     pipeline: &Pipeline,
     ids: AcceptedIds,
     status: SharedStatus,
-    confirm_timeout: Duration,
 ) -> Result<(Replayed, tokio::task::JoinHandle<()>), mailpipe_common::amqp::PublishError> {
     let broker = pipeline.broker().clone();
     let topology = broker.topology().clone();
-    let marker = uuid::Uuid::new_v4().to_string();
-    let mut headers = FieldTable::default();
-    set_header(&mut headers, MARKER_HEADER, marker.clone());
-    let publisher = Publisher::new(broker.clone(), confirm_timeout);
-    let exchange = topology.events_exchange();
-    publisher
-        .publish(Outgoing {
-            exchange: &exchange,
-            routing_key: "",
-            body: b"",
-            properties: persistent_properties("application/octet-stream", headers),
-        })
-        .await?;
+    let marker = pipeline.publish_events_marker().await?;
 
     let (tx, rx) = watch::channel(false);
     let tx = Arc::new(tx);
@@ -98,7 +80,7 @@ fn handle(
     if let Some(offset) = header_i64(&d.properties, OFFSET_HEADER) {
         next_offset.fetch_max(offset + 1, Ordering::SeqCst);
     }
-    if let Some(m) = header_str(&d.properties, MARKER_HEADER) {
+    if let Some(m) = events_marker(&d.properties) {
         if m == marker && !*replayed.borrow() {
             tracing::info!(
                 jobs_known = lock_status(status).jobs_known(),
@@ -106,10 +88,7 @@ fn handle(
             );
             replayed.send_replace(true);
         }
-        return;
-    }
-    if d.data.is_empty() {
-        return; // other readers' markers
+        return; // our marker, or another reader's
     }
     match DeliveryEvent::from_json(&d.data) {
         Ok(e) => {

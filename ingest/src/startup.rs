@@ -88,8 +88,7 @@ impl Application {
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
         let ids = AcceptedIds::new();
         let status = Arc::new(Mutex::new(status_index(&config)));
-        let (replayed, follower) =
-            events::follow(&pipeline, ids.clone(), status.clone(), confirm_timeout).await?;
+        let (replayed, follower) = events::follow(&pipeline, ids.clone(), status.clone()).await?;
         let pruner = tokio::spawn(prune_periodically(
             status.clone(),
             config.events_retention(),

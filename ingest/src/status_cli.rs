@@ -37,11 +37,9 @@ pub async fn follow_index(
     stop: &CancellationToken,
 ) -> Result<SharedStatus, String> {
     let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
-    let timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-    let (mut replayed, _task) =
-        events::follow(pipeline, AcceptedIds::new(), status.clone(), timeout)
-            .await
-            .map_err(|e| format!("reading the events stream: {e}"))?;
+    let (mut replayed, _task) = events::follow(pipeline, AcceptedIds::new(), status.clone())
+        .await
+        .map_err(|e| format!("reading the events stream: {e}"))?;
     tokio::select! {
         _ = stop.cancelled() => return Err("interrupted while reading the events stream".into()),
         done = replayed.wait_for(|d| *d) => { done.map_err(|_| "the events stream reader stopped".to_owned())?; }

@@ -58,7 +58,7 @@ pub enum SubmitError {
         source: std::io::Error,
     },
     #[error("reading the events stream for duplicate checks: {0}")]
-    Replay(#[from] mailpipe_common::amqp::BrokerError),
+    Replay(#[from] mailpipe_common::pipeline::StreamReadError),
     #[error(transparent)]
     Import(#[from] ImportError),
 }

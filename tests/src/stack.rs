@@ -181,8 +181,11 @@ impl Stack {
         let token = uuid::Uuid::new_v4().simple().to_string();
         std::fs::write(dir.join("secrets/api-token"), &token)?;
         let mut mailboxes = Vec::new();
+        // The simulator's ports are chosen here so deliver's settings can name them.
+        let (sim_smtp, sim_http) = (free_port()?, free_port()?);
+        let authority = format!("http://127.0.0.1:{sim_http}");
         let mut sim_toml = format!(
-            "state_dir = {:?}\nrecord_eml = {}\nlimits_enabled = true\n{}\n",
+            "smtp_listen = \"127.0.0.1:{sim_smtp}\"\nhttp_listen = \"127.0.0.1:{sim_http}\"\nstate_dir = {:?}\nrecord_eml = {}\nlimits_enabled = true\n{}\n",
             dir.join("sim").display().to_string(),
             options.record_eml,
             options.sim_extra
@@ -199,9 +202,8 @@ impl Stack {
                 "[[tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[[apps]]\ntenant = \"{tenant}\"\nclient_id = \"{tenant}-app\"\nclient_secret = \"{secret}\"\nmailboxes = [\"*\"]\n"
             ));
             deliver_toml.push_str(&format!(
-                "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{}\"\n",
+                "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{authority}\"\n",
                 dir.join(format!("secrets/{tenant}-client-secret")).display().to_string(),
-                "AUTHORITY"
             ));
             for m in 0..options.mailboxes_per_tenant {
                 let idx = mailboxes.len();
@@ -221,7 +223,7 @@ impl Stack {
                     String::new()
                 };
                 deliver_toml.push_str(&format!(
-                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = SMTP_PORT\n{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
+                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {sim_smtp}\n{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
                     options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
                 ));
                 mailboxes.push(PoolMailbox {
@@ -235,9 +237,6 @@ impl Stack {
             SimConfig::from_toml_str(&sim_toml).context("simulator configuration")?,
         )
         .await?;
-        let deliver_toml = deliver_toml
-            .replace("AUTHORITY", &sim.authority())
-            .replace("SMTP_PORT", &sim.smtp_addr().port().to_string());
 
         let mut ports = HashMap::new();
         for b in Binary::ALL {

@@ -17,12 +17,7 @@ pub fn set_header(table: &mut FieldTable, key: &str, value: impl Into<String>) {
 }
 
 pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
+    as_string(props.headers().as_ref()?.inner().get(key)?)
 }
 
 pub fn header_i64(props: &BasicProperties, key: &str) -> Option<i64> {
@@ -57,7 +52,11 @@ pub fn death_reason(props: &BasicProperties) -> Option<String> {
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
         return None;
     };
-    match first.inner().get("reason")? {
+    as_string(first.inner().get("reason")?)
+}
+
+fn as_string(value: &AMQPValue) -> Option<String> {
+    match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,

@@ -16,9 +16,10 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+use super::set_header;
 use crate::config::RabbitSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,7 +134,7 @@ impl Topology {
         }
 
         let mut dead_args = FieldTable::default();
-        put_str(&mut dead_args, "x-queue-type", "quorum");
+        set_header(&mut dead_args, "x-queue-type", "quorum");
         ch.queue_declare(ShortString::from(self.dead_queue()), durable_q, dead_args)
             .await?;
         self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
@@ -142,12 +143,12 @@ impl Topology {
         for stage in Stage::ALL {
             let queue = self.stage_queue(stage);
             let mut args = FieldTable::default();
-            put_str(&mut args, "x-queue-type", "quorum");
+            set_header(&mut args, "x-queue-type", "quorum");
             args.insert(
                 ShortString::from("x-delivery-limit"),
                 AMQPValue::LongInt(self.delivery_limit as i32),
             );
-            put_str(&mut args, "x-dead-letter-exchange", &self.dead_exchange());
+            set_header(&mut args, "x-dead-letter-exchange", &self.dead_exchange());
             ch.queue_declare(ShortString::from(queue.clone()), durable_q, args)
                 .await?;
             self.bind(ch, &queue, &self.work_exchange(), stage.as_str())
@@ -160,8 +161,8 @@ impl Topology {
                     ShortString::from("x-message-ttl"),
                     AMQPValue::LongLongInt(delay.as_millis() as i64),
                 );
-                put_str(&mut args, "x-dead-letter-exchange", &self.work_exchange());
-                put_str(&mut args, "x-dead-letter-routing-key", stage.as_str());
+                set_header(&mut args, "x-dead-letter-exchange", &self.work_exchange());
+                set_header(&mut args, "x-dead-letter-routing-key", stage.as_str());
                 ch.queue_declare(ShortString::from(retry.clone()), durable_q, args)
                     .await?;
                 self.bind(
@@ -175,8 +176,8 @@ impl Topology {
         }
 
         let mut stream_args = FieldTable::default();
-        put_str(&mut stream_args, "x-queue-type", "stream");
-        put_str(&mut stream_args, "x-max-age", &self.events_max_age);
+        set_header(&mut stream_args, "x-queue-type", "stream");
+        set_header(&mut stream_args, "x-max-age", &self.events_max_age);
         ch.queue_declare(
             ShortString::from(self.events_stream()),
             durable_q,
@@ -227,13 +228,6 @@ impl Topology {
         )
         .await
     }
-}
-
-fn put_str(table: &mut FieldTable, key: &str, value: &str) {
-    table.insert(
-        ShortString::from(key),
-        AMQPValue::LongString(LongString::from(value)),
-    );
 }
 
 #[cfg(test)]
