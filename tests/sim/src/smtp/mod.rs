@@ -4,6 +4,8 @@ pub(crate) mod auth;
 pub(crate) mod io;
 pub(crate) mod limits;
 pub(crate) mod parse;
+#[cfg(test)]
+mod parse_props;
 pub(crate) mod replies;
 pub(crate) mod session;
 
