@@ -43,6 +43,8 @@ Examples:
 Exit codes: submit: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ
 failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown
 batch or configuration; 3 RabbitMQ failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
+RabbitMQ failed: a refused login, a missing vhost or an inequivalent queue (at once), or
+unreachable for --broker-timeout (30s).
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
 
 #[derive(Debug, Parser)]
@@ -50,6 +52,11 @@ See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and d
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// submit, status, dead: give up (exit 3) once RabbitMQ has been unreachable this
+    /// long, at start or later (`30s`, `2m`, or seconds). A refused login, a missing vhost
+    /// or an inequivalent queue exits 3 at once. `serve` retries until stopped.
+    #[arg(long, global = true, default_value = "30s", value_name = "DURATION", value_parser = parse_broker_timeout)]
+    broker_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -123,6 +130,20 @@ enum DeadCommand {
     },
 }
 
+/// `30s`, `2m` or a number of seconds.
+fn parse_broker_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n * scale)),
+        _ => Err(format!(
+            "{text:?} is not a duration: give seconds (`30`, `30s`) or minutes (`2m`), more than 0"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config =
@@ -149,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, command))
+    runtime.block_on(run(config, command, cli.broker_timeout))
 }
 
 fn check_config(config: &Config) -> ExitCode {
@@ -198,8 +219,16 @@ async fn connect(
     config: &Config,
     name: &str,
     shutdown: tokio_util::sync::CancellationToken,
+    give_up_after: std::time::Duration,
 ) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
-    match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, name, shutdown).await {
+    match mailpipe_common::amqp::Broker::connect_within(
+        &config.rabbitmq,
+        name,
+        shutdown,
+        give_up_after,
+    )
+    .await
+    {
         Ok(b) => {
             let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
             Ok(mailpipe_common::pipeline::Pipeline::new(
@@ -217,8 +246,11 @@ async fn dead_command(
     config: &Config,
     command: DeadCommand,
     shutdown: tokio_util::sync::CancellationToken,
+    give_up_after: std::time::Duration,
 ) -> ExitCode {
-    let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone()).await {
+    let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone(), give_up_after)
+        .await
+    {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -324,7 +356,7 @@ fn dead_listing_text(l: &dead::Listing) -> String {
     out
 }
 
-async fn run(config: Config, command: Command) -> ExitCode {
+async fn run(config: Config, command: Command, give_up_after: std::time::Duration) -> ExitCode {
     let _telemetry = match mailpipe_common::telemetry::init("mailpipe-ingest", &config.telemetry) {
         Ok(g) => g,
         Err(e) => {
@@ -355,7 +387,13 @@ async fn run(config: Config, command: Command) -> ExitCode {
             }
         }
         Command::Status { batch, watch, json } => {
-            let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await
+            let pipeline = match connect(
+                &config,
+                "mailpipe-ingest status",
+                shutdown.clone(),
+                give_up_after,
+            )
+            .await
             {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -371,17 +409,18 @@ async fn run(config: Config, command: Command) -> ExitCode {
             pipeline.broker().close().await;
             ExitCode::from(code)
         }
-        Command::Dead { command } => dead_command(&config, command, shutdown).await,
+        Command::Dead { command } => dead_command(&config, command, shutdown, give_up_after).await,
         Command::Submit {
             file,
             batch,
             partial,
             quiet,
         } => {
-            let broker = match mailpipe_common::amqp::Broker::connect(
+            let broker = match mailpipe_common::amqp::Broker::connect_within(
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
                 shutdown,
+                give_up_after,
             )
             .await
             {

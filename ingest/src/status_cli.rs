@@ -37,12 +37,21 @@ pub async fn follow_index(
     stop: &CancellationToken,
 ) -> Result<SharedStatus, String> {
     let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
-    let (mut replayed, _task) = events::follow(pipeline, AcceptedIds::new(), status.clone())
-        .await
-        .map_err(|e| format!("reading the events stream: {e}"))?;
+    let (mut replayed, _applied, _task) =
+        events::follow(pipeline, AcceptedIds::new(), status.clone());
+    let broker_failure = || {
+        pipeline
+            .broker()
+            .failure()
+            .map(|f| format!("RabbitMQ: {f}"))
+    };
     tokio::select! {
-        _ = stop.cancelled() => return Err("interrupted while reading the events stream".into()),
-        done = replayed.wait_for(|d| *d) => { done.map_err(|_| "the events stream reader stopped".to_owned())?; }
+        _ = stop.cancelled() => {
+            return Err(broker_failure().unwrap_or_else(|| "interrupted while reading the events stream".into()));
+        }
+        done = replayed.wait_for(|d| *d) => {
+            done.map_err(|_| broker_failure().unwrap_or_else(|| "the events stream reader stopped".to_owned()))?;
+        }
     }
     Ok(status)
 }
