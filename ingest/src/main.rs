@@ -248,8 +248,13 @@ async fn dead_command(
     shutdown: tokio_util::sync::CancellationToken,
     give_up_after: std::time::Duration,
 ) -> ExitCode {
-    let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone(), give_up_after)
-        .await
+    let pipeline = match connect(
+        config,
+        "mailpipe-ingest dead",
+        shutdown.clone(),
+        give_up_after,
+    )
+    .await
     {
         Ok(p) => p,
         Err(code) => return code,

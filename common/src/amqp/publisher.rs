@@ -177,10 +177,7 @@ impl Publisher {
     }
 
     fn lock_channel(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
-        self.inner
-            .channel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
