@@ -96,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let _telemetry =
             match mailpipe_common::telemetry::init("mailpipe-render", &common.telemetry) {
                 Ok(g) => g,
@@ -124,7 +124,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A render given up on (render.job_timeout_ms) may still hold a blocking thread:
+    // don't let it hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 /// The URL without its password, for printing.

@@ -96,7 +96,12 @@ impl Application {
             broker.clone(),
             Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
         );
-        let stage = RenderStage::new(renderer, Pipeline::new(publisher), settings.concurrency);
+        let stage = RenderStage::new(
+            renderer,
+            Pipeline::new(publisher),
+            settings.concurrency,
+            Duration::from_millis(settings.job_timeout_ms),
+        );
         let queue = broker.topology().stage_queue(Stage::Render);
         Ok(Self {
             http,
