@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::{BatchId, JobId};
+use mailpipe_common::{out, outln};
 use mailpipe_ingest::dead::{self, DeadFilter};
 use mailpipe_ingest::settings::ApiTokens;
 use mailpipe_ingest::status_cli::{self, StatusOptions};
@@ -174,11 +175,12 @@ fn main() -> ExitCode {
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    println!(
+    outln!(
         "rabbitmq: prefix {:?}, confirm timeout {} ms",
-        config.rabbitmq.prefix, config.rabbitmq.confirm_timeout_ms
+        config.rabbitmq.prefix,
+        config.rabbitmq.confirm_timeout_ms
     );
-    println!(
+    outln!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
         config.ingest.listen,
         config.ingest.api_tokens.len(),
@@ -186,12 +188,12 @@ fn check_config(config: &Config) -> ExitCode {
         config.ingest.max_batch_bytes,
         config.ingest.max_in_flight
     );
-    println!("ingest.limits: {:?}", config.ingest.limits);
+    outln!("ingest.limits: {:?}", config.ingest.limits);
     match &config.pool {
         Ok(pool) => {
             let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
             if let Ok(p) = pool {
-                println!(
+                outln!(
                     "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
                     p.mailboxes.len(),
                     p.messages_per_second(),
@@ -199,19 +201,19 @@ fn check_config(config: &Config) -> ExitCode {
                 );
             }
         }
-        Err(why) => println!("warning: batch ETAs will be null: {why}"),
+        Err(why) => outln!("warning: batch ETAs will be null: {why}"),
     }
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {
-        println!(
+        outln!(
             "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
         );
     } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    println!("configuration is valid");
+    outln!("configuration is valid");
     ExitCode::SUCCESS
 }
 
@@ -274,9 +276,9 @@ async fn dead_command(
             match dead::list(pipeline.broker(), &filter, delivered).await {
                 Ok(listing) => {
                     if json {
-                        println!("{}", serde_json::to_string(&listing).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&listing).unwrap_or_default());
                     } else {
-                        print!("{}", dead_listing_text(&listing));
+                        out!("{}", dead_listing_text(&listing));
                     }
                     ExitCode::SUCCESS
                 }
@@ -297,10 +299,10 @@ async fn dead_command(
             match dead::replay(&pipeline, &filter, dry_run, delivered).await {
                 Ok(report) => {
                     if json {
-                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&report).unwrap_or_default());
                     } else {
                         let verb = if dry_run { "would replay" } else { "replayed" };
-                        println!(
+                        outln!(
                             "{}: {} dead letters, {} matching; {verb} {}, left {}",
                             report.queue,
                             report.total,
@@ -309,14 +311,14 @@ async fn dead_command(
                             report.skipped.len()
                         );
                         for r in &report.replayed {
-                            println!(
+                            outln!(
                                 "  {verb} {} -> {}",
                                 r.job_id.as_deref().unwrap_or("?"),
                                 r.stage
                             );
                         }
                         for s in &report.skipped {
-                            println!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
+                            outln!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
                         }
                     }
                     ExitCode::SUCCESS
@@ -421,6 +423,11 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
             partial,
             quiet,
         } => {
+            // The file first: a typo'd name must not wait on the broker.
+            if let Err(e) = submit::check_input(&file) {
+                eprintln!("{e}");
+                return ExitCode::from(e.exit_code());
+            }
             let broker = match mailpipe_common::amqp::Broker::connect_within(
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
@@ -451,7 +458,7 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
                 display,
             };
             let result = submit::submit(&pipeline, &config.ingest, &options).await;
-            print!("{}", submit::summary(&file, &result));
+            out!("{}", submit::summary(&file, &result));
             broker.close().await;
             match result {
                 Ok(report) if report.rejected > 0 => ExitCode::from(1),

@@ -11,6 +11,7 @@ use chrono::Utc;
 use mailpipe_common::contract::EventKind;
 use mailpipe_common::domain::BatchId;
 use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
@@ -82,12 +83,12 @@ pub async fn run(
             return 2;
         };
         if options.json {
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             if clear {
-                print!("\x1b[2J\x1b[H");
+                out!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&report));
+            out!("{}", render(&report));
         }
         let done = report.finished || !options.watch;
         if done {

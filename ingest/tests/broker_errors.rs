@@ -202,3 +202,35 @@ async fn serve_answers_healthz_at_once_and_readyz_names_the_broker_it_waits_for(
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn submit_checks_its_file_before_the_broker_and_refuses_what_is_not_a_regular_file() {
+    // An unreachable broker with a long timeout: only a check made first ends in time.
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.jsonl");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.path().join("pipe.jsonl");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let missing = dir.path().join("no-such-file.jsonl");
+    for (file, says) in [
+        (&zero, "not a regular file"),
+        (&fifo, "not a regular file"),
+        (&missing, "No such file"),
+    ] {
+        let (out, _) = run_ingest(
+            &url,
+            &["--broker-timeout", "10m", "submit", file.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {stderr}");
+        assert!(stderr.contains(says), "{file:?}: {stderr}");
+    }
+}
