@@ -8,8 +8,14 @@ mod support;
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mailpipe_common::contract::{DeliveryEvent, EventKind};
+use mailpipe_common::domain::{EmailAddress, JobId};
+use mailpipe_deliver::ledger::{DeliveredJobs, replay};
+use mailpipe_deliver::pool::MailboxPool;
 use mailpipe_deliver::startup::Application;
-use support::{Harness, PoolSpec};
+use support::{Harness, PoolSpec, mailbox_address};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +107,63 @@ async fn a_refused_login_ends_the_start_at_once_with_the_reason() {
     assert!(
         shutdown.is_cancelled(),
         "the process is told to stop (every loop ends, exit non-zero)"
+    );
+    h.finish().await;
+}
+
+/// More events than the replay holds unacked at once (2,000), acked in batches: every one is
+/// read and applied, and the progress counter saw each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_reads_past_its_prefetch_and_counts_what_it_read() {
+    let h = Harness::new("deliver-replay-batches", PoolSpec::default()).await;
+    let pipeline = &h.broker.pipeline;
+    let mailbox = EmailAddress::parse(&mailbox_address(0)).unwrap();
+    const EVENTS: usize = 4_321;
+    let mut pending = Vec::new();
+    for i in 0..EVENTS {
+        let mut e = DeliveryEvent::new(
+            JobId::parse(&format!("replay-{i}")).unwrap(),
+            None,
+            EventKind::Delivered,
+        );
+        e.mailbox = Some(mailbox.clone());
+        e.recipients = 1;
+        pending.push(pipeline.record_event(&e).await.unwrap());
+        if pending.len() == 500 {
+            for p in pending.drain(..) {
+                p.confirmed().await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.confirmed().await.unwrap();
+    }
+
+    let pool = MailboxPool::build(&h.settings).unwrap();
+    let delivered = DeliveredJobs::default();
+    let progress = AtomicU64::new(0);
+    let stats = tokio::time::timeout(
+        Duration::from_secs(120),
+        replay(
+            pipeline,
+            &pool,
+            &delivered,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            &progress,
+        ),
+    )
+    .await
+    .expect("the replay ends")
+    .unwrap();
+    assert_eq!(stats.events, EVENTS);
+    assert_eq!(stats.delivered_jobs, EVENTS);
+    assert_eq!(progress.load(Ordering::SeqCst), EVENTS as u64);
+    assert!(delivered.get(&JobId::parse("replay-0").unwrap()).is_some());
+    assert!(
+        delivered
+            .get(&JobId::parse(&format!("replay-{}", EVENTS - 1)).unwrap())
+            .is_some()
     );
     h.finish().await;
 }
