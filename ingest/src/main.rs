@@ -223,13 +223,13 @@ async fn connect(
     shutdown: tokio_util::sync::CancellationToken,
     give_up_after: std::time::Duration,
 ) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
-    match mailpipe_common::amqp::Broker::connect_within(
-        &config.rabbitmq,
-        name,
-        shutdown,
-        give_up_after,
-    )
-    .await
+    // status and dead read (or replay into) an existing deployment: never declare it.
+    let options = mailpipe_common::amqp::ConnectOptions {
+        give_up_after: Some(give_up_after),
+        passive: true,
+    };
+    match mailpipe_common::amqp::Broker::connect_with(&config.rabbitmq, name, shutdown, options)
+        .await
     {
         Ok(b) => {
             let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
@@ -428,11 +428,15 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
                 eprintln!("{e}");
                 return ExitCode::from(e.exit_code());
             }
-            let broker = match mailpipe_common::amqp::Broker::connect_within(
+            let options = mailpipe_common::amqp::ConnectOptions {
+                give_up_after: Some(give_up_after),
+                passive: false,
+            };
+            let broker = match mailpipe_common::amqp::Broker::connect_with(
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
                 shutdown,
-                give_up_after,
+                options,
             )
             .await
             {

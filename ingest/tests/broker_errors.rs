@@ -21,14 +21,15 @@ use support::{fixture_dir, settings_for, test_pool};
 /// Runs `mailpipe-ingest` with the broker at `url`; kills it (and fails) after `limit`, so
 /// a tool that retries forever makes the test fail instead of hang.
 fn run_ingest(url: &str, args: &[&str], limit: Duration) -> (Output, Duration) {
+    run_ingest_on(url, &unique_prefix("ing-brokererr"), args, limit)
+}
+
+fn run_ingest_on(url: &str, prefix: &str, args: &[&str], limit: Duration) -> (Output, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailpipe.toml");
     std::fs::write(
         &config,
-        format!(
-            "[rabbitmq]\nurl = {url:?}\nprefix = {:?}\n",
-            unique_prefix("ing-brokererr")
-        ),
+        format!("[rabbitmq]\nurl = {url:?}\nprefix = {prefix:?}\n"),
     )
     .unwrap();
     let started = Instant::now();
@@ -232,5 +233,27 @@ fn submit_checks_its_file_before_the_broker_and_refuses_what_is_not_a_regular_fi
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file:?}: {stderr}");
         assert!(stderr.contains(says), "{file:?}: {stderr}");
+    }
+}
+
+#[test]
+fn read_only_commands_never_create_a_deployment_and_say_there_is_none() {
+    let prefix = unique_prefix("ing-typo");
+    // Twice each: the second answer proves the first created nothing.
+    for args in [
+        ["status", "b1"],
+        ["status", "b1"],
+        ["dead", "list"],
+        ["dead", "list"],
+    ] {
+        let (out, _) = run_ingest_on(&amqp_url(), &prefix, &args, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no such deployment")
+                && stderr.contains(&prefix)
+                && stderr.contains("rabbitmq.prefix"),
+            "{args:?}: {stderr}"
+        );
     }
 }

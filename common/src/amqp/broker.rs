@@ -84,12 +84,24 @@ impl BrokerError {
     }
 }
 
+/// The AMQP reply code of a broker error (404, 403...), if it is one.
+fn amqp_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.kind().get_id()),
+        _ => None,
+    }
+}
+
+fn amqp_message(e: &lapin::Error) -> Option<String> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_message().to_string()),
+        _ => None,
+    }
+}
+
 /// The AMQP reply codes that mean "this will never work as configured", with what to check.
 fn permanent_refusal(e: &lapin::Error) -> Option<(String, &'static str)> {
-    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
-        return None;
-    };
-    let hint = match amqp.kind().get_id() {
+    let hint = match amqp_code(e)? {
         403 => "check rabbitmq.url's user and rabbitmq.password",
         530 => "check the vhost in rabbitmq.url exists and the user may use it",
         406 => {
@@ -97,7 +109,18 @@ fn permanent_refusal(e: &lapin::Error) -> Option<(String, &'static str)> {
         }
         _ => return None,
     };
-    Some((amqp.get_message().to_string(), hint))
+    Some((amqp_message(e)?, hint))
+}
+
+/// How a [`Broker`] connects; the default is a daemon's: retry until shutdown, declare
+/// the topology.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// Command-line tools stop retrying once the broker has been unavailable this long.
+    pub give_up_after: Option<Duration>,
+    /// Read-only tools check that the deployment exists (passive declares) instead of
+    /// declaring it: a typo'd `rabbitmq.prefix` is "no such deployment", not new queues.
+    pub passive: bool,
 }
 
 #[derive(Clone)]
@@ -113,8 +136,7 @@ struct Inner {
     topology: Topology,
     max_backoff: Duration,
     op_timeout: Duration,
-    /// Command-line tools stop retrying after this long; daemons retry until shutdown.
-    give_up_after: Option<Duration>,
+    options: ConnectOptions,
     /// The current connection and its generation. A std mutex, held only to read or
     /// swap the `Arc`: never across an await.
     connection: Mutex<Option<(u64, Arc<Connection>)>>,
@@ -146,14 +168,15 @@ impl Broker {
         name: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        Self::with_give_up(settings, name, shutdown, None)
+        Self::with_options(settings, name, shutdown, ConnectOptions::default())
     }
 
-    fn with_give_up(
+    /// Like [`new`](Self::new), connecting as `options` say.
+    pub fn with_options(
         settings: &RabbitSettings,
         name: &str,
         shutdown: CancellationToken,
-        give_up_after: Option<Duration>,
+        options: ConnectOptions,
     ) -> Result<Self, BrokerError> {
         let mut uri = AMQPUri::from_str(&settings.url).map_err(BrokerError::BadUri)?;
         if let Some(password) = &settings.password {
@@ -177,7 +200,7 @@ impl Broker {
                 topology: Topology::new(settings),
                 max_backoff: Duration::from_millis(settings.reconnect_max_backoff_ms.max(100)),
                 op_timeout: Duration::from_millis(settings.operation_timeout_ms.max(100)),
-                give_up_after,
+                options,
                 connection: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 connecting: tokio::sync::Mutex::new(()),
@@ -201,15 +224,15 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Like [`connect`](Self::connect) for a command-line tool: gives up (at start and on
-    /// any later reconnect) once the broker has been unavailable for `give_up_after`.
-    pub async fn connect_within(
+    /// Like [`connect`](Self::connect), as `options` say (command-line tools: give up
+    /// after a while; read-only ones: never declare).
+    pub async fn connect_with(
         settings: &RabbitSettings,
         name: &str,
         shutdown: CancellationToken,
-        give_up_after: Duration,
+        options: ConnectOptions,
     ) -> Result<Self, BrokerError> {
-        let broker = Self::with_give_up(settings, name, shutdown, Some(give_up_after))?;
+        let broker = Self::with_options(settings, name, shutdown, options)?;
         broker.wait_connected().await?;
         Ok(broker)
     }
@@ -315,7 +338,7 @@ impl Broker {
             if e.is_permanent() {
                 return Err(self.fail(e));
             }
-            if let Some(limit) = self.inner.give_up_after
+            if let Some(limit) = self.inner.options.give_up_after
                 && started.elapsed() >= limit
             {
                 return Err(self.fail(BrokerError::GaveUp {
@@ -349,14 +372,29 @@ impl Broker {
         }
         let props =
             ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
+        let passive = self.inner.options.passive;
         let connect = async {
             let conn = Connection::connect_uri(self.inner.uri.clone(), props).await?;
             let ch = conn.create_channel().await?;
-            self.inner.topology.declare(&ch).await?;
+            if passive {
+                self.check_deployment(&ch).await?;
+            } else {
+                self.inner.topology.declare(&ch).await?;
+            }
             Ok::<_, lapin::Error>((conn, ch))
         };
         let (conn, ch) = match tokio::time::timeout(op_timeout, connect).await {
             Ok(Ok(v)) => v,
+            Ok(Err(source)) if passive && amqp_code(&source) == Some(404) => {
+                return Err(BrokerError::Refused {
+                    endpoint: self.inner.endpoint.clone(),
+                    reason: format!(
+                        "no such deployment: {}",
+                        amqp_message(&source).unwrap_or_default()
+                    ),
+                    hint: "check rabbitmq.prefix; read-only commands never create queues",
+                });
+            }
             Ok(Err(source)) => return Err(self.amqp_error(source)),
             Err(_) => return Err(self.timeout_error("connect and declare the topology")),
         };
@@ -364,6 +402,24 @@ impl Broker {
         *self.lock_connection() = Some((generation, Arc::new(conn)));
         tracing::info!(endpoint = %self.inner.endpoint, prefix = self.inner.topology.prefix(), "connected to RabbitMQ; topology declared");
         Ok(ch)
+    }
+
+    /// Passive declares of the queues a read-only tool reads: fail with NOT_FOUND (and a
+    /// closed channel) when the deployment does not exist, create nothing.
+    async fn check_deployment(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let topology = &self.inner.topology;
+        for queue in [topology.events_stream(), topology.dead_queue()] {
+            ch.queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A channel on the current connection, `None` when there is no usable connection.
