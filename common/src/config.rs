@@ -148,6 +148,9 @@ pub struct RabbitSettings {
     pub confirm_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max_backoff_ms: u64,
+    /// Bound on every other broker operation (connect and declare, open a channel,
+    /// subscribe): a broker that accepts TCP but does not answer cannot hang a process.
+    pub operation_timeout_ms: u64,
     /// Retention of the events stream (RabbitMQ `x-max-age`, e.g. `7D`).
     pub events_max_age: String,
 }
@@ -166,6 +169,7 @@ impl Default for RabbitSettings {
                 .collect(),
             confirm_timeout_ms: 30_000,
             reconnect_max_backoff_ms: 30_000,
+            operation_timeout_ms: 10_000,
             events_max_age: "7D".into(),
         }
     }

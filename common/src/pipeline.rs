@@ -26,6 +26,10 @@ pub const JOB_ID_HEADER: &str = "mailpipe-job-id";
 pub const BATCH_HEADER: &str = "mailpipe-batch";
 /// Delivery attempts already spent, on messages in the retry ladder.
 pub const ATTEMPT_HEADER: &str = "mailpipe-attempt";
+/// Stream messages in hand while reading the events stream, and how often they are acked
+/// (one multiple-ack per `ACK_EVERY`): large enough that the broker never waits on us.
+const READ_PREFETCH: u16 = 2000;
+const ACK_EVERY: u16 = 500;
 /// Marks the sentinel a reader publishes to know where "now" is in the events stream.
 const MARKER_HEADER: &str = "mailpipe-marker";
 
@@ -196,33 +200,51 @@ impl Pipeline {
         let topo = self.topology().clone();
         let marker = self.publish_events_marker().await?;
 
-        let ch = self.broker().channel().await?;
-        let amqp = |source| BrokerError::Amqp {
-            endpoint: self.broker().endpoint().to_owned(),
-            source,
-        };
-        ch.basic_qos(500, BasicQosOptions::default())
-            .await
-            .map_err(amqp)?;
+        let broker = self.broker();
+        let ch = broker.channel().await?;
+        broker
+            .bounded(
+                "basic.qos",
+                ch.basic_qos(READ_PREFETCH, BasicQosOptions::default()),
+            )
+            .await?;
         let mut args = FieldTable::default();
         args.insert(
             ShortString::from("x-stream-offset"),
             AMQPValue::Timestamp(since.timestamp().max(0) as u64),
         );
-        let mut consumer = ch
-            .basic_consume(
-                ShortString::from(topo.events_stream()),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                args,
+        let mut consumer = broker
+            .bounded(
+                "basic.consume",
+                ch.basic_consume(
+                    ShortString::from(topo.events_stream()),
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    args,
+                ),
             )
-            .await
-            .map_err(amqp)?;
+            .await?;
+        let amqp = |source| BrokerError::Amqp {
+            endpoint: broker.endpoint().to_owned(),
+            source,
+        };
         let mut count = 0;
+        let mut unacked = 0u16;
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(amqp)?;
-            delivery.acker.ack(BasicAckOptions::default()).await.ok();
-            if let Some(m) = events_marker(&delivery.properties) {
+            // One ack per ACK_EVERY events (multiple = true), not one per event: acking
+            // each one made a 100k-event replay take a minute.
+            unacked += 1;
+            let is_marker = events_marker(&delivery.properties);
+            if unacked >= ACK_EVERY || is_marker.is_some() {
+                delivery
+                    .acker
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .ok();
+                unacked = 0;
+            }
+            if let Some(m) = is_marker {
                 if m == marker {
                     break;
                 }
@@ -238,10 +260,17 @@ impl Pipeline {
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable event"),
             }
         }
-        ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        broker
+            .bounded(
+                "basic.cancel",
+                ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+            )
             .await
             .ok();
-        ch.close(200, "read".into()).await.ok();
+        broker
+            .bounded("channel.close", ch.close(200, "read".into()))
+            .await
+            .ok();
         Ok(count)
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,6 +12,7 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::JobId;
 use mailpipe_common::pipeline::{Pipeline, StreamReadError};
 
+use crate::metrics;
 use crate::pool::MailboxPool;
 use crate::throttle::Millis;
 
@@ -59,6 +61,27 @@ impl DeliveredJobs {
     }
 }
 
+/// How far the start-up replay is, for `/readyz` and the replay metric.
+#[derive(Debug, Default)]
+pub struct ReplayProgress {
+    /// Events read so far.
+    pub events: AtomicU64,
+    pub done: AtomicBool,
+}
+
+impl ReplayProgress {
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.done.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(format!(
+                "ledger replay in progress: {} events read",
+                self.events.load(Ordering::Relaxed)
+            ))
+        }
+    }
+}
+
 /// What a replay found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayStats {
@@ -68,13 +91,14 @@ pub struct ReplayStats {
 }
 
 /// Reads the stream back `horizon` and applies it: delivered jobs into `delivered`, sends
-/// still inside `quota_horizon` into the pool's windows.
+/// still inside `quota_horizon` into the pool's windows. `progress` counts the events read.
 pub async fn replay(
     pipeline: &Pipeline,
     pool: &MailboxPool,
     delivered: &DeliveredJobs,
     horizon: Duration,
     quota_horizon: Duration,
+    progress: &AtomicU64,
 ) -> Result<ReplayStats, StreamReadError> {
     let now = Utc::now();
     let since = now - chrono::Duration::from_std(horizon.max(quota_horizon)).unwrap_or_default();
@@ -82,6 +106,11 @@ pub async fn replay(
     let mut stats = ReplayStats::default();
     stats.events = pipeline
         .read_events_since(since, |event| {
+            let read = progress.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::REPLAYED_EVENTS.set(read as i64);
+            if read % 10_000 == 0 {
+                tracing::info!(events = read, "replaying the events stream");
+            }
             if event.kind != EventKind::Delivered {
                 return;
             }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
+use mailpipe_common::outln;
 use mailpipe_deliver::settings::DeliverSettings;
 use mailpipe_deliver::startup::Application;
 
@@ -34,7 +35,7 @@ async fn main() -> ExitCode {
         }
     };
     if cli.config.check_config {
-        println!(
+        outln!(
             "configuration OK: {} mailboxes in {} tenants, From policy {:?}, RabbitMQ prefix {:?}",
             settings.mailboxes.len(),
             settings.tenants.len(),

@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, Histogram, IntCounterVec, register_gauge_vec, register_histogram,
-    register_int_counter_vec,
+    GaugeVec, Histogram, IntCounterVec, IntGauge, register_gauge_vec, register_histogram,
+    register_int_counter_vec, register_int_gauge,
 };
 
 use crate::pool::MailboxPool;
@@ -33,6 +33,13 @@ pub static REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "mailpipe_deliver_provider_refusals_total",
         "Replies where the provider refused for speed, volume or the mailbox (should stay 0 for rate, quota, connections)",
         &["mailbox", "reason"]
+    )
+    .expect("metric registers once")
+});
+pub static REPLAYED_EVENTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "mailpipe_deliver_replayed_events",
+        "Events read from the events stream by the start-up ledger replay (readiness waits for its end)"
     )
     .expect("metric registers once")
 });
@@ -132,6 +139,7 @@ pub fn register() {
         &*CONNECTIONS,
         &*STATE,
         &*TOKEN_EXPIRY,
+        &*REPLAYED_EVENTS,
     );
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,7 +17,7 @@ use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::ledger::{DeliveredJobs, replay};
+use crate::ledger::{DeliveredJobs, ReplayProgress, replay as replay_ledger};
 use crate::metrics;
 use crate::pool::MailboxPool;
 use crate::settings::DeliverSettings;
@@ -40,23 +40,36 @@ impl Application {
     ) -> anyhow::Result<Self> {
         metrics::register();
         let pool = Arc::new(MailboxPool::build(settings).context("building the mailbox pool")?);
-        let broker =
-            Broker::connect(&common.rabbitmq, "mailpipe-deliver", shutdown.clone()).await?;
+        // Serve /healthz, /readyz and /metrics before anything waits on the broker or the
+        // replay, so a liveness probe never kills a process that is starting up.
+        let broker = Broker::new(&common.rabbitmq, "mailpipe-deliver", shutdown.clone())?;
+        let replay = Arc::new(ReplayProgress::default());
+        if !settings.replay_ledger {
+            replay.done.store(true, Ordering::SeqCst);
+        }
+        let broker_check = broker.clone();
+        let replay_check = replay.clone();
+        let checks: Vec<ReadyCheck> = vec![
+            Arc::new(move || broker_check.readiness()),
+            Arc::new(move || replay_check.readiness()),
+        ];
+        let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
+
+        broker.wait_connected().await?;
         let pipeline = Pipeline::new(Publisher::new(
             broker.clone(),
             Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
         ));
         let delivered = Arc::new(DeliveredJobs::default());
-
-        let replayed = Arc::new(AtomicBool::new(!settings.replay_ledger));
         if settings.replay_ledger {
             let quota_horizon = quota_horizon(settings);
-            let stats = replay(
+            let stats = replay_ledger(
                 &pipeline,
                 &pool,
                 &delivered,
                 Duration::from_millis(settings.dedupe_horizon_ms),
                 quota_horizon,
+                &replay.events,
             )
             .await
             .context("rebuilding the quota ledger from the events stream")?;
@@ -66,27 +79,9 @@ impl Application {
                 sends_restored = stats.sends_restored,
                 "ledger rebuilt from the events stream"
             );
-            replayed.store(true, Ordering::SeqCst);
+            replay.done.store(true, Ordering::SeqCst);
         }
 
-        let broker_check = broker.clone();
-        let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || {
-                if broker_check.is_connected() {
-                    Ok(())
-                } else {
-                    Err("RabbitMQ connection down".into())
-                }
-            }),
-            Arc::new(move || {
-                if replayed.load(Ordering::SeqCst) {
-                    Ok(())
-                } else {
-                    Err("ledger replay in progress".into())
-                }
-            }),
-        ];
-        let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
         tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
         let stage = DeliverStage::new(
             pool,
@@ -144,6 +139,9 @@ impl Application {
         self.broker.close().await;
         self.shutdown.cancel();
         self.http.task.await.ok();
+        if let Some(failure) = self.broker.failure() {
+            anyhow::bail!("{failure}");
+        }
         tracing::info!("mailpipe-deliver stopped");
         Ok(())
     }

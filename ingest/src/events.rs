@@ -8,7 +8,7 @@
 //! order, so the marker is never seen before the events ahead of it are applied.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -28,45 +28,71 @@ const PREFETCH: u16 = 1000;
 /// `true` once the replay reached the marker.
 pub type Replayed = watch::Receiver<bool>;
 
-/// Starts following; returns the replay flag and the task (ends on the broker's shutdown).
-pub async fn follow(
+/// Starts following in the background (connecting first, if the broker is not reached
+/// yet); returns at once with the replay flag, the count of events applied so far (for
+/// `/readyz` while replaying) and the task (ends on the broker's shutdown).
+pub fn follow(
     pipeline: &Pipeline,
     ids: AcceptedIds,
     status: SharedStatus,
-) -> Result<(Replayed, tokio::task::JoinHandle<()>), mailpipe_common::amqp::PublishError> {
-    let broker = pipeline.broker().clone();
-    let topology = broker.topology().clone();
-    let marker = pipeline.publish_events_marker().await?;
-
+) -> (Replayed, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let pipeline = pipeline.clone();
     let (tx, rx) = watch::channel(false);
-    let tx = Arc::new(tx);
-    // Where to resume after a reconnect: the offset after the last one seen.
-    let next_offset = Arc::new(AtomicI64::new(-1));
-    let resume = next_offset.clone();
-    let arguments = Arc::new(move || {
-        let mut args = FieldTable::default();
-        let offset = match resume.load(Ordering::SeqCst) {
-            n if n >= 0 => AMQPValue::LongLongInt(n),
-            _ => AMQPValue::LongString(LongString::from("first")),
-        };
-        args.insert(ShortString::from(OFFSET_HEADER), offset);
-        args
-    });
-    let spec = ConsumerSpec {
-        queue: topology.events_stream(),
-        prefetch: PREFETCH,
-        arguments,
-    };
+    let applied = Arc::new(AtomicU64::new(0));
+    let counter = applied.clone();
     let task = tokio::spawn(async move {
+        let Some(marker) = publish_marker(&pipeline).await else {
+            return;
+        };
+        let broker = pipeline.broker().clone();
+        let tx = Arc::new(tx);
+        // Where to resume after a reconnect: the offset after the last one seen.
+        let next_offset = Arc::new(AtomicI64::new(-1));
+        let resume = next_offset.clone();
+        let arguments = Arc::new(move || {
+            let mut args = FieldTable::default();
+            let offset = match resume.load(Ordering::SeqCst) {
+                n if n >= 0 => AMQPValue::LongLongInt(n),
+                _ => AMQPValue::LongString(LongString::from("first")),
+            };
+            args.insert(ShortString::from(OFFSET_HEADER), offset);
+            args
+        });
+        let spec = ConsumerSpec {
+            queue: broker.topology().events_stream(),
+            prefetch: PREFETCH,
+            arguments,
+        };
         consume(&broker, spec, move |d: Delivery| {
-            handle(&d, &marker, &next_offset, &ids, &status, &tx);
+            handle(&d, &marker, &next_offset, &ids, &status, &tx, &counter);
             async move {
                 d.acker.ack(BasicAckOptions::default()).await.ok();
             }
         })
         .await;
     });
-    Ok((rx, task))
+    (rx, applied, task)
+}
+
+/// The marker that says where "now" is; retried until published or shutdown.
+async fn publish_marker(pipeline: &Pipeline) -> Option<String> {
+    let broker = pipeline.broker();
+    loop {
+        match pipeline.publish_events_marker().await {
+            Ok(m) => return Some(m),
+            Err(e) if broker.shutdown_token().is_cancelled() || broker.failure().is_some() => {
+                tracing::debug!(error = %e, "not following the events stream: stopping");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing the replay marker failed; retrying");
+                tokio::select! {
+                    _ = broker.shutdown_token().cancelled() => return None,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
 }
 
 fn handle(
@@ -76,6 +102,7 @@ fn handle(
     ids: &AcceptedIds,
     status: &SharedStatus,
     replayed: &watch::Sender<bool>,
+    applied: &AtomicU64,
 ) {
     if let Some(offset) = header_i64(&d.properties, OFFSET_HEADER) {
         next_offset.fetch_max(offset + 1, Ordering::SeqCst);
@@ -96,6 +123,7 @@ fn handle(
             // may have been lost to a crash between the job's confirm and the event).
             ids.learn(&e.job_id);
             lock_status(status).apply(&e);
+            applied.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => tracing::warn!(error = %e, "skipping unreadable event"),
     }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::{BatchId, JobId};
+use mailpipe_common::{out, outln};
 use mailpipe_ingest::dead::{self, DeadFilter};
 use mailpipe_ingest::settings::ApiTokens;
 use mailpipe_ingest::status_cli::{self, StatusOptions};
@@ -43,6 +44,8 @@ Examples:
 Exit codes: submit: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ
 failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown
 batch or configuration; 3 RabbitMQ failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
+RabbitMQ failed: a refused login, a missing vhost or an inequivalent queue (at once), or
+unreachable for --broker-timeout (30s).
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
 
 #[derive(Debug, Parser)]
@@ -50,6 +53,11 @@ See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and d
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// submit, status, dead: give up (exit 3) once RabbitMQ has been unreachable this
+    /// long, at start or later (`30s`, `2m`, or seconds). A refused login, a missing vhost
+    /// or an inequivalent queue exits 3 at once. `serve` retries until stopped.
+    #[arg(long, global = true, default_value = "30s", value_name = "DURATION", value_parser = parse_broker_timeout)]
+    broker_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -123,6 +131,20 @@ enum DeadCommand {
     },
 }
 
+/// `30s`, `2m` or a number of seconds.
+fn parse_broker_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n * scale)),
+        _ => Err(format!(
+            "{text:?} is not a duration: give seconds (`30`, `30s`) or minutes (`2m`), more than 0"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config =
@@ -149,15 +171,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, command))
+    runtime.block_on(run(config, command, cli.broker_timeout))
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    println!(
+    outln!(
         "rabbitmq: prefix {:?}, confirm timeout {} ms",
-        config.rabbitmq.prefix, config.rabbitmq.confirm_timeout_ms
+        config.rabbitmq.prefix,
+        config.rabbitmq.confirm_timeout_ms
     );
-    println!(
+    outln!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
         config.ingest.listen,
         config.ingest.api_tokens.len(),
@@ -165,12 +188,12 @@ fn check_config(config: &Config) -> ExitCode {
         config.ingest.max_batch_bytes,
         config.ingest.max_in_flight
     );
-    println!("ingest.limits: {:?}", config.ingest.limits);
+    outln!("ingest.limits: {:?}", config.ingest.limits);
     match &config.pool {
         Ok(pool) => {
             let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
             if let Ok(p) = pool {
-                println!(
+                outln!(
                     "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
                     p.mailboxes.len(),
                     p.messages_per_second(),
@@ -178,19 +201,19 @@ fn check_config(config: &Config) -> ExitCode {
                 );
             }
         }
-        Err(why) => println!("warning: batch ETAs will be null: {why}"),
+        Err(why) => outln!("warning: batch ETAs will be null: {why}"),
     }
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {
-        println!(
+        outln!(
             "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
         );
     } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
-    println!("configuration is valid");
+    outln!("configuration is valid");
     ExitCode::SUCCESS
 }
 
@@ -198,8 +221,16 @@ async fn connect(
     config: &Config,
     name: &str,
     shutdown: tokio_util::sync::CancellationToken,
+    give_up_after: std::time::Duration,
 ) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
-    match mailpipe_common::amqp::Broker::connect(&config.rabbitmq, name, shutdown).await {
+    // status and dead read (or replay into) an existing deployment: never declare it.
+    let options = mailpipe_common::amqp::ConnectOptions {
+        give_up_after: Some(give_up_after),
+        passive: true,
+    };
+    match mailpipe_common::amqp::Broker::connect_with(&config.rabbitmq, name, shutdown, options)
+        .await
+    {
         Ok(b) => {
             let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
             Ok(mailpipe_common::pipeline::Pipeline::new(
@@ -217,8 +248,16 @@ async fn dead_command(
     config: &Config,
     command: DeadCommand,
     shutdown: tokio_util::sync::CancellationToken,
+    give_up_after: std::time::Duration,
 ) -> ExitCode {
-    let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone()).await {
+    let pipeline = match connect(
+        config,
+        "mailpipe-ingest dead",
+        shutdown.clone(),
+        give_up_after,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -237,9 +276,9 @@ async fn dead_command(
             match dead::list(pipeline.broker(), &filter, delivered).await {
                 Ok(listing) => {
                     if json {
-                        println!("{}", serde_json::to_string(&listing).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&listing).unwrap_or_default());
                     } else {
-                        print!("{}", dead_listing_text(&listing));
+                        out!("{}", dead_listing_text(&listing));
                     }
                     ExitCode::SUCCESS
                 }
@@ -260,10 +299,10 @@ async fn dead_command(
             match dead::replay(&pipeline, &filter, dry_run, delivered).await {
                 Ok(report) => {
                     if json {
-                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&report).unwrap_or_default());
                     } else {
                         let verb = if dry_run { "would replay" } else { "replayed" };
-                        println!(
+                        outln!(
                             "{}: {} dead letters, {} matching; {verb} {}, left {}",
                             report.queue,
                             report.total,
@@ -272,14 +311,14 @@ async fn dead_command(
                             report.skipped.len()
                         );
                         for r in &report.replayed {
-                            println!(
+                            outln!(
                                 "  {verb} {} -> {}",
                                 r.job_id.as_deref().unwrap_or("?"),
                                 r.stage
                             );
                         }
                         for s in &report.skipped {
-                            println!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
+                            outln!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
                         }
                     }
                     ExitCode::SUCCESS
@@ -324,7 +363,7 @@ fn dead_listing_text(l: &dead::Listing) -> String {
     out
 }
 
-async fn run(config: Config, command: Command) -> ExitCode {
+async fn run(config: Config, command: Command, give_up_after: std::time::Duration) -> ExitCode {
     let _telemetry = match mailpipe_common::telemetry::init("mailpipe-ingest", &config.telemetry) {
         Ok(g) => g,
         Err(e) => {
@@ -355,7 +394,13 @@ async fn run(config: Config, command: Command) -> ExitCode {
             }
         }
         Command::Status { batch, watch, json } => {
-            let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await
+            let pipeline = match connect(
+                &config,
+                "mailpipe-ingest status",
+                shutdown.clone(),
+                give_up_after,
+            )
+            .await
             {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -371,17 +416,27 @@ async fn run(config: Config, command: Command) -> ExitCode {
             pipeline.broker().close().await;
             ExitCode::from(code)
         }
-        Command::Dead { command } => dead_command(&config, command, shutdown).await,
+        Command::Dead { command } => dead_command(&config, command, shutdown, give_up_after).await,
         Command::Submit {
             file,
             batch,
             partial,
             quiet,
         } => {
-            let broker = match mailpipe_common::amqp::Broker::connect(
+            // The file first: a typo'd name must not wait on the broker.
+            if let Err(e) = submit::check_input(&file) {
+                eprintln!("{e}");
+                return ExitCode::from(e.exit_code());
+            }
+            let options = mailpipe_common::amqp::ConnectOptions {
+                give_up_after: Some(give_up_after),
+                passive: false,
+            };
+            let broker = match mailpipe_common::amqp::Broker::connect_with(
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
                 shutdown,
+                options,
             )
             .await
             {
@@ -407,7 +462,7 @@ async fn run(config: Config, command: Command) -> ExitCode {
                 display,
             };
             let result = submit::submit(&pipeline, &config.ingest, &options).await;
-            print!("{}", submit::summary(&file, &result));
+            out!("{}", submit::summary(&file, &result));
             broker.close().await;
             match result {
                 Ok(report) if report.rejected > 0 => ExitCode::from(1),

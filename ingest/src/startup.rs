@@ -1,12 +1,13 @@
-//! `Application`: connects, starts following the events stream, binds the HTTP server
+//! `Application`: binds the HTTP server first, then connects and follows the events stream
 //! (port 0 picks a free one: tests read it back with `port()`), and runs until the
 //! shutdown token fires.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailpipe_common::amqp::{Broker, BrokerError, PublishError, Publisher};
+use mailpipe_common::amqp::{Broker, BrokerError, Publisher};
 use mailpipe_common::config::ConfigError;
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
@@ -28,8 +29,6 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("publishing the replay marker to the events stream: {0}")]
-    Marker(#[from] PublishError),
     #[error(transparent)]
     Listen(#[from] std::io::Error),
 }
@@ -79,16 +78,19 @@ pub async fn prune_periodically(
 }
 
 impl Application {
-    /// Everything up to a listening socket; returns once the port is bound.
+    /// Everything up to a listening socket; returns once the port is bound. The broker
+    /// is reached and the events stream replayed in the background: `/healthz` answers
+    /// at once, `/readyz` says what it still waits for, and submissions wait (bounded)
+    /// for the replay.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
-        let broker = Broker::connect(&config.rabbitmq, "mailpipe-ingest", shutdown.clone()).await?;
+        let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
         let ids = AcceptedIds::new();
         let status = Arc::new(Mutex::new(status_index(&config)));
-        let (replayed, follower) = events::follow(&pipeline, ids.clone(), status.clone()).await?;
+        let (replayed, applied, follower) = events::follow(&pipeline, ids.clone(), status.clone());
         let pruner = tokio::spawn(prune_periodically(
             status.clone(),
             config.events_retention(),
@@ -100,18 +102,15 @@ impl Application {
         let connected = broker.clone();
         let replay = replayed.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || {
-                if connected.is_connected() {
-                    Ok(())
-                } else {
-                    Err("RabbitMQ connection is down".into())
-                }
-            }),
+            Arc::new(move || connected.readiness()),
             Arc::new(move || {
                 if *replay.borrow() {
                     Ok(())
                 } else {
-                    Err("replaying the events stream".into())
+                    Err(format!(
+                        "replaying the events stream: {} events so far",
+                        applied.load(Ordering::Relaxed)
+                    ))
                 }
             }),
         ];
@@ -143,13 +142,17 @@ impl Application {
         self.server.addr.port()
     }
 
-    /// Serves until the shutdown token given to `build` fires; in-flight requests finish
-    /// (a batch being published is published to the end) before this returns.
+    /// Serves until the shutdown token given to `build` fires (or RabbitMQ refuses for
+    /// good, which is an error); in-flight requests finish (a batch being published is
+    /// published to the end) before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.task.await.map_err(std::io::Error::other)?;
         self.follower.await.ok();
         self.pruner.await.ok();
         self.broker.close().await;
+        if let Some(failure) = self.broker.failure() {
+            return Err(std::io::Error::other(failure.to_owned()));
+        }
         served
     }
 }

@@ -42,6 +42,21 @@ fn finished(kind: EventKind) -> bool {
     matches!(kind, EventKind::Delivered | EventKind::Failed)
 }
 
+/// Whether event `e` moves a job that is `status` since `since`. A job's state only moves
+/// forward, whatever order events arrive in and however the hosts' clocks differ:
+/// `delivered` is final (deliver never sends a delivered job again); `failed` is final
+/// except for `delivered` (a dead letter replayed and then delivered); a final event
+/// beats a non-final one whatever their stamps (a duplicate render stamped after the
+/// delivery is still a render); between non-final events, the later stamp wins.
+fn moves_forward(status: EventKind, since: DateTime<Utc>, e: &DeliveryEvent) -> bool {
+    match (finished(status), finished(e.kind)) {
+        _ if status == EventKind::Delivered => false,
+        (true, _) => e.kind == EventKind::Delivered,
+        (false, true) => true,
+        (false, false) => e.at > since || (e.at == since && e.kind != status),
+    }
+}
+
 /// Jobs per current status, for one batch. Serialised as a map by kind, plus `dead`
 /// (the same number as `failed`: a failed job's message is in dead letters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -327,12 +342,7 @@ impl StatusIndex {
                     job.batch = e.batch.clone();
                 }
                 job.recipients = job.recipients.max(recipients);
-                let newer =
-                    e.at > job.updated_at || (e.at == job.updated_at && e.kind != job.status);
-                // `delivered` is final: deliver never sends a delivered job again, so an
-                // earlier stage's event stamped later (clock skew between hosts) must not
-                // move the job back.
-                let newer = newer && job.status != EventKind::Delivered;
+                let newer = moves_forward(job.status, job.updated_at, e);
                 // A second accept is a duplicate, never a regression.
                 let changed = newer && e.kind != EventKind::Accepted;
                 if changed {
@@ -605,6 +615,27 @@ mod tests {
             ix.batch(&BatchId::parse("b1").unwrap()).unwrap().finished(),
             1
         );
+    }
+
+    #[test]
+    fn a_final_event_wins_whatever_its_stamp_and_only_delivered_follows_failed() {
+        let id = |j: &str| JobId::parse(j).unwrap();
+        let mut ix = StatusIndex::new();
+        // A duplicate render stamped after the delivery arrives first.
+        ix.apply(&ev("a", Some("b"), EventKind::Rendered, 5));
+        assert!(ix.apply(&ev("a", Some("b"), EventKind::Delivered, 3)));
+        assert_eq!(ix.job(&id("a")).unwrap().status, EventKind::Delivered);
+        // Failed stays failed against later non-final events...
+        ix.apply(&ev("f", Some("b"), EventKind::Failed, 2));
+        assert!(!ix.apply(&ev("f", Some("b"), EventKind::Retrying, 4)));
+        assert!(!ix.apply(&ev("f", Some("b"), EventKind::Rendered, 6)));
+        assert_eq!(ix.job(&id("f")).unwrap().status, EventKind::Failed);
+        assert_eq!(counts(&ix, "b"), (2, [0, 0, 1, 0, 1]));
+        assert!(ix.batch(&BatchId::parse("b").unwrap()).unwrap().remaining() == 0);
+        // ...but a replayed dead letter that is then delivered is delivered.
+        assert!(ix.apply(&ev("f", Some("b"), EventKind::Delivered, 7)));
+        assert!(!ix.apply(&ev("f", Some("b"), EventKind::Failed, 8)));
+        assert_eq!(counts(&ix, "b"), (2, [0, 0, 2, 0, 0]));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use chrono::Utc;
 use mailpipe_common::contract::EventKind;
 use mailpipe_common::domain::BatchId;
 use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
@@ -37,12 +38,21 @@ pub async fn follow_index(
     stop: &CancellationToken,
 ) -> Result<SharedStatus, String> {
     let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
-    let (mut replayed, _task) = events::follow(pipeline, AcceptedIds::new(), status.clone())
-        .await
-        .map_err(|e| format!("reading the events stream: {e}"))?;
+    let (mut replayed, _applied, _task) =
+        events::follow(pipeline, AcceptedIds::new(), status.clone());
+    let broker_failure = || {
+        pipeline
+            .broker()
+            .failure()
+            .map(|f| format!("RabbitMQ: {f}"))
+    };
     tokio::select! {
-        _ = stop.cancelled() => return Err("interrupted while reading the events stream".into()),
-        done = replayed.wait_for(|d| *d) => { done.map_err(|_| "the events stream reader stopped".to_owned())?; }
+        _ = stop.cancelled() => {
+            return Err(broker_failure().unwrap_or_else(|| "interrupted while reading the events stream".into()));
+        }
+        done = replayed.wait_for(|d| *d) => {
+            done.map_err(|_| broker_failure().unwrap_or_else(|| "the events stream reader stopped".to_owned()))?;
+        }
     }
     Ok(status)
 }
@@ -73,12 +83,12 @@ pub async fn run(
             return 2;
         };
         if options.json {
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             if clear {
-                print!("\x1b[2J\x1b[H");
+                out!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&report));
+            out!("{}", render(&report));
         }
         let done = report.finished || !options.watch;
         if done {

@@ -57,6 +57,8 @@ pub enum SubmitError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: not a regular file (a pipe, device or directory cannot be submitted)", .0.display())]
+    NotAFile(PathBuf),
     #[error("reading the events stream for duplicate checks: {0}")]
     Replay(#[from] mailpipe_common::pipeline::StreamReadError),
     #[error(transparent)]
@@ -74,6 +76,21 @@ impl SubmitError {
     }
 }
 
+/// Checks the input before anything else (and before the broker is contacted): a known
+/// format, and a regular file (symlinks followed: one to `/dev/zero` would never end, a
+/// FIFO would block the open).
+pub fn check_input(path: &Path) -> Result<Format, SubmitError> {
+    let format = Format::from_path(path).ok_or_else(|| SubmitError::Format(path.to_owned()))?;
+    let meta = std::fs::metadata(path).map_err(|source| SubmitError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(SubmitError::NotAFile(path.to_owned()));
+    }
+    Ok(format)
+}
+
 /// Imports `options.file` through `pipeline`. Learns the ids already accepted from the
 /// events stream first, so a file submitted twice is published once.
 pub async fn submit(
@@ -81,8 +98,7 @@ pub async fn submit(
     settings: &IngestSettings,
     options: &SubmitOptions,
 ) -> Result<ImportReport, SubmitError> {
-    let format = Format::from_path(&options.file)
-        .ok_or_else(|| SubmitError::Format(options.file.clone()))?;
+    let format = check_input(&options.file)?;
     let file = std::fs::File::open(&options.file).map_err(|source| SubmitError::Open {
         path: options.file.clone(),
         source,

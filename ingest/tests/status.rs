@@ -374,3 +374,52 @@ fn check_config_warns_about_missing_tokens_and_the_pool_but_passes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.api_tokens[0]"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 mailboxes, 1.00 messages/s"));
 }
+
+#[tokio::test]
+async fn a_jobs_state_only_moves_forward_whatever_order_its_events_arrive_in() {
+    let app = TestApp::spawn("ing-status-order").await;
+    let p = &app.broker.pipeline;
+    let t0 = Utc::now() - chrono::Duration::seconds(60);
+    let at = |e: EventKind, job: &str, secs: i64| {
+        let mut e = event(job, "ooo", e);
+        e.at = t0 + chrono::Duration::seconds(secs);
+        e
+    };
+    // ooo-1: a duplicate render stamped after the delivery, arriving after it.
+    // ooo-2: the same render arriving first, the delivery (stamped earlier) after it.
+    // ooo-3: failed, then a late retry and render of a duplicate.
+    for e in [
+        at(EventKind::Accepted, "ooo-1", 0),
+        at(EventKind::Delivered, "ooo-1", 2),
+        at(EventKind::Rendered, "ooo-1", 3),
+        at(EventKind::Accepted, "ooo-2", 0),
+        at(EventKind::Rendered, "ooo-2", 5),
+        at(EventKind::Delivered, "ooo-2", 4),
+        at(EventKind::Accepted, "ooo-3", 0),
+        at(EventKind::Failed, "ooo-3", 2),
+        at(EventKind::Retrying, "ooo-3", 6),
+        at(EventKind::Rendered, "ooo-3", 7),
+    ] {
+        record(p, e).await;
+    }
+    // Events are applied in stream order: once this one shows, all above were applied.
+    record(p, event("ooo-sentinel", "ooo-end", EventKind::Accepted)).await;
+    app.eventually("/v1/jobs/ooo-sentinel", |j| j["status"] == "accepted")
+        .await;
+
+    for (job, want) in [
+        ("ooo-1", "delivered"),
+        ("ooo-2", "delivered"),
+        ("ooo-3", "failed"),
+    ] {
+        let r = app.get(&format!("/v1/jobs/{job}")).send().await.unwrap();
+        let json: Value = r.json().await.unwrap();
+        assert_eq!(json["status"], want, "{job}: {json}");
+    }
+    let r = app.get("/v1/batches/ooo").send().await.unwrap();
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(json["finished"], true, "{json}");
+    assert_eq!(json["counts"]["delivered"], 2, "{json}");
+    assert_eq!(json["counts"]["failed"], 1, "{json}");
+    app.cleanup().await;
+}

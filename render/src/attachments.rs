@@ -1,5 +1,6 @@
 //! Attachments: decode inline base64 or read a file under the attachments root, refusing
-//! anything that would leave the root (absolute paths, `..`, symlinks pointing out).
+//! anything that would leave the root (absolute paths, `..`, symlinks pointing out) and
+//! anything but a regular file (a FIFO or device would block or never end).
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -175,13 +176,21 @@ impl AttachmentLoader {
             path: relative.to_owned(),
             message: e.to_string(),
         };
-        let file = std::fs::File::open(&real).map_err(io)?;
+        let not_a_file = || AttachmentError::NotAFile {
+            filename: filename.to_owned(),
+            path: relative.to_owned(),
+        };
+        // Checked before opening: opening a FIFO for reading blocks until a writer
+        // appears, and a device may block or never end.
+        if !std::fs::metadata(&real).map_err(io)?.is_file() {
+            return Err(not_a_file());
+        }
+        // Opened without blocking all the same (the path may have been swapped since the
+        // check), then the opened file's own type is what counts.
+        let file = open_nonblocking(&real).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
-            return Err(AttachmentError::NotAFile {
-                filename: filename.to_owned(),
-                path: relative.to_owned(),
-            });
+            return Err(not_a_file());
         }
         if meta.len() > self.max_bytes as u64 {
             return Err(AttachmentError::TooLarge {
@@ -204,4 +213,17 @@ impl AttachmentLoader {
         }
         Ok(bytes)
     }
+}
+
+/// Opens for reading without waiting for a FIFO's writer (O_NONBLOCK; regular files
+/// read as usual).
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::{CommonSettings, ConfigSource};
+use mailpipe_common::outln;
 use mailpipe_render::templates::Templates;
 use mailpipe_render::{Application, Settings};
 
@@ -48,7 +49,7 @@ fn check_templates(settings: &Settings) -> ExitCode {
                 eprintln!("  {p}");
             }
             if problems.is_empty() {
-                println!(
+                outln!(
                     "{} templates OK: {}",
                     t.len(),
                     t.names().collect::<Vec<_>>().join(", ")
@@ -76,14 +77,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.config.check_config {
-        println!("configuration OK");
-        println!(
+        outln!("configuration OK");
+        outln!(
             "rabbitmq: {} (prefix {}, prefetch {})",
             redact(&common.rabbitmq.url),
             common.rabbitmq.prefix,
             common.rabbitmq.prefetch
         );
-        println!("render: {settings:#?}");
+        outln!("render: {settings:#?}");
         return ExitCode::SUCCESS;
     }
     if cli.check_templates {
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let _telemetry =
             match mailpipe_common::telemetry::init("mailpipe-render", &common.telemetry) {
                 Ok(g) => g,
@@ -124,7 +125,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A render given up on (render.job_timeout_ms) may still hold a blocking thread:
+    // don't let it hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 /// The URL without its password, for printing.

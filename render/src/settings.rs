@@ -31,6 +31,9 @@ pub struct Settings {
     pub max_attachment_bytes: usize,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub http_listen: SocketAddr,
+    /// Longest one job may take to render (attachment reads included): past it the job
+    /// is dead-lettered with the reason and its slot released.
+    pub job_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_attachment_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            job_timeout_ms: 30_000,
         }
     }
 }
@@ -70,6 +74,9 @@ impl Settings {
         }
         if self.max_message_bytes < 1024 {
             problems.push("render.max_message_bytes: must be at least 1024".to_owned());
+        }
+        if self.job_timeout_ms == 0 {
+            problems.push("render.job_timeout_ms: must be at least 1".to_owned());
         }
         if self.max_attachment_bytes == 0 {
             problems.push("render.max_attachment_bytes: must be at least 1".to_owned());

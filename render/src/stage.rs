@@ -46,14 +46,22 @@ pub struct RenderStage {
     pipeline: Pipeline,
     /// Bounds jobs rendering at once (`render.concurrency`) on the blocking pool.
     permits: Arc<Semaphore>,
+    /// Bound on one render (`render.job_timeout_ms`).
+    job_timeout: Duration,
 }
 
 impl RenderStage {
-    pub fn new(renderer: Arc<Renderer>, pipeline: Pipeline, concurrency: usize) -> Self {
+    pub fn new(
+        renderer: Arc<Renderer>,
+        pipeline: Pipeline,
+        concurrency: usize,
+        job_timeout: Duration,
+    ) -> Self {
         Self {
             renderer,
             pipeline,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            job_timeout,
         }
     }
 
@@ -144,24 +152,31 @@ impl RenderStage {
         }
     }
 
-    /// Runs the renderer on the blocking pool, at most `concurrency` at once.
+    /// Runs the renderer on the blocking pool, at most `concurrency` at once, for at most
+    /// `job_timeout`. A render past its time (slow attachment I/O, say) is given up: the
+    /// job is dead-lettered and the slot freed at once. The blocking thread cannot be
+    /// stopped and finishes on its own; what it returns is dropped.
     async fn render(&self, job: Job) -> Result<RenderedMessage, (String, &'static str)> {
-        let permit = self
+        let _permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ("render pool closed".to_owned(), "internal"))?;
         let renderer = self.renderer.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            renderer.render(&job)
-        });
-        match task.await {
-            Ok(Ok(msg)) => Ok(msg),
-            Ok(Err(e)) => Err((e.to_string(), e.kind())),
+        let task = tokio::task::spawn_blocking(move || renderer.render(&job));
+        match tokio::time::timeout(self.job_timeout, task).await {
+            Ok(Ok(Ok(msg))) => Ok(msg),
+            Ok(Ok(Err(e))) => Err((e.to_string(), e.kind())),
             // A panic on this input would recur on every redelivery: treat it like bad input.
-            Err(e) => Err((format!("internal error while rendering: {e}"), "internal")),
+            Ok(Err(e)) => Err((format!("internal error while rendering: {e}"), "internal")),
+            Err(_) => Err((
+                format!(
+                    "rendering took longer than render.job_timeout_ms ({} ms): given up (slow attachment I/O?)",
+                    self.job_timeout.as_millis()
+                ),
+                "timeout",
+            )),
         }
     }
 

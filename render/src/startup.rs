@@ -2,7 +2,7 @@
 //! runs the consume loop until the shutdown token fires.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mailpipe_common::amqp::{Broker, BrokerError, ConsumerSpec, Publisher, Stage, consume};
@@ -70,14 +70,10 @@ impl Application {
         .map_err(StartupError::AttachmentsRoot)?;
         let renderer = Arc::new(Renderer::new(templates, attachments, &settings));
 
-        let connected: Arc<OnceLock<Broker>> = Arc::new(OnceLock::new());
+        let broker = Broker::new(&common.rabbitmq, "mailpipe-render", shutdown.clone())?;
         let broker_check: ReadyCheck = {
-            let connected = connected.clone();
-            Arc::new(move || match connected.get() {
-                Some(b) if b.is_connected() => Ok(()),
-                Some(_) => Err("RabbitMQ connection lost".to_owned()),
-                None => Err("not connected to RabbitMQ yet".to_owned()),
-            })
+            let broker = broker.clone();
+            Arc::new(move || broker.readiness())
         };
         let templates_check: ReadyCheck = {
             let renderer = renderer.clone();
@@ -95,13 +91,17 @@ impl Application {
             .await
             .map_err(StartupError::Http)?;
 
-        let broker = Broker::connect(&common.rabbitmq, "mailpipe-render", shutdown).await?;
-        let _ = connected.set(broker.clone());
+        broker.wait_connected().await?;
         let publisher = Publisher::new(
             broker.clone(),
             Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
         );
-        let stage = RenderStage::new(renderer, Pipeline::new(publisher), settings.concurrency);
+        let stage = RenderStage::new(
+            renderer,
+            Pipeline::new(publisher),
+            settings.concurrency,
+            Duration::from_millis(settings.job_timeout_ms),
+        );
         let queue = broker.topology().stage_queue(Stage::Render);
         Ok(Self {
             http,
@@ -135,6 +135,9 @@ impl Application {
         .await;
         self.broker.close().await;
         self.http.task.await??;
-        Ok(())
+        match self.broker.failure() {
+            Some(failure) => Err(anyhow::anyhow!("{failure}")),
+            None => Ok(()),
+        }
     }
 }

@@ -77,3 +77,26 @@ fn configuration_errors_exit_2_with_the_key_named() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("/nonexistent/t"), "{text}");
 }
+
+/// `mailpipe-render --check-config | head -c0`: stdout closed before the summary is
+/// written. The process ends without a panic (141, like a writer killed by SIGPIPE).
+#[test]
+fn a_closed_stdout_ends_quietly_instead_of_panicking() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailpipe.toml");
+    std::fs::write(&path, config(&examples)).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-render"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .env_remove("MAILPIPE_CONFIG")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

@@ -243,7 +243,12 @@ async fn a_bad_job_goes_to_dead_letters_with_its_reason_and_a_failed_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handle_reports_each_outcome_and_requeues_when_publishing_fails() {
     let t = TestBroker::start("render-handle").await;
-    let stage = RenderStage::new(Arc::new(example_renderer()), t.pipeline.clone(), 2);
+    let stage = RenderStage::new(
+        Arc::new(example_renderer()),
+        t.pipeline.clone(),
+        2,
+        Duration::from_secs(30),
+    );
     let props = persistent_properties("application/json", FieldTable::default());
 
     let body = serde_json::to_vec(&invoice_job("h-1", b"%PDF-1.4")).unwrap();

@@ -62,21 +62,31 @@ where
             }
         };
         let subscribed = async {
-            channel
-                .basic_qos(spec.prefetch, BasicQosOptions::default())
+            broker
+                .bounded(
+                    "basic.qos",
+                    channel.basic_qos(spec.prefetch, BasicQosOptions::default()),
+                )
                 .await?;
-            channel
-                .basic_consume(
-                    ShortString::from(spec.queue.as_str()),
-                    ShortString::from(""),
-                    BasicConsumeOptions::default(),
-                    (spec.arguments)(),
+            broker
+                .bounded(
+                    "basic.consume",
+                    channel.basic_consume(
+                        ShortString::from(spec.queue.as_str()),
+                        ShortString::from(""),
+                        BasicConsumeOptions::default(),
+                        (spec.arguments)(),
+                    ),
                 )
                 .await
         }
         .await;
         let mut consumer = match subscribed {
             Ok(c) => c,
+            Err(e) if e.is_permanent() => {
+                tracing::error!(error = %e, queue = %spec.queue, "cannot subscribe");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, queue = %spec.queue, "subscribe failed; retrying");
                 tokio::select! {
@@ -92,7 +102,7 @@ where
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await.ok();
+                    broker.bounded("basic.cancel", channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await.ok();
                     break 'subscribe;
                 }
                 next = consumer.next() => match next {

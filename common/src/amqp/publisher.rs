@@ -13,7 +13,6 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
-use tokio::sync::Mutex;
 
 use super::{Broker, BrokerError};
 
@@ -82,7 +81,7 @@ pub struct Publisher {
 #[derive(Debug)]
 struct Inner {
     broker: Broker,
-    channel: Mutex<Option<Channel>>,
+    channel: std::sync::Mutex<Option<Channel>>,
     timeout: Duration,
 }
 
@@ -91,7 +90,7 @@ impl Publisher {
         Self {
             inner: Arc::new(Inner {
                 broker,
-                channel: Mutex::new(None),
+                channel: std::sync::Mutex::new(None),
                 timeout: confirm_timeout,
             }),
         }
@@ -142,7 +141,7 @@ impl Publisher {
                 Ok(confirm) => return Ok(confirm),
                 Err(e) => {
                     tracing::debug!(error = %e, "publish channel failed; opening a new one");
-                    *self.inner.channel.lock().await = None;
+                    *self.lock_channel() = None;
                     last = Some(e);
                 }
             }
@@ -157,23 +156,28 @@ impl Publisher {
         })
     }
 
+    /// The shared confirm-mode channel, opened when missing. The lock is held only to
+    /// read or store it, never while the broker is being waited for.
     async fn channel(&self) -> Result<Channel, PublishError> {
-        let mut guard = self.inner.channel.lock().await;
-        if let Some(ch) = guard.as_ref()
+        if let Some(ch) = self.lock_channel().as_ref()
             && ch.status().connected()
         {
             return Ok(ch.clone());
         }
-        let ch = self.inner.broker.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|source| PublishError::Amqp {
-                exchange: String::new(),
-                routing_key: String::new(),
-                source,
-            })?;
-        *guard = Some(ch.clone());
+        let broker = &self.inner.broker;
+        let ch = broker.channel().await?;
+        broker
+            .bounded(
+                "confirm.select",
+                ch.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+        *self.lock_channel() = Some(ch.clone());
         Ok(ch)
+    }
+
+    fn lock_channel(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
+        self.inner.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -195,6 +199,11 @@ impl PendingConfirm {
         loop {
             let result = match tokio::time::timeout(timeout, &mut self.confirm).await {
                 Err(_) => {
+                    // A broker that confirms nothing for this long is not answering:
+                    // reconnect, and say so on /readyz until then.
+                    self.publisher
+                        .broker()
+                        .report_unresponsive("a publisher confirm timed out");
                     return Err(PublishError::Timeout {
                         exchange: self.exchange,
                         routing_key: self.routing_key,
