@@ -893,3 +893,57 @@ fn the_prometheus_rule_holds_exactly_the_alert_rules() {
         Some("mailpipe")
     );
 }
+
+#[test]
+fn every_alert_has_an_absolute_runbook_and_rule_tests_that_fire_and_stay_silent() {
+    const RUNBOOKS: &str = "https://github.com/mailpipe/mailpipe/blob/main/docs/operations.md#";
+    let rules = &yaml_docs(&root().join("deploy/prometheus/alerts.yml"))[0];
+    let ops = read("docs/operations.md").to_ascii_lowercase();
+    let tests = &yaml_docs(&root().join("deploy/prometheus/tests/alerts_test.yml"))[0];
+    // (alertname, expects alerts) of every alert_rule_test case.
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_sequence()
+        .expect("tests")
+        .iter()
+        .flat_map(|t| {
+            t["alert_rule_test"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| {
+            (
+                c["alertname"].as_str().expect("alertname").to_owned(),
+                c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()),
+            )
+        })
+        .collect();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            let anchor = url
+                .strip_prefix(RUNBOOKS)
+                .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not under {RUNBOOKS}"));
+            assert_eq!(anchor, name.to_ascii_lowercase(), "{name}: anchor");
+            assert!(
+                ops.contains(&format!("### {anchor}\n")),
+                "{name}: no `### {name}` in docs/operations.md"
+            );
+            for fires in [true, false] {
+                assert!(
+                    cases.iter().any(|(n, f)| n == name && *f == fires),
+                    "{name} has no promtool test where it {}",
+                    if fires { "fires" } else { "stays silent" }
+                );
+            }
+        }
+    }
+    assert!(alerts >= 10, "found only {alerts} alerts");
+}
