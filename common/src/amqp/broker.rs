@@ -165,7 +165,13 @@ impl Broker {
             .await
             .map_err(amqp)?;
         let ch = conn.create_channel().await.map_err(amqp)?;
-        self.inner.topology.declare(&ch).await.map_err(amqp)?;
+        if let Err(e) = self.inner.topology.declare(&ch).await {
+            // A changed setting that RabbitMQ cannot apply: say which and what to do.
+            if let Some(help) = self.inner.topology.explain(&e) {
+                tracing::error!(endpoint = %self.inner.endpoint, "{help}");
+            }
+            return Err(amqp(e));
+        }
         tracing::info!(endpoint = %self.inner.endpoint, prefix = self.inner.topology.prefix(), "connected to RabbitMQ; topology declared");
         *guard = Some(conn);
         Ok(ch)
