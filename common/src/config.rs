@@ -280,12 +280,12 @@ impl RabbitSettings {
             || !self
                 .prefix
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
             bad(
                 "prefix",
                 format!(
-                    "{:?} must be letters, digits, '-' or '_' (it starts every queue name)",
+                    "{:?} must be letters, digits, '-', '_' or '.' (it starts every queue name)",
                     self.prefix
                 ),
             );
