@@ -1,5 +1,6 @@
-//! What every binary shares on the command line: `--config PATH`, `--check-config`, and
-//! printing to stdout without panicking when it is closed.
+//! What every binary shares on the command line: `--config PATH` and `--check-config`
+//! (accepted before or after a subcommand), and printing to stdout without panicking when
+//! it is closed.
 
 use std::path::PathBuf;
 
@@ -9,12 +10,18 @@ use clap::Args;
 pub struct ConfigArgs {
     /// The mailpipe TOML file (one file for all binaries; each reads its section).
     /// Any key can be overridden by MAILPIPE_SECTION__KEY environment variables.
-    #[arg(long, short = 'c', env = "MAILPIPE_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "MAILPIPE_CONFIG",
+        value_name = "PATH",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
     /// Load and validate the configuration (including secrets it references), print a
     /// summary without secrets, and exit: 0 if valid, 2 if not.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub check_config: bool,
 }
 

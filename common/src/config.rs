@@ -1,6 +1,8 @@
 //! Configuration: one TOML file shared by all binaries, each reading its own section,
 //! with environment overrides (`MAILPIPE_RABBITMQ__PREFETCH=64` sets `rabbitmq.prefetch`).
-//! Errors name the key path and where the value came from.
+//! Errors name the key path and where the value came from. Relative paths in the file
+//! (secret files, CA files, template and attachment directories) are relative to the
+//! file's directory, so a configuration works from any working directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "MAILPIPE_";
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "MAILPIPE_CONFIG";
+/// The sections of the shared file; anything else at the top level is a mistake.
+pub const SECTIONS: [&str; 5] = ["rabbitmq", "telemetry", "ingest", "render", "deliver"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,11 +73,35 @@ impl ConfigSource {
                 message: e.to_string(),
             })?;
             // Parse once here so a syntax error names the file and line, not just a key.
-            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            figment = figment.merge(Toml::file_exact(&path));
+            let mut table =
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let unknown: Vec<String> = table
+                .iter()
+                .filter(|(k, v)| !(SECTIONS.contains(&k.as_str()) && v.is_table()))
+                .map(|(k, v)| match v.is_table() {
+                    true => format!("unknown section [{k}]"),
+                    false => format!("unknown top-level key `{k}` (keys belong in a section)"),
+                })
+                .collect();
+            if !unknown.is_empty() {
+                return Err(ConfigError::File {
+                    path,
+                    message: format!(
+                        "{}; the sections are [{}]",
+                        unknown.join("; "),
+                        SECTIONS.join("], [")
+                    ),
+                });
+            }
+            let dir = std::path::absolute(&path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default();
+            resolve_relative_paths(&mut table, &dir);
+            figment = figment.merge(ConfigFile { path, table });
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
         Ok(Self { figment })
@@ -111,12 +139,93 @@ impl ConfigSource {
             .map_err(|e| ConfigError::in_section(key, e))
     }
 
+    /// `[rabbitmq]` and `[telemetry]`, with every problem of both reported at once.
     pub fn common(&self) -> Result<CommonSettings, ConfigError> {
-        Ok(CommonSettings {
-            rabbitmq: self.section("rabbitmq")?,
-            telemetry: self.section("telemetry")?,
-        })
+        let rabbitmq = self.section::<RabbitSettings>("rabbitmq");
+        let telemetry = self.section::<TelemetrySettings>("telemetry");
+        let mut problems: Vec<String> = Vec::new();
+        if let Ok(r) = &rabbitmq {
+            problems.extend(r.problems());
+        }
+        for e in [rabbitmq.as_ref().err(), telemetry.as_ref().err()]
+            .into_iter()
+            .flatten()
+        {
+            problems.push(e.to_string());
+        }
+        match (rabbitmq, telemetry) {
+            (Ok(rabbitmq), Ok(telemetry)) if problems.is_empty() => Ok(CommonSettings {
+                rabbitmq,
+                telemetry,
+            }),
+            _ => Err(ConfigError::Invalid(problems.join("; "))),
+        }
     }
+}
+
+/// The file's table as a figment provider that names the file in errors.
+struct ConfigFile {
+    path: PathBuf,
+    table: toml::Table,
+}
+
+impl figment::Provider for ConfigFile {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.table).data()
+    }
+}
+
+/// Whether a key holds a filesystem path: `file` (of a secret or certificate reference),
+/// `*_file`, `*_dir`, `*_root`.
+fn is_path_key(key: &str) -> bool {
+    key == "file" || key.ends_with("_file") || key.ends_with("_dir") || key.ends_with("_root")
+}
+
+/// Makes every relative path value absolute against `dir` (the config file's directory).
+fn resolve_relative_paths(table: &mut toml::Table, dir: &Path) {
+    for (key, value) in table.iter_mut() {
+        match value {
+            toml::Value::String(s) if is_path_key(key) && Path::new(s.as_str()).is_relative() => {
+                *s = dir.join(s.as_str()).to_string_lossy().into_owned();
+            }
+            toml::Value::Table(t) => resolve_relative_paths(t, dir),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(t) = item {
+                        resolve_relative_paths(t, dir);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// RabbitMQ's `x-max-age` syntax, strictly: a positive number and one unit, `Y`, `M`, `D`,
+/// `h`, `m` or `s` (`7D`, `36h`). `7 days` is not accepted (the broker would refuse it).
+pub fn parse_max_age(text: &str) -> Option<Duration> {
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok().filter(|&n| n > 0)?;
+    let secs = match unit {
+        'Y' => 365 * 86_400,
+        'M' => 30 * 86_400,
+        'D' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(secs)?))
 }
 
 /// The sections every binary reads.
@@ -153,6 +262,83 @@ pub struct RabbitSettings {
     pub operation_timeout_ms: u64,
     /// Retention of the events stream (RabbitMQ `x-max-age`, e.g. `7D`).
     pub events_max_age: String,
+}
+
+impl RabbitSettings {
+    /// What serde cannot check: values that parse but cannot work, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, why: String| out.push(format!("rabbitmq.{key}: {why}"));
+        match self.url.split_once("://") {
+            Some(("amqp" | "amqps", rest)) if !rest.is_empty() => {}
+            _ => bad(
+                "url",
+                format!(
+                    "{:?} is not an AMQP URI (amqp://user@host:5672/vhost or amqps://...)",
+                    redact_userinfo(&self.url)
+                ),
+            ),
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            bad(
+                "prefix",
+                format!(
+                    "{:?} must be letters, digits, '-', '_' or '.' (it starts every queue name)",
+                    self.prefix
+                ),
+            );
+        }
+        if self.prefetch == 0 {
+            bad(
+                "prefetch",
+                "must be at least 1 (0 means unlimited to RabbitMQ)".into(),
+            );
+        }
+        if self.delivery_limit == 0 {
+            bad("delivery_limit", "must be at least 1".into());
+        }
+        if self.retry_delays_ms.is_empty() {
+            bad(
+                "retry_delays_ms",
+                "needs at least one delay (e.g. [30000])".into(),
+            );
+        }
+        if self.retry_delays_ms.iter().any(Duration::is_zero) {
+            bad(
+                "retry_delays_ms",
+                "every delay must be at least 1 ms".into(),
+            );
+        }
+        if self.confirm_timeout_ms == 0 {
+            bad("confirm_timeout_ms", "must be at least 1".into());
+        }
+        if self.reconnect_max_backoff_ms == 0 {
+            bad("reconnect_max_backoff_ms", "must be at least 1".into());
+        }
+        if parse_max_age(&self.events_max_age).is_none() {
+            bad(
+                "events_max_age",
+                format!(
+                    "{:?} is not a RabbitMQ max-age: a number and one unit of Y, M, D, h, m, s (e.g. \"7D\")",
+                    self.events_max_age
+                ),
+            );
+        }
+        out
+    }
+}
+
+/// A URI with any `user:password@` replaced, for error messages.
+fn redact_userinfo(uri: &str) -> String {
+    match (uri.split_once("://"), uri.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…{}", &uri[at..]),
+        _ => uri.to_owned(),
+    }
 }
 
 impl Default for RabbitSettings {
@@ -316,6 +502,94 @@ mod tests {
             assert_eq!(r.delivery_limit, 9);
             Ok(())
         });
+    }
+
+    #[test]
+    fn unknown_sections_and_top_level_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "prefix = \"x\"\n[rabitmq]\nurl = \"amqp://h\"\n[render]\nconcurrency = 2\n",
+        )
+        .unwrap();
+        let err = ConfigSource::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("unknown section [rabitmq]"), "{err}");
+        assert!(err.contains("unknown top-level key `prefix`"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(conf.join("secrets")).unwrap();
+        std::fs::write(conf.join("secrets/pw"), "s3cret\n").unwrap();
+        std::fs::write(
+            conf.join("m.toml"),
+            "[rabbitmq]\npassword = { file = \"secrets/pw\" }\n\
+             [render]\ntemplates_dir = \"tpl\"\nattachments_root = \"/abs/root\"\n\
+             [ingest]\napi_tokens = [{ file = \"secrets/pw\" }, { env = \"X\" }]\n",
+        )
+        .unwrap();
+        // Loaded through a relative path from another working directory: the process's
+        // working directory plays no part.
+        let src = ConfigSource::load(Some(&conf.join("m.toml"))).unwrap();
+        let r: RabbitSettings = src.section("rabbitmq").unwrap();
+        let secret = r.password.unwrap().resolve("rabbitmq.password").unwrap();
+        assert_eq!(secret.expose_secret(), "s3cret");
+        let render: toml::Table = src.section("render").unwrap();
+        assert_eq!(
+            render["templates_dir"].as_str(),
+            Some(conf.join("tpl").to_str().unwrap())
+        );
+        assert_eq!(render["attachments_root"].as_str(), Some("/abs/root"));
+        let ingest: toml::Table = src.section("ingest").unwrap();
+        let tokens = ingest["api_tokens"].as_array().unwrap();
+        assert_eq!(
+            tokens[0]["file"].as_str(),
+            Some(conf.join("secrets/pw").to_str().unwrap())
+        );
+        assert_eq!(tokens[1]["env"].as_str(), Some("X"));
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_each_key() {
+        let src = ConfigSource::from_toml(
+            "[rabbitmq]\nurl = \"http://x\"\nprefix = \"\"\nprefetch = 0\ndelivery_limit = 0\n\
+             retry_delays_ms = []\nconfirm_timeout_ms = 0\nevents_max_age = \"7 days\"\n\
+             [telemetry]\nlog_format = \"yaml\"\n",
+        );
+        let err = src.common().unwrap_err().to_string();
+        for key in [
+            "rabbitmq.url",
+            "rabbitmq.prefix",
+            "rabbitmq.prefetch",
+            "rabbitmq.delivery_limit",
+            "rabbitmq.retry_delays_ms",
+            "rabbitmq.confirm_timeout_ms",
+            "rabbitmq.events_max_age",
+            "telemetry.log_format",
+        ] {
+            assert!(err.contains(key), "{key} not named in: {err}");
+        }
+        let pw = ConfigSource::from_toml("[rabbitmq]\nurl = \"http://u:hunter2@h\"\n")
+            .common()
+            .unwrap_err()
+            .to_string();
+        assert!(!pw.contains("hunter2"), "{pw}");
+        assert!(ConfigSource::from_toml("").common().is_ok());
+    }
+
+    #[test]
+    fn max_age_is_parsed_strictly() {
+        assert_eq!(parse_max_age("7D"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_max_age("36h"), Some(Duration::from_secs(36 * 3_600)));
+        for bad in [
+            "7 days", "7d", "D", "0D", "-1D", "+7D", " 7D", "7D ", "", "1.5h",
+        ] {
+            assert_eq!(parse_max_age(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,42 @@ use tokio_util::sync::CancellationToken;
 /// A readiness check; all must pass for `/readyz` to answer 200.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// The metrics every binary exports besides its own: the process's (`process_*`: CPU,
+/// resident memory, open file descriptors, start time; Linux) and
+/// `mailpipe_build_info{version, binary}`. Registered once, by the first router built.
+fn register_process_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let registry = prometheus::default_registry();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let info = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "mailpipe_build_info",
+                "Always 1; the labels say which build runs (version, binary)",
+            ),
+            &["version", "binary"],
+        )
+        .expect("valid metric");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), binary.as_str()])
+            .set(1);
+        if let Err(e) = registry.register(Box::new(info)) {
+            tracing::warn!(error = %e, "mailpipe_build_info unavailable");
+        }
+    });
+}
+
 /// The routes `/metrics`, `/healthz`, `/readyz`.
 pub fn ops_router(checks: Vec<ReadyCheck>) -> Router {
+    register_process_metrics();
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

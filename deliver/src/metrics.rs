@@ -118,6 +118,15 @@ static TOKEN_EXPIRY: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static TENANT_READY: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "mailpipe_deliver_tenant_mailboxes_ready",
+        "Mailboxes of the tenant that are active with recipients left in their window",
+        &["tenant"]
+    )
+    .expect("metric registers once")
+});
+
 /// Forces registration so every metric shows on /metrics from the start.
 pub fn register() {
     // Outcome series exist from the start, so rate() and absence-based alerts see zeros.
@@ -140,12 +149,15 @@ pub fn register() {
         &*STATE,
         &*TOKEN_EXPIRY,
         &*REPLAYED_EVENTS,
+        &*TENANT_READY,
     );
 }
 
 /// Copies the pool's state into the gauges.
 pub fn refresh(pool: &MailboxPool) {
     let mut tenants_seen = std::collections::HashSet::new();
+    // Alerts tell a pool that waits on purpose (quota spent, mailboxes held) from a stuck one.
+    let mut ready: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
     for (idx, m) in pool.mailboxes().iter().enumerate() {
         let mbx = m.address.as_str();
         if let Some((snap, state, limits)) = pool
@@ -167,6 +179,10 @@ pub fn refresh(pool: &MailboxPool) {
             CONNECTIONS
                 .with_label_values(&[mbx])
                 .set(f64::from(snap.connections_in_use));
+            let count = ready.entry(m.tenant_id.as_str()).or_default();
+            if matches!(state, MailboxState::Active) && snap.recipients_left >= 1 {
+                *count += 1;
+            }
             let current = match state {
                 MailboxState::Active => "active",
                 MailboxState::Paused { .. } => "paused",
@@ -185,6 +201,9 @@ pub fn refresh(pool: &MailboxPool) {
                 .with_label_values(&[m.tenant_id.as_str()])
                 .set(secs);
         }
+    }
+    for (tenant, n) in ready {
+        TENANT_READY.with_label_values(&[tenant]).set(f64::from(n));
     }
 }
 

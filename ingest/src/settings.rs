@@ -117,21 +117,9 @@ fn pool_of(source: &ConfigSource) -> Result<PoolSettings, String> {
     }
 }
 
-/// RabbitMQ's `x-max-age` syntax: a number and a unit, `Y`, `M`, `D`, `h`, `m` or `s`.
+/// RabbitMQ's `x-max-age` syntax (`rabbitmq.events_max_age`), as chrono's duration.
 pub fn parse_max_age(text: &str) -> Option<chrono::Duration> {
-    let text = text.trim();
-    let unit = text.chars().last()?;
-    let n: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
-    let secs = match unit {
-        'Y' => 365 * 86_400,
-        'M' => 30 * 86_400,
-        'D' => 86_400,
-        'h' => 3_600,
-        'm' => 60,
-        's' => 1,
-        _ => return None,
-    };
-    chrono::Duration::try_seconds(n.checked_mul(secs)?)
+    chrono::Duration::from_std(mailpipe_common::config::parse_max_age(text)?).ok()
 }
 
 /// The resolved API tokens. Compared in constant time, all of them every time, so

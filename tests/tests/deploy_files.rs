@@ -645,3 +645,305 @@ fn systemd_units_are_hardened_and_read_secrets_from_an_environment_file() {
         );
     }
 }
+
+/// Every Deployment (file, document) under deploy/k8s.
+fn k8s_deployments() -> Vec<(PathBuf, Yaml)> {
+    files_under(&root().join("deploy/k8s"), &["yml", "yaml"])
+        .into_iter()
+        .flat_map(|f| yaml_docs(&f).into_iter().map(move |d| (f.clone(), d)))
+        .filter(|(_, d)| d["kind"].as_str() == Some("Deployment"))
+        .collect()
+}
+
+/// A file mode as Kubernetes reads it: YAML 1.1, where `0440` is octal (serde_yaml reads
+/// YAML 1.2, so a leading-zero literal may come back as the decimal 440 or a string).
+fn k8s_mode(v: &Yaml) -> Option<u32> {
+    let text = match v {
+        Yaml::Number(n) => n.to_string(),
+        Yaml::String(s) => s.clone(),
+        _ => return None,
+    };
+    match text.strip_prefix('0').filter(|r| !r.is_empty()) {
+        Some(octal) => u32::from_str_radix(octal.trim_start_matches('o'), 8).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+#[test]
+fn every_secret_volume_is_readable_by_the_pods_user() {
+    let deployments = k8s_deployments();
+    assert!(deployments.len() >= 3, "the three stages' Deployments");
+    let mut checked = 0;
+    for (file, d) in deployments {
+        let pod = &d["spec"]["template"]["spec"];
+        let psc = &pod["securityContext"];
+        let fs_group = psc["fsGroup"].as_u64();
+        for c in pod["containers"].as_sequence().expect("containers") {
+            let csc = &c["securityContext"];
+            let uid = csc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64());
+            let gid = csc["runAsGroup"].as_u64().or(psc["runAsGroup"].as_u64());
+            let mut groups: Vec<u64> = gid.into_iter().chain(fs_group).collect();
+            if let Some(extra) = psc["supplementalGroups"].as_sequence() {
+                groups.extend(extra.iter().filter_map(Yaml::as_u64));
+            }
+            for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+                let vol = pod["volumes"]
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"] == m["name"])
+                    .unwrap_or_else(|| panic!("{}: mount of an undefined volume", file.display()));
+                let secret = &vol["secret"];
+                if secret.is_null() {
+                    continue;
+                }
+                // Secret files are owned by root, group fsGroup when set (else root).
+                let file_group = fs_group.unwrap_or(0);
+                let default_mode = if secret["defaultMode"].is_null() {
+                    0o644
+                } else {
+                    k8s_mode(&secret["defaultMode"]).expect("defaultMode is a mode")
+                };
+                let modes: Vec<u32> = match secret["items"].as_sequence() {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| k8s_mode(&i["mode"]).unwrap_or(default_mode))
+                        .collect(),
+                    None => vec![default_mode],
+                };
+                for mode in modes {
+                    let readable = match uid {
+                        Some(0) | None => mode & 0o400 != 0,
+                        Some(_) if groups.contains(&file_group) => mode & 0o040 != 0,
+                        Some(_) => mode & 0o004 != 0,
+                    };
+                    assert!(
+                        readable,
+                        "{}: container {} (uid {uid:?}, groups {groups:?}) cannot read secret volume {} \
+                         (owner root, group {file_group}, mode {mode:o})",
+                        file.display(),
+                        c["name"].as_str().unwrap_or("?"),
+                        vol["name"].as_str().unwrap_or("?"),
+                    );
+                    assert_eq!(mode & 0o007, 0, "secret files must not be world-readable");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 3, "every stage mounts its secrets");
+}
+
+#[test]
+fn every_deployment_has_a_startup_probe_before_its_liveness_probe() {
+    for (file, d) in k8s_deployments() {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers")
+        {
+            let startup = &c["startupProbe"]["httpGet"];
+            assert_eq!(
+                startup["path"].as_str(),
+                Some("/healthz"),
+                "{}: {} needs a startupProbe on /healthz",
+                file.display(),
+                c["name"].as_str().unwrap_or("?")
+            );
+            assert!(
+                c["livenessProbe"]["httpGet"]["path"].as_str() == Some("/healthz")
+                    && c["readinessProbe"]["httpGet"]["path"].as_str() == Some("/readyz"),
+                "{}: liveness on /healthz, readiness on /readyz",
+                file.display()
+            );
+            let budget = c["startupProbe"]["periodSeconds"].as_u64().unwrap_or(10)
+                * c["startupProbe"]["failureThreshold"].as_u64().unwrap_or(3);
+            assert!(
+                budget >= 60,
+                "{}: the startup probe allows only {budget}s",
+                file.display()
+            );
+        }
+    }
+}
+
+/// All documents of deploy/k8s, by kind and name.
+fn k8s_objects() -> Vec<(String, String, Yaml)> {
+    files_under(&root().join("deploy/k8s"), &["yml", "yaml"])
+        .into_iter()
+        .flat_map(|f| yaml_docs(&f))
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                d,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn no_disruption_budget_blocks_a_node_drain() {
+    let objects = k8s_objects();
+    for (_, name, pdb) in objects
+        .iter()
+        .filter(|(k, _, _)| k == "PodDisruptionBudget")
+    {
+        let Some(min) = pdb["spec"]["minAvailable"].as_u64() else {
+            assert!(
+                pdb["spec"]["maxUnavailable"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1),
+                "{name}: maxUnavailable must let one pod go"
+            );
+            continue;
+        };
+        // The fewest replicas the target can run: a ScaledObject's minReplicaCount, else replicas.
+        let deployment = objects
+            .iter()
+            .find(|(k, n, _)| k == "Deployment" && n == name)
+            .unwrap_or_else(|| panic!("PDB {name} has no Deployment of its name"));
+        let fewest = objects
+            .iter()
+            .find(|(k, _, o)| {
+                k == "ScaledObject" && o["spec"]["scaleTargetRef"]["name"].as_str() == Some(name)
+            })
+            .map(|(_, _, o)| o["spec"]["minReplicaCount"].as_u64().unwrap_or(0))
+            .unwrap_or_else(|| deployment.2["spec"]["replicas"].as_u64().unwrap_or(1));
+        assert!(
+            min < fewest,
+            "{name}: minAvailable {min} with as few as {fewest} replicas blocks every drain"
+        );
+    }
+}
+
+#[test]
+fn render_reads_attachments_from_the_volume_its_config_names() {
+    let objects = k8s_objects();
+    let cm = &objects
+        .iter()
+        .find(|(k, _, _)| k == "ConfigMap")
+        .expect("ConfigMap")
+        .2;
+    let cfg: toml::Table = cm["data"]["mailpipe.toml"]
+        .as_str()
+        .expect("mailpipe.toml")
+        .parse()
+        .expect("TOML");
+    let root_dir = cfg["render"]["attachments_root"]
+        .as_str()
+        .expect("render.attachments_root is set");
+    let render = &objects
+        .iter()
+        .find(|(k, n, _)| k == "Deployment" && n == "mailpipe-render")
+        .expect("render Deployment")
+        .2;
+    let pod = &render["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(root_dir))
+        .unwrap_or_else(|| panic!("render mounts nothing at {root_dir}"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let claim = volume["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .expect("a persistentVolumeClaim");
+    assert!(
+        objects
+            .iter()
+            .any(|(k, n, _)| k == "PersistentVolumeClaim" && n == claim),
+        "no PersistentVolumeClaim {claim}"
+    );
+    let kustomization = read("deploy/k8s/kustomization.yaml");
+    for f in files_under(&root().join("deploy/k8s"), &["yaml"]) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if !["kustomization.yaml", "secret.example.yaml"].contains(&name.as_str()) {
+            assert!(
+                kustomization.contains(&format!("- {name}")),
+                "kustomization.yaml does not apply {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_prometheus_rule_holds_exactly_the_alert_rules() {
+    let rule = k8s_objects()
+        .into_iter()
+        .find(|(k, _, _)| k == "PrometheusRule")
+        .expect("a PrometheusRule in deploy/k8s")
+        .2;
+    let alerts = &yaml_docs(&root().join("deploy/prometheus/alerts.yml"))[0];
+    assert!(
+        rule["spec"]["groups"] == alerts["groups"],
+        "deploy/k8s/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: \
+         regenerate it with `deploy/prometheus/prometheusrule.sh > deploy/k8s/prometheusrule.yaml`"
+    );
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/part-of"].as_str(),
+        Some("mailpipe")
+    );
+}
+
+#[test]
+fn every_alert_has_an_absolute_runbook_and_rule_tests_that_fire_and_stay_silent() {
+    const RUNBOOKS: &str = "https://github.com/mailpipe/mailpipe/blob/main/docs/operations.md#";
+    let rules = &yaml_docs(&root().join("deploy/prometheus/alerts.yml"))[0];
+    let ops = read("docs/operations.md").to_ascii_lowercase();
+    let tests = &yaml_docs(&root().join("deploy/prometheus/tests/alerts_test.yml"))[0];
+    // (alertname, expects alerts) of every alert_rule_test case.
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_sequence()
+        .expect("tests")
+        .iter()
+        .flat_map(|t| {
+            t["alert_rule_test"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| {
+            (
+                c["alertname"].as_str().expect("alertname").to_owned(),
+                c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()),
+            )
+        })
+        .collect();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            let anchor = url
+                .strip_prefix(RUNBOOKS)
+                .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not under {RUNBOOKS}"));
+            assert_eq!(anchor, name.to_ascii_lowercase(), "{name}: anchor");
+            assert!(
+                ops.contains(&format!("### {anchor}\n")),
+                "{name}: no `### {name}` in docs/operations.md"
+            );
+            for fires in [true, false] {
+                assert!(
+                    cases.iter().any(|(n, f)| n == name && *f == fires),
+                    "{name} has no promtool test where it {}",
+                    if fires { "fires" } else { "stays silent" }
+                );
+            }
+        }
+    }
+    assert!(alerts >= 10, "found only {alerts} alerts");
+}

@@ -260,6 +260,29 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
             s.names.iter().any(|n| n.starts_with("mailpipe_")),
             "{what} exports no mailpipe_* metric"
         );
+        if what != "mailpipe-sim" {
+            // Every stage: which build it is, and the process's own figures.
+            let labels = [
+                format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+                format!("binary=\"{what}\""),
+            ];
+            assert!(
+                s.text.lines().any(|l| l.starts_with("mailpipe_build_info{")
+                    && l.ends_with("} 1")
+                    && labels.iter().all(|x| l.contains(x.as_str()))),
+                "{what} lacks mailpipe_build_info{{{}}} 1",
+                labels.join(",")
+            );
+            for name in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_max_fds",
+                "process_start_time_seconds",
+            ] {
+                assert!(s.has(name), "{what} does not export {name}");
+            }
+        }
         exported.extend(s.names);
     }
     let missing: Vec<&String> = referenced

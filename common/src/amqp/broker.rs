@@ -395,7 +395,13 @@ impl Broker {
                     hint: "check rabbitmq.prefix; read-only commands never create queues",
                 });
             }
-            Ok(Err(source)) => return Err(self.amqp_error(source)),
+            Ok(Err(source)) => {
+                // A changed setting that RabbitMQ cannot apply: say which and what to do.
+                if let Some(help) = self.inner.topology.explain(&source) {
+                    tracing::error!(endpoint = %self.inner.endpoint, "{help}");
+                }
+                return Err(self.amqp_error(source));
+            }
             Err(_) => return Err(self.timeout_error("connect and declare the topology")),
         };
         let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;

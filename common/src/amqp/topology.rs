@@ -3,12 +3,19 @@
 //! ```text
 //! {p}.work    direct  --render-->  {p}.render   quorum, x-delivery-limit, DLX {p}.dead
 //!                     --deliver--> {p}.deliver  quorum, x-delivery-limit, DLX {p}.dead
-//! {p}.retry   direct  --{stage}.{n}--> {p}.retry.{stage}.{n}  TTL = delay n, DLX {p}.work/{stage}
+//! {p}.retry   direct  --{stage}.{ms}--> {p}.retry.{stage}.{ms}  TTL = ms, DLX {p}.work/{stage}
 //! {p}.dead    fanout  --> {p}.dead     quorum: dead letters, with their reason in headers
 //! {p}.events  fanout  --> {p}.events   stream: delivery events, replayable from a timestamp
 //! ```
 //! Declaring is idempotent, so every process declares on every (re)connect and no
 //! separate migration step exists.
+//!
+//! RabbitMQ never changes the arguments of an existing queue (a declare with other values
+//! fails with PRECONDITION_FAILED). So a retry queue is named by its delay: a changed
+//! `retry_delays_ms` declares new queues, and the old ones drain into the stage as their
+//! messages expire. `delivery_limit` and `events_max_age` are arguments of queues that hold
+//! data; a changed value is reported by [`Topology::explain`] with what to do
+//! (docs/operations.md, "Upgrading and changing settings").
 
 use std::time::Duration;
 
@@ -73,8 +80,14 @@ impl Topology {
         format!("{}.retry", self.prefix)
     }
 
-    pub fn retry_queue(&self, stage: Stage, level: usize) -> String {
-        format!("{}.retry.{}.{}", self.prefix, stage.as_str(), level)
+    /// The retry queue for `delay`: named by the delay, so changing the ladder never
+    /// redeclares an existing queue with another TTL.
+    pub fn retry_queue(&self, stage: Stage, delay: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, Self::retry_key(stage, delay))
+    }
+
+    fn retry_key(stage: Stage, delay: Duration) -> String {
+        format!("{}.{}", stage.as_str(), delay.as_millis())
     }
 
     pub fn retry_levels(&self) -> usize {
@@ -86,11 +99,8 @@ impl Topology {
     pub fn retry_route(&self, stage: Stage, attempt: u32) -> Option<(String, String, Duration)> {
         let last = self.retry_delays.len().checked_sub(1)?;
         let level = (attempt.saturating_sub(1) as usize).min(last);
-        Some((
-            self.retry_exchange(),
-            format!("{}.{}", stage.as_str(), level),
-            self.retry_delays[level],
-        ))
+        let delay = self.retry_delays[level];
+        Some((self.retry_exchange(), Self::retry_key(stage, delay), delay))
     }
 
     pub fn dead_exchange(&self) -> String {
@@ -154,8 +164,8 @@ impl Topology {
             self.bind(ch, &queue, &self.work_exchange(), stage.as_str())
                 .await?;
 
-            for (level, delay) in self.retry_delays.iter().enumerate() {
-                let retry = self.retry_queue(stage, level);
+            for &delay in &self.retry_delays {
+                let retry = self.retry_queue(stage, delay);
                 let mut args = FieldTable::default();
                 args.insert(
                     ShortString::from("x-message-ttl"),
@@ -169,7 +179,7 @@ impl Topology {
                     ch,
                     &retry,
                     &self.retry_exchange(),
-                    &format!("{}.{}", stage.as_str(), level),
+                    &Self::retry_key(stage, delay),
                 )
                 .await?;
             }
@@ -194,8 +204,13 @@ impl Topology {
         let mut queues = vec![self.dead_queue(), self.events_stream()];
         for stage in Stage::ALL {
             queues.push(self.stage_queue(stage));
-            queues.extend((0..self.retry_delays.len()).map(|l| self.retry_queue(stage, l)));
+            queues.extend(
+                self.retry_delays
+                    .iter()
+                    .map(|&d| self.retry_queue(stage, d)),
+            );
         }
+        queues.dedup();
         for q in queues {
             ch.queue_delete(ShortString::from(q), QueueDeleteOptions::default())
                 .await?;
@@ -210,6 +225,76 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// What to do when the broker refused a declare because a queue exists with other
+    /// arguments (`PRECONDITION_FAILED - inequivalent arg ...`): which setting differs, the
+    /// queue's value and the configured one, and the ways out. `None` for other errors.
+    pub fn explain(&self, err: &lapin::Error) -> Option<String> {
+        let text = err.to_string();
+        let at = text.find("inequivalent arg '")?;
+        let quoted: Vec<&str> = text[at..].split('\'').skip(1).step_by(2).collect();
+        let (arg, queue) = (*quoted.first()?, *quoted.get(1)?);
+        // 3.10: "received '7' but current is '2'" (newer: "received the value '7' of type
+        // 'signedint' but current is the value '2' ..."; "current is none" when unset).
+        let value_after = |marker: &str| {
+            let rest = &text[text.find(marker)? + marker.len()..];
+            let rest = rest.strip_prefix(" the value").unwrap_or(rest);
+            rest.trim_start().strip_prefix('\'')?.split('\'').next()
+        };
+        let received = value_after("received").unwrap_or("?");
+        let current = value_after("current is").unwrap_or("none");
+        let vhost = quoted.get(2).copied().unwrap_or("/");
+        // A policy can only lower these two: a quorum queue's delivery limit and a stream's
+        // max-age are the lower of argument and policy.
+        let escaped = regex_escape(queue);
+        let policy = |name: &str, definition: String| {
+            format!(
+                "rabbitmqctl set_policy --vhost '{vhost}' --apply-to queues {queue}-{name} \
+                 '^{escaped}$' '{definition}'"
+            )
+        };
+        let recreate = format!(
+            "stop what publishes to {queue}, let it empty, delete it (rabbitmqctl delete_queue \
+             --vhost '{vhost}' {queue}) and start again"
+        );
+        let help = match arg {
+            "x-delivery-limit" => {
+                let lower = matches!(
+                    (received.parse::<u64>(), current.parse::<u64>()),
+                    (Ok(r), Ok(c)) if r < c
+                );
+                let way = if lower {
+                    format!(
+                        "To lower it, set rabbitmq.delivery_limit = {current} again and add a policy \
+                         (a quorum queue uses the lower of the two): {}",
+                        policy("limit", format!("{{\"delivery-limit\":{received}}}"))
+                    )
+                } else {
+                    format!(
+                        "To raise it, {recreate}; or set rabbitmq.delivery_limit = {current} again"
+                    )
+                };
+                format!(
+                    "rabbitmq.delivery_limit is {received} but queue {queue} was created with \
+                     {current}, and RabbitMQ cannot change a queue's arguments. {way}"
+                )
+            }
+            "x-max-age" => format!(
+                "rabbitmq.events_max_age is {received} but stream {queue} was created with \
+                 {current}, and RabbitMQ cannot change a queue's arguments. To shorten the \
+                 retention, set rabbitmq.events_max_age = \"{current}\" again and add a policy \
+                 (a stream keeps the shorter of the two): {}. To lengthen it, the stream must be \
+                 recreated, losing the history it holds (batch status, deduplication, the quota \
+                 ledger): {recreate}",
+                policy("retention", format!("{{\"max-age\":\"{received}\"}}"))
+            ),
+            _ => format!(
+                "queue {queue} exists with {arg} = {current}, this version declares {received}; \
+                 see docs/operations.md, \"Upgrading and changing settings\""
+            ),
+        };
+        Some(help)
     }
 
     async fn bind(
@@ -230,6 +315,11 @@ impl Topology {
     }
 }
 
+/// A queue name as a policy pattern (names are `[A-Za-z0-9._-]`; only `.` is special).
+fn regex_escape(name: &str) -> String {
+    name.replace('.', "\\.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,12 +332,16 @@ mod tests {
             ..Default::default()
         };
         let t = Topology::new(&settings);
-        assert_eq!(t.retry_route(Stage::Deliver, 1).unwrap().1, "deliver.0");
+        assert_eq!(t.retry_route(Stage::Deliver, 1).unwrap().1, "deliver.1000");
+        assert_eq!(
+            t.retry_queue(Stage::Deliver, Duration::from_secs(5)),
+            "p.retry.deliver.5000"
+        );
         assert_eq!(
             t.retry_route(Stage::Deliver, 2).unwrap().2,
             Duration::from_secs(5)
         );
-        assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.1");
+        assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.5000");
         let none = Topology::new(&RabbitSettings {
             retry_delays_ms: vec![],
             ..Default::default()
