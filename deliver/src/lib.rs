@@ -4,9 +4,11 @@
 //!   scheduler (which mailbox may send what, and when).
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
-//! - [`oauth`]: client-credentials tokens, cached and refreshed.
+//! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
+//!   they come from; [`assertion`]: certificate credentials.
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 
+pub mod assertion;
 pub mod classify;
 pub mod compose;
 pub mod ledger;
@@ -18,3 +20,4 @@ pub mod smtp;
 pub mod stage;
 pub mod startup;
 pub mod throttle;
+pub mod token_endpoint;

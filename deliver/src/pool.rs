@@ -16,7 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
-use crate::oauth::{OAuthError, TokenSource};
+use crate::oauth::{ClientCredential, OAuthError, TokenSource};
+use crate::token_endpoint::TokenEndpoint;
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
@@ -144,6 +145,9 @@ impl MailboxPool {
             };
         let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // Token URLs are checked (TokenEndpoint); a redirect would re-post the
+            // credential to an unchecked place.
+            .redirect(reqwest::redirect::Policy::none())
             .https_only(false);
         if let Some(pem) = &extra_ca {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
@@ -160,10 +164,13 @@ impl MailboxPool {
             ));
             tokens.push(match &t.oauth {
                 Some(app) => {
-                    let secret = app
-                        .client_secret
-                        .resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
-                    Some(Arc::new(TokenSource::new(app, &t.id, secret, http.clone())))
+                    let key = format!("deliver.tenants[{i}].oauth");
+                    Some(Arc::new(TokenSource::new(
+                        app,
+                        TokenEndpoint::new(app, &key)?,
+                        ClientCredential::from_settings(app, &key)?,
+                        http.clone(),
+                    )))
                 }
                 None => None,
             });
