@@ -98,7 +98,11 @@ impl AssertionSigner {
     }
 
     /// A fresh assertion for one token request to `audience` (the token URL).
-    pub fn sign(&self, client_id: &str, audience: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn sign(
+        &self,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -49,6 +49,21 @@ pub enum OAuthError {
     Assertion { client_id: String, message: String },
 }
 
+/// The HTTP client for token requests: follows no redirects (a redirect would re-post the
+/// credential to a place nobody checked), trusts `extra_ca_pem` besides the system roots.
+pub fn token_http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        // TokenEndpoint allows http only to loopback, on opt-in.
+        .https_only(false);
+    if let Some(pem) = extra_ca_pem {
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    http.build()
+}
+
 /// How the app proves itself to the token endpoint.
 #[derive(Debug)]
 pub enum ClientCredential {
@@ -211,12 +226,12 @@ impl TokenSource {
                 form.push(("client_secret", secret.expose_secret()));
             }
             ClientCredential::Certificate(signer) => {
-                assertion = signer.sign(&self.client_id, self.endpoint.as_str()).map_err(|e| {
-                    OAuthError::Assertion {
+                assertion = signer
+                    .sign(&self.client_id, self.endpoint.as_str())
+                    .map_err(|e| OAuthError::Assertion {
                         client_id: self.client_id.clone(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 form.push(("client_assertion_type", ASSERTION_TYPE));
                 form.push(("client_assertion", assertion.as_str()));
             }
@@ -240,7 +255,12 @@ impl TokenSource {
                 location: response
                     .headers()
                     .get(reqwest::header::LOCATION)
-                    .map(|l| String::from_utf8_lossy(l.as_bytes()).chars().take(200).collect())
+                    .map(|l| {
+                        String::from_utf8_lossy(l.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
         }

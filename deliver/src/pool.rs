@@ -17,13 +17,13 @@ use tokio::sync::Notify;
 
 use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
 use crate::oauth::{ClientCredential, OAuthError, TokenSource};
-use crate::token_endpoint::TokenEndpoint;
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
     Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
     Reservation, Snapshot, TenantLimit,
 };
+use crate::token_endpoint::TokenEndpoint;
 
 /// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
 enum MailboxAuth {
@@ -143,16 +143,7 @@ impl MailboxPool {
                 })?),
                 None => None,
             };
-        let mut http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            // Token URLs are checked (TokenEndpoint); a redirect would re-post the
-            // credential to an unchecked place.
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(false);
-        if let Some(pem) = &extra_ca {
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-        }
-        let http = http.build()?;
+        let http = crate::oauth::token_http_client(extra_ca.as_deref())?;
 
         let mut schedule = PoolSchedule::new();
         let mut tokens = Vec::new();

@@ -23,7 +23,8 @@ impl TokenEndpoint {
                 "{key}.tenant_id: required: the directory (tenant) id, a GUID, or a verified domain such as contoso.onmicrosoft.com"
             ))
         })?;
-        check_tenant_id(tenant).map_err(|m| ConfigError::Invalid(format!("{key}.tenant_id: {m}")))?;
+        check_tenant_id(tenant)
+            .map_err(|m| ConfigError::Invalid(format!("{key}.tenant_id: {m}")))?;
         let authority = parse_authority(&app.authority, app.allow_loopback_http)
             .map_err(|m| ConfigError::Invalid(format!("{key}.authority: {m}")))?;
         let url = authority
@@ -158,11 +159,19 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            ok("https://login.microsoftonline.com", "contoso.onmicrosoft.com", false),
+            ok(
+                "https://login.microsoftonline.com",
+                "contoso.onmicrosoft.com",
+                false
+            ),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
         assert_eq!(
-            ok("https://login.microsoftonline.us/", "0b5c6d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e", false),
+            ok(
+                "https://login.microsoftonline.us/",
+                "0b5c6d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e",
+                false
+            ),
             "https://login.microsoftonline.us/0b5c6d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e/oauth2/v2.0/token"
         );
         assert_eq!(
@@ -202,7 +211,16 @@ mod tests {
     fn tenant_id_is_required_and_must_name_a_directory() {
         let a = "https://login.microsoftonline.com";
         assert!(err(a, None, false).starts_with("k.tenant_id: required"));
-        for bad in ["contoso", "organizations", "common", "a/b.com", "x..com", "-a.com", "a.c0m", "contoso.onmicrosoft.com/../x"] {
+        for bad in [
+            "contoso",
+            "organizations",
+            "common",
+            "a/b.com",
+            "x..com",
+            "-a.com",
+            "a.c0m",
+            "contoso.onmicrosoft.com/../x",
+        ] {
             let e = err(a, Some(bad), false);
             assert!(e.starts_with("k.tenant_id:"), "{bad}: {e}");
         }

@@ -58,9 +58,8 @@ impl RegisteredCertificate {
         token_url: &str,
     ) -> Result<(), AssertionRefusal> {
         let refuse = |code: u32, message: String| AssertionRefusal { code, message };
-        let header = jsonwebtoken::decode_header(assertion).map_err(|e| {
-            refuse(50027, format!("JWT token is invalid or malformed: {e}."))
-        })?;
+        let header = jsonwebtoken::decode_header(assertion)
+            .map_err(|e| refuse(50027, format!("JWT token is invalid or malformed: {e}.")))?;
         let presented = header.x5t_s256.or(header.x5t).unwrap_or_default();
         if presented != self.thumbprint {
             return Err(refuse(
@@ -125,13 +124,11 @@ impl AppCertificate {
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| e.to_string())?
             .to_string();
-        let key_pair = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(
-            &private_key_pem,
-            &rcgen::PKCS_RSA_SHA256,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| e.to_string())?;
+        let key_pair =
+            rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&private_key_pem, &rcgen::PKCS_RSA_SHA256)
+                .map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);

@@ -234,7 +234,12 @@ async fn token(
             // Entra checks `aud` against its own token URL, as the client was told to post it.
             let token_url = format!("http://{}{}", host_of(&headers), uri.path());
             if let Err(r) = registered.verify(assertion, &client_id, &token_url) {
-                return fail(StatusCode::UNAUTHORIZED, "invalid_client", r.code, &r.message);
+                return fail(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    r.code,
+                    &r.message,
+                );
             }
         }
         (Some(_), Some(_)) => {

@@ -25,11 +25,20 @@ fn config(cert: &AppCertificate) -> String {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// An assertion as a client builds it, with every part adjustable.
-fn assertion(signer: &AppCertificate, thumbprint_of: &AppCertificate, aud: &str, iss: &str, exp_in: i64) -> String {
+fn assertion(
+    signer: &AppCertificate,
+    thumbprint_of: &AppCertificate,
+    aud: &str,
+    iss: &str,
+    exp_in: i64,
+) -> String {
     let der = rustls_pemfile::certs(&mut thumbprint_of.certificate_pem.as_bytes())
         .next()
         .unwrap()
@@ -66,7 +75,13 @@ async fn post(sim: &RunningSim, assertion: &str, assertion_type: &str) -> (u16, 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn aadsts(v: &Value) -> String {
-    v["error_description"].as_str().unwrap_or_default().split(':').next().unwrap_or_default().to_owned()
+    v["error_description"]
+        .as_str()
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -76,27 +91,73 @@ async fn assertions_are_checked_like_entra() {
     let sim = start(&config(&registered)).await;
     let aud = sim.token_url("contoso.example");
 
-    let (status, v) = post(&sim, &assertion(&registered, &registered, &aud, APP, 300), JWT_BEARER).await;
+    let (status, v) = post(
+        &sim,
+        &assertion(&registered, &registered, &aud, APP, 300),
+        JWT_BEARER,
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert!(v["access_token"].as_str().unwrap().len() > 20);
 
     // Another certificate (its own thumbprint): not registered on the app.
     let (status, v) = post(&sim, &assertion(&other, &other, &aud, APP, 300), JWT_BEARER).await;
-    assert_eq!((status, v["error"].as_str(), aadsts(&v).as_str()), (401, Some("invalid_client"), "AADSTS700027"), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str(), aadsts(&v).as_str()),
+        (401, Some("invalid_client"), "AADSTS700027"),
+        "{v}"
+    );
     // The registered thumbprint, signed by another key: the signature fails.
-    let (status, v) = post(&sim, &assertion(&other, &registered, &aud, APP, 300), JWT_BEARER).await;
+    let (status, v) = post(
+        &sim,
+        &assertion(&other, &registered, &aud, APP, 300),
+        JWT_BEARER,
+    )
+    .await;
     assert_eq!((status, aadsts(&v).as_str()), (401, "AADSTS700027"), "{v}");
     // Expired (beyond the 60 s leeway).
-    let (status, v) = post(&sim, &assertion(&registered, &registered, &aud, APP, -120), JWT_BEARER).await;
+    let (status, v) = post(
+        &sim,
+        &assertion(&registered, &registered, &aud, APP, -120),
+        JWT_BEARER,
+    )
+    .await;
     assert_eq!((status, aadsts(&v).as_str()), (401, "AADSTS700024"), "{v}");
     // Meant for another token endpoint.
-    let (status, v) = post(&sim, &assertion(&registered, &registered, "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token", APP, 300), JWT_BEARER).await;
+    let (status, v) = post(
+        &sim,
+        &assertion(
+            &registered,
+            &registered,
+            "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token",
+            APP,
+            300,
+        ),
+        JWT_BEARER,
+    )
+    .await;
     assert_eq!((status, aadsts(&v).as_str()), (401, "AADSTS50013"), "{v}");
     // Issued for another client id.
-    let (status, v) = post(&sim, &assertion(&registered, &registered, &aud, "44444444-4444-4444-4444-444444444444", 300), JWT_BEARER).await;
+    let (status, v) = post(
+        &sim,
+        &assertion(
+            &registered,
+            &registered,
+            &aud,
+            "44444444-4444-4444-4444-444444444444",
+            300,
+        ),
+        JWT_BEARER,
+    )
+    .await;
     assert_eq!((status, aadsts(&v).as_str()), (401, "AADSTS700021"), "{v}");
     // Wrong assertion type.
-    let (status, _) = post(&sim, &assertion(&registered, &registered, &aud, APP, 300), "urn:other").await;
+    let (status, _) = post(
+        &sim,
+        &assertion(&registered, &registered, &aud, APP, 300),
+        "urn:other",
+    )
+    .await;
     assert_eq!(status, 400);
     sim.shutdown().await;
 }
