@@ -7,8 +7,10 @@
 //! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
 //!   they come from; [`assertion`]: certificate credentials.
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
+//! - [`check_pool`]: the `check-pool` preflight of every mailbox.
 
 pub mod assertion;
+pub mod check_pool;
 pub mod classify;
 pub mod compose;
 pub mod ledger;

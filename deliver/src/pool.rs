@@ -55,6 +55,24 @@ impl std::fmt::Debug for PoolMailbox {
 }
 
 impl PoolMailbox {
+    /// `oauth2 (secret)`, `oauth2 (certificate)` or `password`, for reports.
+    pub fn auth_label(&self) -> &'static str {
+        match &self.auth {
+            MailboxAuth::OAuth(t) if t.credential_kind() == "certificate" => "oauth2 (certificate)",
+            MailboxAuth::OAuth(_) => "oauth2 (secret)",
+            MailboxAuth::Password { .. } => "password",
+        }
+    }
+
+    pub fn is_oauth(&self) -> bool {
+        matches!(self.auth, MailboxAuth::OAuth(_))
+    }
+
+    /// `host:port` of its SMTP endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.endpoint.host, self.endpoint.port)
+    }
+
     fn may_send(&self, meta: &RenderedMeta, policy: FromPolicy) -> bool {
         let group_ok = meta
             .group
@@ -448,8 +466,14 @@ impl MailboxPool {
         }
         match reusable {
             Some(s) => Ok(s),
-            None => self.open(idx).await,
+            None => self.open(idx, true).await,
         }
+    }
+
+    /// A new session with one connection and one AUTH attempt: a refused token is not
+    /// refreshed and retried (preflight checks report the refusal instead).
+    pub async fn open_once(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+        self.open(idx, false).await
     }
 
     pub fn return_session(&self, idx: usize, session: SmtpSession) {
@@ -461,7 +485,11 @@ impl MailboxPool {
         }
     }
 
-    async fn open(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+    async fn open(
+        &self,
+        idx: usize,
+        retry_refused_token: bool,
+    ) -> Result<SmtpSession, SessionError> {
         let m = &self.mailboxes[idx];
         match &m.auth {
             MailboxAuth::Password { login, password } => {
@@ -470,7 +498,7 @@ impl MailboxPool {
             }
             MailboxAuth::OAuth(tokens) => {
                 // A refused token is refreshed once: it may have been revoked or expired early.
-                let mut refreshed = false;
+                let mut refreshed = !retry_refused_token;
                 loop {
                     let token = tokens.token().await?;
                     let creds =
