@@ -89,15 +89,35 @@ fn write_config(sim: &RunningSim, dir: &Path, broken: bool) {
         "[deliver]\nextra_ca_file = {:?}\n",
         sim.ca_pem_path().display().to_string()
     );
-    toml += &tenant("contoso", "11111111-1111-1111-1111-111111111111", "CONTOSO_SECRET", &a);
+    toml += &tenant(
+        "contoso",
+        "11111111-1111-1111-1111-111111111111",
+        "CONTOSO_SECRET",
+        &a,
+    );
     toml += &mailbox("sender1@contoso.example", "contoso", port, "");
     toml += &mailbox("sender2@contoso.example", "contoso", port, "");
     if broken {
         let password = dir.join("fabrikam-password");
         std::fs::write(&password, "right-password").unwrap();
-        toml += &tenant("fabrikam", "22222222-2222-2222-2222-222222222222", "CONTOSO_SECRET", &a);
-        toml += &tenant("northwind", "33333333-3333-3333-3333-333333333333", "NORTHWIND_SECRET", &a);
-        toml += &tenant("tailspin", "44444444-4444-4444-4444-444444444444", "TAILSPIN_SECRET", &a);
+        toml += &tenant(
+            "fabrikam",
+            "22222222-2222-2222-2222-222222222222",
+            "CONTOSO_SECRET",
+            &a,
+        );
+        toml += &tenant(
+            "northwind",
+            "33333333-3333-3333-3333-333333333333",
+            "NORTHWIND_SECRET",
+            &a,
+        );
+        toml += &tenant(
+            "tailspin",
+            "44444444-4444-4444-4444-444444444444",
+            "TAILSPIN_SECRET",
+            &a,
+        );
         toml += &mailbox("ungranted@contoso.example", "contoso", port, "");
         toml += &mailbox(
             "invoices@fabrikam.example",
@@ -155,12 +175,21 @@ async fn the_help_examples_pass_on_a_healthy_pool() {
             let v: Value = serde_json::from_str(&out).unwrap();
             assert_eq!(v["ok"], true);
             assert_eq!(v["mailboxes"].as_array().unwrap().len(), 2);
-            assert!(v["mailboxes"][0]["reply"].as_str().unwrap().starts_with("235 2.7.0"), "{out}");
+            assert!(
+                v["mailboxes"][0]["reply"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("235 2.7.0"),
+                "{out}"
+            );
         } else {
             assert!(out.contains("all 2 mailboxes passed"), "{out}");
             for m in ["sender1@contoso.example", "sender2@contoso.example"] {
                 let row = out.lines().find(|l| l.starts_with(m)).unwrap();
-                assert!(row.contains("oauth2 (secret)") && row.contains(" ok ") && row.contains("235"), "{row}");
+                assert!(
+                    row.contains("oauth2 (secret)") && row.contains(" ok ") && row.contains("235"),
+                    "{row}"
+                );
             }
         }
     }
@@ -180,7 +209,11 @@ async fn each_broken_mailbox_is_named_with_its_reply_and_fix() {
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
     write_config(&sim, dir.path(), true);
-    let (code, out, err) = run(dir.path(), &["--config", "mailpipe.toml", "check-pool", "--json"]).await;
+    let (code, out, err) = run(
+        dir.path(),
+        &["--config", "mailpipe.toml", "check-pool", "--json"],
+    )
+    .await;
     assert_eq!(code, 1, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], false);
@@ -203,18 +236,49 @@ async fn each_broken_mailbox_is_named_with_its_reply_and_fix() {
         assert!(r["reply"].as_str().unwrap().contains(reply), "{m}: {r}");
         assert!(r["hint"].as_str().unwrap().contains(hint), "{m}: {r}");
     };
-    expect("wrong-secret@tailspin.example", "token", "AADSTS7000215", "client secret is wrong or expired");
-    expect("invoices@fabrikam.example", "auth", "535 5.7.139", "Set-CASMailbox -Identity invoices@fabrikam.example -SmtpClientAuthenticationDisabled $false");
-    expect("blocked@northwind.example", "auth", "550 5.7.708", "support request");
-    expect("ungranted@contoso.example", "auth", "535 5.7.3", "Add-MailboxPermission -Identity ungranted@contoso.example");
-    assert!(row("ungranted@contoso.example")["hint"].as_str().unwrap().contains("New-ServicePrincipal -AppId 11111111-1111-1111-1111-111111111111"));
+    expect(
+        "wrong-secret@tailspin.example",
+        "token",
+        "AADSTS7000215",
+        "client secret is wrong or expired",
+    );
+    expect(
+        "invoices@fabrikam.example",
+        "auth",
+        "535 5.7.139",
+        "Set-CASMailbox -Identity invoices@fabrikam.example -SmtpClientAuthenticationDisabled $false",
+    );
+    expect(
+        "blocked@northwind.example",
+        "auth",
+        "550 5.7.708",
+        "support request",
+    );
+    expect(
+        "ungranted@contoso.example",
+        "auth",
+        "535 5.7.3",
+        "Add-MailboxPermission -Identity ungranted@contoso.example",
+    );
+    assert!(
+        row("ungranted@contoso.example")["hint"]
+            .as_str()
+            .unwrap()
+            .contains("New-ServicePrincipal -AppId 11111111-1111-1111-1111-111111111111")
+    );
 
     // The table says the same.
     let (code, table, _) = run(dir.path(), &["--config", "mailpipe.toml", "check-pool"]).await;
     assert_eq!(code, 1);
     assert!(table.contains("4 of 6 mailboxes failed"), "{table}");
-    let line = table.lines().find(|l| l.starts_with("blocked@northwind.example")).unwrap();
-    assert!(line.contains("FAILED at auth") && line.contains("550 5.7.708"), "{line}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("blocked@northwind.example"))
+        .unwrap();
+    assert!(
+        line.contains("FAILED at auth") && line.contains("550 5.7.708"),
+        "{line}"
+    );
 
     // Two runs: at most one AUTH per mailbox per run, none without a token.
     for (m, n) in [
@@ -227,6 +291,10 @@ async fn each_broken_mailbox_is_named_with_its_reply_and_fix() {
         assert_eq!(sim.auth_attempts(m), n, "{m}");
     }
     assert!(sim.accepted().is_empty(), "check-pool sent a message");
-    assert!(!out.contains("not-the-secret") && !table.contains("not-the-secret") && !out.contains("contoso-secret"));
+    assert!(
+        !out.contains("not-the-secret")
+            && !table.contains("not-the-secret")
+            && !out.contains("contoso-secret")
+    );
     sim.shutdown().await;
 }
