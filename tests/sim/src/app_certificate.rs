@@ -98,9 +98,8 @@ impl RegisteredCertificate {
         if data.claims.iss != client_id || data.claims.sub != client_id {
             return Err(refuse(
                 700021,
-                format!(
-                    "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."
-                ),
+                "Client assertion application identifier doesn't match 'client_id' parameter."
+                    .into(),
             ));
         }
         Ok(())
