@@ -46,16 +46,29 @@ pub struct TenantSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthApp {
-    /// Directory (tenant) id or domain in the token URL; defaults to the tenant's `id`.
+    /// Directory (tenant) id, a GUID, or a verified domain such as `contoso.onmicrosoft.com`,
+    /// in the token URL. Required for OAuth (deliver checks it).
     #[serde(default)]
     pub tenant_id: Option<String>,
     pub client_id: String,
-    pub client_secret: SecretRef,
+    /// A client secret; or `client_certificate` + `client_certificate_key`, not both.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// The certificate uploaded to the app registration (PEM).
+    #[serde(default)]
+    pub client_certificate: Option<SecretRef>,
+    /// Its RSA private key (PEM, PKCS#8 or PKCS#1).
+    #[serde(default)]
+    pub client_certificate_key: Option<SecretRef>,
     /// `https://login.microsoftonline.com` (global); sovereign clouds differ.
     #[serde(default = "default_authority")]
     pub authority: String,
     #[serde(default = "default_scope")]
     pub scope: String,
+    /// Lets `authority` be plain `http://` when its host is a loopback address or
+    /// `localhost` (a local simulator). Never for a real authority.
+    #[serde(default)]
+    pub allow_loopback_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

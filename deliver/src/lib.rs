@@ -4,9 +4,13 @@
 //!   scheduler (which mailbox may send what, and when).
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
-//! - [`oauth`]: client-credentials tokens, cached and refreshed.
+//! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
+//!   they come from; [`assertion`]: certificate credentials.
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
+//! - [`check_pool`]: the `check-pool` preflight of every mailbox.
 
+pub mod assertion;
+pub mod check_pool;
 pub mod classify;
 pub mod compose;
 pub mod ledger;
@@ -18,3 +22,4 @@ pub mod smtp;
 pub mod stage;
 pub mod startup;
 pub mod throttle;
+pub mod token_endpoint;

@@ -2,10 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
+use mailpipe_common::domain::EmailAddress;
 use mailpipe_common::outln;
+use mailpipe_deliver::check_pool::{self, CheckOptions};
 use mailpipe_deliver::settings::DeliverSettings;
 use mailpipe_deliver::startup::Application;
 
@@ -15,11 +17,36 @@ use mailpipe_deliver::startup::Application;
 #[command(
     name = "mailpipe-deliver",
     version,
-    after_help = "Examples:\n  mailpipe-deliver --config /etc/mailpipe/mailpipe.toml\n  mailpipe-deliver --config mailpipe.toml --check-config\n\nThe [deliver] section configures the pool; see docs/configuration.md."
+    after_help = "Examples:\n  mailpipe-deliver --config /etc/mailpipe/mailpipe.toml\n  mailpipe-deliver --config mailpipe.toml --check-config\n  mailpipe-deliver --config mailpipe.toml check-pool\n\nThe [deliver] section configures the pool; see docs/configuration.md."
 )]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check every pool mailbox without sending: token from its app, connect, EHLO,
+    /// STARTTLS (verified, TLS 1.2+), AUTH, QUIT. One connection and one AUTH attempt per
+    /// mailbox. Prints each mailbox's result, Exchange's reply and what to fix; exits 0
+    /// when all pass, 1 otherwise.
+    #[command(
+        after_help = "Examples:\n  mailpipe-deliver --config mailpipe.toml check-pool\n  mailpipe-deliver --config mailpipe.toml check-pool --json\n  mailpipe-deliver --config mailpipe.toml check-pool --send-test you@example.com\n\nSetting up a tenant so that every mailbox passes: docs/microsoft365.md."
+    )]
+    CheckPool {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also send one short test message through each mailbox to this address.
+        #[arg(long, value_name = "ADDRESS", value_parser = parse_address)]
+        send_test: Option<EmailAddress>,
+    },
+}
+
+fn parse_address(s: &str) -> Result<EmailAddress, String> {
+    EmailAddress::parse(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -43,6 +70,9 @@ async fn main() -> ExitCode {
             common.rabbitmq.prefix
         );
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::CheckPool { json, send_test }) = cli.command {
+        return check_pool::run(&settings, &CheckOptions { send_test }, json).await;
     }
     let _telemetry = match mailpipe_common::telemetry::init("mailpipe-deliver", &common.telemetry) {
         Ok(g) => g,

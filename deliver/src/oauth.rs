@@ -1,7 +1,9 @@
 //! OAuth2 client-credentials tokens for SMTP XOAUTH2, one `TokenSource` per app
 //! registration: fetched on first use, cached, refreshed ahead of expiry, and refreshed
-//! once more when the server refuses a token. Secrets and tokens stay in `SecretString`
-//! and never reach logs, errors or metrics.
+//! once more when the server refuses a token. The app proves itself with a client secret or
+//! a signed assertion (certificate credentials). Secrets, keys and tokens stay wrapped and
+//! never reach logs, errors or metrics; requests go only to the checked
+//! [`TokenEndpoint`], and a redirect is an error, never followed.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use mailpipe_common::config::ConfigError;
+
+use crate::assertion::{ASSERTION_TYPE, AssertionSigner};
 use crate::settings::OAuthApp;
+use crate::token_endpoint::TokenEndpoint;
 
 /// Refresh when less than this is left (tokens live 60-90 minutes).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -30,13 +36,88 @@ pub enum OAuthError {
     },
     #[error("token endpoint {endpoint} answered something that is not a token: {message}")]
     Malformed { endpoint: String, message: String },
+    /// Following would post the credential to a place nobody configured.
+    #[error(
+        "token endpoint {endpoint} answered {status} redirecting to {location:?}; redirects are never followed: configure the final authority"
+    )]
+    Redirected {
+        endpoint: String,
+        status: u16,
+        location: String,
+    },
+    #[error("signing the client assertion for {client_id} failed: {message}")]
+    Assertion { client_id: String, message: String },
+}
+
+/// The HTTP client for token requests: follows no redirects (a redirect would re-post the
+/// credential to a place nobody checked), trusts `extra_ca_pem` besides the system roots.
+pub fn token_http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        // TokenEndpoint allows http only to loopback, on opt-in.
+        .https_only(false);
+    if let Some(pem) = extra_ca_pem {
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    http.build()
+}
+
+/// How the app proves itself to the token endpoint.
+#[derive(Debug)]
+pub enum ClientCredential {
+    Secret(SecretString),
+    Certificate(AssertionSigner),
+}
+
+impl ClientCredential {
+    /// Resolves the app's secret, or its certificate and key; exactly one of the two.
+    /// `key` is the app's key path (`deliver.tenants[0].oauth`).
+    pub fn from_settings(app: &OAuthApp, key: &str) -> Result<Self, ConfigError> {
+        match (
+            &app.client_secret,
+            &app.client_certificate,
+            &app.client_certificate_key,
+        ) {
+            (Some(secret), None, None) => Ok(ClientCredential::Secret(
+                secret.resolve(&format!("{key}.client_secret"))?,
+            )),
+            (None, Some(cert), Some(private_key)) => {
+                let cert = cert.resolve(&format!("{key}.client_certificate"))?;
+                let private_key = private_key.resolve(&format!("{key}.client_certificate_key"))?;
+                Ok(ClientCredential::Certificate(AssertionSigner::from_pem(
+                    cert.expose_secret(),
+                    &private_key,
+                    key,
+                )?))
+            }
+            (None, Some(_), None) | (None, None, Some(_)) => Err(ConfigError::Invalid(format!(
+                "{key}: client_certificate and client_certificate_key go together"
+            ))),
+            (None, None, None) => Err(ConfigError::Invalid(format!(
+                "{key}: give client_secret, or client_certificate and client_certificate_key"
+            ))),
+            (Some(_), _, _) => Err(ConfigError::Invalid(format!(
+                "{key}: give client_secret or a certificate, not both"
+            ))),
+        }
+    }
+
+    /// `"secret"` or `"certificate"`, for tables and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientCredential::Secret(_) => "secret",
+            ClientCredential::Certificate(_) => "certificate",
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct TokenSource {
-    endpoint: String,
+    endpoint: TokenEndpoint,
     client_id: String,
-    secret: SecretString,
+    credential: ClientCredential,
     scope: String,
     http: reqwest::Client,
     cached: Mutex<Option<CachedToken>>,
@@ -66,26 +147,31 @@ struct ErrorReply {
 }
 
 impl TokenSource {
+    /// `http` must follow no redirects (see `MailboxPool::build`); a 3xx is refused here
+    /// anyway.
     pub fn new(
         app: &OAuthApp,
-        tenant_id: &str,
-        secret: SecretString,
+        endpoint: TokenEndpoint,
+        credential: ClientCredential,
         http: reqwest::Client,
     ) -> Self {
-        let tenant = app.tenant_id.as_deref().unwrap_or(tenant_id);
         Self {
-            endpoint: format!(
-                "{}/{}/oauth2/v2.0/token",
-                app.authority.trim_end_matches('/'),
-                tenant
-            ),
+            endpoint,
             client_id: app.client_id.clone(),
-            secret,
+            credential,
             scope: app.scope.clone(),
             http,
             cached: Mutex::new(None),
             expires_at: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    pub fn credential_kind(&self) -> &'static str {
+        self.credential.kind()
     }
 
     /// A valid token, from the cache or freshly fetched. Concurrent callers share one fetch.
@@ -128,36 +214,68 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> Result<CachedToken, OAuthError> {
-        let form = [
+        let endpoint = self.endpoint.to_string();
+        let assertion;
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose_secret()),
             ("scope", self.scope.as_str()),
         ];
+        match &self.credential {
+            ClientCredential::Secret(secret) => {
+                form.push(("client_secret", secret.expose_secret()));
+            }
+            ClientCredential::Certificate(signer) => {
+                assertion = signer
+                    .sign(&self.client_id, self.endpoint.as_str())
+                    .map_err(|e| OAuthError::Assertion {
+                        client_id: self.client_id.clone(),
+                        message: e.to_string(),
+                    })?;
+                form.push(("client_assertion_type", ASSERTION_TYPE));
+                form.push(("client_assertion", assertion.as_str()));
+            }
+        }
         let started = Instant::now();
         let response = self
             .http
-            .post(&self.endpoint)
+            .post(self.endpoint.url().clone())
             .form(&form)
             .send()
             .await
             .map_err(|e| OAuthError::Unreachable {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint.clone(),
                 // reqwest's message may hold the URL (no secret in it) but never the form body.
                 message: e.without_url().to_string(),
             })?;
+        if response.status().is_redirection() {
+            return Err(OAuthError::Redirected {
+                endpoint,
+                status: response.status().as_u16(),
+                location: response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|l| {
+                        String::from_utf8_lossy(l.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
         let status = response.status();
         let body = response
             .bytes()
             .await
             .map_err(|e| OAuthError::Unreachable {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint.clone(),
                 message: e.without_url().to_string(),
             })?;
         if !status.is_success() {
             let err: ErrorReply = serde_json::from_slice(&body).unwrap_or_default();
             return Err(OAuthError::Refused {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint.clone(),
                 client_id: self.client_id.clone(),
                 status: status.as_u16(),
                 error: err.error,
@@ -172,14 +290,14 @@ impl TokenSource {
         }
         let reply: TokenReply =
             serde_json::from_slice(&body).map_err(|e| OAuthError::Malformed {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint.clone(),
                 message: e.to_string(),
             })?;
         let lifetime = Duration::from_secs(reply.expires_in);
         let expires_at = started + lifetime;
         // Refresh 5 minutes ahead, or at 80% of very short lifetimes (tests, simulators).
         let ahead = REFRESH_AHEAD.min(lifetime / 5);
-        tracing::info!(endpoint = %self.endpoint, client_id = %self.client_id, expires_in_s = reply.expires_in, "OAuth token obtained");
+        tracing::info!(endpoint = %endpoint, client_id = %self.client_id, expires_in_s = reply.expires_in, "OAuth token obtained");
         Ok(CachedToken {
             token: SecretString::from(reply.access_token),
             expires_at,

@@ -16,13 +16,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
-use crate::oauth::{OAuthError, TokenSource};
+use crate::oauth::{ClientCredential, OAuthError, TokenSource};
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
     Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
     Reservation, Snapshot, TenantLimit,
 };
+use crate::token_endpoint::TokenEndpoint;
 
 /// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
 enum MailboxAuth {
@@ -54,6 +55,24 @@ impl std::fmt::Debug for PoolMailbox {
 }
 
 impl PoolMailbox {
+    /// `oauth2 (secret)`, `oauth2 (certificate)` or `password`, for reports.
+    pub fn auth_label(&self) -> &'static str {
+        match &self.auth {
+            MailboxAuth::OAuth(t) if t.credential_kind() == "certificate" => "oauth2 (certificate)",
+            MailboxAuth::OAuth(_) => "oauth2 (secret)",
+            MailboxAuth::Password { .. } => "password",
+        }
+    }
+
+    pub fn is_oauth(&self) -> bool {
+        matches!(self.auth, MailboxAuth::OAuth(_))
+    }
+
+    /// `host:port` of its SMTP endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.endpoint.host, self.endpoint.port)
+    }
+
     fn may_send(&self, meta: &RenderedMeta, policy: FromPolicy) -> bool {
         let group_ok = meta
             .group
@@ -142,13 +161,7 @@ impl MailboxPool {
                 })?),
                 None => None,
             };
-        let mut http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .https_only(false);
-        if let Some(pem) = &extra_ca {
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-        }
-        let http = http.build()?;
+        let http = crate::oauth::token_http_client(extra_ca.as_deref())?;
 
         let mut schedule = PoolSchedule::new();
         let mut tokens = Vec::new();
@@ -160,10 +173,13 @@ impl MailboxPool {
             ));
             tokens.push(match &t.oauth {
                 Some(app) => {
-                    let secret = app
-                        .client_secret
-                        .resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
-                    Some(Arc::new(TokenSource::new(app, &t.id, secret, http.clone())))
+                    let key = format!("deliver.tenants[{i}].oauth");
+                    Some(Arc::new(TokenSource::new(
+                        app,
+                        TokenEndpoint::new(app, &key)?,
+                        ClientCredential::from_settings(app, &key)?,
+                        http.clone(),
+                    )))
                 }
                 None => None,
             });
@@ -450,8 +466,14 @@ impl MailboxPool {
         }
         match reusable {
             Some(s) => Ok(s),
-            None => self.open(idx).await,
+            None => self.open(idx, true).await,
         }
+    }
+
+    /// A new session with one connection and one AUTH attempt: a refused token is not
+    /// refreshed and retried (preflight checks report the refusal instead).
+    pub async fn open_once(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+        self.open(idx, false).await
     }
 
     pub fn return_session(&self, idx: usize, session: SmtpSession) {
@@ -463,7 +485,11 @@ impl MailboxPool {
         }
     }
 
-    async fn open(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+    async fn open(
+        &self,
+        idx: usize,
+        retry_refused_token: bool,
+    ) -> Result<SmtpSession, SessionError> {
         let m = &self.mailboxes[idx];
         match &m.auth {
             MailboxAuth::Password { login, password } => {
@@ -472,7 +498,7 @@ impl MailboxPool {
             }
             MailboxAuth::OAuth(tokens) => {
                 // A refused token is refreshed once: it may have been revoked or expired early.
-                let mut refreshed = false;
+                let mut refreshed = !retry_refused_token;
                 loop {
                     let token = tokens.token().await?;
                     let creds =

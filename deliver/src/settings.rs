@@ -13,6 +13,9 @@ pub use mailpipe_common::pool::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::oauth::ClientCredential;
+use crate::token_endpoint::TokenEndpoint;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverSettings {
@@ -101,16 +104,9 @@ impl DeliverSettings {
                 ));
             }
             if let Some(app) = &t.oauth {
-                app.client_secret
-                    .resolve(&format!("deliver.tenants[{i}].oauth.client_secret"))?;
-                if !(app.authority.starts_with("https://")
-                    || app.authority.starts_with("http://127.")
-                    || app.authority.starts_with("http://localhost"))
-                {
-                    return invalid(format!(
-                        "deliver.tenants[{i}].oauth.authority: must be https:// (plain http only for a local simulator)"
-                    ));
-                }
+                let key = format!("deliver.tenants[{i}].oauth");
+                TokenEndpoint::new(app, &key)?;
+                ClientCredential::from_settings(app, &key)?;
             }
         }
         let mut addresses = HashSet::new();

@@ -135,6 +135,8 @@ impl SendReport {
 pub struct SmtpSession {
     conn: AsyncSmtpConnection,
     timeout: Duration,
+    /// The server's answer to AUTH (check-pool shows it).
+    auth_reply: SmtpReply,
 }
 
 impl std::fmt::Debug for SmtpSession {
@@ -254,7 +256,7 @@ impl SmtpSession {
                 message: "STARTTLS did not encrypt the connection".into(),
             });
         }
-        step(
+        let auth = step(
             ep.timeout,
             SmtpStage::Auth,
             conn.auth(&[mechanism], credentials),
@@ -263,6 +265,10 @@ impl SmtpSession {
         Ok(Self {
             conn,
             timeout: ep.timeout,
+            auth_reply: SmtpReply::new(
+                u16::from(auth.code()),
+                auth.message().collect::<Vec<_>>().join(" "),
+            ),
         })
     }
 
@@ -334,6 +340,11 @@ impl SmtpSession {
         if !self.conn.has_broken() {
             let _ = tokio::time::timeout(self.timeout, self.conn.command(Rset)).await;
         }
+    }
+
+    /// The server's reply to AUTH (`235 2.7.0 Authentication successful`).
+    pub fn auth_reply(&self) -> &SmtpReply {
+        &self.auth_reply
     }
 
     /// Worth keeping for the next message.

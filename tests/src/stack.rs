@@ -202,7 +202,7 @@ impl Stack {
                 "[[tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[[apps]]\ntenant = \"{tenant}\"\nclient_id = \"{tenant}-app\"\nclient_secret = \"{secret}\"\nmailboxes = [\"*\"]\n"
             ));
             deliver_toml.push_str(&format!(
-                "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{authority}\"\n",
+                "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\ntenant_id = \"{tenant}.example\"\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{authority}\"\nallow_loopback_http = true\n",
                 dir.join(format!("secrets/{tenant}-client-secret")).display().to_string(),
             ));
             for m in 0..options.mailboxes_per_tenant {

@@ -87,7 +87,7 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
             r#"
 [[tenants]]
 id = "t{i}"
-domains = ["contoso.example"]
+domains = ["contoso.example", "t{i}.onmicrosoft.com"]
 [[apps]]
 tenant = "t{i}"
 client_id = "app-{i}"
@@ -148,14 +148,17 @@ impl Harness {
             tenants.push(TenantSettings {
                 id: format!("t{i}"),
                 oauth: Some(OAuthApp {
-                    tenant_id: None,
+                    tenant_id: Some(format!("t{i}.onmicrosoft.com")),
                     client_id: format!("app-{i}"),
-                    client_secret: SecretRef {
+                    client_secret: Some(SecretRef {
                         env: None,
                         file: Some(secret.clone()),
-                    },
+                    }),
+                    client_certificate: None,
+                    client_certificate_key: None,
                     authority: sim.authority(),
                     scope: "https://outlook.office365.com/.default".into(),
+                    allow_loopback_http: true,
                 }),
                 domains: vec!["contoso.example".into()],
                 external_recipient_limit: None,

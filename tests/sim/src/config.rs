@@ -118,7 +118,12 @@ pub struct TenantConfig {
 pub struct AppConfig {
     pub tenant: String,
     pub client_id: String,
-    pub client_secret: String,
+    /// The client secret; an app has a secret, a certificate, or both.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// A certificate (PEM text) uploaded to the app: clients sign assertions with its key.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
     /// Mailboxes the app may authenticate as (Exchange's service principal grants); `"*"` = all
     /// mailboxes of its tenant.
     #[serde(default)]
@@ -310,6 +315,17 @@ impl SimConfig {
                     format!("apps[{i}].client_id"),
                     format!("duplicate client id {:?}", a.client_id),
                 );
+            }
+            if a.client_secret.is_none() && a.client_certificate.is_none() {
+                return invalid(
+                    format!("apps[{i}].client_secret"),
+                    "an app needs a client_secret or a client_certificate".into(),
+                );
+            }
+            if let Some(pem) = &a.client_certificate
+                && let Err(e) = crate::app_certificate::RegisteredCertificate::from_pem(pem)
+            {
+                return invalid(format!("apps[{i}].client_certificate"), e);
             }
             for (j, mb) in a.mailboxes.iter().enumerate() {
                 if mb == "*" {

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::app_certificate::RegisteredCertificate;
 use crate::config::FaultsConfig;
 use crate::records::lock;
 use crate::state::Shared;
@@ -112,9 +113,19 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
+/// The Host the client addressed (the simulator answers on whatever address it was given).
+fn host_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn token(
     State(s): State<Arc<Shared>>,
     Path(tenant_path): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -182,23 +193,71 @@ async fn token(
         .get("client_secret")
         .cloned()
         .or_else(|| basic.map(|b| b.1));
-    let Some(secret) = secret else {
-        return fail(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000216,
-            "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
-        );
-    };
-    if secret != app.client_secret {
-        return fail(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            &format!(
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-            ),
-        );
+    match (secret, form.get("client_assertion")) {
+        (Some(secret), None) => {
+            if app.client_secret.as_deref() != Some(secret.as_str()) {
+                return fail(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                );
+            }
+        }
+        (None, Some(assertion)) => {
+            if form.get("client_assertion_type").map(String::as_str)
+                != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    50027,
+                    "client_assertion_type must be 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.",
+                );
+            }
+            let registered = app
+                .client_certificate
+                .as_deref()
+                .and_then(|pem| RegisteredCertificate::from_pem(pem).ok());
+            let Some(registered) = registered else {
+                return fail(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    700027,
+                    &format!(
+                        "Client assertion failed signature validation. [Reason - The key was not found.] No certificate is configured for app Id '{client_id}'."
+                    ),
+                );
+            };
+            // Entra checks `aud` against its own token URL, as the client was told to post it.
+            let token_url = format!("http://{}{}", host_of(&headers), uri.path());
+            if let Err(r) = registered.verify(assertion, &client_id, &token_url) {
+                return fail(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    r.code,
+                    &r.message,
+                );
+            }
+        }
+        (Some(_), Some(_)) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "Give either 'client_secret' or 'client_assertion', not both.",
+            );
+        }
+        (None, None) => {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+            );
+        }
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
     let scope_ok = scope.split_whitespace().count() == 1

@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod app_certificate;
 mod config;
 mod directory;
 mod error;
@@ -24,6 +25,7 @@ mod state;
 mod tls;
 mod tokens;
 
+pub use app_certificate::AppCertificate;
 pub use config::{
     AppConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults,
 };

@@ -83,6 +83,8 @@ pub(crate) struct Records {
 struct Inner {
     accepted: VecDeque<AcceptedMessage>,
     refusals: VecDeque<Refusal>,
+    /// SMTP AUTH attempts per configured mailbox (lower case), whatever their outcome.
+    auth_attempts: std::collections::HashMap<String, u64>,
 }
 
 impl Records {
@@ -124,6 +126,22 @@ impl Records {
         inner.refusals.push_back(r);
     }
 
+    /// Counts an AUTH attempt as `mailbox` (only configured mailboxes, so the map stays bounded).
+    pub fn count_auth(&self, mailbox: &str) {
+        *lock(&self.inner)
+            .auth_attempts
+            .entry(mailbox.to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn auth_attempts(&self, mailbox: &str) -> u64 {
+        lock(&self.inner)
+            .auth_attempts
+            .get(mailbox)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn accepted(&self) -> Vec<AcceptedMessage> {
         lock(&self.inner).accepted.iter().cloned().collect()
     }
@@ -136,6 +154,7 @@ impl Records {
         let mut inner = lock(&self.inner);
         inner.accepted.clear();
         inner.refusals.clear();
+        inner.auth_attempts.clear();
     }
 }
 

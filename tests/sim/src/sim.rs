@@ -214,6 +214,13 @@ impl RunningSim {
         self.shared.records.refusals()
     }
 
+    /// SMTP AUTH attempts made as `mailbox` (any mechanism, any outcome) since start or reset.
+    pub fn auth_attempts(&self, mailbox: &str) -> u64 {
+        self.shared
+            .records
+            .auth_attempts(&mailbox.to_ascii_lowercase())
+    }
+
     /// Per-mailbox counters, sorted by address.
     pub fn mailbox_stats(&self) -> Vec<MailboxStats> {
         self.shared.limits.stats()

@@ -455,6 +455,13 @@ impl Session {
             }
         };
         let label = mechanism.to_ascii_lowercase();
+        let who = match &result {
+            Ok(m) => Some(m.address.clone()),
+            Err((who, _)) => who.clone(),
+        };
+        if let Some(known) = who.as_deref().and_then(|w| dir.mailbox(w)) {
+            shared.records.count_auth(&known.address);
+        }
         let mailbox = match result {
             Ok(m) => m,
             Err((who, reply)) => {

@@ -1,0 +1,62 @@
+//! Every TOML snippet in docs/microsoft365.md is a valid pool: each is loaded by
+//! `mailpipe-deliver --check-config` (paths pointed at real files: a generated certificate
+//! and key, as the guide makes them).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use mailpipe_sim::AppCertificate;
+
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_config_snippet_in_the_guide_passes_check_config() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/microsoft365.md"),
+    )
+    .unwrap();
+    let blocks = toml_blocks(&guide);
+    assert_eq!(blocks.len(), 4, "the guide's TOML snippets");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = AppCertificate::generate("mailpipe contoso").unwrap();
+    std::fs::write(dir.path().join("contoso-app.crt"), &cert.certificate_pem).unwrap();
+    std::fs::write(dir.path().join("contoso-app.key"), &cert.private_key_pem).unwrap();
+    let here = format!("{}/", dir.path().display());
+    for (i, block) in blocks.iter().enumerate() {
+        let config = block
+            .replace("/etc/mailpipe/", &here)
+            .replace("/run/secrets/", &here);
+        let path = dir.path().join(format!("snippet{i}.toml"));
+        std::fs::write(&path, &config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-deliver"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env_remove("MAILPIPE_CONFIG")
+            .env("CONTOSO_CLIENT_SECRET", "s")
+            .env("CONTOSO_GOV_CLIENT_SECRET", "s")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "snippet {i}:\n{block}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
