@@ -12,6 +12,7 @@
 //! | 5.2.251, 5.2.253–5.2.255 (sender throttled for repeated errors) | `Mailbox(Throttled)` | pause, reroute |
 //! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
 //! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
+//! | a session cannot be opened (connect, STARTTLS, AUTH: timeout, network, 4xx) | `Mailbox(Unreachable)` | pause with doubling backoff, reroute |
 //! | other 4xx, timeouts, dropped connections | `Transient` | retry ladder (an attempt is spent), dead letters after `max_attempts` |
 //! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
 //!
@@ -43,6 +44,9 @@ pub enum MailboxProblem {
     Rate,
     /// Throttled for repeated errors.
     Throttled,
+    /// Sessions cannot be opened (connect, STARTTLS or AUTH timed out, failed or was refused
+    /// with a 4xx): nothing was sent, and the next try should go elsewhere.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +64,7 @@ impl MailboxProblem {
             MailboxProblem::Connections => "connections",
             MailboxProblem::Rate => "rate",
             MailboxProblem::Throttled => "throttled",
+            MailboxProblem::Unreachable => "unreachable",
         }
     }
 

@@ -2,11 +2,13 @@
 //!
 //! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
 //!   scheduler (which mailbox may send what, and when).
+//! - [`claims`]: a job is in at most one send at a time in this process.
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
 //! - [`oauth`]: client-credentials tokens, cached and refreshed.
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 
+pub mod claims;
 pub mod classify;
 pub mod compose;
 pub mod ledger;
