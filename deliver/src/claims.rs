@@ -101,6 +101,8 @@ mod tests {
         waiter.await.expect("no panic");
         assert!(claims.is_empty());
         // Another job is never held up.
-        let _other = claims.claim(&JobId::parse("job-2").expect("valid id")).await;
+        let _other = claims
+            .claim(&JobId::parse("job-2").expect("valid id"))
+            .await;
     }
 }

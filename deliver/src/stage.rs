@@ -125,7 +125,9 @@ impl DeliverStage {
             // Its last send may still be accepted by the server: not before `until`.
             if !self.park(&meta, mime, until).await? {
                 let reason = "uncertain send and no retry ladder configured to hold it back";
-                return self.dead(&meta, props, mime, reason, None, None, vec![]).await;
+                return self
+                    .dead(&meta, props, mime, reason, None, None, vec![])
+                    .await;
             }
             metrics::MESSAGES.with_label_values(&["held"]).inc();
             return Ok(DeliveryOutcome::Held { until });
@@ -417,8 +419,7 @@ impl DeliverStage {
         event.uncertain = true;
         // Every recipient, as the server may have counted them all (the ledger replays this).
         event.recipients = meta.recipients.len() as u32;
-        event.external_recipients =
-            self.pool.external_count_for(m.tenant, &meta.recipients) as u32;
+        event.external_recipients = self.pool.external_count_for(m.tenant, &meta.recipients) as u32;
         event.reason = Some(format!(
             "uncertain: no reply after the message data ({}); the server may have accepted it, so it is not sent again before {until}",
             reply.text
@@ -600,7 +601,10 @@ enum Attempt {
     /// Handed over, no reply: the server may have accepted it.
     Uncertain(SmtpReply),
     AllRefused(SendReport),
-    Failed { class: ReplyClass, reply: SmtpReply },
+    Failed {
+        class: ReplyClass,
+        reply: SmtpReply,
+    },
 }
 
 fn refusals(report: &SendReport) -> Vec<RecipientRefusal> {

@@ -702,7 +702,8 @@ impl Session {
                 let max = shared.config.max_line_length;
                 while let Ok(Ok(Line::Complete(_) | Line::TooLong)) =
                     tokio::time::timeout(shared.idle_timeout(), conn.read_line(max)).await
-                {}
+                {
+                }
                 return Ok(Flow::Drop);
             }
             Some(DataEndFault::Reply451) => {
