@@ -445,3 +445,56 @@ impl SmtpSession {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_envelope_addresses_are_refused_permanently_naming_why() {
+        assert!(check_envelope_address("a@b.example", SmtpStage::RcptTo).is_ok());
+        assert!(check_envelope_address("a@xn--bcher-kva.example", SmtpStage::RcptTo).is_ok());
+        for address in ["jörg@example.com", "a@bücher.example"] {
+            let refused = check_envelope_address(address, SmtpStage::RcptTo)
+                .expect_err("non-ASCII is never sent");
+            assert_eq!(refused.class(), ReplyClass::MessagePermanent, "{refused}");
+            assert_eq!(refused.stage(), SmtpStage::RcptTo);
+            let text = refused.to_string();
+            assert!(
+                text.contains(address) && text.contains("non-ASCII"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_421_or_a_lost_connection_ends_the_session_and_other_replies_do_not() {
+        let reply = |code, text| SmtpFailure::Reply {
+            stage: SmtpStage::Message,
+            reply: SmtpReply::new(code, text),
+        };
+        assert!(reply(421, "4.3.2 Service not available").ends_session());
+        assert!(!reply(451, "4.7.0 Temporary server error").ends_session());
+        assert!(!reply(550, "5.1.1 not found").ends_session());
+        let timeout = SmtpFailure::Timeout {
+            stage: SmtpStage::Message,
+        };
+        assert!(timeout.ends_session() && timeout.maybe_accepted());
+        // Only a failure before anything reached the server marks a stale idle session.
+        assert!(
+            SmtpFailure::Network {
+                stage: SmtpStage::MailFrom,
+                message: "incomplete response".into()
+            }
+            .stale_session()
+        );
+        assert!(!timeout.stale_session());
+        assert!(
+            !SmtpFailure::Reply {
+                stage: SmtpStage::MailFrom,
+                reply: SmtpReply::new(550, "5.7.60 send as denied"),
+            }
+            .stale_session()
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! jobs in flight, 421 replies that close the session, a mailbox that cannot open sessions,
 //! and a server that stays silent after the message data.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -3,6 +3,8 @@
 //! answers STARTTLS with `220` followed by `250`, `235`, `354` and `250 queued` in one
 //! write, then speaks real TLS and refuses everything there.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
