@@ -223,7 +223,12 @@ async fn silence_after_the_data_is_uncertain_and_not_resent_within_the_hold() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // The test ladder brings each message back every 300-600 ms: several chances to resend.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    // A restarted deliver knows the holds from the events stream.
+    let (shutdown, task) = h.start_deliver().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
@@ -233,7 +238,11 @@ async fn silence_after_the_data_is_uncertain_and_not_resent_within_the_hold() {
         .iter()
         .filter(|r| r.text.contains("no reply after DATA"))
         .count();
-    assert_eq!(transmissions, jobs.len(), "each message transmitted once");
+    assert_eq!(
+        transmissions,
+        jobs.len(),
+        "each message transmitted once, across a restart too"
+    );
     for (job, e) in &uncertain {
         let retry_at = e.retry_at.expect("the event says when it may be retried");
         assert!(
