@@ -7,7 +7,7 @@
 //! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine, reroute |
 //! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine, reroute |
 //! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
-//! | 432 4.3.2 sender thread limit (connections) | `Mailbox(Connections)` | short pause, reroute |
+//! | 432 4.3.2 sender thread limit / concurrent connections limit exceeded | `Mailbox(Connections)` | short pause, reroute |
 //! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
 //! | 5.2.251, 5.2.253–5.2.255 (sender throttled for repeated errors) | `Mailbox(Throttled)` | pause, reroute |
 //! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
@@ -117,7 +117,8 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     if text.contains("submissionquotaexceeded") {
         return ReplyClass::Mailbox(MailboxProblem::Quota);
     }
-    if text.contains("sender thread limit") {
+    // Older and current Exchange texts of the connection cap.
+    if text.contains("sender thread limit") || text.contains("concurrent connections limit") {
         return ReplyClass::Mailbox(MailboxProblem::Connections);
     }
     if enhanced == "4.4.2" && text.contains("submission rate") {
@@ -216,6 +217,10 @@ mod tests {
         assert_eq!(
             class(550, "5.7.233 external recipient limit"),
             ReplyClass::Tenant(TenantProblem::ExternalLimit)
+        );
+        assert_eq!(
+            class(432, "4.3.2 Concurrent connections limit exceeded."),
+            ReplyClass::Mailbox(Connections)
         );
         assert_eq!(
             class(421, "4.3.2 Service not available"),
