@@ -7,11 +7,12 @@
 //! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine, reroute |
 //! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine, reroute |
 //! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
-//! | 432 4.3.2 sender thread limit (connections) | `Mailbox(Connections)` | short pause, reroute |
+//! | 432 4.3.2 sender thread limit / concurrent connections limit exceeded | `Mailbox(Connections)` | short pause, reroute |
 //! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
 //! | 5.2.251, 5.2.253–5.2.255 (sender throttled for repeated errors) | `Mailbox(Throttled)` | pause, reroute |
 //! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
 //! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
+//! | a session cannot be opened (connect, STARTTLS, AUTH: timeout, network, 4xx) | `Mailbox(Unreachable)` | pause with doubling backoff, reroute |
 //! | other 4xx, timeouts, dropped connections | `Transient` | retry ladder (an attempt is spent), dead letters after `max_attempts` |
 //! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
 //!
@@ -43,6 +44,9 @@ pub enum MailboxProblem {
     Rate,
     /// Throttled for repeated errors.
     Throttled,
+    /// Sessions cannot be opened (connect, STARTTLS or AUTH timed out, failed or was refused
+    /// with a 4xx): nothing was sent, and the next try should go elsewhere.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +64,7 @@ impl MailboxProblem {
             MailboxProblem::Connections => "connections",
             MailboxProblem::Rate => "rate",
             MailboxProblem::Throttled => "throttled",
+            MailboxProblem::Unreachable => "unreachable",
         }
     }
 
@@ -112,7 +117,8 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     if text.contains("submissionquotaexceeded") {
         return ReplyClass::Mailbox(MailboxProblem::Quota);
     }
-    if text.contains("sender thread limit") {
+    // Older and current Exchange texts of the connection cap.
+    if text.contains("sender thread limit") || text.contains("concurrent connections limit") {
         return ReplyClass::Mailbox(MailboxProblem::Connections);
     }
     if enhanced == "4.4.2" && text.contains("submission rate") {
@@ -211,6 +217,10 @@ mod tests {
         assert_eq!(
             class(550, "5.7.233 external recipient limit"),
             ReplyClass::Tenant(TenantProblem::ExternalLimit)
+        );
+        assert_eq!(
+            class(432, "4.3.2 Concurrent connections limit exceeded."),
+            ReplyClass::Mailbox(Connections)
         );
         assert_eq!(
             class(421, "4.3.2 Service not available"),

@@ -1,13 +1,14 @@
 //! Memory rebuilt from the events stream at start: the quota each mailbox and tenant used
-//! inside its windows (so a restart never resets a 24-hour quota), and the jobs already
-//! delivered (so a job is never sent twice, even when redelivered after a crash).
+//! inside its windows (so a restart never resets a 24-hour quota), the jobs already
+//! delivered (so a job is never sent twice, even when redelivered after a crash), and the
+//! jobs whose last send is uncertain (not sent again before their hold ends).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::JobId;
 use mailpipe_common::pipeline::{Pipeline, StreamReadError};
@@ -27,6 +28,8 @@ pub struct DeliveredEntry {
 #[derive(Debug, Default)]
 pub struct DeliveredJobs {
     jobs: Mutex<HashMap<JobId, Option<DeliveredEntry>>>,
+    /// Jobs with an uncertain send, and until when they are held back.
+    uncertain: Mutex<HashMap<JobId, DateTime<Utc>>>,
 }
 
 impl DeliveredJobs {
@@ -58,6 +61,27 @@ impl DeliveredJobs {
     /// Recorded in the stream: only the id is kept.
     pub fn mark_recorded(&self, id: &JobId) {
         self.lock().insert(id.clone(), None);
+    }
+
+    fn lock_uncertain(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, DateTime<Utc>>> {
+        self.uncertain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A send of this job may have been accepted: hold the job back until `until`.
+    pub fn mark_uncertain(&self, id: &JobId, until: DateTime<Utc>) {
+        let now = Utc::now();
+        let mut held = self.lock_uncertain();
+        held.retain(|_, u| *u > now);
+        if until > now {
+            let entry = held.entry(id.clone()).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
+    /// Until when this job is held back after an uncertain send, if it still is.
+    pub fn uncertain_until(&self, id: &JobId) -> Option<DateTime<Utc>> {
+        let until = *self.lock_uncertain().get(id)?;
+        (until > Utc::now()).then_some(until)
     }
 }
 
@@ -111,10 +135,17 @@ pub async fn replay(
             if read % 10_000 == 0 {
                 tracing::info!(events = read, "replaying the events stream");
             }
-            if event.kind != EventKind::Delivered {
+            let uncertain = event.kind == EventKind::Retrying && event.uncertain;
+            if event.kind != EventKind::Delivered && !uncertain {
                 return;
             }
-            stats.delivered_jobs += 1;
+            if uncertain {
+                if let Some(until) = event.retry_at {
+                    delivered.mark_uncertain(&event.job_id, until);
+                }
+            } else {
+                stats.delivered_jobs += 1;
+            }
             if event.at >= quota_since
                 && let Some(mailbox) = &event.mailbox
             {
@@ -129,7 +160,9 @@ pub async fn replay(
                     stats.sends_restored += 1;
                 }
             }
-            delivered.mark_recorded(&event.job_id);
+            if !uncertain {
+                delivered.mark_recorded(&event.job_id);
+            }
         })
         .await?;
     Ok(stats)

@@ -2,6 +2,7 @@
 //!
 //! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
 //!   scheduler (which mailbox may send what, and when).
+//! - [`claims`]: a job is in at most one send at a time in this process.
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
 //! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
@@ -11,6 +12,7 @@
 
 pub mod assertion;
 pub mod check_pool;
+pub mod claims;
 pub mod classify;
 pub mod compose;
 pub mod ledger;

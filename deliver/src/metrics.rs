@@ -23,7 +23,7 @@ pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "mailpipe_deliver_messages_total",
-        "Messages handled, by outcome (delivered, retry, dead, duplicate, returned)",
+        "Messages handled, by outcome (delivered, retry, uncertain, held, dead, duplicate, returned)",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -130,7 +130,15 @@ static TENANT_READY: LazyLock<GaugeVec> = LazyLock::new(|| {
 /// Forces registration so every metric shows on /metrics from the start.
 pub fn register() {
     // Outcome series exist from the start, so rate() and absence-based alerts see zeros.
-    for outcome in ["delivered", "retry", "dead", "duplicate", "returned"] {
+    for outcome in [
+        "delivered",
+        "retry",
+        "uncertain",
+        "held",
+        "dead",
+        "duplicate",
+        "returned",
+    ] {
         MESSAGES.with_label_values(&[outcome]);
     }
     let _ = (

@@ -102,10 +102,17 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// Neither case is the message's fault: a token that cannot be had is the mailbox's.
+    /// Neither case is the message's fault: a token that cannot be had is the mailbox's, and
+    /// so is a session that cannot be opened (timeout, lost connection, 4xx before MAIL):
+    /// the mailbox is held back with backoff and the message goes elsewhere.
     pub fn class(&self) -> ReplyClass {
         match self {
-            SessionError::Smtp(f) => f.class(),
+            SessionError::Smtp(f) => match f.class() {
+                ReplyClass::Transient | ReplyClass::MessagePermanent | ReplyClass::Accepted => {
+                    ReplyClass::Mailbox(MailboxProblem::Unreachable)
+                }
+                other => other,
+            },
             SessionError::Token(_) => ReplyClass::Mailbox(MailboxProblem::Auth),
         }
     }
@@ -137,6 +144,7 @@ pub struct MailboxPool {
     idle_timeout: Duration,
     pause: Duration,
     max_pause: Duration,
+    uncertain_hold: Duration,
 }
 
 impl std::fmt::Debug for MailboxPool {
@@ -249,7 +257,13 @@ impl MailboxPool {
             idle_timeout: Duration::from_millis(settings.idle_connection_ms),
             pause: Duration::from_millis(settings.pause_ms),
             max_pause: Duration::from_millis(settings.max_pause_ms),
+            uncertain_hold: Duration::from_millis(settings.uncertain_hold_ms),
         })
+    }
+
+    /// How long a send of unknown outcome holds its message back (`uncertain_hold_ms`).
+    pub fn uncertain_hold(&self) -> Duration {
+        self.uncertain_hold
     }
 
     fn schedule(&self) -> MutexGuard<'_, PoolSchedule> {
@@ -443,10 +457,10 @@ impl MailboxPool {
             .unwrap_or(0)
     }
 
-    /// An idle session of this mailbox, or a new one. The throttle's connection cap bounds
-    /// in-flight sends, and a new session is opened only when none is idle, so open
-    /// connections never exceed the cap.
-    pub async fn session(&self, idx: usize) -> Result<SmtpSession, SessionError> {
+    /// An idle session of this mailbox (`true`: reused), or a new one. The throttle's
+    /// connection cap bounds in-flight sends, and a new session is opened only when none is
+    /// idle, so open connections never exceed the cap.
+    pub async fn session(&self, idx: usize) -> Result<(SmtpSession, bool), SessionError> {
         let (reusable, stale) = {
             let mut idle = self.idle[idx].lock().unwrap_or_else(|e| e.into_inner());
             let mut stale = Vec::new();
@@ -465,8 +479,8 @@ impl MailboxPool {
             s.quit().await;
         }
         match reusable {
-            Some(s) => Ok(s),
-            None => self.open(idx, true).await,
+            Some(s) => Ok((s, true)),
+            None => Ok((self.open(idx, true).await?, false)),
         }
     }
 
@@ -485,7 +499,8 @@ impl MailboxPool {
         }
     }
 
-    async fn open(
+    /// A new session of this mailbox (the caller holds its connection slot).
+    pub async fn open(
         &self,
         idx: usize,
         retry_refused_token: bool,

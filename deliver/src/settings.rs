@@ -46,6 +46,9 @@ pub struct DeliverSettings {
     pub replay_ledger: bool,
     /// How far back delivered jobs are remembered (never sent twice) after a restart.
     pub dedupe_horizon_ms: u64,
+    /// A send whose outcome is unknown (no reply after the message data) is not retried
+    /// before this long: the longest Exchange could still accept it (see docs/deliver.md).
+    pub uncertain_hold_ms: u64,
     pub tenants: Vec<TenantSettings>,
     pub mailboxes: Vec<MailboxSettings>,
 }
@@ -65,6 +68,7 @@ impl Default for DeliverSettings {
             prefetch: 64,
             replay_ledger: true,
             dedupe_horizon_ms: 7 * 86_400_000,
+            uncertain_hold_ms: 600_000,
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }

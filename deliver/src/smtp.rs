@@ -2,9 +2,13 @@
 //! certificate verified), AUTH, then messages. Every step runs under a timeout (lettre's
 //! async connection has none on reads and writes), and each reply is kept whole (code,
 //! enhanced code, text) so `classify` can judge it. Recipients are sent one RCPT at a
-//! time so a refusal of one recipient is recorded without failing the others.
+//! time so a refusal of one recipient is recorded without failing the others. A reply after
+//! which the server closes (421) or a lost connection retires the session.
+
+mod starttls_guard;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -15,6 +19,7 @@ use mailpipe_common::contract::SmtpReply;
 use mailpipe_common::domain::EmailAddress;
 
 use crate::classify::{MailboxProblem, ReplyClass, classify};
+use starttls_guard::{GuardState, GuardedStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpStage {
@@ -49,6 +54,10 @@ pub enum SmtpFailure {
     Timeout { stage: SmtpStage },
     #[error("connection failed at {}: {message}", stage.as_str())]
     Network { stage: SmtpStage, message: String },
+    /// The server broke the protocol in a way that could be an attack (data injected after
+    /// the STARTTLS reply): the connection is closed, nothing is sent.
+    #[error("protocol violation at {}: {message}", stage.as_str())]
+    Protocol { stage: SmtpStage, message: String },
     /// TLS could not be established or verified, or STARTTLS is not offered: we never
     /// authenticate without it, so this endpoint is unusable until fixed.
     #[error("no secure channel at {}: {message}", stage.as_str())]
@@ -60,7 +69,9 @@ impl SmtpFailure {
         match self {
             SmtpFailure::Reply { reply, .. } => classify(reply),
             SmtpFailure::Insecure { .. } => ReplyClass::Mailbox(MailboxProblem::Auth),
-            SmtpFailure::Timeout { .. } | SmtpFailure::Network { .. } => ReplyClass::Transient,
+            SmtpFailure::Timeout { .. }
+            | SmtpFailure::Network { .. }
+            | SmtpFailure::Protocol { .. } => ReplyClass::Transient,
         }
     }
 
@@ -69,7 +80,31 @@ impl SmtpFailure {
             SmtpFailure::Reply { stage, .. }
             | SmtpFailure::Timeout { stage }
             | SmtpFailure::Network { stage, .. }
+            | SmtpFailure::Protocol { stage, .. }
             | SmtpFailure::Insecure { stage, .. } => *stage,
+        }
+    }
+
+    /// After this the connection is gone or not to be trusted: a 421 (RFC 5321 3.8: the
+    /// server closes the channel), a timeout, a lost connection, a protocol violation.
+    pub fn ends_session(&self) -> bool {
+        match self {
+            SmtpFailure::Reply { reply, .. } => reply.code == 421,
+            _ => true,
+        }
+    }
+
+    /// The first command on a reused idle session failed because the server had closed
+    /// (or abandoned) it: nothing reached the server, so the message is not at fault.
+    pub fn stale_session(&self) -> bool {
+        match self {
+            SmtpFailure::Timeout { stage } | SmtpFailure::Network { stage, .. } => {
+                *stage == SmtpStage::MailFrom
+            }
+            SmtpFailure::Reply { stage, reply } => {
+                *stage == SmtpStage::MailFrom && reply.code == 421
+            }
+            _ => false,
         }
     }
 
@@ -137,6 +172,8 @@ pub struct SmtpSession {
     timeout: Duration,
     /// The server's answer to AUTH (check-pool shows it).
     auth_reply: SmtpReply,
+    /// Set once the server closed the session or can no longer be trusted on it.
+    retired: bool,
 }
 
 impl std::fmt::Debug for SmtpSession {
@@ -186,9 +223,28 @@ async fn step<T>(
     }
 }
 
-fn lettre_address(a: &EmailAddress) -> Result<lettre::Address, SmtpFailure> {
+/// Envelope addresses must be ASCII: ingest turns IDN domains into punycode and refuses
+/// non-ASCII local parts, so anything else here is refused, never sent as raw UTF-8 (that
+/// would need SMTPUTF8, which mailpipe does not use).
+pub fn check_envelope_address(address: &str, stage: SmtpStage) -> Result<(), SmtpFailure> {
+    if address.is_ascii() {
+        return Ok(());
+    }
+    Err(SmtpFailure::Reply {
+        stage,
+        reply: SmtpReply::new(
+            553,
+            format!(
+                "5.6.7 address {address} has non-ASCII characters: mailpipe sends ASCII envelope addresses only (IDN domains as punycode), never raw UTF-8 without SMTPUTF8"
+            ),
+        ),
+    })
+}
+
+fn lettre_address(a: &EmailAddress, stage: SmtpStage) -> Result<lettre::Address, SmtpFailure> {
+    check_envelope_address(a.as_str(), stage)?;
     a.as_str().parse().map_err(|e| SmtpFailure::Reply {
-        stage: SmtpStage::RcptTo,
+        stage,
         reply: SmtpReply::new(
             553,
             format!("5.1.3 address {a} not accepted by the SMTP client: {e}"),
@@ -226,10 +282,14 @@ impl SmtpSession {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
+        let guard = Arc::new(GuardState::default());
         let mut conn = step(
             ep.timeout,
             SmtpStage::Connect,
-            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ep.hello),
+            AsyncSmtpConnection::connect_with_transport(
+                Box::new(GuardedStream::new(tcp, guard.clone())),
+                &ep.hello,
+            ),
         )
         .await?;
         if !conn.can_starttls() {
@@ -239,13 +299,24 @@ impl SmtpSession {
                 message: format!("{}:{} does not offer STARTTLS", ep.host, ep.port),
             });
         }
-        step(
+        guard.arm();
+        let upgraded = step(
             ep.timeout,
             SmtpStage::StartTls,
             conn.starttls(ep.tls.clone(), &ep.hello),
         )
-        .await
-        .map_err(|e| match e {
+        .await;
+        if guard.injected() {
+            conn.abort().await;
+            return Err(SmtpFailure::Protocol {
+                stage: SmtpStage::StartTls,
+                message: format!(
+                    "{}:{} sent data after its STARTTLS reply, before the TLS handshake (RFC 3207 \u{a7}6 response injection); connection closed",
+                    ep.host, ep.port
+                ),
+            });
+        }
+        upgraded.map_err(|e| match e {
             SmtpFailure::Network { stage, message } => SmtpFailure::Insecure { stage, message },
             other => other,
         })?;
@@ -269,6 +340,7 @@ impl SmtpSession {
                 u16::from(auth.code()),
                 auth.message().collect::<Vec<_>>().join(" "),
             ),
+            retired: false,
         })
     }
 
@@ -279,11 +351,31 @@ impl SmtpSession {
         recipients: &[EmailAddress],
         message: &[u8],
     ) -> Result<SendReport, SmtpFailure> {
+        let result = self.transaction(mail_from, recipients, message).await;
+        if let Err(failure) = &result
+            && failure.ends_session()
+        {
+            self.retired = true;
+        }
+        result
+    }
+
+    async fn transaction(
+        &mut self,
+        mail_from: &EmailAddress,
+        recipients: &[EmailAddress],
+        message: &[u8],
+    ) -> Result<SendReport, SmtpFailure> {
         let mut params = Vec::new();
         if !message.is_ascii() {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        let from = lettre_address(mail_from)?;
+        // Every address is checked before MAIL, so a refusal never leaves a transaction open.
+        let from = lettre_address(mail_from, SmtpStage::MailFrom)?;
+        let rcpts = recipients
+            .iter()
+            .map(|r| lettre_address(r, SmtpStage::RcptTo))
+            .collect::<Result<Vec<_>, _>>()?;
         step(
             self.timeout,
             SmtpStage::MailFrom,
@@ -293,11 +385,11 @@ impl SmtpSession {
 
         let mut accepted = Vec::with_capacity(recipients.len());
         let mut refused = Vec::new();
-        for rcpt in recipients {
+        for (rcpt, address) in recipients.iter().zip(rcpts) {
             match step(
                 self.timeout,
                 SmtpStage::RcptTo,
-                self.conn.command(Rcpt::new(lettre_address(rcpt)?, vec![])),
+                self.conn.command(Rcpt::new(address, vec![])),
             )
             .await
             {
@@ -309,7 +401,9 @@ impl SmtpSession {
                     refused.push((rcpt.clone(), reply));
                 }
                 Err(other) => {
-                    self.reset().await;
+                    if !other.ends_session() {
+                        self.reset().await;
+                    }
                     return Err(other);
                 }
             }
@@ -326,7 +420,13 @@ impl SmtpSession {
                 refused,
             });
         }
-        step(self.timeout, SmtpStage::Data, self.conn.command(Data)).await?;
+        if let Err(failure) = step(self.timeout, SmtpStage::Data, self.conn.command(Data)).await {
+            // Refused before the data: the transaction is still open on the server.
+            if !failure.ends_session() {
+                self.reset().await;
+            }
+            return Err(failure);
+        }
         let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
         let text = response.message().collect::<Vec<_>>().join(" ");
         Ok(SendReport {
@@ -337,7 +437,7 @@ impl SmtpSession {
     }
 
     async fn reset(&mut self) {
-        if !self.conn.has_broken() {
+        if self.is_usable() {
             let _ = tokio::time::timeout(self.timeout, self.conn.command(Rset)).await;
         }
     }
@@ -349,10 +449,63 @@ impl SmtpSession {
 
     /// Worth keeping for the next message.
     pub fn is_usable(&self) -> bool {
-        !self.conn.has_broken()
+        !self.retired && !self.conn.has_broken()
     }
 
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_envelope_addresses_are_refused_permanently_naming_why() {
+        assert!(check_envelope_address("a@b.example", SmtpStage::RcptTo).is_ok());
+        assert!(check_envelope_address("a@xn--bcher-kva.example", SmtpStage::RcptTo).is_ok());
+        for address in ["jörg@example.com", "a@bücher.example"] {
+            let refused = check_envelope_address(address, SmtpStage::RcptTo)
+                .expect_err("non-ASCII is never sent");
+            assert_eq!(refused.class(), ReplyClass::MessagePermanent, "{refused}");
+            assert_eq!(refused.stage(), SmtpStage::RcptTo);
+            let text = refused.to_string();
+            assert!(
+                text.contains(address) && text.contains("non-ASCII"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_421_or_a_lost_connection_ends_the_session_and_other_replies_do_not() {
+        let reply = |code, text| SmtpFailure::Reply {
+            stage: SmtpStage::Message,
+            reply: SmtpReply::new(code, text),
+        };
+        assert!(reply(421, "4.3.2 Service not available").ends_session());
+        assert!(!reply(451, "4.7.0 Temporary server error").ends_session());
+        assert!(!reply(550, "5.1.1 not found").ends_session());
+        let timeout = SmtpFailure::Timeout {
+            stage: SmtpStage::Message,
+        };
+        assert!(timeout.ends_session() && timeout.maybe_accepted());
+        // Only a failure before anything reached the server marks a stale idle session.
+        assert!(
+            SmtpFailure::Network {
+                stage: SmtpStage::MailFrom,
+                message: "incomplete response".into()
+            }
+            .stale_session()
+        );
+        assert!(!timeout.stale_session());
+        assert!(
+            !SmtpFailure::Reply {
+                stage: SmtpStage::MailFrom,
+                reply: SmtpReply::new(550, "5.7.60 send as denied"),
+            }
+            .stale_session()
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use mailpipe_common::amqp::{PublishError, Stage, header_str};
 use mailpipe_common::contract::{
@@ -16,11 +16,12 @@ use mailpipe_common::pipeline::{Pipeline, rendered_properties};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::claims::JobClaims;
 use crate::classify::ReplyClass;
 use crate::compose;
 use crate::ledger::DeliveredJobs;
 use crate::metrics;
-use crate::pool::{Completion, Lease, MailboxPool};
+use crate::pool::{Completion, Lease, MailboxPool, SessionError};
 use crate::smtp::{SendReport, SmtpStage};
 
 /// What became of one message.
@@ -32,6 +33,12 @@ pub enum DeliveryOutcome {
     AlreadyDelivered,
     /// A transient failure: the message waits in the retry ladder.
     Retry { attempt: u32 },
+    /// No reply came after the message data: it may have been accepted, so it waits in the
+    /// retry ladder and is not sent again before `until`.
+    Uncertain { until: DateTime<Utc> },
+    /// A copy of a job whose last send is uncertain: back to the retry ladder, unsent, with
+    /// no attempt spent.
+    Held { until: DateTime<Utc> },
     /// Permanently failed: in dead letters with its reason.
     Dead { reason: String },
     /// Shutdown came while it waited for a mailbox: it goes back to the queue unsent.
@@ -43,6 +50,7 @@ pub struct DeliverStage {
     pool: Arc<MailboxPool>,
     pipeline: Pipeline,
     delivered: Arc<DeliveredJobs>,
+    claims: Arc<JobClaims>,
     max_attempts: u32,
     shutdown: CancellationToken,
 }
@@ -65,6 +73,7 @@ impl DeliverStage {
             pool,
             pipeline,
             delivered,
+            claims: Arc::new(JobClaims::default()),
             max_attempts: max_attempts.max(1),
             shutdown,
         }
@@ -91,6 +100,13 @@ impl DeliverStage {
                     .await;
             }
         };
+        // One send per job at a time: a second copy waits here until the first is done,
+        // then finds it delivered (or held back) below.
+        let _claim = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Ok(DeliveryOutcome::Returned),
+            claim = self.claims.claim(&meta.job_id) => claim,
+        };
         if let Some(event) = self.delivered.get(&meta.job_id) {
             // Delivered before (maybe by a process that died before acking): make sure the
             // event is on record, but never send twice.
@@ -104,6 +120,17 @@ impl DeliverStage {
             }
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
+        }
+        if let Some(until) = self.delivered.uncertain_until(&meta.job_id) {
+            // Its last send may still be accepted by the server: not before `until`.
+            if !self.park(&meta, mime, until).await? {
+                let reason = "uncertain send and no retry ladder configured to hold it back";
+                return self
+                    .dead(&meta, props, mime, reason, None, None, vec![])
+                    .await;
+            }
+            metrics::MESSAGES.with_label_values(&["held"]).inc();
+            return Ok(DeliveryOutcome::Held { until });
         }
 
         let waited = Instant::now();
@@ -130,9 +157,12 @@ impl DeliverStage {
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
             let idx = lease.idx;
-            match self.attempt(&meta, mime, lease).await {
+            let refusal = match self.attempt(&meta, mime, lease).await {
                 Attempt::Delivered(report) => {
                     return self.delivered(&meta, mime, idx, report).await;
+                }
+                Attempt::Uncertain(reply) => {
+                    return self.uncertain(&meta, props, mime, idx, reply).await;
                 }
                 Attempt::AllRefused(report) => {
                     let reason = format!("every recipient refused: {}", report.reply);
@@ -158,6 +188,7 @@ impl DeliverStage {
                             ])
                             .inc();
                         self.pool.hold_mailbox(idx, problem);
+                        reply
                     }
                     ReplyClass::Tenant(problem) => {
                         metrics::REFUSALS
@@ -168,6 +199,7 @@ impl DeliverStage {
                             .inc();
                         self.pool
                             .hold_tenant(self.pool.mailboxes()[idx].tenant, problem);
+                        reply
                     }
                     ReplyClass::MessagePermanent => {
                         let reason = format!("refused by the server: {reply}");
@@ -182,14 +214,16 @@ impl DeliverStage {
                         };
                     }
                 },
-            }
+            };
             reroutes += 1;
             if reroutes >= reroute_limit {
                 break LastFailure {
                     reply: SmtpReply {
                         code: 0,
                         enhanced: None,
-                        text: format!("refused at mailbox level by {reroutes} mailboxes in a row"),
+                        text: format!(
+                            "refused at mailbox level by {reroutes} mailboxes in a row; last: {refusal}"
+                        ),
                     },
                     mailbox: None,
                 };
@@ -203,33 +237,30 @@ impl DeliverStage {
         let idx = lease.idx;
         let mailbox = &self.pool.mailboxes()[idx];
         let started = Instant::now();
-        let mut session = match self.pool.session(idx).await {
+        let (mut session, reused) = match self.pool.session(idx).await {
             Ok(s) => s,
-            Err(e) => {
-                // Failed before any message was handed over: the server counted nothing.
-                self.pool.finish(lease, Completion::NotCounted);
-                let reply = match &e {
-                    crate::pool::SessionError::Smtp(f) => f.reply(),
-                    other => SmtpReply {
-                        code: 0,
-                        enhanced: None,
-                        text: other.to_string(),
-                    },
-                };
-                let class = e.class();
-                tracing::warn!(mailbox = %mailbox.address, error = %e, class = class.as_str(), "cannot open an SMTP session");
-                metrics::SENDS
-                    .with_label_values(&[mailbox.address.as_str(), class.as_str()])
-                    .inc();
-                return Attempt::Failed { class, reply };
-            }
+            Err(e) => return self.not_opened(lease, e),
         };
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
         let span = tracing::info_span!("smtp.send", mailbox = %mailbox.address, recipients = meta.recipients.len());
-        let result = session
+        let mut result = session
             .send(&mailbox.address, &meta.recipients, &bytes)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        if reused && matches!(&result, Err(f) if f.stale_session()) {
+            // The server had closed (or abandoned) the idle session: the first command never
+            // reached it. Not this message's failure: once more on a fresh session.
+            tracing::debug!(mailbox = %mailbox.address, "idle session was closed by the server; opening a new one");
+            drop(session);
+            session = match self.pool.open(idx).await {
+                Ok(s) => s,
+                Err(e) => return self.not_opened(lease, e),
+            };
+            result = session
+                .send(&mailbox.address, &meta.recipients, &bytes)
+                .instrument(span)
+                .await;
+        }
         metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(report) if report.delivered() => {
@@ -258,13 +289,21 @@ impl DeliverStage {
                 } else {
                     Completion::NotCounted
                 };
-                if matches!(failure, crate::smtp::SmtpFailure::Reply { .. }) {
-                    self.pool.return_session(idx, session);
+                // A session the server closed (421) or that broke is dropped here, before
+                // the slot frees, so the server never sees one connection too many.
+                if failure.ends_session() {
+                    drop(session);
                 } else {
-                    // Close it before the slot frees, so the server never sees one too many.
-                    session.quit().await;
+                    self.pool.return_session(idx, session);
                 }
                 self.pool.finish(lease, counted);
+                if failure.maybe_accepted() {
+                    metrics::SENDS
+                        .with_label_values(&[mailbox.address.as_str(), "uncertain"])
+                        .inc();
+                    tracing::warn!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, "send uncertain: no reply after the message data");
+                    return Attempt::Uncertain(failure.reply());
+                }
                 let class = failure.class();
                 metrics::SENDS
                     .with_label_values(&[mailbox.address.as_str(), class.as_str()])
@@ -276,6 +315,26 @@ impl DeliverStage {
                 }
             }
         }
+    }
+
+    /// No session could be opened: nothing was handed over, the server counted nothing.
+    fn not_opened(&self, lease: Lease, e: SessionError) -> Attempt {
+        let mailbox = &self.pool.mailboxes()[lease.idx];
+        self.pool.finish(lease, Completion::NotCounted);
+        let reply = match &e {
+            SessionError::Smtp(f) => f.reply(),
+            other => SmtpReply {
+                code: 0,
+                enhanced: None,
+                text: other.to_string(),
+            },
+        };
+        let class = e.class();
+        tracing::warn!(mailbox = %mailbox.address, error = %e, class = class.as_str(), "cannot open an SMTP session");
+        metrics::SENDS
+            .with_label_values(&[mailbox.address.as_str(), class.as_str()])
+            .inc();
+        Attempt::Failed { class, reply }
     }
 
     fn event(&self, meta: &RenderedMeta, kind: EventKind, mailbox: Option<usize>) -> DeliveryEvent {
@@ -338,6 +397,92 @@ impl DeliverStage {
         Ok(DeliveryOutcome::Delivered {
             mailbox: m.address.to_string(),
         })
+    }
+
+    /// A send of unknown outcome: counted in the windows (done by `attempt`), recorded as
+    /// an `uncertain` retry, and held back until the server could no longer accept it.
+    async fn uncertain(
+        &self,
+        meta: &RenderedMeta,
+        props: &BasicProperties,
+        mime: &[u8],
+        idx: usize,
+        reply: SmtpReply,
+    ) -> Result<DeliveryOutcome, PublishError> {
+        let hold = chrono::Duration::from_std(self.pool.uncertain_hold()).unwrap_or_default();
+        let until = Utc::now() + hold;
+        self.delivered.mark_uncertain(&meta.job_id, until);
+        let mut next = meta.clone();
+        next.attempt = meta.attempt + 1;
+        let m = &self.pool.mailboxes()[idx];
+        let mut event = self.event(&next, EventKind::Retrying, Some(idx));
+        event.uncertain = true;
+        // Every recipient, as the server may have counted them all (the ledger replays this).
+        event.recipients = meta.recipients.len() as u32;
+        event.external_recipients = self.pool.external_count_for(m.tenant, &meta.recipients) as u32;
+        event.reason = Some(format!(
+            "uncertain: no reply after the message data ({}); the server may have accepted it, so it is not sent again before {until}",
+            reply.text
+        ));
+        event.smtp = Some(reply);
+        event.retry_at = Some(until);
+        // On record before anything else: a restart must keep the hold and the quota used.
+        self.pipeline
+            .record_event(&event)
+            .await?
+            .confirmed()
+            .await?;
+        metrics::MESSAGES.with_label_values(&["uncertain"]).inc();
+        if next.attempt >= self.max_attempts {
+            let reason = format!(
+                "gave up after {} attempts; the last send is uncertain (it may have been accepted)",
+                next.attempt
+            );
+            let reply = event.smtp.clone();
+            return self
+                .dead(meta, props, mime, &reason, reply, Some(idx), vec![])
+                .await;
+        }
+        if !self.park(&next, mime, until).await? {
+            let reason = "uncertain send and no retry ladder configured to hold it back";
+            let reply = event.smtp.clone();
+            return self
+                .dead(meta, props, mime, reason, reply, Some(idx), vec![])
+                .await;
+        }
+        Ok(DeliveryOutcome::Uncertain { until })
+    }
+
+    /// Puts a message in the retry ladder, unchanged, until `until`: on the first step that
+    /// waits long enough, or the longest (then it comes back early and is parked again).
+    /// `false` when there is no ladder.
+    async fn park(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        until: DateTime<Utc>,
+    ) -> Result<bool, PublishError> {
+        let wait = (until - Utc::now()).to_std().unwrap_or_default();
+        let topology = self.pipeline.topology();
+        let steps = topology.retry_levels() as u32;
+        let step = (1..=steps)
+            .find(|&s| {
+                topology
+                    .retry_route(Stage::Deliver, s)
+                    .is_some_and(|(_, _, delay)| delay >= wait)
+            })
+            .unwrap_or(steps);
+        match self
+            .pipeline
+            .retry(Stage::Deliver, step, mime, rendered_properties(meta))
+            .await?
+        {
+            Some((_, pending)) => {
+                pending.confirmed().await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn retry(
@@ -453,8 +598,13 @@ impl DeliverStage {
 
 enum Attempt {
     Delivered(SendReport),
+    /// Handed over, no reply: the server may have accepted it.
+    Uncertain(SmtpReply),
     AllRefused(SendReport),
-    Failed { class: ReplyClass, reply: SmtpReply },
+    Failed {
+        class: ReplyClass,
+        reply: SmtpReply,
+    },
 }
 
 fn refusals(report: &SendReport) -> Vec<RecipientRefusal> {

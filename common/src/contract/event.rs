@@ -60,6 +60,11 @@ pub struct DeliveryEvent {
     /// When the retry ladder will bring it back, for `retrying`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
+    /// On `retrying`: the message was handed over and no reply came (timeout or lost
+    /// connection after the final dot), so the server may have accepted it. It counts
+    /// against the mailbox's windows and is not sent again before `retry_at`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncertain: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
@@ -81,6 +86,7 @@ impl DeliveryEvent {
             reason: None,
             attempt: 0,
             retry_at: None,
+            uncertain: false,
             started_at: None,
             at: Utc::now(),
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mailpipe_common::config::{CommonSettings, SecretRef, TelemetrySettings};
-use mailpipe_common::contract::RenderedMeta;
+use mailpipe_common::contract::{DeliveryEvent, RenderedMeta};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId, Mailbox};
 use mailpipe_common::testkit::TestBroker;
 use mailpipe_deliver::settings::{
@@ -53,6 +53,8 @@ pub struct PoolSpec {
     pub send_as_billing: Vec<usize>,
     pub from_policy: FromPolicy,
     pub faults: String,
+    /// `[mailboxes.faults]` TOML lines for single mailboxes (by index).
+    pub mailbox_faults: Vec<(usize, String)>,
 }
 
 impl Default for PoolSpec {
@@ -65,6 +67,7 @@ impl Default for PoolSpec {
             send_as_billing: vec![],
             from_policy: FromPolicy::Mailbox,
             faults: String::new(),
+            mailbox_faults: vec![],
         }
     }
 }
@@ -104,6 +107,7 @@ message_window_ms = {mw}
 recipients_per_window = {r}
 recipient_window_ms = {rw}
 max_connections = {c}
+{faults}
 "#,
             lifetime = spec.token_lifetime_secs,
             addr = mailbox_address(i),
@@ -112,6 +116,12 @@ max_connections = {c}
             r = l.recipients,
             rw = l.recipient_window_ms,
             c = l.connections,
+            faults = spec
+                .mailbox_faults
+                .iter()
+                .filter(|(m, _)| *m == i)
+                .map(|(_, f)| format!("[mailboxes.faults]\n{f}\n"))
+                .collect::<String>(),
         ));
     }
     Simulator::start(SimConfig::from_toml_str(&toml).expect("sim config"))
@@ -280,6 +290,17 @@ impl Harness {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Every event in the stream so far.
+    pub async fn events(&self) -> Vec<DeliveryEvent> {
+        let mut out = Vec::new();
+        self.broker
+            .pipeline
+            .read_events_since(Utc::now() - chrono::Duration::hours(1), |e| out.push(e))
+            .await
+            .unwrap();
+        out
     }
 
     pub async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {

@@ -192,6 +192,9 @@ pub struct FaultsConfig {
     pub reply_421_rate: f64,
     /// Answer the final `.` with `451 4.7.0 Temporary server error`.
     pub reply_451_rate: f64,
+    /// Say nothing after the final `.` (the message is not accepted) and keep the connection
+    /// open until the client closes it or the idle timeout: the client cannot know the outcome.
+    pub silent_after_data_rate: f64,
     /// Delay before every reply, in milliseconds.
     pub slow_reply_ms: u64,
     /// Recipients refused at RCPT with `550 5.1.1 RESOLVER.ADR.RecipNotFound`.
@@ -460,6 +463,7 @@ fn validate_faults(f: &FaultsConfig, key: &str) -> Result<(), ConfigError> {
         ("drop_after_data_rate", f.drop_after_data_rate),
         ("reply_421_rate", f.reply_421_rate),
         ("reply_451_rate", f.reply_451_rate),
+        ("silent_after_data_rate", f.silent_after_data_rate),
     ] {
         if !(0.0..=1.0).contains(&v) {
             return Err(ConfigError::Invalid {

@@ -19,6 +19,8 @@ pub(crate) enum DataEndFault {
     Reply421,
     /// `451 4.7.0 Temporary server error`.
     Reply451,
+    /// No reply at all; the connection stays open.
+    Silent,
 }
 
 #[derive(Debug)]
@@ -67,10 +69,15 @@ impl Faults {
 
     /// One draw per message from the mailbox's own seeded stream.
     pub fn data_end(&self, mailbox: &str) -> Option<DataEndFault> {
-        let (drop, r421, r451) = self.with(Some(mailbox), |f| {
-            (f.drop_after_data_rate, f.reply_421_rate, f.reply_451_rate)
+        let (drop, r421, r451, silent) = self.with(Some(mailbox), |f| {
+            (
+                f.drop_after_data_rate,
+                f.reply_421_rate,
+                f.reply_451_rate,
+                f.silent_after_data_rate,
+            )
         });
-        if drop <= 0.0 && r421 <= 0.0 && r451 <= 0.0 {
+        if drop <= 0.0 && r421 <= 0.0 && r451 <= 0.0 && silent <= 0.0 {
             return None;
         }
         let u: f64 = {
@@ -86,6 +93,8 @@ impl Faults {
             Some(DataEndFault::Reply421)
         } else if u < drop + r421 + r451 {
             Some(DataEndFault::Reply451)
+        } else if u < drop + r421 + r451 + silent {
+            Some(DataEndFault::Silent)
         } else {
             None
         }

@@ -176,6 +176,32 @@ async fn drop_after_data_closes_without_reply() {
 }
 
 #[tokio::test]
+async fn silent_after_data_gives_no_reply_and_accepts_nothing() {
+    let sim = start(CONFIG).await;
+    sim.set_faults(FaultsConfig {
+        silent_after_data_rate: 1.0,
+        ..FaultsConfig::default()
+    });
+    let mut s = authed(&sim, "a@contoso.example").await;
+    let body = message("a@contoso.example", "x@fabrikam.example", "s");
+    let send = s.send_mail("a@contoso.example", &["x@fabrikam.example"], &body);
+    // No reply ever comes; the client gives up.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), send)
+            .await
+            .is_err()
+    );
+    let refusal = sim.refusals().pop().unwrap();
+    assert_eq!(
+        (refusal.code, refusal.mailbox.as_deref()),
+        (0, Some("a@contoso.example"))
+    );
+    assert!(refusal.text.contains("no reply after DATA"), "{refusal:?}");
+    assert!(sim.accepted().is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn slow_replies_are_delayed() {
     let sim = start(CONFIG).await;
     let mut s = authed(&sim, "a@contoso.example").await;

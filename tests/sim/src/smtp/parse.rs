@@ -226,6 +226,14 @@ mod tests {
                 size: None
             }
         );
+        // Exchange Online advertises SMTPUTF8 and takes the MAIL parameter.
+        assert_eq!(
+            parse_command("MAIL FROM:<a@x.example> SMTPUTF8 BODY=8BITMIME"),
+            Command::Mail {
+                from: "a@x.example".into(),
+                size: None
+            }
+        );
         assert_eq!(parse_command("MAIL TO:<a@x>"), Command::Invalid);
         assert_eq!(parse_command("MAIL FROM:<a@x> SIZE=abc"), Command::Invalid);
     }

@@ -697,6 +697,22 @@ impl Session {
                 .await;
                 return Ok(Flow::Close);
             }
+            Some(DataEndFault::Silent) => {
+                shared
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&["silent_after_data"])
+                    .inc();
+                let r = Reply::new(0, "no reply after DATA (fault injection)");
+                shared.refuse(Some(&mailbox.address), Stage::DataEnd, "DATA", &r);
+                // Read and ignore whatever comes (QUIT, RSET) until the client gives up.
+                let max = shared.config.max_line_length;
+                while let Ok(Ok(Line::Complete(_) | Line::TooLong)) =
+                    tokio::time::timeout(shared.idle_timeout(), conn.read_line(max)).await
+                {
+                }
+                return Ok(Flow::Drop);
+            }
             Some(DataEndFault::Reply451) => {
                 shared
                     .metrics
