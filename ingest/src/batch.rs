@@ -8,7 +8,7 @@
 //! Spooling also in partial mode keeps one rule for both: an upload that breaks off
 //! halfway (client gone, size limit) publishes nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Read, Seek, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,9 +60,15 @@ pub struct ImportReport {
     pub duplicates: u64,
     /// Bad lines.
     pub rejected: u64,
-    /// Every problem of every bad line.
+    /// The first [`MAX_REPORTED_ERRORS`] problems, in line order.
     pub errors: Vec<LineError>,
+    /// Every problem counted by kind (the field's top level: `to`, `data`, `csv`,
+    /// `malformed`...), so a report stays small however bad the input.
+    pub error_counts: BTreeMap<&'static str, u64>,
 }
+
+/// Problems listed one by one in a report; the rest are only counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -73,6 +79,10 @@ pub enum ImportError {
     Header { column: String, reason: String },
     #[error("the upload exceeds {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "CSV record starting at line {line} exceeds {limit} bytes (limits.max_job_bytes): an unterminated quote?"
+    )]
+    RecordTooLong { line: u64, limit: usize },
     #[error("reading the upload: {0}")]
     Io(std::io::Error),
     /// Publishing stopped partway; `report` says what was published before.
@@ -124,6 +134,7 @@ struct Checked {
     duplicates: u64,
     rejected: u64,
     errors: Vec<LineError>,
+    error_counts: BTreeMap<&'static str, u64>,
 }
 
 /// A fresh batch id for uploads that did not name one.
@@ -157,6 +168,7 @@ pub async fn import<R: Read + Send + 'static>(
     .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
     .map_err(|e| match e {
         ReadError::Header { column, reason } => ImportError::Header { column, reason },
+        ReadError::RecordTooLong { line, limit } => ImportError::RecordTooLong { line, limit },
         ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
             ImportError::TooLarge {
                 limit: options.max_bytes,
@@ -173,6 +185,7 @@ pub async fn import<R: Read + Send + 'static>(
         duplicates: checked.duplicates,
         rejected: checked.rejected,
         errors: checked.errors,
+        error_counts: checked.error_counts,
     };
     if report.rejected > 0 && !options.partial {
         return Err(ImportError::Rejected(report));
@@ -209,6 +222,7 @@ fn check(
     let mut seen: HashSet<JobId> = HashSet::new();
     let (mut valid, mut lines, mut duplicates, mut rejected) = (0u64, 0u64, 0u64, 0u64);
     let mut errors = Vec::new();
+    let mut error_counts = BTreeMap::new();
     let mut write_error = None;
     read_jobs(input, format, validator, |line, result| {
         lines += 1;
@@ -247,7 +261,14 @@ fn check(
                 rejected += 1;
                 progress.bad_lines.fetch_add(1, Ordering::Relaxed);
                 metrics::rejected(&invalid.errors, invalid.malformed);
-                errors.extend(invalid.errors.into_iter().map(|e| LineError::new(line, e)));
+                for e in invalid.errors {
+                    *error_counts
+                        .entry(crate::validate::reason_class(&e.field, invalid.malformed))
+                        .or_insert(0) += 1;
+                    if errors.len() < MAX_REPORTED_ERRORS {
+                        errors.push(LineError::new(line, e));
+                    }
+                }
             }
         }
     })?;
@@ -263,6 +284,7 @@ fn check(
         duplicates,
         rejected,
         errors,
+        error_counts,
     })
 }
 

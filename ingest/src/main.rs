@@ -166,6 +166,22 @@ fn check_config(config: &Config) -> ExitCode {
         config.ingest.max_in_flight
     );
     println!("ingest.limits: {:?}", config.ingest.limits);
+    match mailpipe_ingest::validate::Validator::from_settings(&config.ingest) {
+        Ok(v) => match v.templates() {
+            Some(t) => println!(
+                "templates: {} loaded ({}); every job is rendered before it is accepted",
+                t.len(),
+                t.names().collect::<Vec<_>>().join(", ")
+            ),
+            None => println!(
+                "warning: ingest.templates_dir is unset: jobs are not rendered before they are accepted"
+            ),
+        },
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match &config.pool {
         Ok(pool) => {
             let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);

@@ -83,6 +83,7 @@ impl Application {
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
+        let validator = Validator::from_settings(&config.ingest)?;
         let broker = Broker::connect(&config.rabbitmq, "mailpipe-ingest", shutdown.clone()).await?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
@@ -116,13 +117,7 @@ impl Application {
             }),
         ];
         let listen = config.ingest.listen;
-        let state = AppState::new(
-            Validator::from_settings(&config.ingest),
-            publisher,
-            tokens,
-            config.ingest,
-            replayed,
-        );
+        let state = AppState::new(validator, publisher, tokens, config.ingest, replayed);
         let router = api::router(state)
             .merge(ops_router(checks))
             .layer(axum::middleware::from_fn(api::track));

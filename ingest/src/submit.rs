@@ -59,6 +59,8 @@ pub enum SubmitError {
     },
     #[error("reading the events stream for duplicate checks: {0}")]
     Replay(#[from] mailpipe_common::pipeline::StreamReadError),
+    #[error("configuration error: {0}")]
+    Config(#[from] mailpipe_common::config::ConfigError),
     #[error(transparent)]
     Import(#[from] ImportError),
 }
@@ -107,7 +109,7 @@ pub async fn submit(
         partial: options.partial,
         max_bytes: u64::MAX,
     };
-    let validator = Arc::new(Validator::from_settings(settings));
+    let validator = Arc::new(Validator::from_settings(settings)?);
     let result = import(
         file,
         format,
@@ -145,6 +147,20 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
         );
         for e in &r.errors {
             let _ = writeln!(out, "  line {}: {}: {}", e.line, e.field, e.reason);
+        }
+        let total: u64 = r.error_counts.values().sum();
+        if total > r.errors.len() as u64 {
+            let kinds: Vec<String> = r
+                .error_counts
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  ... {} more problems not listed (all problems by kind: {})",
+                total - r.errors.len() as u64,
+                kinds.join(", ")
+            );
         }
     }
     match result {

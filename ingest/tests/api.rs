@@ -18,7 +18,7 @@ async fn a_valid_job_arrives_in_the_render_queue_exactly_as_posted() {
     let app = TestApp::spawn("ing-valid").await;
     let body = r#"{"id":"inv-1","batch":"nov","template":"invoice","from":{"name":"Billing","address":"billing@example.com"},
         "to":[{"name":"Ann Example","address":"ann@example.com"}],"cc":["c@example.com"],"bcc":["audit@example.com"],
-        "data":{"amount":"12.50","items":[{"sku":"A","qty":2}]},
+        "data":{"invoice_number":"INV-1","due_date":"2026-12-15","currency":"EUR","customer":{"name":"Ann Example"},"items":[{"description":"Consulting","quantity":2,"unit_price":45.0}]},
         "attachments":[{"filename":"inv-1.pdf","content_type":"application/pdf","path":"2026/inv-1.pdf"}]}"#;
     let (status, json) = app.post_job(body).await;
     assert_eq!(status, 202, "{json}");
@@ -341,9 +341,9 @@ async fn a_batch_with_bad_lines_is_refused_whole_unless_partial() {
 #[tokio::test]
 async fn a_csv_batch_follows_the_column_convention() {
     let app = TestApp::spawn("ing-csv").await;
-    let csv = "id,to,to_name,template,attachment_path,data.amount,data.items\n\
-               c-1,ann@example.com,Ann Example,invoice,2026/inv-1.pdf,12.50,\"[{\"\"sku\"\":\"\"A\"\"}]\"\n\
-               c-2,bob@example.com,,invoice,,3.00,\n";
+    let csv = "id,to,to_name,template,attachment_path,data.invoice_number,data.due_date,data.currency,data.customer.name,data.items.0.description,data.items.0.quantity:number,data.items.0.unit_price:number\n\
+               c-1,ann@example.com,Ann Example,invoice,2026/inv-1.pdf,INV-1,2026-12-15,EUR,Ann Example,Consulting,2,45.00\n\
+               c-2,bob@example.com,,invoice,,INV-2,2026-12-15,EUR,Bob Example,Widget,3,1.50\n";
     let r = app
         .post("/v1/batches?batch=csv-1")
         .header("content-type", "text/csv")
@@ -361,7 +361,9 @@ async fn a_csv_batch_follows_the_column_convention() {
         .unwrap();
     let job = Job::from_queue(&msg.delivery.data).unwrap();
     assert_eq!(job.to[0].name.as_deref(), Some("Ann Example"));
-    assert_eq!(job.data["items"][0]["sku"], "A");
+    assert_eq!(job.data["items"][0]["description"], "Consulting");
+    assert_eq!(job.data["items"][0]["quantity"], 2);
+    assert_eq!(job.data["customer"]["name"], "Ann Example");
     assert_eq!(job.batch.as_ref().map(|b| b.as_str()), Some("csv-1"));
 
     let r = app

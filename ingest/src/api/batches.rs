@@ -86,11 +86,14 @@ pub async fn upload(
             format!("{} of {} lines are bad; nothing was published (fix them, or send with ?partial=true)", report.rejected, report.lines),
         )
         .errors(&report.errors)
-        .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "rejected": report.rejected, "accepted": 0 }))),
+        .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "rejected": report.rejected, "accepted": 0, "error_counts": report.error_counts }))),
         Err(ImportError::Header { column, reason }) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("CSV header: column {column:?}: {reason}")).field(column))
         }
         Err(ImportError::TooLarge { limit }) => Err(too_large(limit)),
+        Err(e @ ImportError::RecordTooLong { .. }) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; nothing was published")).field("csv"))
+        }
         Err(ImportError::Io(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")).field("body")),
         Err(ImportError::Publish { report, source }) => {
             tracing::error!(batch = %report.batch, accepted = report.accepted, error = %source, "batch publish stopped");
