@@ -152,41 +152,9 @@ pub async fn import<R: Read + Send + 'static>(
     publisher: &JobPublisher,
     progress: Arc<Progress>,
 ) -> Result<ImportReport, ImportError> {
-    let batch = options.batch.clone().unwrap_or_else(new_batch_id);
     let ids = publisher.ids().clone();
-    let (b, p) = (batch.clone(), progress.clone());
-    let checked = tokio::task::spawn_blocking(move || {
-        let input = Limited {
-            inner: input,
-            read: 0,
-            limit: options.max_bytes,
-            progress: p.clone(),
-        };
-        check(input, format, &validator, &ids, &b, &p)
-    })
-    .await
-    .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
-    .map_err(|e| match e {
-        ReadError::Header { column, reason } => ImportError::Header { column, reason },
-        ReadError::RecordTooLong { line, limit } => ImportError::RecordTooLong { line, limit },
-        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
-            ImportError::TooLarge {
-                limit: options.max_bytes,
-            }
-        }
-        ReadError::Io(io) => ImportError::Io(io),
-    })?;
-    metrics::BATCH_SIZE.observe(checked.lines as f64);
-
-    let mut report = ImportReport {
-        batch,
-        lines: checked.lines,
-        accepted: 0,
-        duplicates: checked.duplicates,
-        rejected: checked.rejected,
-        errors: checked.errors,
-        error_counts: checked.error_counts,
-    };
+    let (mut report, checked) =
+        check_upload(input, format, &options, validator, ids, progress.clone()).await?;
     if report.rejected > 0 && !options.partial {
         return Err(ImportError::Rejected(report));
     }
@@ -207,6 +175,74 @@ pub async fn import<R: Read + Send + 'static>(
         Err(Stop::Publish(source)) => Err(ImportError::Publish { report, source }),
         Err(Stop::Spool(e)) => Err(ImportError::Io(e)),
     }
+}
+
+/// Only the check step of an import (`submit --dry-run`): every line is parsed, checked
+/// and rendered (when the validator has templates); nothing is published, no broker is
+/// needed. Bad lines make it `Rejected`. Duplicates are those within the input only.
+pub async fn dry_run<R: Read + Send + 'static>(
+    input: R,
+    format: Format,
+    options: ImportOptions,
+    validator: Arc<Validator>,
+    progress: Arc<Progress>,
+) -> Result<ImportReport, ImportError> {
+    let (report, _) = check_upload(
+        input,
+        format,
+        &options,
+        validator,
+        AcceptedIds::new(),
+        progress,
+    )
+    .await?;
+    if report.rejected > 0 {
+        return Err(ImportError::Rejected(report));
+    }
+    Ok(report)
+}
+
+/// Step 1 of an import: reads and checks the whole input, spooling the good jobs.
+async fn check_upload<R: Read + Send + 'static>(
+    input: R,
+    format: Format,
+    options: &ImportOptions,
+    validator: Arc<Validator>,
+    ids: AcceptedIds,
+    progress: Arc<Progress>,
+) -> Result<(ImportReport, Checked), ImportError> {
+    let batch = options.batch.clone().unwrap_or_else(new_batch_id);
+    let (b, p, max_bytes) = (batch.clone(), progress.clone(), options.max_bytes);
+    let mut checked = tokio::task::spawn_blocking(move || {
+        let input = Limited {
+            inner: input,
+            read: 0,
+            limit: max_bytes,
+            progress: p.clone(),
+        };
+        check(input, format, &validator, &ids, &b, &p)
+    })
+    .await
+    .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
+    .map_err(|e| match e {
+        ReadError::Header { column, reason } => ImportError::Header { column, reason },
+        ReadError::RecordTooLong { line, limit } => ImportError::RecordTooLong { line, limit },
+        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
+            ImportError::TooLarge { limit: max_bytes }
+        }
+        ReadError::Io(io) => ImportError::Io(io),
+    })?;
+    metrics::BATCH_SIZE.observe(checked.lines as f64);
+    let report = ImportReport {
+        batch,
+        lines: checked.lines,
+        accepted: 0,
+        duplicates: checked.duplicates,
+        rejected: checked.rejected,
+        errors: std::mem::take(&mut checked.errors),
+        error_counts: std::mem::take(&mut checked.error_counts),
+    };
+    Ok((report, checked))
 }
 
 fn check(

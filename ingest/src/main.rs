@@ -25,6 +25,7 @@ Examples:
   # Submit a file straight to RabbitMQ (JSONL or CSV, by extension):
   mailpipe-ingest --config mailpipe.toml submit examples/jobs/batch.csv --batch nov-2026
   mailpipe-ingest submit invoices.jsonl --partial     # publish the good lines, report the bad
+  mailpipe-ingest submit invoices.csv --dry-run       # check and render every line, publish nothing
 
   # A batch's status from the events stream (no server needed): counts, per mailbox,
   # failures with their SMTP replies, ETA from the [deliver] pool's limits:
@@ -40,9 +41,10 @@ Examples:
   # Check the configuration (exit 2 naming the key when it is wrong):
   mailpipe-ingest --config mailpipe.toml --check-config
 
-Exit codes: submit: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ
-failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown
-batch or configuration; 3 RabbitMQ failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
+Exit codes: submit: 0 ok; 1 lines were rejected (or found bad by --dry-run); 2 configuration or
+input error (a path that is not a regular file too); 3 RabbitMQ failed. status: 0 no failures
+(finished, or not yet with no --watch); 1 failures; 2 unknown batch or configuration; 3 RabbitMQ
+failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
 
 #[derive(Debug, Parser)]
@@ -71,6 +73,10 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Check and render every line, publish nothing (no broker needed): exit 0 all
+        /// good, 1 bad lines (listed).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// A batch's status from the events stream: counts, per mailbox, failures, ETA.
     Status {
@@ -393,7 +399,32 @@ async fn run(config: Config, command: Command) -> ExitCode {
             batch,
             partial,
             quiet,
+            dry_run,
         } => {
+            let display = if quiet {
+                Display::Quiet
+            } else {
+                Display::for_stderr()
+            };
+            let options = SubmitOptions {
+                file: file.clone(),
+                batch,
+                partial,
+                display,
+            };
+            if dry_run {
+                let result = submit::dry_run(&config.ingest, &options).await;
+                print!("{}", submit::dry_run_summary(&file, &result));
+                return match result {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => ExitCode::from(e.exit_code()),
+                };
+            }
+            // The file is checked before the broker is asked for anything.
+            if let Err(e) = submit::open_input(&file) {
+                eprintln!("{e}");
+                return ExitCode::from(e.exit_code());
+            }
             let broker = match mailpipe_common::amqp::Broker::connect(
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
@@ -411,17 +442,6 @@ async fn run(config: Config, command: Command) -> ExitCode {
             let pipeline = mailpipe_common::pipeline::Pipeline::new(
                 mailpipe_common::amqp::Publisher::new(broker.clone(), timeout),
             );
-            let display = if quiet {
-                Display::Quiet
-            } else {
-                Display::for_stderr()
-            };
-            let options = SubmitOptions {
-                file: file.clone(),
-                batch,
-                partial,
-                display,
-            };
             let result = submit::submit(&pipeline, &config.ingest, &options).await;
             print!("{}", submit::summary(&file, &result));
             broker.close().await;
