@@ -611,7 +611,7 @@ mod tests {
 
     #[test]
     fn csv_rows_follow_the_column_convention() {
-        let input = "id,to,to_name,cc,template,attachment_path,data.amount,data.items\n\
+        let input = "id,to,to_name,cc,template,attachment_path,data.amount,data.items:json\n\
                      inv-1,ann@x.com;bob@x.com,Ann A,carl@x.com,invoice,2026/inv-1.pdf,12.50,\"[{\"\"sku\"\":\"\"A\"\"}]\"\n\
                      inv-2,nope,,,invoice,,1,\n\
                      inv-3,c@x.com,,,invoice,,,\"[oops\"\n";
@@ -652,6 +652,103 @@ mod tests {
         );
         assert_eq!(ok.len(), 2);
         assert_eq!((bad[0].line, bad[0].field.as_str()), (3, "csv"));
+    }
+
+    #[test]
+    fn dotted_columns_build_nested_objects_and_arrays() {
+        let input = "id,to,template,data.customer.name,data.customer.vat,data.items.0.description,data.items.0.quantity:number,data.items.1.description,data.items.1.quantity:number,data.flags:json\n\
+                     a,a@x.com,t,Ann,,Tea,2,Cake,1,\"{\"\"vip\"\":true}\"\n\
+                     b,b@x.com,t,Bob,DE1,Tea,1.5,,,\n\
+                     c,c@x.com,t,Carl,,,,Cake,3,\n\
+                     d,d@x.com,t,Dora,,Tea,two,,,\n";
+        let (ok, bad) = read(Format::Csv, input, JobLimits::default());
+        let data = |i: usize| Value::Object(ok[i].1.data.clone());
+        assert_eq!(
+            data(0),
+            serde_json::json!({"customer": {"name": "Ann", "vat": ""},
+                "items": [{"description": "Tea", "quantity": 2}, {"description": "Cake", "quantity": 1}],
+                "flags": {"vip": true}})
+        );
+        // Empty cells of an element are absent; an element with none filled is left out.
+        assert_eq!(
+            data(1)["items"],
+            serde_json::json!([{"description": "Tea", "quantity": 1.5}])
+        );
+        assert_eq!(
+            data(2)["items"],
+            serde_json::json!([{"description": "Cake", "quantity": 3}])
+        );
+        assert_eq!(ok.len(), 3);
+        assert_eq!(
+            (bad[0].line, bad[0].field.as_str()),
+            (5, "data.items.0.quantity")
+        );
+        assert!(bad[0].reason.contains("\"two\" is not a number"), "{bad:?}");
+    }
+
+    #[test]
+    fn clashing_or_malformed_dotted_columns_refuse_the_header() {
+        let v = Validator::new(JobLimits::default(), None, None);
+        for (header, column, why) in [
+            (
+                "id,data.customer,data.customer.name",
+                "data.customer.name",
+                "nested",
+            ),
+            (
+                "id,data.items.0.x,data.items.a",
+                "data.items.a",
+                "both as an object and as an array",
+            ),
+            ("id,data.a.b,data.a.b:number", "data.a.b:number", "twice"),
+            ("id,data.0", "data.0", "first key"),
+            ("id,data.items.1000.x", "data.items.1000.x", "over 999"),
+            ("id,data.a..b", "data.a..b", "empty key"),
+            ("id,data.a:date", "data.a:date", ":number or :json"),
+        ] {
+            let err = read_jobs(format!("{header}\n").as_bytes(), Format::Csv, &v, |_, _| {})
+                .unwrap_err();
+            match err {
+                ReadError::Header { column: c, reason } => {
+                    assert_eq!(c, column, "{header}");
+                    assert!(reason.contains(why), "{header}: {reason}");
+                }
+                other => panic!("{header}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quote_stops_at_the_record_limit_with_its_line() {
+        let v = Validator::new(
+            JobLimits {
+                max_job_bytes: 1000,
+                ..Default::default()
+            },
+            None,
+            None,
+        );
+        // Endless input after an opening quote on line 3: only a bound ends this read.
+        let head = "id,to,template\na,a@x.com,t\nb,\"b@x.com";
+        let input = head.as_bytes().chain(std::io::repeat(b'x'));
+        let mut seen = 0;
+        let err = read_jobs(input, Format::Csv, &v, |_, r| {
+            assert!(r.is_ok());
+            seen += 1;
+        })
+        .unwrap_err();
+        assert_eq!(seen, 1);
+        assert!(
+            matches!(
+                err,
+                ReadError::RecordTooLong {
+                    line: 3,
+                    limit: 1000
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 3"), "{err}");
     }
 
     #[test]

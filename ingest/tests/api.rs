@@ -410,3 +410,80 @@ async fn an_oversize_batch_is_refused_and_publishes_nothing() {
     assert_eq!(app.render_depth().await, 0);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_job_that_would_not_render_is_refused_before_202_naming_the_variable() {
+    let app = TestApp::spawn("ing-render").await;
+    // The data says `invoice_numbr`; the template reads `invoice_number`.
+    let misspelled = job_json("r-1").replace("invoice_number", "invoice_numbr");
+    let (status, json) = app.post_job(&misspelled).await;
+    assert_eq!(status, 422, "{json}");
+    assert_eq!(json["field"], "data.invoice_number", "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(
+        error.contains("undefined variable `data.invoice_number` in invoice/subject.txt line 1"),
+        "{json}"
+    );
+
+    // Per line in a JSONL batch...
+    let body = format!(
+        "{}\n{}\n{}\n",
+        job_json("r-2"),
+        job_json("r-3").replace("\"customer\"", "\"client\""),
+        job_json("r-4")
+    );
+    let r = app
+        .post("/v1/batches?batch=render-1")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(json["errors"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["errors"][0]["line"], 2, "{json}");
+    assert_eq!(json["errors"][0]["field"], "data.customer.name", "{json}");
+
+    // ...and in a CSV batch (a misspelled column).
+    let csv = "id,to,template,data.invoice_numbr,data.due_date,data.currency,data.customer.name,data.items.0.description,data.items.0.quantity:number,data.items.0.unit_price:number\n\
+               r-5,ann@example.com,invoice,INV-5,2026-12-15,EUR,Ann,Support,1,12.50\n";
+    let r = app
+        .post("/v1/batches?batch=render-2")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&json["errors"][0]["line"], &json["errors"][0]["field"]),
+        (&Value::from(2), &Value::from("data.invoice_number")),
+        "{json}"
+    );
+    assert_eq!(app.render_depth().await, 0, "nothing was published");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn four_megabytes_of_garbage_get_a_small_answer() {
+    let app = TestApp::spawn("ing-garbage").await;
+    let body = "x\n".repeat(2 * 1024 * 1024);
+    let r = app
+        .post("/v1/batches")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 32 * 1024, "a {} byte answer", text.len());
+    let json: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["rejected"], 2 * 1024 * 1024, "{json}");
+    assert_eq!(json["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(json["errors"][99]["line"], 100);
+    assert_eq!(json["error_counts"]["malformed"], 2 * 1024 * 1024, "{json}");
+    app.cleanup().await;
+}
