@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailpipe_common::amqp::{Broker, BrokerError, PublishError, Publisher};
 use mailpipe_common::config::ConfigError;
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
+use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve_with_limits};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -117,11 +117,12 @@ impl Application {
             }),
         ];
         let listen = config.ingest.listen;
+        let limits = config.ingest.http_limits();
         let state = AppState::new(validator, publisher, tokens, config.ingest, replayed);
         let router = api::router(state)
             .merge(ops_router(checks))
             .layer(axum::middleware::from_fn(api::track));
-        let server = serve(listen, router, shutdown).await?;
+        let server = serve_with_limits(listen, router, limits, shutdown).await?;
         Ok(Self {
             server,
             follower,

@@ -81,6 +81,7 @@ pub fn settings_for(dir: &Path) -> IngestSettings {
         max_batch_bytes: 8 * 1024 * 1024,
         max_in_flight: 64,
         replay_wait_ms: 10_000,
+        ..IngestSettings::default()
     }
 }
 
