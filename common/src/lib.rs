@@ -8,6 +8,7 @@
 //!   `Publisher`, bounded `consume` loop.
 //! - [`pipeline`]: the records stages write: delivery events, dead letters, the retry ladder.
 //! - [`pool`]: the configured pool of sending mailboxes (deliver sends, ingest estimates).
+//! - [`http_server`]: the bounded HTTP accept loop (connection cap, header timeout).
 //! - [`service`], [`telemetry`], [`shutdown`], [`cli`]: what every binary serves and how it
 //!   starts and stops.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod domain;
+pub mod http_server;
 pub mod pipeline;
 pub mod pool;
 pub mod service;

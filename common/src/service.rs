@@ -13,6 +13,8 @@ use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_server::{HttpLimits, serve_bounded};
+
 /// A readiness check; all must pass for `/readyz` to answer 200.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -99,10 +101,20 @@ pub struct HttpServer {
 }
 
 /// Binds now (so the caller learns the port and bind errors early) and serves until
-/// `shutdown` fires.
+/// `shutdown` fires, within the default [`HttpLimits`].
 pub async fn serve(
     listen: SocketAddr,
     router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<HttpServer> {
+    serve_with_limits(listen, router, HttpLimits::default(), shutdown).await
+}
+
+/// [`serve`] within the given limits.
+pub async fn serve_with_limits(
+    listen: SocketAddr,
+    router: Router,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let listener = TcpListener::bind(listen)
@@ -110,10 +122,6 @@ pub async fn serve(
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    });
+    let task = tokio::spawn(serve_bounded(listener, router, limits, shutdown));
     Ok(HttpServer { addr, task })
 }

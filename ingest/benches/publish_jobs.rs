@@ -31,7 +31,7 @@ fn peak_rss_kib() -> u64 {
 
 fn job_line(i: usize) -> String {
     format!(
-        r#"{{"id":"bench-{i:07}","template":"invoice","to":[{{"name":"Customer {i}","address":"customer{i}@example.com"}}],"data":{{"invoice_no":"INV-{i}","amount":"{}.{:02}","items":[{{"sku":"A-1","qty":2,"price":"10.00"}}]}}}}"#,
+        r#"{{"id":"bench-{i:07}","template":"invoice","to":[{{"name":"Customer {i}","address":"customer{i}@example.com"}}],"data":{{"invoice_number":"INV-{i}","due_date":"2026-12-15","currency":"EUR","customer":{{"name":"Customer {i}"}},"items":[{{"description":"Support plan","quantity":2,"unit_price":{}.{:02}}}]}}}}"#,
         i % 1000,
         i % 100
     )
@@ -64,8 +64,12 @@ async fn main() {
 
     // 1. The submit path.
     let t = TestBroker::start("bench-submit").await;
+    // With the example templates: every job is rendered before it is published.
     let settings = IngestSettings {
         max_in_flight: WINDOW,
+        templates_dir: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates"),
+        ),
         ..IngestSettings::default()
     };
     let options = SubmitOptions {

@@ -8,7 +8,7 @@
 //! Spooling also in partial mode keeps one rule for both: an upload that breaks off
 //! halfway (client gone, size limit) publishes nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Read, Seek, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,9 +60,15 @@ pub struct ImportReport {
     pub duplicates: u64,
     /// Bad lines.
     pub rejected: u64,
-    /// Every problem of every bad line.
+    /// The first [`MAX_REPORTED_ERRORS`] problems, in line order.
     pub errors: Vec<LineError>,
+    /// Every problem counted by kind (the field's top level: `to`, `data`, `csv`,
+    /// `malformed`...), so a report stays small however bad the input.
+    pub error_counts: BTreeMap<&'static str, u64>,
 }
+
+/// Problems listed one by one in a report; the rest are only counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -73,6 +79,10 @@ pub enum ImportError {
     Header { column: String, reason: String },
     #[error("the upload exceeds {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "CSV record starting at line {line} exceeds {limit} bytes (limits.max_job_bytes): an unterminated quote?"
+    )]
+    RecordTooLong { line: u64, limit: usize },
     #[error("reading the upload: {0}")]
     Io(std::io::Error),
     /// Publishing stopped partway; `report` says what was published before.
@@ -124,6 +134,7 @@ struct Checked {
     duplicates: u64,
     rejected: u64,
     errors: Vec<LineError>,
+    error_counts: BTreeMap<&'static str, u64>,
 }
 
 /// A fresh batch id for uploads that did not name one.
@@ -141,39 +152,9 @@ pub async fn import<R: Read + Send + 'static>(
     publisher: &JobPublisher,
     progress: Arc<Progress>,
 ) -> Result<ImportReport, ImportError> {
-    let batch = options.batch.clone().unwrap_or_else(new_batch_id);
     let ids = publisher.ids().clone();
-    let (b, p) = (batch.clone(), progress.clone());
-    let checked = tokio::task::spawn_blocking(move || {
-        let input = Limited {
-            inner: input,
-            read: 0,
-            limit: options.max_bytes,
-            progress: p.clone(),
-        };
-        check(input, format, &validator, &ids, &b, &p)
-    })
-    .await
-    .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
-    .map_err(|e| match e {
-        ReadError::Header { column, reason } => ImportError::Header { column, reason },
-        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
-            ImportError::TooLarge {
-                limit: options.max_bytes,
-            }
-        }
-        ReadError::Io(io) => ImportError::Io(io),
-    })?;
-    metrics::BATCH_SIZE.observe(checked.lines as f64);
-
-    let mut report = ImportReport {
-        batch,
-        lines: checked.lines,
-        accepted: 0,
-        duplicates: checked.duplicates,
-        rejected: checked.rejected,
-        errors: checked.errors,
-    };
+    let (mut report, checked) =
+        check_upload(input, format, &options, validator, ids, progress.clone()).await?;
     if report.rejected > 0 && !options.partial {
         return Err(ImportError::Rejected(report));
     }
@@ -196,6 +177,74 @@ pub async fn import<R: Read + Send + 'static>(
     }
 }
 
+/// Only the check step of an import (`submit --dry-run`): every line is parsed, checked
+/// and rendered (when the validator has templates); nothing is published, no broker is
+/// needed. Bad lines make it `Rejected`. Duplicates are those within the input only.
+pub async fn dry_run<R: Read + Send + 'static>(
+    input: R,
+    format: Format,
+    options: ImportOptions,
+    validator: Arc<Validator>,
+    progress: Arc<Progress>,
+) -> Result<ImportReport, ImportError> {
+    let (report, _) = check_upload(
+        input,
+        format,
+        &options,
+        validator,
+        AcceptedIds::new(),
+        progress,
+    )
+    .await?;
+    if report.rejected > 0 {
+        return Err(ImportError::Rejected(report));
+    }
+    Ok(report)
+}
+
+/// Step 1 of an import: reads and checks the whole input, spooling the good jobs.
+async fn check_upload<R: Read + Send + 'static>(
+    input: R,
+    format: Format,
+    options: &ImportOptions,
+    validator: Arc<Validator>,
+    ids: AcceptedIds,
+    progress: Arc<Progress>,
+) -> Result<(ImportReport, Checked), ImportError> {
+    let batch = options.batch.clone().unwrap_or_else(new_batch_id);
+    let (b, p, max_bytes) = (batch.clone(), progress.clone(), options.max_bytes);
+    let mut checked = tokio::task::spawn_blocking(move || {
+        let input = Limited {
+            inner: input,
+            read: 0,
+            limit: max_bytes,
+            progress: p.clone(),
+        };
+        check(input, format, &validator, &ids, &b, &p)
+    })
+    .await
+    .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
+    .map_err(|e| match e {
+        ReadError::Header { column, reason } => ImportError::Header { column, reason },
+        ReadError::RecordTooLong { line, limit } => ImportError::RecordTooLong { line, limit },
+        ReadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<TooLarge>()) => {
+            ImportError::TooLarge { limit: max_bytes }
+        }
+        ReadError::Io(io) => ImportError::Io(io),
+    })?;
+    metrics::BATCH_SIZE.observe(checked.lines as f64);
+    let report = ImportReport {
+        batch,
+        lines: checked.lines,
+        accepted: 0,
+        duplicates: checked.duplicates,
+        rejected: checked.rejected,
+        errors: std::mem::take(&mut checked.errors),
+        error_counts: std::mem::take(&mut checked.error_counts),
+    };
+    Ok((report, checked))
+}
+
 fn check(
     input: impl Read,
     format: Format,
@@ -209,6 +258,7 @@ fn check(
     let mut seen: HashSet<JobId> = HashSet::new();
     let (mut valid, mut lines, mut duplicates, mut rejected) = (0u64, 0u64, 0u64, 0u64);
     let mut errors = Vec::new();
+    let mut error_counts = BTreeMap::new();
     let mut write_error = None;
     read_jobs(input, format, validator, |line, result| {
         lines += 1;
@@ -247,7 +297,14 @@ fn check(
                 rejected += 1;
                 progress.bad_lines.fetch_add(1, Ordering::Relaxed);
                 metrics::rejected(&invalid.errors, invalid.malformed);
-                errors.extend(invalid.errors.into_iter().map(|e| LineError::new(line, e)));
+                for e in invalid.errors {
+                    *error_counts
+                        .entry(crate::validate::reason_class(&e.field, invalid.malformed))
+                        .or_insert(0) += 1;
+                    if errors.len() < MAX_REPORTED_ERRORS {
+                        errors.push(LineError::new(line, e));
+                    }
+                }
             }
         }
     })?;
@@ -263,6 +320,7 @@ fn check(
         duplicates,
         rejected,
         errors,
+        error_counts,
     })
 }
 

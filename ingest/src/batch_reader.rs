@@ -77,6 +77,10 @@ impl LineError {
 pub enum ReadError {
     #[error("CSV header: column {column:?}: {reason}")]
     Header { column: String, reason: String },
+    #[error(
+        "CSV record starting at line {line} exceeds {limit} bytes (limits.max_job_bytes): an unterminated quote?"
+    )]
+    RecordTooLong { line: u64, limit: usize },
     #[error("reading the upload: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -160,14 +164,102 @@ enum Column {
     AttachmentPath,
     AttachmentName,
     List(&'static str),
-    Data(String),
-    DataJson(String),
+    Data(DataColumn),
+}
+
+/// `data.customer.name`, `data.items.0.quantity:number`: where in `data` the cell goes,
+/// and how it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DataColumn {
+    /// As written in the header, for error messages.
+    header: String,
+    path: Vec<Segment>,
+    kind: CellKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CellKind {
+    /// The cell as a string (`12.50` stays `"12.50"`).
+    Text,
+    /// `:number`: a JSON number.
+    Number,
+    /// `:json`: any JSON value (an array, an object, `true`...).
+    Json,
+}
+
+/// Array indexes in column names go up to this (a header cannot make a row allocate more).
+pub const MAX_CSV_INDEX: usize = 999;
+
+fn data_column(name: &str) -> Result<DataColumn, String> {
+    let rest = name.strip_prefix("data.").unwrap_or_default();
+    let (dotted, kind) = match rest.rsplit_once(':') {
+        Some((d, "number")) => (d, CellKind::Number),
+        Some((d, "json")) => (d, CellKind::Json),
+        Some((_, other)) => {
+            return Err(format!(
+                "unknown type suffix :{other} (use :number or :json, or none for text)"
+            ));
+        }
+        None => (rest, CellKind::Text),
+    };
+    let mut path = Vec::new();
+    for (i, seg) in dotted.split('.').enumerate() {
+        if seg.is_empty() {
+            return Err("empty key between dots".into());
+        }
+        if seg.bytes().all(|b| b.is_ascii_digit()) {
+            if i == 0 {
+                return Err("data is an object: its first key cannot be an array index".into());
+            }
+            match seg.parse::<usize>() {
+                Ok(n) if n <= MAX_CSV_INDEX => path.push(Segment::Index(n)),
+                _ => return Err(format!("array index {seg} is over {MAX_CSV_INDEX}")),
+            }
+        } else {
+            path.push(Segment::Key(seg.to_owned()));
+        }
+    }
+    Ok(DataColumn {
+        header: name.to_owned(),
+        path,
+        kind,
+    })
+}
+
+/// Two data columns clash when one is inside the other (`data.customer` and
+/// `data.customer.name`) or one says key where the other says index.
+fn clash(a: &DataColumn, b: &DataColumn) -> Option<&'static str> {
+    for (x, y) in a.path.iter().zip(&b.path) {
+        match (x, y) {
+            (Segment::Key(k), Segment::Key(l)) if k != l => return None,
+            (Segment::Index(i), Segment::Index(j)) if i != j => return None,
+            (Segment::Key(_), Segment::Index(_)) | (Segment::Index(_), Segment::Key(_)) => {
+                return Some("is used both as an object and as an array");
+            }
+            _ => {}
+        }
+    }
+    Some(if a.path.len() == b.path.len() {
+        "appears twice"
+    } else {
+        "holds a value and nested columns at once"
+    })
 }
 
 fn plan(headers: &csv::StringRecord) -> Result<Vec<Column>, ReadError> {
     let mut cols = Vec::new();
     for h in headers {
         let name = h.trim();
+        let bad = |reason: String| ReadError::Header {
+            column: name.to_owned(),
+            reason,
+        };
         let col = match name {
             "id" => Column::Plain("id"),
             "template" => Column::Plain("template"),
@@ -181,39 +273,95 @@ fn plan(headers: &csv::StringRecord) -> Result<Vec<Column>, ReadError> {
             "to_name" => Column::ToName,
             "attachment_path" => Column::AttachmentPath,
             "attachment_name" => Column::AttachmentName,
-            "data.items" => Column::DataJson("items".into()),
-            _ => match name.strip_prefix("data.") {
-                Some(key) if !key.is_empty() => Column::Data(key.to_owned()),
-                _ => {
-                    return Err(ReadError::Header {
-                        column: name.to_owned(),
-                        reason: "unknown column (see the CSV convention in docs/ingest.md)".into(),
-                    });
-                }
-            },
+            _ if name.starts_with("data.") => Column::Data(data_column(name).map_err(bad)?),
+            _ => {
+                return Err(bad(
+                    "unknown column (see the CSV convention in docs/ingest.md)".into(),
+                ));
+            }
         };
-        if cols.contains(&col) {
-            return Err(ReadError::Header {
-                column: name.to_owned(),
-                reason: "appears twice".into(),
-            });
+        for other in &cols {
+            let problem = match (&col, other) {
+                (Column::Data(a), Column::Data(b)) => {
+                    clash(a, b).map(|why| format!("{why} (with column {:?})", b.header))
+                }
+                _ => (col == *other).then(|| "appears twice".to_owned()),
+            };
+            if let Some(reason) = problem {
+                return Err(bad(reason));
+            }
         }
         cols.push(col);
     }
     Ok(cols)
 }
 
+/// What a CSV reader consumed from its input, so a record that grows past the limit is
+/// stopped while it is read (an unterminated quote would otherwise swallow the rest).
+#[derive(Debug, Default)]
+struct Consumed {
+    read: std::cell::Cell<u64>,
+    record_start: std::cell::Cell<u64>,
+}
+
+/// The error `Metered` stops a record with.
+#[derive(Debug)]
+struct RecordTooLong;
+
+impl std::fmt::Display for RecordTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CSV record too long")
+    }
+}
+
+impl std::error::Error for RecordTooLong {}
+
+struct Metered<R> {
+    inner: R,
+    consumed: std::rc::Rc<Consumed>,
+    /// Bytes a record may span (the job limit plus the reader's buffer).
+    max: u64,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let c = &self.consumed;
+        if c.read.get() - c.record_start.get() > self.max {
+            return Err(std::io::Error::other(RecordTooLong));
+        }
+        let n = self.inner.read(buf)?;
+        c.read.set(c.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The csv reader's own buffer: what it may have read ahead of the record it parses.
+const CSV_BUFFER: usize = 64 * 1024;
+
 fn read_csv(
     input: impl Read,
     validator: &Validator,
     each: &mut dyn FnMut(u64, Result<mailpipe_common::contract::Job, Invalid>),
 ) -> Result<(), ReadError> {
+    let max_job = validator.limits().max_job_bytes;
+    let consumed = std::rc::Rc::new(Consumed::default());
+    let metered = Metered {
+        inner: input,
+        consumed: consumed.clone(),
+        max: (max_job + CSV_BUFFER) as u64,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(input);
+        .buffer_capacity(CSV_BUFFER)
+        .from_reader(metered);
+    let too_long = |line: u64| ReadError::RecordTooLong {
+        line,
+        limit: max_job,
+    };
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
+        Err(e) if is_too_long(&e) => return Err(too_long(1)),
         Err(e) => {
             return Err(csv_fatal(e).unwrap_or_else(|e| ReadError::Header {
                 column: String::new(),
@@ -224,7 +372,10 @@ fn read_csv(
     let columns = plan(&headers)?;
     let mut record = csv::StringRecord::new();
     loop {
-        let line = reader.position().line() + u64::from(reader.position().line() == 0);
+        let position = reader.position().clone();
+        consumed.record_start.set(position.byte());
+        // The line the next record starts on (past a header that spans several lines).
+        let line = position.line().max(2);
         match reader.read_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {
@@ -235,6 +386,7 @@ fn read_csv(
                 let result = row_to_json(&columns, &record).and_then(|json| validator.check(&json));
                 each(line, result);
             }
+            Err(e) if is_too_long(&e) => return Err(too_long(line)),
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(line);
                 match csv_fatal(e) {
@@ -252,6 +404,10 @@ fn read_csv(
     }
 }
 
+fn is_too_long(e: &csv::Error) -> bool {
+    matches!(e.kind(), csv::ErrorKind::Io(io) if io.get_ref().is_some_and(|e| e.is::<RecordTooLong>()))
+}
+
 /// I/O errors stop the read; anything else is one bad row.
 fn csv_fatal(e: csv::Error) -> Result<ReadError, FieldError> {
     if e.is_io_error() {
@@ -263,15 +419,83 @@ fn csv_fatal(e: csv::Error) -> Result<ReadError, FieldError> {
     Err(FieldError::new("csv", e.to_string()))
 }
 
+/// `data` while a row is read: arrays are sparse until the row is done.
+enum Node {
+    Leaf(Value),
+    Object(std::collections::BTreeMap<String, Node>),
+    Array(std::collections::BTreeMap<usize, Node>),
+}
+
+impl Node {
+    fn insert(&mut self, path: &[Segment], value: Value) {
+        let Some((first, rest)) = path.split_first() else {
+            *self = Node::Leaf(value);
+            return;
+        };
+        let fresh = || match rest.first() {
+            Some(Segment::Index(_)) => Node::Array(Default::default()),
+            _ => Node::Object(Default::default()),
+        };
+        // `plan` refused clashing columns, so the shapes always agree.
+        let child = match (self, first) {
+            (Node::Object(map), Segment::Key(k)) => map.entry(k.clone()).or_insert_with(fresh),
+            (Node::Array(map), Segment::Index(i)) => map.entry(*i).or_insert_with(fresh),
+            _ => return,
+        };
+        child.insert(rest, value);
+    }
+
+    /// Arrays keep their elements in index order, without the gaps.
+    fn into_value(self) -> Value {
+        match self {
+            Node::Leaf(v) => v,
+            Node::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, n)| (k, n.into_value())).collect())
+            }
+            Node::Array(map) => Value::Array(map.into_values().map(Node::into_value).collect()),
+        }
+    }
+}
+
+fn cell_value(col: &DataColumn, cell: &str) -> Result<Option<Value>, Invalid> {
+    let in_array = col.path.iter().any(|s| matches!(s, Segment::Index(_)));
+    let bad = |reason: String| Invalid {
+        malformed: false,
+        errors: vec![FieldError::new(
+            col.header.split(':').next().unwrap_or_default(),
+            reason,
+        )],
+    };
+    let trimmed = cell.trim();
+    match col.kind {
+        // An empty cell in an array element is absent: rows with fewer items leave the
+        // columns of the others empty.
+        CellKind::Text if in_array && trimmed.is_empty() => Ok(None),
+        CellKind::Text => Ok(Some(Value::String(cell.to_owned()))),
+        _ if trimmed.is_empty() => Ok(None),
+        CellKind::Number => trimmed
+            .parse::<serde_json::Number>()
+            .map(|n| Some(Value::Number(n)))
+            .map_err(|_| bad(format!("{trimmed:?} is not a number"))),
+        CellKind::Json => serde_json::from_str(trimmed)
+            .map(Some)
+            .map_err(|e| bad(format!("is not valid JSON: {e}"))),
+    }
+}
+
 fn row_to_json(columns: &[Column], record: &csv::StringRecord) -> Result<Vec<u8>, Invalid> {
     let mut job = Map::new();
-    let mut data = Map::new();
+    let mut data = Node::Object(Default::default());
+    let mut has_data = false;
     let (mut to_name, mut path, mut filename) = (None, None, None);
     for (col, cell) in columns.iter().zip(record.iter()) {
         let trimmed = cell.trim();
         match col {
-            Column::Data(key) => {
-                data.insert(key.clone(), Value::String(cell.to_owned()));
+            Column::Data(col) => {
+                if let Some(value) = cell_value(col, cell)? {
+                    data.insert(&col.path, value);
+                    has_data = true;
+                }
             }
             _ if trimmed.is_empty() => {}
             Column::Plain(name) => {
@@ -289,16 +513,6 @@ fn row_to_json(columns: &[Column], record: &csv::StringRecord) -> Result<Vec<u8>
             Column::ToName => to_name = Some(trimmed.to_owned()),
             Column::AttachmentPath => path = Some(trimmed.to_owned()),
             Column::AttachmentName => filename = Some(trimmed.to_owned()),
-            Column::DataJson(key) => {
-                let v: Value = serde_json::from_str(trimmed).map_err(|e| Invalid {
-                    malformed: false,
-                    errors: vec![FieldError::new(
-                        format!("data.{key}"),
-                        format!("is not valid JSON: {e}"),
-                    )],
-                })?;
-                data.insert(key.clone(), v);
-            }
         }
     }
     if let Some(name) = to_name {
@@ -339,8 +553,8 @@ fn row_to_json(columns: &[Column], record: &csv::StringRecord) -> Result<Vec<u8>
         }
         (None, None) => {}
     }
-    if !data.is_empty() {
-        job.insert("data".into(), Value::Object(data));
+    if has_data {
+        job.insert("data".into(), data.into_value());
     }
     Ok(serde_json::to_vec(&Value::Object(job)).unwrap_or_default())
 }
@@ -397,7 +611,7 @@ mod tests {
 
     #[test]
     fn csv_rows_follow_the_column_convention() {
-        let input = "id,to,to_name,cc,template,attachment_path,data.amount,data.items\n\
+        let input = "id,to,to_name,cc,template,attachment_path,data.amount,data.items:json\n\
                      inv-1,ann@x.com;bob@x.com,Ann A,carl@x.com,invoice,2026/inv-1.pdf,12.50,\"[{\"\"sku\"\":\"\"A\"\"}]\"\n\
                      inv-2,nope,,,invoice,,1,\n\
                      inv-3,c@x.com,,,invoice,,,\"[oops\"\n";
@@ -438,6 +652,103 @@ mod tests {
         );
         assert_eq!(ok.len(), 2);
         assert_eq!((bad[0].line, bad[0].field.as_str()), (3, "csv"));
+    }
+
+    #[test]
+    fn dotted_columns_build_nested_objects_and_arrays() {
+        let input = "id,to,template,data.customer.name,data.customer.vat,data.items.0.description,data.items.0.quantity:number,data.items.1.description,data.items.1.quantity:number,data.flags:json\n\
+                     a,a@x.com,t,Ann,,Tea,2,Cake,1,\"{\"\"vip\"\":true}\"\n\
+                     b,b@x.com,t,Bob,DE1,Tea,1.5,,,\n\
+                     c,c@x.com,t,Carl,,,,Cake,3,\n\
+                     d,d@x.com,t,Dora,,Tea,two,,,\n";
+        let (ok, bad) = read(Format::Csv, input, JobLimits::default());
+        let data = |i: usize| Value::Object(ok[i].1.data.clone());
+        assert_eq!(
+            data(0),
+            serde_json::json!({"customer": {"name": "Ann", "vat": ""},
+                "items": [{"description": "Tea", "quantity": 2}, {"description": "Cake", "quantity": 1}],
+                "flags": {"vip": true}})
+        );
+        // Empty cells of an element are absent; an element with none filled is left out.
+        assert_eq!(
+            data(1)["items"],
+            serde_json::json!([{"description": "Tea", "quantity": 1.5}])
+        );
+        assert_eq!(
+            data(2)["items"],
+            serde_json::json!([{"description": "Cake", "quantity": 3}])
+        );
+        assert_eq!(ok.len(), 3);
+        assert_eq!(
+            (bad[0].line, bad[0].field.as_str()),
+            (5, "data.items.0.quantity")
+        );
+        assert!(bad[0].reason.contains("\"two\" is not a number"), "{bad:?}");
+    }
+
+    #[test]
+    fn clashing_or_malformed_dotted_columns_refuse_the_header() {
+        let v = Validator::new(JobLimits::default(), None, None);
+        for (header, column, why) in [
+            (
+                "id,data.customer,data.customer.name",
+                "data.customer.name",
+                "nested",
+            ),
+            (
+                "id,data.items.0.x,data.items.a",
+                "data.items.a",
+                "both as an object and as an array",
+            ),
+            ("id,data.a.b,data.a.b:number", "data.a.b:number", "twice"),
+            ("id,data.0", "data.0", "first key"),
+            ("id,data.items.1000.x", "data.items.1000.x", "over 999"),
+            ("id,data.a..b", "data.a..b", "empty key"),
+            ("id,data.a:date", "data.a:date", ":number or :json"),
+        ] {
+            let err = read_jobs(format!("{header}\n").as_bytes(), Format::Csv, &v, |_, _| {})
+                .unwrap_err();
+            match err {
+                ReadError::Header { column: c, reason } => {
+                    assert_eq!(c, column, "{header}");
+                    assert!(reason.contains(why), "{header}: {reason}");
+                }
+                other => panic!("{header}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quote_stops_at_the_record_limit_with_its_line() {
+        let v = Validator::new(
+            JobLimits {
+                max_job_bytes: 1000,
+                ..Default::default()
+            },
+            None,
+            None,
+        );
+        // Endless input after an opening quote on line 3: only a bound ends this read.
+        let head = "id,to,template\na,a@x.com,t\nb,\"b@x.com";
+        let input = head.as_bytes().chain(std::io::repeat(b'x'));
+        let mut seen = 0;
+        let err = read_jobs(input, Format::Csv, &v, |_, r| {
+            assert!(r.is_ok());
+            seen += 1;
+        })
+        .unwrap_err();
+        assert_eq!(seen, 1);
+        assert!(
+            matches!(
+                err,
+                ReadError::RecordTooLong {
+                    line: 3,
+                    limit: 1000
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 3"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ Examples:
   # Submit a file straight to RabbitMQ (JSONL or CSV, by extension):
   mailpipe-ingest --config mailpipe.toml submit examples/jobs/batch.csv --batch nov-2026
   mailpipe-ingest submit invoices.jsonl --partial     # publish the good lines, report the bad
+  mailpipe-ingest submit invoices.csv --dry-run       # check and render every line, publish nothing
 
   # A batch's status from the events stream (no server needed): counts, per mailbox,
   # failures with their SMTP replies, ETA from the [deliver] pool's limits:
@@ -41,11 +42,11 @@ Examples:
   # Check the configuration (exit 2 naming the key when it is wrong):
   mailpipe-ingest --config mailpipe.toml --check-config
 
-Exit codes: submit: 0 ok; 1 lines were rejected; 2 configuration or input error; 3 RabbitMQ
-failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown
-batch or configuration; 3 RabbitMQ failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed.
-RabbitMQ failed: a refused login, a missing vhost or an inequivalent queue (at once), or
-unreachable for --broker-timeout (30s).
+Exit codes: submit: 0 ok; 1 lines were rejected (or found bad by --dry-run); 2 configuration or
+input error (a path that is not a regular file too); 3 RabbitMQ failed. status: 0 no failures
+(finished, or not yet with no --watch); 1 failures; 2 unknown batch or configuration; 3 RabbitMQ
+failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed. RabbitMQ failed: a refused login, a
+missing vhost or an inequivalent queue (at once), or unreachable for --broker-timeout (30s).
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
 
 #[derive(Debug, Parser)]
@@ -79,6 +80,10 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Check and render every line, publish nothing (no broker needed): exit 0 all
+        /// good, 1 bad lines (listed).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// A batch's status from the events stream: counts, per mailbox, failures, ETA.
     Status {
@@ -189,6 +194,22 @@ fn check_config(config: &Config) -> ExitCode {
         config.ingest.max_in_flight
     );
     outln!("ingest.limits: {:?}", config.ingest.limits);
+    match mailpipe_ingest::validate::Validator::from_settings(&config.ingest) {
+        Ok(v) => match v.templates() {
+            Some(t) => outln!(
+                "templates: {} loaded ({}); every job is rendered before it is accepted",
+                t.len(),
+                t.names().collect::<Vec<_>>().join(", ")
+            ),
+            None => outln!(
+                "warning: ingest.templates_dir is unset: jobs are not rendered before they are accepted"
+            ),
+        },
+        Err(e) => {
+            eoutln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match &config.pool {
         Ok(pool) => {
             let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
@@ -422,13 +443,33 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
             batch,
             partial,
             quiet,
+            dry_run,
         } => {
+            let display = if quiet {
+                Display::Quiet
+            } else {
+                Display::for_stderr()
+            };
+            let options = SubmitOptions {
+                file: file.clone(),
+                batch,
+                partial,
+                display,
+            };
+            if dry_run {
+                let result = submit::dry_run(&config.ingest, &options).await;
+                out!("{}", submit::dry_run_summary(&file, &result));
+                return match result {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => ExitCode::from(e.exit_code()),
+                };
+            }
             // The file first: a typo'd name must not wait on the broker.
-            if let Err(e) = submit::check_input(&file) {
+            if let Err(e) = submit::open_input(&file) {
                 eprintln!("{e}");
                 return ExitCode::from(e.exit_code());
             }
-            let options = mailpipe_common::amqp::ConnectOptions {
+            let options_broker = mailpipe_common::amqp::ConnectOptions {
                 give_up_after: Some(give_up_after),
                 passive: false,
             };
@@ -436,7 +477,7 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
                 &config.rabbitmq,
                 "mailpipe-ingest submit",
                 shutdown,
-                options,
+                options_broker,
             )
             .await
             {
@@ -450,17 +491,6 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
             let pipeline = mailpipe_common::pipeline::Pipeline::new(
                 mailpipe_common::amqp::Publisher::new(broker.clone(), timeout),
             );
-            let display = if quiet {
-                Display::Quiet
-            } else {
-                Display::for_stderr()
-            };
-            let options = SubmitOptions {
-                file: file.clone(),
-                batch,
-                partial,
-                display,
-            };
             let result = submit::submit(&pipeline, &config.ingest, &options).await;
             out!("{}", submit::summary(&file, &result));
             broker.close().await;

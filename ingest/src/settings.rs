@@ -38,6 +38,18 @@ pub struct IngestSettings {
     /// How long a submission waits for the events stream replay after a start (so that
     /// duplicates are known) before it is answered 503.
     pub replay_wait_ms: u64,
+    /// Client connections open at once (more wait in the listen backlog); kept below the
+    /// open-file limit, which is raised to its hard limit at start.
+    pub max_connections: usize,
+    /// Time a client has to send a request's line and headers; idle keep-alive
+    /// connections are closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// `POST /v1/jobs`: time to send the whole body. `POST /v1/batches`: the longest
+    /// pause between two pieces of the body.
+    pub body_read_timeout_ms: u64,
+    /// Batch uploads checked at once (each holds a blocking thread while it is read);
+    /// one more is answered 503 with `Retry-After`.
+    pub max_concurrent_batches: usize,
 }
 
 impl Default for IngestSettings {
@@ -52,6 +64,10 @@ impl Default for IngestSettings {
             max_batch_bytes: 1024 * 1024 * 1024,
             max_in_flight: 256,
             replay_wait_ms: 30_000,
+            max_connections: 1024,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
+            max_concurrent_batches: 16,
         }
     }
 }
@@ -67,6 +83,16 @@ pub struct Config {
     pub pool: Result<PoolSettings, String>,
 }
 
+impl IngestSettings {
+    /// The bounds of the HTTP server.
+    pub fn http_limits(&self) -> mailpipe_common::http_server::HttpLimits {
+        mailpipe_common::http_server::HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+}
+
 impl Config {
     pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
         let common = source.common()?;
@@ -77,6 +103,19 @@ impl Config {
         }
         if ingest.max_request_bytes == 0 || ingest.max_batch_bytes == 0 {
             return Err(invalid("max_request_bytes", "size limits must be positive"));
+        }
+        for (key, value) in [
+            ("max_connections", ingest.max_connections as u64),
+            ("header_read_timeout_ms", ingest.header_read_timeout_ms),
+            ("body_read_timeout_ms", ingest.body_read_timeout_ms),
+            (
+                "max_concurrent_batches",
+                ingest.max_concurrent_batches as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         for (key, dir) in [
             ("templates_dir", &ingest.templates_dir),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mailpipe_common::amqp::{Broker, BrokerError, Publisher};
 use mailpipe_common::config::ConfigError;
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
+use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve_with_limits};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -85,6 +85,7 @@ impl Application {
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
+        let validator = Validator::from_settings(&config.ingest)?;
         let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
         let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
@@ -115,17 +116,12 @@ impl Application {
             }),
         ];
         let listen = config.ingest.listen;
-        let state = AppState::new(
-            Validator::from_settings(&config.ingest),
-            publisher,
-            tokens,
-            config.ingest,
-            replayed,
-        );
+        let limits = config.ingest.http_limits();
+        let state = AppState::new(validator, publisher, tokens, config.ingest, replayed);
         let router = api::router(state)
             .merge(ops_router(checks))
             .layer(axum::middleware::from_fn(api::track));
-        let server = serve(listen, router, shutdown).await?;
+        let server = serve_with_limits(listen, router, limits, shutdown).await?;
         Ok(Self {
             server,
             follower,

@@ -57,10 +57,12 @@ pub enum SubmitError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: not a regular file (a pipe, device or directory cannot be submitted)", .0.display())]
-    NotAFile(PathBuf),
+    #[error("{}: is {kind}, not a regular file; give a .jsonl or .csv file", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("reading the events stream for duplicate checks: {0}")]
     Replay(#[from] mailpipe_common::pipeline::StreamReadError),
+    #[error("configuration error: {0}")]
+    Config(#[from] mailpipe_common::config::ConfigError),
     #[error(transparent)]
     Import(#[from] ImportError),
 }
@@ -76,21 +78,6 @@ impl SubmitError {
     }
 }
 
-/// Checks the input before anything else (and before the broker is contacted): a known
-/// format, and a regular file (symlinks followed: one to `/dev/zero` would never end, a
-/// FIFO would block the open).
-pub fn check_input(path: &Path) -> Result<Format, SubmitError> {
-    let format = Format::from_path(path).ok_or_else(|| SubmitError::Format(path.to_owned()))?;
-    let meta = std::fs::metadata(path).map_err(|source| SubmitError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(SubmitError::NotAFile(path.to_owned()));
-    }
-    Ok(format)
-}
-
 /// Imports `options.file` through `pipeline`. Learns the ids already accepted from the
 /// events stream first, so a file submitted twice is published once.
 pub async fn submit(
@@ -98,12 +85,7 @@ pub async fn submit(
     settings: &IngestSettings,
     options: &SubmitOptions,
 ) -> Result<ImportReport, SubmitError> {
-    let format = check_input(&options.file)?;
-    let file = std::fs::File::open(&options.file).map_err(|source| SubmitError::Open {
-        path: options.file.clone(),
-        source,
-    })?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (file, format, size) = open_input(&options.file)?;
 
     let ids = AcceptedIds::new();
     let learned = ids.clone();
@@ -123,7 +105,7 @@ pub async fn submit(
         partial: options.partial,
         max_bytes: u64::MAX,
     };
-    let validator = Arc::new(Validator::from_settings(settings));
+    let validator = Arc::new(Validator::from_settings(settings)?);
     let result = import(
         file,
         format,
@@ -135,6 +117,121 @@ pub async fn submit(
     .await;
     display.finish().await;
     Ok(result?)
+}
+
+/// Opens the file to import: its extension names a format, and it is a regular file
+/// (after symlinks), checked before and after opening: a FIFO, a device (a link to
+/// `/dev/zero`) or a directory would block or never end. Returns the file, its format
+/// and its size. The CLI calls this before it connects to the broker.
+pub fn open_input(path: &Path) -> Result<(std::fs::File, Format, u64), SubmitError> {
+    let format = Format::from_path(path).ok_or_else(|| SubmitError::Format(path.to_owned()))?;
+    let open_error = |source| SubmitError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let regular = |meta: &std::fs::Metadata| {
+        if meta.is_file() {
+            Ok(())
+        } else {
+            Err(SubmitError::NotAFile {
+                path: path.to_owned(),
+                kind: file_kind(meta),
+            })
+        }
+    };
+    // Checked before opening, since opening a FIFO blocks until a writer appears.
+    regular(&std::fs::metadata(path).map_err(open_error)?)?;
+    let file = std::fs::File::open(path).map_err(open_error)?;
+    // And again on what was opened, in case the path was swapped in between.
+    let meta = file.metadata().map_err(open_error)?;
+    regular(&meta)?;
+    Ok((file, format, meta.len()))
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// `submit --dry-run`: checks and renders every line of the file (with the templates of
+/// `templates_dir`), publishes nothing and needs no broker.
+pub async fn dry_run(
+    settings: &IngestSettings,
+    options: &SubmitOptions,
+) -> Result<ImportReport, SubmitError> {
+    let (file, format, size) = open_input(&options.file)?;
+    let validator = Arc::new(Validator::from_settings(settings)?);
+    let progress = Arc::new(Progress::default());
+    let display = spawn_display(options.display, progress.clone(), size);
+    let import_options = ImportOptions {
+        batch: options.batch.clone(),
+        partial: options.partial,
+        max_bytes: u64::MAX,
+    };
+    let result = crate::batch::dry_run(file, format, import_options, validator, progress).await;
+    display.finish().await;
+    Ok(result?)
+}
+
+/// The summary printed after a `--dry-run` (stdout): counts, then every bad line.
+pub fn dry_run_summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match result {
+        Ok(r) | Err(SubmitError::Import(ImportError::Rejected(r))) => {
+            let _ = writeln!(
+                out,
+                "{}: dry run: {} lines checked and rendered, {} good, {} bad; nothing was published",
+                path.display(),
+                r.lines,
+                r.lines - r.rejected,
+                r.rejected
+            );
+            write_errors(&mut out, r);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+        }
+    }
+    out
+}
+
+fn write_errors(out: &mut String, r: &ImportReport) {
+    use std::fmt::Write as _;
+    for e in &r.errors {
+        let _ = writeln!(out, "  line {}: {}: {}", e.line, e.field, e.reason);
+    }
+    let total: u64 = r.error_counts.values().sum();
+    if total > r.errors.len() as u64 {
+        let kinds: Vec<String> = r
+            .error_counts
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  ... {} more problems not listed (all problems by kind: {})",
+            total - r.errors.len() as u64,
+            kinds.join(", ")
+        );
+    }
 }
 
 /// The summary printed after a submit (stdout): counts, then every bad line.
@@ -159,9 +256,7 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
             r.duplicates,
             r.rejected
         );
-        for e in &r.errors {
-            let _ = writeln!(out, "  line {}: {}: {}", e.line, e.field, e.reason);
-        }
+        write_errors(&mut out, r);
     }
     match result {
         Err(SubmitError::Import(ImportError::Rejected(_))) => {

@@ -1,9 +1,14 @@
 //! Edge validation: the contract's own parsing and limits, plus what only ingest can
-//! check (the template exists, attachment files exist inside the root).
+//! check (the job renders with its template, attachment files exist inside the root).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use mailpipe_common::config::ConfigError;
 use mailpipe_common::contract::{AttachmentSource, FieldError, Job, JobLimits};
+use mailpipe_render::RenderError;
+use mailpipe_render::renderer::render_text;
+use mailpipe_render::templates::{TemplateError, Templates};
 
 use crate::settings::IngestSettings;
 
@@ -27,7 +32,9 @@ impl Invalid {
 #[derive(Debug, Clone)]
 pub struct Validator {
     limits: JobLimits,
-    templates_dir: Option<PathBuf>,
+    /// render's own templates and renderer: a job is accepted only if its subject and
+    /// bodies render (strict undefined), exactly as render will render them.
+    templates: Option<Arc<Templates>>,
     /// Canonical, so containment is checked against the real directory.
     attachments_root: Option<PathBuf>,
 }
@@ -35,23 +42,34 @@ pub struct Validator {
 impl Validator {
     pub fn new(
         limits: JobLimits,
-        templates_dir: Option<PathBuf>,
+        templates: Option<Arc<Templates>>,
         attachments_root: Option<PathBuf>,
     ) -> Self {
         let attachments_root = attachments_root.map(|r| r.canonicalize().unwrap_or(r));
         Self {
             limits,
-            templates_dir,
+            templates,
             attachments_root,
         }
     }
 
-    pub fn from_settings(s: &IngestSettings) -> Self {
-        Self::new(
-            s.limits,
-            s.templates_dir.clone(),
-            s.attachments_root.clone(),
-        )
+    /// Loads the templates of `templates_dir` (when set) as render loads them.
+    pub fn from_settings(s: &IngestSettings) -> Result<Self, ConfigError> {
+        let templates = s
+            .templates_dir
+            .as_deref()
+            .map(|dir| {
+                Templates::load(dir)
+                    .map(Arc::new)
+                    .map_err(|e| ConfigError::Invalid(format!("ingest.templates_dir: {e}")))
+            })
+            .transpose()?;
+        Ok(Self::new(s.limits, templates, s.attachments_root.clone()))
+    }
+
+    /// The loaded templates (when `templates_dir` is set).
+    pub fn templates(&self) -> Option<&Templates> {
+        self.templates.as_deref()
     }
 
     pub fn limits(&self) -> &JobLimits {
@@ -87,17 +105,6 @@ impl Validator {
                 "is set by ingest, not by clients",
             ));
         }
-        if let Some(dir) = &self.templates_dir
-            && !dir.join(job.template.as_str()).is_dir()
-        {
-            errors.push(FieldError::new(
-                "template",
-                format!(
-                    "no template {:?} in the templates directory",
-                    job.template.as_str()
-                ),
-            ));
-        }
         if let Some(root) = &self.attachments_root {
             for (i, a) in job.attachments.iter().enumerate() {
                 if let AttachmentSource::Path(p) = &a.source
@@ -106,6 +113,13 @@ impl Validator {
                     errors.push(FieldError::new(format!("attachments[{i}].path"), reason));
                 }
             }
+        }
+        // Rendering last: only a job that is otherwise valid is worth rendering.
+        if errors.is_empty()
+            && let Some(templates) = &self.templates
+            && let Err(e) = render_text(templates, &job)
+        {
+            errors.push(render_problem(&e));
         }
         if errors.is_empty() {
             Ok(job)
@@ -116,6 +130,30 @@ impl Validator {
             })
         }
     }
+}
+
+/// What render would dead-letter, as a field error: an undefined variable names the
+/// expression as the field (`data.invoice_number`) and the template file and line in the
+/// reason.
+fn render_problem(e: &RenderError) -> FieldError {
+    let field = match e {
+        RenderError::Template(TemplateError::Unknown(_)) => "template".to_owned(),
+        RenderError::Template(TemplateError::Undefined { expression, .. })
+            if expression.starts_with("data") =>
+        {
+            expression.clone()
+        }
+        RenderError::NoSender { .. } => "from".to_owned(),
+        RenderError::NoRecipients => "to".to_owned(),
+        _ => "data".to_owned(),
+    };
+    let reason = match e {
+        RenderError::Template(TemplateError::Unknown(name)) => {
+            format!("no template {name:?} in the templates directory")
+        }
+        other => format!("{other} (render would dead-letter this job)"),
+    };
+    FieldError::new(field, reason)
 }
 
 /// The file must exist and, symlinks resolved, stay inside `root` (already canonical).
@@ -208,6 +246,9 @@ mod tests {
         let templates = dir.path().join("templates");
         let root = dir.path().join("files");
         std::fs::create_dir_all(templates.join("invoice")).unwrap();
+        std::fs::write(templates.join("invoice/subject.txt"), "Invoice").unwrap();
+        std::fs::write(templates.join("invoice/body.txt"), "Hello").unwrap();
+        let templates = Arc::new(Templates::load(&templates).unwrap());
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("a.pdf"), b"%PDF").unwrap();
         std::fs::write(dir.path().join("secret.txt"), b"s").unwrap();
@@ -216,7 +257,7 @@ mod tests {
         let v = Validator::new(JobLimits::default(), Some(templates), Some(root));
         let job = |t: &str, p: &str| {
             format!(
-                r#"{{"id":"j1","template":"{t}","to":["a@x.com"],"attachments":[{{"filename":"a.pdf","path":"{p}"}}]}}"#
+                r#"{{"id":"j1","template":"{t}","from":"b@x.com","to":["a@x.com"],"attachments":[{{"filename":"a.pdf","path":"{p}"}}]}}"#
             )
         };
         assert!(v.check(job("invoice", "a.pdf").as_bytes()).is_ok());

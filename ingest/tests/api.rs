@@ -18,7 +18,7 @@ async fn a_valid_job_arrives_in_the_render_queue_exactly_as_posted() {
     let app = TestApp::spawn("ing-valid").await;
     let body = r#"{"id":"inv-1","batch":"nov","template":"invoice","from":{"name":"Billing","address":"billing@example.com"},
         "to":[{"name":"Ann Example","address":"ann@example.com"}],"cc":["c@example.com"],"bcc":["audit@example.com"],
-        "data":{"amount":"12.50","items":[{"sku":"A","qty":2}]},
+        "data":{"invoice_number":"INV-1","due_date":"2026-12-15","currency":"EUR","customer":{"name":"Ann Example"},"items":[{"description":"Consulting","quantity":2,"unit_price":45.0}]},
         "attachments":[{"filename":"inv-1.pdf","content_type":"application/pdf","path":"2026/inv-1.pdf"}]}"#;
     let (status, json) = app.post_job(body).await;
     assert_eq!(status, 202, "{json}");
@@ -341,9 +341,9 @@ async fn a_batch_with_bad_lines_is_refused_whole_unless_partial() {
 #[tokio::test]
 async fn a_csv_batch_follows_the_column_convention() {
     let app = TestApp::spawn("ing-csv").await;
-    let csv = "id,to,to_name,template,attachment_path,data.amount,data.items\n\
-               c-1,ann@example.com,Ann Example,invoice,2026/inv-1.pdf,12.50,\"[{\"\"sku\"\":\"\"A\"\"}]\"\n\
-               c-2,bob@example.com,,invoice,,3.00,\n";
+    let csv = "id,to,to_name,template,attachment_path,data.invoice_number,data.due_date,data.currency,data.customer.name,data.items.0.description,data.items.0.quantity:number,data.items.0.unit_price:number\n\
+               c-1,ann@example.com,Ann Example,invoice,2026/inv-1.pdf,INV-1,2026-12-15,EUR,Ann Example,Consulting,2,45.00\n\
+               c-2,bob@example.com,,invoice,,INV-2,2026-12-15,EUR,Bob Example,Widget,3,1.50\n";
     let r = app
         .post("/v1/batches?batch=csv-1")
         .header("content-type", "text/csv")
@@ -361,7 +361,9 @@ async fn a_csv_batch_follows_the_column_convention() {
         .unwrap();
     let job = Job::from_queue(&msg.delivery.data).unwrap();
     assert_eq!(job.to[0].name.as_deref(), Some("Ann Example"));
-    assert_eq!(job.data["items"][0]["sku"], "A");
+    assert_eq!(job.data["items"][0]["description"], "Consulting");
+    assert_eq!(job.data["items"][0]["quantity"], 2);
+    assert_eq!(job.data["customer"]["name"], "Ann Example");
     assert_eq!(job.batch.as_ref().map(|b| b.as_str()), Some("csv-1"));
 
     let r = app
@@ -406,5 +408,82 @@ async fn an_oversize_batch_is_refused_and_publishes_nothing() {
     let json: Value = r.json().await.unwrap();
     assert_eq!(json["field"], "body", "{json}");
     assert_eq!(app.render_depth().await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_that_would_not_render_is_refused_before_202_naming_the_variable() {
+    let app = TestApp::spawn("ing-render").await;
+    // The data says `invoice_numbr`; the template reads `invoice_number`.
+    let misspelled = job_json("r-1").replace("invoice_number", "invoice_numbr");
+    let (status, json) = app.post_job(&misspelled).await;
+    assert_eq!(status, 422, "{json}");
+    assert_eq!(json["field"], "data.invoice_number", "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(
+        error.contains("undefined variable `data.invoice_number` in invoice/subject.txt line 1"),
+        "{json}"
+    );
+
+    // Per line in a JSONL batch...
+    let body = format!(
+        "{}\n{}\n{}\n",
+        job_json("r-2"),
+        job_json("r-3").replace("\"customer\"", "\"client\""),
+        job_json("r-4")
+    );
+    let r = app
+        .post("/v1/batches?batch=render-1")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(json["errors"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["errors"][0]["line"], 2, "{json}");
+    assert_eq!(json["errors"][0]["field"], "data.customer.name", "{json}");
+
+    // ...and in a CSV batch (a misspelled column).
+    let csv = "id,to,template,data.invoice_numbr,data.due_date,data.currency,data.customer.name,data.items.0.description,data.items.0.quantity:number,data.items.0.unit_price:number\n\
+               r-5,ann@example.com,invoice,INV-5,2026-12-15,EUR,Ann,Support,1,12.50\n";
+    let r = app
+        .post("/v1/batches?batch=render-2")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&json["errors"][0]["line"], &json["errors"][0]["field"]),
+        (&Value::from(2), &Value::from("data.invoice_number")),
+        "{json}"
+    );
+    assert_eq!(app.render_depth().await, 0, "nothing was published");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn four_megabytes_of_garbage_get_a_small_answer() {
+    let app = TestApp::spawn("ing-garbage").await;
+    let body = "x\n".repeat(2 * 1024 * 1024);
+    let r = app
+        .post("/v1/batches")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 32 * 1024, "a {} byte answer", text.len());
+    let json: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["rejected"], 2 * 1024 * 1024, "{json}");
+    assert_eq!(json["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(json["errors"][99]["line"], 100);
+    assert_eq!(json["error_counts"]["malformed"], 2 * 1024 * 1024, "{json}");
     app.cleanup().await;
 }

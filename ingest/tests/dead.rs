@@ -19,7 +19,8 @@ use serde_json::Value;
 
 fn job(id: &str, batch: &str) -> Job {
     let json = format!(
-        r#"{{"id":"{id}","batch":"{batch}","template":"invoice","to":["ann@example.com"],"data":{{"n":"1"}}}}"#
+        r#"{{"id":"{id}","batch":"{batch}","template":"invoice","to":["ann@example.com"],"data":{}}}"#,
+        support::INVOICE_DATA
     );
     Job::from_json(json.as_bytes()).unwrap()
 }

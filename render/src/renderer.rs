@@ -5,12 +5,14 @@ use std::collections::HashSet;
 
 use chrono::Utc;
 use mailpipe_common::contract::{CONTRACT_VERSION, Job, RenderedMessage, RenderedMeta};
-use mailpipe_common::domain::EmailAddress;
+use mailpipe_common::domain::{EmailAddress, Mailbox};
 
 use crate::attachments::{AttachmentError, AttachmentLoader};
 use crate::mime::{self, MimeInput};
 use crate::settings::Settings;
-use crate::templates::{JobContext, RenderContext, TemplateError, Templates};
+use crate::templates::{
+    JobContext, RenderContext, RenderedParts, TemplateError, TemplateSpec, Templates,
+};
 
 /// Why a job cannot be rendered. Each is the job's fault (or its template's), so the job
 /// goes to dead letters: rendering it again would fail the same way.
@@ -68,36 +70,13 @@ impl Renderer {
     }
 
     pub fn render(&self, job: &Job) -> Result<RenderedMessage, RenderError> {
-        let name = job.template.as_str();
-        let spec = self
-            .templates
-            .get(name)
-            .ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
-        let from = job
-            .from
-            .as_ref()
-            .or(spec.defaults.from.as_ref())
-            .ok_or_else(|| RenderError::NoSender {
-                template: name.to_owned(),
-            })?;
-        let recipients = envelope(job);
-        if recipients.is_empty() {
-            return Err(RenderError::NoRecipients);
-        }
-        let reply_to = job.reply_to.as_ref().or(spec.defaults.reply_to.as_ref());
-
-        let ctx = RenderContext {
-            data: &job.data,
-            job: JobContext {
-                id: &job.id,
-                batch: job.batch.as_ref(),
-                template: name,
-            },
-            to: &job.to,
-            cc: &job.cc,
+        let Text {
+            parts,
+            spec,
             from,
-        };
-        let parts = self.templates.render(name, &ctx)?;
+            reply_to,
+            recipients,
+        } = render_text(&self.templates, job)?;
 
         let attachments = job
             .attachments
@@ -145,6 +124,58 @@ impl Renderer {
         };
         Ok(RenderedMessage { meta, mime: bytes })
     }
+}
+
+/// What [`render_text`] produced: the rendered text and what it was rendered with.
+#[derive(Debug)]
+pub struct Text<'a> {
+    pub parts: RenderedParts,
+    pub spec: &'a TemplateSpec,
+    pub from: &'a Mailbox,
+    pub reply_to: Option<&'a Mailbox>,
+    pub recipients: Vec<EmailAddress>,
+}
+
+/// The part of rendering that depends on the templates and the job's data only (no
+/// attachments, no MIME): template lookup, sender, recipients, subject and bodies in
+/// strict-undefined mode. ingest runs exactly this before it answers 202, so what it
+/// accepts render does not dead-letter for its text.
+pub fn render_text<'a>(templates: &'a Templates, job: &'a Job) -> Result<Text<'a>, RenderError> {
+    let name = job.template.as_str();
+    let spec = templates
+        .get(name)
+        .ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
+    let from = job
+        .from
+        .as_ref()
+        .or(spec.defaults.from.as_ref())
+        .ok_or_else(|| RenderError::NoSender {
+            template: name.to_owned(),
+        })?;
+    let recipients = envelope(job);
+    if recipients.is_empty() {
+        return Err(RenderError::NoRecipients);
+    }
+    let reply_to = job.reply_to.as_ref().or(spec.defaults.reply_to.as_ref());
+    let ctx = RenderContext {
+        data: &job.data,
+        job: JobContext {
+            id: &job.id,
+            batch: job.batch.as_ref(),
+            template: name,
+        },
+        to: &job.to,
+        cc: &job.cc,
+        from,
+    };
+    let parts = templates.render(name, &ctx)?;
+    Ok(Text {
+        parts,
+        spec,
+        from,
+        reply_to,
+        recipients,
+    })
 }
 
 /// To + Cc + Bcc in that order, each address once (compared case-insensitively).

@@ -10,7 +10,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use std::time::Duration;
+
+use futures::StreamExt;
 use mailpipe_common::domain::BatchId;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -62,9 +64,16 @@ pub async fn upload(
         return Err(too_large(max_bytes));
     }
     state.wait_for_replay().await?;
+    // Each upload being checked holds a blocking thread: their number is capped.
+    let Ok(_slot) = state.batch_slots.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(format!(
+            "{} batch uploads are being read already (ingest.max_concurrent_batches); retry shortly",
+            state.settings.max_concurrent_batches
+        )));
+    };
 
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let input = SyncIoBridge::new(StreamReader::new(stream));
+    let idle = Duration::from_millis(state.settings.body_read_timeout_ms);
+    let input = SyncIoBridge::new(StreamReader::new(Box::pin(with_idle_timeout(body, idle))));
     let options = ImportOptions {
         batch,
         partial,
@@ -86,11 +95,17 @@ pub async fn upload(
             format!("{} of {} lines are bad; nothing was published (fix them, or send with ?partial=true)", report.rejected, report.lines),
         )
         .errors(&report.errors)
-        .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "rejected": report.rejected, "accepted": 0 }))),
+        .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "rejected": report.rejected, "accepted": 0, "error_counts": report.error_counts }))),
         Err(ImportError::Header { column, reason }) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("CSV header: column {column:?}: {reason}")).field(column))
         }
         Err(ImportError::TooLarge { limit }) => Err(too_large(limit)),
+        Err(e @ ImportError::RecordTooLong { .. }) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; nothing was published")).field("csv"))
+        }
+        Err(ImportError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(super::body_timeout(idle))
+        }
         Err(ImportError::Io(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")).field("body")),
         Err(ImportError::Publish { report, source }) => {
             tracing::error!(batch = %report.batch, accepted = report.accepted, error = %source, "batch publish stopped");
@@ -101,6 +116,28 @@ pub async fn upload(
             .extra(&report))
         }
     }
+}
+
+/// The body as a stream of chunks that fails with `TimedOut` when no chunk arrives for
+/// `idle`: a client trickling its upload cannot hold a thread forever.
+fn with_idle_timeout(
+    body: Body,
+    idle: Duration,
+) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    futures::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {} ms", idle.as_millis()),
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 fn too_large(limit: u64) -> ApiError {

@@ -30,7 +30,8 @@ pub async fn submit(
         )
         .field("content-type"));
     }
-    let bytes = super::read_limited(body, &headers, limit).await?;
+    let timeout = std::time::Duration::from_millis(state.settings.body_read_timeout_ms);
+    let bytes = super::read_limited(body, &headers, limit, timeout).await?;
     let job = state.validator.check(&bytes).map_err(|invalid| {
         metrics::rejected(&invalid.errors, invalid.malformed);
         let status = if invalid.malformed {

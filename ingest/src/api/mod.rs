@@ -43,6 +43,8 @@ pub struct AppState {
     pub(crate) tokens: ApiTokens,
     pub(crate) settings: Arc<IngestSettings>,
     pub(crate) replayed: Replayed,
+    /// One permit per batch upload being checked (`max_concurrent_batches`).
+    pub(crate) batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +67,7 @@ impl AppState {
             validator: Arc::new(validator),
             publisher,
             tokens,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_batches)),
             settings: Arc::new(settings),
             replayed,
         }
@@ -149,8 +152,31 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads a whole (small) body, refusing it with 413 past `limit` bytes.
+/// The answer to a client that stopped sending its body.
+fn body_timeout(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body did not arrive within {} ms (ingest.body_read_timeout_ms)",
+            timeout.as_millis()
+        ),
+    )
+    .field("body")
+}
+
+/// Reads a whole (small) body within `timeout`, refusing it with 413 past `limit` bytes.
 async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    tokio::time::timeout(timeout, read_body(body, headers, limit))
+        .await
+        .map_err(|_| body_timeout(timeout))?
+}
+
+async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,

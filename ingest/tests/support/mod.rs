@@ -26,13 +26,32 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// A directory with two token files, a templates dir holding `invoice`, and an
+/// The shipped example templates and jobs.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// The data the example `invoice` template reads.
+pub const INVOICE_DATA: &str = r#"{"invoice_number":"INV-1","due_date":"2026-12-15","currency":"EUR","customer":{"name":"Ann Example"},"items":[{"description":"Support","quantity":1,"unit_price":12.5}]}"#;
+
+/// A directory with two token files, a copy of the example templates, and an
 /// attachments root holding `2026/inv-1.pdf`.
 pub fn fixture_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token1"), format!("{TOKEN}\n")).unwrap();
     std::fs::write(dir.path().join("token2"), ROTATED_TOKEN).unwrap();
-    std::fs::create_dir_all(dir.path().join("templates/invoice")).unwrap();
+    for template in std::fs::read_dir(examples_dir().join("templates")).unwrap() {
+        let template = template.unwrap().path();
+        let to = dir
+            .path()
+            .join("templates")
+            .join(template.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(&template).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+        }
+    }
     std::fs::create_dir_all(dir.path().join("files/2026")).unwrap();
     std::fs::write(dir.path().join("files/2026/inv-1.pdf"), b"%PDF-1.4").unwrap();
     std::fs::write(dir.path().join("outside.txt"), b"secret").unwrap();
@@ -62,6 +81,7 @@ pub fn settings_for(dir: &Path) -> IngestSettings {
         max_batch_bytes: 8 * 1024 * 1024,
         max_in_flight: 64,
         replay_wait_ms: 10_000,
+        ..IngestSettings::default()
     }
 }
 
@@ -203,7 +223,9 @@ pub fn test_pool() -> mailpipe_common::pool::PoolSettings {
 }
 
 pub fn job_json(id: &str) -> String {
-    format!(r#"{{"id":"{id}","template":"invoice","to":["ann@example.com"],"data":{{"n":"1"}}}}"#)
+    format!(
+        r#"{{"id":"{id}","template":"invoice","to":["ann@example.com"],"data":{INVOICE_DATA}}}"#
+    )
 }
 
 pub fn write_jsonl(dir: &Path, name: &str, lines: impl IntoIterator<Item = String>) -> PathBuf {
