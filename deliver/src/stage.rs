@@ -252,7 +252,7 @@ impl DeliverStage {
             // reached it. Not this message's failure: once more on a fresh session.
             tracing::debug!(mailbox = %mailbox.address, "idle session was closed by the server; opening a new one");
             drop(session);
-            session = match self.pool.open(idx).await {
+            session = match self.pool.open(idx, true).await {
                 Ok(s) => s,
                 Err(e) => return self.not_opened(lease, e),
             };
