@@ -84,6 +84,9 @@ fn smtp_hint(f: &SmtpFailure, cx: HintContext<'_>) -> String {
                 _ => "Exchange refused the session: see its reply".into(),
             }
         }
+        SmtpFailure::Protocol { .. } => {
+            "the server sent data it should not have (bytes after its STARTTLS reply): something on the path is tampering with the connection; check proxies and the host".into()
+        }
         SmtpFailure::Insecure { .. } => {
             "no verified TLS: the host must offer STARTTLS with a valid certificate for its name (smtp.office365.com; extra_ca_file only for a test server)".into()
         }
