@@ -227,7 +227,7 @@ async fn a_certificate_credential_gets_a_token_and_authenticates() {
     let dir = tempfile::tempdir().unwrap();
 
     let pool = MailboxPool::build(&certificate_settings(&sim, &registered, dir.path())).unwrap();
-    let session = pool
+    let (session, _reused) = pool
         .session(0)
         .await
         .expect("assertion accepted, XOAUTH2 accepted");
