@@ -206,7 +206,7 @@ fn check_config(config: &Config) -> ExitCode {
             ),
         },
         Err(e) => {
-            eoutln!("configuration error: {e}");
+            eprintln!("configuration error: {e}");
             return ExitCode::from(2);
         }
     }
