@@ -270,7 +270,10 @@ impl Broker {
 
     /// A `/readyz` check: `Err` says what is wrong, naming the broker.
     pub fn readiness(&self) -> Result<(), String> {
-        let up = self.current().is_some_and(|(_, c)| c.status().connected());
+        let current = self.current();
+        let up = current
+            .as_ref()
+            .is_some_and(|(_, c)| c.status().connected());
         if up && self.inner.healthy.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -280,7 +283,10 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or_else(|| "not connected yet".to_owned());
+            .unwrap_or_else(|| match current {
+                Some(_) => "connection lost".to_owned(),
+                None => "not connected yet".to_owned(),
+            });
         Err(format!("RabbitMQ at {}: {why}", self.inner.endpoint))
     }
 
@@ -329,6 +335,11 @@ impl Broker {
             let e = match self.try_channel().await {
                 Ok(ch) => {
                     self.inner.healthy.store(true, Ordering::SeqCst);
+                    *self
+                        .inner
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(ch);
                 }
                 Err(e) => e,
