@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let signals = Signals::install()?;
     let sim = Simulator::start(config)
         .await
         .context("cannot start the simulator")?;
@@ -95,25 +96,45 @@ async fn main() -> anyhow::Result<()> {
         println!("authority {}", sim.authority());
         println!("CA        {}", sim.ca_pem_path().display());
     }
-    wait_for_signal().await?;
+    signals.wait().await?;
     tracing::info!("shutting down");
     sim.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGTERM and SIGINT, listened for from creation on: installed before the addresses are
+/// announced, so a signal sent right after reading them is never missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot wait for SIGINT")?,
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        Ok(())
+    }
 }
