@@ -487,3 +487,74 @@ async fn four_megabytes_of_garbage_get_a_small_answer() {
     assert_eq!(json["error_counts"]["malformed"], 2 * 1024 * 1024, "{json}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn requests_are_parsed_exactly() {
+    let app = TestApp::spawn("ing-parse").await;
+    let job = job_json("p-1");
+    // Bytes after the object, and a second object, are refused.
+    for body in [format!("{job}xyz"), format!("{job} {job}")] {
+        let (status, json) = app.post_job(&body).await;
+        assert_eq!(status, 400, "{body}: {json}");
+        assert_eq!(json["field"], "job", "{json}");
+    }
+    // Unknown keys in a mailbox object.
+    let typo = job.replace(
+        r#""to":["ann@example.com"]"#,
+        r#""to":[{"name":"Ann","address":"ann@example.com","adress":"x@example.com"}]"#,
+    );
+    let (status, json) = app.post_job(&typo).await;
+    assert_eq!(
+        (status, json["field"].as_str()),
+        (422, Some("to[0]")),
+        "{json}"
+    );
+    // `./x` is refused at the edge, as render would refuse it.
+    let dot = job.replace(
+        r#""data""#,
+        r#""attachments":[{"filename":"a.pdf","path":"./2026/inv-1.pdf"}],"data""#,
+    );
+    let (status, json) = app.post_job(&dot).await;
+    assert_eq!(status, 422, "{json}");
+    assert!(
+        json["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("attachments[0]"),
+        "{json}"
+    );
+    // Content-Type: missing or not exactly application/json → 415; parameters are fine.
+    for ct in [
+        None,
+        Some("text/json"),
+        Some("application/jsonx"),
+        Some("application/x-json"),
+    ] {
+        let mut r = app.post("/v1/jobs").body(job.clone());
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{ct:?}");
+    }
+    let r = app
+        .post("/v1/batches")
+        .body(job.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415, "a batch without Content-Type");
+    assert_eq!(app.render_depth().await, 0);
+    // The scheme name is case-insensitive.
+    let r = app
+        .client
+        .post(format!("{}/v1/jobs", app.base))
+        .header("authorization", format!("BEARER {}", support::TOKEN))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    app.cleanup().await;
+}

@@ -73,3 +73,111 @@ fn example_jobs_in_the_spec_parse_as_jobs() {
     }
     assert!(examples >= 4, "found only {examples} examples");
 }
+
+/// The `^[...]+$` character class of a schema component, as the set of ASCII characters
+/// it admits (ranges `A-Z` and single characters; a trailing `-` is literal).
+fn pattern_chars(component: &str) -> (BTreeSet<char>, usize) {
+    let mut lines = OPENAPI_YAML
+        .lines()
+        .skip_while(|l| *l != format!("    {component}:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("      "));
+    let block: Vec<&str> = lines.by_ref().collect();
+    let value = |key: &str| {
+        block
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("{component} has no {key}"))
+            .trim()
+            .to_owned()
+    };
+    let pattern = value("pattern:");
+    let class = pattern
+        .trim_matches('"')
+        .strip_prefix("^[")
+        .and_then(|p| p.strip_suffix("]+$"))
+        .unwrap_or_else(|| panic!("{component}: pattern {pattern} is not ^[...]+$"));
+    let chars: Vec<char> = class.chars().collect();
+    let mut set = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i + 1] == '-' {
+            set.extend(chars[i]..=chars[i + 2]);
+            i += 3;
+        } else {
+            set.insert(chars[i]);
+            i += 1;
+        }
+    }
+    (set, value("maxLength:").parse().unwrap())
+}
+
+#[test]
+fn id_patterns_are_exactly_what_the_server_accepts() {
+    use mailpipe_common::domain::{BatchId, JobId, TemplateName};
+    type Parse = fn(&str) -> bool;
+    let cases: [(&str, Parse, usize); 3] = [
+        ("JobId", |s| JobId::parse(s).is_ok(), JobId::MAX_LEN),
+        ("BatchId", |s| BatchId::parse(s).is_ok(), BatchId::MAX_LEN),
+        (
+            "TemplateName",
+            |s| TemplateName::parse(s).is_ok(),
+            TemplateName::MAX_LEN,
+        ),
+    ];
+    for (component, parses, max) in cases {
+        let (allowed, max_length) = pattern_chars(component);
+        assert_eq!(max_length, max, "{component} maxLength");
+        for c in (0u8..=127).map(char::from) {
+            assert_eq!(
+                parses(&c.to_string()),
+                allowed.contains(&c),
+                "{component}: {c:?}"
+            );
+        }
+        assert!(!parses(""), "{component}: minLength 1");
+        assert!(parses(&"a".repeat(max)) && !parses(&"a".repeat(max + 1)));
+    }
+}
+
+/// Status codes documented for `method path`.
+fn documented(method: &str, path: &str) -> BTreeSet<u16> {
+    let mut codes = BTreeSet::new();
+    let mut lines = OPENAPI_YAML
+        .lines()
+        .skip_while(|l| *l != format!("  {path}:"));
+    let _ = lines.by_ref().find(|l| *l == format!("    {method}:"));
+    for l in lines.take_while(|l| l.starts_with("      ")) {
+        if let Some(code) = l
+            .strip_prefix("        \"")
+            .and_then(|l| l.strip_suffix("\":"))
+        {
+            codes.insert(code.parse().unwrap());
+        }
+    }
+    codes
+}
+
+/// What each handler can answer (ingest/src/api/*.rs), besides 401 for every route with
+/// a token.
+#[test]
+fn every_status_the_server_answers_is_documented() {
+    for (method, path, codes) in [
+        (
+            "post",
+            "/v1/jobs",
+            &[200, 202, 400, 408, 409, 413, 415, 422, 503][..],
+        ),
+        ("get", "/v1/jobs/{id}", &[200, 400, 404][..]),
+        (
+            "post",
+            "/v1/batches",
+            &[202, 400, 408, 413, 415, 422, 503][..],
+        ),
+        ("get", "/v1/batches/{id}", &[200, 400, 404][..]),
+    ] {
+        let mut expected: BTreeSet<u16> = codes.iter().copied().collect();
+        expected.insert(401);
+        assert_eq!(documented(method, path), expected, "{method} {path}");
+    }
+}

@@ -91,10 +91,14 @@ impl Job {
     /// Parses a job from JSON, reporting the field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<Self, FieldError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let job: Job = serde_path_to_error::deserialize(de).map_err(|e| {
+        let job: Job = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "job".to_owned() } else { path };
             FieldError::new(field, e.into_inner().to_string())
+        })?;
+        // One job per document: `{job}xyz` or `{job} {job}` is refused, not half-read.
+        de.end().map_err(|e| {
+            FieldError::new("job", format!("unexpected data after the job object: {e}"))
         })?;
         check_version(job.v).map_err(|e| FieldError::new("v", e.to_string()))?;
         Ok(job)
@@ -278,9 +282,13 @@ impl AttachmentPath {
         if input.chars().any(char::is_control) {
             return Err("path contains a control character".into());
         }
-        if input.split('/').any(|part| part == ".." || part.is_empty()) {
+        // `.` too: render opens only plain segments, so `./x` would pass here and die there.
+        if input
+            .split('/')
+            .any(|part| part == ".." || part == "." || part.is_empty())
+        {
             return Err(format!(
-                "path {input:?} may not contain '..' or empty segments"
+                "path {input:?} may not contain '.', '..' or empty segments"
             ));
         }
         Ok(Self(input.to_owned()))
@@ -323,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_the_job_are_refused() {
+        let ok = r#"{"id":"j1","template":"invoice","to":["a@example.com"]}"#;
+        assert!(job(&format!(" {ok}\r\n")).is_ok());
+        for extra in ["xyz", " {\"id\":\"j2\"}", "}", "[]"] {
+            let e = job(&format!("{ok}{extra}")).unwrap_err();
+            assert_eq!(e.field, "job", "{extra}");
+            assert!(e.reason.contains("after the job"), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn too_new_a_version_is_refused() {
         let e =
             job(r#"{"v":9,"id":"j1","template":"invoice","to":["a@example.com"]}"#).unwrap_err();
@@ -348,7 +367,17 @@ mod tests {
 
     #[test]
     fn attachment_paths_stay_inside_the_root() {
-        for bad in ["/etc/passwd", "a/../../b", "..", "a//b", "C:\\x", "a\\b"] {
+        for bad in [
+            "/etc/passwd",
+            "a/../../b",
+            "..",
+            "a//b",
+            "C:\\x",
+            "a\\b",
+            "./x",
+            "a/./b",
+            "a/.",
+        ] {
             assert!(AttachmentPath::parse(bad).is_err(), "{bad}");
         }
         assert!(AttachmentPath::parse("2026-11/inv-1.pdf").is_ok());

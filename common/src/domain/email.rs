@@ -8,7 +8,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 const MAX_LEN: usize = 254;
 const MAX_LOCAL_LEN: usize = 64;
 
-/// A syntactically valid address (`local@domain`), without display name.
+/// A syntactically valid address (`local@domain`), without display name, all ASCII:
+/// an internationalised domain (`müller.example`) is stored in punycode
+/// (`xn--mller-kva.example`, IDNA/UTS 46); a non-ASCII local part is refused, since
+/// mailpipe does not send SMTPUTF8.
 ///
 /// The parser is deliberately stricter than RFC 5322: no quoted local parts, no comments,
 /// no whitespace and no control characters, because every address ends up in a header line
@@ -33,6 +36,10 @@ pub enum EmailAddressError {
     LocalPart(String),
     #[error("domain {0:?} is not a valid host name")]
     Domain(String),
+    #[error(
+        "local part {0:?} is not ASCII: mailpipe does not send SMTPUTF8, so only ASCII local parts can be delivered (an internationalised domain is fine: it is sent as punycode)"
+    )]
+    NonAsciiLocalPart(String),
 }
 
 impl EmailAddress {
@@ -50,13 +57,27 @@ impl EmailAddress {
             Some((l, d)) if !d.contains('@') => (l, d),
             _ => return Err(EmailAddressError::Shape),
         };
+        if !local.is_ascii() {
+            return Err(EmailAddressError::NonAsciiLocalPart(local.to_owned()));
+        }
         if !valid_local(local) {
             return Err(EmailAddressError::LocalPart(local.to_owned()));
         }
-        if !valid_domain(domain) {
+        // Only a non-ASCII domain is converted, so ASCII ones stay as written.
+        let ascii = if domain.is_ascii() {
+            domain.to_owned()
+        } else {
+            idna::domain_to_ascii(domain)
+                .map_err(|_| EmailAddressError::Domain(domain.to_owned()))?
+        };
+        if !valid_domain(&ascii) {
             return Err(EmailAddressError::Domain(domain.to_owned()));
         }
-        Ok(Self(input.to_owned()))
+        let address = format!("{local}@{ascii}");
+        if address.len() > MAX_LEN {
+            return Err(EmailAddressError::TooLong);
+        }
+        Ok(Self(address))
     }
 
     pub fn as_str(&self) -> &str {
@@ -86,11 +107,9 @@ fn valid_local(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || SPECIALS.contains(c)
-                || (!c.is_ascii() && c.is_alphanumeric())
-        })
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c))
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -103,7 +122,7 @@ fn valid_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
         // The top-level label is never all digits: rules out bare IPs like 1.2.3.4.
         && labels.last().is_some_and(|tld| !tld.chars().all(|c| c.is_ascii_digit()))
@@ -173,6 +192,32 @@ mod tests {
     }
 
     #[test]
+    fn internationalised_domains_become_punycode_and_non_ascii_local_parts_are_refused() {
+        let a = EmailAddress::parse("zoe@müller.example").unwrap();
+        assert_eq!(a.as_str(), "zoe@xn--mller-kva.example");
+        assert_eq!(a.domain(), "xn--mller-kva.example");
+        assert_eq!(
+            EmailAddress::parse("info@例え.jp").unwrap().as_str(),
+            "info@xn--r8jz45g.jp"
+        );
+        // ASCII domains are kept as written.
+        assert_eq!(
+            EmailAddress::parse("a@Example.COM").unwrap().as_str(),
+            "a@Example.COM"
+        );
+        for bad in ["zoë@example.com", "用户@例え.jp"] {
+            let e = EmailAddress::parse(bad).unwrap_err();
+            assert!(
+                matches!(e, EmailAddressError::NonAsciiLocalPart(_)),
+                "{bad}"
+            );
+            assert!(e.to_string().contains("SMTPUTF8"), "{e}");
+        }
+        assert!(EmailAddress::parse("a@exa mple.com").is_err());
+        assert!(EmailAddress::parse("a@xn--.example").is_err());
+    }
+
+    #[test]
     fn deserialising_validates() {
         let err =
             serde_json::from_str::<EmailAddress>("\"x@y.com\\r\\nBcc: z@w.com\"").unwrap_err();
@@ -194,6 +239,7 @@ mod tests {
         #[test]
         fn parsed_addresses_are_header_safe(input in "\\PC{0,40}") {
             if let Ok(addr) = EmailAddress::parse(&input) {
+                prop_assert!(addr.as_str().is_ascii());
                 prop_assert!(!addr.as_str().chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>' || c == ',' || c == ':' || c == '"'));
                 prop_assert_eq!(addr.as_str().matches('@').count(), 1);
             }

@@ -49,20 +49,25 @@ impl Mailbox {
 impl<'de> Deserialize<'de> for Mailbox {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            #[serde(default)]
+            name: Option<String>,
+            address: String,
+        }
+        #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
             Bare(String),
-            Full {
-                #[serde(default)]
-                name: Option<String>,
-                address: String,
-            },
+            Full(Full),
         }
         let (name, address) = match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected an address string or {\"name\", \"address\"}")
+            serde::de::Error::custom(
+                "expected an address string or {\"name\", \"address\"} (no other keys)",
+            )
         })? {
             Raw::Bare(a) => (None, a),
-            Raw::Full { name, address } => (name, address),
+            Raw::Full(Full { name, address }) => (name, address),
         };
         let address = EmailAddress::parse(&address)
             .map_err(|e| serde::de::Error::custom(format!("{address:?}: {e}")))?;
@@ -80,6 +85,15 @@ mod tests {
         assert_eq!(m.name, None);
         let m: Mailbox = serde_json::from_str(r#"{"name":"Zoë Ä","address":"a@b.com"}"#).unwrap();
         assert_eq!(m.name.as_deref(), Some("Zoë Ä"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<Mailbox>(
+            r#"{"name":"Ann","address":"a@b.com","adress":"typo@b.com"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no other keys"), "{err}");
     }
 
     #[test]

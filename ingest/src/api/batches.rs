@@ -48,11 +48,8 @@ pub async fn upload(
             .field("partial"));
         }
     };
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let format = Format::from_content_type(ct).ok_or_else(|| {
+    let ct = super::media_type(&headers);
+    let format = Format::from_content_type(&ct).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type {ct:?}: send application/x-ndjson or text/csv"),

@@ -19,11 +19,8 @@ pub async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let limit = state.settings.max_request_bytes;
-    if let Some(ct) = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        && !ct.to_ascii_lowercase().contains("json")
-    {
+    let ct = super::media_type(&headers);
+    if ct != "application/json" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type {ct:?}: send application/json"),
