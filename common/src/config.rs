@@ -259,6 +259,11 @@ pub struct RabbitSettings {
     pub reconnect_max_backoff_ms: u64,
     /// Retention of the events stream (RabbitMQ `x-max-age`, e.g. `7D`).
     pub events_max_age: String,
+    /// Set by read-only commands (`status`, `dead list`), never by the file: the topology is
+    /// checked with passive declares instead of declared, so a mistyped prefix creates
+    /// nothing and is reported as "no such deployment".
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 impl RabbitSettings {
@@ -353,6 +358,7 @@ impl Default for RabbitSettings {
             confirm_timeout_ms: 30_000,
             reconnect_max_backoff_ms: 30_000,
             events_max_age: "7D".into(),
+            read_only: false,
         }
     }
 }

@@ -218,6 +218,10 @@ async fn dead_command(
     command: DeadCommand,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> ExitCode {
+    // The dead-letter commands work on an existing deployment: check it, create nothing.
+    let mut config = config.clone();
+    config.rabbitmq.read_only = true;
+    let config = &config;
     let pipeline = match connect(config, "mailpipe-ingest dead", shutdown.clone()).await {
         Ok(p) => p,
         Err(code) => return code,
@@ -355,6 +359,9 @@ async fn run(config: Config, command: Command) -> ExitCode {
             }
         }
         Command::Status { batch, watch, json } => {
+            // Read-only: a mistyped prefix must not create a deployment.
+            let mut config = config;
+            config.rabbitmq.read_only = true;
             let pipeline = match connect(&config, "mailpipe-ingest status", shutdown.clone()).await
             {
                 Ok(p) => p,

@@ -52,6 +52,9 @@ pub struct Topology {
     retry_delays: Vec<Duration>,
     delivery_limit: u32,
     events_max_age: String,
+    /// Only check that the queues exist (passive declares): read-only commands.
+    read_only: bool,
+    vhost: String,
 }
 
 impl Topology {
@@ -61,6 +64,8 @@ impl Topology {
             retry_delays: settings.retry_delays_ms.clone(),
             delivery_limit: settings.delivery_limit,
             events_max_age: settings.events_max_age.clone(),
+            read_only: settings.read_only,
+            vhost: vhost_of(&settings.url),
         }
     }
 
@@ -120,6 +125,9 @@ impl Topology {
     }
 
     pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        if self.read_only {
+            return self.check_exists(ch).await;
+        }
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -199,6 +207,23 @@ impl Topology {
         Ok(())
     }
 
+    /// Passive declares of the queues a deployment under this prefix has: nothing is
+    /// created; a missing one fails with NOT_FOUND, which [`Topology::explain`] words as
+    /// "no such deployment".
+    async fn check_exists(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut queues = vec![self.events_stream(), self.dead_queue()];
+        queues.extend(Stage::ALL.map(|s| self.stage_queue(s)));
+        for q in queues {
+            ch.queue_declare(ShortString::from(q), passive, FieldTable::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Removes everything under the prefix (tests clean up after themselves with this).
     pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
         let mut queues = vec![self.dead_queue(), self.events_stream()];
@@ -232,6 +257,17 @@ impl Topology {
     /// queue's value and the configured one, and the ways out. `None` for other errors.
     pub fn explain(&self, err: &lapin::Error) -> Option<String> {
         let text = err.to_string();
+        if self.read_only && text.contains("NOT_FOUND - no queue") {
+            return Some(format!(
+                "no such deployment (prefix {:?} on vhost {:?}): {}. Check rabbitmq.prefix and \
+                 the vhost in rabbitmq.url; a read-only command creates nothing",
+                self.prefix,
+                self.vhost,
+                text.split("NOT_FOUND - ")
+                    .nth(1)
+                    .unwrap_or("a queue is missing")
+            ));
+        }
         let at = text.find("inequivalent arg '")?;
         let quoted: Vec<&str> = text[at..].split('\'').skip(1).step_by(2).collect();
         let (arg, queue) = (*quoted.first()?, *quoted.get(1)?);
@@ -313,6 +349,13 @@ impl Topology {
         )
         .await
     }
+}
+
+/// The vhost an AMQP URI names (`%2f` decoded; `/` when the URI has none).
+fn vhost_of(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.vhost)
+        .unwrap_or_else(|_| "/".into())
 }
 
 /// A queue name as a policy pattern (names are `[A-Za-z0-9._-]`; only `.` is special).
