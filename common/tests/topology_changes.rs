@@ -134,3 +134,52 @@ async fn other_errors_are_not_explained_as_a_mismatch() {
     assert_eq!(t.broker.topology().explain(&err), None);
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_read_only_start_checks_the_deployment_and_creates_nothing() {
+    let t = TestBroker::start("readonly").await;
+    let read_only = |prefix: &str| {
+        Topology::new(&RabbitSettings {
+            prefix: prefix.to_owned(),
+            ..t.settings.clone()
+        })
+    };
+    // The existing deployment passes.
+    let ch = t.broker.channel().await.unwrap();
+    read_only(&t.settings.prefix)
+        .check_exists(&ch)
+        .await
+        .expect("an existing deployment passes the check");
+    // A mistyped prefix: refused, explained, and still absent afterwards.
+    let typo = format!("{}x", t.settings.prefix);
+    let topology = read_only(&typo);
+    let ch = t.broker.channel().await.unwrap();
+    let err = topology
+        .check_exists(&ch)
+        .await
+        .expect_err("nothing under the typo");
+    let help = topology.explain_missing(&err);
+    assert!(
+        help.starts_with(&format!(
+            "no such deployment (prefix {typo:?} on vhost \"/\")"
+        )),
+        "{help}"
+    );
+    let ch = t.broker.channel().await.unwrap();
+    let still = ch
+        .queue_declare(
+            topology.stage_queue(Stage::Deliver).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    assert!(
+        still.is_err(),
+        "the check created {}",
+        topology.stage_queue(Stage::Deliver)
+    );
+    t.cleanup().await;
+}

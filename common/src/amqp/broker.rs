@@ -399,10 +399,7 @@ impl Broker {
             Ok(Err(source)) if passive && amqp_code(&source) == Some(404) => {
                 return Err(BrokerError::Refused {
                     endpoint: self.inner.endpoint.clone(),
-                    reason: format!(
-                        "no such deployment: {}",
-                        amqp_message(&source).unwrap_or_default()
-                    ),
+                    reason: self.inner.topology.explain_missing(&source),
                     hint: "check rabbitmq.prefix; read-only commands never create queues",
                 });
             }
@@ -424,19 +421,7 @@ impl Broker {
     /// Passive declares of the queues a read-only tool reads: fail with NOT_FOUND (and a
     /// closed channel) when the deployment does not exist, create nothing.
     async fn check_deployment(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        let topology = &self.inner.topology;
-        for queue in [topology.events_stream(), topology.dead_queue()] {
-            ch.queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await?;
-        }
-        Ok(())
+        self.inner.topology.check_exists(ch).await
     }
 
     /// A channel on the current connection, `None` when there is no usable connection.

@@ -52,6 +52,7 @@ pub struct Topology {
     retry_delays: Vec<Duration>,
     delivery_limit: u32,
     events_max_age: String,
+    vhost: String,
 }
 
 impl Topology {
@@ -61,6 +62,7 @@ impl Topology {
             retry_delays: settings.retry_delays_ms.clone(),
             delivery_limit: settings.delivery_limit,
             events_max_age: settings.events_max_age.clone(),
+            vhost: vhost_of(&settings.url),
         }
     }
 
@@ -199,6 +201,23 @@ impl Topology {
         Ok(())
     }
 
+    /// Passive declares of the queues a deployment under this prefix has: nothing is
+    /// created; a missing one fails with NOT_FOUND, which [`Topology::explain`] words as
+    /// "no such deployment".
+    pub async fn check_exists(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut queues = vec![self.events_stream(), self.dead_queue()];
+        queues.extend(Stage::ALL.map(|s| self.stage_queue(s)));
+        for q in queues {
+            ch.queue_declare(ShortString::from(q), passive, FieldTable::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Removes everything under the prefix (tests clean up after themselves with this).
     pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
         let mut queues = vec![self.dead_queue(), self.events_stream()];
@@ -225,6 +244,20 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Words a failed [`Topology::check_exists`]: which deployment is missing, and where.
+    pub fn explain_missing(&self, err: &lapin::Error) -> String {
+        let text = err.to_string();
+        format!(
+            "no such deployment (prefix {:?} on vhost {:?}): {}. Check rabbitmq.prefix and \
+             the vhost in rabbitmq.url; a read-only command creates nothing",
+            self.prefix,
+            self.vhost,
+            text.split("NOT_FOUND - ")
+                .nth(1)
+                .unwrap_or("a queue is missing")
+        )
     }
 
     /// What to do when the broker refused a declare because a queue exists with other
@@ -313,6 +346,13 @@ impl Topology {
         )
         .await
     }
+}
+
+/// The vhost an AMQP URI names (`%2f` decoded; `/` when the URI has none).
+fn vhost_of(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.vhost)
+        .unwrap_or_else(|_| "/".into())
 }
 
 /// A queue name as a policy pattern (names are `[A-Za-z0-9._-]`; only `.` is special).

@@ -106,7 +106,8 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let server = tokio::spawn(app.run_until_stopped());
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        // Liveness bounds, wide for a loaded 2-core machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client.get(format!("{base}/readyz")).send().await
                 && r.status() == 200
@@ -168,7 +169,7 @@ impl TestApp {
         path: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let r = self.get(path).send().await.unwrap();
             let json: serde_json::Value = r.json().await.unwrap_or_default();
