@@ -438,7 +438,7 @@ impl SecretRef {
                 _ => Err(err(format!("environment variable {var} is not set"))),
             },
             (None, Some(path)) => {
-                let v = std::fs::read_to_string(path)
+                let v = read_secret_file(path)
                     .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
                 let v = v.trim_end_matches(['\r', '\n']).to_owned();
                 if v.is_empty() {
@@ -449,6 +449,33 @@ impl SecretRef {
             _ => Err(err("give exactly one of `env` or `file`".into())),
         }
     }
+}
+
+/// Secret files are small: anything larger is not a secret file (a path to a log, or to
+/// `/dev/zero`).
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file: a regular file (a FIFO would block the start, a device never end),
+/// at most [`MAX_SECRET_FILE_BYTES`].
+fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let not_a_file = || std::io::Error::other("not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_a_file());
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_SECRET_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -142,8 +142,12 @@ fn parse_broker_timeout(text: &str) -> Result<std::time::Duration, String> {
         Some(n) => (n, 60),
         None => (text.strip_suffix('s').unwrap_or(text), 1),
     };
-    match number.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n * scale)),
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
         _ => Err(format!(
             "{text:?} is not a duration: give seconds (`30`, `30s`) or minutes (`2m`), more than 0"
         )),
