@@ -158,16 +158,18 @@ impl Stack {
     /// Writes the configuration and starts the simulator; binaries are started by the caller.
     pub async fn prepare(options: StackOptions) -> anyhow::Result<Self> {
         let (dir, temp) = match &options.dir {
+            // Absolute, because relative paths in the config it writes resolve against the
+            // config file's directory (`--dir .demo` would otherwise mean `.demo/.demo`).
             Some(d) => {
                 std::fs::create_dir_all(d)?;
-                (d.clone(), None)
+                (std::path::absolute(d)?, None)
             }
             // MAILPIPE_TEST_KEEP_DIR keeps each run's config and logs for a post-mortem.
             None => match std::env::var_os("MAILPIPE_TEST_KEEP_DIR") {
                 Some(keep) => {
                     let d = PathBuf::from(keep).join(unique_prefix(&options.name));
                     std::fs::create_dir_all(&d)?;
-                    (d, None)
+                    (std::path::absolute(d)?, None)
                 }
                 None => {
                     let t = tempfile::tempdir()?;
