@@ -28,6 +28,17 @@ pub struct SubmitOptions {
     pub display: Display,
 }
 
+impl SubmitOptions {
+    /// A local file is trusted for size (the HTTP upload limit does not apply).
+    fn import_options(&self) -> ImportOptions {
+        ImportOptions {
+            batch: self.batch.clone(),
+            partial: self.partial,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Display {
@@ -86,6 +97,9 @@ pub async fn submit(
     options: &SubmitOptions,
 ) -> Result<ImportReport, SubmitError> {
     let (file, format, size) = open_input(&options.file)?;
+    // Templates before the events stream: a broken templates_dir fails at once, not after
+    // the whole stream was read.
+    let validator = Arc::new(Validator::from_settings(settings)?);
 
     let ids = AcceptedIds::new();
     let learned = ids.clone();
@@ -100,16 +114,10 @@ pub async fn submit(
     let publisher = JobPublisher::new(pipeline.clone(), ids, status, settings.max_in_flight);
     let progress = Arc::new(Progress::default());
     let display = spawn_display(options.display, progress.clone(), size);
-    let import_options = ImportOptions {
-        batch: options.batch.clone(),
-        partial: options.partial,
-        max_bytes: u64::MAX,
-    };
-    let validator = Arc::new(Validator::from_settings(settings)?);
     let result = import(
         file,
         format,
-        import_options,
+        options.import_options(),
         validator,
         &publisher,
         progress,
@@ -180,12 +188,8 @@ pub async fn dry_run(
     let validator = Arc::new(Validator::from_settings(settings)?);
     let progress = Arc::new(Progress::default());
     let display = spawn_display(options.display, progress.clone(), size);
-    let import_options = ImportOptions {
-        batch: options.batch.clone(),
-        partial: options.partial,
-        max_bytes: u64::MAX,
-    };
-    let result = crate::batch::dry_run(file, format, import_options, validator, progress).await;
+    let result =
+        crate::batch::dry_run(file, format, options.import_options(), validator, progress).await;
     display.finish().await;
     Ok(result?)
 }

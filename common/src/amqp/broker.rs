@@ -388,7 +388,8 @@ impl Broker {
             let conn = Connection::connect_uri(self.inner.uri.clone(), props).await?;
             let ch = conn.create_channel().await?;
             if passive {
-                self.check_deployment(&ch).await?;
+                // Read-only tools create nothing: a missing deployment fails with NOT_FOUND.
+                self.inner.topology.check_exists(&ch).await?;
             } else {
                 self.inner.topology.declare(&ch).await?;
             }
@@ -416,12 +417,6 @@ impl Broker {
         *self.lock_connection() = Some((generation, Arc::new(conn)));
         tracing::info!(endpoint = %self.inner.endpoint, prefix = self.inner.topology.prefix(), "connected to RabbitMQ; topology declared");
         Ok(ch)
-    }
-
-    /// Passive declares of the queues a read-only tool reads: fail with NOT_FOUND (and a
-    /// closed channel) when the deployment does not exist, create nothing.
-    async fn check_deployment(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        self.inner.topology.check_exists(ch).await
     }
 
     /// A channel on the current connection, `None` when there is no usable connection.
