@@ -18,7 +18,9 @@ pub const ENV_PREFIX: &str = "MAILPIPE_";
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "MAILPIPE_CONFIG";
 /// The sections of the shared file; anything else at the top level is a mistake.
-pub const SECTIONS: [&str; 5] = ["rabbitmq", "telemetry", "ingest", "render", "deliver"];
+pub const SECTIONS: [&str; 6] = [
+    "rabbitmq", "telemetry", "database", "ingest", "render", "deliver",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

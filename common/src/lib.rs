@@ -7,6 +7,7 @@
 //! - [`amqp`]: the RabbitMQ layer: reconnecting `Broker`, `Topology`, confirmed
 //!   `Publisher`, bounded `consume` loop.
 //! - [`pipeline`]: the records stages write: delivery events, dead letters, the retry ladder.
+//! - [`store`]: the system of record in PostgreSQL: jobs, their events, batches.
 //! - [`pool`]: the configured pool of sending mailboxes (deliver sends, ingest estimates).
 //! - [`http_server`]: the bounded HTTP accept loop (connection cap, header timeout).
 //! - [`service`], [`telemetry`], [`shutdown`], [`cli`]: what every binary serves and how it
@@ -22,6 +23,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod service;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 
 #[cfg(feature = "testkit")]

@@ -1,7 +1,8 @@
 //! The records every stage writes, in one place: jobs onto the render queue, rendered
-//! messages onto the deliver queue, delivery events onto the events stream, messages into
-//! the retry ladder or dead letters. Each returns a `PendingConfirm`, so a stage acks its
-//! input only after what it wrote is confirmed.
+//! messages onto the deliver queue, delivery events into the system of record (and then
+//! onto the events stream, the live feed for subscribers), messages into the retry ladder
+//! or dead letters. Each returns a `PendingConfirm`, so a stage acks its input only after
+//! what it wrote is recorded and confirmed.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::amqp::{
 use crate::contract::{
     CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
 };
+use crate::store::Store;
 use crate::telemetry::inject_trace_context;
 
 /// Header with the job id on every message, so the management UI and dead-letter tools
@@ -36,11 +38,17 @@ const MARKER_HEADER: &str = "mailpipe-marker";
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     publisher: Publisher,
+    store: Store,
 }
 
 impl Pipeline {
-    pub fn new(publisher: Publisher) -> Self {
-        Self { publisher }
+    pub fn new(publisher: Publisher, store: Store) -> Self {
+        Self { publisher, store }
+    }
+
+    /// The system of record.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn broker(&self) -> &Broker {
@@ -104,10 +112,14 @@ impl Pipeline {
             .await
     }
 
+    /// Records `event` in the database (the truth: it waits while the database is away,
+    /// so the stage takes nothing new meanwhile), then publishes it to the events stream
+    /// (the live feed).
     pub async fn record_event(
         &self,
         event: &DeliveryEvent,
     ) -> Result<PendingConfirm, PublishError> {
+        self.store.record_event(event).await?;
         let body = event.to_json();
         let headers = Self::headers(
             event.job_id.as_str(),

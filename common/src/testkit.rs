@@ -1,6 +1,7 @@
-//! Test support (feature `testkit`): a real RabbitMQ under a unique name prefix, so test
-//! runs never collide, and helpers to look into queues. A test that needs RabbitMQ fails
-//! loudly when it is missing; it never passes without having run.
+//! Test support (feature `testkit`): a real RabbitMQ under a unique name prefix and a
+//! real PostgreSQL under a unique schema, so test runs never collide, and helpers to look
+//! into queues. A test that needs RabbitMQ or PostgreSQL fails loudly when it is
+//! missing; it never passes without having run.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::{Broker, Publisher};
 use crate::config::RabbitSettings;
 use crate::pipeline::Pipeline;
+use crate::store::{DatabaseSettings, Store};
 
 /// `MAILPIPE_TEST_AMQP_URL` or the development default.
 pub fn amqp_url() -> String {
@@ -40,9 +42,85 @@ pub fn settings(name: &str) -> RabbitSettings {
     }
 }
 
+/// `MAILPIPE_TEST_DATABASE_URL` or the development default (trust auth on localhost).
+pub fn database_url() -> String {
+    std::env::var("MAILPIPE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/mailpipe_test".into())
+}
+
+/// Database settings for a test: the test database, a schema of its own.
+pub fn database_settings(name: &str) -> DatabaseSettings {
+    let clean: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .take(40)
+        .collect();
+    DatabaseSettings {
+        url: database_url(),
+        schema: format!(
+            "t_{clean}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        ),
+        max_connections: 4,
+        ..DatabaseSettings::default()
+    }
+}
+
+/// Creates the test database when it does not exist yet (several test binaries may race
+/// to create it: "already exists" is success).
+pub async fn ensure_test_database() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let url = database_url();
+    let target = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .expect("MAILPIPE_TEST_DATABASE_URL is a PostgreSQL URL");
+    let name = target.get_database().unwrap_or("mailpipe_test").to_owned();
+    let admin = target.clone().database("postgres");
+    let mut conn = match tokio::time::timeout(Duration::from_secs(10), admin.connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!(
+            "PostgreSQL is required for this test ({url}): {e} (start it: pg_ctlcluster 15 main start)"
+        ),
+        Err(_) => panic!("PostgreSQL is required for this test and did not answer at {url} within 10 s"),
+    };
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .expect("query pg_database");
+    if !exists {
+        let create = format!("CREATE DATABASE \"{name}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+            Ok(_) => {}
+            // 42P04 duplicate_database, 23505 unique_violation: another binary won the race.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => panic!("creating the test database {name}: {e}"),
+        }
+    }
+}
+
+/// A migrated store in a fresh schema of the test database.
+pub async fn test_store(name: &str, shutdown: CancellationToken) -> (Store, DatabaseSettings) {
+    ensure_test_database().await;
+    let settings = database_settings(name);
+    let store = Store::new(&settings, shutdown).expect("test database settings");
+    store
+        .prepare(Some(Duration::from_secs(10)))
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", settings.url));
+    (store, settings)
+}
+
 #[derive(Debug)]
 pub struct TestBroker {
     pub settings: RabbitSettings,
+    pub database: DatabaseSettings,
     pub broker: Broker,
     pub pipeline: Pipeline,
     pub shutdown: CancellationToken,
@@ -71,9 +149,11 @@ impl TestBroker {
             broker.clone(),
             Duration::from_millis(settings.confirm_timeout_ms),
         );
+        let (store, database) = test_store(&settings.prefix, shutdown.clone()).await;
         Self {
-            pipeline: Pipeline::new(publisher),
+            pipeline: Pipeline::new(publisher, store),
             settings,
+            database,
             broker,
             shutdown,
         }
@@ -120,8 +200,13 @@ impl TestBroker {
         q.message_count()
     }
 
-    /// Deletes the test's exchanges and queues and stops background loops.
+    pub fn store(&self) -> &Store {
+        self.pipeline.store()
+    }
+
+    /// Deletes the test's exchanges, queues and schema and stops background loops.
     pub async fn cleanup(self) {
+        drop_schema(self.pipeline.store(), &self.database.schema).await;
         self.shutdown.cancel();
         if let Ok(ch) = self.broker.channel().await {
             let _ = self.broker.topology().delete(&ch).await;
@@ -135,4 +220,13 @@ impl TestBroker {
         }
         self.broker.close().await;
     }
+}
+
+/// Drops a test's schema (best effort: a test that failed leaves it for inspection only
+/// if this is never reached).
+pub async fn drop_schema(store: &Store, schema: &str) {
+    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(store.pool())
+        .await;
 }

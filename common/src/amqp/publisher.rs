@@ -45,6 +45,10 @@ pub enum PublishError {
         #[source]
         source: lapin::Error,
     },
+    /// The system of record could not take the record (shutdown while it waited for
+    /// the database, or a statement it refused): the input is not acked.
+    #[error("recording in the database: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }

@@ -67,6 +67,10 @@ pub struct DeliveryEvent {
     pub uncertain: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// The message's Message-ID (with angle brackets): set by render on `rendered` and by
+    /// deliver on what it sent, so an audit can find the message in a mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -88,6 +92,7 @@ impl DeliveryEvent {
             retry_at: None,
             uncertain: false,
             started_at: None,
+            message_id: None,
             at: Utc::now(),
         }
     }

@@ -104,6 +104,24 @@ impl Job {
         Ok(job)
     }
 
+    /// SHA-256 of what the job asks for, to tell a resubmission (same content: a
+    /// duplicate) from a different job reusing an id (a conflict). The batch, the
+    /// contract version and `accepted_at` are left out: resubmitting a file under a new
+    /// batch id is still the same invoice. Object keys are hashed in sorted order, so the
+    /// key order of the submitted JSON does not matter.
+    pub fn content_hash(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(fields) = &mut value {
+            for key in ["v", "batch", "accepted_at"] {
+                fields.remove(key);
+            }
+        }
+        let mut hasher = Sha256::new();
+        hash_canonical(&value, &mut hasher);
+        hasher.finalize().into()
+    }
+
     /// Reads a job from a queue body (already accepted once, so only the version can be new).
     pub fn from_queue(bytes: &[u8]) -> Result<Self, ContractError> {
         let job: Job =
@@ -388,5 +406,42 @@ mod tests {
         let j = job(r#"{"id":"j1","template":"t","to":["a@example.com"],"attachments":[{"filename":"a.pdf","content_base64":"JVBERg=="},{"filename":"b.pdf","path":"x/b.pdf","content_type":"application/pdf"}]}"#).unwrap();
         let back = Job::from_queue(&serde_json::to_vec(&j).unwrap()).unwrap();
         assert_eq!(back, j);
+    }
+}
+
+/// Feeds `value` into `hasher` with object keys in sorted order and every value tagged,
+/// so two different values never feed the same bytes.
+fn hash_canonical(value: &Value, hasher: &mut impl sha2::Digest) {
+    match value {
+        Value::Null => hasher.update(b"n"),
+        Value::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            hasher.update(b"#");
+            hasher.update(n.to_string().as_bytes());
+            hasher.update(b";");
+        }
+        Value::String(s) => {
+            hasher.update(b"s");
+            hasher.update((s.len() as u64).to_be_bytes());
+            hasher.update(s.as_bytes());
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for item in items {
+                hash_canonical(item, hasher);
+            }
+            hasher.update(b"]");
+        }
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort();
+            hasher.update(b"{");
+            for key in keys {
+                hasher.update((key.len() as u64).to_be_bytes());
+                hasher.update(key.as_bytes());
+                hash_canonical(&fields[key.as_str()], hasher);
+            }
+            hasher.update(b"}");
+        }
     }
 }

@@ -1,0 +1,256 @@
+//! Ingest's exact idempotency: a job id is published once within the retention, across
+//! restarts and any number of ingest replicas.
+//!
+//! A publish first *claims* its jobs: it inserts them `received`, with its claim token,
+//! and the unique key on `jobs.id` decides between two replicas submitting one id at the
+//! same instant (the second waits on the first's row and finds it). Right before it
+//! publishes a chunk it *refreshes* the claim (still ours, and fresh); after the broker's
+//! confirm it *confirms* them `accepted` with their `accepted` events. A publish that
+//! fails *releases* its claim, so the id can be submitted again. A claim left by a process
+//! that died is taken over by a resubmission once it is older than [`CLAIM_TTL`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::contract::{DeliveryEvent, EventKind, Job};
+use crate::domain::JobId;
+
+/// A claim not refreshed for this long belongs to a publish that died: a resubmission
+/// takes it over. Far longer than a chunk's publish and confirm take.
+pub const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(5);
+
+/// What claiming one job found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Ours: publish it, then confirm it.
+    Claimed,
+    /// Accepted before with the same content: not published again.
+    Duplicate,
+    /// Being published right now by another request (this replica or another).
+    InFlight,
+    /// Accepted before with different content: refused.
+    Conflict,
+}
+
+/// One job to claim, with what the record keeps of it.
+#[derive(Debug, Clone)]
+pub struct ClaimInput {
+    pub id: JobId,
+    pub batch: Option<String>,
+    pub template: String,
+    /// To + Cc + Bcc, lower-cased.
+    pub recipients: Vec<String>,
+    pub content_hash: Vec<u8>,
+}
+
+impl ClaimInput {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            id: job.id.clone(),
+            batch: job.batch.as_ref().map(|b| b.as_str().to_owned()),
+            template: job.template.as_str().to_owned(),
+            recipients: job
+                .to
+                .iter()
+                .chain(&job.cc)
+                .chain(&job.bcc)
+                .map(|m| m.address.as_str().to_ascii_lowercase())
+                .collect(),
+            content_hash: job.content_hash().to_vec(),
+        }
+    }
+}
+
+const CLAIM: &str = r#"
+INSERT INTO jobs (id, batch_id, template, recipients, recipient_count, content_hash, state,
+                  claim, claimed_at, updated_at)
+SELECT u.id, u.batch, u.template, string_to_array(u.rcpts, E'\n'), u.n, u.hash, 'received',
+       $7, now(), now()
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[])
+     AS u(id, batch, template, rcpts, n, hash)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"#;
+
+const TAKE_OVER: &str = r#"
+UPDATE jobs SET claim = $2, claimed_at = now()
+WHERE id = ANY($1) AND state = 'received' AND claimed_at < now() - make_interval(secs => $3)
+RETURNING id
+"#;
+
+const CONFIRM: &str = r#"
+WITH confirmed AS (
+    UPDATE jobs SET
+        state = CASE WHEN state = 'received' THEN 'accepted' ELSE state END,
+        updated_at = CASE WHEN state = 'received' THEN u.at ELSE updated_at END,
+        accepted_at = u.at,
+        claim = NULL,
+        claimed_at = NULL
+    FROM UNNEST($1::text[], $3::timestamptz[], $4::text[]) AS u(id, at, event)
+    WHERE jobs.id = u.id AND jobs.claim = $2
+    RETURNING jobs.id, u.at, jobs.recipient_count, u.event
+)
+INSERT INTO job_events (job_id, kind, at, recipients, event)
+SELECT id, 'accepted', at, recipient_count, event::jsonb FROM confirmed
+ON CONFLICT (job_id, at, kind) DO NOTHING
+"#;
+
+impl Store {
+    /// Claims `jobs` for the publish `claim`; one outcome per job, in order. Fails at once
+    /// when the database is unreachable (the API answers 503: nothing is accepted that is
+    /// not recorded).
+    pub async fn claim_jobs(
+        &self,
+        claim: Uuid,
+        jobs: &[ClaimInput],
+    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batches: Vec<&str> = jobs.iter().filter_map(|j| j.batch.as_deref()).collect();
+        batches.sort_unstable();
+        batches.dedup();
+        let r = sqlx::query("INSERT INTO batches (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING")
+            .bind(&batches)
+            .execute(&self.pool)
+            .await;
+        self.observe("recording the batch", r)?;
+
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let r = sqlx::query_scalar::<_, String>(CLAIM)
+            .bind(&ids)
+            .bind(jobs.iter().map(|j| j.batch.as_deref()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.template.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.recipients.join("\n")).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| i32::try_from(j.recipients.len()).unwrap_or(i32::MAX))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(jobs.iter().map(|j| j.content_hash.as_slice()).collect::<Vec<_>>())
+            .bind(claim)
+            .fetch_all(&self.pool)
+            .await;
+        let claimed: std::collections::HashSet<String> =
+            self.observe("claiming jobs", r)?.into_iter().collect();
+        if claimed.len() == jobs.len() {
+            return Ok(vec![ClaimOutcome::Claimed; jobs.len()]);
+        }
+
+        // The others exist already: same content or not, finished or in flight.
+        let others: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !claimed.contains(*id))
+            .collect();
+        let r = sqlx::query_as::<_, (String, Option<Vec<u8>>, String)>(
+            "SELECT id, content_hash, state FROM jobs WHERE id = ANY($1)",
+        )
+        .bind(&others)
+        .fetch_all(&self.pool)
+        .await;
+        let existing: HashMap<String, (Option<Vec<u8>>, String)> = self
+            .observe("reading claimed jobs", r)?
+            .into_iter()
+            .map(|(id, hash, state)| (id, (hash, state)))
+            .collect();
+        let stale: Vec<&str> = others
+            .iter()
+            .copied()
+            .filter(|id| existing.get(*id).is_some_and(|(_, s)| s == "received"))
+            .collect();
+        let taken: std::collections::HashSet<String> = if stale.is_empty() {
+            Default::default()
+        } else {
+            let r = sqlx::query_scalar::<_, String>(TAKE_OVER)
+                .bind(&stale)
+                .bind(claim)
+                .bind(CLAIM_TTL.num_seconds() as f64)
+                .fetch_all(&self.pool)
+                .await;
+            self.observe("taking over stale claims", r)?
+                .into_iter()
+                .collect()
+        };
+        Ok(jobs
+            .iter()
+            .map(|j| {
+                let id = j.id.as_str();
+                if claimed.contains(id) {
+                    return ClaimOutcome::Claimed;
+                }
+                match existing.get(id) {
+                    Some((Some(hash), _)) if hash != &j.content_hash => ClaimOutcome::Conflict,
+                    _ if taken.contains(id) => ClaimOutcome::Claimed,
+                    Some((_, state)) if state == "received" => ClaimOutcome::InFlight,
+                    // Gone between the two statements (pruned): count it as a duplicate
+                    // rather than publish what was just known to exist.
+                    _ => ClaimOutcome::Duplicate,
+                }
+            })
+            .collect())
+    }
+
+    /// Right before publishing: keeps the claim fresh and returns which of `ids` are
+    /// still this publish's (a claim taken over by another is not published here).
+    pub async fn refresh_claims(
+        &self,
+        claim: Uuid,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let r = sqlx::query_scalar::<_, String>(
+            "UPDATE jobs SET claimed_at = now() WHERE id = ANY($1) AND claim = $2 RETURNING id",
+        )
+        .bind(ids)
+        .bind(claim)
+        .fetch_all(&self.pool)
+        .await;
+        Ok(self.observe("refreshing claims", r)?.into_iter().collect())
+    }
+
+    /// After the broker confirmed the publish: the jobs are `accepted` (unless render
+    /// already moved them on), with their `accepted` events. Waits while the database is
+    /// unreachable: the jobs are published, their record must follow.
+    pub async fn confirm_accepted(
+        &self,
+        claim: Uuid,
+        accepted: &[DeliveryEvent],
+    ) -> Result<(), StoreError> {
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = accepted.iter().map(|e| e.job_id.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = accepted.iter().map(|e| e.at).collect();
+        let events: Vec<String> = accepted
+            .iter()
+            .map(|e| {
+                debug_assert_eq!(e.kind, EventKind::Accepted);
+                String::from_utf8_lossy(&e.to_json()).into_owned()
+            })
+            .collect();
+        self.durably("confirming accepted jobs", || {
+            sqlx::query(CONFIRM)
+                .bind(&ids)
+                .bind(claim)
+                .bind(&ats)
+                .bind(&events)
+                .execute(&self.pool)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Gives up this publish's claim on `ids` (never published, or not confirmed): they
+    /// may be submitted again at once.
+    pub async fn release_claims(&self, claim: Uuid, ids: &[&str]) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM jobs WHERE id = ANY($1) AND claim = $2 AND state = 'received'")
+            .bind(ids)
+            .bind(claim)
+            .execute(&self.pool)
+            .await;
+        Ok(self.observe("releasing claims", r)?.rows_affected())
+    }
+}

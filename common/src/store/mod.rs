@@ -1,0 +1,247 @@
+//! The system of record: PostgreSQL holds every job, its events (the audit trail) and
+//! batches, for as long as the retention says. RabbitMQ moves the work; what happened to
+//! a job is asked here. Each stage records its own change before it acks its input, in
+//! the order the stages already follow (docs/data.md).
+//!
+//! A store is lazy: `Store::new` does no I/O, so a process binds its health endpoints
+//! first and `/readyz` says when the database is not reachable. Writes that must not be
+//! lost (`record_event`) wait for the database to come back, until shutdown; reads and
+//! ingest's claims fail at once, so the API can answer 503.
+
+mod claims;
+mod events;
+mod prune;
+mod settings;
+mod state;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+
+pub use claims::{ClaimInput, ClaimOutcome};
+pub use prune::PruneReport;
+pub use settings::DatabaseSettings;
+pub use state::{JobState, UnknownState};
+
+use crate::config::ConfigError;
+
+/// The schema, embedded in every binary: `mailpipe-ingest migrate` and start-up apply it.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Longest wait between two tries of a write that waits for the database.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unreachable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("{what}: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying the database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is behind this build (applied {applied:?}, this build needs {needed}): run `mailpipe-ingest migrate`, or set database.migrate_on_start = true"
+    )]
+    SchemaBehind { applied: Option<i64>, needed: i64 },
+    #[error("stopping: the write was not made")]
+    Stopped,
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database is down or restarting).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Whether an error means "the database is not there right now" rather than "this
+/// statement is wrong".
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: shutting down / cannot connect now;
+            // 53300: too many connections; 40001/40P01: serialization failure / deadlock.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    retention: chrono::Duration,
+    migrate_on_start: bool,
+    schema: String,
+    /// Why the last operation could not reach the database, while it cannot.
+    down: Arc<Mutex<Option<String>>>,
+    shutdown: CancellationToken,
+}
+
+impl Store {
+    /// A pool that connects on first use. Fails only on configuration (URL, secret).
+    pub fn new(settings: &DatabaseSettings, shutdown: CancellationToken) -> Result<Self, ConfigError> {
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
+        let options = settings.connect_options()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.connect_timeout())
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            retention: settings.retention(),
+            migrate_on_start: settings.migrate_on_start,
+            schema: settings.schema.clone(),
+            down: Arc::new(Mutex::new(None)),
+            shutdown,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// How long jobs are kept (and ids stay duplicates).
+    pub fn retention(&self) -> chrono::Duration {
+        self.retention
+    }
+
+    /// `/readyz`: `Err` says why the database cannot be used right now.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.lock_down().as_ref() {
+            None => Ok(()),
+            Some(why) => Err(format!("database unreachable: {why}")),
+        }
+    }
+
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Classifies a result and keeps the readiness current.
+    fn observe<T>(&self, what: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        match r {
+            Ok(v) => {
+                self.lock_down().take();
+                Ok(v)
+            }
+            Err(e) if is_transient(&e) => {
+                *self.lock_down() = Some(e.to_string());
+                Err(StoreError::Unavailable(e))
+            }
+            Err(source) => Err(StoreError::Query { what, source }),
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for a reason other than the database being
+    /// away, or shutdown: for writes a stage must make before it acks (nothing is lost,
+    /// and the stage takes nothing new meanwhile).
+    async fn durably<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.observe(what, op().await) {
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what}: the database is unreachable; waiting for it");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(StoreError::Stopped),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes the schema current (`migrate_on_start`) or checks that it is, waiting up to
+    /// `give_up_after` (forever: `None`) for the database to be reachable.
+    pub async fn prepare(&self, give_up_after: Option<Duration>) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let result = if self.migrate_on_start {
+                self.migrate().await
+            } else {
+                self.check_schema().await
+            };
+            match result {
+                Err(StoreError::Unavailable(e))
+                    if give_up_after.is_none_or(|limit| started.elapsed() < limit) =>
+                {
+                    tracing::warn!(error = %e, "the database is unreachable; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(StoreError::Stopped),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Creates the schema when missing and applies every migration not yet applied. Safe
+    /// to run from several processes at once (the migrator takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // The name is checked (lower-case letters, digits, '_') by DatabaseSettings.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        let r = sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&self.pool)
+            .await;
+        self.observe("creating the schema", r)?;
+        match MIGRATOR.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e)) => {
+                self.observe("migrating", Err(e)).map(|_: ()| ())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Refuses a schema older than this build's migrations.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = match sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
+        {
+            Ok(v) => v,
+            // 42P01: no migrations table at all.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,
+            Err(e) => return self.observe("checking the schema", Err(e)),
+        };
+        self.lock_down().take();
+        if applied.unwrap_or(0) < needed {
+            return Err(StoreError::SchemaBehind { applied, needed });
+        }
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,79 @@
+//! A job's state in the system of record (`jobs.state`).
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::EventKind;
+
+/// Where a job is. docs/data.md tells what each state means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Claimed by an ingest publish that is not confirmed yet (not counted as accepted).
+    Received,
+    Accepted,
+    Rendered,
+    Retrying,
+    Delivered,
+    Failed,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Received,
+        JobState::Accepted,
+        JobState::Rendered,
+        JobState::Retrying,
+        JobState::Delivered,
+        JobState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Received => "received",
+            JobState::Accepted => "accepted",
+            JobState::Rendered => "rendered",
+            JobState::Retrying => "retrying",
+            JobState::Delivered => "delivered",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Delivered or failed: nothing more happens to it on its own.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Delivered | JobState::Failed)
+    }
+
+    /// The state an event of `kind` puts a job in.
+    pub fn of(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Accepted => JobState::Accepted,
+            EventKind::Rendered => JobState::Rendered,
+            EventKind::Delivered => JobState::Delivered,
+            EventKind::Retrying => JobState::Retrying,
+            EventKind::Failed => JobState::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed")]
+pub struct UnknownState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}

@@ -1,0 +1,310 @@
+//! The system of record against a real PostgreSQL: a job only moves forward, ids are
+//! claimed once across processes, retention prunes, deliver's questions are answered.
+
+use chrono::{DateTime, Duration, Utc};
+use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
+use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
+use mailpipe_common::store::{ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Store, StoreError};
+use mailpipe_common::testkit::{drop_schema, test_store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn event(job: &str, kind: EventKind, secs: i64) -> DeliveryEvent {
+    let mut e = DeliveryEvent::new(
+        JobId::parse(job).unwrap(),
+        Some(BatchId::parse("b1").unwrap()),
+        kind,
+    );
+    e.at = at(secs);
+    e
+}
+
+fn job(id: &str, invoice: &str) -> Job {
+    Job::from_json(
+        serde_json::json!({
+            "id": id,
+            "template": "invoice",
+            "to": [{"address": "Billing@Example.com"}],
+            "data": {"invoice": invoice},
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+async fn state(store: &Store, id: &str) -> Option<JobState> {
+    store.job_state(&JobId::parse(id).unwrap()).await.unwrap()
+}
+
+struct Db {
+    store: Store,
+    settings: DatabaseSettings,
+}
+
+impl Db {
+    async fn new(name: &str) -> Self {
+        let (store, settings) = test_store(name, CancellationToken::new()).await;
+        Self { store, settings }
+    }
+
+    /// A second process on the same schema (another replica).
+    fn replica(&self) -> Store {
+        Store::new(&self.settings, CancellationToken::new()).unwrap()
+    }
+
+    async fn cleanup(self) {
+        drop_schema(&self.store, &self.settings.schema).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_only_moves_forward_whatever_order_events_arrive_in() {
+    let db = Db::new("forward").await;
+    let s = &db.store;
+    s.record_event(&event("a", EventKind::Accepted, 0)).await.unwrap();
+    s.record_event(&event("a", EventKind::Rendered, 1)).await.unwrap();
+    let mut delivered = event("a", EventKind::Delivered, 2);
+    delivered.mailbox = Some(EmailAddress::parse("sender@example.com").unwrap());
+    delivered.smtp = Some(SmtpReply::new(250, "2.6.0 Queued mail for delivery"));
+    delivered.message_id = Some("<m1@example.com>".into());
+    s.record_event(&delivered).await.unwrap();
+    // Another host stamps a render after the delivery; a second accept arrives late.
+    s.record_event(&event("a", EventKind::Rendered, 3)).await.unwrap();
+    s.record_event(&event("a", EventKind::Accepted, 4)).await.unwrap();
+    s.record_event(&event("a", EventKind::Failed, 5)).await.unwrap();
+    assert_eq!(state(s, "a").await, Some(JobState::Delivered));
+    let (mailbox, message_id, code): (Option<String>, Option<String>, Option<i32>) =
+        sqlx::query_as("SELECT mailbox, message_id, smtp_code FROM jobs WHERE id = 'a'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(mailbox.as_deref(), Some("sender@example.com"));
+    assert_eq!(message_id.as_deref(), Some("<m1@example.com>"));
+    assert_eq!(code, Some(250));
+
+    // Failed gives way to delivered only (a replayed dead letter).
+    s.record_event(&event("b", EventKind::Failed, 1)).await.unwrap();
+    s.record_event(&event("b", EventKind::Retrying, 9)).await.unwrap();
+    assert_eq!(state(s, "b").await, Some(JobState::Failed));
+    s.record_event(&event("b", EventKind::Delivered, 2)).await.unwrap();
+    assert_eq!(state(s, "b").await, Some(JobState::Delivered));
+
+    // Between non-final events the later stamp wins, whatever the arrival order.
+    s.record_event(&event("c", EventKind::Retrying, 5)).await.unwrap();
+    s.record_event(&event("c", EventKind::Rendered, 3)).await.unwrap();
+    assert_eq!(state(s, "c").await, Some(JobState::Retrying));
+
+    // The trail keeps every event once, even when one is recorded twice.
+    s.record_event(&event("c", EventKind::Retrying, 5)).await.unwrap();
+    let trail: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = 'a'")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(trail, 6);
+    let c: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = 'c'")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(c, 2);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_id_submitted_to_two_replicas_at_once_is_claimed_once() {
+    let db = Db::new("claims").await;
+    for round in 0..20 {
+        let id = format!("inv-{round}");
+        let (a, b) = (db.replica(), db.replica());
+        let input = ClaimInput::of(&job(&id, "1"));
+        let (ca, cb) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ra, rb) = tokio::join!(
+            a.claim_jobs(ca, std::slice::from_ref(&input)),
+            b.claim_jobs(cb, std::slice::from_ref(&input)),
+        );
+        let outcomes = [ra.unwrap()[0], rb.unwrap()[0]];
+        let claimed = outcomes.iter().filter(|o| **o == ClaimOutcome::Claimed).count();
+        assert_eq!(claimed, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.contains(&ClaimOutcome::InFlight), "{outcomes:?}");
+    }
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn same_content_is_a_duplicate_other_content_a_conflict_and_a_release_frees_the_id() {
+    let db = Db::new("conflict").await;
+    let s = &db.store;
+    let claim = Uuid::new_v4();
+    let first = ClaimInput::of(&job("inv-1", "100.00"));
+    assert_eq!(
+        s.claim_jobs(claim, std::slice::from_ref(&first)).await.unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    // A publish that failed gives the id back.
+    assert_eq!(s.release_claims(claim, &["inv-1"]).await.unwrap(), 1);
+    let claim = Uuid::new_v4();
+    assert_eq!(
+        s.claim_jobs(claim, std::slice::from_ref(&first)).await.unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    let mut accepted = event("inv-1", EventKind::Accepted, 0);
+    accepted.batch = None;
+    s.confirm_accepted(claim, &[accepted]).await.unwrap();
+    assert_eq!(state(s, "inv-1").await, Some(JobState::Accepted));
+
+    let again = Uuid::new_v4();
+    let other = ClaimInput::of(&job("inv-1", "999.00"));
+    let outcomes = s.claim_jobs(again, &[first, other]).await.unwrap();
+    assert_eq!(outcomes, vec![ClaimOutcome::Duplicate, ClaimOutcome::Conflict]);
+    let recipients: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(recipients) FROM jobs WHERE id = 'inv-1'")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(recipients, vec!["billing@example.com"]);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_dead_publish_is_taken_over_after_its_ttl() {
+    let db = Db::new("takeover").await;
+    let s = &db.store;
+    let dead = Uuid::new_v4();
+    let input = ClaimInput::of(&job("inv-7", "1"));
+    s.claim_jobs(dead, std::slice::from_ref(&input)).await.unwrap();
+    let live = Uuid::new_v4();
+    assert_eq!(
+        s.claim_jobs(live, std::slice::from_ref(&input)).await.unwrap(),
+        vec![ClaimOutcome::InFlight]
+    );
+    sqlx::query("UPDATE jobs SET claimed_at = now() - interval '6 minutes'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_jobs(live, std::slice::from_ref(&input)).await.unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    // The dead publish's claim is no longer its own: it would not publish.
+    assert!(s.refresh_claims(dead, &["inv-7"]).await.unwrap().is_empty());
+    assert_eq!(s.refresh_claims(live, &["inv-7"]).await.unwrap().len(), 1);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_render_moved_on_before_the_confirm_keeps_its_state_and_gets_its_accepted_event() {
+    let db = Db::new("earlyrender").await;
+    let s = &db.store;
+    let claim = Uuid::new_v4();
+    s.claim_jobs(claim, &[ClaimInput::of(&job("j", "1"))]).await.unwrap();
+    s.record_event(&event("j", EventKind::Rendered, 1)).await.unwrap();
+    let mut accepted = event("j", EventKind::Accepted, 0);
+    accepted.batch = None;
+    s.confirm_accepted(claim, &[accepted]).await.unwrap();
+    assert_eq!(state(s, "j").await, Some(JobState::Rendered));
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM job_events WHERE job_id = 'j' ORDER BY at")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(kinds, vec!["accepted", "rendered"]);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn deliver_reads_back_the_sends_of_the_window_and_nothing_else() {
+    let db = Db::new("sends").await;
+    let s = &db.store;
+    let now = Utc::now();
+    let mut old = event("old", EventKind::Delivered, 0);
+    old.at = now - Duration::hours(30);
+    let mut sent = event("sent", EventKind::Delivered, 0);
+    sent.at = now - Duration::hours(1);
+    let mut unsure = event("unsure", EventKind::Retrying, 0);
+    unsure.at = now - Duration::minutes(5);
+    unsure.uncertain = true;
+    let mut retry = event("retry", EventKind::Retrying, 0);
+    retry.at = now - Duration::minutes(5);
+    for e in [&old, &sent, &unsure, &retry] {
+        s.record_event(e).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let n = s
+        .sends_since(now - Duration::hours(24), |e| seen.push(e.job_id.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(seen, vec!["sent", "unsure"]);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_old_jobs_with_their_events_and_keeps_the_rest() {
+    let db = Db::new("prune").await;
+    let s = &db.store;
+    let now = Utc::now();
+    for i in 0..2500 {
+        let mut e = event(&format!("old-{i}"), EventKind::Delivered, 0);
+        e.at = now - Duration::days(401);
+        s.record_event(&e).await.unwrap();
+    }
+    let mut recent = event("recent", EventKind::Delivered, 0);
+    recent.at = now - Duration::days(399);
+    s.record_event(&recent).await.unwrap();
+    let report = s.prune(now).await.unwrap();
+    assert_eq!(report.jobs, 2500);
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["recent"]);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_schema_behind_the_build_is_refused_when_migrations_are_not_applied_at_start() {
+    let db = Db::new("behind").await;
+    let mut settings = db.settings.clone();
+    settings.schema = format!("{}_empty", settings.schema);
+    settings.migrate_on_start = false;
+    let store = Store::new(&settings, CancellationToken::new()).unwrap();
+    let err = store.prepare(None).await.unwrap_err();
+    assert!(matches!(err, StoreError::SchemaBehind { applied: None, .. }), "{err}");
+    assert!(err.to_string().contains("mailpipe-ingest migrate"), "{err}");
+    // Migrating twice is harmless; afterwards the check passes.
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    drop_schema(&store, &settings.schema).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_and_reads_fail_at_once() {
+    let mut settings = mailpipe_common::testkit::database_settings("down");
+    // Nothing listens on port 1.
+    settings.url = "postgres://postgres@127.0.0.1:1/mailpipe_test".into();
+    settings.connect_timeout_ms = 500;
+    let store = Store::new(&settings, CancellationToken::new()).unwrap();
+    let err = store
+        .claim_jobs(Uuid::new_v4(), &[ClaimInput::of(&job("x", "1"))])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let why = store.readiness().unwrap_err();
+    assert!(why.contains("database unreachable"), "{why}");
+    let err = store
+        .prepare(Some(std::time::Duration::from_millis(600)))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
