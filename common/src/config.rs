@@ -13,6 +13,8 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::store::DatabaseSettings;
+
 /// Environment variable prefix for overrides; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "MAILPIPE_";
 /// Environment variable naming the config file when `--config` is not given.
@@ -141,25 +143,37 @@ impl ConfigSource {
             .map_err(|e| ConfigError::in_section(key, e))
     }
 
-    /// `[rabbitmq]` and `[telemetry]`, with every problem of both reported at once.
+    /// `[rabbitmq]`, `[telemetry]` and `[database]`, with every problem of all three
+    /// reported at once.
     pub fn common(&self) -> Result<CommonSettings, ConfigError> {
         let rabbitmq = self.section::<RabbitSettings>("rabbitmq");
         let telemetry = self.section::<TelemetrySettings>("telemetry");
+        let database = self.section::<DatabaseSettings>("database");
         let mut problems: Vec<String> = Vec::new();
         if let Ok(r) = &rabbitmq {
             problems.extend(r.problems());
         }
-        for e in [rabbitmq.as_ref().err(), telemetry.as_ref().err()]
-            .into_iter()
-            .flatten()
+        if let Ok(d) = &database {
+            problems.extend(d.problems());
+        }
+        for e in [
+            rabbitmq.as_ref().err(),
+            telemetry.as_ref().err(),
+            database.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
         {
             problems.push(e.to_string());
         }
-        match (rabbitmq, telemetry) {
-            (Ok(rabbitmq), Ok(telemetry)) if problems.is_empty() => Ok(CommonSettings {
-                rabbitmq,
-                telemetry,
-            }),
+        match (rabbitmq, telemetry, database) {
+            (Ok(rabbitmq), Ok(telemetry), Ok(database)) if problems.is_empty() => {
+                Ok(CommonSettings {
+                    rabbitmq,
+                    telemetry,
+                    database,
+                })
+            }
             _ => Err(ConfigError::Invalid(problems.join("; "))),
         }
     }
@@ -235,6 +249,7 @@ pub fn parse_max_age(text: &str) -> Option<Duration> {
 pub struct CommonSettings {
     pub rabbitmq: RabbitSettings,
     pub telemetry: TelemetrySettings,
+    pub database: DatabaseSettings,
 }
 
 /// `[rabbitmq]`

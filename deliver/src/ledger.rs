@@ -1,7 +1,8 @@
-//! Memory rebuilt from the events stream at start: the quota each mailbox and tenant used
-//! inside its windows (so a restart never resets a 24-hour quota), the jobs already
-//! delivered (so a job is never sent twice, even when redelivered after a crash), and the
-//! jobs whose last send is uncertain (not sent again before their hold ends).
+//! Memory rebuilt from the system of record at start: the quota each mailbox and tenant
+//! used inside its windows (so a restart never resets a 24-hour quota), the jobs
+//! delivered inside them, and the jobs whose last send is uncertain (not sent again
+//! before their hold ends). Jobs delivered earlier are found by the state check before
+//! each send (`Store::job_state`), so this reads one quota window, never the history.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::JobId;
-use mailpipe_common::pipeline::{Pipeline, StreamReadError};
+use mailpipe_common::store::{Store, StoreError};
 
 use crate::metrics;
 use crate::pool::MailboxPool;
@@ -114,26 +115,25 @@ pub struct ReplayStats {
     pub sends_restored: usize,
 }
 
-/// Reads the stream back `horizon` and applies it: delivered jobs into `delivered`, sends
-/// still inside `quota_horizon` into the pool's windows. `progress` counts the events read.
+/// Reads the sends inside `quota_horizon` back from the database and applies them:
+/// delivered jobs into `delivered`, sends into the pool's windows. `progress` counts the
+/// events read.
 pub async fn replay(
-    pipeline: &Pipeline,
+    store: &Store,
     pool: &MailboxPool,
     delivered: &DeliveredJobs,
-    horizon: Duration,
     quota_horizon: Duration,
     progress: &AtomicU64,
-) -> Result<ReplayStats, StreamReadError> {
+) -> Result<ReplayStats, StoreError> {
     let now = Utc::now();
-    let since = now - chrono::Duration::from_std(horizon.max(quota_horizon)).unwrap_or_default();
     let quota_since = now - chrono::Duration::from_std(quota_horizon).unwrap_or_default();
     let mut stats = ReplayStats::default();
-    stats.events = pipeline
-        .read_events_since(since, |event| {
+    stats.events = store
+        .sends_since(quota_since, |event| {
             let read = progress.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::REPLAYED_EVENTS.set(read as i64);
             if read % 10_000 == 0 {
-                tracing::info!(events = read, "replaying the events stream");
+                tracing::info!(events = read, "rebuilding the ledger from the database");
             }
             let uncertain = event.kind == EventKind::Retrying && event.uncertain;
             if event.kind != EventKind::Delivered && !uncertain {

@@ -42,10 +42,8 @@ pub struct DeliverSettings {
     pub max_pause_ms: u64,
     /// Concurrent messages in hand (RabbitMQ prefetch of the deliver queue).
     pub prefetch: u16,
-    /// Rebuild the quota ledger from the events stream at start.
+    /// Rebuild the quota ledger from the database at start (the sends of the last window).
     pub replay_ledger: bool,
-    /// How far back delivered jobs are remembered (never sent twice) after a restart.
-    pub dedupe_horizon_ms: u64,
     /// A send whose outcome is unknown (no reply after the message data) is not retried
     /// before this long: the longest Exchange could still accept it (see docs/deliver.md).
     pub uncertain_hold_ms: u64,
@@ -67,7 +65,6 @@ impl Default for DeliverSettings {
             max_pause_ms: 3_600_000,
             prefetch: 64,
             replay_ledger: true,
-            dedupe_horizon_ms: 7 * 86_400_000,
             uncertain_hold_ms: 600_000,
             tenants: Vec::new(),
             mailboxes: Vec::new(),

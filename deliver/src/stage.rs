@@ -11,6 +11,7 @@ use mailpipe_common::amqp::{PublishError, Stage, header_str};
 use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
 };
+use mailpipe_common::store::JobState;
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
 
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,14 @@ impl DeliverStage {
                     .await?;
                 self.delivered.mark_recorded(&meta.job_id);
             }
+            metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+            return Ok(DeliveryOutcome::AlreadyDelivered);
+        }
+        // Delivered before, by another process or before a restart: never sent twice.
+        // Asking the record first also means no send while the database is away (this
+        // waits for it, and the prefetch bounds what is in hand meanwhile).
+        if self.pipeline.store().job_state(&meta.job_id).await? == Some(JobState::Delivered) {
+            self.delivered.mark_recorded(&meta.job_id);
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
         }
@@ -340,6 +349,7 @@ impl DeliverStage {
     fn event(&self, meta: &RenderedMeta, kind: EventKind, mailbox: Option<usize>) -> DeliveryEvent {
         let mut e = DeliveryEvent::new(meta.job_id.clone(), meta.batch.clone(), kind);
         e.attempt = meta.attempt;
+        e.message_id = Some(meta.message_id.clone());
         if let Some(m) = mailbox.and_then(|i| self.pool.mailboxes().get(i)) {
             e.mailbox = Some(m.address.clone());
             e.tenant = Some(m.tenant_id.clone());

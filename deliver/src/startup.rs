@@ -13,6 +13,7 @@ use mailpipe_common::amqp::{Broker, ConsumerSpec, Publisher, Stage, consume};
 use mailpipe_common::config::CommonSettings;
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
+use mailpipe_common::store::Store;
 use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -47,37 +48,43 @@ impl Application {
         if !settings.replay_ledger {
             replay.done.store(true, Ordering::SeqCst);
         }
+        let store = Store::new(&common.database, shutdown.clone())?;
         let broker_check = broker.clone();
         let replay_check = replay.clone();
+        let store_check = store.clone();
         let checks: Vec<ReadyCheck> = vec![
             Arc::new(move || broker_check.readiness()),
+            Arc::new(move || store_check.readiness()),
             Arc::new(move || replay_check.readiness()),
         ];
         let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
 
         broker.wait_connected().await?;
-        let pipeline = Pipeline::new(Publisher::new(
-            broker.clone(),
-            Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
-        ));
+        store.prepare(None).await?;
+        let pipeline = Pipeline::new(
+            Publisher::new(
+                broker.clone(),
+                Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
+            ),
+            store,
+        );
         let delivered = Arc::new(DeliveredJobs::default());
         if settings.replay_ledger {
             let quota_horizon = quota_horizon(settings);
             let stats = replay_ledger(
-                &pipeline,
+                pipeline.store(),
                 &pool,
                 &delivered,
-                Duration::from_millis(settings.dedupe_horizon_ms),
                 quota_horizon,
                 &replay.events,
             )
             .await
-            .context("rebuilding the quota ledger from the events stream")?;
+            .context("rebuilding the quota ledger from the database")?;
             tracing::info!(
                 events = stats.events,
                 delivered_jobs = stats.delivered_jobs,
                 sends_restored = stats.sends_restored,
-                "ledger rebuilt from the events stream"
+                "ledger rebuilt from the database"
             );
             replay.done.store(true, Ordering::SeqCst);
         }

@@ -3,7 +3,9 @@
 //! 1. check: read the upload line by line on a blocking thread, validate each line, and
 //!    spool the good jobs to an anonymous temp file (never the whole upload in memory);
 //! 2. decide: with bad lines and all-or-nothing, stop here: nothing is published;
-//! 3. publish: stream the spool through a `BatchSender` (many confirms in flight).
+//! 3. claim: every id in the system of record (duplicates and conflicts are known now,
+//!    before anything is published); with conflicts and all-or-nothing, stop here;
+//! 4. publish: stream the spool through a `BatchSender` (chunks confirmed and recorded).
 //!
 //! Spooling also in partial mode keeps one rule for both: an upload that breaks off
 //! halfway (client gone, size limit) publishes nothing.
@@ -20,9 +22,8 @@ use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
 use crate::batch_reader::{Format, LineError, ReadError, read_jobs};
-use crate::idempotency::AcceptedIds;
 use crate::metrics;
-use crate::publish::JobPublisher;
+use crate::publish::{BatchSender, JobPublisher};
 use crate::validate::Validator;
 
 #[derive(Debug, Clone)]
@@ -56,8 +57,11 @@ pub struct ImportReport {
     pub lines: u64,
     /// Jobs published (confirmed by the broker).
     pub accepted: u64,
-    /// Jobs whose id was accepted before (or appeared earlier in this upload): not published again.
+    /// Jobs whose id was accepted before with the same content (or appeared earlier in
+    /// this upload, or is being accepted by another request right now): not published again.
     pub duplicates: u64,
+    /// Jobs whose id was accepted before with different content: refused (409).
+    pub conflicts: u64,
     /// Bad lines.
     pub rejected: u64,
     /// The first [`MAX_REPORTED_ERRORS`] problems, in line order.
@@ -75,6 +79,12 @@ pub enum ImportError {
     /// All-or-nothing and some lines were bad: nothing was published.
     #[error("{} of {} lines are bad; nothing was published", .0.rejected, .0.lines)]
     Rejected(ImportReport),
+    /// All-or-nothing and some ids were accepted before with other content.
+    #[error("{} job ids were accepted before with different content; nothing was published", .0.conflicts)]
+    Conflict(ImportReport),
+    /// The system of record is unreachable: nothing was published.
+    #[error("{0}")]
+    Unavailable(mailpipe_common::store::StoreError),
     #[error("CSV header: column {column:?}: {reason}")]
     Header { column: String, reason: String },
     #[error("the upload exceeds {limit} bytes")]
@@ -152,29 +162,129 @@ pub async fn import<R: Read + Send + 'static>(
     publisher: &JobPublisher,
     progress: Arc<Progress>,
 ) -> Result<ImportReport, ImportError> {
-    let ids = publisher.ids().clone();
-    let (mut report, checked) =
-        check_upload(input, format, &options, validator, ids, progress.clone()).await?;
+    let (mut report, mut checked) =
+        check_upload(input, format, &options, validator, progress.clone()).await?;
     if report.rejected > 0 && !options.partial {
         return Err(ImportError::Rejected(report));
     }
 
-    progress.to_publish.store(checked.valid, Ordering::Relaxed);
-    progress.publishing.store(true, Ordering::Relaxed);
     let mut sender = publisher.sender();
-    let result = publish_spool(checked.spool, &mut sender, &progress).await;
+    let skip = match claim_spool(&mut checked.spool, &sender, &mut report).await {
+        Ok(skip) => skip,
+        Err(e) => {
+            sender.abandon().await;
+            return Err(e);
+        }
+    };
+    progress.duplicates.store(report.duplicates, Ordering::Relaxed);
+    if report.conflicts > 0 && !options.partial {
+        sender.abandon().await;
+        return Err(ImportError::Conflict(report));
+    }
+    let to_publish = checked.valid.saturating_sub(skip.len() as u64);
+    progress.to_publish.store(to_publish, Ordering::Relaxed);
+    progress.publishing.store(true, Ordering::Relaxed);
+    let result = publish_spool(checked.spool, &skip, &mut sender, &progress).await;
     let finished = match result {
         Ok(()) => sender.finish().await.map_err(Stop::Publish),
         Err(e) => Err(e),
     };
     report.accepted = sender.accepted;
-    report.duplicates += sender.duplicates;
     progress.published.store(sender.accepted, Ordering::Relaxed);
+    if finished.is_err() {
+        sender.abandon().await;
+    }
     match finished {
         Ok(()) => Ok(report),
         Err(Stop::Publish(source)) => Err(ImportError::Publish { report, source }),
         Err(Stop::Spool(e)) => Err(ImportError::Io(e)),
     }
+}
+
+/// Jobs claimed per statement.
+const CLAIM_CHUNK: usize = 1000;
+
+/// Step 3: claims every spooled id; returns the ids not to publish (duplicates, in
+/// flight elsewhere, conflicts) and counts them into the report.
+async fn claim_spool(
+    spool: &mut std::fs::File,
+    sender: &BatchSender,
+    report: &mut ImportReport,
+) -> Result<HashSet<JobId>, ImportError> {
+    use mailpipe_common::store::ClaimOutcome;
+    let mut skip = HashSet::new();
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, &*spool);
+    let mut chunk: Vec<(u64, Job)> = Vec::with_capacity(CLAIM_CHUNK);
+    loop {
+        let next = read_spooled(&mut reader).map_err(ImportError::Io)?;
+        let done = next.is_none();
+        if let Some(entry) = next {
+            chunk.push(entry);
+        }
+        if chunk.len() >= CLAIM_CHUNK || (done && !chunk.is_empty()) {
+            let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
+            let outcomes = sender.claim(&jobs).await.map_err(|e| match e {
+                PublishError::Store(s) => ImportError::Unavailable(s),
+                other => ImportError::Publish {
+                    report: report.clone(),
+                    source: other,
+                },
+            })?;
+            for ((line, job), outcome) in chunk.drain(..).zip(outcomes) {
+                match outcome {
+                    ClaimOutcome::Claimed => continue,
+                    ClaimOutcome::Duplicate | ClaimOutcome::InFlight => {
+                        report.duplicates += 1;
+                        metrics::duplicate(1);
+                    }
+                    ClaimOutcome::Conflict => {
+                        report.conflicts += 1;
+                        *report.error_counts.entry("conflict").or_insert(0) += 1;
+                        if report.errors.len() < MAX_REPORTED_ERRORS {
+                            report.errors.push(LineError::new(
+                                line,
+                                FieldError::new("id", conflict_reason(&job.id)),
+                            ));
+                        }
+                    }
+                }
+                skip.insert(job.id);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    drop(reader);
+    spool.rewind().map_err(ImportError::Io)?;
+    Ok(skip)
+}
+
+/// Why a job id is refused as a conflict (the API's 409 says the same).
+pub fn conflict_reason(id: &JobId) -> String {
+    format!(
+        "job id {id} was accepted before with different content (ids are kept for database.retention_days): use a new id, or resend the same content"
+    )
+}
+
+/// One spooled job with its line in the upload: `LINE\tJSON\n` (our own writing).
+fn read_spooled(reader: &mut impl std::io::BufRead) -> std::io::Result<Option<(u64, Job)>> {
+    let mut buf = Vec::new();
+    if reader.read_until(b'\n', &mut buf)? == 0 {
+        return Ok(None);
+    }
+    parse_spooled(&buf).map(Some)
+}
+
+fn parse_spooled(buf: &[u8]) -> std::io::Result<(u64, Job)> {
+    let bad = || std::io::Error::other("unreadable spool line");
+    let tab = buf.iter().position(|b| *b == b'\t').ok_or_else(bad)?;
+    let line = std::str::from_utf8(&buf[..tab])
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(bad)?;
+    let job = Job::from_queue(&buf[tab + 1..]).map_err(std::io::Error::other)?;
+    Ok((line, job))
 }
 
 /// Only the check step of an import (`submit --dry-run`): every line is parsed, checked
@@ -187,15 +297,7 @@ pub async fn dry_run<R: Read + Send + 'static>(
     validator: Arc<Validator>,
     progress: Arc<Progress>,
 ) -> Result<ImportReport, ImportError> {
-    let (report, _) = check_upload(
-        input,
-        format,
-        &options,
-        validator,
-        AcceptedIds::new(),
-        progress,
-    )
-    .await?;
+    let (report, _) = check_upload(input, format, &options, validator, progress).await?;
     if report.rejected > 0 {
         return Err(ImportError::Rejected(report));
     }
@@ -208,7 +310,6 @@ async fn check_upload<R: Read + Send + 'static>(
     format: Format,
     options: &ImportOptions,
     validator: Arc<Validator>,
-    ids: AcceptedIds,
     progress: Arc<Progress>,
 ) -> Result<(ImportReport, Checked), ImportError> {
     let batch = options.batch.clone().unwrap_or_else(new_batch_id);
@@ -220,7 +321,7 @@ async fn check_upload<R: Read + Send + 'static>(
             limit: max_bytes,
             progress: p.clone(),
         };
-        check(input, format, &validator, &ids, &b, &p)
+        check(input, format, &validator, &b, &p)
     })
     .await
     .map_err(|e| ImportError::Io(std::io::Error::other(e)))?
@@ -238,6 +339,7 @@ async fn check_upload<R: Read + Send + 'static>(
         lines: checked.lines,
         accepted: 0,
         duplicates: checked.duplicates,
+        conflicts: 0,
         rejected: checked.rejected,
         errors: std::mem::take(&mut checked.errors),
         error_counts: std::mem::take(&mut checked.error_counts),
@@ -249,7 +351,6 @@ fn check(
     input: impl Read,
     format: Format,
     validator: &Validator,
-    ids: &AcceptedIds,
     batch: &BatchId,
     progress: &Progress,
 ) -> Result<Checked, ReadError> {
@@ -278,7 +379,7 @@ fn check(
         });
         match result {
             Ok(job) => {
-                if ids.is_accepted(&job.id) || !seen.insert(job.id.clone()) {
+                if !seen.insert(job.id.clone()) {
                     duplicates += 1;
                     progress.duplicates.fetch_add(1, Ordering::Relaxed);
                     metrics::duplicate(1);
@@ -286,8 +387,8 @@ fn check(
                 }
                 valid += 1;
                 if write_error.is_none()
-                    && let Err(e) = serde_json::to_writer(&mut out, &job)
-                        .map_err(std::io::Error::from)
+                    && let Err(e) = write!(out, "{line}\t")
+                        .and_then(|()| serde_json::to_writer(&mut out, &job).map_err(std::io::Error::from))
                         .and_then(|()| out.write_all(b"\n"))
                 {
                     write_error = Some(e);
@@ -331,7 +432,8 @@ enum Stop {
 
 async fn publish_spool(
     spool: std::fs::File,
-    sender: &mut crate::publish::BatchSender,
+    skip: &HashSet<JobId>,
+    sender: &mut BatchSender,
     progress: &Progress,
 ) -> Result<(), Stop> {
     let mut reader =
@@ -346,8 +448,10 @@ async fn publish_spool(
         if n == 0 {
             return Ok(());
         }
-        // Our own serialisation of a job checked moments ago.
-        let job = Job::from_queue(&buf).map_err(|e| Stop::Spool(std::io::Error::other(e)))?;
+        let (_, job) = parse_spooled(&buf).map_err(Stop::Spool)?;
+        if skip.contains(&job.id) {
+            continue;
+        }
         sender.send(job).await.map_err(Stop::Publish)?;
         progress.published.store(sender.accepted, Ordering::Relaxed);
     }

@@ -3,22 +3,22 @@
 //! publisher confirms, and answered for.
 //!
 //! ```text
-//!  HTTP (api/) ──┐                                ┌─> render queue
-//!                ├─> validate ─> batch (spool) ─> publish ─┤
-//!  file (submit)─┘    batch_reader (JSONL/CSV)        └─> events stream (accepted)
-//!                                                                 │
-//!  status + idempotency <── events (follows the stream) <─────────┘
+//!  HTTP (api/) ──┐                                        ┌─> claim ids (PostgreSQL)
+//!                ├─> validate ─> batch (spool) ─> publish ─┼─> render queue
+//!  file (submit)─┘    batch_reader (JSONL/CSV)            └─> record accepted (PostgreSQL)
+//!
+//!  status, jobs, ETA  <── records (queries on the system of record)
 //! ```
 //!
 //! - [`settings`]: the `[ingest]` section and API tokens.
 //! - [`validate`]: edge checks beyond the contract (template exists, attachment inside root).
 //! - [`batch_reader`]: JSONL/CSV line by line into checked jobs, with line numbers.
 //! - [`batch`]: one import (check, spool, publish), shared by the API and `submit`.
-//! - [`publish`]: claim the id, publish, await the confirm, record the `accepted` event.
-//! - [`idempotency`]: ids already accepted. [`status`]: what is known per job and batch.
+//! - [`publish`]: claim the ids, publish, await the confirms, record them accepted.
+//! - [`records`]: batch reports, job records and job lists from the system of record.
 //! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
-//! - [`events`]: follows the events stream into both.
-//! - [`status_cli`]: `mailpipe-ingest status`. [`dead`]: `mailpipe-ingest dead list|replay`.
+//! - [`status_cli`]: `mailpipe-ingest status`. [`jobs_cli`]: `mailpipe-ingest jobs`.
+//!   [`dead`]: `mailpipe-ingest dead list|replay`.
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,15 +26,15 @@
 pub mod api;
 pub mod batch;
 pub mod batch_reader;
+pub mod commands;
 pub mod dead;
 pub mod eta;
-pub mod events;
-pub mod idempotency;
+pub mod jobs_cli;
 pub mod metrics;
 pub mod publish;
+pub mod records;
 pub mod settings;
 pub mod startup;
-pub mod status;
 pub mod status_cli;
 pub mod submit;
 pub mod validate;

@@ -6,13 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mailpipe_common::cli::ConfigArgs;
 use mailpipe_common::config::ConfigSource;
-use mailpipe_common::domain::{BatchId, JobId};
-use mailpipe_common::{out, outln};
-use mailpipe_ingest::dead::{self, DeadFilter};
-use mailpipe_ingest::settings::ApiTokens;
-use mailpipe_ingest::status_cli::{self, StatusOptions};
-use mailpipe_ingest::submit::{self, Display, SubmitOptions};
-use mailpipe_ingest::{Application, Config};
+use mailpipe_common::domain::BatchId;
+use mailpipe_ingest::Config;
+use mailpipe_ingest::commands::{self, DeadCommand, JobsArgs};
+use mailpipe_ingest::status_cli::StatusOptions;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -85,7 +82,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// A batch's status from the events stream: counts, per mailbox, failures, ETA.
+    /// A batch's status from the database: counts, per mailbox, failures, ETA.
     Status {
         /// The batch id.
         #[arg(value_parser = |s: &str| BatchId::parse(s))]
@@ -97,43 +94,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs by batch, state, recipient or time, from the database (table, --csv, --json).
+    Jobs(JobsArgs),
     /// Dead letters: list them, or replay them to the stage they died in.
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum DeadCommand {
-    /// Show each dead letter (job, batch, stage, reason, SMTP reply); the queue is left intact.
-    List {
-        /// Only this batch's.
-        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
-        batch: Option<BatchId>,
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Republish matching dead letters to their stage (acked after the broker confirmed).
-    #[command(group = clap::ArgGroup::new("which").required(true).args(["batch", "id", "all"]))]
-    Replay {
-        /// This batch's dead letters.
-        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
-        batch: Option<BatchId>,
-        /// This job's dead letter(s).
-        #[arg(long, value_parser = |s: &str| JobId::parse(s))]
-        id: Option<JobId>,
-        /// Every dead letter.
-        #[arg(long, conflicts_with_all = ["batch", "id"])]
-        all: bool,
-        /// Say what would be replayed; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Apply the database migrations (for operators who set database.migrate_on_start = false).
+    Migrate,
 }
 
 /// `30s`, `2m` or a number of seconds.
@@ -165,11 +134,11 @@ fn main() -> ExitCode {
             }
         };
     if cli.config.check_config {
-        return check_config(&config);
+        return commands::check_config(&config);
     }
     let Some(command) = cli.command else {
         eprintln!(
-            "nothing to do: give `serve`, `submit FILE`, `status BATCH` or `dead list|replay` (see --help)"
+            "nothing to do: give `serve`, `submit FILE`, `status BATCH`, `jobs`, `dead list|replay` or `migrate` (see --help)"
         );
         return ExitCode::from(2);
     };
@@ -183,211 +152,6 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, command, cli.broker_timeout))
 }
 
-fn check_config(config: &Config) -> ExitCode {
-    outln!(
-        "rabbitmq: prefix {:?}, confirm timeout {} ms",
-        config.rabbitmq.prefix,
-        config.rabbitmq.confirm_timeout_ms
-    );
-    outln!(
-        "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
-        config.ingest.listen,
-        config.ingest.api_tokens.len(),
-        config.ingest.max_request_bytes,
-        config.ingest.max_batch_bytes,
-        config.ingest.max_in_flight
-    );
-    outln!("ingest.limits: {:?}", config.ingest.limits);
-    match mailpipe_ingest::validate::Validator::from_settings(&config.ingest) {
-        Ok(v) => match v.templates() {
-            Some(t) => outln!(
-                "templates: {} loaded ({}); every job is rendered before it is accepted",
-                t.len(),
-                t.names().collect::<Vec<_>>().join(", ")
-            ),
-            None => outln!(
-                "warning: ingest.templates_dir is unset: jobs are not rendered before they are accepted"
-            ),
-        },
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    match &config.pool {
-        Ok(pool) => {
-            let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
-            if let Ok(p) = pool {
-                outln!(
-                    "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
-                    p.mailboxes.len(),
-                    p.messages_per_second(),
-                    p.recipients_per_window()
-                );
-            }
-        }
-        Err(why) => outln!("warning: batch ETAs will be null: {why}"),
-    }
-    // Tokens are needed by `serve` only: none configured is a warning here, but a token
-    // that is configured and cannot be read is an error.
-    if config.ingest.api_tokens.is_empty() {
-        outln!(
-            "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
-        );
-    } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
-    }
-    outln!("configuration is valid");
-    ExitCode::SUCCESS
-}
-
-async fn connect(
-    config: &Config,
-    name: &str,
-    shutdown: tokio_util::sync::CancellationToken,
-    give_up_after: std::time::Duration,
-) -> Result<mailpipe_common::pipeline::Pipeline, ExitCode> {
-    // status and dead read (or replay into) an existing deployment: never declare it.
-    let options = mailpipe_common::amqp::ConnectOptions {
-        give_up_after: Some(give_up_after),
-        passive: true,
-    };
-    match mailpipe_common::amqp::Broker::connect_with(&config.rabbitmq, name, shutdown, options)
-        .await
-    {
-        Ok(b) => {
-            let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-            Ok(mailpipe_common::pipeline::Pipeline::new(
-                mailpipe_common::amqp::Publisher::new(b, timeout),
-            ))
-        }
-        Err(e) => {
-            eprintln!("RabbitMQ: {e}");
-            Err(ExitCode::from(3))
-        }
-    }
-}
-
-async fn dead_command(
-    config: &Config,
-    command: DeadCommand,
-    shutdown: tokio_util::sync::CancellationToken,
-    give_up_after: std::time::Duration,
-) -> ExitCode {
-    let pipeline = match connect(
-        config,
-        "mailpipe-ingest dead",
-        shutdown.clone(),
-        give_up_after,
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    // Which jobs are delivered: from the events stream, as `status` reads it.
-    let index = match status_cli::follow_index(&pipeline, config, &shutdown).await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(3);
-        }
-    };
-    let delivered = |id: &JobId| mailpipe_ingest::publish::lock_status(&index).is_delivered(id);
-    let code = match command {
-        DeadCommand::List { batch, json } => {
-            let filter = DeadFilter { batch, job: None };
-            match dead::list(pipeline.broker(), &filter, delivered).await {
-                Ok(listing) => {
-                    if json {
-                        outln!("{}", serde_json::to_string(&listing).unwrap_or_default());
-                    } else {
-                        out!("{}", dead_listing_text(&listing));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("dead letters: {e}");
-                    ExitCode::from(3)
-                }
-            }
-        }
-        DeadCommand::Replay {
-            batch,
-            id,
-            all: _,
-            dry_run,
-            json,
-        } => {
-            let filter = DeadFilter { batch, job: id };
-            match dead::replay(&pipeline, &filter, dry_run, delivered).await {
-                Ok(report) => {
-                    if json {
-                        outln!("{}", serde_json::to_string(&report).unwrap_or_default());
-                    } else {
-                        let verb = if dry_run { "would replay" } else { "replayed" };
-                        outln!(
-                            "{}: {} dead letters, {} matching; {verb} {}, left {}",
-                            report.queue,
-                            report.total,
-                            report.matched,
-                            report.replayed.len(),
-                            report.skipped.len()
-                        );
-                        for r in &report.replayed {
-                            outln!(
-                                "  {verb} {} -> {}",
-                                r.job_id.as_deref().unwrap_or("?"),
-                                r.stage
-                            );
-                        }
-                        for s in &report.skipped {
-                            outln!("  left {}: {}", s.job_id.as_deref().unwrap_or("?"), s.why);
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("dead letters: {e}");
-                    ExitCode::from(3)
-                }
-            }
-        }
-    };
-    pipeline.broker().shutdown_token().cancel();
-    pipeline.broker().close().await;
-    code
-}
-
-fn dead_listing_text(l: &dead::Listing) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!(
-        "{}: {} dead letters, {} listed\n",
-        l.queue, l.total, l.matched
-    );
-    for d in &l.dead_letters {
-        let _ = writeln!(
-            out,
-            "  {}  batch {}  stage {}{}",
-            d.job_id.as_deref().unwrap_or("?"),
-            d.batch.as_deref().unwrap_or("-"),
-            d.stage.as_deref().unwrap_or("?"),
-            if d.delivered { "  (job delivered)" } else { "" }
-        );
-        let from = d.reason_from.map(|f| format!(" ({f})")).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "      reason{from}: {}",
-            d.reason.as_deref().unwrap_or("(none given)")
-        );
-        if let Some(reply) = &d.smtp {
-            let _ = writeln!(out, "      last reply: {reply}");
-        }
-    }
-    out
-}
-
 async fn run(config: Config, command: Command, give_up_after: std::time::Duration) -> ExitCode {
     let _telemetry = match mailpipe_common::telemetry::init("mailpipe-ingest", &config.telemetry) {
         Ok(g) => g,
@@ -398,50 +162,7 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
     };
     let shutdown = mailpipe_common::shutdown::on_signals();
     match command {
-        Command::Serve => {
-            let app = match Application::build(config, shutdown).await {
-                Ok(app) => app,
-                Err(mailpipe_ingest::startup::StartError::Config(e)) => {
-                    eprintln!("configuration error: {e}");
-                    return ExitCode::from(2);
-                }
-                Err(e) => {
-                    eprintln!("cannot start: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match app.run_until_stopped().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("server failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Status { batch, watch, json } => {
-            let pipeline = match connect(
-                &config,
-                "mailpipe-ingest status",
-                shutdown.clone(),
-                give_up_after,
-            )
-            .await
-            {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            let code = status_cli::run(
-                &pipeline,
-                &config,
-                &StatusOptions { batch, watch, json },
-                &shutdown,
-            )
-            .await;
-            pipeline.broker().shutdown_token().cancel();
-            pipeline.broker().close().await;
-            ExitCode::from(code)
-        }
-        Command::Dead { command } => dead_command(&config, command, shutdown, give_up_after).await,
+        Command::Serve => commands::serve(config, shutdown).await,
         Command::Submit {
             file,
             batch,
@@ -449,60 +170,26 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
             quiet,
             dry_run,
         } => {
-            let display = if quiet {
-                Display::Quiet
-            } else {
-                Display::for_stderr()
-            };
-            let options = SubmitOptions {
-                file: file.clone(),
+            commands::submit(
+                &config,
+                file,
                 batch,
                 partial,
-                display,
-            };
-            if dry_run {
-                let result = submit::dry_run(&config.ingest, &options).await;
-                out!("{}", submit::dry_run_summary(&file, &result));
-                return match result {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => ExitCode::from(e.exit_code()),
-                };
-            }
-            // The file first: a typo'd name must not wait on the broker.
-            if let Err(e) = submit::open_input(&file) {
-                eprintln!("{e}");
-                return ExitCode::from(e.exit_code());
-            }
-            let options_broker = mailpipe_common::amqp::ConnectOptions {
-                give_up_after: Some(give_up_after),
-                passive: false,
-            };
-            let broker = match mailpipe_common::amqp::Broker::connect_with(
-                &config.rabbitmq,
-                "mailpipe-ingest submit",
+                quiet,
+                dry_run,
                 shutdown,
-                options_broker,
+                give_up_after,
             )
             .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("RabbitMQ: {e}");
-                    return ExitCode::from(3);
-                }
-            };
-            let timeout = std::time::Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-            let pipeline = mailpipe_common::pipeline::Pipeline::new(
-                mailpipe_common::amqp::Publisher::new(broker.clone(), timeout),
-            );
-            let result = submit::submit(&pipeline, &config.ingest, &options).await;
-            out!("{}", submit::summary(&file, &result));
-            broker.close().await;
-            match result {
-                Ok(report) if report.rejected > 0 => ExitCode::from(1),
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => ExitCode::from(e.exit_code()),
-            }
         }
+        Command::Status { batch, watch, json } => {
+            let options = StatusOptions { batch, watch, json };
+            commands::status(&config, options, shutdown, give_up_after).await
+        }
+        Command::Jobs(args) => commands::jobs(&config, args, shutdown, give_up_after).await,
+        Command::Dead { command } => {
+            commands::dead(&config, command, shutdown, give_up_after).await
+        }
+        Command::Migrate => commands::migrate(&config, shutdown, give_up_after).await,
     }
 }

@@ -1,194 +1,222 @@
-//! Publishing accepted jobs: claim the id, publish to the render queue, and only after
-//! the broker's confirm mark it accepted and record the `accepted` event. Batches keep
-//! up to `window` confirms in flight and settle them in order.
+//! Publishing accepted jobs, exactly once per id: claim the ids in the system of record,
+//! then, chunk by chunk, refresh the claim, publish to the render queue, and once the
+//! broker confirmed, record the jobs `accepted` (see `mailpipe_common::store` claims).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::Utc;
-use mailpipe_common::amqp::{PendingConfirm, PublishError};
+use mailpipe_common::amqp::PublishError;
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job};
 use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::store::{ClaimInput, ClaimOutcome};
+use uuid::Uuid;
 
-use crate::idempotency::{AcceptedIds, Claim, Reservation};
 use crate::metrics;
-use crate::status::StatusIndex;
 
-/// The status index, shared by the API, the events follower and the publishers.
-pub type SharedStatus = Arc<Mutex<StatusIndex>>;
-
-pub fn lock_status(s: &SharedStatus) -> std::sync::MutexGuard<'_, StatusIndex> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Jobs published, confirmed and recorded together.
+const PUBLISH_CHUNK: usize = 500;
 
 /// What happened to one submitted job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
-    /// Already accepted before: not published again.
+    /// Accepted before with the same content: not published again.
     Duplicate,
-    /// Another request of this process is publishing the same id right now.
+    /// Another request (here or on another replica) is publishing the same id right now.
     InFlight,
+    /// Accepted before with different content: refused.
+    Conflict,
 }
 
 #[derive(Debug, Clone)]
 pub struct JobPublisher {
     pipeline: Pipeline,
-    ids: AcceptedIds,
-    status: SharedStatus,
-    window: usize,
+    chunk: usize,
 }
 
 impl JobPublisher {
-    pub fn new(pipeline: Pipeline, ids: AcceptedIds, status: SharedStatus, window: usize) -> Self {
+    /// `window`: publishes awaiting their confirm at once (`ingest.max_in_flight`).
+    pub fn new(pipeline: Pipeline, window: usize) -> Self {
         Self {
             pipeline,
-            ids,
-            status,
-            window: window.max(1),
+            chunk: window.clamp(1, PUBLISH_CHUNK),
         }
     }
 
-    pub fn ids(&self) -> &AcceptedIds {
-        &self.ids
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
 
-    pub fn status(&self) -> &SharedStatus {
-        &self.status
-    }
-
-    /// Publishes one job and waits for its confirm.
+    /// Claims and publishes one job, and waits until it is confirmed and recorded.
     pub async fn publish_one(&self, job: Job) -> Result<Outcome, PublishError> {
         let mut sender = self.sender();
-        let outcome = sender.send(job).await?;
-        sender.finish().await?;
+        let outcome = match sender.claim(&[&job]).await?.first() {
+            Some(ClaimOutcome::Claimed) => Outcome::Accepted,
+            Some(ClaimOutcome::InFlight) => Outcome::InFlight,
+            Some(ClaimOutcome::Conflict) => Outcome::Conflict,
+            Some(ClaimOutcome::Duplicate) | None => Outcome::Duplicate,
+        };
+        if outcome == Outcome::Accepted {
+            let sent = match sender.send(job).await {
+                Ok(()) => sender.finish().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                sender.abandon().await;
+                return Err(e);
+            }
+        } else {
+            sender.settled = true;
+            metrics::duplicate(1);
+        }
         Ok(outcome)
     }
 
-    /// A pipelined sender for many jobs.
+    /// A sender for many jobs, under one claim.
     pub fn sender(&self) -> BatchSender {
         BatchSender {
             publisher: self.clone(),
-            jobs: VecDeque::new(),
-            events: VecDeque::new(),
+            claim: Uuid::new_v4(),
+            chunk: Vec::new(),
             accepted: 0,
-            duplicates: 0,
+            settled: false,
         }
     }
-
-    fn accepted(&self, reservation: Reservation, event: &DeliveryEvent) {
-        reservation.commit();
-        lock_status(&self.status).apply(event);
-        metrics::accepted(1);
-    }
 }
 
-struct InFlightJob {
-    reservation: Reservation,
-    event: DeliveryEvent,
-    started: Instant,
-    confirm: PendingConfirm,
-}
-
-/// Keeps up to `window` job publishes (and as many accepted events) awaiting their
-/// confirm. Dropping it unfinished frees the ids of unconfirmed jobs (they may still
-/// reach the queue; a resubmission then publishes them again, which render and deliver
-/// tolerate because they are idempotent by job id).
+/// Claims jobs, then publishes claimed ones chunk by chunk. Dropped unfinished (a request
+/// cancelled), it releases the claims it still holds, so the ids can be submitted again.
 pub struct BatchSender {
     publisher: JobPublisher,
-    jobs: VecDeque<InFlightJob>,
-    events: VecDeque<PendingConfirm>,
-    /// Jobs confirmed so far.
+    claim: Uuid,
+    chunk: Vec<Job>,
+    /// Jobs confirmed and recorded so far.
     pub accepted: u64,
-    pub duplicates: u64,
+    /// `finish` or `abandon` ran: nothing left to release.
+    settled: bool,
 }
 
 impl std::fmt::Debug for BatchSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchSender")
-            .field("in_flight", &self.jobs.len())
+            .field("claim", &self.claim)
+            .field("pending", &self.chunk.len())
             .field("accepted", &self.accepted)
             .finish()
     }
 }
 
 impl BatchSender {
-    /// Publishes `job` unless its id is known; returns once at most `window` confirms are
-    /// outstanding. `Accepted` here means "published"; the confirm is settled later.
-    pub async fn send(&mut self, mut job: Job) -> Result<Outcome, PublishError> {
-        let reservation = match self.publisher.ids.reserve(&job.id) {
-            Claim::New(r) => r,
-            Claim::Accepted => {
-                self.duplicates += 1;
-                metrics::duplicate(1);
-                return Ok(Outcome::Duplicate);
-            }
-            Claim::InFlight => {
-                self.duplicates += 1;
-                metrics::duplicate(1);
-                return Ok(Outcome::InFlight);
-            }
-        };
-        let now = Utc::now();
-        job.accepted_at = Some(now);
-        let started = Instant::now();
-        let confirm = self.publisher.pipeline.send_job(&job).await?;
-        let recipients = u32::try_from(job.recipient_count()).unwrap_or(u32::MAX);
-        let mut event = DeliveryEvent::new(job.id, job.batch, EventKind::Accepted);
-        event.at = now;
-        // On `accepted`, the job's to + cc + bcc: batch ETAs need the recipients left.
-        event.recipients = recipients;
-        self.jobs.push_back(InFlightJob {
-            reservation,
-            event,
-            started,
-            confirm,
-        });
-        while self.jobs.len() >= self.publisher.window {
-            self.settle_one().await?;
-        }
-        Ok(Outcome::Accepted)
+    /// Claims `jobs` for this sender: one outcome per job. Fails at once (nothing
+    /// claimed) when the database is unreachable.
+    pub async fn claim(&self, jobs: &[&Job]) -> Result<Vec<ClaimOutcome>, PublishError> {
+        let inputs: Vec<ClaimInput> = jobs.iter().map(|j| ClaimInput::of(j)).collect();
+        Ok(self
+            .publisher
+            .pipeline
+            .store()
+            .claim_jobs(self.claim, &inputs)
+            .await?)
     }
 
-    async fn settle_one(&mut self) -> Result<(), PublishError> {
-        let Some(job) = self.jobs.pop_front() else {
+    /// Publishes a job claimed by this sender (in chunks: it may return before the job is
+    /// confirmed; `finish` waits for the rest).
+    pub async fn send(&mut self, job: Job) -> Result<(), PublishError> {
+        self.chunk.push(job);
+        if self.chunk.len() >= self.publisher.chunk {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes the claim of the chunk, publishes what is still ours, waits for the
+    /// confirms, records them accepted.
+    async fn flush(&mut self) -> Result<(), PublishError> {
+        if self.chunk.is_empty() {
             return Ok(());
-        };
-        job.confirm.confirmed().await?;
-        metrics::CONFIRM_SECONDS.observe(job.started.elapsed().as_secs_f64());
-        self.publisher.accepted(job.reservation, &job.event);
-        self.accepted += 1;
-        // The event feeds status and idempotency after a restart; losing one costs only
-        // that, never the job, so a failure is logged rather than failing the upload.
-        match self.publisher.pipeline.record_event(&job.event).await {
-            Ok(pending) => self.events.push_back(pending),
-            Err(e) => {
-                tracing::warn!(job_id = %job.event.job_id, error = %e, "accepted event not recorded")
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        let store = self.publisher.pipeline.store();
+        let ids: Vec<&str> = chunk.iter().map(|j| j.id.as_str()).collect();
+        let ours = store.refresh_claims(self.claim, &ids).await?;
+        let mut in_flight = Vec::with_capacity(chunk.len());
+        let mut failure = None;
+        for mut job in chunk {
+            if !ours.contains(job.id.as_str()) {
+                // Taken over by a resubmission after this claim went stale: theirs now.
+                continue;
+            }
+            let now = Utc::now();
+            job.accepted_at = Some(now);
+            let started = Instant::now();
+            match self.publisher.pipeline.send_job(&job).await {
+                Ok(confirm) => {
+                    let recipients = u32::try_from(job.recipient_count()).unwrap_or(u32::MAX);
+                    let mut event = DeliveryEvent::new(job.id, job.batch, EventKind::Accepted);
+                    event.at = now;
+                    // On `accepted`, the job's to + cc + bcc: batch ETAs need the recipients left.
+                    event.recipients = recipients;
+                    in_flight.push((event, started, confirm));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        while self.events.len() >= self.publisher.window {
-            self.settle_event().await;
+        let mut confirmed = Vec::with_capacity(in_flight.len());
+        for (event, started, confirm) in in_flight {
+            match confirm.confirmed().await {
+                Ok(()) => {
+                    metrics::CONFIRM_SECONDS.observe(started.elapsed().as_secs_f64());
+                    confirmed.push(event);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        // What the broker confirmed is recorded even when the rest failed.
+        store.confirm_accepted(self.claim, &confirmed).await?;
+        self.accepted += confirmed.len() as u64;
+        metrics::accepted(confirmed.len() as u64);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    async fn settle_event(&mut self) {
-        if let Some(pending) = self.events.pop_front()
-            && let Err(e) = pending.confirmed().await
-        {
-            tracing::warn!(error = %e, "accepted event not confirmed");
-        }
-    }
-
-    /// Waits for every outstanding confirm.
+    /// Publishes what is left and waits until everything is confirmed and recorded.
     pub async fn finish(&mut self) -> Result<(), PublishError> {
-        while !self.jobs.is_empty() {
-            self.settle_one().await?;
-        }
-        while !self.events.is_empty() {
-            self.settle_event().await;
-        }
+        self.flush().await?;
+        self.settled = true;
         Ok(())
+    }
+
+    /// Gives up: releases every claim of this sender that is not accepted (never
+    /// published, or not confirmed), so those ids can be submitted again at once.
+    pub async fn abandon(mut self) {
+        self.settled = true;
+        let store = self.publisher.pipeline.store().clone();
+        if let Err(e) = store.release_claim(self.claim).await {
+            tracing::warn!(error = %e, "releasing a publish's claims failed; they expire after 5 minutes");
+        }
+    }
+}
+
+impl Drop for BatchSender {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let store = self.publisher.pipeline.store().clone();
+        let claim = self.claim;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release_claim(claim).await {
+                    tracing::warn!(error = %e, "releasing a cancelled publish's claims failed; they expire after 5 minutes");
+                }
+            });
+        }
     }
 }

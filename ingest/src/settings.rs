@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use mailpipe_common::store::DatabaseSettings;
 use mailpipe_common::config::{
     ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings,
 };
@@ -35,9 +36,6 @@ pub struct IngestSettings {
     pub max_batch_bytes: u64,
     /// Publishes awaiting their broker confirm at once during a batch.
     pub max_in_flight: usize,
-    /// How long a submission waits for the events stream replay after a start (so that
-    /// duplicates are known) before it is answered 503.
-    pub replay_wait_ms: u64,
     /// Client connections open at once (more wait in the listen backlog); kept below the
     /// open-file limit, which is raised to its hard limit at start.
     pub max_connections: usize,
@@ -63,7 +61,6 @@ impl Default for IngestSettings {
             max_request_bytes: 10 * 1024 * 1024,
             max_batch_bytes: 1024 * 1024 * 1024,
             max_in_flight: 256,
-            replay_wait_ms: 30_000,
             max_connections: 1024,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
@@ -77,6 +74,7 @@ impl Default for IngestSettings {
 pub struct Config {
     pub rabbitmq: RabbitSettings,
     pub telemetry: TelemetrySettings,
+    pub database: DatabaseSettings,
     pub ingest: IngestSettings,
     /// The pool as `[deliver]` describes it (for batch ETAs), or why it is not there. Never
     /// an error for ingest: without it the ETA is `null` with this reason.
@@ -133,15 +131,10 @@ impl Config {
         Ok(Self {
             rabbitmq: common.rabbitmq,
             telemetry: common.telemetry,
+            database: common.database,
             ingest,
             pool: pool_of(source),
         })
-    }
-
-    /// The retention of the events stream (`rabbitmq.events_max_age`): how long ingest
-    /// keeps finished batches in memory.
-    pub fn events_retention(&self) -> chrono::Duration {
-        parse_max_age(&self.rabbitmq.events_max_age).unwrap_or_else(|| chrono::Duration::days(7))
     }
 }
 
@@ -154,11 +147,6 @@ fn pool_of(source: &ConfigSource) -> Result<PoolSettings, String> {
         Ok(p) => Ok(p),
         Err(e) => Err(format!("the [deliver] pool could not be read: {e}")),
     }
-}
-
-/// RabbitMQ's `x-max-age` syntax (`rabbitmq.events_max_age`), as chrono's duration.
-pub fn parse_max_age(text: &str) -> Option<chrono::Duration> {
-    chrono::Duration::from_std(mailpipe_common::config::parse_max_age(text)?).ok()
 }
 
 /// The resolved API tokens. Compared in constant time, all of them every time, so
@@ -272,15 +260,7 @@ mod tests {
         assert!(bad.contains("deliver"), "{bad}");
     }
 
-    #[test]
-    fn stream_retention_parses_rabbitmq_max_age() {
-        assert_eq!(parse_max_age("7D"), Some(chrono::Duration::days(7)));
-        assert_eq!(parse_max_age("36h"), Some(chrono::Duration::hours(36)));
-        assert_eq!(parse_max_age("90s"), Some(chrono::Duration::seconds(90)));
-        assert_eq!(parse_max_age("7 days"), None);
-        assert_eq!(parse_max_age(""), None);
-    }
-
+    
     #[test]
     fn errors_name_the_key() {
         let err = Config::load(&ConfigSource::from_toml("[ingest]\nmax_in_flight = 0\n"))

@@ -1,26 +1,26 @@
-//! `Application`: binds the HTTP server first, then connects and follows the events stream
-//! (port 0 picks a free one: tests read it back with `port()`), and runs until the
-//! shutdown token fires.
+//! `Application`: binds the HTTP server first, then reaches RabbitMQ and PostgreSQL (the
+//! schema made current) in the background, prunes what is older than the retention, and
+//! runs until the shutdown token fires. Port 0 picks a free port: tests read it back
+//! with `port()`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mailpipe_common::amqp::{Broker, BrokerError, Publisher};
 use mailpipe_common::config::ConfigError;
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve_with_limits};
+use mailpipe_common::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::eta::PoolCapacity;
-use crate::events;
-use crate::idempotency::AcceptedIds;
 use crate::metrics;
-use crate::publish::{JobPublisher, SharedStatus};
+use crate::publish::JobPublisher;
+use crate::records::Records;
 use crate::settings::{ApiTokens, Config};
-use crate::status::StatusIndex;
 use crate::validate::Validator;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,97 +36,109 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Application {
     server: HttpServer,
-    follower: tokio::task::JoinHandle<()>,
-    pruner: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
     broker: Broker,
+    store: Store,
 }
 
-/// How often finished batches older than the stream's retention are forgotten.
+/// How often what is older than the retention is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// A status index that estimates ETAs from the configured pool (or says why it cannot).
-pub fn status_index(config: &Config) -> StatusIndex {
+/// The queries, with ETAs from the configured pool (or why there are none).
+pub fn records(config: &Config, store: Store) -> Records {
     let pool = config
         .pool
         .as_ref()
         .map_err(Clone::clone)
         .and_then(PoolCapacity::from_settings);
-    StatusIndex::with_pool(pool)
+    Records::new(store, pool)
 }
 
-/// Forgets, every `every`, batches (and their jobs) whose last event is older than the
-/// events stream's retention: the stream has forgotten them too, so memory stays bounded
-/// by what the stream holds.
-pub async fn prune_periodically(
-    status: SharedStatus,
-    retention: chrono::Duration,
+/// Reaches RabbitMQ (so `/readyz` tells), makes the schema current, then prunes every
+/// `every` until shutdown. `ready` turns true once the schema is current.
+async fn keep_database(
+    broker: Broker,
+    store: Store,
+    ready: Arc<AtomicBool>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    tokio::spawn(async move {
+        if let Err(e) = broker.wait_connected().await {
+            tracing::debug!(error = %e, "not connected to RabbitMQ");
+        }
+    });
+    match store.prepare(None).await {
+        Ok(()) => ready.store(true, Ordering::SeqCst),
+        Err(e) => {
+            tracing::error!(error = %e, "the database cannot be used: submissions are answered 503");
+            return;
+        }
+    }
     loop {
+        match store.prune(chrono::Utc::now()).await {
+            Ok(r) if r.jobs + r.stale_claims + r.batches > 0 => {
+                tracing::info!(jobs = r.jobs, stale_claims = r.stale_claims, batches = r.batches, "pruned what is older than database.retention_days");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
-        }
-        let cutoff = chrono::Utc::now() - retention;
-        let mut index = crate::publish::lock_status(&status);
-        let forgotten = index.prune_before(cutoff);
-        if forgotten > 0 {
-            tracing::info!(forgotten, jobs = index.jobs_known(), batches = index.batches_known(), %cutoff, "forgot batches older than the events stream's retention");
         }
     }
 }
 
 impl Application {
-    /// Everything up to a listening socket; returns once the port is bound. The broker
-    /// is reached and the events stream replayed in the background: `/healthz` answers
-    /// at once, `/readyz` says what it still waits for, and submissions wait (bounded)
-    /// for the replay.
+    /// Everything up to a listening socket; returns once the port is bound. RabbitMQ and
+    /// PostgreSQL are reached in the background: `/healthz` answers at once, `/readyz`
+    /// says what it still waits for, and submissions are answered 503 meanwhile.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
         let validator = Validator::from_settings(&config.ingest)?;
         let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;
+        let store = Store::new(&config.database, shutdown.clone())?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-        let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout));
-        let ids = AcceptedIds::new();
-        let status = Arc::new(Mutex::new(status_index(&config)));
-        let (replayed, applied, follower) = events::follow(&pipeline, ids.clone(), status.clone());
-        let pruner = tokio::spawn(prune_periodically(
-            status.clone(),
-            config.events_retention(),
+        let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout), store.clone());
+        let schema_ready = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(keep_database(
+            broker.clone(),
+            store.clone(),
+            schema_ready.clone(),
             PRUNE_EVERY,
             shutdown.clone(),
         ));
-        let publisher = JobPublisher::new(pipeline, ids, status, config.ingest.max_in_flight);
+        let publisher = JobPublisher::new(pipeline, config.ingest.max_in_flight);
 
         let connected = broker.clone();
-        let replay = replayed.clone();
+        let reachable = store.clone();
+        let schema = schema_ready.clone();
         let checks: Vec<ReadyCheck> = vec![
             Arc::new(move || connected.readiness()),
+            Arc::new(move || reachable.readiness()),
             Arc::new(move || {
-                if *replay.borrow() {
+                if schema.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "replaying the events stream: {} events so far",
-                        applied.load(Ordering::Relaxed)
-                    ))
+                    Err("making the database schema current".to_owned())
                 }
             }),
         ];
         let listen = config.ingest.listen;
         let limits = config.ingest.http_limits();
-        let state = AppState::new(validator, publisher, tokens, config.ingest, replayed);
+        let records = records(&config, store.clone());
+        let state = AppState::new(validator, publisher, records, tokens, config.ingest, schema_ready);
         let router = api::router(state)
             .merge(ops_router(checks))
             .layer(axum::middleware::from_fn(api::track));
         let server = serve_with_limits(listen, router, limits, shutdown).await?;
         Ok(Self {
             server,
-            follower,
-            pruner,
+            keeper,
             broker,
+            store,
         })
     }
 
@@ -143,9 +155,9 @@ impl Application {
     /// published to the end) before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.task.await.map_err(std::io::Error::other)?;
-        self.follower.await.ok();
-        self.pruner.await.ok();
+        self.keeper.await.ok();
         self.broker.close().await;
+        self.store.close().await;
         if let Some(failure) = self.broker.failure() {
             return Err(std::io::Error::other(failure.to_owned()));
         }

@@ -1,25 +1,19 @@
-//! `mailpipe-ingest status ID [--watch] [--json]`: a batch's status straight from the
-//! events stream (no HTTP server needed). The index is built exactly as `serve` builds
-//! it ([`events::follow`] from the first retained event), so the answer is the API's.
+//! `mailpipe-ingest status ID [--watch] [--json]`: a batch's status from the system of
+//! record (no HTTP server, no RabbitMQ needed). The report is the API's: same query,
+//! same shape.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use mailpipe_common::contract::EventKind;
 use mailpipe_common::domain::BatchId;
-use mailpipe_common::pipeline::Pipeline;
+use mailpipe_common::store::JobState;
 use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
-use crate::events;
-use crate::idempotency::AcceptedIds;
-use crate::publish::{SharedStatus, lock_status};
-use crate::settings::Config;
-use crate::startup::status_index;
-use crate::status::BatchReport;
+use crate::records::{BatchReport, Records};
 
 /// How often `--watch` prints.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -31,56 +25,24 @@ pub struct StatusOptions {
     pub json: bool,
 }
 
-/// Reads the events stream up to now (and keeps following it until `stop` fires).
-pub async fn follow_index(
-    pipeline: &Pipeline,
-    config: &Config,
-    stop: &CancellationToken,
-) -> Result<SharedStatus, String> {
-    let status: SharedStatus = Arc::new(Mutex::new(status_index(config)));
-    let (mut replayed, _applied, _task) =
-        events::follow(pipeline, AcceptedIds::new(), status.clone());
-    let broker_failure = || {
-        pipeline
-            .broker()
-            .failure()
-            .map(|f| format!("RabbitMQ: {f}"))
-    };
-    tokio::select! {
-        _ = stop.cancelled() => {
-            return Err(broker_failure().unwrap_or_else(|| "interrupted while reading the events stream".into()));
-        }
-        done = replayed.wait_for(|d| *d) => {
-            done.map_err(|_| broker_failure().unwrap_or_else(|| "the events stream reader stopped".to_owned()))?;
-        }
-    }
-    Ok(status)
-}
-
 /// Runs the command; returns the exit code (0 finished or running without failures,
-/// 1 with failures, 2 unknown batch, 3 RabbitMQ failed).
-pub async fn run(
-    pipeline: &Pipeline,
-    config: &Config,
-    options: &StatusOptions,
-    stop: &CancellationToken,
-) -> u8 {
-    let status = match follow_index(pipeline, config, stop).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return 3;
-        }
-    };
+/// 1 with failures, 2 unknown batch, 3 the database failed).
+pub async fn run(records: &Records, options: &StatusOptions, stop: &CancellationToken) -> u8 {
     let clear = options.watch && !options.json && std::io::stdout().is_terminal();
     loop {
-        let report = lock_status(&status).report(&options.batch, Utc::now());
-        let Some(report) = report else {
-            eprintln!(
-                "unknown batch {}: the events stream has no event of it (retention: rabbitmq.events_max_age)",
-                options.batch
-            );
-            return 2;
+        let report = match records.batch_report(&options.batch, Utc::now()).await {
+            Ok(Some(report)) => report,
+            Ok(None) => {
+                eprintln!(
+                    "unknown batch {}: no job of it in the database (kept for database.retention_days)",
+                    options.batch
+                );
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("PostgreSQL: {e}");
+                return 3;
+            }
         };
         if options.json {
             outln!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -157,7 +119,7 @@ pub fn render(r: &BatchReport) -> String {
                 .as_ref()
                 .map(|m| format!(" via {m}"))
                 .unwrap_or_default();
-            let kind = if f.status == EventKind::Failed {
+            let kind = if f.status == JobState::Failed {
                 "failed"
             } else {
                 "partly refused"

@@ -1,23 +1,21 @@
 //! `mailpipe-ingest submit FILE`: the batch import from the command line, straight to
-//! RabbitMQ, with a progress bar on a terminal and plain periodic lines otherwise.
+//! RabbitMQ with its ids claimed in the system of record (exactly as the API does), with
+//! a progress bar on a terminal and plain periodic lines otherwise.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use mailpipe_common::domain::BatchId;
 use mailpipe_common::pipeline::Pipeline;
 
 use crate::batch::{ImportError, ImportOptions, ImportReport, Progress, import};
 use crate::batch_reader::Format;
-use crate::idempotency::AcceptedIds;
 use crate::publish::JobPublisher;
 use crate::settings::IngestSettings;
-use crate::status::StatusIndex;
 use crate::validate::Validator;
 
 #[derive(Debug, Clone)]
@@ -70,8 +68,6 @@ pub enum SubmitError {
     },
     #[error("{}: is {kind}, not a regular file; give a .jsonl or .csv file", path.display())]
     NotAFile { path: PathBuf, kind: &'static str },
-    #[error("reading the events stream for duplicate checks: {0}")]
-    Replay(#[from] mailpipe_common::pipeline::StreamReadError),
     #[error("configuration error: {0}")]
     Config(#[from] mailpipe_common::config::ConfigError),
     #[error(transparent)]
@@ -79,39 +75,27 @@ pub enum SubmitError {
 }
 
 impl SubmitError {
-    /// 1: lines were rejected; 3: the broker failed us; 2: the input could not be read.
+    /// 1: lines were rejected (or ids conflict); 3: the broker or the database failed
+    /// us; 2: the input could not be read.
     pub fn exit_code(&self) -> u8 {
         match self {
-            SubmitError::Import(ImportError::Rejected(_)) => 1,
-            SubmitError::Replay(_) | SubmitError::Import(ImportError::Publish { .. }) => 3,
+            SubmitError::Import(ImportError::Rejected(_) | ImportError::Conflict(_)) => 1,
+            SubmitError::Import(ImportError::Publish { .. } | ImportError::Unavailable(_)) => 3,
             _ => 2,
         }
     }
 }
 
-/// Imports `options.file` through `pipeline`. Learns the ids already accepted from the
-/// events stream first, so a file submitted twice is published once.
+/// Imports `options.file` through `pipeline`. Ids are claimed in the system of record,
+/// so a file submitted twice is published once.
 pub async fn submit(
     pipeline: &Pipeline,
     settings: &IngestSettings,
     options: &SubmitOptions,
 ) -> Result<ImportReport, SubmitError> {
     let (file, format, size) = open_input(&options.file)?;
-    // Templates before the events stream: a broken templates_dir fails at once, not after
-    // the whole stream was read.
     let validator = Arc::new(Validator::from_settings(settings)?);
-
-    let ids = AcceptedIds::new();
-    let learned = ids.clone();
-    let known = pipeline
-        .read_events_since(DateTime::<Utc>::UNIX_EPOCH, move |e| {
-            learned.learn(&e.job_id)
-        })
-        .await?;
-    tracing::debug!(events = known, ids = ids.len(), "events stream read");
-
-    let status = Arc::new(Mutex::new(StatusIndex::new()));
-    let publisher = JobPublisher::new(pipeline.clone(), ids, status, settings.max_in_flight);
+    let publisher = JobPublisher::new(pipeline.clone(), settings.max_in_flight);
     let progress = Arc::new(Progress::default());
     let display = spawn_display(options.display, progress.clone(), size);
     let result = import(
@@ -245,19 +229,22 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
     let report = match result {
         Ok(r) => Some(r),
         Err(SubmitError::Import(
-            ImportError::Rejected(r) | ImportError::Publish { report: r, .. },
+            ImportError::Rejected(r)
+            | ImportError::Conflict(r)
+            | ImportError::Publish { report: r, .. },
         )) => Some(r),
         Err(_) => None,
     };
     if let Some(r) = report {
         let _ = writeln!(
             out,
-            "{}: batch {}: {} lines, {} accepted, {} duplicates (skipped), {} rejected",
+            "{}: batch {}: {} lines, {} accepted, {} duplicates (skipped), {} conflicts, {} rejected",
             path.display(),
             r.batch,
             r.lines,
             r.accepted,
             r.duplicates,
+            r.conflicts,
             r.rejected
         );
         write_errors(&mut out, r);
@@ -269,10 +256,16 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
                 "nothing was published: fix the lines above, or submit with --partial to send the good ones"
             );
         }
+        Err(SubmitError::Import(ImportError::Conflict(_))) => {
+            let _ = writeln!(
+                out,
+                "nothing was published: these ids were accepted before with different content; give them new ids, or submit with --partial to send the others"
+            );
+        }
         Err(e) => {
             let _ = writeln!(out, "error: {e}");
         }
-        Ok(r) if r.rejected > 0 => {
+        Ok(r) if r.rejected > 0 || r.conflicts > 0 => {
             let _ = writeln!(
                 out,
                 "the good lines were published; the rejected ones were not"

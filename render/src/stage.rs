@@ -181,15 +181,17 @@ impl RenderStage {
     }
 
     async fn publish(&self, msg: &RenderedMessage) -> Result<(), PublishError> {
-        // Stamped before the message is published: deliver may send it and record
-        // `delivered` within a millisecond, and status orders events by time.
-        let event = DeliveryEvent::new(
+        // Recorded (and stamped) before the message is published: deliver may send it and
+        // record `delivered` within a millisecond, and the record is the truth. While the
+        // database is away this waits, so nothing new is taken.
+        let mut event = DeliveryEvent::new(
             msg.meta.job_id.clone(),
             msg.meta.batch.clone(),
             EventKind::Rendered,
         );
-        let sent = self.pipeline.send_rendered(&msg.meta, &msg.mime).await?;
+        event.message_id = Some(msg.meta.message_id.clone());
         let recorded = self.pipeline.record_event(&event).await?;
+        let sent = self.pipeline.send_rendered(&msg.meta, &msg.mime).await?;
         sent.confirmed().await?;
         recorded.confirmed().await
     }

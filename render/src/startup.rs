@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailpipe_common::amqp::{Broker, BrokerError, ConsumerSpec, Publisher, Stage, consume};
-use mailpipe_common::config::CommonSettings;
+use mailpipe_common::config::{CommonSettings, ConfigError};
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{self, HttpServer, ReadyCheck};
+use mailpipe_common::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::attachments::AttachmentLoader;
@@ -28,6 +29,10 @@ pub enum StartupError {
     Http(std::io::Error),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("database: {0}")]
+    DatabaseConfig(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl StartupError {
@@ -38,6 +43,8 @@ impl StartupError {
             StartupError::Templates(_)
                 | StartupError::AttachmentsRoot(_)
                 | StartupError::Broker(BrokerError::BadUri(_) | BrokerError::Secret(_))
+                | StartupError::DatabaseConfig(_)
+                | StartupError::Store(StoreError::SchemaBehind { .. })
         )
     }
 }
@@ -86,19 +93,25 @@ impl Application {
                 }
             })
         };
-        let router = service::ops_router(vec![broker_check, templates_check]);
+        let store = Store::new(&common.database, shutdown.clone())?;
+        let store_check: ReadyCheck = {
+            let store = store.clone();
+            Arc::new(move || store.readiness())
+        };
+        let router = service::ops_router(vec![broker_check, templates_check, store_check]);
         let http = service::serve(settings.http_listen, router, shutdown.clone())
             .await
             .map_err(StartupError::Http)?;
 
         broker.wait_connected().await?;
+        store.prepare(None).await?;
         let publisher = Publisher::new(
             broker.clone(),
             Duration::from_millis(common.rabbitmq.confirm_timeout_ms),
         );
         let stage = RenderStage::new(
             renderer,
-            Pipeline::new(publisher),
+            Pipeline::new(publisher, store),
             settings.concurrency,
             Duration::from_millis(settings.job_timeout_ms),
         );

@@ -253,4 +253,13 @@ impl Store {
             .await;
         Ok(self.observe("releasing claims", r)?.rows_affected())
     }
+
+    /// Gives up every claim of the publish `claim` that is not accepted.
+    pub async fn release_claim(&self, claim: Uuid) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM jobs WHERE claim = $1 AND state = 'received'")
+            .bind(claim)
+            .execute(&self.pool)
+            .await;
+        Ok(self.observe("releasing claims", r)?.rows_affected())
+    }
 }

@@ -135,8 +135,9 @@ impl Store {
         self.down.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Classifies a result and keeps the readiness current.
-    fn observe<T>(&self, what: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+    /// Classifies a result (unreachable, or a failed statement named by `what`) and
+    /// keeps the readiness current. Queries written outside this module report through it.
+    pub fn observe<T>(&self, what: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
         match r {
             Ok(v) => {
                 self.lock_down().take();

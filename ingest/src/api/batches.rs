@@ -20,7 +20,6 @@ use super::AppState;
 use super::error::ApiError;
 use crate::batch::{ImportError, ImportOptions, Progress, import};
 use crate::batch_reader::Format;
-use crate::publish::lock_status;
 
 pub async fn upload(
     State(state): State<AppState>,
@@ -60,7 +59,7 @@ pub async fn upload(
     if super::content_length(&headers).is_some_and(|n| n > max_bytes) {
         return Err(too_large(max_bytes));
     }
-    state.wait_for_replay().await?;
+    state.database_ready()?;
     // Each upload being checked holds a blocking thread: their number is capped.
     let Ok(_slot) = state.batch_slots.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(format!(
@@ -93,6 +92,13 @@ pub async fn upload(
         )
         .errors(&report.errors)
         .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "rejected": report.rejected, "accepted": 0, "error_counts": report.error_counts }))),
+        Err(ImportError::Conflict(report)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{} job ids were accepted before with different content; nothing was published (give them new ids, or send with ?partial=true)", report.conflicts),
+        )
+        .errors(&report.errors)
+        .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "conflicts": report.conflicts, "accepted": 0 }))),
+        Err(ImportError::Unavailable(e)) => Err(e.into()),
         Err(ImportError::Header { column, reason }) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("CSV header: column {column:?}: {reason}")).field(column))
         }
@@ -151,11 +157,11 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let id = BatchId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
-    let found = lock_status(state.publisher.status()).report(&id, chrono::Utc::now());
-    match found {
+    state.database_ready()?;
+    match state.records.batch_report(&id, chrono::Utc::now()).await? {
         Some(b) => Ok(Json(b).into_response()),
         None => Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known (yet)"))
+            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known"))
                 .field("batch"),
         ),
     }

@@ -79,3 +79,15 @@ impl IntoResponse for ApiError {
         res
     }
 }
+
+impl From<mailpipe_common::store::StoreError> for ApiError {
+    /// The database away is a 503 (retry); anything else a 500 naming what failed.
+    fn from(e: mailpipe_common::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::unavailable(format!("{e}; retry shortly"))
+        } else {
+            tracing::error!(error = %e, "database query failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}

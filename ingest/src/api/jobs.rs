@@ -1,17 +1,24 @@
-//! `POST /v1/jobs` (one job) and `GET /v1/jobs/{id}`.
+//! `POST /v1/jobs` (one job), `GET /v1/jobs/{id}` (its record and events) and
+//! `GET /v1/jobs?batch=&state=&recipient=&since=&after=&limit=` (a page of jobs).
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mailpipe_common::domain::JobId;
+use mailpipe_common::amqp::PublishError;
+use mailpipe_common::domain::{BatchId, JobId};
 use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::batch::conflict_reason;
 use crate::metrics;
-use crate::publish::{Outcome, lock_status};
+use crate::publish::Outcome;
+use crate::records::JobFilter;
 
 pub async fn submit(
     State(state): State<AppState>,
@@ -46,7 +53,7 @@ pub async fn submit(
             .field(first.field.clone())
             .errors(&invalid.errors)
     })?;
-    state.wait_for_replay().await?;
+    state.database_ready()?;
     let id = job.id.clone();
     match state.publisher.publish_one(job).await {
         Ok(Outcome::Accepted) => Ok((
@@ -55,10 +62,14 @@ pub async fn submit(
         )
             .into_response()),
         Ok(Outcome::Duplicate) => {
-            let status = lock_status(state.publisher.status())
+            let status = state
+                .records
                 .job(&id)
-                .map(|j| j.status);
-            let status = status.map(|s| json!(s)).unwrap_or(json!("accepted"));
+                .await
+                .ok()
+                .flatten()
+                .map(|j| json!(j.status))
+                .unwrap_or(json!("accepted"));
             Ok((
                 StatusCode::OK,
                 Json(json!({ "id": id, "status": status, "duplicate": true })),
@@ -67,9 +78,13 @@ pub async fn submit(
         }
         Ok(Outcome::InFlight) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "a job with this id is being accepted right now; retry",
+            format!("job {id} is being accepted by another request right now; retry"),
         )
         .field("id")),
+        Ok(Outcome::Conflict) => {
+            Err(ApiError::new(StatusCode::CONFLICT, conflict_reason(&id)).field("id"))
+        }
+        Err(PublishError::Store(e)) => Err(e.into()),
         Err(e) => {
             tracing::error!(job_id = %id, error = %e, "publish failed");
             Err(ApiError::unavailable(format!(
@@ -85,11 +100,69 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let id = JobId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("id"))?;
-    let found = lock_status(state.publisher.status()).job(&id).cloned();
-    match found {
+    state.database_ready()?;
+    match state.records.job(&id).await? {
         Some(job) => Ok(Json(job).into_response()),
-        None => Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known (yet)")).field("id"),
-        ),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known")).field("id")),
     }
+}
+
+/// Default page size of `GET /v1/jobs`.
+pub const DEFAULT_PAGE: u32 = 100;
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
+    let filter = parse_filter(&query)?;
+    state.database_ready()?;
+    Ok(Json(state.records.jobs(&filter).await?).into_response())
+}
+
+/// The query parameters, each checked and named when wrong.
+fn parse_filter(query: &HashMap<String, String>) -> Result<JobFilter, ApiError> {
+    let bad = |field: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, why).field(field);
+    for key in query.keys() {
+        if !["batch", "state", "recipient", "since", "after", "limit"].contains(&key.as_str()) {
+            return Err(bad(
+                key,
+                format!("unknown parameter {key:?}: batch, state, recipient, since, after, limit"),
+            ));
+        }
+    }
+    let mut filter = JobFilter {
+        limit: DEFAULT_PAGE,
+        ..JobFilter::default()
+    };
+    if let Some(b) = query.get("batch") {
+        filter.batch = Some(BatchId::parse(b).map_err(|e| bad("batch", e.to_string()))?);
+    }
+    if let Some(s) = query.get("state") {
+        filter.state = Some(s.parse().map_err(|e: mailpipe_common::store::UnknownState| bad("state", e.to_string()))?);
+    }
+    if let Some(r) = query.get("recipient") {
+        if r.is_empty() || r.len() > 320 {
+            return Err(bad("recipient", "an email address".into()));
+        }
+        filter.recipient = Some(r.clone());
+    }
+    if let Some(s) = query.get("since") {
+        let since = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+            bad("since", format!("{s:?} is not an RFC 3339 time (2026-11-30T00:00:00Z): {e}"))
+        })?;
+        filter.since = Some(since.with_timezone(&chrono::Utc));
+    }
+    if let Some(a) = query.get("after") {
+        filter.after = Some(JobId::parse(a).map_err(|e| bad("after", e.to_string()))?);
+    }
+    if let Some(l) = query.get("limit") {
+        filter.limit = l
+            .parse()
+            .ok()
+            .filter(|n| (1..=crate::records::MAX_PAGE).contains(n))
+            .ok_or_else(|| bad("limit", format!("{l:?}: a number from 1 to {}", crate::records::MAX_PAGE)))?;
+    }
+    Ok(filter)
 }

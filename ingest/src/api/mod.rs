@@ -15,6 +15,7 @@ mod error;
 mod jobs;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,9 +28,9 @@ use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
 
-use crate::events::Replayed;
 use crate::metrics;
 use crate::publish::JobPublisher;
+use crate::records::Records;
 use crate::settings::{ApiTokens, IngestSettings};
 use crate::validate::Validator;
 
@@ -40,9 +41,11 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 pub struct AppState {
     pub(crate) validator: Arc<Validator>,
     pub(crate) publisher: JobPublisher,
+    pub(crate) records: Records,
     pub(crate) tokens: ApiTokens,
     pub(crate) settings: Arc<IngestSettings>,
-    pub(crate) replayed: Replayed,
+    /// The database schema is current (set once at start).
+    pub(crate) schema_ready: Arc<AtomicBool>,
     /// One permit per batch upload being checked (`max_concurrent_batches`).
     pub(crate) batch_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -59,31 +62,33 @@ impl AppState {
     pub fn new(
         validator: Validator,
         publisher: JobPublisher,
+        records: Records,
         tokens: ApiTokens,
         settings: IngestSettings,
-        replayed: Replayed,
+        schema_ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
             validator: Arc::new(validator),
             publisher,
+            records,
             tokens,
             batch_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_batches)),
             settings: Arc::new(settings),
-            replayed,
+            schema_ready,
         }
     }
 
     /// Submissions wait until the events stream replay is complete, so the duplicate
     /// check knows every id accepted before this process started.
-    async fn wait_for_replay(&self) -> Result<(), ApiError> {
-        let mut rx = self.replayed.clone();
-        let wait = Duration::from_millis(self.settings.replay_wait_ms);
-        match tokio::time::timeout(wait, rx.wait_for(|done| *done)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(ApiError::unavailable(
-                "still replaying the events stream after a start; retry shortly",
-            )),
+    /// Submissions and queries need the system of record: 503 until its schema is current.
+    fn database_ready(&self) -> Result<(), ApiError> {
+        if self.schema_ready.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        Err(ApiError::unavailable(match self.records.store().readiness() {
+            Err(why) => format!("{why}; retry shortly"),
+            Ok(()) => "the database schema is being made current after a start; retry shortly".into(),
+        }))
     }
 }
 
@@ -91,6 +96,7 @@ impl AppState {
 pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)> {
     vec![
         (Method::POST, "/v1/jobs", post(jobs::submit), true),
+        (Method::GET, "/v1/jobs", get(jobs::list), true),
         (Method::GET, "/v1/jobs/{id}", get(jobs::status), true),
         (Method::POST, "/v1/batches", post(batches::upload), true),
         (Method::GET, "/v1/batches/{id}", get(batches::status), true),

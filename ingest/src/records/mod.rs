@@ -1,0 +1,349 @@
+//! What operators and clients ask the system of record: a batch's report with its ETA,
+//! one job with its events, lists of jobs by batch, state, recipient and time. Every
+//! answer is a few indexed queries: its cost follows the batch asked about, never the
+//! history kept.
+
+mod report;
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, SmtpReply};
+use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
+use mailpipe_common::store::{JobState, Store, StoreError};
+use sqlx::types::Json;
+
+pub use report::{
+    BatchReport, FAILURES_SHOWN, Failure, Failures, JobPage, JobStatus, KINDS, KindCounts,
+    MailboxCounts,
+};
+
+use crate::eta::{self, Eta, PoolCapacity, QuotaLog};
+
+/// Most jobs one page of `GET /v1/jobs` holds.
+pub const MAX_PAGE: u32 = 1000;
+
+const JOB_COLUMNS: &str = "id, batch_id, state, template, updated_at, accepted_at, attempt, \
+     mailbox, message_id, recipient_count, recipients, smtp_code, smtp_enhanced, smtp_text, \
+     reason, refused, uncertain";
+
+const BATCH_SUMMARY: &str = r#"
+SELECT count(*) FILTER (WHERE state = 'accepted'),
+       count(*) FILTER (WHERE state = 'rendered'),
+       count(*) FILTER (WHERE state = 'delivered'),
+       count(*) FILTER (WHERE state = 'retrying'),
+       count(*) FILTER (WHERE state = 'failed'),
+       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed')), 0)::int8,
+       count(*) FILTER (WHERE state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)),
+       min(coalesce(accepted_at, created_at)),
+       max(updated_at)
+FROM jobs WHERE batch_id = $1 AND state <> 'received'
+"#;
+
+type Summary = (
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// Which jobs `GET /v1/jobs` and `mailpipe-ingest jobs` list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub batch: Option<BatchId>,
+    pub state: Option<JobState>,
+    /// An address among the job's To, Cc and Bcc (any case).
+    pub recipient: Option<String>,
+    /// Changed at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Ids after this one (the previous page's `next_after`).
+    pub after: Option<JobId>,
+    /// At most this many (1..=1000).
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    batch_id: Option<String>,
+    state: String,
+    template: Option<String>,
+    updated_at: DateTime<Utc>,
+    accepted_at: Option<DateTime<Utc>>,
+    attempt: i32,
+    mailbox: Option<String>,
+    message_id: Option<String>,
+    recipient_count: i32,
+    recipients: Vec<String>,
+    smtp_code: Option<i32>,
+    smtp_enhanced: Option<String>,
+    smtp_text: Option<String>,
+    reason: Option<String>,
+    refused: Json<Vec<RecipientRefusal>>,
+    uncertain: bool,
+}
+
+impl JobRow {
+    /// Rows were written through the domain types, so they parse; a row that does not
+    /// (edited by hand) is skipped rather than failing the whole answer.
+    fn into_status(self) -> Option<JobStatus> {
+        let smtp = self.smtp_code.map(|code| SmtpReply {
+            code: u16::try_from(code).unwrap_or(0),
+            enhanced: self.smtp_enhanced,
+            text: self.smtp_text.unwrap_or_default(),
+        });
+        let detail = smtp
+            .as_ref()
+            .map(|r| format!("{} {}", r.code, r.text))
+            .or_else(|| self.reason.clone());
+        Some(JobStatus {
+            id: JobId::parse(&self.id).ok()?,
+            batch: self.batch_id.and_then(|b| BatchId::parse(&b).ok()),
+            status: self.state.parse().ok()?,
+            template: self.template,
+            updated_at: self.updated_at,
+            accepted_at: self.accepted_at,
+            attempt: u32::try_from(self.attempt).unwrap_or(0),
+            detail,
+            mailbox: self.mailbox.and_then(|m| EmailAddress::parse(&m).ok()),
+            message_id: self.message_id,
+            recipients: u32::try_from(self.recipient_count).unwrap_or(0),
+            recipient_addresses: self.recipients,
+            smtp,
+            reason: self.reason,
+            refused_recipients: self.refused.0,
+            uncertain: self.uncertain,
+            events: None,
+        })
+    }
+}
+
+/// The queries, with the pool's limits for ETAs (or why there are none).
+#[derive(Debug, Clone)]
+pub struct Records {
+    store: Store,
+    pool: Result<PoolCapacity, String>,
+}
+
+impl Records {
+    pub fn new(store: Store, pool: Result<PoolCapacity, String>) -> Self {
+        Self { store, pool }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The batch's report at `now`, or `None` when no job of it was accepted.
+    pub async fn batch_report(
+        &self,
+        id: &BatchId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BatchReport>, StoreError> {
+        let db = self.store.pool();
+        let r = sqlx::query_as::<_, Summary>(BATCH_SUMMARY)
+            .bind(id.as_str())
+            .fetch_one(db)
+            .await;
+        let (accepted, rendered, delivered, retrying, failed, recipients_left, failures, first, last) =
+            self.store.observe("reading a batch", r)?;
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(None);
+        };
+        let mut counts = KindCounts::default();
+        for (kind, n) in [
+            (EventKind::Accepted, accepted),
+            (EventKind::Rendered, rendered),
+            (EventKind::Delivered, delivered),
+            (EventKind::Retrying, retrying),
+            (EventKind::Failed, failed),
+        ] {
+            counts.set(kind, n.max(0) as u64);
+        }
+        let r = sqlx::query_as::<_, (String, i64)>(
+            "SELECT mailbox, count(*) FROM jobs WHERE batch_id = $1 AND state = 'delivered' AND mailbox IS NOT NULL GROUP BY mailbox",
+        )
+        .bind(id.as_str())
+        .fetch_all(db)
+        .await;
+        let per_mailbox: BTreeMap<EmailAddress, MailboxCounts> = self
+            .store
+            .observe("counting a batch's mailboxes", r)?
+            .into_iter()
+            .filter_map(|(m, n)| {
+                Some((
+                    EmailAddress::parse(&m).ok()?,
+                    MailboxCounts {
+                        delivered: n.max(0) as u64,
+                    },
+                ))
+            })
+            .collect();
+        let query = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND (state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)) ORDER BY updated_at, id LIMIT $2"
+        );
+        let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
+            .bind(id.as_str())
+            .bind(FAILURES_SHOWN as i64)
+            .fetch_all(db)
+            .await;
+        let items: Vec<Failure> = self
+            .store
+            .observe("listing a batch's failures", r)?
+            .into_iter()
+            .filter_map(JobRow::into_status)
+            .map(|j| Failure::from(&j))
+            .collect();
+        let remaining = counts.total() - counts.get(EventKind::Delivered) - counts.get(EventKind::Failed);
+        let recipients_left = recipients_left.max(0) as u64;
+        let mut eta = self.eta(remaining, recipients_left, now).await?;
+        let r = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'received') AND batch_id IS DISTINCT FROM $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(db)
+        .await;
+        eta.other_jobs_left = self.store.observe("counting other batches", r)?.max(0) as u64;
+        Ok(Some(BatchReport {
+            batch: id.clone(),
+            jobs: counts.total(),
+            finished: remaining == 0,
+            remaining,
+            counts,
+            per_mailbox,
+            failures: Failures {
+                total: failures.max(0) as u64,
+                shown: items.len() as u64,
+                items,
+            },
+            eta,
+            first_event_at: first,
+            last_event_at: last,
+        }))
+    }
+
+    /// The ETA from the pool's limits and what its mailboxes sent inside their windows
+    /// (per minute: an estimate does not need each send).
+    async fn eta(
+        &self,
+        remaining: u64,
+        recipients_left: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Eta, StoreError> {
+        let pool = match &self.pool {
+            Ok(pool) => pool,
+            Err(why) => {
+                let mut e = Eta::unknown(now, remaining, recipients_left, why.clone());
+                if remaining == 0 {
+                    e.eta_seconds = Some(0.0);
+                    e.eta_at = Some(now);
+                }
+                return Ok(e);
+            }
+        };
+        let window_ms = pool
+            .mailboxes
+            .iter()
+            .map(|m| m.recipient_window_ms)
+            .max()
+            .unwrap_or(0);
+        let since = now - chrono::Duration::milliseconds(window_ms);
+        let r = sqlx::query_as::<_, (String, DateTime<Utc>, i64)>(
+            "SELECT mailbox, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), sum(recipients)::int8 \
+             FROM job_events WHERE kind = 'delivered' AND at >= $1 AND mailbox IS NOT NULL GROUP BY 1, 2 ORDER BY 2",
+        )
+        .bind(since)
+        .fetch_all(self.store.pool())
+        .await;
+        let mut log = QuotaLog::new(pool);
+        for (mailbox, minute, recipients) in self.store.observe("reading the pool's sends", r)? {
+            if let Ok(mailbox) = EmailAddress::parse(&mailbox) {
+                log.record(&mailbox, minute, recipients.max(0) as u64);
+            }
+        }
+        Ok(eta::estimate(pool, &log, remaining, recipients_left, now))
+    }
+
+    /// One job with every event of it, oldest first.
+    pub async fn job(&self, id: &JobId) -> Result<Option<JobStatus>, StoreError> {
+        let query = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
+            .bind(id.as_str())
+            .fetch_optional(self.store.pool())
+            .await;
+        let Some(mut job) = self
+            .store
+            .observe("reading a job", r)?
+            .and_then(JobRow::into_status)
+        else {
+            return Ok(None);
+        };
+        let r = sqlx::query_scalar::<_, Json<DeliveryEvent>>(
+            "SELECT event FROM job_events WHERE job_id = $1 ORDER BY at, id",
+        )
+        .bind(id.as_str())
+        .fetch_all(self.store.pool())
+        .await;
+        job.events = Some(
+            self.store
+                .observe("reading a job's events", r)?
+                .into_iter()
+                .map(|Json(e)| e)
+                .collect(),
+        );
+        Ok(Some(job))
+    }
+
+    /// A page of jobs matching `filter`, by id.
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+        let limit = filter.limit.clamp(1, MAX_PAGE);
+        let query = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state <> 'received' \
+             AND ($1::text IS NULL OR batch_id = $1) AND ($2::text IS NULL OR state = $2) \
+             AND ($3::text IS NULL OR recipients @> ARRAY[$3::text]) \
+             AND ($4::timestamptz IS NULL OR updated_at >= $4) AND ($5::text IS NULL OR id > $5) \
+             ORDER BY id LIMIT $6"
+        );
+        let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
+            .bind(filter.batch.as_ref().map(|b| b.as_str()))
+            .bind(filter.state.map(JobState::as_str))
+            .bind(filter.recipient.as_ref().map(|r| r.to_ascii_lowercase()))
+            .bind(filter.since)
+            .bind(filter.after.as_ref().map(|a| a.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(self.store.pool())
+            .await;
+        let jobs: Vec<JobStatus> = self
+            .store
+            .observe("listing jobs", r)?
+            .into_iter()
+            .filter_map(JobRow::into_status)
+            .collect();
+        let next_after = (jobs.len() == limit as usize)
+            .then(|| jobs.last().map(|j| j.id.clone()))
+            .flatten();
+        Ok(JobPage { jobs, next_after })
+    }
+
+    /// Jobs delivered that also failed once, or were delivered with recipients refused:
+    /// the delivered jobs that can have a dead letter (a replay leaves those alone). As
+    /// many as there are failures, never the whole history.
+    pub async fn delivered_with_dead_letters(&self) -> Result<HashSet<String>, StoreError> {
+        let r = sqlx::query_scalar::<_, String>(
+            "SELECT id FROM jobs j WHERE state = 'delivered' AND (refused <> '[]'::jsonb \
+             OR EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id AND e.kind = 'failed'))",
+        )
+        .fetch_all(self.store.pool())
+        .await;
+        Ok(self
+            .store
+            .observe("reading delivered jobs", r)?
+            .into_iter()
+            .collect())
+    }
+}
