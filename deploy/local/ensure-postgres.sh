@@ -2,12 +2,13 @@
 # Makes sure PostgreSQL answers on 127.0.0.1:5432 and holds what mailpipe's demo and tests
 # use: starts the local cluster, or installs Debian's `postgresql` package first; then
 # creates (when missing) the login role `mailpipe` with its database `mailpipe`, and the
-# database `mailpipe_test` (the tests connect to it as `postgres`). Both are reached over
-# TCP on 127.0.0.1 without a password (trust), as on the development machines. Safe to run
-# again. Exits non-zero with a clear message if it can't.
+# database `mailpipe_test` (the tests connect to it, and to `postgres` to create it, as the
+# role `postgres`). All are reached over TCP on 127.0.0.1 without a password (trust), as on
+# the development machines. Safe to run again. Exits non-zero with a clear message if it
+# can't.
 #
-#   MAILPIPE_PG_TRUST_LOCAL=1   also add loopback-only `trust` lines for exactly those two
-#                               databases to pg_hba.conf when a password is asked (done
+#   MAILPIPE_PG_TRUST_LOCAL=1   also add loopback-only `trust` lines for exactly those
+#                               connections to pg_hba.conf when a password is asked (done
 #                               without asking when this script has just installed PostgreSQL)
 #   MAILPIPE_PG_PORT=5433       another port (to try the script on a scratch cluster)
 set -euo pipefail
@@ -92,7 +93,7 @@ if ! ready; then
   if ! ready; then
     echo "error: PostgreSQL did not come up on $HOST:$PORT within ${WAIT_SECONDS} s." >&2
     if command -v pg_lsclusters >/dev/null 2>&1; then
-      echo "       clusters (none may be on port $PORT):" >&2
+      echo "       the clusters (is one configured for port $PORT?):" >&2
       pg_lsclusters >&2 || true
     fi
     echo "       see /var/log/postgresql/ for why it did not start." >&2
@@ -144,14 +145,16 @@ fi
 connects() {
   psql -w -h "$HOST" -p "$PORT" -U "$1" -d "$2" -Atqc 'select 1' >/dev/null 2>&1
 }
-all_connect() { connects mailpipe mailpipe && connects postgres mailpipe_test; }
+all_connect() { connects mailpipe mailpipe && connects postgres mailpipe_test && connects postgres postgres; }
 
 if ! all_connect; then
   hba_lines="# mailpipe (deploy/local/ensure-postgres.sh): its local databases, loopback only, no password
 host    mailpipe        mailpipe        127.0.0.1/32    trust
 host    mailpipe        mailpipe        ::1/128         trust
 host    mailpipe_test   postgres        127.0.0.1/32    trust
-host    mailpipe_test   postgres        ::1/128         trust"
+host    mailpipe_test   postgres        ::1/128         trust
+host    postgres        postgres        127.0.0.1/32    trust
+host    postgres        postgres        ::1/128         trust"
   hba_file="$(admin -c 'SHOW hba_file')"
   if [ "$INSTALLED_NOW" -eq 1 ] || [ "${MAILPIPE_PG_TRUST_LOCAL:-0}" = 1 ]; then
     if ! can_be_root; then
@@ -159,7 +162,7 @@ host    mailpipe_test   postgres        ::1/128         trust"
       exit 1
     fi
     if ! $SUDO grep -q '^# mailpipe (deploy/local/ensure-postgres.sh)' "$hba_file"; then
-      echo "adding loopback trust for mailpipe and mailpipe_test to $hba_file"
+      echo "adding loopback trust for mailpipe, mailpipe_test and postgres to $hba_file"
       # First match wins in pg_hba.conf: the lines go before every other rule.
       tmp="$(mktemp)"
       $SUDO awk -v lines="$hba_lines" '
@@ -173,7 +176,7 @@ host    mailpipe_test   postgres        ::1/128         trust"
     fi
   fi
   if ! all_connect; then
-    echo "error: PostgreSQL asks for a password (or refuses) on $HOST:$PORT for mailpipe@mailpipe or postgres@mailpipe_test." >&2
+    echo "error: PostgreSQL asks for a password (or refuses) on $HOST:$PORT for mailpipe@mailpipe, postgres@mailpipe_test or postgres@postgres." >&2
     echo "       the demo and the tests connect without one. Put these lines first in $hba_file and reload" >&2
     echo "       (SELECT pg_reload_conf()), or run this script again with MAILPIPE_PG_TRUST_LOCAL=1 to have it done:" >&2
     echo "$hba_lines" | sed 's/^/         /' >&2

@@ -168,6 +168,7 @@ async fn serve_answers_healthz_at_once_and_readyz_names_the_broker_it_waits_for(
     let config = Config {
         rabbitmq,
         telemetry: TelemetrySettings::default(),
+        database: mailpipe_common::testkit::database_settings("ing-unreachable"),
         ingest: settings_for(dir.path()),
         pool: Ok(test_pool()),
     };

@@ -30,6 +30,7 @@ async fn spawn(name: &str, header_ms: u64, max_connections: usize) -> TestApp {
     let config = Config {
         rabbitmq: broker.settings.clone(),
         telemetry: TelemetrySettings::default(),
+        database: broker.database.clone(),
         ingest,
         pool: Ok(test_pool()),
     };

@@ -189,6 +189,7 @@ async fn without_a_pool_the_eta_is_null_with_a_reason() {
     let config = mailpipe_ingest::Config {
         rabbitmq: broker.settings.clone(),
         telemetry: Default::default(),
+        database: broker.database.clone(),
         ingest: support::settings_for(dir.path()),
         pool: Err(
             "no [[deliver.mailboxes]] in the configuration: the ETA needs the pool's limits".into(),

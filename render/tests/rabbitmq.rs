@@ -70,6 +70,7 @@ async fn start_app(
     let common = CommonSettings {
         rabbitmq: t.settings.clone(),
         telemetry: Default::default(),
+        database: t.database.clone(),
     };
     let app = Application::build(settings(&examples_dir(), None), common, shutdown.clone())
         .await

@@ -109,6 +109,7 @@ async fn a_fifo_and_a_slow_job_are_dead_lettered_and_the_others_render() {
     let common = CommonSettings {
         rabbitmq: t.settings.clone(),
         telemetry: Default::default(),
+        database: t.database.clone(),
     };
     let app = Application::build(render, common, shutdown.clone())
         .await

@@ -132,6 +132,7 @@ async fn a_silent_broker_makes_render_unready_and_work_resumes_once_it_answers()
     let common = CommonSettings {
         rabbitmq,
         telemetry: Default::default(),
+        database: t.database.clone(),
     };
     let app = Application::build(settings(&examples_dir(), None), common, shutdown.clone())
         .await

@@ -11,12 +11,37 @@ use serde_json::{Value, json};
 
 use crate::invoices::write_batch;
 use crate::stack::{Binary, Stack, StackOptions};
+use mailpipe_common::store::{DatabaseSettings, Store};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub invoices: usize,
     pub dir: PathBuf,
     pub json: bool,
+}
+
+/// The demo's records: schema `demo` of the local `mailpipe` database (what
+/// deploy/local/ensure-postgres.sh sets up), or of `$MAILPIPE_DEMO_DATABASE_URL`. Emptied
+/// at the start of each run and left afterwards, to be looked at.
+async fn demo_database() -> anyhow::Result<DatabaseSettings> {
+    let settings = DatabaseSettings {
+        url: std::env::var("MAILPIPE_DEMO_DATABASE_URL")
+            .unwrap_or_else(|_| DatabaseSettings::default().url),
+        schema: "demo".into(),
+        ..DatabaseSettings::default()
+    };
+    let store = Store::new(&settings, tokio_util::sync::CancellationToken::new())?;
+    let dropped = sqlx::query("DROP SCHEMA IF EXISTS demo CASCADE")
+        .execute(store.pool())
+        .await;
+    store.close().await;
+    dropped.with_context(|| {
+        format!(
+            "PostgreSQL at {} (start it with deploy/local/ensure-postgres.sh)",
+            settings.url
+        )
+    })?;
+    Ok(settings)
 }
 
 /// Runs the demo; returns the summary (printed by the caller).
@@ -37,6 +62,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         recipient_window_ms: 86_400_000,
         record_eml: true,
         log_filter: "info".into(),
+        database: Some(demo_database().await?),
         ..StackOptions::default()
     };
     say(

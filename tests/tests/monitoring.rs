@@ -149,10 +149,14 @@ async fn drive_every_path(stack: &Stack, http: &reqwest::Client) -> anyhow::Resu
         tokio_util::sync::CancellationToken::new(),
     )
     .await?;
-    let pipeline = mailpipe_common::pipeline::Pipeline::new(mailpipe_common::amqp::Publisher::new(
-        broker.clone(),
-        Duration::from_secs(10),
-    ));
+    let store = mailpipe_common::store::Store::new(
+        &stack.database,
+        tokio_util::sync::CancellationToken::new(),
+    )?;
+    let pipeline = mailpipe_common::pipeline::Pipeline::new(
+        mailpipe_common::amqp::Publisher::new(broker.clone(), Duration::from_secs(10)),
+        store,
+    );
     let job = mailpipe_common::contract::Job::from_json(undefined.as_bytes())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     pipeline.send_job(&job).await?.confirmed().await?;

@@ -217,6 +217,7 @@ impl Harness {
         let common = CommonSettings {
             rabbitmq: broker.settings.clone(),
             telemetry: TelemetrySettings::default(),
+            database: broker.database.clone(),
         };
         Self {
             sim,

@@ -80,7 +80,6 @@ pub fn settings_for(dir: &Path) -> IngestSettings {
         max_request_bytes: 64 * 1024,
         max_batch_bytes: 8 * 1024 * 1024,
         max_in_flight: 64,
-        replay_wait_ms: 10_000,
         ..IngestSettings::default()
     }
 }
@@ -92,6 +91,7 @@ impl TestApp {
         let config = Config {
             rabbitmq: broker.settings.clone(),
             telemetry: TelemetrySettings::default(),
+            database: broker.database.clone(),
             ingest: settings_for(dir.path()),
             pool: Ok(test_pool()),
         };
