@@ -200,6 +200,14 @@ impl TestBroker {
         q.message_count()
     }
 
+    /// The `[database]` section of a configuration file for this test's schema.
+    pub fn database_toml(&self) -> String {
+        format!(
+            "\n[database]\nurl = {:?}\nschema = {:?}\n",
+            self.database.url, self.database.schema
+        )
+    }
+
     pub fn store(&self) -> &Store {
         self.pipeline.store()
     }

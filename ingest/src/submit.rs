@@ -238,13 +238,17 @@ pub fn summary(path: &Path, result: &Result<ImportReport, SubmitError>) -> Strin
     if let Some(r) = report {
         let _ = writeln!(
             out,
-            "{}: batch {}: {} lines, {} accepted, {} duplicates (skipped), {} conflicts, {} rejected",
+            "{}: batch {}: {} lines, {} accepted, {} duplicates (skipped), {}{} rejected",
             path.display(),
             r.batch,
             r.lines,
             r.accepted,
             r.duplicates,
-            r.conflicts,
+            if r.conflicts > 0 {
+                format!("{} conflicts (same id, other content), ", r.conflicts)
+            } else {
+                String::new()
+            },
             r.rejected
         );
         write_errors(&mut out, r);

@@ -1,7 +1,8 @@
 //! Errors that end: the command-line tools against a real RabbitMQ that refuses them (or
 //! is not there) exit 3 with a message naming the problem, at once for a refusal and
 //! after `--broker-timeout` for an unreachable broker; `serve` binds its HTTP first and
-//! says on `/readyz` what it waits for.
+//! says on `/readyz` what it waits for. (`status` and `jobs` read the database only: no
+//! broker is involved.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,9 +28,13 @@ fn run_ingest(url: &str, args: &[&str], limit: Duration) -> (Output, Duration) {
 fn run_ingest_on(url: &str, prefix: &str, args: &[&str], limit: Duration) -> (Output, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailpipe.toml");
+    let database = test_database();
     std::fs::write(
         &config,
-        format!("[rabbitmq]\nurl = {url:?}\nprefix = {prefix:?}\n"),
+        format!(
+            "[rabbitmq]\nurl = {url:?}\nprefix = {prefix:?}\n[database]\nurl = {:?}\nschema = {:?}\n",
+            database.url, database.schema
+        ),
     )
     .unwrap();
     let started = Instant::now();
@@ -57,6 +62,15 @@ fn run_ingest_on(url: &str, prefix: &str, args: &[&str], limit: Duration) -> (Ou
     }
 }
 
+/// A fresh schema of the test database (the database must work: these tests are about
+/// the broker).
+fn test_database() -> mailpipe_common::store::DatabaseSettings {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(mailpipe_common::testkit::ensure_test_database());
+    mailpipe_common::testkit::database_settings("ing-brokererr")
+}
+
 /// The development broker's URL with other credentials or another vhost.
 fn url_with(userinfo: &str, vhost: &str) -> String {
     let url = amqp_url();
@@ -80,11 +94,7 @@ fn a_refused_password_ends_every_command_at_once_with_exit_3() {
     let url = url_with("guest:not-the-password", "%2f");
     let dir = tempfile::tempdir().unwrap();
     let file = batch_file(dir.path());
-    for args in [
-        vec!["status", "b1"],
-        vec!["dead", "list"],
-        vec!["submit", file.to_str().unwrap()],
-    ] {
+    for args in [vec!["dead", "list"], vec!["submit", file.to_str().unwrap()]] {
         // --broker-timeout 10m: only a refusal taken as permanent ends within the limit.
         let mut all = vec!["--broker-timeout", "10m"];
         all.extend(&args);
@@ -107,7 +117,7 @@ fn a_missing_vhost_ends_at_once_with_exit_3() {
     let url = url_with("guest:guest", "no-such-vhost-mailpipe");
     let (out, _) = run_ingest(
         &url,
-        &["--broker-timeout", "10m", "status", "b1"],
+        &["--broker-timeout", "10m", "dead", "list"],
         Duration::from_secs(60),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -130,7 +140,7 @@ fn an_unreachable_broker_ends_after_the_broker_timeout_with_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     let file = batch_file(dir.path());
     for args in [
-        vec!["--broker-timeout", "2s", "status", "b1"],
+        vec!["--broker-timeout", "2s", "dead", "list"],
         vec!["--broker-timeout", "2s", "submit", file.to_str().unwrap()],
     ] {
         let (out, took) = run_ingest(&url, &args, Duration::from_secs(90));
@@ -151,7 +161,7 @@ fn an_unreachable_broker_ends_after_the_broker_timeout_with_exit_3() {
 fn a_bad_broker_timeout_is_refused_naming_the_flag() {
     let (out, _) = run_ingest(
         &amqp_url(),
-        &["--broker-timeout", "soon", "status", "b1"],
+        &["--broker-timeout", "soon", "dead", "list"],
         Duration::from_secs(60),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -191,7 +201,7 @@ async fn serve_answers_healthz_at_once_and_readyz_names_the_broker_it_waits_for(
     let body = ready.text().await.unwrap();
     assert!(
         body.contains(&format!("RabbitMQ at amqp://guest@127.0.0.1:{port}"))
-            && body.contains("replaying the events stream"),
+            && body.contains("making the database schema current"),
         "{body}"
     );
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
@@ -241,12 +251,7 @@ fn submit_checks_its_file_before_the_broker_and_refuses_what_is_not_a_regular_fi
 fn read_only_commands_never_create_a_deployment_and_say_there_is_none() {
     let prefix = unique_prefix("ing-typo");
     // Twice each: the second answer proves the first created nothing.
-    for args in [
-        ["status", "b1"],
-        ["status", "b1"],
-        ["dead", "list"],
-        ["dead", "list"],
-    ] {
+    for args in [["dead", "list"], ["dead", "list"]] {
         let (out, _) = run_ingest_on(&amqp_url(), &prefix, &args, Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");

@@ -148,13 +148,20 @@ async fn fill(t: &TestBroker) {
         "recipients refused: bob@example.com: 550 5.1.1 RESOLVER.ADR.RecipNotFound; not found",
     )
     .await;
-    // dd's job itself was delivered (only a recipient was refused).
+    // dd's job itself was delivered (only a recipient was refused), as deliver records it.
     let mut e = DeliveryEvent::new(
         JobId::parse("dd").unwrap(),
         Some(BatchId::parse("b1").unwrap()),
         EventKind::Delivered,
     );
     e.recipients = 1;
+    e.refused_recipients = vec![mailpipe_common::contract::RecipientRefusal {
+        address: mailpipe_common::domain::EmailAddress::parse("bob@example.com").unwrap(),
+        reply: mailpipe_common::contract::SmtpReply::new(
+            550,
+            "5.1.1 RESOLVER.ADR.RecipNotFound; not found",
+        ),
+    }];
     t.pipeline
         .record_event(&e)
         .await
@@ -180,6 +187,7 @@ fn config_file(dir: &std::path::Path, t: &TestBroker) -> std::path::PathBuf {
         delays.join(", "),
         r.events_max_age
     );
+    let text = format!("{text}{}", t.database_toml());
     std::fs::write(&path, text).unwrap();
     path
 }

@@ -168,13 +168,14 @@ fn every_status_the_server_answers_is_documented() {
             "/v1/jobs",
             &[200, 202, 400, 408, 409, 413, 415, 422, 503][..],
         ),
-        ("get", "/v1/jobs/{id}", &[200, 400, 404][..]),
+        ("get", "/v1/jobs", &[200, 400, 503][..]),
+        ("get", "/v1/jobs/{id}", &[200, 400, 404, 503][..]),
         (
             "post",
             "/v1/batches",
-            &[202, 400, 408, 413, 415, 422, 503][..],
+            &[202, 400, 408, 409, 413, 415, 422, 503][..],
         ),
-        ("get", "/v1/batches/{id}", &[200, 400, 404][..]),
+        ("get", "/v1/batches/{id}", &[200, 400, 404, 503][..]),
     ] {
         let mut expected: BTreeSet<u16> = codes.iter().copied().collect();
         expected.insert(401);

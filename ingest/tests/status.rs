@@ -231,12 +231,13 @@ pub fn config_file(dir: &std::path::Path, t: &TestBroker, with_pool: bool) -> st
         r.events_max_age,
         if with_pool { POOL_TOML } else { "" }
     );
+    let text = format!("{text}{}", t.database_toml());
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[tokio::test]
-async fn the_status_command_reads_the_stream_and_prints_the_same_json() {
+async fn the_status_command_reads_the_database_and_prints_the_same_json() {
     let t = TestBroker::start("ing-status-bin").await;
     feed_batch(&t.pipeline, "dec").await;
     let mut ok = event("ok-1", "clean", EventKind::Accepted);

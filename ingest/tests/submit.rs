@@ -115,6 +115,7 @@ fn config_file(dir: &std::path::Path, t: &TestBroker) -> std::path::PathBuf {
         r.events_max_age,
         dir.join("templates")
     );
+    let text = format!("{text}{}", t.database_toml());
     std::fs::write(&path, text).unwrap();
     path
 }
