@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mailpipe_common::cli::ConfigArgs;
-use mailpipe_common::config::ConfigSource;
+use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
+use mailpipe_common::config::{CommonSettings, ConfigSource};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::{out, outln};
 use mailpipe_ingest::dead::{self, DeadFilter};
@@ -39,8 +39,9 @@ Examples:
   mailpipe-ingest dead replay --batch nov-2026 --dry-run
   mailpipe-ingest dead replay --id inv-2026-11-000123
 
-  # Check the configuration (exit 2 naming the key when it is wrong):
+  # Check the configuration (every error, each naming its key; exit 2 when any):
   mailpipe-ingest --config mailpipe.toml --check-config
+  mailpipe-ingest --config mailpipe.toml --check-config --json   # one JSON object: ok, errors, warnings, summary
 
 Exit codes: submit: 0 ok; 1 lines were rejected (or found bad by --dry-run); 2 configuration or
 input error (a path that is not a regular file too); 3 RabbitMQ failed. status: 0 no failures
@@ -156,17 +157,26 @@ fn parse_broker_timeout(text: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config =
-        match ConfigSource::load(cli.config.config.as_deref()).and_then(|s| Config::load(&s)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("configuration error: {e}");
-                return ExitCode::from(2);
+    let mut check = ConfigCheck::new();
+    let config = check
+        .check(ConfigSource::load(cli.config.config.as_deref()))
+        .and_then(|source| {
+            let config = check.check(Config::load(&source));
+            if cli.config.check_config {
+                // Every secret any command needs; a command resolves the ones it uses.
+                check.check(source.check_common_secrets());
             }
-        };
+            config
+        });
     if cli.config.check_config {
-        return check_config(&config);
+        if let Some(config) = &config {
+            describe(&mut check, config);
+        }
+        return check.print(cli.config.json);
     }
+    let Some(config) = config.filter(|_| check.is_ok()) else {
+        return check.fail();
+    };
     let Some(command) = cli.command else {
         eprintln!(
             "nothing to do: give `serve`, `submit FILE`, `status BATCH` or `dead list|replay` (see --help)"
@@ -183,63 +193,61 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, command, cli.broker_timeout))
 }
 
-fn check_config(config: &Config) -> ExitCode {
-    outln!(
-        "rabbitmq: prefix {:?}, confirm timeout {} ms",
-        config.rabbitmq.prefix,
-        config.rabbitmq.confirm_timeout_ms
-    );
-    outln!(
+/// `--check-config`: what the loaded configuration means for each command, and the secrets
+/// and templates they would read.
+fn describe(check: &mut ConfigCheck, config: &Config) {
+    check.common(&CommonSettings {
+        rabbitmq: config.rabbitmq.clone(),
+        telemetry: config.telemetry.clone(),
+    });
+    check.section("ingest", &config.ingest);
+    check.line(format!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
         config.ingest.listen,
         config.ingest.api_tokens.len(),
         config.ingest.max_request_bytes,
         config.ingest.max_batch_bytes,
         config.ingest.max_in_flight
-    );
-    outln!("ingest.limits: {:?}", config.ingest.limits);
-    match mailpipe_ingest::validate::Validator::from_settings(&config.ingest) {
-        Ok(v) => match v.templates() {
-            Some(t) => outln!(
+    ));
+    check.line(format!("ingest.limits: {:?}", config.ingest.limits));
+    if let Some(v) = check.check(mailpipe_ingest::validate::Validator::from_settings(
+        &config.ingest,
+    )) {
+        match v.templates() {
+            Some(t) => check.line(format!(
                 "templates: {} loaded ({}); every job is rendered before it is accepted",
                 t.len(),
                 t.names().collect::<Vec<_>>().join(", ")
+            )),
+            None => check.warn(
+                "ingest.templates_dir",
+                "unset: jobs are not rendered before they are accepted",
             ),
-            None => outln!(
-                "warning: ingest.templates_dir is unset: jobs are not rendered before they are accepted"
-            ),
-        },
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
         }
     }
     match &config.pool {
         Ok(pool) => {
-            let pool = mailpipe_ingest::eta::PoolCapacity::from_settings(pool);
-            if let Ok(p) = pool {
-                outln!(
+            if let Ok(p) = mailpipe_ingest::eta::PoolCapacity::from_settings(pool) {
+                check.line(format!(
                     "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
                     p.mailboxes.len(),
                     p.messages_per_second(),
                     p.recipients_per_window()
-                );
+                ));
             }
         }
-        Err(why) => outln!("warning: batch ETAs will be null: {why}"),
+        Err(why) => check.warn("deliver", format!("batch ETAs will be null: {why}")),
     }
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {
-        outln!(
-            "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
+        check.warn(
+            "ingest.api_tokens",
+            "no API tokens configured: `serve` will refuse to start (submit, status and dead work without)",
         );
-    } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
+    } else {
+        check.check(ApiTokens::resolve(&config.ingest.api_tokens));
     }
-    outln!("configuration is valid");
-    ExitCode::SUCCESS
 }
 
 async fn connect(
