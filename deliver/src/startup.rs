@@ -47,13 +47,14 @@ impl Application {
         if !settings.replay_ledger {
             replay.done.store(true, Ordering::SeqCst);
         }
-        let broker_check = broker.clone();
         let replay_check = replay.clone();
-        let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || broker_check.readiness()),
-            Arc::new(move || replay_check.readiness()),
-        ];
-        let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
+        let checks: Vec<ReadyCheck> = vec![Arc::new(move || replay_check.readiness())];
+        let http = serve(
+            settings.http_listen,
+            ops_router(&broker, checks),
+            shutdown.clone(),
+        )
+        .await?;
 
         broker.wait_connected().await?;
         let pipeline = Pipeline::new(Publisher::new(

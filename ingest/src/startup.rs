@@ -100,26 +100,22 @@ impl Application {
         ));
         let publisher = JobPublisher::new(pipeline, ids, status, config.ingest.max_in_flight);
 
-        let connected = broker.clone();
         let replay = replayed.clone();
-        let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || connected.readiness()),
-            Arc::new(move || {
-                if *replay.borrow() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "replaying the events stream: {} events so far",
-                        applied.load(Ordering::Relaxed)
-                    ))
-                }
-            }),
-        ];
+        let checks: Vec<ReadyCheck> = vec![Arc::new(move || {
+            if *replay.borrow() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "replaying the events stream: {} events so far",
+                    applied.load(Ordering::Relaxed)
+                ))
+            }
+        })];
         let listen = config.ingest.listen;
         let limits = config.ingest.http_limits();
         let state = AppState::new(validator, publisher, tokens, config.ingest, replayed);
         let router = api::router(state)
-            .merge(ops_router(checks))
+            .merge(ops_router(&broker, checks))
             .layer(axum::middleware::from_fn(api::track));
         let server = serve_with_limits(listen, router, limits, shutdown).await?;
         Ok(Self {

@@ -71,10 +71,6 @@ impl Application {
         let renderer = Arc::new(Renderer::new(templates, attachments, &settings));
 
         let broker = Broker::new(&common.rabbitmq, "mailpipe-render", shutdown.clone())?;
-        let broker_check: ReadyCheck = {
-            let broker = broker.clone();
-            Arc::new(move || broker.readiness())
-        };
         let templates_check: ReadyCheck = {
             let renderer = renderer.clone();
             // Templates are loaded before anything is served; the check states it for /readyz readers.
@@ -86,7 +82,7 @@ impl Application {
                 }
             })
         };
-        let router = service::ops_router(vec![broker_check, templates_check]);
+        let router = service::ops_router(&broker, vec![templates_check]);
         let http = service::serve(settings.http_listen, router, shutdown.clone())
             .await
             .map_err(StartupError::Http)?;
