@@ -23,8 +23,9 @@ pub struct ConfigArgs {
     )]
     pub config: Option<PathBuf>,
 
-    /// Load and validate the configuration (including secrets it references), print a
-    /// summary without secrets, and exit: 0 if valid, 2 if not.
+    /// Load and validate the configuration (including every secret it references), print
+    /// a summary without secrets and every problem, one per line naming its key, and exit:
+    /// 0 if valid, 2 if not.
     #[arg(long, global = true)]
     pub check_config: bool,
 
