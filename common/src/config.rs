@@ -24,37 +24,161 @@ pub const SECTIONS: [&str; 6] = [
     "rabbitmq", "telemetry", "database", "ingest", "render", "deliver",
 ];
 
+/// One problem with the configuration: the key path it concerns (`deliver.smtp_timeout_ms`,
+/// `deliver.mailboxes[2].host`) and what is wrong, never a secret's value. `key` is `None`
+/// when the file as a whole is the problem (unreadable, not TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
-    /// figment's message names the key path (`rabbitmq.prefetch`) and the source.
-    #[error("{0}")]
-    Invalid(String),
+    /// One or more problems, each naming its key path and (for figment's) where the value
+    /// came from.
+    #[error("{}", join(.0))]
+    Invalid(Vec<Problem>),
     #[error("secret {what}: {message}")]
     Secret { what: String, message: String },
 }
 
+fn join(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl ConfigError {
-    /// One line per problem (figment reports them all), each naming the full key path
-    /// (`rabbitmq.prefetch`) and where the value came from.
+    /// One problem with `key`.
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid(vec![Problem::new(key, message)])
+    }
+
+    /// Every problem this error holds, one per key.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::File { .. } => vec![Problem {
+                key: None,
+                message: self.to_string(),
+            }],
+            ConfigError::Invalid(problems) => problems.clone(),
+            ConfigError::Secret { what, message } => vec![Problem::new(what, message)],
+        }
+    }
+
+    /// One problem per figment error (figment reports them all), each naming the full key
+    /// path (`rabbitmq.prefetch`) and where the value came from.
     fn in_section(section: &str, e: figment::Error) -> Self {
-        let lines: Vec<String> = e
-            .into_iter()
-            .map(|e| {
-                let key = std::iter::once(section.to_owned())
-                    .chain(e.path.iter().cloned())
-                    .collect::<Vec<_>>()
-                    .join(".");
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| format!(" (from {})", m.name))
-                    .unwrap_or_default();
-                format!("{key}: {}{source}", e.kind)
-            })
-            .collect();
-        ConfigError::Invalid(lines.join("; "))
+        ConfigError::Invalid(
+            e.into_iter()
+                .map(|e| {
+                    let key = std::iter::once(section.to_owned())
+                        .chain(e.path.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    let source = e
+                        .metadata
+                        .as_ref()
+                        .map(|m| format!(" (from {})", m.name))
+                        .unwrap_or_default();
+                    let kind = match &e.kind {
+                        // `password = "hunter2"`: the value is a secret written where a
+                        // reference belongs; say so without repeating it.
+                        figment::error::Kind::InvalidType(
+                            figment::error::Actual::Str(_),
+                            expected,
+                        ) if holds_secret(&e.path) => format!(
+                            "invalid type: found a string (not shown), expected {expected}: secrets are references, {{ env = \"VAR\" }} or {{ file = \"path\" }}"
+                        ),
+                        kind => kind.to_string(),
+                    };
+                    Problem::new(key, format!("{kind}{source}"))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Whether a key path names a secret reference (whose misplaced value must not be echoed).
+fn holds_secret(path: &[String]) -> bool {
+    path.iter().any(|k| {
+        let k = k.to_ascii_lowercase();
+        k.contains("password")
+            || k.contains("secret")
+            || k.contains("token")
+            || k.ends_with("key")
+            || k == "client_certificate"
+    })
+}
+
+/// Every problem found while loading, so that one run reports them all: each part is
+/// checked, and its problems kept, whatever the parts before it found.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem::new(key, message));
+    }
+
+    /// The value, or `None` with the error's problems recorded.
+    pub fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.extend(e.problems());
+                None
+            }
+        }
+    }
+
+    pub fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) {
+        self.0.extend(problems);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Problem] {
+        &self.0
+    }
+
+    /// Every problem found (for a part that could not be read at all).
+    pub fn into_error(self) -> ConfigError {
+        ConfigError::Invalid(self.0)
+    }
+
+    /// `Ok(value)` when nothing was found, else every problem.
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid(self.0))
+        }
     }
 }
 
@@ -62,15 +186,21 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
     figment: Figment,
+    /// Sections and top-level keys the file should not have, reported by
+    /// [`common`](Self::common) with everything else that is wrong.
+    unknown: Vec<Problem>,
 }
 
 impl ConfigSource {
     /// Loads `path` (or `$MAILPIPE_CONFIG`, or nothing: defaults and environment only).
+    /// Fails only when the file cannot be read or is not TOML; every other problem is
+    /// found by the sections' readers, so that all of them are reported at once.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let path = path
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
         let mut figment = Figment::new();
+        let mut unknown = Vec::new();
         if let Some(path) = path {
             let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
                 path: path.clone(),
@@ -82,24 +212,18 @@ impl ConfigSource {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-            let unknown: Vec<String> = table
+            let sections = format!("the sections are [{}]", SECTIONS.join("], ["));
+            unknown = table
                 .iter()
                 .filter(|(k, v)| !(SECTIONS.contains(&k.as_str()) && v.is_table()))
-                .map(|(k, v)| match v.is_table() {
-                    true => format!("unknown section [{k}]"),
-                    false => format!("unknown top-level key `{k}` (keys belong in a section)"),
+                .map(|(k, v)| {
+                    let what = match v.is_table() {
+                        true => format!("unknown section [{k}]"),
+                        false => format!("unknown top-level key `{k}` (keys belong in a section)"),
+                    };
+                    Problem::new(k, format!("{what} in {}; {sections}", path.display()))
                 })
                 .collect();
-            if !unknown.is_empty() {
-                return Err(ConfigError::File {
-                    path,
-                    message: format!(
-                        "{}; the sections are [{}]",
-                        unknown.join("; "),
-                        SECTIONS.join("], [")
-                    ),
-                });
-            }
             let dir = std::path::absolute(&path)
                 .ok()
                 .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -108,13 +232,14 @@ impl ConfigSource {
             figment = figment.merge(ConfigFile { path, table });
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
-        Ok(Self { figment })
+        Ok(Self { figment, unknown })
     }
 
     /// Builds a source from TOML text (tests, embedded examples).
     pub fn from_toml(text: &str) -> Self {
         Self {
             figment: Figment::new().merge(Toml::string(text)),
+            unknown: Vec::new(),
         }
     }
 
@@ -135,7 +260,7 @@ impl ConfigSource {
     /// Like `section`, for sections without a sensible default (a pool of mailboxes).
     pub fn required_section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
         if !self.figment.contains(key) {
-            return Err(ConfigError::Invalid(format!("{key}: section is missing")));
+            return Err(ConfigError::invalid(key, "section is missing"));
         }
         self.figment
             .focus(key)
@@ -143,39 +268,50 @@ impl ConfigSource {
             .map_err(|e| ConfigError::in_section(key, e))
     }
 
-    /// `[rabbitmq]`, `[telemetry]` and `[database]`, with every problem of all three
-    /// reported at once.
+    /// `[rabbitmq]`, `[telemetry]`, `[database]` and the file's shape (unknown sections
+    /// and top-level keys), with every problem reported at once. Every binary calls it.
     pub fn common(&self) -> Result<CommonSettings, ConfigError> {
-        let rabbitmq = self.section::<RabbitSettings>("rabbitmq");
-        let telemetry = self.section::<TelemetrySettings>("telemetry");
-        let database = self.section::<DatabaseSettings>("database");
-        let mut problems: Vec<String> = Vec::new();
-        if let Ok(r) = &rabbitmq {
+        let mut problems = Problems::default();
+        problems.extend(self.unknown.iter().cloned());
+        let rabbitmq = problems.check(self.section::<RabbitSettings>("rabbitmq"));
+        let telemetry = problems.check(self.section::<TelemetrySettings>("telemetry"));
+        let database = problems.check(self.section::<DatabaseSettings>("database"));
+        if let Some(r) = &rabbitmq {
             problems.extend(r.problems());
         }
-        if let Ok(d) = &database {
+        if let Some(t) = &telemetry {
+            problems.extend(t.problems());
+        }
+        if let Some(d) = &database {
             problems.extend(d.problems());
         }
-        for e in [
-            rabbitmq.as_ref().err(),
-            telemetry.as_ref().err(),
-            database.as_ref().err(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            problems.push(e.to_string());
-        }
         match (rabbitmq, telemetry, database) {
-            (Ok(rabbitmq), Ok(telemetry), Ok(database)) if problems.is_empty() => {
-                Ok(CommonSettings {
+            (Some(rabbitmq), Some(telemetry), Some(database)) => {
+                problems.into_result(CommonSettings {
                     rabbitmq,
                     telemetry,
                     database,
                 })
             }
-            _ => Err(ConfigError::Invalid(problems.join("; "))),
+            _ => Err(problems.into_error()),
         }
+    }
+
+    /// Reads the secrets `[rabbitmq]` and `[database]` reference (`password`) as a
+    /// connection would, whatever else is wrong with the sections, so that
+    /// `--check-config` reports a missing variable or file with everything else. The
+    /// values are dropped at once.
+    pub fn check_common_secrets(&self) -> Result<(), ConfigError> {
+        let mut problems = Problems::default();
+        if let Ok(r) = self.section::<RabbitSettings>("rabbitmq") {
+            problems.check(r.check_secrets());
+        }
+        if let Ok(d) = self.section::<DatabaseSettings>("database")
+            && let Some(p) = &d.password
+        {
+            problems.check(p.resolve("database.password").map(drop));
+        }
+        problems.into_result(())
     }
 }
 
@@ -283,9 +419,10 @@ pub struct RabbitSettings {
 
 impl RabbitSettings {
     /// What serde cannot check: values that parse but cannot work, each naming its key.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut bad = |key: &str, why: String| out.push(format!("rabbitmq.{key}: {why}"));
+        let mut bad =
+            |key: &str, why: String| out.push(Problem::new(format!("rabbitmq.{key}"), why));
         match self.url.split_once("://") {
             Some(("amqp" | "amqps", rest)) if !rest.is_empty() => {}
             _ => bad(
@@ -337,6 +474,9 @@ impl RabbitSettings {
         if self.reconnect_max_backoff_ms == 0 {
             bad("reconnect_max_backoff_ms", "must be at least 1".into());
         }
+        if self.operation_timeout_ms == 0 {
+            bad("operation_timeout_ms", "must be at least 1".into());
+        }
         if parse_max_age(&self.events_max_age).is_none() {
             bad(
                 "events_max_age",
@@ -350,8 +490,34 @@ impl RabbitSettings {
     }
 }
 
+impl RabbitSettings {
+    /// Reads the secret `[rabbitmq]` references (`password`) as a connection would, so that
+    /// `--check-config` reports a missing variable or file; the value is dropped at once.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        match &self.password {
+            Some(p) => p.resolve("rabbitmq.password").map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A URI with its password (if any) shown as `***`, the user kept:
+/// `amqp://mailpipe:***@rabbit:5672/prod`. For summaries.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A URI with any `user:password@` replaced, for error messages.
-fn redact_userinfo(uri: &str) -> String {
+pub fn redact_userinfo(uri: &str) -> String {
     match (uri.split_once("://"), uri.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://…{}", &uri[at..]),
         _ => uri.to_owned(),
@@ -406,6 +572,22 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// A `tracing` filter, e.g. `info,mailpipe_deliver=debug` (`RUST_LOG` wins when set).
     pub log_filter: String,
+}
+
+impl TelemetrySettings {
+    /// What serde cannot check, each naming its key.
+    pub fn problems(&self) -> Vec<Problem> {
+        match tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Problem::new(
+                "telemetry.log_filter",
+                format!(
+                    "{:?} is not a tracing filter ({e}); e.g. \"info\" or \"info,mailpipe_deliver=debug\"",
+                    self.log_filter
+                ),
+            )],
+        }
+    }
 }
 
 impl Default for TelemetrySettings {
@@ -496,6 +678,7 @@ fn read_secret_file(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
@@ -557,7 +740,11 @@ mod tests {
             "prefix = \"x\"\n[rabitmq]\nurl = \"amqp://h\"\n[render]\nconcurrency = 2\n",
         )
         .unwrap();
-        let err = ConfigSource::load(Some(&path)).unwrap_err().to_string();
+        let err = ConfigSource::load(Some(&path))
+            .unwrap()
+            .common()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown section [rabitmq]"), "{err}");
         assert!(err.contains("unknown top-level key `prefix`"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
@@ -623,6 +810,84 @@ mod tests {
             .to_string();
         assert!(!pw.contains("hunter2"), "{pw}");
         assert!(ConfigSource::from_toml("").common().is_ok());
+    }
+
+    #[test]
+    fn every_problem_of_every_common_section_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[rabitmq]\n[rabbitmq]\nprefetch = 0\noperation_timeout_ms = 0\n\
+             password = \"hunter2\"\n[telemetry]\nlog_filter = \"info,foo=lots\"\n",
+        )
+        .unwrap();
+        let err = ConfigSource::load(Some(&path))
+            .unwrap()
+            .common()
+            .unwrap_err();
+        let keys: Vec<Option<String>> = err.problems().into_iter().map(|p| p.key).collect();
+        // The password is a type error: the other rabbitmq values are not checked then,
+        // but the unknown section and telemetry are.
+        assert_eq!(
+            keys,
+            [
+                Some("rabitmq".to_owned()),
+                Some("rabbitmq.password".to_owned()),
+                Some("telemetry.log_filter".to_owned()),
+            ]
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        std::fs::write(
+            &path,
+            "[rabbitmq]\nprefetch = 0\noperation_timeout_ms = 0\n",
+        )
+        .unwrap();
+        let keys: Vec<Option<String>> = ConfigSource::load(Some(&path))
+            .unwrap()
+            .common()
+            .unwrap_err()
+            .problems()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                Some("rabbitmq.prefetch".to_owned()),
+                Some("rabbitmq.operation_timeout_ms".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_rabbitmq_password_is_resolved_naming_the_key_never_the_value() {
+        // Found whatever else is wrong with the section.
+        let src = ConfigSource::from_toml(
+            "[rabbitmq]\nprefetch = 0\npassword = { env = \"MAILPIPE_TEST_SURELY_UNSET_PW\" }\n",
+        );
+        assert!(src.common().is_err());
+        let problems = src.check_common_secrets().unwrap_err().problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key.as_deref(), Some("rabbitmq.password"));
+        assert!(
+            problems[0]
+                .message
+                .contains("MAILPIPE_TEST_SURELY_UNSET_PW")
+        );
+        assert!(
+            ConfigSource::from_toml("")
+                .common()
+                .unwrap()
+                .rabbitmq
+                .check_secrets()
+                .is_ok()
+        );
+        assert_eq!(
+            redact_password("amqp://u:hunter2@h:5672/v"),
+            "amqp://u:***@h:5672/v"
+        );
+        assert_eq!(redact_password("amqp://h/v"), "amqp://h/v");
     }
 
     #[test]

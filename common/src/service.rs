@@ -3,7 +3,7 @@
 //! whatever the stage adds). Stages may merge their own routes (ingest's API).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -13,14 +13,54 @@ use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::{Broker, WeakBroker};
 use crate::http_server::{HttpLimits, serve_bounded};
 
 /// A readiness check; all must pass for `/readyz` to answer 200.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// The broker whose connection `mailpipe_rabbitmq_connected` reports: the one of the last
+/// [`ops_router`] built (a process has one). Weak, so the metric keeps no broker alive.
+static REPORTED_BROKER: Mutex<Option<WeakBroker>> = Mutex::new(None);
+
+/// `mailpipe_rabbitmq_connected`: read from the broker at each scrape, so it is as current
+/// as `/readyz` (1 while the connection is up and the last broker operation worked).
+struct BrokerConnected {
+    gauge: prometheus::IntGauge,
+}
+
+impl BrokerConnected {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            gauge: prometheus::IntGauge::new(
+                "mailpipe_rabbitmq_connected",
+                "1 while connected to RabbitMQ with the topology in place, 0 otherwise (connecting, reconnecting, refused)",
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for BrokerConnected {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let connected = REPORTED_BROKER
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(WeakBroker::upgrade)
+            .is_some_and(|b| b.is_connected());
+        self.gauge.set(i64::from(connected));
+        self.gauge.collect()
+    }
+}
+
 /// The metrics every binary exports besides its own: the process's (`process_*`: CPU,
-/// resident memory, open file descriptors, start time; Linux) and
-/// `mailpipe_build_info{version, binary}`. Registered once, by the first router built.
+/// resident memory, open file descriptors, start time; Linux),
+/// `mailpipe_build_info{version, binary}` and `mailpipe_rabbitmq_connected`. Registered
+/// once, by the first router built.
 fn register_process_metrics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -48,12 +88,24 @@ fn register_process_metrics() {
         if let Err(e) = registry.register(Box::new(info)) {
             tracing::warn!(error = %e, "mailpipe_build_info unavailable");
         }
+        if let Err(e) = BrokerConnected::new().and_then(|gauge| registry.register(Box::new(gauge)))
+        {
+            tracing::warn!(error = %e, "mailpipe_rabbitmq_connected unavailable");
+        }
     });
 }
 
-/// The routes `/metrics`, `/healthz`, `/readyz`.
-pub fn ops_router(checks: Vec<ReadyCheck>) -> Router {
+/// The routes `/metrics`, `/healthz`, `/readyz`. `/readyz` checks `broker` first, then
+/// `checks`; `mailpipe_rabbitmq_connected` reports `broker`.
+pub fn ops_router(broker: &Broker, checks: Vec<ReadyCheck>) -> Router {
     register_process_metrics();
+    *REPORTED_BROKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(broker.downgrade());
+    let checks: Vec<ReadyCheck> = {
+        let broker = broker.clone();
+        std::iter::once(Arc::new(move || broker.readiness()) as ReadyCheck)
+            .chain(checks)
+            .collect()
+    };
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -52,28 +52,29 @@ impl AssertionSigner {
         private_key_pem: &SecretString,
         key: &str,
     ) -> Result<Self, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(m);
+        let cert_key = format!("{key}.client_certificate");
+        let key_key = format!("{key}.client_certificate_key");
         let der = rustls_pemfile::certs(&mut certificate_pem.as_bytes())
             .next()
             .and_then(Result::ok)
             .ok_or_else(|| {
-                invalid(format!(
-                    "{key}.client_certificate: no PEM certificate (-----BEGIN CERTIFICATE-----) found"
-                ))
+                ConfigError::invalid(
+                    &cert_key,
+                    "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+                )
             })?;
         let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(der.as_ref()));
         let signing = EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes())
             .map_err(|e| {
                 // jsonwebtoken's errors describe the format, never the key material.
-                invalid(format!(
-                    "{key}.client_certificate_key: not an RSA private key in PEM: {e}"
-                ))
+                ConfigError::invalid(&key_key, format!("not an RSA private key in PEM: {e}"))
             })?;
         let public = DecodingKey::from_rsa_pem(certificate_pem.as_bytes()).map_err(|e| {
-            invalid(format!(
-                "{key}.client_certificate: not an RSA certificate (Entra takes RSA): {e}"
-            ))
+            ConfigError::invalid(
+                &cert_key,
+                format!("not an RSA certificate (Entra takes RSA): {e}"),
+            )
         })?;
         let signer = Self {
             key: signing,
@@ -81,13 +82,14 @@ impl AssertionSigner {
         };
         let probe = signer
             .sign("probe", "https://probe.invalid/token")
-            .map_err(|e| invalid(format!("{key}.client_certificate_key: cannot sign: {e}")))?;
+            .map_err(|e| ConfigError::invalid(&key_key, format!("cannot sign: {e}")))?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&["https://probe.invalid/token"]);
         if jsonwebtoken::decode::<Claims>(&probe, &public, &validation).is_err() {
-            return Err(invalid(format!(
-                "{key}.client_certificate_key: this key does not belong to the certificate in {key}.client_certificate"
-            )));
+            return Err(ConfigError::invalid(
+                &key_key,
+                format!("this key does not belong to the certificate in {cert_key}"),
+            ));
         }
         Ok(signer)
     }

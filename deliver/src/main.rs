@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mailpipe_common::cli::ConfigArgs;
-use mailpipe_common::config::ConfigSource;
+use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
+use mailpipe_common::config::{CommonSettings, ConfigSource};
 use mailpipe_common::domain::EmailAddress;
-use mailpipe_common::outln;
 use mailpipe_deliver::check_pool::{self, CheckOptions};
 use mailpipe_deliver::settings::DeliverSettings;
 use mailpipe_deliver::startup::Application;
@@ -17,7 +16,7 @@ use mailpipe_deliver::startup::Application;
 #[command(
     name = "mailpipe-deliver",
     version,
-    after_help = "Examples:\n  mailpipe-deliver --config /etc/mailpipe/mailpipe.toml\n  mailpipe-deliver --config mailpipe.toml --check-config\n  mailpipe-deliver --config mailpipe.toml check-pool\n\nThe [deliver] section configures the pool; see docs/configuration.md."
+    after_help = "Examples:\n  mailpipe-deliver --config /etc/mailpipe/mailpipe.toml\n  mailpipe-deliver --config mailpipe.toml --check-config\n  mailpipe-deliver --config mailpipe.toml --check-config --json\n  mailpipe-deliver --config mailpipe.toml check-pool\n\nThe [deliver] section configures the pool; see docs/configuration.md."
 )]
 struct Cli {
     #[command(flatten)]
@@ -49,28 +48,39 @@ fn parse_address(s: &str) -> Result<EmailAddress, String> {
     EmailAddress::parse(s).map_err(|e| e.to_string())
 }
 
+/// Loads `[rabbitmq]`, `[telemetry]` and `[deliver]`, recording every problem in `check`.
+fn load(cli: &Cli, check: &mut ConfigCheck) -> Option<(CommonSettings, DeliverSettings)> {
+    let source = check.check(ConfigSource::load(cli.config.config.as_deref()))?;
+    let common = check.check(source.common());
+    let settings = check.check(DeliverSettings::load(&source));
+    if cli.config.check_config {
+        // Every secret any mode needs; a start resolves the ones it uses.
+        check.check(source.check_common_secrets());
+    }
+    Some((common?, settings?))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = ConfigSource::load(cli.config.config.as_deref())
-        .and_then(|src| Ok((src.common()?, DeliverSettings::load(&src)?)));
-    let (common, settings) = match loaded {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("mailpipe-deliver: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut check = ConfigCheck::new();
+    let loaded = load(&cli, &mut check);
     if cli.config.check_config {
-        outln!(
-            "configuration OK: {} mailboxes in {} tenants, From policy {:?}, RabbitMQ prefix {:?}",
-            settings.mailboxes.len(),
-            settings.tenants.len(),
-            settings.from_policy,
-            common.rabbitmq.prefix
-        );
-        return ExitCode::SUCCESS;
+        if let Some((common, settings)) = &loaded {
+            check.common(common);
+            check.section("deliver", settings);
+            check.line(format!(
+                "deliver: {} mailboxes in {} tenants, From policy {:?}",
+                settings.mailboxes.len(),
+                settings.tenants.len(),
+                settings.from_policy,
+            ));
+        }
+        return check.print(cli.config.json);
     }
+    let Some((common, settings)) = loaded.filter(|_| check.is_ok()) else {
+        return check.fail();
+    };
     if let Some(Command::CheckPool { json, send_test }) = cli.command {
         return check_pool::run(&settings, &CheckOptions { send_test }, json).await;
     }

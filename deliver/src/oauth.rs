@@ -92,15 +92,18 @@ impl ClientCredential {
                     key,
                 )?))
             }
-            (None, Some(_), None) | (None, None, Some(_)) => Err(ConfigError::Invalid(format!(
-                "{key}: client_certificate and client_certificate_key go together"
-            ))),
-            (None, None, None) => Err(ConfigError::Invalid(format!(
-                "{key}: give client_secret, or client_certificate and client_certificate_key"
-            ))),
-            (Some(_), _, _) => Err(ConfigError::Invalid(format!(
-                "{key}: give client_secret or a certificate, not both"
-            ))),
+            (None, Some(_), None) | (None, None, Some(_)) => Err(ConfigError::invalid(
+                key,
+                "client_certificate and client_certificate_key go together",
+            )),
+            (None, None, None) => Err(ConfigError::invalid(
+                key,
+                "give client_secret, or client_certificate and client_certificate_key",
+            )),
+            (Some(_), _, _) => Err(ConfigError::invalid(
+                key,
+                "give client_secret or a certificate, not both",
+            )),
         }
     }
 

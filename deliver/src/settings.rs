@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mailpipe_common::config::{ConfigError, ConfigSource};
+use mailpipe_common::config::{ConfigError, ConfigSource, Problems};
 pub use mailpipe_common::pool::{
     AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings,
 };
@@ -90,82 +90,194 @@ impl DeliverSettings {
         Duration::from_millis(self.smtp_timeout_ms)
     }
 
-    /// Cross-checks and secret resolution; errors name the key path.
+    /// Cross-checks, values that parse but cannot work, and secret resolution. Every
+    /// problem is reported, each naming its key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut p = Problems::default();
+        for (key, value) in [
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("smtp_timeout_ms", self.smtp_timeout_ms),
+            ("pause_ms", self.pause_ms),
+            ("max_pause_ms", self.max_pause_ms),
+            ("prefetch", u64::from(self.prefetch)),
+        ] {
+            if value == 0 {
+                p.push(format!("deliver.{key}"), "must be at least 1");
+            }
+        }
+        if self.max_pause_ms < self.pause_ms {
+            p.push(
+                "deliver.max_pause_ms",
+                format!(
+                    "{} is shorter than deliver.pause_ms ({})",
+                    self.max_pause_ms, self.pause_ms
+                ),
+            );
+        }
+        if let Err(why) = check_hello_name(&self.hello_name) {
+            p.push("deliver.hello_name", why);
+        }
+        if let Some(ca) = &self.extra_ca_file
+            && let Err(why) = check_ca_file(ca)
+        {
+            p.push("deliver.extra_ca_file", why);
+        }
         if self.mailboxes.is_empty() {
-            return invalid("deliver.mailboxes: the pool is empty; configure at least one [[deliver.mailboxes]]".into());
+            p.push(
+                "deliver.mailboxes",
+                "the pool is empty; configure at least one [[deliver.mailboxes]]",
+            );
         }
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
-            if !tenants.insert(t.id.as_str()) {
-                return invalid(format!(
-                    "deliver.tenants[{i}].id: tenant {:?} is configured twice",
-                    t.id
-                ));
+            let key = format!("deliver.tenants[{i}]");
+            if t.id.trim().is_empty() {
+                p.push(format!("{key}.id"), "must not be empty");
+            } else if !tenants.insert(t.id.as_str()) {
+                p.push(
+                    format!("{key}.id"),
+                    format!("tenant {:?} is configured twice", t.id),
+                );
+            }
+            if t.external_window_ms == 0 {
+                p.push(format!("{key}.external_window_ms"), "must be at least 1");
+            }
+            if t.external_recipient_limit == Some(0) {
+                p.push(
+                    format!("{key}.external_recipient_limit"),
+                    "must be at least 1 (leave it out to derive it from licenses)",
+                );
+            }
+            if let Some(j) = t.domains.iter().position(|d| d.trim().is_empty()) {
+                p.push(format!("{key}.domains[{j}]"), "must not be empty");
             }
             if let Some(app) = &t.oauth {
-                let key = format!("deliver.tenants[{i}].oauth");
-                TokenEndpoint::new(app, &key)?;
-                ClientCredential::from_settings(app, &key)?;
+                let key = format!("{key}.oauth");
+                if app.client_id.trim().is_empty() {
+                    p.push(format!("{key}.client_id"), "must not be empty");
+                }
+                if app.scope.trim().is_empty() {
+                    p.push(format!("{key}.scope"), "must not be empty");
+                }
+                p.check(TokenEndpoint::new(app, &key));
+                p.check(ClientCredential::from_settings(app, &key));
             }
         }
         let mut addresses = HashSet::new();
         for (i, m) in self.mailboxes.iter().enumerate() {
             let key = format!("deliver.mailboxes[{i}]");
             if !addresses.insert(m.address.as_str().to_ascii_lowercase()) {
-                return invalid(format!("{key}.address: {} is configured twice", m.address));
+                p.push(
+                    format!("{key}.address"),
+                    format!("{} is configured twice", m.address),
+                );
             }
-            let Some(tenant) = self.tenants.iter().find(|t| t.id == m.tenant) else {
-                return invalid(format!(
-                    "{key}.tenant: no [[deliver.tenants]] with id {:?}",
-                    m.tenant
-                ));
-            };
-            match m.auth {
-                AuthMethod::Oauth2 if tenant.oauth.is_none() => {
-                    return invalid(format!(
-                        "{key}.auth: oauth2 needs deliver.tenants.oauth for tenant {:?}",
+            if let Err(why) = check_host(&m.host) {
+                p.push(format!("{key}.host"), why);
+            }
+            if m.port == 0 {
+                p.push(format!("{key}.port"), "must be a port number (587)");
+            }
+            if m.username.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                p.push(
+                    format!("{key}.username"),
+                    "must not be empty (leave it out to log in as the address)",
+                );
+            }
+            match self.tenants.iter().find(|t| t.id == m.tenant) {
+                None => p.push(
+                    format!("{key}.tenant"),
+                    format!("no [[deliver.tenants]] with id {:?}", m.tenant),
+                ),
+                Some(tenant) if m.auth == AuthMethod::Oauth2 && tenant.oauth.is_none() => p.push(
+                    format!("{key}.auth"),
+                    format!(
+                        "oauth2 needs deliver.tenants.oauth for tenant {:?}",
                         m.tenant
-                    ));
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if m.auth == AuthMethod::Password {
+                match &m.password {
+                    None => p.push(
+                        format!("{key}.password"),
+                        "auth = \"password\" needs a password reference",
+                    ),
+                    Some(secret) => {
+                        p.check(secret.resolve(&format!("{key}.password")).map(drop));
+                    }
                 }
-                AuthMethod::Password => match &m.password {
-                    None => {
-                        return invalid(format!(
-                            "{key}.password: auth = \"password\" needs a password reference"
-                        ));
-                    }
-                    Some(p) => {
-                        p.resolve(&format!("{key}.password"))?;
-                    }
-                },
-                _ => {}
             }
             let l = &m.limits;
-            if l.messages_per_window == 0
-                || l.recipients_per_window == 0
-                || l.max_connections == 0
-                || l.max_recipients_per_message == 0
-            {
-                return invalid(format!("{key}.limits: limits must be at least 1"));
-            }
-            if l.message_window_ms == 0 || l.recipient_window_ms == 0 {
-                return invalid(format!("{key}.limits: windows must be longer than 0 ms"));
+            for (name, value) in [
+                ("messages_per_window", l.messages_per_window),
+                ("message_window_ms", l.message_window_ms),
+                ("recipients_per_window", l.recipients_per_window),
+                ("recipient_window_ms", l.recipient_window_ms),
+                ("max_connections", u64::from(l.max_connections)),
+                ("max_recipients_per_message", l.max_recipients_per_message),
+            ] {
+                if value == 0 {
+                    p.push(format!("{key}.limits.{name}"), "must be at least 1");
+                }
             }
         }
-        if let Some(ca) = &self.extra_ca_file
-            && let Err(e) = std::fs::read(ca)
-        {
-            return invalid(format!(
-                "deliver.extra_ca_file: cannot read {}: {e}",
-                ca.display()
-            ));
-        }
-        Ok(())
+        p.into_result(())
     }
 }
 
+/// The EHLO name goes on the wire as is: a domain (or address literal), nothing that could
+/// end the command line early.
+fn check_hello_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty: a domain name such as mail.example.com".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
+    {
+        return Err(format!(
+            "{name:?} must be a domain name or address literal: letters, digits, '-', '.' (no spaces, line breaks or control characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// An SMTP host name or address: not empty, no spaces or control characters.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.trim().is_empty() {
+        return Err("must not be empty (smtp.office365.com)".into());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{host:?} must be a host name or address, without spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The file holds PEM certificates, at least one, and nothing malformed.
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certificates = 0;
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        match item {
+            Ok(_) => certificates += 1,
+            Err(e) => return Err(format!("{} is not valid PEM: {e}", path.display())),
+        }
+    }
+    if certificates == 0 {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -184,6 +296,54 @@ mod tests {
         );
         let err = DeliverSettings::load(&src).unwrap_err().to_string();
         assert!(err.contains("deliver.mailboxes[0].tenant"), "{err}");
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_all_refused_naming_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let src = ConfigSource::from_toml(&format!(
+            r#"
+            [deliver]
+            smtp_timeout_ms = 0
+            max_attempts = 0
+            prefetch = 0
+            hello_name = "mail.example.com\r\nRSET"
+            extra_ca_file = {ca:?}
+            [[deliver.tenants]]
+            id = "contoso"
+            oauth = {{ tenant_id = "contoso.onmicrosoft.com", client_id = "app", client_secret = {{ env = "X" }}, authority = "http://login.example" }}
+            [[deliver.mailboxes]]
+            address = "a@contoso.example"
+            tenant = "contoso"
+            host = ""
+            [deliver.mailboxes.limits]
+            max_connections = 0
+            "#
+        ));
+        let problems = DeliverSettings::load(&src).unwrap_err().problems();
+        let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+        for key in [
+            "deliver.smtp_timeout_ms",
+            "deliver.max_attempts",
+            "deliver.prefetch",
+            "deliver.hello_name",
+            "deliver.extra_ca_file",
+            "deliver.tenants[0].oauth.authority",
+            "deliver.tenants[0].oauth.client_secret",
+            "deliver.mailboxes[0].host",
+            "deliver.mailboxes[0].limits.max_connections",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {problems:#?}");
+        }
+        assert_eq!(keys.len(), 9, "{problems:#?}");
+        // A file with a certificate passes.
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        assert_eq!(check_ca_file(&ca), Ok(()));
+        assert!(check_hello_name("[127.0.0.1]").is_ok());
+        assert!(check_hello_name("").is_err());
     }
 
     #[test]

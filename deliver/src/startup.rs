@@ -49,15 +49,18 @@ impl Application {
             replay.done.store(true, Ordering::SeqCst);
         }
         let store = Store::new(&common.database, shutdown.clone())?;
-        let broker_check = broker.clone();
         let replay_check = replay.clone();
         let store_check = store.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || broker_check.readiness()),
             Arc::new(move || store_check.readiness()),
             Arc::new(move || replay_check.readiness()),
         ];
-        let http = serve(settings.http_listen, ops_router(checks), shutdown.clone()).await?;
+        let http = serve(
+            settings.http_listen,
+            ops_router(&broker, checks),
+            shutdown.clone(),
+        )
+        .await?;
 
         broker.wait_connected().await?;
         store.prepare(None).await?;

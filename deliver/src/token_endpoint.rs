@@ -19,17 +19,17 @@ impl TokenEndpoint {
     /// (`deliver.tenants[0].oauth`) for error messages.
     pub fn new(app: &OAuthApp, key: &str) -> Result<Self, ConfigError> {
         let tenant = app.tenant_id.as_deref().ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "{key}.tenant_id: required: the directory (tenant) id, a GUID, or a verified domain such as contoso.onmicrosoft.com"
-            ))
+            ConfigError::invalid(
+                format!("{key}.tenant_id"),
+                "required: the directory (tenant) id, a GUID, or a verified domain such as contoso.onmicrosoft.com",
+            )
         })?;
-        check_tenant_id(tenant)
-            .map_err(|m| ConfigError::Invalid(format!("{key}.tenant_id: {m}")))?;
+        check_tenant_id(tenant).map_err(|m| ConfigError::invalid(format!("{key}.tenant_id"), m))?;
         let authority = parse_authority(&app.authority, app.allow_loopback_http)
-            .map_err(|m| ConfigError::Invalid(format!("{key}.authority: {m}")))?;
+            .map_err(|m| ConfigError::invalid(format!("{key}.authority"), m))?;
         let url = authority
             .join(&format!("{tenant}/oauth2/v2.0/token"))
-            .map_err(|e| ConfigError::Invalid(format!("{key}.authority: {e}")))?;
+            .map_err(|e| ConfigError::invalid(format!("{key}.authority"), e.to_string()))?;
         Ok(Self { url })
     }
 

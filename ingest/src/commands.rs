@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use mailpipe_common::amqp::{Broker, ConnectOptions, Publisher};
+use mailpipe_common::cli::ConfigCheck;
+use mailpipe_common::config::CommonSettings;
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::store::{JobState, Store, StoreError};
@@ -288,75 +290,62 @@ pub async fn submit(
     }
 }
 
-/// `--check-config`: what the configuration says, or what is wrong with it (exit 2).
-pub fn check_config(config: &Config) -> ExitCode {
-    outln!(
-        "rabbitmq: prefix {:?}, confirm timeout {} ms",
-        config.rabbitmq.prefix,
-        config.rabbitmq.confirm_timeout_ms
-    );
-    outln!(
+/// `--check-config`: what the loaded configuration means for each command, and the secrets
+/// and templates they would read.
+pub fn describe(check: &mut ConfigCheck, config: &Config) {
+    check.common(&CommonSettings {
+        rabbitmq: config.rabbitmq.clone(),
+        telemetry: config.telemetry.clone(),
+        database: config.database.clone(),
+    });
+    check.section("ingest", &config.ingest);
+    check.line(format!(
         "ingest: listen {}, {} API token(s), max_request_bytes {}, max_batch_bytes {}, max_in_flight {}",
         config.ingest.listen,
         config.ingest.api_tokens.len(),
         config.ingest.max_request_bytes,
         config.ingest.max_batch_bytes,
         config.ingest.max_in_flight
-    );
-    outln!("ingest.limits: {:?}", config.ingest.limits);
-    outln!(
-        "database: schema {:?}, {} connections, retention {} days, migrate on start: {}",
-        config.database.schema,
-        config.database.max_connections,
-        config.database.retention_days,
-        config.database.migrate_on_start
-    );
-    if let Err(e) = config.database.connect_options() {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
-    }
-    match crate::validate::Validator::from_settings(&config.ingest) {
-        Ok(v) => match v.templates() {
-            Some(t) => outln!(
+    ));
+    check.line(format!("ingest.limits: {:?}", config.ingest.limits));
+    if let Some(v) = check.check(crate::validate::Validator::from_settings(
+        &config.ingest,
+    )) {
+        match v.templates() {
+            Some(t) => check.line(format!(
                 "templates: {} loaded ({}); every job is rendered before it is accepted",
                 t.len(),
                 t.names().collect::<Vec<_>>().join(", ")
+            )),
+            None => check.warn(
+                "ingest.templates_dir",
+                "unset: jobs are not rendered before they are accepted",
             ),
-            None => outln!(
-                "warning: ingest.templates_dir is unset: jobs are not rendered before they are accepted"
-            ),
-        },
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
         }
     }
     match &config.pool {
         Ok(pool) => {
-            let pool = crate::eta::PoolCapacity::from_settings(pool);
-            if let Ok(p) = pool {
-                outln!(
+            if let Ok(p) = crate::eta::PoolCapacity::from_settings(pool) {
+                check.line(format!(
                     "pool (from [deliver], for batch ETAs): {} mailboxes, {:.2} messages/s, {} recipients per window",
                     p.mailboxes.len(),
                     p.messages_per_second(),
                     p.recipients_per_window()
-                );
+                ));
             }
         }
-        Err(why) => outln!("warning: batch ETAs will be null: {why}"),
+        Err(why) => check.warn("deliver", format!("batch ETAs will be null: {why}")),
     }
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {
-        outln!(
-            "warning: no API tokens configured: `serve` will refuse to start (submit, status and dead work without)"
+        check.warn(
+            "ingest.api_tokens",
+            "no API tokens configured: `serve` will refuse to start (submit, status, jobs and dead work without)",
         );
-    } else if let Err(e) = ApiTokens::resolve(&config.ingest.api_tokens) {
-        eprintln!("configuration error: {e}");
-        return ExitCode::from(2);
+    } else {
+        check.check(ApiTokens::resolve(&config.ingest.api_tokens));
     }
-    outln!("configuration is valid");
-    ExitCode::SUCCESS
 }
 
 /// `dead list|replay`.

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mailpipe_common::cli::ConfigArgs;
+use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::BatchId;
 use mailpipe_ingest::Config;
@@ -36,8 +36,9 @@ Examples:
   mailpipe-ingest dead replay --batch nov-2026 --dry-run
   mailpipe-ingest dead replay --id inv-2026-11-000123
 
-  # Check the configuration (exit 2 naming the key when it is wrong):
+  # Check the configuration (every error, each naming its key; exit 2 when any):
   mailpipe-ingest --config mailpipe.toml --check-config
+  mailpipe-ingest --config mailpipe.toml --check-config --json   # one JSON object: ok, errors, warnings, summary
 
 Exit codes: submit: 0 ok; 1 lines were rejected (or found bad by --dry-run); 2 configuration or
 input error (a path that is not a regular file too); 3 RabbitMQ failed. status: 0 no failures
@@ -125,17 +126,26 @@ fn parse_broker_timeout(text: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config =
-        match ConfigSource::load(cli.config.config.as_deref()).and_then(|s| Config::load(&s)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("configuration error: {e}");
-                return ExitCode::from(2);
+    let mut check = ConfigCheck::new();
+    let config = check
+        .check(ConfigSource::load(cli.config.config.as_deref()))
+        .and_then(|source| {
+            let config = check.check(Config::load(&source));
+            if cli.config.check_config {
+                // Every secret any command needs; a command resolves the ones it uses.
+                check.check(source.check_common_secrets());
             }
-        };
+            config
+        });
     if cli.config.check_config {
-        return commands::check_config(&config);
+        if let Some(config) = &config {
+            commands::describe(&mut check, config);
+        }
+        return check.print(cli.config.json);
     }
+    let Some(config) = config.filter(|_| check.is_ok()) else {
+        return check.fail();
+    };
     let Some(command) = cli.command else {
         eprintln!(
             "nothing to do: give `serve`, `submit FILE`, `status BATCH`, `jobs`, `dead list|replay` or `migrate` (see --help)"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use mailpipe_common::store::DatabaseSettings;
 use mailpipe_common::config::{
-    ConfigError, ConfigSource, RabbitSettings, SecretRef, TelemetrySettings,
+    ConfigError, ConfigSource, Problem, Problems, RabbitSettings, SecretRef, TelemetrySettings,
 };
 use mailpipe_common::contract::JobLimits;
 use mailpipe_common::pool::PoolSettings;
@@ -82,6 +82,50 @@ pub struct Config {
 }
 
 impl IngestSettings {
+    /// What serde cannot check: values that parse but cannot work, each naming its key.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (key, value) in [
+            ("max_in_flight", self.max_in_flight as u64),
+            ("max_request_bytes", self.max_request_bytes as u64),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("max_concurrent_batches", self.max_concurrent_batches as u64),
+        ] {
+            if value == 0 {
+                out.push(Problem::new(format!("ingest.{key}"), "must be at least 1"));
+            }
+        }
+        // No job could pass these (`max_attachments = 0` is a policy: no attachments).
+        for (key, value) in [
+            ("max_recipients", self.limits.max_recipients),
+            ("max_job_bytes", self.limits.max_job_bytes),
+        ] {
+            if value == 0 {
+                out.push(Problem::new(
+                    format!("ingest.limits.{key}"),
+                    "must be at least 1 (no job could be accepted)",
+                ));
+            }
+        }
+        for (key, dir) in [
+            ("templates_dir", &self.templates_dir),
+            ("attachments_root", &self.attachments_root),
+        ] {
+            if let Some(dir) = dir
+                && !dir.is_dir()
+            {
+                out.push(Problem::new(
+                    format!("ingest.{key}"),
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        out
+    }
+
     /// The bounds of the HTTP server.
     pub fn http_limits(&self) -> mailpipe_common::http_server::HttpLimits {
         mailpipe_common::http_server::HttpLimits {
@@ -92,49 +136,25 @@ impl IngestSettings {
 }
 
 impl Config {
+    /// Reads `[rabbitmq]`, `[telemetry]`, `[database]` and `[ingest]` (and the pool from `[deliver]`);
+    /// every problem of all of them is reported at once, each naming its key.
     pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        let common = source.common()?;
-        let ingest: IngestSettings = source.section("ingest")?;
-        let invalid = |key: &str, why: &str| ConfigError::Invalid(format!("ingest.{key}: {why}"));
-        if ingest.max_in_flight == 0 {
-            return Err(invalid("max_in_flight", "must be at least 1"));
+        let mut problems = Problems::default();
+        let common = problems.check(source.common());
+        let ingest = problems.check(source.section::<IngestSettings>("ingest"));
+        if let Some(ingest) = &ingest {
+            problems.extend(ingest.problems());
         }
-        if ingest.max_request_bytes == 0 || ingest.max_batch_bytes == 0 {
-            return Err(invalid("max_request_bytes", "size limits must be positive"));
+        match (common, ingest) {
+            (Some(common), Some(ingest)) => problems.into_result(Self {
+                rabbitmq: common.rabbitmq,
+                telemetry: common.telemetry,
+                database: common.database,
+                ingest,
+                pool: pool_of(source),
+            }),
+            _ => Err(problems.into_error()),
         }
-        for (key, value) in [
-            ("max_connections", ingest.max_connections as u64),
-            ("header_read_timeout_ms", ingest.header_read_timeout_ms),
-            ("body_read_timeout_ms", ingest.body_read_timeout_ms),
-            (
-                "max_concurrent_batches",
-                ingest.max_concurrent_batches as u64,
-            ),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        for (key, dir) in [
-            ("templates_dir", &ingest.templates_dir),
-            ("attachments_root", &ingest.attachments_root),
-        ] {
-            if let Some(dir) = dir
-                && !dir.is_dir()
-            {
-                return Err(invalid(
-                    key,
-                    &format!("{} is not a directory", dir.display()),
-                ));
-            }
-        }
-        Ok(Self {
-            rabbitmq: common.rabbitmq,
-            telemetry: common.telemetry,
-            database: common.database,
-            ingest,
-            pool: pool_of(source),
-        })
     }
 }
 
@@ -164,8 +184,9 @@ impl ApiTokens {
     /// Reads every token now; the error names the entry (`ingest.api_tokens[1]`).
     pub fn resolve(refs: &[SecretRef]) -> Result<Self, ConfigError> {
         if refs.is_empty() {
-            return Err(ConfigError::Invalid(
-                "ingest.api_tokens: at least one token is required to serve the API (e.g. api_tokens = [{ env = \"MAILPIPE_INGEST_TOKEN\" }])".into(),
+            return Err(ConfigError::invalid(
+                "ingest.api_tokens",
+                "at least one token is required to serve the API (e.g. api_tokens = [{ env = \"MAILPIPE_INGEST_TOKEN\" }])",
             ));
         }
         let tokens = refs
@@ -198,6 +219,7 @@ impl ApiTokens {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -283,6 +305,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ingest.api_tokens[0]"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = Config::load(&ConfigSource::from_toml(
+            "[rabbitmq]\nprefetch = 0\n[ingest]\nmax_in_flight = 0\nbody_read_timeout_ms = 0\n\
+             templates_dir = \"/surely/not/here\"\n[ingest.limits]\nmax_recipients = 0\n",
+        ))
+        .unwrap_err();
+        let keys: Vec<String> = err.problems().into_iter().filter_map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "rabbitmq.prefetch",
+                "ingest.max_in_flight",
+                "ingest.body_read_timeout_ms",
+                "ingest.limits.max_recipients",
+                "ingest.templates_dir",
+            ]
+        );
     }
 
     #[test]

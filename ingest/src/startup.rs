@@ -112,11 +112,9 @@ impl Application {
         ));
         let publisher = JobPublisher::new(pipeline, config.ingest.max_in_flight);
 
-        let connected = broker.clone();
         let reachable = store.clone();
         let schema = schema_ready.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || connected.readiness()),
             Arc::new(move || reachable.readiness()),
             Arc::new(move || {
                 if schema.load(Ordering::SeqCst) {
@@ -131,7 +129,7 @@ impl Application {
         let records = records(&config, store.clone());
         let state = AppState::new(validator, publisher, records, tokens, config.ingest, schema_ready);
         let router = api::router(state)
-            .merge(ops_router(checks))
+            .merge(ops_router(&broker, checks))
             .layer(axum::middleware::from_fn(api::track));
         let server = serve_with_limits(listen, router, limits, shutdown).await?;
         Ok(Self {

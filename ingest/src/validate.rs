@@ -61,7 +61,7 @@ impl Validator {
             .map(|dir| {
                 Templates::load(dir)
                     .map(Arc::new)
-                    .map_err(|e| ConfigError::Invalid(format!("ingest.templates_dir: {e}")))
+                    .map_err(|e| ConfigError::invalid("ingest.templates_dir", e.to_string()))
             })
             .transpose()?;
         Ok(Self::new(s.limits, templates, s.attachments_root.clone()))

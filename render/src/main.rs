@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mailpipe_common::cli::ConfigArgs;
+use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
 use mailpipe_common::config::{CommonSettings, ConfigSource};
 use mailpipe_common::outln;
 use mailpipe_render::templates::Templates;
@@ -22,16 +22,16 @@ struct Cli {
     check_templates: bool,
 }
 
-fn load(cli: &Cli) -> Result<(CommonSettings, Settings), String> {
-    let source = ConfigSource::load(cli.config.config.as_deref()).map_err(|e| e.to_string())?;
-    let common = source.common().map_err(|e| e.to_string())?;
-    let settings = Settings::load(&source).map_err(|e| e.to_string())?;
-    if cli.config.check_config
-        && let Some(p) = &common.rabbitmq.password
-    {
-        p.resolve("rabbitmq.password").map_err(|e| e.to_string())?;
+/// Loads `[rabbitmq]`, `[telemetry]` and `[render]`, recording every problem in `check`.
+fn load(cli: &Cli, check: &mut ConfigCheck) -> Option<(CommonSettings, Settings)> {
+    let source = check.check(ConfigSource::load(cli.config.config.as_deref()))?;
+    let common = check.check(source.common());
+    let settings = check.check(Settings::load(&source));
+    if cli.config.check_config {
+        // Every secret any mode needs; a start resolves the ones it uses.
+        check.check(source.check_common_secrets());
     }
-    Ok((common, settings))
+    Some((common?, settings?))
 }
 
 fn check_templates(settings: &Settings) -> ExitCode {
@@ -69,24 +69,37 @@ fn check_templates(settings: &Settings) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (common, settings) = match load(&cli) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut check = ConfigCheck::new();
+    let loaded = load(&cli, &mut check);
     if cli.config.check_config {
-        outln!("configuration OK");
-        outln!(
-            "rabbitmq: {} (prefix {}, prefetch {})",
-            redact(&common.rabbitmq.url),
-            common.rabbitmq.prefix,
-            common.rabbitmq.prefetch
-        );
-        outln!("render: {settings:#?}");
-        return ExitCode::SUCCESS;
+        if let Some((common, settings)) = &loaded {
+            check.common(common);
+            check.section("render", settings);
+            check.line(format!(
+                "render: templates in {}, Message-IDs @{}, concurrency {}",
+                settings.templates_dir.display(),
+                settings.message_id_domain,
+                settings.concurrency
+            ));
+            for (key, dir) in [
+                ("render.templates_dir", Some(&settings.templates_dir)),
+                (
+                    "render.attachments_root",
+                    settings.attachments_root.as_ref(),
+                ),
+            ] {
+                if let Some(dir) = dir
+                    && !dir.is_dir()
+                {
+                    check.error(key, format!("{} is not a directory", dir.display()));
+                }
+            }
+        }
+        return check.print(cli.config.json);
     }
+    let Some((common, settings)) = loaded.filter(|_| check.is_ok()) else {
+        return check.fail();
+    };
     if cli.check_templates {
         return check_templates(&settings);
     }
@@ -130,16 +143,4 @@ fn main() -> ExitCode {
     // don't let it hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     code
-}
-
-/// The URL without its password, for printing.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use mailpipe_common::config::{ConfigError, ConfigSource};
+use mailpipe_common::config::{ConfigError, ConfigSource, Problems};
 use serde::{Deserialize, Serialize};
 
 /// Exchange Online's default message size limit, counted on the encoded message.
@@ -62,30 +62,29 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = Problems::default();
         if !valid_domain(&self.message_id_domain) {
-            problems.push(format!(
-                "render.message_id_domain: {:?} is not a domain name; set a domain you own (e.g. mail.example.com)",
-                self.message_id_domain
-            ));
+            problems.push(
+                "render.message_id_domain",
+                format!(
+                    "{:?} is not a domain name; set a domain you own (e.g. mail.example.com)",
+                    self.message_id_domain
+                ),
+            );
         }
         if self.concurrency == 0 {
-            problems.push("render.concurrency: must be at least 1".to_owned());
+            problems.push("render.concurrency", "must be at least 1");
         }
         if self.max_message_bytes < 1024 {
-            problems.push("render.max_message_bytes: must be at least 1024".to_owned());
+            problems.push("render.max_message_bytes", "must be at least 1024");
         }
         if self.job_timeout_ms == 0 {
-            problems.push("render.job_timeout_ms: must be at least 1".to_owned());
+            problems.push("render.job_timeout_ms", "must be at least 1");
         }
         if self.max_attachment_bytes == 0 {
-            problems.push("render.max_attachment_bytes: must be at least 1".to_owned());
+            problems.push("render.max_attachment_bytes", "must be at least 1");
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems.join("; ")))
-        }
+        problems.into_result(())
     }
 }
 

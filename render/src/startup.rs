@@ -78,10 +78,6 @@ impl Application {
         let renderer = Arc::new(Renderer::new(templates, attachments, &settings));
 
         let broker = Broker::new(&common.rabbitmq, "mailpipe-render", shutdown.clone())?;
-        let broker_check: ReadyCheck = {
-            let broker = broker.clone();
-            Arc::new(move || broker.readiness())
-        };
         let templates_check: ReadyCheck = {
             let renderer = renderer.clone();
             // Templates are loaded before anything is served; the check states it for /readyz readers.
@@ -98,7 +94,7 @@ impl Application {
             let store = store.clone();
             Arc::new(move || store.readiness())
         };
-        let router = service::ops_router(vec![broker_check, templates_check, store_check]);
+        let router = service::ops_router(&broker, vec![templates_check, store_check]);
         let http = service::serve(settings.http_listen, router, shutdown.clone())
             .await
             .map_err(StartupError::Http)?;

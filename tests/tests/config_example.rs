@@ -1,5 +1,8 @@
 //! The annotated example configuration is valid for every binary, and a broken one is
-//! refused with exit code 2 and the key named.
+//! refused with exit code 2, every problem reported, each naming its key (as text, or as
+//! one JSON object with `--json`), and no secret printed.
+
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
@@ -9,6 +12,17 @@ fn check_config(
     binary: Binary,
     config: &std::path::Path,
     dirs: &tempfile::TempDir,
+) -> std::process::Output {
+    check_config_with(binary, config, dirs, |_| {})
+}
+
+/// `binary --config <the example, patched> --check-config`, with `adjust` changing the
+/// command (more flags, other environment) before it runs.
+fn check_config_with(
+    binary: Binary,
+    config: &std::path::Path,
+    dirs: &tempfile::TempDir,
+    adjust: impl FnOnce(&mut Command),
 ) -> std::process::Output {
     let secret = dirs.path().join("secret");
     std::fs::write(&secret, "x").unwrap();
@@ -33,8 +47,202 @@ fn check_config(
         .env("MAILPIPE_INGEST__TEMPLATES_DIR", &templates)
         .env("MAILPIPE_INGEST__ATTACHMENTS_ROOT", dirs.path())
         .env("MAILPIPE_RENDER__TEMPLATES_DIR", &templates)
-        .env("MAILPIPE_RENDER__ATTACHMENTS_ROOT", dirs.path());
+        .env("MAILPIPE_RENDER__ATTACHMENTS_ROOT", dirs.path())
+        .env_remove("MAILPIPE_CONFIG");
+    adjust(&mut cmd);
     cmd.output().unwrap()
+}
+
+/// Secret values set for a check; none may show in its output.
+const SECRETS: [(&str, &str); 3] = [
+    ("MAILPIPE_RABBITMQ_PASSWORD", "rabbit-pw-never-printed"),
+    ("MAILPIPE_INGEST_TOKEN", "ingest-token-never-printed"),
+    ("CONTOSO_CLIENT_SECRET", "client-secret-never-printed"),
+];
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_no_secret(binary: Binary, output: &str) {
+    for (_, value) in SECRETS {
+        assert!(
+            !output.contains(value),
+            "{} printed a secret: {output}",
+            binary.name()
+        );
+    }
+    assert!(!output.contains("inline-pw-never-printed"), "{output}");
+}
+
+/// What each binary's own section gets wrong in the tests below, and the key it names.
+fn own_section_error(binary: Binary) -> (&'static str, &'static str) {
+    match binary {
+        Binary::Ingest => ("MAILPIPE_INGEST__MAX_IN_FLIGHT", "ingest.max_in_flight"),
+        Binary::Render => ("MAILPIPE_RENDER__CONCURRENCY", "render.concurrency"),
+        Binary::Deliver => (
+            "MAILPIPE_DELIVER__SMTP_TIMEOUT_MS",
+            "deliver.smtp_timeout_ms",
+        ),
+    }
+}
+
+#[test]
+fn check_config_prints_every_error_of_every_section_one_per_line() {
+    let dirs = tempfile::tempdir().unwrap();
+    let text_of_example =
+        std::fs::read_to_string(workspace_root().join("examples/mailpipe.toml")).unwrap();
+    let broken = dirs.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{}\n[rabitmq]\n",
+            text_of_example.replace("prefetch = 32", "prefetch = 0")
+        ),
+    )
+    .unwrap();
+    for b in Binary::ALL {
+        let (var, own_key) = own_section_error(b);
+        let out = check_config_with(b, &broken, &dirs, |cmd| {
+            cmd.env(var, "0")
+                .env("MAILPIPE_TELEMETRY__LOG_FILTER", "info,mailpipe=lots")
+                .env_remove("MAILPIPE_RABBITMQ_PASSWORD");
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", b.name());
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("configuration error: "))
+            .collect();
+        let expected = [
+            "rabitmq: unknown section [rabitmq]",
+            "rabbitmq.prefetch: must be at least 1",
+            "telemetry.log_filter: ",
+            own_key,
+            "rabbitmq.password: environment variable MAILPIPE_RABBITMQ_PASSWORD is not set",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().filter(|l| l.starts_with(e)).count() == 1,
+                "{}: no line starting {e:?} in\n{stderr}",
+                b.name()
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{}: {stderr}", b.name());
+        assert!(stderr.contains("5 configuration errors"), "{stderr}");
+        // A start finds the same errors (and starts nothing).
+        let mut start = Command::new(bin_dir().unwrap().join(b.name()));
+        start
+            .arg("--config")
+            .arg(&broken)
+            .env_remove("MAILPIPE_CONFIG")
+            .env(var, "0");
+        if b == Binary::Ingest {
+            start.arg("serve");
+        }
+        let out = start.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", b.name());
+        for e in ["rabitmq", "rabbitmq.prefetch", own_key] {
+            assert!(
+                stderr.contains(&format!("configuration error: {e}")),
+                "{}: {stderr}",
+                b.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_json_is_one_object_with_keyed_errors_and_no_secret() {
+    let dirs = tempfile::tempdir().unwrap();
+    let example = workspace_root().join("examples/mailpipe.toml");
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one line of JSON: {stdout}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    for b in Binary::ALL {
+        let section = b.name().trim_start_matches("mailpipe-");
+        // Valid: ok, no errors, the effective sections with secrets as references.
+        let out = check_config_with(b, &example, &dirs, |cmd| {
+            cmd.arg("--json").envs(SECRETS).env(
+                "MAILPIPE_RABBITMQ__URL",
+                "amqp://mailpipe:inline-pw-never-printed@rabbitmq.internal:5672/%2f",
+            );
+        });
+        assert_no_secret(b, &text(&out));
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name(), text(&out));
+        let report = json(&out);
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+        assert!(report["warnings"].is_array(), "{report}");
+        let summary = &report["summary"];
+        assert_eq!(
+            summary["rabbitmq"]["url"], "amqp://mailpipe:***@rabbitmq.internal:5672/%2f",
+            "{report}"
+        );
+        assert_eq!(
+            summary["rabbitmq"]["password"],
+            serde_json::json!({"env": "MAILPIPE_RABBITMQ_PASSWORD"})
+        );
+        assert_eq!(summary["rabbitmq"]["prefetch"], 32);
+        assert_eq!(summary["telemetry"]["log_format"], "json");
+        assert!(summary[section].is_object(), "{}: {report}", b.name());
+
+        // Invalid: ok false, exit 2, each error with its key; still one object.
+        let (var, own_key) = own_section_error(b);
+        let out = check_config_with(b, &example, &dirs, |cmd| {
+            cmd.arg("--json")
+                .envs(SECRETS)
+                .env(var, "0")
+                .env_remove("MAILPIPE_RABBITMQ_PASSWORD");
+        });
+        assert_no_secret(b, &text(&out));
+        assert_eq!(out.status.code(), Some(2), "{}: {}", b.name(), text(&out));
+        let report = json(&out);
+        assert_eq!(report["ok"], false, "{report}");
+        let keys: Vec<&str> = report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+                e["key"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [own_key, "rabbitmq.password"],
+            "{}: {report}",
+            b.name()
+        );
+    }
+    // A file that cannot be read is an error without a key, in the same shape.
+    let out = Command::new(bin_dir().unwrap().join(Binary::Deliver.name()))
+        .args([
+            "--config",
+            "/nonexistent/mailpipe.toml",
+            "--check-config",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let report = json(&out);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"][0]["key"], serde_json::Value::Null);
+    assert!(
+        report["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/mailpipe.toml"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -150,19 +358,32 @@ fn a_config_with_relative_paths_works_from_any_working_directory() {
             );
         }
     }
-    // The relative secret path is the one read: without the file, the error names it.
+    // The relative secret path is the one read: without the file, every binary (each
+    // needs the broker) says so, naming the key and the file.
     std::fs::remove_file(config.with_file_name("secrets").join("rabbitmq-password")).unwrap();
-    let out = Command::new(bin_dir().unwrap().join(Binary::Render.name()))
-        .arg("--config")
-        .arg(&config)
-        .arg("--check-config")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected = config.with_file_name("secrets").join("rabbitmq-password");
-    assert!(stderr.contains(&expected.display().to_string()), "{stderr}");
+    for b in Binary::ALL {
+        let out = Command::new(bin_dir().unwrap().join(b.name()))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check-config")
+            .current_dir("/")
+            .env_remove("MAILPIPE_CONFIG")
+            .env("MAILPIPE_INGEST_TOKEN", "t")
+            .env("CONTOSO_CLIENT_SECRET", "s")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", b.name());
+        let expected = config.with_file_name("secrets").join("rabbitmq-password");
+        assert!(
+            stderr.contains(&format!(
+                "configuration error: rabbitmq.password: cannot read {}",
+                expected.display()
+            )),
+            "{}: {stderr}",
+            b.name()
+        );
+    }
 }
 
 #[test]

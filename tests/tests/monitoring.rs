@@ -287,6 +287,10 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
                 "{what} lacks mailpipe_build_info{{{}}} 1",
                 labels.join(",")
             );
+            assert!(
+                s.text.lines().any(|l| l == "mailpipe_rabbitmq_connected 1"),
+                "{what} does not report mailpipe_rabbitmq_connected 1"
+            );
             for name in [
                 "process_cpu_seconds_total",
                 "process_resident_memory_bytes",
@@ -320,6 +324,87 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
         undocumented.is_empty(),
         "exported but missing from docs/metrics.md: {undocumented:?}"
     );
+    Ok(())
+}
+
+/// `mailpipe_rabbitmq_connected` is 1 on every binary once it is connected, and 0 on one
+/// whose broker cannot be reached (its `/metrics` is served all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_binary_reports_whether_it_is_connected_to_rabbitmq() -> anyhow::Result<()> {
+    let options = StackOptions {
+        name: "connected-gauge".into(),
+        tenants: 1,
+        mailboxes_per_tenant: 1,
+        ..Default::default()
+    };
+    let stack = Stack::start(options).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut connected = Vec::new();
+    for b in Binary::ALL {
+        connected.push(
+            wait_for(
+                &http,
+                &stack.url(b),
+                "mailpipe_rabbitmq_connected 1",
+                Duration::from_secs(60),
+            )
+            .await
+            .with_context(|| b.name()),
+        );
+    }
+
+    // render pointed at a port where no broker listens: served, never connected.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut render =
+        tokio::process::Command::new(mailpipe_tests::stack::bin_dir()?.join(Binary::Render.name()))
+            .arg("--config")
+            .arg(&stack.config_path)
+            .env(
+                "MAILPIPE_RABBITMQ__URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f",
+            )
+            .env("MAILPIPE_RENDER__HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    // Until the process listens, the scrape fails: poll, with a wide margin.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let unreachable = loop {
+        match scrape(&http, &base).await {
+            Ok(s) if s.has("mailpipe_rabbitmq_connected") => break Ok(()),
+            _ if tokio::time::Instant::now() > deadline => {
+                break Err(anyhow::anyhow!("{base}/metrics never served the gauge"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let scraped = scrape(&http, &base).await;
+    let ready = http.get(format!("{base}/readyz")).send().await;
+    render.kill().await.ok();
+    stack.shutdown().await?;
+
+    for c in connected {
+        c?;
+    }
+    unreachable?;
+    let scraped = scraped?;
+    assert!(
+        scraped
+            .text
+            .lines()
+            .any(|l| l == "mailpipe_rabbitmq_connected 0"),
+        "{}",
+        scraped.text
+    );
+    let ready = ready?;
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await?.contains("RabbitMQ at"));
     Ok(())
 }
 

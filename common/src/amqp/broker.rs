@@ -150,6 +150,17 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// A handle that does not keep the broker alive (for observers such as a metric).
+#[derive(Debug, Clone)]
+pub struct WeakBroker(std::sync::Weak<Inner>);
+
+impl WeakBroker {
+    /// The broker, while something else still holds it.
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
+    }
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
@@ -248,6 +259,10 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.inner))
     }
 
     pub fn endpoint(&self) -> &str {

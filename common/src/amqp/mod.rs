@@ -8,7 +8,7 @@ mod headers;
 mod publisher;
 mod topology;
 
-pub use broker::{Broker, BrokerError, ConnectOptions};
+pub use broker::{Broker, BrokerError, ConnectOptions, WeakBroker};
 pub use consumer::{ConsumerSpec, consume};
 pub use headers::{
     DEAD_REASON_HEADER, DEAD_STAGE_HEADER, death_reason, header_i64, header_str,

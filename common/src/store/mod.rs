@@ -97,7 +97,7 @@ impl Store {
     pub fn new(settings: &DatabaseSettings, shutdown: CancellationToken) -> Result<Self, ConfigError> {
         let problems = settings.problems();
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems.join("; ")));
+            return Err(ConfigError::Invalid(problems));
         }
         let options = settings.connect_options()?;
         let pool = PgPoolOptions::new()

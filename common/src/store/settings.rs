@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::config::{ConfigError, SecretRef};
+use crate::config::{ConfigError, Problem, SecretRef};
 
 /// `[database]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,9 +52,10 @@ impl Default for DatabaseSettings {
 
 impl DatabaseSettings {
     /// What serde cannot check: values that parse but cannot work, each naming its key.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut bad = |key: &str, why: String| out.push(format!("database.{key}: {why}"));
+        let mut bad =
+            |key: &str, why: String| out.push(Problem::new(format!("database.{key}"), why));
         match self.url.split_once("://") {
             Some(("postgres" | "postgresql", rest)) if !rest.is_empty() => {
                 if let Err(e) = PgConnectOptions::from_str(&self.url) {
@@ -104,7 +105,7 @@ impl DatabaseSettings {
     /// Connection options, with the password resolved and the statement timeout set.
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         let mut options = PgConnectOptions::from_str(&self.url)
-            .map_err(|e| ConfigError::Invalid(format!("database.url: {e}")))?
+            .map_err(|e| ConfigError::Invalid(vec![Problem::new("database.url", e.to_string())]))?
             .application_name("mailpipe")
             .options([
                 ("statement_timeout", format!("{}ms", self.statement_timeout_ms)),
