@@ -21,7 +21,12 @@ pub const ENV_PREFIX: &str = "MAILPIPE_";
 pub const CONFIG_ENV: &str = "MAILPIPE_CONFIG";
 /// The sections of the shared file; anything else at the top level is a mistake.
 pub const SECTIONS: [&str; 6] = [
-    "rabbitmq", "telemetry", "database", "ingest", "render", "deliver",
+    "rabbitmq",
+    "telemetry",
+    "database",
+    "ingest",
+    "render",
+    "deliver",
 ];
 
 /// One problem with the configuration: the key path it concerns (`deliver.smtp_timeout_ms`,

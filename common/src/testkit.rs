@@ -85,7 +85,9 @@ pub async fn ensure_test_database() {
         Ok(Err(e)) => panic!(
             "PostgreSQL is required for this test ({url}): {e} (start it: pg_ctlcluster 15 main start)"
         ),
-        Err(_) => panic!("PostgreSQL is required for this test and did not answer at {url} within 10 s"),
+        Err(_) => {
+            panic!("PostgreSQL is required for this test and did not answer at {url} within 10 s")
+        }
     };
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -95,7 +97,10 @@ pub async fn ensure_test_database() {
             .expect("query pg_database");
     if !exists {
         let create = format!("CREATE DATABASE \"{name}\"");
-        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => {}
             // 42P04 duplicate_database, 23505 unique_violation: another binary won the race.
             Err(sqlx::Error::Database(e))
@@ -113,7 +118,12 @@ pub async fn test_store(name: &str, shutdown: CancellationToken) -> (Store, Data
     store
         .prepare(Some(Duration::from_secs(10)))
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({}): {e}", settings.url));
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for this test ({}): {e}",
+                settings.url
+            )
+        });
     (store, settings)
 }
 
@@ -237,4 +247,95 @@ pub async fn drop_schema(store: &Store, schema: &str) {
     let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
         .execute(store.pool())
         .await;
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut, as if the database went down:
+/// `cut` closes every connection through it and refuses new ones (accepted, then closed
+/// at once); `restore` lets them through again. Only the processes pointed at the proxy
+/// see the outage, so tests running beside it are not disturbed.
+#[derive(Debug)]
+pub struct DatabaseOutage {
+    pub addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped on every cut: connections opened before it end.
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections open through the proxy now.
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DatabaseOutage {
+    /// A proxy to the test database's server.
+    pub async fn start() -> Self {
+        use std::str::FromStr;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let target = sqlx::postgres::PgConnectOptions::from_str(&database_url())
+            .expect("MAILPIPE_TEST_DATABASE_URL is a PostgreSQL URL");
+        let upstream = format!("{}:{}", target.get_host(), target.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let down = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (d, e, o) = (down.clone(), epoch.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let started = e.load(Ordering::SeqCst);
+                let (upstream, e, o) = (upstream.clone(), e.clone(), o.clone());
+                o.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                        let cut = async {
+                            while e.load(Ordering::SeqCst) == started {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = copy => {}
+                            _ = cut => {}
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            down,
+            epoch,
+            open,
+        }
+    }
+
+    /// The test database's URL, through the proxy.
+    pub fn url(&self) -> String {
+        let url = database_url();
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (userinfo, rest) = rest.split_once('@').unwrap_or(("", rest));
+        let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+        let at = if userinfo.is_empty() { "" } else { "@" };
+        format!("{scheme}://{userinfo}{at}{}{path}", self.addr)
+    }
+
+    /// Cuts the database off; returns once every connection through the proxy is closed.
+    pub async fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.down.store(true, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Duration, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
-use mailpipe_common::store::{ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Store, StoreError};
+use mailpipe_common::store::{
+    ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Store, StoreError,
+};
 use mailpipe_common::testkit::{drop_schema, test_store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -66,17 +68,27 @@ impl Db {
 async fn a_job_only_moves_forward_whatever_order_events_arrive_in() {
     let db = Db::new("forward").await;
     let s = &db.store;
-    s.record_event(&event("a", EventKind::Accepted, 0)).await.unwrap();
-    s.record_event(&event("a", EventKind::Rendered, 1)).await.unwrap();
+    s.record_event(&event("a", EventKind::Accepted, 0))
+        .await
+        .unwrap();
+    s.record_event(&event("a", EventKind::Rendered, 1))
+        .await
+        .unwrap();
     let mut delivered = event("a", EventKind::Delivered, 2);
     delivered.mailbox = Some(EmailAddress::parse("sender@example.com").unwrap());
     delivered.smtp = Some(SmtpReply::new(250, "2.6.0 Queued mail for delivery"));
     delivered.message_id = Some("<m1@example.com>".into());
     s.record_event(&delivered).await.unwrap();
     // Another host stamps a render after the delivery; a second accept arrives late.
-    s.record_event(&event("a", EventKind::Rendered, 3)).await.unwrap();
-    s.record_event(&event("a", EventKind::Accepted, 4)).await.unwrap();
-    s.record_event(&event("a", EventKind::Failed, 5)).await.unwrap();
+    s.record_event(&event("a", EventKind::Rendered, 3))
+        .await
+        .unwrap();
+    s.record_event(&event("a", EventKind::Accepted, 4))
+        .await
+        .unwrap();
+    s.record_event(&event("a", EventKind::Failed, 5))
+        .await
+        .unwrap();
     assert_eq!(state(s, "a").await, Some(JobState::Delivered));
     let (mailbox, message_id, code): (Option<String>, Option<String>, Option<i32>) =
         sqlx::query_as("SELECT mailbox, message_id, smtp_code FROM jobs WHERE id = 'a'")
@@ -88,19 +100,31 @@ async fn a_job_only_moves_forward_whatever_order_events_arrive_in() {
     assert_eq!(code, Some(250));
 
     // Failed gives way to delivered only (a replayed dead letter).
-    s.record_event(&event("b", EventKind::Failed, 1)).await.unwrap();
-    s.record_event(&event("b", EventKind::Retrying, 9)).await.unwrap();
+    s.record_event(&event("b", EventKind::Failed, 1))
+        .await
+        .unwrap();
+    s.record_event(&event("b", EventKind::Retrying, 9))
+        .await
+        .unwrap();
     assert_eq!(state(s, "b").await, Some(JobState::Failed));
-    s.record_event(&event("b", EventKind::Delivered, 2)).await.unwrap();
+    s.record_event(&event("b", EventKind::Delivered, 2))
+        .await
+        .unwrap();
     assert_eq!(state(s, "b").await, Some(JobState::Delivered));
 
     // Between non-final events the later stamp wins, whatever the arrival order.
-    s.record_event(&event("c", EventKind::Retrying, 5)).await.unwrap();
-    s.record_event(&event("c", EventKind::Rendered, 3)).await.unwrap();
+    s.record_event(&event("c", EventKind::Retrying, 5))
+        .await
+        .unwrap();
+    s.record_event(&event("c", EventKind::Rendered, 3))
+        .await
+        .unwrap();
     assert_eq!(state(s, "c").await, Some(JobState::Retrying));
 
     // The trail keeps every event once, even when one is recorded twice.
-    s.record_event(&event("c", EventKind::Retrying, 5)).await.unwrap();
+    s.record_event(&event("c", EventKind::Retrying, 5))
+        .await
+        .unwrap();
     let trail: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = 'a'")
         .fetch_one(s.pool())
         .await
@@ -127,7 +151,10 @@ async fn one_id_submitted_to_two_replicas_at_once_is_claimed_once() {
             b.claim_jobs(cb, std::slice::from_ref(&input)),
         );
         let outcomes = [ra.unwrap()[0], rb.unwrap()[0]];
-        let claimed = outcomes.iter().filter(|o| **o == ClaimOutcome::Claimed).count();
+        let claimed = outcomes
+            .iter()
+            .filter(|o| **o == ClaimOutcome::Claimed)
+            .count();
         assert_eq!(claimed, 1, "round {round}: {outcomes:?}");
         assert!(outcomes.contains(&ClaimOutcome::InFlight), "{outcomes:?}");
     }
@@ -141,14 +168,18 @@ async fn same_content_is_a_duplicate_other_content_a_conflict_and_a_release_free
     let claim = Uuid::new_v4();
     let first = ClaimInput::of(&job("inv-1", "100.00"));
     assert_eq!(
-        s.claim_jobs(claim, std::slice::from_ref(&first)).await.unwrap(),
+        s.claim_jobs(claim, std::slice::from_ref(&first))
+            .await
+            .unwrap(),
         vec![ClaimOutcome::Claimed]
     );
     // A publish that failed gives the id back.
     assert_eq!(s.release_claims(claim, &["inv-1"]).await.unwrap(), 1);
     let claim = Uuid::new_v4();
     assert_eq!(
-        s.claim_jobs(claim, std::slice::from_ref(&first)).await.unwrap(),
+        s.claim_jobs(claim, std::slice::from_ref(&first))
+            .await
+            .unwrap(),
         vec![ClaimOutcome::Claimed]
     );
     let mut accepted = event("inv-1", EventKind::Accepted, 0);
@@ -159,7 +190,10 @@ async fn same_content_is_a_duplicate_other_content_a_conflict_and_a_release_free
     let again = Uuid::new_v4();
     let other = ClaimInput::of(&job("inv-1", "999.00"));
     let outcomes = s.claim_jobs(again, &[first, other]).await.unwrap();
-    assert_eq!(outcomes, vec![ClaimOutcome::Duplicate, ClaimOutcome::Conflict]);
+    assert_eq!(
+        outcomes,
+        vec![ClaimOutcome::Duplicate, ClaimOutcome::Conflict]
+    );
     let recipients: Vec<String> =
         sqlx::query_scalar("SELECT unnest(recipients) FROM jobs WHERE id = 'inv-1'")
             .fetch_all(s.pool())
@@ -175,10 +209,14 @@ async fn a_claim_left_by_a_dead_publish_is_taken_over_after_its_ttl() {
     let s = &db.store;
     let dead = Uuid::new_v4();
     let input = ClaimInput::of(&job("inv-7", "1"));
-    s.claim_jobs(dead, std::slice::from_ref(&input)).await.unwrap();
+    s.claim_jobs(dead, std::slice::from_ref(&input))
+        .await
+        .unwrap();
     let live = Uuid::new_v4();
     assert_eq!(
-        s.claim_jobs(live, std::slice::from_ref(&input)).await.unwrap(),
+        s.claim_jobs(live, std::slice::from_ref(&input))
+            .await
+            .unwrap(),
         vec![ClaimOutcome::InFlight]
     );
     sqlx::query("UPDATE jobs SET claimed_at = now() - interval '6 minutes'")
@@ -186,7 +224,9 @@ async fn a_claim_left_by_a_dead_publish_is_taken_over_after_its_ttl() {
         .await
         .unwrap();
     assert_eq!(
-        s.claim_jobs(live, std::slice::from_ref(&input)).await.unwrap(),
+        s.claim_jobs(live, std::slice::from_ref(&input))
+            .await
+            .unwrap(),
         vec![ClaimOutcome::Claimed]
     );
     // The dead publish's claim is no longer its own: it would not publish.
@@ -200,8 +240,12 @@ async fn a_job_render_moved_on_before_the_confirm_keeps_its_state_and_gets_its_a
     let db = Db::new("earlyrender").await;
     let s = &db.store;
     let claim = Uuid::new_v4();
-    s.claim_jobs(claim, &[ClaimInput::of(&job("j", "1"))]).await.unwrap();
-    s.record_event(&event("j", EventKind::Rendered, 1)).await.unwrap();
+    s.claim_jobs(claim, &[ClaimInput::of(&job("j", "1"))])
+        .await
+        .unwrap();
+    s.record_event(&event("j", EventKind::Rendered, 1))
+        .await
+        .unwrap();
     let mut accepted = event("j", EventKind::Accepted, 0);
     accepted.batch = None;
     s.confirm_accepted(claim, &[accepted]).await.unwrap();
@@ -234,7 +278,9 @@ async fn deliver_reads_back_the_sends_of_the_window_and_nothing_else() {
     }
     let mut seen = Vec::new();
     let n = s
-        .sends_since(now - Duration::hours(24), |e| seen.push(e.job_id.to_string()))
+        .sends_since(now - Duration::hours(24), |e| {
+            seen.push(e.job_id.to_string())
+        })
         .await
         .unwrap();
     assert_eq!(n, 2);
@@ -278,7 +324,10 @@ async fn a_schema_behind_the_build_is_refused_when_migrations_are_not_applied_at
     settings.migrate_on_start = false;
     let store = Store::new(&settings, CancellationToken::new()).unwrap();
     let err = store.prepare(None).await.unwrap_err();
-    assert!(matches!(err, StoreError::SchemaBehind { applied: None, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::SchemaBehind { applied: None, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("mailpipe-ingest migrate"), "{err}");
     // Migrating twice is harmless; afterwards the check passes.
     store.migrate().await.unwrap();

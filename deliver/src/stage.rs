@@ -11,8 +11,8 @@ use mailpipe_common::amqp::{PublishError, Stage, header_str};
 use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
 };
-use mailpipe_common::store::JobState;
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
+use mailpipe_common::store::JobState;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;

@@ -176,7 +176,9 @@ pub async fn import<R: Read + Send + 'static>(
             return Err(e);
         }
     };
-    progress.duplicates.store(report.duplicates, Ordering::Relaxed);
+    progress
+        .duplicates
+        .store(report.duplicates, Ordering::Relaxed);
     if report.conflicts > 0 && !options.partial {
         sender.abandon().await;
         return Err(ImportError::Conflict(report));
@@ -388,7 +390,9 @@ fn check(
                 valid += 1;
                 if write_error.is_none()
                     && let Err(e) = write!(out, "{line}\t")
-                        .and_then(|()| serde_json::to_writer(&mut out, &job).map_err(std::io::Error::from))
+                        .and_then(|()| {
+                            serde_json::to_writer(&mut out, &job).map_err(std::io::Error::from)
+                        })
                         .and_then(|()| out.write_all(b"\n"))
                 {
                     write_error = Some(e);

@@ -15,13 +15,13 @@ use mailpipe_common::store::{JobState, Store, StoreError};
 use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
+use crate::Application;
 use crate::dead::{self, DeadFilter};
 use crate::jobs_cli::{self, JobsFormat};
 use crate::records::{JobFilter, Records};
 use crate::settings::{ApiTokens, Config};
 use crate::status_cli::{self, StatusOptions};
 use crate::submit::{self, Display, SubmitOptions};
-use crate::Application;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
@@ -160,7 +160,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> ExitCode {
 }
 
 /// `migrate`: applies the schema's migrations and says where it stands.
-pub async fn migrate(config: &Config, shutdown: CancellationToken, give_up_after: Duration) -> ExitCode {
+pub async fn migrate(
+    config: &Config,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+) -> ExitCode {
     let mut database = config.database.clone();
     database.migrate_on_start = true;
     let store = match Store::new(&database, shutdown) {
@@ -275,7 +279,16 @@ pub async fn submit(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let pipeline = match connect_broker(config, "mailpipe-ingest submit", shutdown, give_up_after, false, store.clone()).await {
+    let pipeline = match connect_broker(
+        config,
+        "mailpipe-ingest submit",
+        shutdown,
+        give_up_after,
+        false,
+        store.clone(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -308,9 +321,7 @@ pub fn describe(check: &mut ConfigCheck, config: &Config) {
         config.ingest.max_in_flight
     ));
     check.line(format!("ingest.limits: {:?}", config.ingest.limits));
-    if let Some(v) = check.check(crate::validate::Validator::from_settings(
-        &config.ingest,
-    )) {
+    if let Some(v) = check.check(crate::validate::Validator::from_settings(&config.ingest)) {
         match v.templates() {
             Some(t) => check.line(format!(
                 "templates: {} loaded ({}); every job is rendered before it is accepted",
@@ -369,7 +380,16 @@ pub async fn dead(
     };
     let delivered = |id: &JobId| delivered_ids.contains(id.as_str());
     // dead lists and replays into an existing deployment: never declare it.
-    let pipeline = match connect_broker(config, "mailpipe-ingest dead", shutdown, give_up_after, true, store).await {
+    let pipeline = match connect_broker(
+        config,
+        "mailpipe-ingest dead",
+        shutdown,
+        give_up_after,
+        true,
+        store,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -466,4 +486,3 @@ fn dead_listing_text(l: &dead::Listing) -> String {
     }
     out
 }
-

@@ -34,7 +34,8 @@ pub const CSV_COLUMNS: [&str; 14] = [
 ];
 
 fn csv_record(j: &JobStatus) -> [String; 14] {
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
     [
         j.id.to_string(),
         j.batch.as_ref().map(|b| b.to_string()).unwrap_or_default(),
@@ -42,9 +43,15 @@ fn csv_record(j: &JobStatus) -> [String; 14] {
         j.template.clone().unwrap_or_default(),
         j.recipient_addresses.join(" "),
         j.attempt.to_string(),
-        j.mailbox.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        j.mailbox
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
         j.message_id.clone().unwrap_or_default(),
-        j.smtp.as_ref().map(|r| r.code.to_string()).unwrap_or_default(),
+        j.smtp
+            .as_ref()
+            .map(|r| r.code.to_string())
+            .unwrap_or_default(),
         j.smtp.as_ref().map(|r| r.text.clone()).unwrap_or_default(),
         j.reason.clone().unwrap_or_default(),
         time(j.accepted_at),
@@ -59,7 +66,12 @@ fn csv_record(j: &JobStatus) -> [String; 14] {
 
 /// Prints every job matching `filter` (its `limit` caps the total when not 0); returns
 /// the exit code: 0 (even when none match), 3 when the database failed.
-pub async fn run(records: &Records, mut filter: JobFilter, max: Option<u64>, format: JobsFormat) -> u8 {
+pub async fn run(
+    records: &Records,
+    mut filter: JobFilter,
+    max: Option<u64>,
+    format: JobsFormat,
+) -> u8 {
     let mut csv = csv::Writer::from_writer(Vec::new());
     if format == JobsFormat::Csv {
         let _ = csv.write_record(CSV_COLUMNS);
@@ -85,14 +97,19 @@ pub async fn run(records: &Records, mut filter: JobFilter, max: Option<u64>, for
                 JobsFormat::Csv => {
                     let _ = csv.write_record(csv_record(job));
                 }
-                JobsFormat::JsonLines => outln!("{}", serde_json::to_string(job).unwrap_or_default()),
+                JobsFormat::JsonLines => {
+                    outln!("{}", serde_json::to_string(job).unwrap_or_default())
+                }
                 JobsFormat::Table => outln!(
                     "{}  {}  {}  {}{}",
                     job.id,
                     job.batch.as_ref().map(|b| b.as_str()).unwrap_or("-"),
                     job.status,
                     job.updated_at.to_rfc3339(),
-                    job.detail.as_ref().map(|d| format!("  {d}")).unwrap_or_default()
+                    job.detail
+                        .as_ref()
+                        .map(|d| format!("  {d}"))
+                        .unwrap_or_default()
                 ),
             }
         }
@@ -100,7 +117,11 @@ pub async fn run(records: &Records, mut filter: JobFilter, max: Option<u64>, for
             // Flushed per page: a long export streams.
             if let Ok(bytes) = csv.into_inner() {
                 let mut stdout = std::io::stdout().lock();
-                if stdout.write_all(&bytes).and_then(|()| stdout.flush()).is_err() {
+                if stdout
+                    .write_all(&bytes)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
                     return 0; // stdout closed (`| head`): nothing more to say
                 }
             }

@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use mailpipe_common::store::DatabaseSettings;
 use mailpipe_common::config::{
     ConfigError, ConfigSource, Problem, Problems, RabbitSettings, SecretRef, TelemetrySettings,
 };
 use mailpipe_common::contract::JobLimits;
 use mailpipe_common::pool::PoolSettings;
+use mailpipe_common::store::DatabaseSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -282,7 +282,6 @@ mod tests {
         assert!(bad.contains("deliver"), "{bad}");
     }
 
-    
     #[test]
     fn errors_name_the_key() {
         let err = Config::load(&ConfigSource::from_toml("[ingest]\nmax_in_flight = 0\n"))

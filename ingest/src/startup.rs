@@ -78,7 +78,12 @@ async fn keep_database(
     loop {
         match store.prune(chrono::Utc::now()).await {
             Ok(r) if r.jobs + r.stale_claims + r.batches > 0 => {
-                tracing::info!(jobs = r.jobs, stale_claims = r.stale_claims, batches = r.batches, "pruned what is older than database.retention_days");
+                tracing::info!(
+                    jobs = r.jobs,
+                    stale_claims = r.stale_claims,
+                    batches = r.batches,
+                    "pruned what is older than database.retention_days"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
@@ -101,7 +106,10 @@ impl Application {
         let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;
         let store = Store::new(&config.database, shutdown.clone())?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
-        let pipeline = Pipeline::new(Publisher::new(broker.clone(), confirm_timeout), store.clone());
+        let pipeline = Pipeline::new(
+            Publisher::new(broker.clone(), confirm_timeout),
+            store.clone(),
+        );
         let schema_ready = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(keep_database(
             broker.clone(),
@@ -127,7 +135,14 @@ impl Application {
         let listen = config.ingest.listen;
         let limits = config.ingest.http_limits();
         let records = records(&config, store.clone());
-        let state = AppState::new(validator, publisher, records, tokens, config.ingest, schema_ready);
+        let state = AppState::new(
+            validator,
+            publisher,
+            records,
+            tokens,
+            config.ingest,
+            schema_ready,
+        );
         let router = api::router(state)
             .merge(ops_router(&broker, checks))
             .layer(axum::middleware::from_fn(api::track));

@@ -113,10 +113,12 @@ impl Store {
         let mut batches: Vec<&str> = jobs.iter().filter_map(|j| j.batch.as_deref()).collect();
         batches.sort_unstable();
         batches.dedup();
-        let r = sqlx::query("INSERT INTO batches (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING")
-            .bind(&batches)
-            .execute(&self.pool)
-            .await;
+        let r = sqlx::query(
+            "INSERT INTO batches (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&batches)
+        .execute(&self.pool)
+        .await;
         self.observe("recording the batch", r)?;
 
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
@@ -124,13 +126,21 @@ impl Store {
             .bind(&ids)
             .bind(jobs.iter().map(|j| j.batch.as_deref()).collect::<Vec<_>>())
             .bind(jobs.iter().map(|j| j.template.as_str()).collect::<Vec<_>>())
-            .bind(jobs.iter().map(|j| j.recipients.join("\n")).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| j.recipients.join("\n"))
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 jobs.iter()
                     .map(|j| i32::try_from(j.recipients.len()).unwrap_or(i32::MAX))
                     .collect::<Vec<_>>(),
             )
-            .bind(jobs.iter().map(|j| j.content_hash.as_slice()).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| j.content_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
             .bind(claim)
             .fetch_all(&self.pool)
             .await;
@@ -246,11 +256,13 @@ impl Store {
     /// Gives up this publish's claim on `ids` (never published, or not confirmed): they
     /// may be submitted again at once.
     pub async fn release_claims(&self, claim: Uuid, ids: &[&str]) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM jobs WHERE id = ANY($1) AND claim = $2 AND state = 'received'")
-            .bind(ids)
-            .bind(claim)
-            .execute(&self.pool)
-            .await;
+        let r = sqlx::query(
+            "DELETE FROM jobs WHERE id = ANY($1) AND claim = $2 AND state = 'received'",
+        )
+        .bind(ids)
+        .bind(claim)
+        .execute(&self.pool)
+        .await;
         Ok(self.observe("releasing claims", r)?.rows_affected())
     }
 

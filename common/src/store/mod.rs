@@ -94,7 +94,10 @@ pub struct Store {
 
 impl Store {
     /// A pool that connects on first use. Fails only on configuration (URL, secret).
-    pub fn new(settings: &DatabaseSettings, shutdown: CancellationToken) -> Result<Self, ConfigError> {
+    pub fn new(
+        settings: &DatabaseSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConfigError> {
         let problems = settings.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -137,7 +140,11 @@ impl Store {
 
     /// Classifies a result (unreachable, or a failed statement named by `what`) and
     /// keeps the readiness current. Queries written outside this module report through it.
-    pub fn observe<T>(&self, what: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+    pub fn observe<T>(
+        &self,
+        what: &'static str,
+        r: Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
         match r {
             Ok(v) => {
                 self.lock_down().take();

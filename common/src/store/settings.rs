@@ -70,7 +70,9 @@ impl DatabaseSettings {
         }
         if self.schema.is_empty()
             || self.schema.len() > 63
-            || !self.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            || !self
+                .schema
+                .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             || !self
                 .schema
                 .bytes()
@@ -108,7 +110,10 @@ impl DatabaseSettings {
             .map_err(|e| ConfigError::Invalid(vec![Problem::new("database.url", e.to_string())]))?
             .application_name("mailpipe")
             .options([
-                ("statement_timeout", format!("{}ms", self.statement_timeout_ms)),
+                (
+                    "statement_timeout",
+                    format!("{}ms", self.statement_timeout_ms),
+                ),
                 ("search_path", self.schema.clone()),
             ]);
         if let Some(password) = &self.password {

@@ -64,7 +64,9 @@ impl std::fmt::Display for JobState {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed")]
+#[error(
+    "unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for JobState {

@@ -294,14 +294,18 @@ impl Harness {
     }
 
     /// Every event in the stream so far.
+    /// Every event recorded, oldest first, from the system of record (the events stream
+    /// is a feed: a publish retried after a lost connection may show there twice).
     pub async fn events(&self) -> Vec<DeliveryEvent> {
-        let mut out = Vec::new();
-        self.broker
-            .pipeline
-            .read_events_since(Utc::now() - chrono::Duration::hours(1), |e| out.push(e))
-            .await
-            .unwrap();
-        out
+        sqlx::query_scalar::<_, sqlx::types::Json<DeliveryEvent>>(
+            "SELECT event FROM job_events ORDER BY at, id",
+        )
+        .fetch_all(self.broker.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect()
     }
 
     pub async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {

@@ -160,9 +160,8 @@ pub async fn status(
     state.database_ready()?;
     match state.records.batch_report(&id, chrono::Utc::now()).await? {
         Some(b) => Ok(Json(b).into_response()),
-        None => Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known"))
-                .field("batch"),
-        ),
+        None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"))
+        }
     }
 }

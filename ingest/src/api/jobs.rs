@@ -140,7 +140,10 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<JobFilter, ApiError> 
         filter.batch = Some(BatchId::parse(b).map_err(|e| bad("batch", e.to_string()))?);
     }
     if let Some(s) = query.get("state") {
-        filter.state = Some(s.parse().map_err(|e: mailpipe_common::store::UnknownState| bad("state", e.to_string()))?);
+        filter.state = Some(
+            s.parse()
+                .map_err(|e: mailpipe_common::store::UnknownState| bad("state", e.to_string()))?,
+        );
     }
     if let Some(r) = query.get("recipient") {
         if r.is_empty() || r.len() > 320 {
@@ -150,7 +153,10 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<JobFilter, ApiError> 
     }
     if let Some(s) = query.get("since") {
         let since = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
-            bad("since", format!("{s:?} is not an RFC 3339 time (2026-11-30T00:00:00Z): {e}"))
+            bad(
+                "since",
+                format!("{s:?} is not an RFC 3339 time (2026-11-30T00:00:00Z): {e}"),
+            )
         })?;
         filter.since = Some(since.with_timezone(&chrono::Utc));
     }
@@ -162,7 +168,12 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<JobFilter, ApiError> 
             .parse()
             .ok()
             .filter(|n| (1..=crate::records::MAX_PAGE).contains(n))
-            .ok_or_else(|| bad("limit", format!("{l:?}: a number from 1 to {}", crate::records::MAX_PAGE)))?;
+            .ok_or_else(|| {
+                bad(
+                    "limit",
+                    format!("{l:?}: a number from 1 to {}", crate::records::MAX_PAGE),
+                )
+            })?;
     }
     Ok(filter)
 }

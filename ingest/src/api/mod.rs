@@ -85,10 +85,14 @@ impl AppState {
         if self.schema_ready.load(Ordering::SeqCst) {
             return Ok(());
         }
-        Err(ApiError::unavailable(match self.records.store().readiness() {
-            Err(why) => format!("{why}; retry shortly"),
-            Ok(()) => "the database schema is being made current after a start; retry shortly".into(),
-        }))
+        Err(ApiError::unavailable(
+            match self.records.store().readiness() {
+                Err(why) => format!("{why}; retry shortly"),
+                Ok(()) => {
+                    "the database schema is being made current after a start; retry shortly".into()
+                }
+            },
+        ))
     }
 }
 

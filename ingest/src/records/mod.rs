@@ -150,8 +150,17 @@ impl Records {
             .bind(id.as_str())
             .fetch_one(db)
             .await;
-        let (accepted, rendered, delivered, retrying, failed, recipients_left, failures, first, last) =
-            self.store.observe("reading a batch", r)?;
+        let (
+            accepted,
+            rendered,
+            delivered,
+            retrying,
+            failed,
+            recipients_left,
+            failures,
+            first,
+            last,
+        ) = self.store.observe("reading a batch", r)?;
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(None);
         };
@@ -199,7 +208,8 @@ impl Records {
             .filter_map(JobRow::into_status)
             .map(|j| Failure::from(&j))
             .collect();
-        let remaining = counts.total() - counts.get(EventKind::Delivered) - counts.get(EventKind::Failed);
+        let remaining =
+            counts.total() - counts.get(EventKind::Delivered) - counts.get(EventKind::Failed);
         let recipients_left = recipients_left.max(0) as u64;
         let mut eta = self.eta(remaining, recipients_left, now).await?;
         let r = sqlx::query_scalar::<_, i64>(
