@@ -122,14 +122,6 @@ impl DeliverStage {
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
         }
-        // Delivered before, by another process or before a restart: never sent twice.
-        // Asking the record first also means no send while the database is away (this
-        // waits for it, and the prefetch bounds what is in hand meanwhile).
-        if self.pipeline.store().job_state(&meta.job_id).await? == Some(JobState::Delivered) {
-            self.delivered.mark_recorded(&meta.job_id);
-            metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
-            return Ok(DeliveryOutcome::AlreadyDelivered);
-        }
         if let Some(until) = self.delivered.uncertain_until(&meta.job_id) {
             // Its last send may still be accepted by the server: not before `until`.
             if !self.park(&meta, mime, until).await? {
@@ -165,6 +157,22 @@ impl DeliverStage {
                 }
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
+            // Right before the send, the record: delivered before (by another process, or
+            // before a restart) is never sent twice, and while the database is away this
+            // waits, so nothing is sent that could not be recorded.
+            match self.pipeline.store().job_state(&meta.job_id).await {
+                Ok(Some(JobState::Delivered)) => {
+                    self.pool.finish(lease, Completion::NotCounted);
+                    self.delivered.mark_recorded(&meta.job_id);
+                    metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+                    return Ok(DeliveryOutcome::AlreadyDelivered);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.pool.finish(lease, Completion::NotCounted);
+                    return Err(e.into());
+                }
+            }
             let idx = lease.idx;
             let refusal = match self.attempt(&meta, mime, lease).await {
                 Attempt::Delivered(report) => {
