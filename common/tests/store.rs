@@ -230,8 +230,8 @@ async fn a_claim_left_by_a_dead_publish_is_taken_over_after_its_ttl() {
         vec![ClaimOutcome::Claimed]
     );
     // The dead publish's claim is no longer its own: it would not publish.
-    assert!(s.refresh_claims(dead, &["inv-7"]).await.unwrap().is_empty());
-    assert_eq!(s.refresh_claims(live, &["inv-7"]).await.unwrap().len(), 1);
+    assert!(s.refresh_claim(dead).await.unwrap().is_empty());
+    assert_eq!(s.refresh_claim(live).await.unwrap().len(), 1);
     db.cleanup().await;
 }
 

@@ -57,7 +57,10 @@ fn report(what: &str, mut samples: Vec<Duration>) {
         samples.len(),
         percentile(&samples, 0.5).as_secs_f64() * 1000.0,
         percentile(&samples, 0.99).as_secs_f64() * 1000.0,
-        samples.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+        samples
+            .last()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
     );
 }
 
@@ -157,7 +160,10 @@ async fn main() {
         }
         samples.push(t0.elapsed());
     }
-    report(&format!("GET /v1/batches/{{id}} ({BATCH_JOBS} jobs)"), samples);
+    report(
+        &format!("GET /v1/batches/{{id}} ({BATCH_JOBS} jobs)"),
+        samples,
+    );
 
     let mut samples = Vec::new();
     for i in 0..1000u64 {

@@ -5,16 +5,21 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use mailpipe_common::amqp::PublishError;
+use mailpipe_common::amqp::{PendingConfirm, PublishError};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job};
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::store::{ClaimInput, ClaimOutcome};
+use mailpipe_common::store::{ClaimInput, ClaimOutcome, StoreError};
 use uuid::Uuid;
 
 use crate::metrics;
 
-/// Jobs published, confirmed and recorded together.
+/// Jobs published together (two chunks in flight at once).
 const PUBLISH_CHUNK: usize = 500;
+/// Confirmed jobs recorded `accepted` in one statement.
+const RECORD_BATCH: usize = 1000;
+/// How often a long publish refreshes its claim; far below `CLAIM_TTL`, so a claim is
+/// never taken over while its publish is alive.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What happened to one submitted job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +40,12 @@ pub struct JobPublisher {
 }
 
 impl JobPublisher {
-    /// `window`: publishes awaiting their confirm at once (`ingest.max_in_flight`).
+    /// `window`: publishes awaiting their confirm at once (`ingest.max_in_flight`), in
+    /// two chunks.
     pub fn new(pipeline: Pipeline, window: usize) -> Self {
         Self {
             pipeline,
-            chunk: window.clamp(1, PUBLISH_CHUNK),
+            chunk: (window / 2).clamp(1, PUBLISH_CHUNK),
         }
     }
 
@@ -78,10 +84,23 @@ impl JobPublisher {
             publisher: self.clone(),
             claim: Uuid::new_v4(),
             chunk: Vec::new(),
+            published: None,
+            confirmed: Vec::new(),
+            refreshed: Instant::now(),
+            ours: None,
+            recording: None,
             accepted: 0,
             settled: false,
         }
     }
+}
+
+/// Publishes of one chunk awaiting their confirms, with their `accepted` events.
+#[derive(Default)]
+struct PublishedChunk {
+    in_flight: Vec<(DeliveryEvent, Instant, PendingConfirm)>,
+    /// Publishing stopped at this error (the jobs before it are in flight).
+    failure: Option<PublishError>,
 }
 
 /// Claims jobs, then publishes claimed ones chunk by chunk. Dropped unfinished (a request
@@ -90,6 +109,16 @@ pub struct BatchSender {
     publisher: JobPublisher,
     claim: Uuid,
     chunk: Vec<Job>,
+    /// The chunk published last, awaiting its confirms.
+    published: Option<PublishedChunk>,
+    /// Confirmed by the broker, not yet handed to a record.
+    confirmed: Vec<DeliveryEvent>,
+    /// When the claim was last refreshed, and which ids it still held then (`None`: all
+    /// it claimed, nothing refreshed yet).
+    refreshed: Instant,
+    ours: Option<std::collections::HashSet<String>>,
+    /// The previous chunk's `accepted` record, written while the next chunk is published.
+    recording: Option<tokio::task::JoinHandle<Result<u64, StoreError>>>,
     /// Jobs confirmed and recorded so far.
     pub accepted: u64,
     /// `finish` or `abandon` ran: nothing left to release.
@@ -129,21 +158,28 @@ impl BatchSender {
         Ok(())
     }
 
-    /// Refreshes the claim of the chunk, publishes what is still ours, waits for the
-    /// confirms, records them accepted.
+    /// Refreshes the claim of the chunk and publishes what is still ours; then settles
+    /// the chunk before it (whose confirms arrived meanwhile): two chunks in flight keep
+    /// the broker busy while confirms and records catch up.
     async fn flush(&mut self) -> Result<(), PublishError> {
         if self.chunk.is_empty() {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.chunk);
-        let store = self.publisher.pipeline.store();
-        let ids: Vec<&str> = chunk.iter().map(|j| j.id.as_str()).collect();
-        let ours = store.refresh_claims(self.claim, &ids).await?;
-        let mut in_flight = Vec::with_capacity(chunk.len());
-        let mut failure = None;
+        if self.refreshed.elapsed() >= REFRESH_EVERY {
+            // Only what is still ours is published: a claim that went stale (a stalled
+            // process) may have been taken over by a resubmission.
+            let store = self.publisher.pipeline.store().clone();
+            self.ours = Some(store.refresh_claim(self.claim).await?);
+            self.refreshed = Instant::now();
+        }
+        let mut published = PublishedChunk::default();
         for mut job in chunk {
-            if !ours.contains(job.id.as_str()) {
-                // Taken over by a resubmission after this claim went stale: theirs now.
+            if self
+                .ours
+                .as_ref()
+                .is_some_and(|ours| !ours.contains(job.id.as_str()))
+            {
                 continue;
             }
             let now = Utc::now();
@@ -156,14 +192,39 @@ impl BatchSender {
                     event.at = now;
                     // On `accepted`, the job's to + cc + bcc: batch ETAs need the recipients left.
                     event.recipients = recipients;
-                    in_flight.push((event, started, confirm));
+                    published.in_flight.push((event, started, confirm));
                 }
                 Err(e) => {
-                    failure = Some(e);
+                    published.failure = Some(e);
                     break;
                 }
             }
         }
+        let failed = published.failure.is_some();
+        if let Some(previous) = self.published.replace(published) {
+            self.settle_chunk(previous).await?;
+        }
+        if failed {
+            self.settle_published().await?;
+        }
+        Ok(())
+    }
+
+    /// Settles the chunk still in flight, if any.
+    async fn settle_published(&mut self) -> Result<(), PublishError> {
+        match self.published.take() {
+            Some(chunk) => self.settle_chunk(chunk).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a chunk's confirms, then records what the broker confirmed (even when
+    /// the rest failed) in the background, one chunk's record at a time.
+    async fn settle_chunk(&mut self, chunk: PublishedChunk) -> Result<(), PublishError> {
+        let PublishedChunk {
+            in_flight,
+            mut failure,
+        } = chunk;
         let mut confirmed = Vec::with_capacity(in_flight.len());
         for (event, started, confirm) in in_flight {
             match confirm.confirmed().await {
@@ -176,19 +237,55 @@ impl BatchSender {
                 }
             }
         }
-        // What the broker confirmed is recorded even when the rest failed.
-        store.confirm_accepted(self.claim, &confirmed).await?;
-        self.accepted += confirmed.len() as u64;
-        metrics::accepted(confirmed.len() as u64);
+        self.confirmed.extend(confirmed);
+        if self.confirmed.len() >= RECORD_BATCH || failure.is_some() {
+            self.record_confirmed().await?;
+        }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => {
+                self.settle_recording().await?;
+                Err(e)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Records the confirmed jobs `accepted`, in the background (one record at a time):
+    /// each commit waits for the disk, so they are few and large.
+    async fn record_confirmed(&mut self) -> Result<(), PublishError> {
+        self.settle_recording().await?;
+        if self.confirmed.is_empty() {
+            return Ok(());
+        }
+        let confirmed = std::mem::take(&mut self.confirmed);
+        let store = self.publisher.pipeline.store().clone();
+        let claim = self.claim;
+        self.recording = Some(tokio::spawn(async move {
+            store.confirm_accepted(claim, &confirmed).await?;
+            Ok(confirmed.len() as u64)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the previous chunk's record and counts it accepted.
+    async fn settle_recording(&mut self) -> Result<(), PublishError> {
+        let Some(task) = self.recording.take() else {
+            return Ok(());
+        };
+        let recorded = task
+            .await
+            .map_err(|_| PublishError::Store(StoreError::Stopped))??;
+        self.accepted += recorded;
+        metrics::accepted(recorded);
+        Ok(())
     }
 
     /// Publishes what is left and waits until everything is confirmed and recorded.
     pub async fn finish(&mut self) -> Result<(), PublishError> {
         self.flush().await?;
+        self.settle_published().await?;
+        self.record_confirmed().await?;
+        self.settle_recording().await?;
         self.settled = true;
         Ok(())
     }
@@ -197,6 +294,16 @@ impl BatchSender {
     /// published, or not confirmed), so those ids can be submitted again at once.
     pub async fn abandon(mut self) {
         self.settled = true;
+        // What is in flight first: what the broker confirms is accepted, not released.
+        if let Err(e) = self.settle_published().await {
+            tracing::warn!(error = %e, "publishing failed");
+        }
+        if let Err(e) = self.record_confirmed().await {
+            tracing::warn!(error = %e, "recording accepted jobs failed");
+        }
+        if let Err(e) = self.settle_recording().await {
+            tracing::warn!(error = %e, "recording accepted jobs failed");
+        }
         let store = self.publisher.pipeline.store().clone();
         if let Err(e) = store.release_claim(self.claim).await {
             tracing::warn!(error = %e, "releasing a publish's claims failed; they expire after 5 minutes");

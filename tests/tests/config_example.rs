@@ -405,3 +405,59 @@ fn a_misspelt_section_exits_2_naming_it() {
         );
     }
 }
+
+/// Every TOML block of the docs that shows a `[database]` section, as the docs show it, is
+/// accepted by every binary (with the password variable it names set).
+#[test]
+fn the_database_sections_shown_in_the_docs_are_valid() {
+    let dirs = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for doc in [
+        "docs/data.md",
+        "docs/configuration.md",
+        "docs/operations.md",
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(doc)).unwrap();
+        for block in text.split("```toml").skip(1) {
+            let toml = block.split("```").next().unwrap();
+            if !toml.contains("[database]") {
+                continue;
+            }
+            let file = dirs.path().join(format!("db-{checked}.toml"));
+            std::fs::write(&file, toml).unwrap();
+            for b in Binary::ALL {
+                let out = Command::new(bin_dir().unwrap().join(b.name()))
+                    .arg("--config")
+                    .arg(&file)
+                    .arg("--check-config")
+                    .env("MAILPIPE_DATABASE_PASSWORD", "db-password-never-printed")
+                    .env("MAILPIPE_RABBITMQ_PASSWORD", "x")
+                    .env_remove("MAILPIPE_CONFIG")
+                    .output()
+                    .unwrap();
+                let all = text_of(&out);
+                // deliver needs its pool: only the [database] part is judged here.
+                let database_errors: Vec<&str> = all
+                    .lines()
+                    .filter(|l| l.starts_with("configuration error: database"))
+                    .collect();
+                assert!(
+                    database_errors.is_empty(),
+                    "{doc}, {}: {database_errors:?}\n{toml}",
+                    b.name()
+                );
+                assert!(!all.contains("db-password-never-printed"), "{all}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the docs show the [database] section");
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

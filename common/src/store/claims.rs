@@ -3,9 +3,9 @@
 //!
 //! A publish first *claims* its jobs: it inserts them `received`, with its claim token,
 //! and the unique key on `jobs.id` decides between two replicas submitting one id at the
-//! same instant (the second waits on the first's row and finds it). Right before it
-//! publishes a chunk it *refreshes* the claim (still ours, and fresh); after the broker's
-//! confirm it *confirms* them `accepted` with their `accepted` events. A publish that
+//! same instant (the second waits on the first's row and finds it). A long publish
+//! *refreshes* its claim every minute (and publishes only what it still holds); after the
+//! broker's confirm it *confirms* the jobs `accepted` with their `accepted` events. A publish that
 //! fails *releases* its claim, so the id can be submitted again. A claim left by a process
 //! that died is taken over by a resubmission once it is older than [`CLAIM_TTL`].
 
@@ -204,21 +204,20 @@ impl Store {
             .collect())
     }
 
-    /// Right before publishing: keeps the claim fresh and returns which of `ids` are
-    /// still this publish's (a claim taken over by another is not published here).
-    pub async fn refresh_claims(
+    /// Keeps the publish `claim` fresh (a long publish calls it well within
+    /// [`CLAIM_TTL`]) and returns the ids it still holds: a claim taken over by another
+    /// (after this process stalled past the TTL) is not published here.
+    pub async fn refresh_claim(
         &self,
         claim: Uuid,
-        ids: &[&str],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
         let r = sqlx::query_scalar::<_, String>(
-            "UPDATE jobs SET claimed_at = now() WHERE id = ANY($1) AND claim = $2 RETURNING id",
+            "UPDATE jobs SET claimed_at = now() WHERE claim = $1 AND state = 'received' RETURNING id",
         )
-        .bind(ids)
         .bind(claim)
         .fetch_all(&self.pool)
         .await;
-        Ok(self.observe("refreshing claims", r)?.into_iter().collect())
+        Ok(self.observe("refreshing a claim", r)?.into_iter().collect())
     }
 
     /// After the broker confirmed the publish: the jobs are `accepted` (unless render

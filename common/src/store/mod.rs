@@ -212,12 +212,22 @@ impl Store {
     /// Creates the schema when missing and applies every migration not yet applied. Safe
     /// to run from several processes at once (the migrator takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        // The name is checked (lower-case letters, digits, '_') by DatabaseSettings.
-        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
-        let r = sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&self.pool)
-            .await;
-        self.observe("creating the schema", r)?;
+        // Created only when missing: CREATE SCHEMA IF NOT EXISTS would need the CREATE
+        // privilege on the database even when the schema is there.
+        let r = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        )
+        .bind(&self.schema)
+        .fetch_one(&self.pool)
+        .await;
+        if !self.observe("looking for the schema", r)? {
+            // The name is checked (lower-case letters, digits, '_') by DatabaseSettings.
+            let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+            let r = sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&self.pool)
+                .await;
+            self.observe("creating the schema", r)?;
+        }
         match MIGRATOR.run(&self.pool).await {
             Ok(()) => Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e)) => {
