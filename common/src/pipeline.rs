@@ -6,15 +6,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::FieldTable;
 
 use crate::amqp::{
-    Broker, BrokerError, DEAD_REASON_HEADER, DEAD_STAGE_HEADER, Outgoing, PendingConfirm,
-    PublishError, Publisher, Stage, Topology, header_str, persistent_properties, set_header,
+    Broker, DEAD_REASON_HEADER, DEAD_STAGE_HEADER, Outgoing, PendingConfirm, PublishError,
+    Publisher, Stage, Topology, persistent_properties, set_header,
 };
 use crate::contract::{
     CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
@@ -28,12 +25,6 @@ pub const JOB_ID_HEADER: &str = "mailpipe-job-id";
 pub const BATCH_HEADER: &str = "mailpipe-batch";
 /// Delivery attempts already spent, on messages in the retry ladder.
 pub const ATTEMPT_HEADER: &str = "mailpipe-attempt";
-/// Stream messages in hand while reading the events stream, and how often they are acked
-/// (one multiple-ack per `ACK_EVERY`): large enough that the broker never waits on us.
-const READ_PREFETCH: u16 = 2000;
-const ACK_EVERY: u16 = 500;
-/// Marks the sentinel a reader publishes to know where "now" is in the events stream.
-const MARKER_HEADER: &str = "mailpipe-marker";
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -49,6 +40,12 @@ impl Pipeline {
     /// The system of record.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The confirmed publisher underneath (test support reads the events stream with it).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
     pub fn broker(&self) -> &Broker {
@@ -183,122 +180,6 @@ impl Pipeline {
             .await?;
         Ok(Some((delay, pending)))
     }
-
-    /// Publishes a marker into the events stream and returns its id. A reader that
-    /// meets its own marker ([`events_marker`]) has seen everything published before it:
-    /// that is how "now" is found in a stream without guessing at idle timeouts.
-    pub async fn publish_events_marker(&self) -> Result<String, PublishError> {
-        let marker = uuid::Uuid::new_v4().to_string();
-        let mut headers = FieldTable::default();
-        set_header(&mut headers, MARKER_HEADER, marker.clone());
-        let exchange = self.topology().events_exchange();
-        self.publisher
-            .publish(Outgoing {
-                exchange: &exchange,
-                routing_key: "",
-                body: b"",
-                properties: persistent_properties("application/octet-stream", headers),
-            })
-            .await?;
-        Ok(marker)
-    }
-
-    /// Reads the events stream from `since` up to the moment of the call, then returns.
-    pub async fn read_events_since(
-        &self,
-        since: DateTime<Utc>,
-        mut each: impl FnMut(DeliveryEvent),
-    ) -> Result<usize, StreamReadError> {
-        let topo = self.topology().clone();
-        let marker = self.publish_events_marker().await?;
-
-        let broker = self.broker();
-        let ch = broker.channel().await?;
-        broker
-            .bounded(
-                "basic.qos",
-                ch.basic_qos(READ_PREFETCH, BasicQosOptions::default()),
-            )
-            .await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            ShortString::from("x-stream-offset"),
-            AMQPValue::Timestamp(since.timestamp().max(0) as u64),
-        );
-        let mut consumer = broker
-            .bounded(
-                "basic.consume",
-                ch.basic_consume(
-                    ShortString::from(topo.events_stream()),
-                    ShortString::from(""),
-                    BasicConsumeOptions::default(),
-                    args,
-                ),
-            )
-            .await?;
-        let amqp = |source| BrokerError::Amqp {
-            endpoint: broker.endpoint().to_owned(),
-            source,
-        };
-        let mut count = 0;
-        let mut unacked = 0u16;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery.map_err(amqp)?;
-            // One ack per ACK_EVERY events (multiple = true), not one per event: acking
-            // each one made a 100k-event replay take a minute.
-            unacked += 1;
-            let is_marker = events_marker(&delivery.properties);
-            if unacked >= ACK_EVERY || is_marker.is_some() {
-                delivery
-                    .acker
-                    .ack(BasicAckOptions { multiple: true })
-                    .await
-                    .ok();
-                unacked = 0;
-            }
-            if let Some(m) = is_marker {
-                if m == marker {
-                    break;
-                }
-                continue;
-            }
-            match DeliveryEvent::from_json(&delivery.data) {
-                // x-stream-offset by timestamp is chunk-granular: filter precisely here.
-                Ok(e) if e.at >= since => {
-                    count += 1;
-                    each(e);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable event"),
-            }
-        }
-        broker
-            .bounded(
-                "basic.cancel",
-                ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-            )
-            .await
-            .ok();
-        broker
-            .bounded("channel.close", ch.close(200, "read".into()))
-            .await
-            .ok();
-        Ok(count)
-    }
-}
-
-/// The id of a marker (see [`Pipeline::publish_events_marker`]) if this stream message is one.
-pub fn events_marker(props: &BasicProperties) -> Option<String> {
-    header_str(props, MARKER_HEADER)
-}
-
-/// Why the events stream could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamReadError {
-    #[error("publishing the events-stream marker: {0}")]
-    Marker(#[from] PublishError),
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
 }
 
 /// AMQP properties of a rendered message (also used when deliver re-queues one).

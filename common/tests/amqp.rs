@@ -1,5 +1,7 @@
 //! The RabbitMQ layer against the real broker (each test under its own name prefix).
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! `x-max-age` durations and secret references. A value either means exactly what it says
 //! or is refused; reading a secret never blocks or reads without bound.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use mailpipe_common::config::{MAX_SECRET_FILE_BYTES, SecretRef, parse_max_age};

@@ -3,6 +3,8 @@
 //! message's metadata header and delivery events. Each parser must refuse cleanly (never
 //! panic) on any input, and whatever it accepts must be safe to carry on.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Component, Path};
 
 use mailpipe_common::contract::{AttachmentPath, DeliveryEvent, EventKind, Job, RenderedMeta};

@@ -1,6 +1,8 @@
 //! The system of record against a real PostgreSQL: a job only moves forward, ids are
 //! claimed once across processes, retention prunes, deliver's questions are answered.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Duration, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};

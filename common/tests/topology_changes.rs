@@ -2,6 +2,8 @@
 //! a new retry ladder just works; a new delivery limit or events retention is reported with
 //! the queue's value, the configured one and what to do.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;

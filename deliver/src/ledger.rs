@@ -132,7 +132,7 @@ pub async fn replay(
         .sends_since(quota_since, |event| {
             let read = progress.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::REPLAYED_EVENTS.set(read as i64);
-            if read % 10_000 == 0 {
+            if read.is_multiple_of(10_000) {
                 tracing::info!(events = read, "rebuilding the ledger from the database");
             }
             let uncertain = event.kind == EventKind::Retrying && event.uncertain;

@@ -3,6 +3,8 @@
 //! or holds a mailbox. Whatever text a server (or someone on the path) sends, the parser
 //! never panics and the class follows the documented table in `classify.rs`.
 
+#![allow(clippy::unwrap_used)]
+
 use mailpipe_common::contract::SmtpReply;
 use mailpipe_deliver::classify::{MailboxProblem, ReplyClass, TenantProblem, classify};
 use proptest::prelude::*;

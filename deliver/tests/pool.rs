@@ -2,6 +2,8 @@
 //! to seconds. The simulator is the judge: it records every acceptance and refusal and
 //! the most messages and recipients it ever saw inside one window.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -226,7 +226,7 @@ async fn claim_spool(
         if chunk.len() >= CLAIM_CHUNK || (done && !chunk.is_empty()) {
             let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
             let outcomes = sender.claim(&jobs).await.map_err(|e| match e {
-                PublishError::Store(s) => ImportError::Unavailable(s),
+                PublishError::Store(s) => ImportError::Unavailable(*s),
                 other => ImportError::Publish {
                     report: report.clone(),
                     source: other,

@@ -55,6 +55,26 @@ pub enum DeadCommand {
     },
 }
 
+/// `submit`: the file and how to import it.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The file; its extension picks the format.
+    pub file: PathBuf,
+    /// Batch id for every job (default: a fresh one, printed in the summary).
+    #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
+    pub batch: Option<BatchId>,
+    /// Publish the good lines even if some are bad or conflict (default: all or nothing).
+    #[arg(long)]
+    pub partial: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Check and render every line, publish nothing (no broker or database needed): exit
+    /// 0 all good, 1 bad lines (listed).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `jobs`: which jobs to list and how.
 #[derive(Debug, clap::Args)]
 pub struct JobsArgs {
@@ -243,14 +263,17 @@ pub async fn jobs(
 /// `submit FILE`.
 pub async fn submit(
     config: &Config,
-    file: PathBuf,
-    batch: Option<BatchId>,
-    partial: bool,
-    quiet: bool,
-    dry_run: bool,
+    args: SubmitArgs,
     shutdown: CancellationToken,
     give_up_after: Duration,
 ) -> ExitCode {
+    let SubmitArgs {
+        file,
+        batch,
+        partial,
+        quiet,
+        dry_run,
+    } = args;
     let display = if quiet {
         Display::Quiet
     } else {

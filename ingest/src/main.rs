@@ -8,7 +8,7 @@ use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::BatchId;
 use mailpipe_ingest::Config;
-use mailpipe_ingest::commands::{self, DeadCommand, JobsArgs};
+use mailpipe_ingest::commands::{self, DeadCommand, JobsArgs, SubmitArgs};
 use mailpipe_ingest::status_cli::StatusOptions;
 
 const AFTER_HELP: &str = "\
@@ -66,23 +66,7 @@ enum Command {
     /// Serve the HTTP API (POST /v1/jobs, POST /v1/batches, GET status) and /metrics.
     Serve,
     /// Import a JSONL (.jsonl/.ndjson) or CSV (.csv) file straight to RabbitMQ.
-    Submit {
-        /// The file; its extension picks the format.
-        file: std::path::PathBuf,
-        /// Batch id for every job (default: a fresh one, printed in the summary).
-        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
-        batch: Option<BatchId>,
-        /// Publish the good lines even if some are bad (default: all or nothing).
-        #[arg(long)]
-        partial: bool,
-        /// No progress output.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Check and render every line, publish nothing (no broker needed): exit 0 all
-        /// good, 1 bad lines (listed).
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Submit(SubmitArgs),
     /// A batch's status from the database: counts, per mailbox, failures, ETA.
     Status {
         /// The batch id.
@@ -173,25 +157,7 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
     let shutdown = mailpipe_common::shutdown::on_signals();
     match command {
         Command::Serve => commands::serve(config, shutdown).await,
-        Command::Submit {
-            file,
-            batch,
-            partial,
-            quiet,
-            dry_run,
-        } => {
-            commands::submit(
-                &config,
-                file,
-                batch,
-                partial,
-                quiet,
-                dry_run,
-                shutdown,
-                give_up_after,
-            )
-            .await
-        }
+        Command::Submit(args) => commands::submit(&config, args, shutdown, give_up_after).await,
         Command::Status { batch, watch, json } => {
             let options = StatusOptions { batch, watch, json };
             commands::status(&config, options, shutdown, give_up_after).await

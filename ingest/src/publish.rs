@@ -274,7 +274,7 @@ impl BatchSender {
         };
         let recorded = task
             .await
-            .map_err(|_| PublishError::Store(StoreError::Stopped))??;
+            .map_err(|_| PublishError::from(StoreError::Stopped))??;
         self.accepted += recorded;
         metrics::accepted(recorded);
         Ok(())

@@ -115,6 +115,7 @@ pub async fn submit(
 /// (after symlinks), checked before and after opening: a FIFO, a device (a link to
 /// `/dev/zero`) or a directory would block or never end. Returns the file, its format
 /// and its size. The CLI calls this before it connects to the broker.
+#[allow(clippy::result_large_err)] // returned once per command, never in a loop
 pub fn open_input(path: &Path) -> Result<(std::fs::File, Format, u64), SubmitError> {
     let format = Format::from_path(path).ok_or_else(|| SubmitError::Format(path.to_owned()))?;
     let open_error = |source| SubmitError::Open {

@@ -2,6 +2,8 @@
 //! non-blank line is reported once, under its own line number, valid ones as jobs and bad
 //! ones as errors, and a line over the size limit is refused without stopping the rest.
 
+#![allow(clippy::unwrap_used)]
+
 use mailpipe_common::contract::JobLimits;
 use mailpipe_ingest::batch_reader::{Format, read_jobs};
 use mailpipe_ingest::validate::Validator;

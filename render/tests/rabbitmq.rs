@@ -43,15 +43,12 @@ async fn events_for(
 ) -> Vec<DeliveryEvent> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut found = Vec::new();
-        t.pipeline
-            .read_events_since(since, |e| {
-                if e.job_id.as_str() == job_id {
-                    found.push(e)
-                }
-            })
+        let found: Vec<DeliveryEvent> = t
+            .stream_events_since(since)
             .await
-            .expect("read events");
+            .into_iter()
+            .filter(|e| e.job_id.as_str() == job_id)
+            .collect();
         if found.iter().any(|e| e.kind == want) || tokio::time::Instant::now() > deadline {
             return found;
         }

@@ -2,6 +2,8 @@
 //! (nothing accepted that is not recorded), render and deliver stop taking work and
 //! resume on their own once PostgreSQL is back; nothing is lost, nothing sent twice.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

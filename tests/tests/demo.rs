@@ -2,6 +2,8 @@
 //! deploy/local/demo.sh executes) with its default relative `--dir .demo`, from a fresh
 //! working directory, delivers every invoice with no provider refusal.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 #[test]

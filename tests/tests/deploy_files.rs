@@ -4,6 +4,8 @@
 //! `promtool` checks of the Prometheus files run in .ci/run. The helpers in [`names`] are
 //! shared with monitoring.rs (which includes this file).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -525,8 +527,7 @@ fn dockerfile_builds_like_the_readme_and_runs_unprivileged() {
     }
     let user = docker
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .next_back()
+        .rfind(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(
         !user.contains("root") && !user.ends_with(" 0") && !user.contains(" 0:"),

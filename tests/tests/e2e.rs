@@ -1,6 +1,8 @@
 //! The product end to end: the real binaries as processes, a real RabbitMQ, the Exchange
 //! Online simulator as the judge of what was delivered.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

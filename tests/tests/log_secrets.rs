@@ -2,6 +2,8 @@
 //! real broker with a RabbitMQ password that is a unique canary (refused by the broker, so
 //! the process tries again and again) never writes the canary, in text or JSON.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //! Needs RabbitMQ (deploy/local/ensure-rabbitmq.sh) and the built binaries
 //! (`cargo build --workspace --bins`).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "deploy_files.rs"]
 #[allow(dead_code)]
 mod deploy_files;

@@ -1,6 +1,8 @@
 //! The README's quick start stays true: CI runs exactly the test command the README gives,
 //! and the demo command it names exists.
 
+#![allow(clippy::unwrap_used)]
+
 use mailpipe_tests::stack::workspace_root;
 
 #[test]

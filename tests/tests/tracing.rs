@@ -2,6 +2,8 @@
 //! share a trace id, linked through the W3C trace context in AMQP headers. A local OTLP/HTTP
 //! collector (JSON encoding) receives what the real binaries export.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -48,9 +48,15 @@ pub enum PublishError {
     /// The system of record could not take the record (shutdown while it waited for
     /// the database, or a statement it refused): the input is not acked.
     #[error("recording in the database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[source] Box<crate::store::StoreError>),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+impl From<crate::store::StoreError> for PublishError {
+    fn from(e: crate::store::StoreError) -> Self {
+        PublishError::Store(Box::new(e))
+    }
 }
 
 impl PublishError {

@@ -160,7 +160,7 @@ impl Topology {
                 ShortString::from("x-delivery-limit"),
                 AMQPValue::LongInt(self.delivery_limit as i32),
             );
-            set_header(&mut args, "x-dead-letter-exchange", &self.dead_exchange());
+            set_header(&mut args, "x-dead-letter-exchange", self.dead_exchange());
             ch.queue_declare(ShortString::from(queue.clone()), durable_q, args)
                 .await?;
             self.bind(ch, &queue, &self.work_exchange(), stage.as_str())
@@ -173,7 +173,7 @@ impl Topology {
                     ShortString::from("x-message-ttl"),
                     AMQPValue::LongLongInt(delay.as_millis() as i64),
                 );
-                set_header(&mut args, "x-dead-letter-exchange", &self.work_exchange());
+                set_header(&mut args, "x-dead-letter-exchange", self.work_exchange());
                 set_header(&mut args, "x-dead-letter-routing-key", stage.as_str());
                 ch.queue_declare(ShortString::from(retry.clone()), durable_q, args)
                     .await?;

@@ -44,7 +44,7 @@ impl std::fmt::Display for SmtpReply {
 
 /// Finds `x.y.z` where the text starts (after optional spaces), as RFC 3463 places it.
 fn enhanced_code(text: &str) -> Option<&str> {
-    let token = text.trim_start().split_whitespace().next()?;
+    let token = text.split_whitespace().next()?;
     let token = token.trim_end_matches([',', ';', ':']);
     let mut parts = token.split('.');
     let class = parts.next()?;

@@ -66,7 +66,7 @@ impl fmt::Display for Millis {
 
 /// Whole milliseconds in `d`, rounded up (a longer window is the safe side), saturating.
 pub(crate) fn duration_ms_ceil(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 

@@ -84,7 +84,7 @@ pub async fn submit(
         Ok(Outcome::Conflict) => {
             Err(ApiError::new(StatusCode::CONFLICT, conflict_reason(&id)).field("id"))
         }
-        Err(PublishError::Store(e)) => Err(e.into()),
+        Err(PublishError::Store(e)) => Err((*e).into()),
         Err(e) => {
             tracing::error!(job_id = %id, error = %e, "publish failed");
             Err(ApiError::unavailable(format!(
