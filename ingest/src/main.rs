@@ -25,11 +25,15 @@ Examples:
   mailpipe-ingest submit invoices.jsonl --partial     # publish the good lines, report the bad
   mailpipe-ingest submit invoices.csv --dry-run       # check and render every line, publish nothing
 
-  # A batch's status from the events stream (no server needed): counts, per mailbox,
-  # failures with their SMTP replies, ETA from the [deliver] pool's limits:
+  # A batch's status from the database (no server, no RabbitMQ needed): counts, per
+  # mailbox, failures with their SMTP replies, ETA from the [deliver] pool's limits:
   mailpipe-ingest --config mailpipe.toml status nov-2026
   mailpipe-ingest status nov-2026 --watch          # every 2 s until finished (or Ctrl-C)
   mailpipe-ingest status nov-2026 --json | jq .eta # the same JSON as GET /v1/batches/{id}
+
+  # Jobs from the database, by batch, state, recipient or time (a table, CSV or JSON lines):
+  mailpipe-ingest --config mailpipe.toml jobs --batch nov-2026 --state failed --csv > failed.csv
+  mailpipe-ingest jobs --recipient ann@example.com --since 2026-01-01T00:00:00Z
 
   # Dead letters: read them (the queue is left intact), then send them back:
   mailpipe-ingest dead list --batch nov-2026
@@ -40,21 +44,26 @@ Examples:
   mailpipe-ingest --config mailpipe.toml --check-config
   mailpipe-ingest --config mailpipe.toml --check-config --json   # one JSON object: ok, errors, warnings, summary
 
-Exit codes: submit: 0 ok; 1 lines were rejected (or found bad by --dry-run); 2 configuration or
-input error (a path that is not a regular file too); 3 RabbitMQ failed. status: 0 no failures
-(finished, or not yet with no --watch); 1 failures; 2 unknown batch or configuration; 3 RabbitMQ
-failed. dead: 0 done; 2 configuration; 3 RabbitMQ failed. RabbitMQ failed: a refused login, a
-missing vhost or an inequivalent queue (at once), or unreachable for --broker-timeout (30s).
-See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters.";
+Exit codes: submit: 0 ok; 1 lines were rejected or ids conflict (or found bad by --dry-run); 2
+configuration or input error (a path that is not a regular file too); 3 RabbitMQ or PostgreSQL
+failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown batch,
+configuration, or a database schema behind this build (run `migrate`); 3 PostgreSQL failed. jobs: 0
+done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
+migrate: 0 done; 3 PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
+inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
+unreachable for the same time.
+See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters, and
+docs/data.md for what the database holds.";
 
 #[derive(Debug, Parser)]
-#[command(name = "mailpipe-ingest", version, about = "Accepts mail jobs (HTTP API or files), validates them and publishes them to RabbitMQ.", after_help = AFTER_HELP)]
+#[command(name = "mailpipe-ingest", version, about = "Accepts mail jobs (HTTP API or files), validates them, records them in PostgreSQL and publishes them to RabbitMQ; answers what became of them.", after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
-    /// submit, status, dead: give up (exit 3) once RabbitMQ has been unreachable this
-    /// long, at start or later (`30s`, `2m`, or seconds). A refused login, a missing vhost
-    /// or an inequivalent queue exits 3 at once. `serve` retries until stopped.
+    /// submit, status, jobs, dead, migrate: give up (exit 3) once RabbitMQ or PostgreSQL
+    /// has been unreachable this long, at start or later (`30s`, `2m`, or seconds). A
+    /// refused login, a missing vhost or an inequivalent queue exits 3 at once. `serve`
+    /// retries until stopped.
     #[arg(long, global = true, default_value = "30s", value_name = "DURATION", value_parser = parse_broker_timeout)]
     broker_timeout: std::time::Duration,
     #[command(subcommand)]

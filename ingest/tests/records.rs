@@ -325,3 +325,59 @@ async fn with_the_database_away_nothing_is_accepted_and_it_resumes_when_it_is_ba
     assert_eq!(app.render_depth().await, 2);
     app.cleanup().await;
 }
+
+#[test]
+fn migrate_makes_the_schema_current_and_a_process_that_may_not_migrate_then_starts() {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(mailpipe_common::testkit::ensure_test_database());
+    let database = mailpipe_common::testkit::database_settings("ing-migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailpipe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = {:?}\nschema = {:?}\nmigrate_on_start = false\n",
+            database.url, database.schema
+        ),
+    )
+    .unwrap();
+    let ingest = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The schema is behind (empty): a command refuses, naming what to run.
+    let out = ingest(&["status", "nov-2026"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mailpipe-ingest migrate"), "{stderr}");
+
+    let out = ingest(&["migrate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is current"), "{stdout}");
+    // Twice is harmless.
+    assert_eq!(ingest(&["migrate"]).status.code(), Some(0));
+
+    // Now the same process works: an unknown batch is exit 2 with its own message.
+    let out = ingest(&["status", "nov-2026"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown batch nov-2026"), "{stderr}");
+    let out = ingest(&["jobs", "--batch", "nov-2026", "--csv"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "the header line only"
+    );
+}
