@@ -18,50 +18,40 @@ use crate::metrics;
 use crate::pool::MailboxPool;
 use crate::throttle::Millis;
 
-#[derive(Debug, Clone)]
-pub struct DeliveredEntry {
-    pub event: DeliveryEvent,
-    /// False while the `delivered` event is not yet confirmed by the broker.
-    pub recorded: bool,
-}
-
-/// Jobs known to be delivered.
+/// Jobs this process delivered whose `delivered` record is not written yet (the write
+/// failed, and the message came back): the record is written again, the mail never.
+/// Once recorded a job leaves this map: the record answers for it from then on
+/// (`Store::job_state` before every send), so memory does not grow with what was sent.
 #[derive(Debug, Default)]
 pub struct DeliveredJobs {
-    jobs: Mutex<HashMap<JobId, Option<DeliveredEntry>>>,
+    pending: Mutex<HashMap<JobId, DeliveryEvent>>,
     /// Jobs with an uncertain send, and until when they are held back.
     uncertain: Mutex<HashMap<JobId, DateTime<Utc>>>,
 }
 
 impl DeliveredJobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Option<DeliveredEntry>>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, DeliveryEvent>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, id: &JobId) -> Option<DeliveredEntry> {
-        match self.lock().get(id)? {
-            Some(entry) => Some(entry.clone()),
-            None => Some(DeliveredEntry {
-                event: DeliveryEvent::new(id.clone(), None, EventKind::Delivered),
-                recorded: true,
-            }),
-        }
+    /// The `delivered` event of a job sent here and not yet recorded.
+    pub fn pending(&self, id: &JobId) -> Option<DeliveryEvent> {
+        self.lock().get(id).cloned()
     }
 
-    /// Delivered, event not yet confirmed: the event is kept so it can be written again.
+    /// Delivered, not yet recorded: the event is kept so it can be written again.
     pub fn insert_pending(&self, event: DeliveryEvent) {
-        self.lock().insert(
-            event.job_id.clone(),
-            Some(DeliveredEntry {
-                event,
-                recorded: false,
-            }),
-        );
+        self.lock().insert(event.job_id.clone(), event);
     }
 
-    /// Recorded in the stream: only the id is kept.
+    /// Recorded: the database answers for it now.
     pub fn mark_recorded(&self, id: &JobId) {
-        self.lock().insert(id.clone(), None);
+        self.lock().remove(id);
+    }
+
+    /// Jobs delivered here and not yet recorded.
+    pub fn pending_len(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock_uncertain(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, DateTime<Utc>>> {
@@ -159,9 +149,6 @@ pub async fn replay(
                 ) {
                     stats.sends_restored += 1;
                 }
-            }
-            if !uncertain {
-                delivered.mark_recorded(&event.job_id);
             }
         })
         .await?;

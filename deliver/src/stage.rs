@@ -108,17 +108,15 @@ impl DeliverStage {
             _ = self.shutdown.cancelled() => return Ok(DeliveryOutcome::Returned),
             claim = self.claims.claim(&meta.job_id) => claim,
         };
-        if let Some(event) = self.delivered.get(&meta.job_id) {
-            // Delivered before (maybe by a process that died before acking): make sure the
-            // event is on record, but never send twice.
-            if !event.recorded {
-                self.pipeline
-                    .record_event(&event.event)
-                    .await?
-                    .confirmed()
-                    .await?;
-                self.delivered.mark_recorded(&meta.job_id);
-            }
+        if let Some(event) = self.delivered.pending(&meta.job_id) {
+            // Delivered here, and its record failed before: write the record, never the
+            // mail again.
+            self.pipeline
+                .record_event(&event)
+                .await?
+                .confirmed()
+                .await?;
+            self.delivered.mark_recorded(&meta.job_id);
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
         }
@@ -163,7 +161,6 @@ impl DeliverStage {
             match self.pipeline.store().job_state(&meta.job_id).await {
                 Ok(Some(JobState::Delivered)) => {
                     self.pool.finish(lease, Completion::NotCounted);
-                    self.delivered.mark_recorded(&meta.job_id);
                     metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
                     return Ok(DeliveryOutcome::AlreadyDelivered);
                 }
