@@ -359,3 +359,82 @@ async fn an_unreachable_database_is_reported_and_reads_fail_at_once() {
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[tokio::test]
+async fn a_batch_is_paused_resumed_and_cancelled_and_a_cancel_is_final() {
+    use mailpipe_common::store::BatchControl;
+    let db = Db::new("control").await;
+    let s = &db.store;
+    let in_batch = |job: &str, kind, secs| {
+        let mut e = event(job, kind, secs);
+        e.batch = Some(BatchId::parse("bc").unwrap());
+        e
+    };
+    for j in ["c1", "c2", "c3"] {
+        s.record_event(&in_batch(j, EventKind::Accepted, 0))
+            .await
+            .unwrap();
+    }
+    s.record_event(&in_batch("c1", EventKind::Delivered, 1))
+        .await
+        .unwrap();
+    let id = |j: &str| JobId::parse(j).unwrap();
+
+    assert_eq!(
+        s.set_batch_control("nope", BatchControl::Paused)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.set_batch_control("bc", BatchControl::Paused)
+            .await
+            .unwrap(),
+        Some((BatchControl::Paused, 0))
+    );
+    let check = s.send_check(&id("c2")).await.unwrap();
+    assert_eq!(
+        (check.state, check.control),
+        (Some(JobState::Accepted), BatchControl::Paused)
+    );
+    s.set_batch_control("bc", BatchControl::Running)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send_check(&id("c2")).await.unwrap().control,
+        BatchControl::Running
+    );
+
+    // Cancel: every unsent job at once, with its event; the delivered one stays delivered.
+    assert_eq!(
+        s.set_batch_control("bc", BatchControl::Cancelled)
+            .await
+            .unwrap(),
+        Some((BatchControl::Cancelled, 2))
+    );
+    assert_eq!(state(s, "c1").await, Some(JobState::Delivered));
+    assert_eq!(state(s, "c2").await, Some(JobState::Cancelled));
+    // A render arriving late does not revive it; a send already under way may end delivered.
+    s.record_event(&in_batch("c2", EventKind::Rendered, 100))
+        .await
+        .unwrap();
+    assert_eq!(state(s, "c2").await, Some(JobState::Cancelled));
+    s.record_event(&in_batch("c3", EventKind::Delivered, 100))
+        .await
+        .unwrap();
+    assert_eq!(state(s, "c3").await, Some(JobState::Delivered));
+    // Final: resuming or pausing a cancelled batch leaves it cancelled.
+    assert_eq!(
+        s.set_batch_control("bc", BatchControl::Running)
+            .await
+            .unwrap(),
+        Some((BatchControl::Cancelled, 0))
+    );
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE kind = 'cancelled'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(cancelled, 2);
+    db.cleanup().await;
+}

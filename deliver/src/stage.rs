@@ -12,7 +12,7 @@ use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
 };
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
-use mailpipe_common::store::JobState;
+use mailpipe_common::store::{BatchControl, JobState};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -24,6 +24,22 @@ use crate::ledger::DeliveredJobs;
 use crate::metrics;
 use crate::pool::{Completion, Lease, MailboxPool, SessionError};
 use crate::smtp::{SendReport, SmtpStage};
+
+/// What the record says before a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Send,
+    /// Delivered before: never sent again.
+    Duplicate,
+    /// Its batch was cancelled.
+    Cancelled,
+    /// Its batch is paused: back to the retry ladder, looked at again later.
+    Paused,
+}
+
+/// How long a job of a paused batch waits in the retry ladder before it is looked at
+/// again (the ladder's first delay at least this long; 30 s by default).
+const PAUSED_RECHECK: chrono::Duration = chrono::Duration::seconds(10);
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +53,11 @@ pub enum DeliveryOutcome {
     /// No reply came after the message data: it may have been accepted, so it waits in the
     /// retry ladder and is not sent again before `until`.
     Uncertain { until: DateTime<Utc> },
-    /// A copy of a job whose last send is uncertain: back to the retry ladder, unsent, with
-    /// no attempt spent.
+    /// A copy of a job whose last send is uncertain, or of a paused batch: back to the
+    /// retry ladder, unsent, with no attempt spent.
     Held { until: DateTime<Utc> },
+    /// Its batch was cancelled: recorded `cancelled`, never sent.
+    Cancelled,
     /// Permanently failed: in dead letters with its reason.
     Dead { reason: String },
     /// Shutdown came while it waited for a mailbox: it goes back to the queue unsent.
@@ -132,6 +150,11 @@ impl DeliverStage {
             return Ok(DeliveryOutcome::Held { until });
         }
 
+        match self.verdict(&meta).await? {
+            Verdict::Send => {}
+            other => return self.not_sent(&meta, mime, other).await,
+        }
+
         let waited = Instant::now();
         // Mailbox-level refusals reroute without spending an attempt; but a message that
         // every mailbox refuses is itself suspect, so after this many reroutes it is
@@ -155,19 +178,19 @@ impl DeliverStage {
                 }
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
-            // Right before the send, the record: delivered before (by another process, or
-            // before a restart) is never sent twice, and while the database is away this
-            // waits, so nothing is sent that could not be recorded.
-            match self.pipeline.store().job_state(&meta.job_id).await {
-                Ok(Some(JobState::Delivered)) => {
+            // Right before the send, the record again: delivered before (by another
+            // process, or before a restart) is never sent twice, a batch paused or
+            // cancelled while this one waited is honoured, and while the database is away
+            // this waits, so nothing is sent that could not be recorded.
+            match self.verdict(&meta).await {
+                Ok(Verdict::Send) => {}
+                Ok(other) => {
                     self.pool.finish(lease, Completion::NotCounted);
-                    metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
-                    return Ok(DeliveryOutcome::AlreadyDelivered);
+                    return self.not_sent(&meta, mime, other).await;
                 }
-                Ok(_) => {}
                 Err(e) => {
                     self.pool.finish(lease, Completion::NotCounted);
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
             let idx = lease.idx;
@@ -471,6 +494,51 @@ impl DeliverStage {
     /// Puts a message in the retry ladder, unchanged, until `until`: on the first step that
     /// waits long enough, or the longest (then it comes back early and is parked again).
     /// `false` when there is no ladder.
+    /// What the record says about sending this job now.
+    async fn verdict(&self, meta: &RenderedMeta) -> Result<Verdict, PublishError> {
+        let check = self.pipeline.store().send_check(&meta.job_id).await?;
+        Ok(match (check.state, check.control) {
+            (Some(JobState::Delivered), _) => Verdict::Duplicate,
+            (Some(JobState::Cancelled), _) | (_, BatchControl::Cancelled) => Verdict::Cancelled,
+            (_, BatchControl::Paused) => Verdict::Paused,
+            _ => Verdict::Send,
+        })
+    }
+
+    /// A job the record says not to send (now).
+    async fn not_sent(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        verdict: Verdict,
+    ) -> Result<DeliveryOutcome, PublishError> {
+        match verdict {
+            Verdict::Send | Verdict::Duplicate => {
+                metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+                Ok(DeliveryOutcome::AlreadyDelivered)
+            }
+            Verdict::Cancelled => {
+                let mut event = self.event(meta, EventKind::Cancelled, None);
+                event.reason = Some("batch cancelled".into());
+                self.pipeline
+                    .record_event(&event)
+                    .await?
+                    .confirmed()
+                    .await?;
+                metrics::MESSAGES.with_label_values(&["cancelled"]).inc();
+                Ok(DeliveryOutcome::Cancelled)
+            }
+            Verdict::Paused => {
+                let until = Utc::now() + PAUSED_RECHECK;
+                if !self.park(meta, mime, until).await? {
+                    return Ok(DeliveryOutcome::Returned);
+                }
+                metrics::MESSAGES.with_label_values(&["paused"]).inc();
+                Ok(DeliveryOutcome::Held { until })
+            }
+        }
+    }
+
     async fn park(
         &self,
         meta: &RenderedMeta,

@@ -11,7 +11,7 @@ use mailpipe_common::cli::ConfigCheck;
 use mailpipe_common::config::CommonSettings;
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::store::{JobState, Store, StoreError};
+use mailpipe_common::store::{BatchControl, JobState, Store, StoreError};
 use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,25 @@ pub enum DeadCommand {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// No further job of the batch is sent (sends under way finish); other batches go on.
+    Pause {
+        #[arg(value_parser = |s: &str| BatchId::parse(s))]
+        batch: BatchId,
+    },
+    /// Send the rest of a paused batch (within the retry ladder's first delay).
+    Resume {
+        #[arg(value_parser = |s: &str| BatchId::parse(s))]
+        batch: BatchId,
+    },
+    /// Every job of the batch not sent yet ends `cancelled`, never sent. Final.
+    Cancel {
+        #[arg(value_parser = |s: &str| BatchId::parse(s))]
+        batch: BatchId,
     },
 }
 
@@ -227,6 +246,57 @@ pub async fn status(
         Err(code) => return code,
     };
     let code = status_cli::run(&records(config, &store), &options, &shutdown).await;
+    store.close().await;
+    ExitCode::from(code)
+}
+
+/// `batch pause|resume|cancel ID`: exit 0 done, 1 a cancelled batch cannot be resumed or
+/// paused, 2 unknown batch, 3 the database failed.
+pub async fn batch(
+    config: &Config,
+    command: BatchCommand,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+) -> ExitCode {
+    let (batch, to) = match command {
+        BatchCommand::Pause { batch } => (batch, BatchControl::Paused),
+        BatchCommand::Resume { batch } => (batch, BatchControl::Running),
+        BatchCommand::Cancel { batch } => (batch, BatchControl::Cancelled),
+    };
+    let store = match open_store(config, shutdown.clone(), give_up_after).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let code = match store.set_batch_control(batch.as_str(), to).await {
+        Ok(None) => {
+            eprintln!("unknown batch {batch}: no job of it in the database");
+            2
+        }
+        Ok(Some((now, _))) if now != to => {
+            eprintln!("batch {batch} is cancelled: it cannot be {}", to.as_str());
+            1
+        }
+        Ok(Some((now, cancelled))) => {
+            let what = match now {
+                BatchControl::Running => "resumed".to_owned(),
+                BatchControl::Paused => "paused".to_owned(),
+                BatchControl::Cancelled => format!("cancelled ({cancelled} unsent jobs cancelled)"),
+            };
+            outln!("batch {batch}: {what}");
+            let options = StatusOptions {
+                batch,
+                watch: false,
+                json: false,
+            };
+            // The report as it stands now; its failures do not make this command fail.
+            status_cli::run(&records(config, &store), &options, &shutdown).await;
+            0
+        }
+        Err(e) => {
+            eprintln!("PostgreSQL: {e}");
+            3
+        }
+    };
     store.close().await;
     ExitCode::from(code)
 }

@@ -8,7 +8,7 @@ use mailpipe_common::cli::{ConfigArgs, ConfigCheck};
 use mailpipe_common::config::ConfigSource;
 use mailpipe_common::domain::BatchId;
 use mailpipe_ingest::Config;
-use mailpipe_ingest::commands::{self, DeadCommand, JobsArgs, SubmitArgs};
+use mailpipe_ingest::commands::{self, BatchCommand, DeadCommand, JobsArgs, SubmitArgs};
 use mailpipe_ingest::status_cli::StatusOptions;
 
 const AFTER_HELP: &str = "\
@@ -31,6 +31,11 @@ Examples:
   mailpipe-ingest status nov-2026 --watch          # every 2 s until finished (or Ctrl-C)
   mailpipe-ingest status nov-2026 --json | jq .eta # the same JSON as GET /v1/batches/{id}
 
+  # Stop a batch (a wrong template?), let it go on, or end it for good:
+  mailpipe-ingest --config mailpipe.toml batch pause nov-2026
+  mailpipe-ingest --config mailpipe.toml batch resume nov-2026
+  mailpipe-ingest --config mailpipe.toml batch cancel nov-2026
+
   # Jobs from the database, by batch, state, recipient or time (a table, CSV or JSON lines):
   mailpipe-ingest --config mailpipe.toml jobs --batch nov-2026 --state failed --csv > failed.csv
   mailpipe-ingest jobs --recipient ann@example.com --since 2026-01-01T00:00:00Z
@@ -49,7 +54,8 @@ configuration or input error (a path that is not a regular file too); 3 RabbitMQ
 failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown batch,
 configuration, or a database schema behind this build (run `migrate`); 3 PostgreSQL failed. jobs: 0
 done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
-migrate: 0 done; 3 PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
+migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
+unknown batch; 3 PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
 inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
 unreachable for the same time.
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters, and
@@ -87,6 +93,11 @@ enum Command {
         /// One JSON object (per refresh with --watch), as GET /v1/batches/{id} answers.
         #[arg(long)]
         json: bool,
+    },
+    /// Pause, resume or cancel a batch (every deliver process honours it within seconds).
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
     },
     /// Jobs by batch, state, recipient or time, from the database (table, --csv, --json).
     Jobs(JobsArgs),
@@ -176,5 +187,8 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
             commands::dead(&config, command, shutdown, give_up_after).await
         }
         Command::Migrate => commands::migrate(&config, shutdown, give_up_after).await,
+        Command::Batch { command } => {
+            commands::batch(&config, command, shutdown, give_up_after).await
+        }
     }
 }

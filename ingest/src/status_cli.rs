@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use mailpipe_common::contract::EventKind;
 use mailpipe_common::domain::BatchId;
-use mailpipe_common::store::JobState;
+use mailpipe_common::store::{BatchControl, JobState};
 use mailpipe_common::{out, outln};
 use tokio_util::sync::CancellationToken;
 
@@ -73,11 +73,20 @@ pub fn render(r: &BatchReport) -> String {
     let c = &r.counts;
     let _ = writeln!(
         out,
-        "batch {}: {} jobs: {} delivered, {} failed, {} to go (accepted {}, rendered {}, retrying {}){}",
+        "batch {}{}: {} jobs: {} delivered, {} failed, {}{} to go (accepted {}, rendered {}, retrying {}){}",
         r.batch,
+        match r.control {
+            BatchControl::Running => "",
+            BatchControl::Paused => " (paused)",
+            BatchControl::Cancelled => " (cancelled)",
+        },
         r.jobs,
         c.get(EventKind::Delivered),
         c.get(EventKind::Failed),
+        match c.get(EventKind::Cancelled) {
+            0 => String::new(),
+            n => format!("{n} cancelled, "),
+        },
         r.remaining,
         c.get(EventKind::Accepted),
         c.get(EventKind::Rendered),

@@ -176,6 +176,17 @@ fn every_status_the_server_answers_is_documented() {
             &[202, 400, 408, 409, 413, 415, 422, 503][..],
         ),
         ("get", "/v1/batches/{id}", &[200, 400, 404, 503][..]),
+        (
+            "post",
+            "/v1/batches/{id}/pause",
+            &[200, 400, 404, 409, 503][..],
+        ),
+        (
+            "post",
+            "/v1/batches/{id}/resume",
+            &[200, 400, 404, 409, 503][..],
+        ),
+        ("post", "/v1/batches/{id}/cancel", &[200, 400, 404, 503][..]),
     ] {
         let mut expected: BTreeSet<u16> = codes.iter().copied().collect();
         expected.insert(401);

@@ -500,7 +500,10 @@ max_attempts = 6
         loop {
             let status = self.batch_status(batch).await.unwrap_or(Value::Null);
             let c = &status["counts"];
-            let done = c["delivered"].as_u64().unwrap_or(0) + c["failed"].as_u64().unwrap_or(0);
+            let done = ["delivered", "failed", "cancelled"]
+                .iter()
+                .map(|k| c[*k].as_u64().unwrap_or(0))
+                .sum::<u64>();
             if done >= jobs {
                 return Ok(status);
             }

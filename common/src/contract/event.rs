@@ -20,6 +20,8 @@ pub enum EventKind {
     Retrying,
     /// A permanent failure: the message is in dead letters.
     Failed,
+    /// Its batch was cancelled before it was sent: it never will be.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! lost (`record_event`) wait for the database to come back, until shutdown; reads and
 //! ingest's claims fail at once, so the API can answer 503.
 
+mod batches;
 mod claims;
 mod events;
 mod prune;
@@ -21,6 +22,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use batches::{BatchControl, SendCheck};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
 pub use settings::DatabaseSettings;

@@ -17,16 +17,19 @@ pub enum JobState {
     Retrying,
     Delivered,
     Failed,
+    /// Its batch was cancelled before it was sent.
+    Cancelled,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Received,
         JobState::Accepted,
         JobState::Rendered,
         JobState::Retrying,
         JobState::Delivered,
         JobState::Failed,
+        JobState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,12 +40,16 @@ impl JobState {
             JobState::Retrying => "retrying",
             JobState::Delivered => "delivered",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 
-    /// Delivered or failed: nothing more happens to it on its own.
+    /// Delivered, failed or cancelled: nothing more happens to it on its own.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Delivered | JobState::Failed)
+        matches!(
+            self,
+            JobState::Delivered | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// The state an event of `kind` puts a job in.
@@ -53,6 +60,7 @@ impl JobState {
             EventKind::Delivered => JobState::Delivered,
             EventKind::Retrying => JobState::Retrying,
             EventKind::Failed => JobState::Failed,
+            EventKind::Cancelled => JobState::Cancelled,
         }
     }
 }
@@ -65,7 +73,7 @@ impl std::fmt::Display for JobState {
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed"
+    "unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed, cancelled"
 )]
 pub struct UnknownState(pub String);
 

@@ -1,5 +1,6 @@
-//! `POST /v1/batches?batch=ID[&partial=true]` (JSONL or CSV, streamed) and
-//! `GET /v1/batches/{id}` (counts, per mailbox, failures, ETA: `status::BatchReport`).
+//! `POST /v1/batches?batch=ID[&partial=true]` (JSONL or CSV, streamed),
+//! `GET /v1/batches/{id}` (counts, per mailbox, failures, ETA: `records::BatchReport`) and
+//! `POST /v1/batches/{id}/pause|resume|cancel`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mailpipe_common::domain::BatchId;
+use mailpipe_common::store::BatchControl;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::AppState;
@@ -160,6 +162,48 @@ pub async fn status(
     state.database_ready()?;
     match state.records.batch_report(&id, chrono::Utc::now()).await? {
         Some(b) => Ok(Json(b).into_response()),
+        None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"))
+        }
+    }
+}
+
+pub async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    control(state, id, BatchControl::Paused).await
+}
+
+pub async fn resume(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    control(state, id, BatchControl::Running).await
+}
+
+pub async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    control(state, id, BatchControl::Cancelled).await
+}
+
+/// Pause, resume or cancel: answers the batch's report as it stands after the change.
+async fn control(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    to: BatchControl,
+) -> Result<Response, ApiError> {
+    let id = BatchId::parse(&id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
+    state.database_ready()?;
+    let store = state.records.store();
+    let Some((now, _)) = store.set_batch_control(id.as_str(), to).await? else {
+        return Err(
+            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"),
+        );
+    };
+    if now != to {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("batch {id} is cancelled: it cannot be {}", to.as_str()),
+        )
+        .field("batch"));
+    }
+    match state.records.batch_report(&id, chrono::Utc::now()).await? {
+        Some(report) => Ok(Json(report).into_response()),
         None => {
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"))
         }

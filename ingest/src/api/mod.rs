@@ -104,6 +104,24 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)>
         (Method::GET, "/v1/jobs/{id}", get(jobs::status), true),
         (Method::POST, "/v1/batches", post(batches::upload), true),
         (Method::GET, "/v1/batches/{id}", get(batches::status), true),
+        (
+            Method::POST,
+            "/v1/batches/{id}/pause",
+            post(batches::pause),
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/batches/{id}/resume",
+            post(batches::resume),
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/batches/{id}/cancel",
+            post(batches::cancel),
+            true,
+        ),
         (Method::GET, "/v1/openapi.yaml", get(openapi), false),
     ]
 }

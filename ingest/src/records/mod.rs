@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
-use mailpipe_common::store::{JobState, Store, StoreError};
+use mailpipe_common::store::{BatchControl, JobState, Store, StoreError};
 use sqlx::types::Json;
 
 pub use report::{
@@ -33,10 +33,12 @@ SELECT count(*) FILTER (WHERE state = 'accepted'),
        count(*) FILTER (WHERE state = 'delivered'),
        count(*) FILTER (WHERE state = 'retrying'),
        count(*) FILTER (WHERE state = 'failed'),
-       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed')), 0)::int8,
+       count(*) FILTER (WHERE state = 'cancelled'),
+       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled')), 0)::int8,
        count(*) FILTER (WHERE state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)),
        min(coalesce(accepted_at, created_at)),
-       max(updated_at)
+       max(updated_at),
+       (SELECT control FROM batches WHERE id = $1)
 FROM jobs WHERE batch_id = $1 AND state <> 'received'
 "#;
 
@@ -48,8 +50,10 @@ type Summary = (
     i64,
     i64,
     i64,
+    i64,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 /// Which jobs `GET /v1/jobs` and `mailpipe-ingest jobs` list.
@@ -156,10 +160,12 @@ impl Records {
             delivered,
             retrying,
             failed,
+            cancelled,
             recipients_left,
             failures,
             first,
             last,
+            control,
         ) = self.store.observe("reading a batch", r)?;
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(None);
@@ -171,6 +177,7 @@ impl Records {
             (EventKind::Delivered, delivered),
             (EventKind::Retrying, retrying),
             (EventKind::Failed, failed),
+            (EventKind::Cancelled, cancelled),
         ] {
             counts.set(kind, n.max(0) as u64);
         }
@@ -208,19 +215,20 @@ impl Records {
             .filter_map(JobRow::into_status)
             .map(|j| Failure::from(&j))
             .collect();
-        let remaining =
-            counts.total() - counts.get(EventKind::Delivered) - counts.get(EventKind::Failed);
+        let remaining = counts.total() - counts.finished();
         let recipients_left = recipients_left.max(0) as u64;
         let mut eta = self.eta(remaining, recipients_left, now).await?;
         let r = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'received') AND batch_id IS DISTINCT FROM $1",
+            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'received') AND batch_id IS DISTINCT FROM $1",
         )
         .bind(id.as_str())
         .fetch_one(db)
         .await;
         eta.other_jobs_left = self.store.observe("counting other batches", r)?.max(0) as u64;
+        let control = BatchControl::from_column(control.as_deref());
         Ok(Some(BatchReport {
             batch: id.clone(),
+            control,
             jobs: counts.total(),
             finished: remaining == 0,
             remaining,

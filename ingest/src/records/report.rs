@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
-use mailpipe_common::store::JobState;
+use mailpipe_common::store::{BatchControl, JobState};
 use serde::Serialize;
 
 use crate::eta::Eta;
 
 /// The states a report counts (a `received` job is not accepted yet), in report order.
-pub const KINDS: [EventKind; 5] = [
+pub const KINDS: [EventKind; 6] = [
     EventKind::Accepted,
     EventKind::Rendered,
     EventKind::Delivered,
     EventKind::Retrying,
     EventKind::Failed,
+    EventKind::Cancelled,
 ];
 
 /// Failures listed in a batch report (the total is always given).
@@ -26,7 +27,7 @@ pub const FAILURES_SHOWN: usize = 100;
 /// Jobs per current state, for one batch. Serialised as a map by state, plus `dead`
 /// (the same number as `failed`: a failed job's message is in dead letters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KindCounts(pub(crate) [u64; 5]);
+pub struct KindCounts(pub(crate) [u64; 6]);
 
 impl KindCounts {
     pub fn get(&self, kind: EventKind) -> u64 {
@@ -45,6 +46,13 @@ impl KindCounts {
 
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
+    }
+
+    /// Jobs that reached an end: delivered, failed or cancelled.
+    pub fn finished(&self) -> u64 {
+        self.get(EventKind::Delivered)
+            + self.get(EventKind::Failed)
+            + self.get(EventKind::Cancelled)
     }
 }
 
@@ -97,11 +105,13 @@ impl From<&JobStatus> for Failure {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchReport {
     pub batch: BatchId,
+    /// `running`, `paused` or `cancelled` (`POST /v1/batches/{id}/pause|resume|cancel`).
+    pub control: BatchControl,
     /// Jobs accepted in this batch.
     pub jobs: u64,
-    /// Every job delivered or failed.
+    /// Every job delivered, failed or cancelled.
     pub finished: bool,
-    /// Jobs not delivered or failed yet.
+    /// Jobs not delivered, failed or cancelled yet.
     pub remaining: u64,
     /// Jobs by current state (`dead` = `failed`).
     pub counts: KindCounts,

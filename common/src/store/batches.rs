@@ -1,0 +1,132 @@
+//! Batch control: pause, resume and cancel, kept in `batches.control` so every deliver
+//! process sees it on its next check (before each send) and it survives restarts.
+
+use super::{JobState, Store, StoreError};
+use crate::domain::JobId;
+
+/// What a batch's owner said about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchControl {
+    Running,
+    /// No further job of it is sent until it is resumed.
+    Paused,
+    /// No further job of it is sent, ever: its unsent jobs end `cancelled`.
+    Cancelled,
+}
+
+impl BatchControl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchControl::Running => "running",
+            BatchControl::Paused => "paused",
+            BatchControl::Cancelled => "cancelled",
+        }
+    }
+
+    /// `batches.control` as stored (`None`: no row, a batch never controlled).
+    pub fn from_column(text: Option<&str>) -> Self {
+        match text {
+            Some("paused") => BatchControl::Paused,
+            Some("cancelled") => BatchControl::Cancelled,
+            _ => BatchControl::Running,
+        }
+    }
+}
+
+/// What deliver learns before a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendCheck {
+    /// The job's state, `None` when the database does not know the job.
+    pub state: Option<JobState>,
+    /// Its batch's control (`Running` without a batch).
+    pub control: BatchControl,
+}
+
+/// Sets the control of a batch that has jobs (or a row), creating its row when only jobs
+/// name it (jobs recorded by render or deliver without ingest's claim).
+const SET_CONTROL: &str = r#"
+INSERT INTO batches (id, control, control_changed_at)
+SELECT $1, $2, now()
+WHERE EXISTS (SELECT 1 FROM batches WHERE id = $1) OR EXISTS (SELECT 1 FROM jobs WHERE batch_id = $1)
+ON CONFLICT (id) DO UPDATE SET
+    control = CASE WHEN batches.control = 'cancelled' THEN 'cancelled' ELSE EXCLUDED.control END,
+    control_changed_at = now()
+RETURNING control
+"#;
+
+/// Every job of the batch not sent yet ends `cancelled`, with its event. A job in the
+/// middle of a send may still be delivered: its `delivered` moves it on.
+const CANCEL_JOBS: &str = r#"
+WITH cancelled AS (
+    UPDATE jobs SET state = 'cancelled', updated_at = $2, reason = 'batch cancelled',
+                    smtp_code = NULL, smtp_enhanced = NULL, smtp_text = NULL
+    WHERE batch_id = $1 AND state IN ('accepted', 'rendered', 'retrying')
+    RETURNING id, attempt
+)
+INSERT INTO job_events (job_id, kind, at, event)
+SELECT id, 'cancelled', $2,
+       jsonb_build_object('v', 1, 'job_id', id, 'batch', $1::text, 'kind', 'cancelled',
+                          'attempt', attempt, 'reason', 'batch cancelled', 'at', $2)
+FROM cancelled
+ON CONFLICT (job_id, at, kind) DO NOTHING
+"#;
+
+impl Store {
+    /// Sets a batch's control; `None` when no job of that batch is known. A cancelled
+    /// batch stays cancelled. Cancelling also ends every unsent job `cancelled` at once
+    /// (one transaction); returns how many.
+    pub async fn set_batch_control(
+        &self,
+        batch: &str,
+        control: BatchControl,
+    ) -> Result<Option<(BatchControl, u64)>, StoreError> {
+        let mut tx = self.observe("starting a transaction", self.pool.begin().await)?;
+        let r = sqlx::query_scalar::<_, String>(SET_CONTROL)
+            .bind(batch)
+            .bind(control.as_str())
+            .fetch_optional(&mut *tx)
+            .await;
+        let Some(now) = self.observe("setting a batch's control", r)? else {
+            return Ok(None);
+        };
+        let now = BatchControl::from_column(Some(&now));
+        let mut cancelled = 0;
+        if now == BatchControl::Cancelled {
+            let r = sqlx::query(CANCEL_JOBS)
+                .bind(batch)
+                .bind(chrono::Utc::now())
+                .execute(&mut *tx)
+                .await;
+            cancelled = self
+                .observe("cancelling a batch's jobs", r)?
+                .rows_affected();
+        }
+        self.observe("committing", tx.commit().await)?;
+        Ok(Some((now, cancelled)))
+    }
+
+    /// The job's state and its batch's control, right before a send. Waits while the
+    /// database is unreachable (no send without a record).
+    pub async fn send_check(&self, id: &JobId) -> Result<SendCheck, StoreError> {
+        let row: Option<(String, Option<String>)> = self
+            .durably("checking a job before its send", || {
+                sqlx::query_as(
+                    "SELECT j.state, b.control FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id WHERE j.id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(match row {
+            Some((state, control)) => SendCheck {
+                state: state.parse().ok(),
+                control: BatchControl::from_column(control.as_deref()),
+            },
+            None => SendCheck {
+                state: None,
+                control: BatchControl::Running,
+            },
+        })
+    }
+}
