@@ -213,6 +213,14 @@ fn summary(stack: &Stack, batch: &str, status: &Value, elapsed: Duration) -> Val
             "simulator_api": format!("http://{}/api/messages", stack.sim.http_addr()),
             "logs": stack.dir.join("logs").display().to_string(),
             "config": stack.config_path.display().to_string(),
+            // Kept after the demo (schema `demo`, emptied at the next run).
+            "records": format!(
+                "{} --config {} jobs --batch {batch}",
+                crate::stack::bin_dir()
+                    .map(|d| d.join("mailpipe-ingest").display().to_string())
+                    .unwrap_or_else(|_| "mailpipe-ingest".into()),
+                stack.config_path.display()
+            ),
         },
         "metrics": {
             "ingest": format!("{}/metrics", stack.url(Binary::Ingest)),
@@ -275,6 +283,10 @@ pub fn render_text(s: &Value) -> String {
         "logs: {}   config: {}\n",
         i["logs"].as_str().unwrap_or(""),
         i["config"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "records (PostgreSQL, schema demo): {}\n",
+        i["records"].as_str().unwrap_or("")
     ));
     let m = &s["metrics"];
     out.push_str(&format!(

@@ -26,5 +26,24 @@ fn the_demo_delivers_every_invoice_from_a_relative_dir() {
     );
     // The run's files are where the relative --dir says, not nested under it.
     assert!(cwd.path().join(".demo/mailpipe.toml").is_file());
+    // The records command it prints runs as shown and lists every invoice of the batch.
+    let records = summary["inspect"]["records"].as_str().unwrap();
+    let mut words = records.split_whitespace();
+    let out = Command::new(words.next().unwrap())
+        .args(words)
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{records}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 12, "{listed}");
+    assert!(
+        listed.lines().all(|l| l.contains(" delivered ")),
+        "{listed}"
+    );
     assert!(!cwd.path().join(".demo/.demo").exists());
 }
