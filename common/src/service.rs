@@ -64,13 +64,9 @@ impl prometheus::core::Collector for BrokerConnected {
 fn register_process_metrics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        // The default registry carries the process collector already (prometheus'
+        // `process` feature, on Linux): registering it again only fails.
         let registry = prometheus::default_registry();
-        #[cfg(target_os = "linux")]
-        if let Err(e) = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )) {
-            tracing::warn!(error = %e, "process metrics unavailable");
-        }
         let binary = std::env::current_exe()
             .ok()
             .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))

@@ -381,3 +381,124 @@ fn migrate_makes_the_schema_current_and_a_process_that_may_not_migrate_then_star
         "the header line only"
     );
 }
+
+/// A port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ingest_processes_given_one_id_at_the_same_instant_publish_it_once() {
+    let t = TestBroker::start("ing-two-procs").await;
+    let dir = fixture_dir();
+    let config = dir.path().join("mailpipe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rabbitmq]\nurl = {:?}\nprefix = {:?}\ndelivery_limit = {}\nretry_delays_ms = {:?}\n{}\n[ingest]\napi_tokens = [{{ file = \"token1\" }}]\ntemplates_dir = \"templates\"\n",
+            t.settings.url,
+            t.settings.prefix,
+            t.settings.delivery_limit,
+            t.settings
+                .retry_delays_ms
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect::<Vec<_>>(),
+            t.database_toml()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut bases = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("MAILPIPE_INGEST__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("ingest-{port}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        children.push(Child(child));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for base in &bases {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect();
+                panic!("{base} never ready: {logs:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let post = |base: String, body: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/jobs"))
+                .bearer_auth(support::TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    const ROUNDS: usize = 30;
+    for round in 0..ROUNDS {
+        let job = job_json(&format!("proc-{round}"));
+        let (a, b) = tokio::join!(
+            post(bases[0].clone(), job.clone()),
+            post(bases[1].clone(), job)
+        );
+        assert_eq!(
+            [a, b].iter().filter(|s| **s == 202).count(),
+            1,
+            "round {round}: {a} / {b}"
+        );
+        assert!(
+            [a, b].iter().all(|s| [200, 202, 409].contains(s)),
+            "{a} / {b}"
+        );
+    }
+    let queue = t
+        .broker
+        .topology()
+        .stage_queue(mailpipe_common::amqp::Stage::Render);
+    assert_eq!(
+        t.depth(&queue).await,
+        ROUNDS as u32,
+        "each id published once"
+    );
+    drop(children);
+    t.cleanup().await;
+}
