@@ -207,6 +207,8 @@ proptest! {
             message_id: format!("<{job_id}@mailpipe>"),
             attempt,
             rendered_at: chrono::Utc::now(),
+            not_before: None,
+            not_after: None,
         };
         let back = RenderedMeta::from_header_value(&meta.to_header_value()).unwrap();
         prop_assert_eq!(back, meta);

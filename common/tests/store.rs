@@ -114,6 +114,19 @@ async fn a_job_only_moves_forward_whatever_order_events_arrive_in() {
         .unwrap();
     assert_eq!(state(s, "b").await, Some(JobState::Delivered));
 
+    // Expired is final too, except for a send already under way.
+    s.record_event(&event("x", EventKind::Expired, 1))
+        .await
+        .unwrap();
+    s.record_event(&event("x", EventKind::Retrying, 9))
+        .await
+        .unwrap();
+    assert_eq!(state(s, "x").await, Some(JobState::Expired));
+    s.record_event(&event("x", EventKind::Delivered, 2))
+        .await
+        .unwrap();
+    assert_eq!(state(s, "x").await, Some(JobState::Delivered));
+
     // Between non-final events the later stamp wins, whatever the arrival order.
     s.record_event(&event("c", EventKind::Retrying, 5))
         .await

@@ -63,6 +63,8 @@ mod tests {
             message_id: "<x@y>".into(),
             attempt: 0,
             rendered_at: chrono::Utc::now(),
+            not_before: None,
+            not_after: None,
         }
     }
 

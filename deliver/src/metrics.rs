@@ -23,7 +23,7 @@ pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "mailpipe_deliver_messages_total",
-        "Messages handled, by outcome (delivered, retry, uncertain, held, dead, duplicate, returned, cancelled, paused)",
+        "Messages handled, by outcome (delivered, retry, uncertain, held, dead, duplicate, returned, cancelled, paused, scheduled, expired)",
         &["outcome"]
     )
     .expect("metric registers once")

@@ -35,6 +35,10 @@ enum Verdict {
     Cancelled,
     /// Its batch is paused: back to the retry ladder, looked at again later.
     Paused,
+    /// Its `not_before` is still ahead: back to the retry ladder until then.
+    Scheduled(DateTime<Utc>),
+    /// Its `not_after` passed: it ends `expired`, never sent.
+    Expired,
 }
 
 /// How long a job of a paused batch waits in the retry ladder before it is looked at
@@ -58,6 +62,8 @@ pub enum DeliveryOutcome {
     Held { until: DateTime<Utc> },
     /// Its batch was cancelled: recorded `cancelled`, never sent.
     Cancelled,
+    /// Its `not_after` passed: recorded `expired`, never sent.
+    Expired,
     /// Permanently failed: in dead letters with its reason.
     Dead { reason: String },
     /// Shutdown came while it waited for a mailbox: it goes back to the queue unsent.
@@ -497,11 +503,17 @@ impl DeliverStage {
     /// What the record says about sending this job now.
     async fn verdict(&self, meta: &RenderedMeta) -> Result<Verdict, PublishError> {
         let check = self.pipeline.store().send_check(&meta.job_id).await?;
+        let now = Utc::now();
         Ok(match (check.state, check.control) {
             (Some(JobState::Delivered), _) => Verdict::Duplicate,
             (Some(JobState::Cancelled), _) | (_, BatchControl::Cancelled) => Verdict::Cancelled,
+            (Some(JobState::Expired), _) => Verdict::Expired,
+            _ if meta.not_after.is_some_and(|t| t <= now) => Verdict::Expired,
             (_, BatchControl::Paused) => Verdict::Paused,
-            _ => Verdict::Send,
+            _ => match meta.not_before.filter(|t| *t > now) {
+                Some(at) => Verdict::Scheduled(at),
+                None => Verdict::Send,
+            },
         })
     }
 
@@ -528,12 +540,30 @@ impl DeliverStage {
                 metrics::MESSAGES.with_label_values(&["cancelled"]).inc();
                 Ok(DeliveryOutcome::Cancelled)
             }
-            Verdict::Paused => {
-                let until = Utc::now() + PAUSED_RECHECK;
+            Verdict::Expired => {
+                let mut event = self.event(meta, EventKind::Expired, None);
+                event.reason = Some(format!(
+                    "not sent before its not_after ({})",
+                    meta.not_after.map(|t| t.to_rfc3339()).unwrap_or_default()
+                ));
+                self.pipeline
+                    .record_event(&event)
+                    .await?
+                    .confirmed()
+                    .await?;
+                metrics::MESSAGES.with_label_values(&["expired"]).inc();
+                Ok(DeliveryOutcome::Expired)
+            }
+            Verdict::Paused | Verdict::Scheduled(_) => {
+                let (until, label) = match verdict {
+                    Verdict::Scheduled(at) => (at, "scheduled"),
+                    _ => (Utc::now() + PAUSED_RECHECK, "paused"),
+                };
+                // Waits in the retry ladder, not in this process: no prefetch held.
                 if !self.park(meta, mime, until).await? {
                     return Ok(DeliveryOutcome::Returned);
                 }
-                metrics::MESSAGES.with_label_values(&["paused"]).inc();
+                metrics::MESSAGES.with_label_values(&[label]).inc();
                 Ok(DeliveryOutcome::Held { until })
             }
         }

@@ -105,6 +105,14 @@ impl Validator {
                 "is set by ingest, not by clients",
             ));
         }
+        if let Some(until) = job.not_after
+            && until <= chrono::Utc::now()
+        {
+            errors.push(FieldError::new(
+                "not_after",
+                format!("{until} has passed: the job could only expire"),
+            ));
+        }
         if let Some(root) = &self.attachments_root {
             for (i, a) in job.attachments.iter().enumerate() {
                 if let AttachmentSource::Path(p) = &a.source
@@ -183,7 +191,7 @@ pub fn reason_class(field: &str, malformed: bool) -> &'static str {
         return "malformed";
     }
     let head = field.split(['[', '.']).next().unwrap_or_default();
-    const KNOWN: [&str; 16] = [
+    const KNOWN: [&str; 18] = [
         "id",
         "batch",
         "template",
@@ -197,6 +205,8 @@ pub fn reason_class(field: &str, malformed: bool) -> &'static str {
         "attachments",
         "v",
         "accepted_at",
+        "not_before",
+        "not_after",
         "job",
         "csv",
         "body",
@@ -228,6 +238,21 @@ mod tests {
             .unwrap_err();
         assert!(!e.malformed);
         assert_eq!(e.errors[0].field, "to[0]");
+    }
+
+    #[test]
+    fn a_schedule_must_be_possible() {
+        let e = v()
+            .check(br#"{"id":"j1","template":"t","to":["a@x.com"],"not_after":"2020-01-01T00:00:00Z"}"#)
+            .unwrap_err();
+        assert_eq!(e.errors[0].field, "not_after");
+        assert!(e.errors[0].reason.contains("has passed"), "{:?}", e.errors);
+        let e = v()
+            .check(br#"{"id":"j1","template":"t","to":["a@x.com"],"not_before":"2099-01-02T00:00:00Z","not_after":"2099-01-01T00:00:00Z"}"#)
+            .unwrap_err();
+        assert_eq!(e.errors[0].field, "not_after");
+        let ok = v().check(br#"{"id":"j1","template":"t","to":["a@x.com"],"not_before":"2099-01-01T00:00:00Z","not_after":"2099-01-02T00:00:00Z"}"#);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -159,3 +159,25 @@ fn example_block(media: &str) -> String {
     assert!(!block.is_empty(), "no example block under {media}");
     block
 }
+
+/// The jobs shown in docs/ingest.md (```json blocks with an `id` and a `template`) are
+/// accepted by ingest and rendered by render, as shown.
+#[test]
+fn every_job_shown_in_the_ingest_docs_renders() {
+    let b = both();
+    let doc = std::fs::read_to_string(examples_dir().join("../docs/ingest.md")).unwrap();
+    let mut jobs = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().unwrap();
+        if !(json.contains("\"id\"") && json.contains("\"template\"")) {
+            continue;
+        }
+        let job = b
+            .validator
+            .check(json.trim().as_bytes())
+            .unwrap_or_else(|e| panic!("docs/ingest.md job {json}: {:?}", e.errors));
+        b.renders("docs/ingest.md", job);
+        jobs += 1;
+    }
+    assert!(jobs >= 1, "docs/ingest.md shows a job");
+}

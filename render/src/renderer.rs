@@ -121,6 +121,8 @@ impl Renderer {
             message_id: format!("<{message_id}>"),
             attempt: 0,
             rendered_at: now,
+            not_before: job.not_before,
+            not_after: job.not_after,
         };
         Ok(RenderedMessage { meta, mime: bytes })
     }

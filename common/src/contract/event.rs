@@ -22,6 +22,8 @@ pub enum EventKind {
     Failed,
     /// Its batch was cancelled before it was sent: it never will be.
     Cancelled,
+    /// Its `not_after` passed before it could be sent: it never will be.
+    Expired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,13 @@ pub struct Job {
     pub data: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// Not sent before this instant (a scheduled send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Not sent after this instant: past it, the job ends `expired` instead of going out
+    /// late (a reminder after its due date is worse than none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
     /// Set by ingest when it accepted the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at: Option<DateTime<Utc>>,
@@ -142,6 +149,14 @@ impl Job {
             errors.push(FieldError::new(
                 "to",
                 "a job needs at least one recipient in to, cc or bcc",
+            ));
+        }
+        if let (Some(from), Some(until)) = (self.not_before, self.not_after)
+            && until <= from
+        {
+            errors.push(FieldError::new(
+                "not_after",
+                format!("{until} is not after not_before ({from})"),
             ));
         }
         if recipients > limits.max_recipients {

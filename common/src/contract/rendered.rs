@@ -35,6 +35,11 @@ pub struct RenderedMeta {
     /// How many delivery attempts were already spent (0 on first delivery).
     pub attempt: u32,
     pub rendered_at: DateTime<Utc>,
+    /// The job's schedule: not sent before `not_before`, `expired` past `not_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
 }
 
 impl RenderedMeta {

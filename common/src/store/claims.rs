@@ -44,6 +44,8 @@ pub struct ClaimInput {
     /// To + Cc + Bcc, lower-cased.
     pub recipients: Vec<String>,
     pub content_hash: Vec<u8>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub not_after: Option<DateTime<Utc>>,
 }
 
 impl ClaimInput {
@@ -60,17 +62,20 @@ impl ClaimInput {
                 .map(|m| m.address.as_str().to_ascii_lowercase())
                 .collect(),
             content_hash: job.content_hash().to_vec(),
+            not_before: job.not_before,
+            not_after: job.not_after,
         }
     }
 }
 
 const CLAIM: &str = r#"
 INSERT INTO jobs (id, batch_id, template, recipients, recipient_count, content_hash, state,
-                  claim, claimed_at, updated_at)
+                  claim, claimed_at, updated_at, not_before, not_after)
 SELECT u.id, u.batch, u.template, string_to_array(u.rcpts, E'\n'), u.n, u.hash, 'received',
-       $7, now(), now()
-FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[])
-     AS u(id, batch, template, rcpts, n, hash)
+       $7, now(), now(), u.not_before, u.not_after
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[],
+            $8::timestamptz[], $9::timestamptz[])
+     AS u(id, batch, template, rcpts, n, hash, not_before, not_after)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 "#;
@@ -142,6 +147,8 @@ impl Store {
                     .collect::<Vec<_>>(),
             )
             .bind(claim)
+            .bind(jobs.iter().map(|j| j.not_before).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.not_after).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await;
         let claimed: std::collections::HashSet<String> =

@@ -19,10 +19,12 @@ pub enum JobState {
     Failed,
     /// Its batch was cancelled before it was sent.
     Cancelled,
+    /// Its `not_after` passed before it could be sent.
+    Expired,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Received,
         JobState::Accepted,
         JobState::Rendered,
@@ -30,6 +32,7 @@ impl JobState {
         JobState::Delivered,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl JobState {
             JobState::Delivered => "delivered",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
         }
     }
 
@@ -48,7 +52,7 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Delivered | JobState::Failed | JobState::Cancelled
+            JobState::Delivered | JobState::Failed | JobState::Cancelled | JobState::Expired
         )
     }
 
@@ -61,6 +65,7 @@ impl JobState {
             EventKind::Retrying => JobState::Retrying,
             EventKind::Failed => JobState::Failed,
             EventKind::Cancelled => JobState::Cancelled,
+            EventKind::Expired => JobState::Expired,
         }
     }
 }

@@ -243,7 +243,18 @@ impl Harness {
     }
 
     pub async fn publish(&self, job: &str, from: &str, recipients: &[String]) {
-        let meta = RenderedMeta {
+        self.publish_with(job, from, recipients, |_| {}).await;
+    }
+
+    /// `publish`, with `adjust` changing the metadata first (a schedule, another batch).
+    pub async fn publish_with(
+        &self,
+        job: &str,
+        from: &str,
+        recipients: &[String],
+        adjust: impl FnOnce(&mut RenderedMeta),
+    ) {
+        let mut meta = RenderedMeta {
             v: 1,
             job_id: JobId::parse(job).unwrap(),
             batch: Some(BatchId::parse("batch-1").unwrap()),
@@ -261,7 +272,10 @@ impl Harness {
             message_id: format!("<{job}@mailpipe.test>"),
             attempt: 0,
             rendered_at: Utc::now(),
+            not_before: None,
+            not_after: None,
         };
+        adjust(&mut meta);
         let mime = format!(
             "To: {}\r\nSubject: Invoice {job}\r\nMessage-ID: <{job}@mailpipe.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello from {job}.\r\n",
             recipients.join(", ")
@@ -293,7 +307,6 @@ impl Harness {
         }
     }
 
-    /// Every event in the stream so far.
     /// Every event recorded, oldest first, from the system of record (the events stream
     /// is a feed: a publish retried after a lost connection may show there twice).
     pub async fn events(&self) -> Vec<DeliveryEvent> {

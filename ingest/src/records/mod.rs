@@ -34,7 +34,9 @@ SELECT count(*) FILTER (WHERE state = 'accepted'),
        count(*) FILTER (WHERE state = 'retrying'),
        count(*) FILTER (WHERE state = 'failed'),
        count(*) FILTER (WHERE state = 'cancelled'),
-       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled')), 0)::int8,
+       count(*) FILTER (WHERE state = 'expired'),
+       count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired') AND not_before > now()),
+       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired')), 0)::int8,
        count(*) FILTER (WHERE state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)),
        min(coalesce(accepted_at, created_at)),
        max(updated_at),
@@ -43,6 +45,8 @@ FROM jobs WHERE batch_id = $1 AND state <> 'received'
 "#;
 
 type Summary = (
+    i64,
+    i64,
     i64,
     i64,
     i64,
@@ -161,6 +165,8 @@ impl Records {
             retrying,
             failed,
             cancelled,
+            expired,
+            scheduled,
             recipients_left,
             failures,
             first,
@@ -178,6 +184,7 @@ impl Records {
             (EventKind::Retrying, retrying),
             (EventKind::Failed, failed),
             (EventKind::Cancelled, cancelled),
+            (EventKind::Expired, expired),
         ] {
             counts.set(kind, n.max(0) as u64);
         }
@@ -219,7 +226,7 @@ impl Records {
         let recipients_left = recipients_left.max(0) as u64;
         let mut eta = self.eta(remaining, recipients_left, now).await?;
         let r = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'received') AND batch_id IS DISTINCT FROM $1",
+            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'received') AND batch_id IS DISTINCT FROM $1",
         )
         .bind(id.as_str())
         .fetch_one(db)
@@ -232,6 +239,7 @@ impl Records {
             jobs: counts.total(),
             finished: remaining == 0,
             remaining,
+            scheduled: scheduled.max(0) as u64,
             counts,
             per_mailbox,
             failures: Failures {

@@ -12,13 +12,14 @@ use serde::Serialize;
 use crate::eta::Eta;
 
 /// The states a report counts (a `received` job is not accepted yet), in report order.
-pub const KINDS: [EventKind; 6] = [
+pub const KINDS: [EventKind; 7] = [
     EventKind::Accepted,
     EventKind::Rendered,
     EventKind::Delivered,
     EventKind::Retrying,
     EventKind::Failed,
     EventKind::Cancelled,
+    EventKind::Expired,
 ];
 
 /// Failures listed in a batch report (the total is always given).
@@ -27,7 +28,7 @@ pub const FAILURES_SHOWN: usize = 100;
 /// Jobs per current state, for one batch. Serialised as a map by state, plus `dead`
 /// (the same number as `failed`: a failed job's message is in dead letters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KindCounts(pub(crate) [u64; 6]);
+pub struct KindCounts(pub(crate) [u64; 7]);
 
 impl KindCounts {
     pub fn get(&self, kind: EventKind) -> u64 {
@@ -109,10 +110,12 @@ pub struct BatchReport {
     pub control: BatchControl,
     /// Jobs accepted in this batch.
     pub jobs: u64,
-    /// Every job delivered, failed or cancelled.
+    /// Every job delivered, failed, cancelled or expired.
     pub finished: bool,
-    /// Jobs not delivered, failed or cancelled yet.
+    /// Jobs not at an end yet.
     pub remaining: u64,
+    /// Of those, jobs whose `not_before` is still ahead (scheduled sends).
+    pub scheduled: u64,
     /// Jobs by current state (`dead` = `failed`).
     pub counts: KindCounts,
     /// Per sending mailbox: jobs delivered through it.
