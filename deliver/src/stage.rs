@@ -41,6 +41,13 @@ enum Verdict {
     Expired,
 }
 
+/// How a message is put in the retry ladder to wait (see `DeliverStage::park_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Park {
+    NotBefore,
+    Around,
+}
+
 /// How long a job of a paused batch waits in the retry ladder before it is looked at
 /// again (the ladder's first delay at least this long; 30 s by default).
 const PAUSED_RECHECK: chrono::Duration = chrono::Duration::seconds(10);
@@ -555,12 +562,12 @@ impl DeliverStage {
                 Ok(DeliveryOutcome::Expired)
             }
             Verdict::Paused | Verdict::Scheduled(_) => {
-                let (until, label) = match verdict {
-                    Verdict::Scheduled(at) => (at, "scheduled"),
-                    _ => (Utc::now() + PAUSED_RECHECK, "paused"),
+                let (until, label, how) = match verdict {
+                    Verdict::Scheduled(at) => (at, "scheduled", Park::Around),
+                    _ => (Utc::now() + PAUSED_RECHECK, "paused", Park::NotBefore),
                 };
                 // Waits in the retry ladder, not in this process: no prefetch held.
-                if !self.park(meta, mime, until).await? {
+                if !self.park_for(meta, mime, until, how).await? {
                     return Ok(DeliveryOutcome::Returned);
                 }
                 metrics::MESSAGES.with_label_values(&[label]).inc();
@@ -575,16 +582,38 @@ impl DeliverStage {
         mime: &[u8],
         until: DateTime<Utc>,
     ) -> Result<bool, PublishError> {
+        self.park_for(meta, mime, until, Park::NotBefore).await
+    }
+
+    /// Puts the message in the retry ladder. `NotBefore`: on the shortest delay that
+    /// reaches `until` (it must not come back earlier: an uncertain send, a pause);
+    /// `Around`: on the longest delay that does not pass `until` (a scheduled send comes
+    /// back before its time and is parked again, so it goes out at most one short delay
+    /// late, not one long one).
+    async fn park_for(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        until: DateTime<Utc>,
+        how: Park,
+    ) -> Result<bool, PublishError> {
         let wait = (until - Utc::now()).to_std().unwrap_or_default();
         let topology = self.pipeline.topology();
         let steps = topology.retry_levels() as u32;
-        let step = (1..=steps)
-            .find(|&s| {
-                topology
-                    .retry_route(Stage::Deliver, s)
-                    .is_some_and(|(_, _, delay)| delay >= wait)
-            })
-            .unwrap_or(steps);
+        let delay_of = |s: u32| {
+            topology
+                .retry_route(Stage::Deliver, s)
+                .map(|(_, _, delay)| delay)
+        };
+        let step = match how {
+            Park::NotBefore => (1..=steps)
+                .find(|&s| delay_of(s).is_some_and(|d| d >= wait))
+                .unwrap_or(steps),
+            Park::Around => (1..=steps)
+                .rev()
+                .find(|&s| delay_of(s).is_some_and(|d| d <= wait))
+                .unwrap_or(1),
+        };
         match self
             .pipeline
             .retry(Stage::Deliver, step, mime, rendered_properties(meta))
