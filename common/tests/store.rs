@@ -42,7 +42,11 @@ fn job(id: &str, invoice: &str) -> Job {
 }
 
 async fn state(store: &Store, id: &str) -> Option<JobState> {
-    store.job_state(&JobId::parse(id).unwrap()).await.unwrap()
+    store
+        .send_check(&JobId::parse(id).unwrap())
+        .await
+        .unwrap()
+        .state
 }
 
 struct Db {

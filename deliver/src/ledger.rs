@@ -2,7 +2,7 @@
 //! used inside its windows (so a restart never resets a 24-hour quota), the jobs
 //! delivered inside them, and the jobs whose last send is uncertain (not sent again
 //! before their hold ends). Jobs delivered earlier are found by the state check before
-//! each send (`Store::job_state`), so this reads one quota window, never the history.
+//! each send (`Store::send_check`), so this reads one quota window, never the history.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ use crate::throttle::Millis;
 /// Jobs this process delivered whose `delivered` record is not written yet (the write
 /// failed, and the message came back): the record is written again, the mail never.
 /// Once recorded a job leaves this map: the record answers for it from then on
-/// (`Store::job_state` before every send), so memory does not grow with what was sent.
+/// (`Store::send_check` before every send), so memory does not grow with what was sent.
 #[derive(Debug, Default)]
 pub struct DeliveredJobs {
     pending: Mutex<HashMap<JobId, DeliveryEvent>>,

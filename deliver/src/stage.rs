@@ -537,27 +537,17 @@ impl DeliverStage {
                 Ok(DeliveryOutcome::AlreadyDelivered)
             }
             Verdict::Cancelled => {
-                let mut event = self.event(meta, EventKind::Cancelled, None);
-                event.reason = Some("batch cancelled".into());
-                self.pipeline
-                    .record_event(&event)
-                    .await?
-                    .confirmed()
+                self.record_unsent(meta, EventKind::Cancelled, "batch cancelled".into())
                     .await?;
                 metrics::MESSAGES.with_label_values(&["cancelled"]).inc();
                 Ok(DeliveryOutcome::Cancelled)
             }
             Verdict::Expired => {
-                let mut event = self.event(meta, EventKind::Expired, None);
-                event.reason = Some(format!(
+                let reason = format!(
                     "not sent before its not_after ({})",
                     meta.not_after.map(|t| t.to_rfc3339()).unwrap_or_default()
-                ));
-                self.pipeline
-                    .record_event(&event)
-                    .await?
-                    .confirmed()
-                    .await?;
+                );
+                self.record_unsent(meta, EventKind::Expired, reason).await?;
                 metrics::MESSAGES.with_label_values(&["expired"]).inc();
                 Ok(DeliveryOutcome::Expired)
             }
@@ -574,6 +564,18 @@ impl DeliverStage {
                 Ok(DeliveryOutcome::Held { until })
             }
         }
+    }
+
+    /// Records that the job ends without a send (`kind`, with its reason).
+    async fn record_unsent(
+        &self,
+        meta: &RenderedMeta,
+        kind: EventKind,
+        reason: String,
+    ) -> Result<(), PublishError> {
+        let mut event = self.event(meta, kind, None);
+        event.reason = Some(reason);
+        self.pipeline.record_event(&event).await?.confirmed().await
     }
 
     async fn park(

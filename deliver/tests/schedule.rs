@@ -87,9 +87,10 @@ async fn nothing_goes_out_before_not_before_and_nothing_after_not_after() {
     let store = h.broker.store();
     assert_eq!(
         store
-            .job_state(&JobId::parse("too-late").unwrap())
+            .send_check(&JobId::parse("too-late").unwrap())
             .await
-            .unwrap(),
+            .unwrap()
+            .state,
         Some(JobState::Expired)
     );
     let expired = h

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Application;
 use crate::dead::{self, DeadFilter};
 use crate::jobs_cli::{self, JobsFormat};
-use crate::records::{JobFilter, Records};
+use crate::records::JobFilter;
 use crate::settings::{ApiTokens, Config};
+use crate::startup::records;
 use crate::status_cli::{self, StatusOptions};
 use crate::submit::{self, Display, SubmitOptions};
 
@@ -145,11 +146,6 @@ pub async fn open_store(
     }
 }
 
-/// The queries, with ETAs from the configured pool.
-fn records(config: &Config, store: &Store) -> Records {
-    crate::startup::records(config, store.clone())
-}
-
 /// A pipeline on a broker reached within `give_up_after` (exit 3 otherwise). `passive`:
 /// only check that the deployment exists, never declare it.
 async fn connect_broker(
@@ -245,7 +241,7 @@ pub async fn status(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let code = status_cli::run(&records(config, &store), &options, &shutdown).await;
+    let code = status_cli::run(&records(config, store.clone()), &options, &shutdown).await;
     store.close().await;
     ExitCode::from(code)
 }
@@ -289,7 +285,7 @@ pub async fn batch(
                 json: false,
             };
             // The report as it stands now; its failures do not make this command fail.
-            status_cli::run(&records(config, &store), &options, &shutdown).await;
+            status_cli::run(&records(config, store.clone()), &options, &shutdown).await;
             0
         }
         Err(e) => {
@@ -325,7 +321,7 @@ pub async fn jobs(
         (_, true) => JobsFormat::JsonLines,
         _ => JobsFormat::Table,
     };
-    let code = jobs_cli::run(&records(config, &store), filter, args.limit, format).await;
+    let code = jobs_cli::run(&records(config, store.clone()), filter, args.limit, format).await;
     store.close().await;
     ExitCode::from(code)
 }
@@ -464,7 +460,10 @@ pub async fn dead(
         Err(code) => return code,
     };
     // Which jobs are delivered (their dead letters are left alone), from the record.
-    let delivered_ids = match records(config, &store).delivered_with_dead_letters().await {
+    let delivered_ids = match records(config, store.clone())
+        .delivered_with_dead_letters()
+        .await
+    {
         Ok(ids) => ids,
         Err(e) => {
             eprintln!("PostgreSQL: {e}");

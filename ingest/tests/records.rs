@@ -165,14 +165,7 @@ async fn jobs_are_listed_by_batch_state_and_recipient_page_by_page_and_exported_
     })
     .await;
 
-    let page: Value = app
-        .get("/v1/jobs?batch=fin&limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/jobs?batch=fin&limit=2").await;
     let ids: Vec<&str> = page["jobs"]
         .as_array()
         .unwrap()
@@ -181,33 +174,14 @@ async fn jobs_are_listed_by_batch_state_and_recipient_page_by_page_and_exported_
         .collect();
     assert_eq!(ids, ["fin-0", "fin-1"], "{page}");
     assert_eq!(page["next_after"], "fin-1");
-    let next: Value = app
-        .get("/v1/jobs?batch=fin&limit=2&after=fin-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let next: Value = app.get_json("/v1/jobs?batch=fin&limit=2&after=fin-1").await;
     assert_eq!(next["jobs"][0]["id"], "fin-2", "{next}");
-    let failed: Value = app
-        .get("/v1/jobs?state=failed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = app.get_json("/v1/jobs?state=failed").await;
     assert_eq!(failed["jobs"].as_array().unwrap().len(), 1, "{failed}");
     assert_eq!(failed["jobs"][0]["smtp"]["code"], 550);
     let to_one: Value = app
-        .get("/v1/jobs?recipient=customer1@example.com")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/jobs?recipient=customer1@example.com")
+        .await;
     let ids: Vec<&str> = to_one["jobs"]
         .as_array()
         .unwrap()
@@ -221,14 +195,7 @@ async fn jobs_are_listed_by_batch_state_and_recipient_page_by_page_and_exported_
     assert_eq!(j["field"], "state", "{j}");
 
     // One job, with its trail and what the finance team asks: to whom, which Message-ID.
-    let job: Value = app
-        .get("/v1/jobs/fin-0")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: Value = app.get_json("/v1/jobs/fin-0").await;
     assert_eq!(job["status"], "delivered", "{job}");
     assert_eq!(job["message_id"], "<fin-0@mailpipe.test>");
     assert_eq!(job["mailbox"], "a@pool.example");

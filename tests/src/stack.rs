@@ -514,6 +514,32 @@ max_attempts = 6
         }
     }
 
+    /// Invoice number (from the Subject) -> how many times the simulator accepted it.
+    pub fn delivered_counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for m in self.sim.accepted() {
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&m.raw)
+                .expect("every delivered message parses");
+            let subject = parsed.subject().expect("subject").to_owned();
+            let number = subject
+                .split_whitespace()
+                .find(|w| w.starts_with("INV-"))
+                .expect("invoice number in the subject")
+                .to_owned();
+            *counts.entry(number).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The simulator received each of `jobs` invoices exactly once.
+    pub fn assert_exactly_once(&self, jobs: usize) {
+        let counts = self.delivered_counts();
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "sent more than once: {twice:?}");
+        assert_eq!(counts.len(), jobs, "every job delivered");
+    }
+
     /// Stops the binaries (SIGTERM), the simulator, and removes the run's queues (and its
     /// database schema, unless the caller gave the database).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {

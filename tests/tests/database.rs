@@ -4,26 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use mailpipe_common::testkit::{DatabaseOutage, database_settings, ensure_test_database};
 use mailpipe_tests::invoices::write_batch;
 use mailpipe_tests::stack::{Stack, StackOptions};
-
-/// Subject -> how many times the simulator accepted it.
-fn delivered_counts(stack: &Stack) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in stack.sim.accepted() {
-        let parsed = mail_parser::MessageParser::default()
-            .parse(&m.raw)
-            .expect("every delivered message parses");
-        *counts
-            .entry(parsed.subject().unwrap_or_default().to_owned())
-            .or_insert(0) += 1;
-    }
-    counts
-}
 
 async fn wait_for_sends(stack: &Stack, at_least: usize, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -82,10 +67,7 @@ async fn the_database_stopped_mid_batch_pauses_the_pipeline_and_loses_nothing() 
         .await
         .expect("the batch completes once the database is back");
     assert_eq!(done["counts"]["delivered"], jobs as u64, "{done}");
-    let counts = delivered_counts(&stack);
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
-    assert_eq!(counts.len(), jobs, "every job delivered");
+    stack.assert_exactly_once(jobs);
     for m in stack.sim.mailbox_stats() {
         assert!(
             m.max_messages_in_window <= 10,

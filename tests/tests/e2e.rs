@@ -3,36 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use mailpipe_tests::invoices::write_batch;
 use mailpipe_tests::stack::{Binary, Stack, StackOptions};
-
-/// Invoice number (from the Subject) -> how many times the simulator accepted it.
-fn delivered_counts(stack: &Stack) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in stack.sim.accepted() {
-        let parsed = mail_parser::MessageParser::default()
-            .parse(&m.raw)
-            .expect("every delivered message parses");
-        let subject = parsed.subject().expect("subject").to_owned();
-        let number = subject
-            .split_whitespace()
-            .find(|w| w.starts_with("INV-"))
-            .expect("invoice number in the subject")
-            .to_owned();
-        *counts.entry(number).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn assert_exactly_once(stack: &Stack, jobs: usize) {
-    let counts = delivered_counts(stack);
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
-    assert_eq!(counts.len(), jobs, "every job delivered");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_job_batch_with_attachments_is_delivered_exactly_once_and_status_completes() {
@@ -53,7 +27,7 @@ async fn a_500_job_batch_with_attachments_is_delivered_exactly_once_and_status_c
     assert_eq!(done["jobs"], 500, "{done}");
     assert_eq!(done["counts"]["delivered"], 500, "{done}");
     assert_eq!(done["counts"]["failed"], 0, "{done}");
-    assert_exactly_once(&stack, 500);
+    stack.assert_exactly_once(500);
 
     let mut recipients = 0;
     for m in stack.sim.accepted() {
@@ -128,7 +102,7 @@ async fn a_batch_with_bad_rows_reports_exactly_those_and_delivers_the_rest() {
         .await
         .expect("good lines delivered");
     assert_eq!(done["counts"]["delivered"], 17, "{done}");
-    assert_exactly_once(&stack, 17);
+    stack.assert_exactly_once(17);
     stack.shutdown().await.unwrap();
 }
 
@@ -170,7 +144,7 @@ async fn sigterm_to_each_binary_mid_batch_loses_nothing_and_sends_nothing_twice(
         .await
         .expect("batch completes");
     assert_eq!(done["counts"]["delivered"], jobs as u64, "{done}");
-    assert_exactly_once(&stack, jobs);
+    stack.assert_exactly_once(jobs);
     for m in stack.sim.mailbox_stats() {
         assert!(
             m.max_messages_in_window <= 10,
@@ -205,6 +179,6 @@ async fn a_mailbox_with_wrong_credentials_does_not_stop_the_batch() {
         Some(0),
         "the broken mailbox sent nothing"
     );
-    assert_exactly_once(&stack, 100);
+    stack.assert_exactly_once(100);
     stack.shutdown().await.unwrap();
 }

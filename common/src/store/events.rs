@@ -1,6 +1,5 @@
-//! Recording what happened to a job (render's and deliver's events), and the two
-//! questions deliver asks: what state is this job in, and which sends are inside the
-//! quota windows.
+//! Recording what happened to a job (render's and deliver's events), and which sends are
+//! inside the quota windows (what deliver rebuilds at start).
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -8,7 +7,6 @@ use sqlx::types::Json;
 
 use super::{JobState, Store, StoreError};
 use crate::contract::DeliveryEvent;
-use crate::domain::JobId;
 
 /// Appends the event to the job's trail (once: the same event recorded twice is one row)
 /// and moves the job when the event moves it forward (`mailpipe_moves_forward`, in the
@@ -79,19 +77,6 @@ impl Store {
         })
         .await
         .map(|_| ())
-    }
-
-    /// The job's state, or `None` when the database does not know it. Waits while the
-    /// database is unreachable (deliver asks before every send: no send without a record).
-    pub async fn job_state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
-        let state: Option<String> = self
-            .durably("reading a job's state", || {
-                sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&self.pool)
-            })
-            .await?;
-        Ok(state.and_then(|s| s.parse().ok()))
     }
 
     /// Every send since `since`, oldest first: `delivered` events and uncertain

@@ -151,6 +151,11 @@ impl TestApp {
             .bearer_auth(TOKEN)
     }
 
+    /// `GET path`, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn post_job(&self, body: &str) -> (u16, serde_json::Value) {
         let r = self
             .post("/v1/jobs")
