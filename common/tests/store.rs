@@ -7,7 +7,8 @@ use chrono::{DateTime, Duration, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{
-    ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Store, StoreError,
+    ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Resolution, SendOutcome, SendStart,
+    Store, StoreError, UnsettledSend,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use tokio_util::sync::CancellationToken;
@@ -278,32 +279,153 @@ async fn a_job_render_moved_on_before_the_confirm_keeps_its_state_and_gets_its_a
     db.cleanup().await;
 }
 
+fn send(job: &str, owner: uuid::Uuid, token: i64) -> SendStart {
+    SendStart {
+        id: Uuid::now_v7(),
+        mailbox: "mbx0@contoso.example".into(),
+        tenant: Some("contoso".into()),
+        job_id: job.into(),
+        message_id: format!("<{job}@mailpipe>"),
+        owner,
+        token,
+        recipients: 2,
+        external_recipients: 1,
+        budget: std::time::Duration::from_secs(90),
+    }
+}
+
 #[tokio::test]
-async fn deliver_reads_back_the_sends_of_the_window_and_nothing_else() {
+async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_settled() {
     let db = Db::new("sends").await;
     let s = &db.store;
-    let now = Utc::now();
-    let mut old = event("old", EventKind::Delivered, 0);
-    old.at = now - Duration::hours(30);
-    let mut sent = event("sent", EventKind::Delivered, 0);
-    sent.at = now - Duration::hours(1);
-    let mut unsure = event("unsure", EventKind::Retrying, 0);
-    unsure.at = now - Duration::minutes(5);
-    unsure.uncertain = true;
-    let mut retry = event("retry", EventKind::Retrying, 0);
-    retry.at = now - Duration::minutes(5);
-    for e in [&old, &sent, &unsure, &retry] {
-        s.record_event(e).await.unwrap();
-    }
-    let mut seen = Vec::new();
-    let n = s
-        .sends_since(now - Duration::hours(24), |e| {
-            seen.push(e.job_id.to_string())
-        })
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mailbox = "mbx0@contoso.example";
+    let ttl = std::time::Duration::from_secs(60);
+    let token = s.acquire_lease(a, mailbox, ttl).await.unwrap().unwrap();
+    assert_eq!(
+        s.acquire_lease(b, mailbox, ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+
+    // The fence: only the owner, only under its token.
+    let first = send("first", a, token);
+    assert!(s.open_send(&first).await.unwrap());
+    assert!(!s.open_send(&send("by-b", b, token)).await.unwrap());
+    assert!(!s.open_send(&send("old-token", a, token - 1)).await.unwrap());
+
+    // Open: counted at its deadline, the latest the server could count it.
+    let counted = s
+        .mailbox_sends(mailbox, Utc::now() - Duration::hours(1))
         .await
         .unwrap();
-    assert_eq!(n, 2);
-    assert_eq!(seen, vec!["sent", "unsure"]);
+    assert_eq!(counted.len(), 1);
+    assert!(
+        counted[0].at > Utc::now() + Duration::seconds(80),
+        "{counted:?}"
+    );
+    s.close_send(
+        first.id,
+        SendOutcome::Accepted {
+            recipients: 1,
+            external: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let refused_early = send("before-data", a, token);
+    assert!(s.open_send(&refused_early).await.unwrap());
+    s.close_send(refused_early.id, SendOutcome::NotCounted)
+        .await
+        .unwrap();
+    let counted = s
+        .mailbox_sends(mailbox, Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        counted.len(),
+        1,
+        "a send that ended before the data does not count"
+    );
+    assert!(counted[0].at <= Utc::now());
+    assert_eq!(
+        (counted[0].recipients, counted[0].external_recipients),
+        (1, 0),
+        "what the server took"
+    );
+
+    // The tenant windows of other processes see a's sends with external recipients only.
+    let orphan = send("orphan", a, token);
+    assert!(s.open_send(&orphan).await.unwrap());
+    let tenants = vec!["contoso".to_owned()];
+    let since = Utc::now() - Duration::hours(1);
+    assert_eq!(s.tenant_sends(&tenants, b, since).await.unwrap().len(), 1);
+    assert_eq!(
+        s.tenant_sends(&tenants, a, since).await.unwrap().len(),
+        0,
+        "its own are counted live"
+    );
+
+    // a dies with "orphan" open; its lease lapses (released here) and b takes over.
+    s.release_leases(a, &[mailbox.to_owned()]).await.unwrap();
+    let token_b = s.acquire_lease(b, mailbox, ttl).await.unwrap().unwrap();
+    assert!(
+        token_b > token,
+        "every change of owner raises the fencing token"
+    );
+    assert!(
+        !s.open_send(&send("late", a, token)).await.unwrap(),
+        "a is fenced out"
+    );
+    assert_eq!(
+        s.settle_orphans(mailbox, token_b).await.unwrap(),
+        vec!["orphan".to_owned()]
+    );
+    let counted = s.mailbox_sends(mailbox, since).await.unwrap();
+    assert_eq!(counted.len(), 2, "the orphan still counts, at its deadline");
+
+    // It is uncertain, listed for an operator, and settled by a decision.
+    let listed = s.uncertain_sends(100).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|u| u.job_id.as_str()).collect::<Vec<_>>(),
+        vec!["orphan"]
+    );
+    let check = s
+        .send_check(&JobId::parse("orphan").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            check.unsettled,
+            Some(UnsettledSend::Uncertain {
+                resolution: None,
+                ..
+            })
+        ),
+        "{check:?}"
+    );
+    assert_eq!(
+        s.resolve_uncertain("orphan", Resolution::MarkedSent)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.resolve_uncertain("orphan", Resolution::Resend)
+            .await
+            .unwrap(),
+        0,
+        "decided once"
+    );
+    assert!(s.uncertain_sends(100).await.unwrap().is_empty());
+    let check = s
+        .send_check(&JobId::parse("orphan").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&check.unsettled, Some(UnsettledSend::Uncertain { resolution: Some(r), .. }) if r == "marked_sent"),
+        "{check:?}"
+    );
     db.cleanup().await;
 }
 

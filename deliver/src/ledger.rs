@@ -1,22 +1,15 @@
-//! Memory rebuilt from the system of record at start: the quota each mailbox and tenant
-//! used inside its windows (so a restart never resets a 24-hour quota), the jobs
-//! delivered inside them, and the jobs whose last send is uncertain (not sent again
-//! before their hold ends). Jobs delivered earlier are found by the state check before
-//! each send (`Store::send_check`), so this reads one quota window, never the history.
+//! What deliver keeps in memory about sends. The quota windows are rebuilt from the
+//! write-ahead record, one mailbox at a time when its lease is taken (`ownership`);
+//! whether a job was delivered, or its last send is uncertain, is asked of the record
+//! before each send (`Store::send_check`, `Store::unsettled_send`). Only what could not
+//! be recorded yet lives here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use mailpipe_common::contract::{DeliveryEvent, EventKind};
+use mailpipe_common::contract::DeliveryEvent;
 use mailpipe_common::domain::JobId;
-use mailpipe_common::store::{Store, StoreError};
-
-use crate::metrics;
-use crate::pool::MailboxPool;
-use crate::throttle::Millis;
 
 /// Jobs this process delivered whose `delivered` record is not written yet (the write
 /// failed, and the message came back): the record is written again, the mail never.
@@ -25,8 +18,6 @@ use crate::throttle::Millis;
 #[derive(Debug, Default)]
 pub struct DeliveredJobs {
     pending: Mutex<HashMap<JobId, DeliveryEvent>>,
-    /// Jobs with an uncertain send, and until when they are held back.
-    uncertain: Mutex<HashMap<JobId, DateTime<Utc>>>,
 }
 
 impl DeliveredJobs {
@@ -53,104 +44,34 @@ impl DeliveredJobs {
     pub fn pending_len(&self) -> usize {
         self.lock().len()
     }
-
-    fn lock_uncertain(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, DateTime<Utc>>> {
-        self.uncertain.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A send of this job may have been accepted: hold the job back until `until`.
-    pub fn mark_uncertain(&self, id: &JobId, until: DateTime<Utc>) {
-        let now = Utc::now();
-        let mut held = self.lock_uncertain();
-        held.retain(|_, u| *u > now);
-        if until > now {
-            let entry = held.entry(id.clone()).or_insert(until);
-            *entry = (*entry).max(until);
-        }
-    }
-
-    /// Until when this job is held back after an uncertain send, if it still is.
-    pub fn uncertain_until(&self, id: &JobId) -> Option<DateTime<Utc>> {
-        let until = *self.lock_uncertain().get(id)?;
-        (until > Utc::now()).then_some(until)
-    }
 }
 
-/// How far the start-up replay is, for `/readyz` and the replay metric.
+/// Whether the first lease round (taking this process's mailboxes and rebuilding their
+/// windows) is done, for `/readyz` and the replay metric.
 #[derive(Debug, Default)]
 pub struct ReplayProgress {
-    /// Events read so far.
+    /// Sends read back so far.
     pub events: AtomicU64,
     pub done: AtomicBool,
 }
 
 impl ReplayProgress {
+    /// The first round is done, having read `sends` back.
+    pub fn finish(&self, sends: usize) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            let read = self.events.fetch_add(sends as u64, Ordering::Relaxed) + sends as u64;
+            crate::metrics::REPLAYED_EVENTS.set(read as i64);
+        }
+    }
+
     pub fn readiness(&self) -> Result<(), String> {
         if self.done.load(Ordering::SeqCst) {
             Ok(())
         } else {
             Err(format!(
-                "ledger replay in progress: {} events read",
+                "taking mailbox leases and rebuilding their windows: {} sends read",
                 self.events.load(Ordering::Relaxed)
             ))
         }
     }
-}
-
-/// What a replay found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayStats {
-    pub events: usize,
-    pub delivered_jobs: usize,
-    pub sends_restored: usize,
-}
-
-/// Reads the sends inside `quota_horizon` back from the database and applies them:
-/// delivered jobs into `delivered`, sends into the pool's windows. `progress` counts the
-/// events read.
-pub async fn replay(
-    store: &Store,
-    pool: &MailboxPool,
-    delivered: &DeliveredJobs,
-    quota_horizon: Duration,
-    progress: &AtomicU64,
-) -> Result<ReplayStats, StoreError> {
-    let now = Utc::now();
-    let quota_since = now - chrono::Duration::from_std(quota_horizon).unwrap_or_default();
-    let mut stats = ReplayStats::default();
-    stats.events = store
-        .sends_since(quota_since, |event| {
-            let read = progress.fetch_add(1, Ordering::Relaxed) + 1;
-            metrics::REPLAYED_EVENTS.set(read as i64);
-            if read.is_multiple_of(10_000) {
-                tracing::info!(events = read, "rebuilding the ledger from the database");
-            }
-            let uncertain = event.kind == EventKind::Retrying && event.uncertain;
-            if event.kind != EventKind::Delivered && !uncertain {
-                return;
-            }
-            if uncertain {
-                if let Some(until) = event.retry_at {
-                    delivered.mark_uncertain(&event.job_id, until);
-                }
-            } else {
-                stats.delivered_jobs += 1;
-            }
-            if event.at >= quota_since
-                && let Some(mailbox) = &event.mailbox
-            {
-                let at = Millis(event.at.timestamp_millis().max(0) as u64);
-                if pool.restore(
-                    mailbox,
-                    event.tenant.as_deref(),
-                    at,
-                    u64::from(event.recipients),
-                    u64::from(event.external_recipients),
-                ) {
-                    stats.sends_restored += 1;
-                }
-            }
-        })
-        .await?;
-    Ok(stats)
 }

@@ -3,6 +3,8 @@
 //! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
 //!   scheduler (which mailbox may send what, and when).
 //! - [`claims`]: a job is in at most one send at a time in this process.
+//! - [`ownership`]: fenced leases on mailboxes across deliver processes; [`shares`]:
+//!   which process should own which mailbox.
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
 //! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
@@ -18,8 +20,10 @@ pub mod compose;
 pub mod ledger;
 pub mod metrics;
 pub mod oauth;
+pub mod ownership;
 pub mod pool;
 pub mod settings;
+pub mod shares;
 pub mod smtp;
 pub mod stage;
 pub mod startup;

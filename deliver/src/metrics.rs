@@ -39,7 +39,21 @@ pub static REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static REPLAYED_EVENTS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "mailpipe_deliver_replayed_events",
-        "Events read from the events stream by the start-up ledger replay (readiness waits for its end)"
+        "Sends read back from the write-ahead record into this process's windows by its first lease round (readiness waits for its end)"
+    )
+    .expect("metric registers once")
+});
+pub static MAILBOXES_OWNED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "mailpipe_deliver_mailboxes_owned",
+        "Pool mailboxes whose lease this process holds (it alone sends through them)"
+    )
+    .expect("metric registers once")
+});
+pub static DELIVER_MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "mailpipe_deliver_processes",
+        "Live deliver processes sharing the pool, as this process last saw them"
     )
     .expect("metric registers once")
 });
@@ -159,6 +173,7 @@ pub fn register() {
         &*REPLAYED_EVENTS,
         &*TENANT_READY,
     );
+    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS);
 }
 
 /// Copies the pool's state into the gauges.

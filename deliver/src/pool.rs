@@ -126,6 +126,24 @@ pub struct Lease {
     reservation: Reservation,
 }
 
+/// The right to send through a mailbox: its lease's fencing token, and until when this
+/// process may start a send's data (the lease's end on the local clock, less a margin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub token: i64,
+    pub until: Instant,
+}
+
+/// Why `acquire` gives a message up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireError {
+    /// No mailbox of the pool could ever send it.
+    Impossible(Impossible),
+    /// Only mailboxes other deliver processes own could send it: it goes back to the
+    /// queue for them.
+    OwnedElsewhere,
+}
+
 /// Whether the server may have counted the send (see `SmtpFailure::maybe_accepted`).
 #[derive(Debug, Clone, Copy)]
 pub enum Completion {
@@ -140,11 +158,15 @@ pub struct MailboxPool {
     tokens: Vec<Option<Arc<TokenSource>>>,
     idle: Vec<Mutex<Vec<(SmtpSession, Instant)>>>,
     strikes: Vec<AtomicU32>,
+    /// This process's leases, by mailbox (`None`: another process's, or no one's).
+    fences: Vec<Mutex<Option<Fence>>>,
+    /// How long a message waits for a mailbox owned here before it goes back to the
+    /// queue, when only mailboxes owned elsewhere could send it.
+    elsewhere_grace: Duration,
     policy: FromPolicy,
     idle_timeout: Duration,
     pause: Duration,
     max_pause: Duration,
-    uncertain_hold: Duration,
 }
 
 impl std::fmt::Debug for MailboxPool {
@@ -246,7 +268,13 @@ impl MailboxPool {
             });
         }
         let n = mailboxes.len();
+        // Nothing is sent through a mailbox before its lease is taken (`grant`).
+        for idx in 0..n {
+            schedule.set_available(idx, false)?;
+        }
         Ok(Self {
+            fences: (0..n).map(|_| Mutex::new(None)).collect(),
+            elsewhere_grace: settings.lease_ttl() * 2,
             schedule: Mutex::new(schedule),
             changed: Notify::new(),
             tokens,
@@ -257,13 +285,7 @@ impl MailboxPool {
             idle_timeout: Duration::from_millis(settings.idle_connection_ms),
             pause: Duration::from_millis(settings.pause_ms),
             max_pause: Duration::from_millis(settings.max_pause_ms),
-            uncertain_hold: Duration::from_millis(settings.uncertain_hold_ms),
         })
-    }
-
-    /// How long a send of unknown outcome holds its message back (`uncertain_hold_ms`).
-    pub fn uncertain_hold(&self) -> Duration {
-        self.uncertain_hold
     }
 
     fn schedule(&self) -> MutexGuard<'_, PoolSchedule> {
@@ -295,9 +317,105 @@ impl MailboxPool {
             .unwrap_or(0)
     }
 
-    /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever could.
-    pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, Impossible> {
+    /// The key a mailbox has in the system of record (its address, lower-cased).
+    pub fn mailbox_key(&self, idx: usize) -> String {
+        self.mailboxes[idx].address.as_str().to_ascii_lowercase()
+    }
+
+    fn lock_fence(&self, idx: usize) -> MutexGuard<'_, Option<Fence>> {
+        self.fences[idx].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This process's right to send through `idx` now, if it has it.
+    pub fn fence(&self, idx: usize) -> Option<Fence> {
+        let fence = (*self.lock_fence(idx))?;
+        (fence.until > Instant::now()).then_some(fence)
+    }
+
+    /// The lease on `idx` is this process's (taken or renewed): sends may use it.
+    pub fn grant(&self, idx: usize, fence: Fence) {
+        *self.lock_fence(idx) = Some(fence);
+        let _ = self.schedule().set_available(idx, true);
+        self.changed.notify_waiters();
+    }
+
+    /// The lease on `idx` is lost or given back: no new send picks it.
+    pub fn revoke(&self, idx: usize) {
+        *self.lock_fence(idx) = None;
+        let _ = self.schedule().set_available(idx, false);
+        self.changed.notify_waiters();
+    }
+
+    /// Mailboxes whose lease this process holds (valid or not yet known lost).
+    pub fn held(&self) -> Vec<usize> {
+        (0..self.mailboxes.len())
+            .filter(|&i| self.lock_fence(i).is_some())
+            .collect()
+    }
+
+    /// Sends in flight through `idx` in this process.
+    pub fn in_flight(&self, idx: usize) -> u32 {
+        self.schedule()
+            .mailbox(idx)
+            .map(|m| m.connections_in_use())
+            .unwrap_or(0)
+    }
+
+    /// Rebuilds the windows of `idx` from the record (a new owner, before its first send):
+    /// `sends` are (instant it counts at, recipients). Only with nothing in flight on it.
+    pub fn rebuild_mailbox(
+        &self,
+        idx: usize,
+        sends: impl IntoIterator<Item = (Millis, u64)>,
+    ) -> Result<(), crate::throttle::ThrottleError> {
+        let mut schedule = self.schedule();
+        schedule.reset_mailbox(idx)?;
+        for (at, recipients) in sends {
+            schedule.restore_mailbox(idx, at, recipients)?;
+        }
+        Ok(())
+    }
+
+    /// Counts another process's send against a tenant's external window.
+    pub fn restore_tenant(&self, tenant_id: &str, at: Millis, external: u64) -> bool {
+        let Some(t) = self
+            .mailboxes
+            .iter()
+            .find(|m| m.tenant_id == tenant_id)
+            .map(|m| m.tenant)
+        else {
+            return false;
+        };
+        match self.schedule().tenant_mut(t) {
+            Some(limit) => {
+                limit.restore(at, external);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The ids of the pool's tenants.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.mailboxes.iter().map(|m| m.tenant_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Whether a mailbox owned here could send `meta`.
+    fn owned_here_may_send(&self, meta: &RenderedMeta) -> bool {
+        self.mailboxes
+            .iter()
+            .enumerate()
+            .any(|(i, m)| m.may_send(meta, self.policy) && self.lock_fence(i).is_some())
+    }
+
+    /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever
+    /// could, or when only mailboxes owned by other processes could for a while.
+    pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, AcquireError> {
         let recipients = meta.recipients.len() as u64;
+        let mut elsewhere_since: Option<Instant> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -314,15 +432,32 @@ impl MailboxPool {
             };
             match pick {
                 Pick::Mailbox(idx, reservation) => return Ok(Lease { idx, reservation }),
-                Pick::Impossible(why) => return Err(why),
+                Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
                 Pick::WaitUntil(at) => {
+                    elsewhere_since = None;
                     let wait = at.saturating_duration_since(now);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = &mut notified => {}
                     }
                 }
-                Pick::WaitForRelease => notified.await,
+                Pick::WaitForRelease if self.owned_here_may_send(meta) => {
+                    elsewhere_since = None;
+                    notified.await;
+                }
+                Pick::WaitForRelease => {
+                    // Only mailboxes of other processes could take it: wait a little (a
+                    // lease may be on its way here), then hand it back to the queue.
+                    let since = *elsewhere_since.get_or_insert_with(Instant::now);
+                    let left = self.elsewhere_grace.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        return Err(AcquireError::OwnedElsewhere);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(left) => {}
+                        _ = &mut notified => {}
+                    }
+                }
             }
         }
     }
@@ -531,6 +666,19 @@ impl MailboxPool {
                     }
                 }
             }
+        }
+    }
+
+    /// Closes the idle sessions of one mailbox (before its lease goes to another process,
+    /// which would otherwise find its connections counted against it).
+    pub async fn close_idle_of(&self, idx: usize) {
+        let sessions: Vec<_> = self.idle[idx]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for (s, _) in sessions {
+            s.quit().await;
         }
     }
 

@@ -42,11 +42,17 @@ pub struct DeliverSettings {
     pub max_pause_ms: u64,
     /// Concurrent messages in hand (RabbitMQ prefetch of the deliver queue).
     pub prefetch: u16,
-    /// Rebuild the quota ledger from the database at start (the sends of the last window).
-    pub replay_ledger: bool,
-    /// A send whose outcome is unknown (no reply after the message data) is not retried
-    /// before this long: the longest Exchange could still accept it (see docs/deliver.md).
+    /// What becomes of a job whose send has an unknown outcome (no reply after the data,
+    /// or its deliver process died mid-send): `hold` it for an operator
+    /// (`mailpipe-ingest uncertain`), or `resend` it after `uncertain_hold_ms` (at least
+    /// once: the recipient may get it twice). docs/deliver.md, "Uncertain sends".
+    pub uncertain_policy: UncertainPolicy,
+    /// Under `resend`, an uncertain send is not sent again before this long: the longest
+    /// Exchange could still accept it (see docs/deliver.md).
     pub uncertain_hold_ms: u64,
+    /// How long a deliver process's lease on a mailbox lasts unless renewed (every third
+    /// of it). A process that dies loses its mailboxes to the others after at most this.
+    pub lease_ttl_ms: u64,
     pub tenants: Vec<TenantSettings>,
     pub mailboxes: Vec<MailboxSettings>,
 }
@@ -64,12 +70,23 @@ impl Default for DeliverSettings {
             pause_ms: 60_000,
             max_pause_ms: 3_600_000,
             prefetch: 64,
-            replay_ledger: true,
+            uncertain_policy: UncertainPolicy::Hold,
             uncertain_hold_ms: 600_000,
+            lease_ttl_ms: 6_000,
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }
     }
+}
+
+/// See `DeliverSettings::uncertain_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UncertainPolicy {
+    /// Never sent again until an operator decides: no duplicate, ever (invoices).
+    Hold,
+    /// Sent again after `uncertain_hold_ms`: never lost, maybe twice.
+    Resend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +107,10 @@ impl DeliverSettings {
         Duration::from_millis(self.smtp_timeout_ms)
     }
 
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
     /// Cross-checks, values that parse but cannot work, and secret resolution. Every
     /// problem is reported, each naming its key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -104,6 +125,15 @@ impl DeliverSettings {
             if value == 0 {
                 p.push(format!("deliver.{key}"), "must be at least 1");
             }
+        }
+        if self.lease_ttl_ms < 1_000 {
+            p.push(
+                "deliver.lease_ttl_ms",
+                format!(
+                    "{} is too short: at least 1000 (leases are renewed every third of it)",
+                    self.lease_ttl_ms
+                ),
+            );
         }
         if self.max_pause_ms < self.pause_ms {
             p.push(

@@ -9,7 +9,7 @@ mod starttls_guard;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
@@ -62,6 +62,10 @@ pub enum SmtpFailure {
     /// authenticate without it, so this endpoint is unusable until fixed.
     #[error("no secure channel at {}: {message}", stage.as_str())]
     Insecure { stage: SmtpStage, message: String },
+    /// The mailbox's lease (or the send's time budget) ended before DATA: nothing was
+    /// handed over, and the session is closed, since another process may own the mailbox now.
+    #[error("not sent: the mailbox's lease ended before the data")]
+    Fenced,
 }
 
 impl SmtpFailure {
@@ -71,7 +75,8 @@ impl SmtpFailure {
             SmtpFailure::Insecure { .. } => ReplyClass::Mailbox(MailboxProblem::Auth),
             SmtpFailure::Timeout { .. }
             | SmtpFailure::Network { .. }
-            | SmtpFailure::Protocol { .. } => ReplyClass::Transient,
+            | SmtpFailure::Protocol { .. }
+            | SmtpFailure::Fenced => ReplyClass::Transient,
         }
     }
 
@@ -82,6 +87,7 @@ impl SmtpFailure {
             | SmtpFailure::Network { stage, .. }
             | SmtpFailure::Protocol { stage, .. }
             | SmtpFailure::Insecure { stage, .. } => *stage,
+            SmtpFailure::Fenced => SmtpStage::Data,
         }
     }
 
@@ -350,8 +356,11 @@ impl SmtpSession {
         mail_from: &EmailAddress,
         recipients: &[EmailAddress],
         message: &[u8],
+        data_by: Instant,
     ) -> Result<SendReport, SmtpFailure> {
-        let result = self.transaction(mail_from, recipients, message).await;
+        let result = self
+            .transaction(mail_from, recipients, message, data_by)
+            .await;
         if let Err(failure) = &result
             && failure.ends_session()
         {
@@ -365,6 +374,7 @@ impl SmtpSession {
         mail_from: &EmailAddress,
         recipients: &[EmailAddress],
         message: &[u8],
+        data_by: Instant,
     ) -> Result<SendReport, SmtpFailure> {
         let mut params = Vec::new();
         if !message.is_ascii() {
@@ -419,6 +429,11 @@ impl SmtpSession {
                 accepted,
                 refused,
             });
+        }
+        // The fence: past the mailbox's lease (another process may own it by now) or the
+        // send's budget (the ledger counts an unclosed send at its deadline), no data goes out.
+        if Instant::now() >= data_by {
+            return Err(SmtpFailure::Fenced);
         }
         if let Err(failure) = step(self.timeout, SmtpStage::Data, self.conn.command(Data)).await {
             // Refused before the data: the transaction is still open on the server.

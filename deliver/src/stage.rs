@@ -12,7 +12,8 @@ use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
 };
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
-use mailpipe_common::store::{BatchControl, JobState};
+use mailpipe_common::store::{BatchControl, JobState, SendOutcome, SendStart, UnsettledSend};
+use uuid::Uuid;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -22,8 +23,9 @@ use crate::classify::ReplyClass;
 use crate::compose;
 use crate::ledger::DeliveredJobs;
 use crate::metrics;
-use crate::pool::{Completion, Lease, MailboxPool, SessionError};
-use crate::smtp::{SendReport, SmtpStage};
+use crate::pool::{AcquireError, Completion, Lease, MailboxPool, SessionError};
+use crate::settings::{DeliverSettings, UncertainPolicy};
+use crate::smtp::{SendReport, SmtpFailure, SmtpStage};
 
 /// What the record says before a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,12 @@ enum Verdict {
     Scheduled(DateTime<Utc>),
     /// Its `not_after` passed: it ends `expired`, never sent.
     Expired,
+    /// A send of it is open (in another process, or one that died): not before its deadline.
+    InFlight(DateTime<Utc>),
+    /// Its last send is uncertain and the policy is `hold`: an operator decides.
+    Uncertain,
+    /// Its last send is uncertain and the policy is `resend`: not before this.
+    UncertainUntil(DateTime<Utc>),
 }
 
 /// How a message is put in the retry ladder to wait (see `DeliverStage::park_for`).
@@ -84,6 +92,14 @@ pub struct DeliverStage {
     delivered: Arc<DeliveredJobs>,
     claims: Arc<JobClaims>,
     max_attempts: u32,
+    uncertain_policy: UncertainPolicy,
+    uncertain_hold: chrono::Duration,
+    /// The longest a send may take before its data starts; the record counts an open
+    /// send at its start plus this and one more step (its deadline).
+    data_budget: std::time::Duration,
+    step_timeout: std::time::Duration,
+    /// This process among the deliver processes (the owner of its leases and sends).
+    owner: Uuid,
     shutdown: CancellationToken,
 }
 
@@ -98,15 +114,25 @@ impl DeliverStage {
         pool: Arc<MailboxPool>,
         pipeline: Pipeline,
         delivered: Arc<DeliveredJobs>,
-        max_attempts: u32,
+        settings: &DeliverSettings,
+        owner: Uuid,
         shutdown: CancellationToken,
     ) -> Self {
+        let step_timeout = settings.smtp_timeout();
         Self {
             pool,
             pipeline,
             delivered,
             claims: Arc::new(JobClaims::default()),
-            max_attempts: max_attempts.max(1),
+            max_attempts: settings.max_attempts.max(1),
+            uncertain_policy: settings.uncertain_policy,
+            uncertain_hold: chrono::Duration::from_std(std::time::Duration::from_millis(
+                settings.uncertain_hold_ms,
+            ))
+            .unwrap_or_default(),
+            data_budget: step_timeout * 2,
+            step_timeout,
+            owner,
             shutdown,
         }
     }
@@ -151,18 +177,6 @@ impl DeliverStage {
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
         }
-        if let Some(until) = self.delivered.uncertain_until(&meta.job_id) {
-            // Its last send may still be accepted by the server: not before `until`.
-            if !self.park(&meta, mime, until).await? {
-                let reason = "uncertain send and no retry ladder configured to hold it back";
-                return self
-                    .dead(&meta, props, mime, reason, None, None, vec![])
-                    .await;
-            }
-            metrics::MESSAGES.with_label_values(&["held"]).inc();
-            return Ok(DeliveryOutcome::Held { until });
-        }
-
         match self.verdict(&meta).await? {
             Verdict::Send => {}
             other => return self.not_sent(&meta, mime, other).await,
@@ -183,11 +197,16 @@ impl DeliverStage {
             };
             let lease = match acquired {
                 Ok(lease) => lease,
-                Err(impossible) => {
+                Err(AcquireError::Impossible(impossible)) => {
                     let reason = format!("cannot be sent by this pool: {impossible}");
                     return self
                         .dead(&meta, props, mime, &reason, None, None, vec![])
                         .await;
+                }
+                Err(AcquireError::OwnedElsewhere) => {
+                    // Back to the queue, where the process owning a mailbox for it takes it.
+                    metrics::MESSAGES.with_label_values(&["elsewhere"]).inc();
+                    return Ok(DeliveryOutcome::Returned);
                 }
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
@@ -207,7 +226,12 @@ impl DeliverStage {
                 }
             }
             let idx = lease.idx;
-            let refusal = match self.attempt(&meta, mime, lease).await {
+            let refusal = match self.attempt(&meta, mime, lease).await? {
+                Attempt::Fenced => {
+                    // The mailbox's lease ended: nothing was sent; another mailbox (or
+                    // process) takes it, and no attempt is spent.
+                    continue;
+                }
                 Attempt::Delivered(report) => {
                     return self.delivered(&meta, mime, idx, report).await;
                 }
@@ -282,19 +306,66 @@ impl DeliverStage {
         self.retry(&meta, props, mime, last).await
     }
 
-    /// One send through the leased mailbox; the lease is always finished here.
-    async fn attempt(&self, meta: &RenderedMeta, mime: &[u8], lease: Lease) -> Attempt {
+    /// One send through the leased mailbox; the lease is always finished here. The send
+    /// is on record (write-ahead, under this process's lease on the mailbox) before MAIL
+    /// FROM, and its outcome closes it.
+    async fn attempt(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        lease: Lease,
+    ) -> Result<Attempt, PublishError> {
         let idx = lease.idx;
         let mailbox = &self.pool.mailboxes()[idx];
+        let Some(fence) = self.pool.fence(idx) else {
+            // The lease ended since the pick (not renewed in time): not through this one.
+            self.pool.finish(lease, Completion::NotCounted);
+            self.pool.revoke(idx);
+            return Ok(Attempt::Fenced);
+        };
         let started = Instant::now();
         let (mut session, reused) = match self.pool.session(idx).await {
             Ok(s) => s,
-            Err(e) => return self.not_opened(lease, e),
+            Err(e) => return Ok(self.not_opened(lease, e)),
         };
+        let send = SendStart {
+            id: Uuid::now_v7(),
+            mailbox: self.pool.mailbox_key(idx),
+            tenant: Some(mailbox.tenant_id.clone()),
+            job_id: meta.job_id.as_str().to_owned(),
+            message_id: meta.message_id.clone(),
+            owner: self.owner,
+            token: fence.token,
+            recipients: meta.recipients.len() as u32,
+            external_recipients: self
+                .pool
+                .external_count_for(mailbox.tenant, &meta.recipients)
+                as u32,
+            budget: self.data_budget + self.step_timeout,
+        };
+        let written_at = Instant::now();
+        match self.pipeline.store().open_send(&send).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The database says the lease is another process's now: nothing is sent.
+                tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
+                session.quit().await;
+                self.pool.finish(lease, Completion::NotCounted);
+                self.pool.revoke(idx);
+                return Ok(Attempt::Fenced);
+            }
+            Err(e) => {
+                self.pool.return_session(idx, session);
+                self.pool.finish(lease, Completion::NotCounted);
+                return Err(e.into());
+            }
+        }
+        // The data starts before the lease's end and within the send's budget, or not at all.
+        let data_by = fence.until.min(written_at + self.data_budget);
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
         let span = tracing::info_span!("smtp.send", mailbox = %mailbox.address, recipients = meta.recipients.len());
         let mut result = session
-            .send(&mailbox.address, &meta.recipients, &bytes)
+            .send(&mailbox.address, &meta.recipients, &bytes, data_by)
             .instrument(span.clone())
             .await;
         if reused && matches!(&result, Err(f) if f.stale_session()) {
@@ -304,15 +375,31 @@ impl DeliverStage {
             drop(session);
             session = match self.pool.open(idx, true).await {
                 Ok(s) => s,
-                Err(e) => return self.not_opened(lease, e),
+                Err(e) => {
+                    self.close_send(send.id, SendOutcome::NotCounted).await?;
+                    return Ok(self.not_opened(lease, e));
+                }
             };
             result = session
-                .send(&mailbox.address, &meta.recipients, &bytes)
+                .send(&mailbox.address, &meta.recipients, &bytes, data_by)
                 .instrument(span)
                 .await;
         }
         metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
-        match result {
+        let outcome = match &result {
+            Ok(report) if report.delivered() => SendOutcome::Accepted {
+                recipients: report.accepted.len() as u32,
+                external: self
+                    .pool
+                    .external_count_for(mailbox.tenant, &report.accepted)
+                    as u32,
+            },
+            Ok(_) => SendOutcome::NotCounted,
+            Err(f) if f.maybe_accepted() => SendOutcome::Uncertain,
+            Err(f) if f.stage() == SmtpStage::Message => SendOutcome::Counted,
+            Err(_) => SendOutcome::NotCounted,
+        };
+        let attempt = match result {
             Ok(report) if report.delivered() => {
                 // The session goes back before the slot frees: otherwise a waiting send
                 // could take the slot, find no idle session and open one connection too many.
@@ -331,6 +418,17 @@ impl DeliverStage {
                     .with_label_values(&[mailbox.address.as_str(), "message_permanent"])
                     .inc();
                 Attempt::AllRefused(report)
+            }
+            Err(SmtpFailure::Fenced) => {
+                // Past the lease (or the budget) before the data: the session may soon be
+                // another process's connection count, so it closes.
+                session.quit().await;
+                self.pool.finish(lease, Completion::NotCounted);
+                if self.pool.fence(idx).is_none() {
+                    self.pool.revoke(idx);
+                }
+                tracing::warn!(job = %meta.job_id, mailbox = %mailbox.address, "send stopped before the data: the mailbox's lease or the send's budget ended");
+                Attempt::Fenced
             }
             Err(failure) => {
                 // Refused or lost after the data was handed over: count it, to be safe.
@@ -352,19 +450,31 @@ impl DeliverStage {
                         .with_label_values(&[mailbox.address.as_str(), "uncertain"])
                         .inc();
                     tracing::warn!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, "send uncertain: no reply after the message data");
-                    return Attempt::Uncertain(failure.reply());
-                }
-                let class = failure.class();
-                metrics::SENDS
-                    .with_label_values(&[mailbox.address.as_str(), class.as_str()])
-                    .inc();
-                tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");
-                Attempt::Failed {
-                    class,
-                    reply: failure.reply(),
+                    Attempt::Uncertain(failure.reply())
+                } else {
+                    let class = failure.class();
+                    metrics::SENDS
+                        .with_label_values(&[mailbox.address.as_str(), class.as_str()])
+                        .inc();
+                    tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");
+                    Attempt::Failed {
+                        class,
+                        reply: failure.reply(),
+                    }
                 }
             }
-        }
+        };
+        self.close_send(send.id, outcome).await?;
+        Ok(attempt)
+    }
+
+    /// Closes a write-ahead send with its outcome (waits for the database).
+    async fn close_send(&self, id: Uuid, outcome: SendOutcome) -> Result<(), PublishError> {
+        self.pipeline
+            .store()
+            .close_send(id, outcome)
+            .await
+            .map_err(PublishError::from)
     }
 
     /// No session could be opened: nothing was handed over, the server counted nothing.
@@ -460,9 +570,17 @@ impl DeliverStage {
         idx: usize,
         reply: SmtpReply,
     ) -> Result<DeliveryOutcome, PublishError> {
-        let hold = chrono::Duration::from_std(self.pool.uncertain_hold()).unwrap_or_default();
-        let until = Utc::now() + hold;
-        self.delivered.mark_uncertain(&meta.job_id, until);
+        // Held for an operator (`hold`), or until the server surely let it go (`resend`).
+        let (until, then) = match self.uncertain_policy {
+            UncertainPolicy::Hold => (
+                Utc::now() + PAUSED_RECHECK,
+                "it is held until an operator decides (mailpipe-ingest uncertain)".to_owned(),
+            ),
+            UncertainPolicy::Resend => {
+                let until = Utc::now() + self.uncertain_hold;
+                (until, format!("it is sent again after {until}"))
+            }
+        };
         let mut next = meta.clone();
         next.attempt = meta.attempt + 1;
         let m = &self.pool.mailboxes()[idx];
@@ -472,7 +590,7 @@ impl DeliverStage {
         event.recipients = meta.recipients.len() as u32;
         event.external_recipients = self.pool.external_count_for(m.tenant, &meta.recipients) as u32;
         event.reason = Some(format!(
-            "uncertain: no reply after the message data ({}); the server may have accepted it, so it is not sent again before {until}",
+            "uncertain: no reply after the message data ({}); the server may have accepted it, so {then}",
             reply.text
         ));
         event.smtp = Some(reply);
@@ -484,7 +602,7 @@ impl DeliverStage {
             .confirmed()
             .await?;
         metrics::MESSAGES.with_label_values(&["uncertain"]).inc();
-        if next.attempt >= self.max_attempts {
+        if self.uncertain_policy == UncertainPolicy::Resend && next.attempt >= self.max_attempts {
             let reason = format!(
                 "gave up after {} attempts; the last send is uncertain (it may have been accepted)",
                 next.attempt
@@ -504,24 +622,57 @@ impl DeliverStage {
         Ok(DeliveryOutcome::Uncertain { until })
     }
 
-    /// Puts a message in the retry ladder, unchanged, until `until`: on the first step that
-    /// waits long enough, or the longest (then it comes back early and is parked again).
-    /// `false` when there is no ladder.
     /// What the record says about sending this job now.
     async fn verdict(&self, meta: &RenderedMeta) -> Result<Verdict, PublishError> {
-        let check = self.pipeline.store().send_check(&meta.job_id).await?;
+        let store = self.pipeline.store();
+        let check = store.send_check(&meta.job_id).await?;
         let now = Utc::now();
+        let unsettled = match check.unsettled {
+            Some(UnsettledSend::Open { id, deadline }) if deadline <= now => {
+                // Its process died mid-send and no new owner has settled it yet.
+                store
+                    .expire_open_send(id)
+                    .await
+                    .map_err(PublishError::from)?;
+                Some(UnsettledSend::Uncertain {
+                    ended_at: deadline,
+                    resolution: None,
+                })
+            }
+            other => other,
+        };
         Ok(match (check.state, check.control) {
             (Some(JobState::Delivered), _) => Verdict::Duplicate,
             (Some(JobState::Cancelled), _) | (_, BatchControl::Cancelled) => Verdict::Cancelled,
             (Some(JobState::Expired), _) => Verdict::Expired,
+            _ => match unsettled {
+                Some(UnsettledSend::Open { deadline, .. }) => Verdict::InFlight(deadline),
+                Some(UnsettledSend::Uncertain {
+                    ended_at,
+                    resolution: None,
+                }) => match self.uncertain_policy {
+                    UncertainPolicy::Hold => Verdict::Uncertain,
+                    UncertainPolicy::Resend if ended_at + self.uncertain_hold > now => {
+                        Verdict::UncertainUntil(ended_at + self.uncertain_hold)
+                    }
+                    UncertainPolicy::Resend => self.timing(meta, check.control, now),
+                },
+                // Decided (resend), or nothing unsettled.
+                _ => self.timing(meta, check.control, now),
+            },
+        })
+    }
+
+    /// Sending is allowed by the record: what the batch's control and the job's schedule say.
+    fn timing(&self, meta: &RenderedMeta, control: BatchControl, now: DateTime<Utc>) -> Verdict {
+        match control {
             _ if meta.not_after.is_some_and(|t| t <= now) => Verdict::Expired,
-            (_, BatchControl::Paused) => Verdict::Paused,
+            BatchControl::Paused => Verdict::Paused,
             _ => match meta.not_before.filter(|t| *t > now) {
                 Some(at) => Verdict::Scheduled(at),
                 None => Verdict::Send,
             },
-        })
+        }
     }
 
     /// A job the record says not to send (now).
@@ -550,6 +701,28 @@ impl DeliverStage {
                 self.record_unsent(meta, EventKind::Expired, reason).await?;
                 metrics::MESSAGES.with_label_values(&["expired"]).inc();
                 Ok(DeliveryOutcome::Expired)
+            }
+            Verdict::InFlight(_) | Verdict::Uncertain | Verdict::UncertainUntil(_) => {
+                let until = match verdict {
+                    Verdict::InFlight(at) | Verdict::UncertainUntil(at) => at,
+                    _ => Utc::now() + PAUSED_RECHECK,
+                };
+                if !self.park(meta, mime, until).await? {
+                    let reason = "uncertain send and no retry ladder configured to hold it back";
+                    return self
+                        .dead(
+                            meta,
+                            &rendered_properties(meta),
+                            mime,
+                            reason,
+                            None,
+                            None,
+                            vec![],
+                        )
+                        .await;
+                }
+                metrics::MESSAGES.with_label_values(&["held"]).inc();
+                Ok(DeliveryOutcome::Held { until })
             }
             Verdict::Paused | Verdict::Scheduled(_) => {
                 let (until, label, how) = match verdict {
@@ -741,6 +914,8 @@ impl DeliverStage {
 }
 
 enum Attempt {
+    /// The mailbox's lease ended before the data: nothing was sent, no attempt spent.
+    Fenced,
     Delivered(SendReport),
     /// Handed over, no reply: the server may have accepted it.
     Uncertain(SmtpReply),

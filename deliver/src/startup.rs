@@ -1,10 +1,9 @@
-//! Wiring: pool, broker, ledger replay, ops HTTP server, consumer. `Application::build`
-//! binds and connects (tests learn the HTTP port), `run_until_stopped` consumes until
-//! shutdown, then returns what it holds and closes cleanly.
+//! Wiring: pool, broker, mailbox leases, ops HTTP server, consumer. `Application::build`
+//! binds, connects and takes its first mailbox leases (tests learn the HTTP port),
+//! `run_until_stopped` consumes until shutdown, then gives its leases back and closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,8 +17,9 @@ use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::ledger::{DeliveredJobs, ReplayProgress, replay as replay_ledger};
+use crate::ledger::{DeliveredJobs, ReplayProgress};
 use crate::metrics;
+use crate::ownership::MailboxOwnership;
 use crate::pool::MailboxPool;
 use crate::settings::DeliverSettings;
 use crate::stage::{DeliverStage, DeliveryOutcome};
@@ -31,6 +31,9 @@ pub struct Application {
     stage: DeliverStage,
     prefetch: u16,
     shutdown: CancellationToken,
+    /// Stops the lease rounds once the consumer is done (its sends ended): leases go back then.
+    ownership_stop: CancellationToken,
+    ownership: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -45,9 +48,6 @@ impl Application {
         // replay, so a liveness probe never kills a process that is starting up.
         let broker = Broker::new(&common.rabbitmq, "mailpipe-deliver", shutdown.clone())?;
         let replay = Arc::new(ReplayProgress::default());
-        if !settings.replay_ledger {
-            replay.done.store(true, Ordering::SeqCst);
-        }
         let store = Store::new(&common.database, shutdown.clone())?;
         let replay_check = replay.clone();
         let store_check = store.clone();
@@ -72,40 +72,41 @@ impl Application {
             store,
         );
         let delivered = Arc::new(DeliveredJobs::default());
-        if settings.replay_ledger {
-            let quota_horizon = quota_horizon(settings);
-            let stats = replay_ledger(
-                pipeline.store(),
-                &pool,
-                &delivered,
-                quota_horizon,
-                &replay.events,
-            )
-            .await
-            .context("rebuilding the quota ledger from the database")?;
-            tracing::info!(
-                events = stats.events,
-                delivered_jobs = stats.delivered_jobs,
-                sends_restored = stats.sends_restored,
-                "ledger rebuilt from the database"
-            );
-            replay.done.store(true, Ordering::SeqCst);
+        let mut ownership = MailboxOwnership::new(
+            pipeline.store().clone(),
+            pool.clone(),
+            settings.lease_ttl(),
+            quota_horizon(settings),
+        );
+        let owner = ownership.id();
+        // The first round before consuming: this process's share of the pool is taken
+        // (or known to be someone else's) and its windows rebuilt.
+        match ownership.round().await {
+            Ok(round) => {
+                replay.finish(round.sends_restored);
+                tracing::info!(
+                    owner = %owner,
+                    members = round.members,
+                    mailboxes = round.held,
+                    sends_restored = round.sends_restored,
+                    "mailbox leases taken"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "first lease round failed; retrying"),
         }
+        let ownership_stop = CancellationToken::new();
+        let ownership = tokio::spawn(ownership.run(replay.clone(), ownership_stop.clone()));
 
         tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
-        let stage = DeliverStage::new(
-            pool,
-            pipeline,
-            delivered,
-            settings.max_attempts,
-            shutdown.clone(),
-        );
+        let stage = DeliverStage::new(pool, pipeline, delivered, settings, owner, shutdown.clone());
         Ok(Self {
             http,
             broker,
             stage,
             prefetch: settings.prefetch,
             shutdown,
+            ownership_stop,
+            ownership,
         })
     }
 
@@ -145,6 +146,9 @@ impl Application {
             }
         })
         .await;
+        // Nothing is in flight any more: the leases go back, and the others take over now.
+        self.ownership_stop.cancel();
+        self.ownership.await.ok();
         self.stage.pool().close_idle().await;
         self.broker.close().await;
         self.shutdown.cancel();

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use mailpipe_common::amqp::Stage;
 use mailpipe_common::contract::EventKind;
+use mailpipe_common::store::Resolution;
+use mailpipe_deliver::settings::UncertainPolicy;
 use support::{Harness, Limits, PoolSpec, mailbox_address, recipients};
 
 fn subjects(h: &Harness) -> Vec<String> {
@@ -186,7 +188,7 @@ async fn a_mailbox_that_cannot_open_sessions_is_held_back_and_no_job_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silence_after_the_data_is_uncertain_and_not_resent_within_the_hold() {
+async fn silence_after_the_data_is_uncertain_and_held_for_an_operator() {
     let mut h = Harness::new(
         "silent",
         PoolSpec {
@@ -226,39 +228,113 @@ async fn silence_after_the_data_is_uncertain_and_not_resent_within_the_hold() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    // A restarted deliver knows the holds from the events stream.
+    // A restarted deliver knows the holds from the record.
     let (shutdown, task) = h.start_deliver().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-
-    let transmissions = h
-        .sim
-        .refusals()
-        .iter()
-        .filter(|r| r.text.contains("no reply after DATA"))
-        .count();
+    let transmissions = || {
+        h.sim
+            .refusals()
+            .iter()
+            .filter(|r| r.text.contains("no reply after DATA"))
+            .count()
+    };
     assert_eq!(
-        transmissions,
+        transmissions(),
         jobs.len(),
         "each message transmitted once, across a restart too"
     );
     for (job, e) in &uncertain {
-        let retry_at = e.retry_at.expect("the event says when it may be retried");
-        assert!(
-            retry_at - e.at >= chrono::Duration::minutes(9),
-            "{job}: held only until {retry_at}"
-        );
         assert!(e.mailbox.is_some() && e.recipients == 1, "{e:?}");
         assert!(
-            e.reason.as_deref().is_some_and(|r| r.contains("uncertain")),
-            "{e:?}"
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("uncertain") && r.contains("operator")),
+            "{job}: {e:?}"
         );
     }
+    // Listed for an operator, who resends one: it goes out again (and is uncertain again).
+    let store = h.broker.pipeline.store();
+    let mut listed: Vec<String> = store
+        .uncertain_sends(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.job_id)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, jobs);
+    assert_eq!(
+        store
+            .resolve_uncertain("job-1", Resolution::Resend)
+            .await
+            .unwrap(),
+        1
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while transmissions() < jobs.len() + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resend never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(transmissions(), jobs.len() + 1, "only the one resent");
     let events = h.events().await;
     assert!(
         !events.iter().any(|e| e.kind == EventKind::Delivered),
         "nothing was accepted"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_resend_policy_an_uncertain_send_goes_again_after_the_hold() {
+    let mut h = Harness::new(
+        "silent-resend",
+        PoolSpec {
+            mailboxes: 1,
+            limits: roomy(),
+            faults: "[faults]\nsilent_after_data_rate = 1.0\n".into(),
+            ..PoolSpec::default()
+        },
+    )
+    .await;
+    h.settings.smtp_timeout_ms = 1_000;
+    h.settings.uncertain_policy = UncertainPolicy::Resend;
+    h.settings.uncertain_hold_ms = 2_000;
+    h.publish("job-0", "billing@contoso.example", &recipients(0, 1))
+        .await;
+    let (shutdown, task) = h.start_deliver().await;
+    let instants = || {
+        let mut at: Vec<_> = h
+            .sim
+            .refusals()
+            .iter()
+            .filter(|r| r.text.contains("no reply after DATA"))
+            .map(|r| r.at)
+            .collect();
+        at.sort();
+        at
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while instants().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never resent: {:?}",
+            instants()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let at = instants();
+    // Its silence lasts the 1 s timeout, then the 2 s hold: the next is no sooner.
+    assert!(
+        at[1] - at[0] >= chrono::Duration::milliseconds(2_900),
+        "resent too soon: {at:?}"
     );
     h.finish().await;
 }

@@ -8,14 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use mailpipe_common::contract::{DeliveryEvent, EventKind};
-use mailpipe_common::domain::{EmailAddress, JobId};
-use mailpipe_deliver::ledger::{DeliveredJobs, replay};
-use mailpipe_deliver::pool::MailboxPool;
 use mailpipe_deliver::startup::Application;
-use support::{Harness, PoolSpec, mailbox_address};
+use support::{Harness, PoolSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +58,7 @@ async fn healthz_answers_while_the_broker_is_unreachable_and_readyz_names_it() {
     assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
     assert!(
         ready.contains(&format!("RabbitMQ at amqp://guest@127.0.0.1:{broker_port}"))
-            && ready.contains("ledger replay in progress: 0 events read"),
+            && ready.contains("taking mailbox leases and rebuilding their windows: 0 sends read"),
         "says what it waits for: {ready}"
     );
     let metrics = http_get(http_port, "/metrics").await.unwrap();
@@ -107,65 +101,6 @@ async fn a_refused_login_ends_the_start_at_once_with_the_reason() {
     assert!(
         shutdown.is_cancelled(),
         "the process is told to stop (every loop ends, exit non-zero)"
-    );
-    h.finish().await;
-}
-
-/// Thousands of sends in the window are read back from the database (streamed), every
-/// one applied, and the progress counter saw each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replay_reads_every_send_of_the_window_and_counts_what_it_read() {
-    let h = Harness::new("deliver-replay-batches", PoolSpec::default()).await;
-    let pipeline = &h.broker.pipeline;
-    let mailbox = EmailAddress::parse(&mailbox_address(0)).unwrap();
-    const EVENTS: usize = 4_321;
-    let mut pending = Vec::new();
-    for i in 0..EVENTS {
-        let mut e = DeliveryEvent::new(
-            JobId::parse(&format!("replay-{i}")).unwrap(),
-            None,
-            EventKind::Delivered,
-        );
-        e.mailbox = Some(mailbox.clone());
-        e.recipients = 1;
-        pending.push(pipeline.record_event(&e).await.unwrap());
-        if pending.len() == 500 {
-            for p in pending.drain(..) {
-                p.confirmed().await.unwrap();
-            }
-        }
-    }
-    for p in pending {
-        p.confirmed().await.unwrap();
-    }
-
-    let pool = MailboxPool::build(&h.settings).unwrap();
-    let delivered = DeliveredJobs::default();
-    let progress = AtomicU64::new(0);
-    let stats = tokio::time::timeout(
-        Duration::from_secs(120),
-        replay(
-            pipeline.store(),
-            &pool,
-            &delivered,
-            Duration::from_secs(3600),
-            &progress,
-        ),
-    )
-    .await
-    .expect("the replay ends")
-    .unwrap();
-    assert_eq!(stats.events, EVENTS);
-    assert_eq!(stats.delivered_jobs, EVENTS);
-    assert_eq!(progress.load(Ordering::SeqCst), EVENTS as u64);
-    assert_eq!(
-        stats.sends_restored, EVENTS,
-        "every send counts in its mailbox's windows"
-    );
-    assert_eq!(
-        delivered.pending_len(),
-        0,
-        "recorded jobs are not held in memory"
     );
     h.finish().await;
 }

@@ -1,6 +1,10 @@
 //! Batch control: pause, resume and cancel, kept in `batches.control` so every deliver
 //! process sees it on its next check (before each send) and it survives restarts.
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::sends::UnsettledSend;
 use super::{JobState, Store, StoreError};
 use crate::domain::JobId;
 
@@ -35,13 +39,37 @@ impl BatchControl {
 }
 
 /// What deliver learns before a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendCheck {
     /// The job's state, `None` when the database does not know the job.
     pub state: Option<JobState>,
     /// Its batch's control (`Running` without a batch).
     pub control: BatchControl,
+    /// Its last send whose outcome is unknown, if any (open, or uncertain).
+    pub unsettled: Option<UnsettledSend>,
 }
+
+const SEND_CHECK: &str = r#"
+SELECT j.state, b.control, s.id, s.outcome, s.resolution, s.deadline, s.ended_at
+FROM (SELECT $1::text AS id) q
+LEFT JOIN jobs j ON j.id = q.id
+LEFT JOIN batches b ON b.id = j.batch_id
+LEFT JOIN LATERAL (
+    SELECT id, outcome, resolution, deadline, ended_at FROM sends
+    WHERE job_id = q.id AND (outcome IS NULL OR outcome = 'uncertain')
+    ORDER BY started_at DESC LIMIT 1
+) s ON true
+"#;
+
+type CheckRow = (
+    Option<String>,
+    Option<String>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// Sets the control of a batch that has jobs (or a row), creating its row when only jobs
 /// name it (jobs recorded by render or deliver without ingest's claim).
@@ -106,27 +134,28 @@ impl Store {
         Ok(Some((now, cancelled)))
     }
 
-    /// The job's state and its batch's control, right before a send. Waits while the
-    /// database is unreachable (no send without a record).
+    /// The job's state, its batch's control and its last unsettled send, right before
+    /// a send. Waits while the database is unreachable (no send without a record).
     pub async fn send_check(&self, id: &JobId) -> Result<SendCheck, StoreError> {
-        let row: Option<(String, Option<String>)> = self
+        let (state, control, send, outcome, resolution, deadline, ended_at): CheckRow = self
             .durably("checking a job before its send", || {
-                sqlx::query_as(
-                    "SELECT j.state, b.control FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id WHERE j.id = $1",
-                )
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
+                sqlx::query_as(SEND_CHECK)
+                    .bind(id.as_str())
+                    .fetch_one(&self.pool)
             })
             .await?;
-        Ok(match row {
-            Some((state, control)) => SendCheck {
-                state: state.parse().ok(),
-                control: BatchControl::from_column(control.as_deref()),
-            },
-            None => SendCheck {
-                state: None,
-                control: BatchControl::Running,
-            },
+        let unsettled = match (send, outcome, ended_at, deadline) {
+            (Some(_), Some(_), Some(ended_at), _) => Some(UnsettledSend::Uncertain {
+                ended_at,
+                resolution,
+            }),
+            (Some(id), None, _, Some(deadline)) => Some(UnsettledSend::Open { id, deadline }),
+            _ => None,
+        };
+        Ok(SendCheck {
+            state: state.and_then(|s| s.parse().ok()),
+            control: BatchControl::from_column(control.as_deref()),
+            unsettled,
         })
     }
 }

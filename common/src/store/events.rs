@@ -1,8 +1,6 @@
 //! Recording what happened to a job (render's and deliver's events), and which sends are
 //! inside the quota windows (what deliver rebuilds at start).
 
-use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use sqlx::types::Json;
 
 use super::{JobState, Store, StoreError};
@@ -77,34 +75,5 @@ impl Store {
         })
         .await
         .map(|_| ())
-    }
-
-    /// Every send since `since`, oldest first: `delivered` events and uncertain
-    /// `retrying` ones (the server may have counted those). Deliver rebuilds its quota
-    /// windows from them at start; how many there are is bounded by the pool's quota
-    /// inside the window, not by history.
-    pub async fn sends_since(
-        &self,
-        since: DateTime<Utc>,
-        mut each: impl FnMut(DeliveryEvent),
-    ) -> Result<usize, StoreError> {
-        let mut rows = sqlx::query_scalar::<_, Json<DeliveryEvent>>(
-            "SELECT event FROM job_events WHERE at >= $1 AND (kind = 'delivered' OR uncertain) ORDER BY at",
-        )
-        .bind(since)
-        .fetch(&self.pool);
-        let mut count = 0;
-        loop {
-            match rows.try_next().await {
-                Ok(Some(Json(event))) => {
-                    count += 1;
-                    each(event);
-                }
-                Ok(None) => break,
-                Err(e) => return self.observe("reading the sends of the last window", Err(e)),
-            }
-        }
-        drop(rows);
-        self.observe("reading the sends of the last window", Ok(count))
     }
 }

@@ -11,7 +11,9 @@
 mod batches;
 mod claims;
 mod events;
+mod leases;
 mod prune;
+mod sends;
 mod settings;
 mod state;
 
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub use batches::{BatchControl, SendCheck};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
+pub use sends::{CountedSend, Resolution, SendOutcome, SendStart, UncertainSend, UnsettledSend};
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};
 

@@ -98,6 +98,9 @@ fn smtp_hint(f: &SmtpFailure, cx: HintContext<'_>) -> String {
         SmtpFailure::Timeout { .. } | SmtpFailure::Network { .. } => {
             "the connection broke: retry; if it repeats, check network and proxies".into()
         }
+        SmtpFailure::Fenced => {
+            "the send took longer than its time budget before the data: retry".into()
+        }
     }
 }
 

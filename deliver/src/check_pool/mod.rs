@@ -120,7 +120,12 @@ async fn check_mailbox(
     if let Some(to) = &options.send_test {
         let message = test_message(&m.address, to, &check.tenant);
         match session
-            .send(&m.address, std::slice::from_ref(to), &message)
+            .send(
+                &m.address,
+                std::slice::from_ref(to),
+                &message,
+                std::time::Instant::now() + std::time::Duration::from_secs(3_600),
+            )
             .await
         {
             Ok(report) if report.delivered() => {

@@ -12,4 +12,7 @@ pub enum ThrottleError {
     /// No tenant with this index in the pool.
     #[error("no tenant {0} in the pool")]
     UnknownTenant(usize),
+    /// The mailbox has sends in flight: its windows cannot be rebuilt now.
+    #[error("mailbox {0} has sends in flight")]
+    InFlight(usize),
 }

@@ -144,6 +144,8 @@ struct Slot {
     tenant: usize,
     state: MailboxState,
     last_used: u64,
+    /// Owned by this process (see `set_available`).
+    available: bool,
 }
 
 /// Where a message can go, computed without changing anything.
@@ -202,6 +204,7 @@ impl PoolSchedule {
             tenant,
             state: MailboxState::Active,
             last_used: 0,
+            available: true,
         });
         Ok(self.slots.len() - 1)
     }
@@ -253,6 +256,49 @@ impl PoolSchedule {
             .get_mut(idx)
             .ok_or(ThrottleError::UnknownMailbox(idx))?;
         slot.state = state;
+        Ok(())
+    }
+
+    /// Makes a mailbox pickable or not (another deliver process owns it now). An
+    /// unavailable mailbox is never picked and gives no wait instant, but a message it
+    /// could send is not impossible: `pick` answers `WaitForRelease` when only
+    /// unavailable mailboxes could take it.
+    pub fn set_available(&mut self, idx: usize, available: bool) -> Result<(), ThrottleError> {
+        let slot = self
+            .slots
+            .get_mut(idx)
+            .ok_or(ThrottleError::UnknownMailbox(idx))?;
+        slot.available = available;
+        Ok(())
+    }
+
+    /// Forgets a mailbox's windows, to rebuild them from the record (a new owner). Only
+    /// with no send in flight on it.
+    pub fn reset_mailbox(&mut self, idx: usize) -> Result<(), ThrottleError> {
+        let slot = self
+            .slots
+            .get_mut(idx)
+            .ok_or(ThrottleError::UnknownMailbox(idx))?;
+        if slot.throttle.connections_in_use() > 0 {
+            return Err(ThrottleError::InFlight(idx));
+        }
+        slot.throttle = MailboxThrottle::new(slot.throttle.limits().clone());
+        Ok(())
+    }
+
+    /// Restores a send into a mailbox's own windows only (its tenant's window learns of
+    /// it separately, see [`TenantLimit::restore`]).
+    pub fn restore_mailbox(
+        &mut self,
+        idx: usize,
+        at: Millis,
+        recipients: u64,
+    ) -> Result<(), ThrottleError> {
+        let slot = self
+            .slots
+            .get_mut(idx)
+            .ok_or(ThrottleError::UnknownMailbox(idx))?;
+        slot.throttle.restore(at, recipients);
         Ok(())
     }
 
@@ -311,6 +357,12 @@ impl PoolSchedule {
             }
             any_mailbox_fits = true;
             max_external = max_external.max(tenant.window().limit());
+            if !slot.available {
+                if tenant.window().limit() >= external {
+                    wait = earliest(wait, Admit::Busy);
+                }
+                continue;
+            }
             let held = match slot.state.at(now).until() {
                 Some(until) => Admit::At(until),
                 None => Admit::Now,
