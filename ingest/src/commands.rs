@@ -297,6 +297,22 @@ pub async fn batch(
     ExitCode::from(code)
 }
 
+/// `uncertain`.
+pub async fn uncertain(
+    config: &Config,
+    command: crate::uncertain_cli::UncertainCommand,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+) -> ExitCode {
+    let store = match open_store(config, shutdown, give_up_after).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let code = crate::uncertain_cli::run(&store, command).await;
+    store.close().await;
+    code
+}
+
 /// `jobs`.
 pub async fn jobs(
     config: &Config,

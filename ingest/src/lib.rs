@@ -37,6 +37,7 @@ pub mod settings;
 pub mod startup;
 pub mod status_cli;
 pub mod submit;
+pub mod uncertain_cli;
 pub mod validate;
 
 pub use settings::{Config, IngestSettings};

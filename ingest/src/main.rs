@@ -10,6 +10,7 @@ use mailpipe_common::domain::BatchId;
 use mailpipe_ingest::Config;
 use mailpipe_ingest::commands::{self, BatchCommand, DeadCommand, JobsArgs, SubmitArgs};
 use mailpipe_ingest::status_cli::StatusOptions;
+use mailpipe_ingest::uncertain_cli::UncertainCommand;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -45,6 +46,12 @@ Examples:
   mailpipe-ingest dead replay --batch nov-2026 --dry-run
   mailpipe-ingest dead replay --id inv-2026-11-000123
 
+  # Sends of unknown outcome (deliver died mid-send, or no reply after the data), held for
+  # a decision: look each Message-ID up in the mailbox's Sent Items, then decide:
+  mailpipe-ingest --config mailpipe.toml uncertain list
+  mailpipe-ingest uncertain resend inv-2026-11-000123      # not in Sent Items: send again
+  mailpipe-ingest uncertain mark-sent inv-2026-11-000124   # in Sent Items: it was delivered
+
   # Check the configuration (every error, each naming its key; exit 2 when any):
   mailpipe-ingest --config mailpipe.toml --check-config
   mailpipe-ingest --config mailpipe.toml --check-config --json   # one JSON object: ok, errors, warnings, summary
@@ -55,7 +62,8 @@ failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures
 configuration, or a database schema behind this build (run `migrate`); 3 PostgreSQL failed. jobs: 0
 done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
 migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
-unknown batch; 3 PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
+unknown batch; 3 PostgreSQL failed. uncertain: 0 done; 1 a job had no uncertain send waiting; 3
+PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
 inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
 unreachable for the same time.
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters, and
@@ -105,6 +113,11 @@ enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// Sends of unknown outcome held for a decision: list, resend, mark-sent.
+    Uncertain {
+        #[command(subcommand)]
+        command: UncertainCommand,
     },
     /// Apply the database migrations (for operators who set database.migrate_on_start = false).
     Migrate,
@@ -189,6 +202,9 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
         Command::Migrate => commands::migrate(&config, shutdown, give_up_after).await,
         Command::Batch { command } => {
             commands::batch(&config, command, shutdown, give_up_after).await
+        }
+        Command::Uncertain { command } => {
+            commands::uncertain(&config, command, shutdown, give_up_after).await
         }
     }
 }

@@ -29,11 +29,22 @@ DELETE FROM batches b WHERE b.created_at < $1
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
 "#;
 
+/// Write-ahead sends past the retention (the quota windows read one day at most); an
+/// uncertain one still waiting for a decision is kept.
+const PRUNE_SENDS: &str = r#"
+DELETE FROM sends WHERE id IN (
+    SELECT id FROM sends WHERE started_at < $1
+        AND NOT (outcome = 'uncertain' AND resolution IS NULL)
+    LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"#;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneReport {
     pub jobs: u64,
     pub stale_claims: u64,
     pub batches: u64,
+    pub sends: u64,
 }
 
 impl Store {
@@ -64,6 +75,19 @@ impl Store {
             if n < PRUNE_BATCH as u64 {
                 break;
             }
+        }
+        loop {
+            let r = sqlx::query(PRUNE_SENDS)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await;
+            let n = self.observe("pruning sends", r)?.rows_affected();
+            report.sends += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let r = sqlx::query(PRUNE_BATCHES)
             .bind(cutoff)
