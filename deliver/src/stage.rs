@@ -198,15 +198,16 @@ impl DeliverStage {
             match self.verdict(&meta).await {
                 Ok(Verdict::Send) => {}
                 Ok(other) => {
-                    self.pool.finish(lease, Completion::NotCounted);
+                    self.pool.release_unsent(lease);
                     return self.not_sent(&meta, mime, other).await;
                 }
                 Err(e) => {
-                    self.pool.finish(lease, Completion::NotCounted);
+                    self.pool.release_unsent(lease);
                     return Err(e);
                 }
             }
             let idx = lease.idx;
+            let ticket = lease.ticket();
             let refusal = match self.attempt(&meta, mime, lease).await {
                 Attempt::Delivered(report) => {
                     return self.delivered(&meta, mime, idx, report).await;
@@ -237,7 +238,7 @@ impl DeliverStage {
                                 problem.as_str(),
                             ])
                             .inc();
-                        self.pool.hold_mailbox(idx, problem);
+                        self.pool.hold_mailbox(ticket, problem);
                         reply
                     }
                     ReplyClass::Tenant(problem) => {
@@ -282,8 +283,27 @@ impl DeliverStage {
         self.retry(&meta, props, mime, last).await
     }
 
-    /// One send through the leased mailbox; the lease is always finished here.
+    /// One send through the leased mailbox; the lease is always finished here. An outcome
+    /// that is not the mailbox's fault (delivered, refused or failed for the message's sake,
+    /// uncertain) marks the mailbox healthy: its session was opened, AUTH passed. That ends
+    /// a probe's hold; a mailbox- or tenant-level failure is judged by the caller.
     async fn attempt(&self, meta: &RenderedMeta, mime: &[u8], lease: Lease) -> Attempt {
+        let ticket = lease.ticket();
+        let attempt = self.send_on(meta, mime, lease).await;
+        let mailbox_fault = matches!(
+            attempt,
+            Attempt::Failed {
+                class: ReplyClass::Mailbox(_) | ReplyClass::Tenant(_),
+                ..
+            }
+        );
+        if !mailbox_fault {
+            self.pool.mark_healthy(ticket);
+        }
+        attempt
+    }
+
+    async fn send_on(&self, meta: &RenderedMeta, mime: &[u8], lease: Lease) -> Attempt {
         let idx = lease.idx;
         let mailbox = &self.pool.mailboxes()[idx];
         let started = Instant::now();
@@ -318,7 +338,6 @@ impl DeliverStage {
                 // could take the slot, find no idle session and open one connection too many.
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::Counted);
-                self.pool.mark_healthy(idx);
                 metrics::SENDS
                     .with_label_values(&[mailbox.address.as_str(), "accepted"])
                     .inc();
