@@ -285,7 +285,7 @@ impl MailboxPool {
         Ok(Self {
             book: Mutex::new(Book {
                 schedule,
-                health: vec![Health::default(); n],
+                health: vec![Health::unproven(); n],
             }),
             changed: Notify::new(),
             tokens,
@@ -762,6 +762,16 @@ mod tests {
     async fn a_readmitted_mailbox_takes_one_probe_and_backs_off_per_episode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = pool(&dir);
+        // Unproven at start: the first send probes alone.
+        let first = acquire(&pool).await;
+        assert!(first.ticket().is_probe());
+        let other = tokio::time::timeout(Duration::from_millis(300), pool.acquire(&meta())).await;
+        assert!(other.is_err(), "a second send picked a mailbox under probe");
+        let tf = first.ticket();
+        pool.finish(first, Completion::Counted);
+        pool.mark_healthy(tf);
+        assert!(!pool.on_probation(0));
+
         // Two sends in flight when the mailbox fails: one episode, one backoff.
         let (a, b) = (acquire(&pool).await, acquire(&pool).await);
         let (ta, tb) = (a.ticket(), b.ticket());

@@ -45,6 +45,15 @@ pub(super) struct Health {
 }
 
 impl Health {
+    /// A mailbox not proved yet (at start): its first send is a probe, so a mailbox broken
+    /// before deliver started fails one AUTH, not one per connection it may open.
+    pub fn unproven() -> Self {
+        Self {
+            probation: true,
+            ..Self::default()
+        }
+    }
+
     pub fn episodes(&self) -> u32 {
         self.episodes
     }
@@ -185,6 +194,19 @@ mod tests {
         assert_eq!(h.failed(&d, false), Some(1));
         let (_, hold) = h.start(0, 8, FAR);
         assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
+    }
+
+    #[test]
+    fn an_unproven_mailbox_starts_with_a_probe() {
+        let mut h = Health::unproven();
+        let (p, hold) = h.start(0, 1, FAR);
+        assert!(p.is_probe());
+        assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
+        assert_eq!(
+            h.failed(&p, true),
+            Some(1),
+            "its failure is the first episode"
+        );
     }
 
     #[test]
