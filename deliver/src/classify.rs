@@ -3,13 +3,13 @@
 //! | reply | class | what deliver does |
 //! |---|---|---|
 //! | 2xx | `Accepted` | `delivered` event, ack |
-//! | 535 5.7.3 (bad credentials / token) | `Mailbox(Auth)` | OAuth: refresh the token once and retry; then quarantine the mailbox, reroute |
-//! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine, reroute |
-//! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine, reroute |
+//! | 535 5.7.3 (bad credentials / token) | `Mailbox(Auth)` | OAuth: a refused *cached* token is refreshed and AUTH retried once (not on probation); then quarantine with backoff, reroute |
+//! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine with backoff, reroute |
+//! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine with backoff, reroute |
 //! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
 //! | 432 4.3.2 sender thread limit / concurrent connections limit exceeded | `Mailbox(Connections)` | short pause, reroute |
 //! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
-//! | 5.2.251, 5.2.253–5.2.255 (sender throttled for repeated errors) | `Mailbox(Throttled)` | pause, reroute |
+//! | 550 5.2.251, 5.2.253–5.2.255 (sender throttled for continuous mailbox-full, licence, too-many-recipients, invalid-recipient errors) | `Mailbox(Throttled)` | pause with backoff, reroute: Exchange refuses the mailbox a while, and every refusal meanwhile would be one more error |
 //! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
 //! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
 //! | a session cannot be opened (connect, STARTTLS, AUTH: timeout, network, 4xx) | `Mailbox(Unreachable)` | pause with doubling backoff, reroute |
@@ -17,7 +17,11 @@
 //! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
 //!
 //! Mailbox- and tenant-level refusals never spend one of the message's attempts: the
-//! message is not at fault. Exchange gives enhanced codes in the text only, so the
+//! message is not at fault. "With backoff": `pause_ms`, doubled per hold *episode* up to
+//! `max_pause_ms`; when the hold ends one send probes the mailbox alone, and only a failed
+//! probe starts the next episode (failures of sends already in flight belong to the current
+//! one), so a broken mailbox gets one failed AUTH per backoff period: Exchange answers
+//! repeated errors with the throttling above (`MailboxPool::hold_mailbox`). Exchange gives enhanced codes in the text only, so the
 //! classification reads `SmtpReply::enhanced` (parsed from the text) and a few markers.
 
 use mailpipe_common::contract::SmtpReply;
@@ -210,6 +214,17 @@ mod tests {
             class(550, "5.2.254 sender throttled"),
             ReplyClass::Mailbox(Throttled)
         );
+        for code in ["5.2.251", "5.2.253", "5.2.255"] {
+            assert_eq!(
+                class(
+                    550,
+                    &format!(
+                        "{code} Sender throttled due to continuous invalid recipients errors."
+                    )
+                ),
+                ReplyClass::Mailbox(Throttled)
+            );
+        }
         assert_eq!(
             class(550, "5.7.708 Service unavailable. Access denied"),
             ReplyClass::Tenant(TenantProblem::Blocked)

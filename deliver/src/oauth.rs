@@ -131,6 +131,8 @@ pub struct TokenSource {
 #[derive(Debug, Clone)]
 struct CachedToken {
     token: SecretString,
+    /// When it arrived.
+    fetched_at: Instant,
     expires_at: Instant,
     refresh_at: Instant,
 }
@@ -179,17 +181,28 @@ impl TokenSource {
 
     /// A valid token, from the cache or freshly fetched. Concurrent callers share one fetch.
     pub async fn token(&self) -> Result<SecretString, OAuthError> {
+        Ok(self.current().await?.token)
+    }
+
+    /// `token()`, and whether it was fetched at or after `since`: a token fetched for this
+    /// very attempt (by us or by a concurrent caller we waited for) cannot be a stale cache
+    /// entry, so refreshing it after a refusal would only repeat the refusal.
+    pub async fn token_since(&self, since: Instant) -> Result<(SecretString, bool), OAuthError> {
+        let c = self.current().await?;
+        Ok((c.token, c.fetched_at >= since))
+    }
+
+    async fn current(&self) -> Result<CachedToken, OAuthError> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref()
             && Instant::now() < c.refresh_at
         {
-            return Ok(c.token.clone());
+            return Ok(c.clone());
         }
         let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
         *self.expires_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.expires_at);
-        *cached = Some(fresh);
-        Ok(token)
+        *cached = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Forgets `used` if it is still the cached token, so the next `token()` fetches anew
@@ -303,6 +316,7 @@ impl TokenSource {
         tracing::info!(endpoint = %endpoint, client_id = %self.client_id, expires_in_s = reply.expires_in, "OAuth token obtained");
         Ok(CachedToken {
             token: SecretString::from(reply.access_token),
+            fetched_at: Instant::now(),
             expires_at,
             refresh_at: expires_at - ahead,
         })

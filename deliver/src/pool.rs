@@ -1,9 +1,13 @@
 //! `MailboxPool`: the async face of the throttle. `acquire` waits exactly until some
 //! eligible mailbox may send (a timer for time-bound waits, a notification for releases:
 //! no polling), sessions are reused per mailbox within its connection cap, and mailboxes
-//! or tenants that the server refuses are held back and re-admitted automatically.
+//! or tenants that the server refuses are held back and re-admitted automatically: a
+//! re-admitted mailbox takes one send (a probe) until that send proves it healthy, and its
+//! backoff doubles per hold episode, not per failed send (see `health`), so a broken mailbox
+//! gets at most one failed AUTH per backoff period (Exchange throttles repeated errors).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod health;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +28,8 @@ use crate::throttle::{
     Reservation, Snapshot, TenantLimit,
 };
 use crate::token_endpoint::TokenEndpoint;
+use health::Health;
+pub use health::SendTicket;
 
 /// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
 enum MailboxAuth {
@@ -119,11 +125,20 @@ impl SessionError {
 }
 
 /// A reserved send: one mailbox, its quota and one connection. Give it back with
-/// [`MailboxPool::finish`].
+/// [`MailboxPool::finish`] (or [`MailboxPool::release_unsent`] when nothing was sent).
 #[derive(Debug)]
 pub struct Lease {
     pub idx: usize,
     reservation: Reservation,
+    ticket: SendTicket,
+}
+
+impl Lease {
+    /// What this send's outcome is reported with ([`MailboxPool::mark_healthy`],
+    /// [`MailboxPool::hold_mailbox`]) after the lease is finished.
+    pub fn ticket(&self) -> SendTicket {
+        self.ticket
+    }
 }
 
 /// The right to send through a mailbox: its lease's fencing token, and until when this
@@ -151,13 +166,34 @@ pub enum Completion {
     NotCounted,
 }
 
+/// The schedule and each mailbox's health, under one lock: a pick and the probe's hold it
+/// may set must be one step, or a second send could pick the mailbox in between.
+#[derive(Debug)]
+struct Book {
+    schedule: PoolSchedule,
+    health: Vec<Health>,
+}
+
+impl Book {
+    /// Lifts a probe's hold if it is still the mailbox's state (another hold, a tenant's,
+    /// may have replaced it since). True when it did.
+    fn lift(&mut self, idx: usize, hold: Option<MailboxState>) -> bool {
+        match hold {
+            Some(hold) if self.schedule.state(idx) == Some(hold) => {
+                let _ = self.schedule.set_state(idx, MailboxState::Active);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 pub struct MailboxPool {
-    schedule: Mutex<PoolSchedule>,
+    book: Mutex<Book>,
     changed: Notify,
     mailboxes: Vec<PoolMailbox>,
     tokens: Vec<Option<Arc<TokenSource>>>,
     idle: Vec<Mutex<Vec<(SmtpSession, Instant)>>>,
-    strikes: Vec<AtomicU32>,
     /// This process's leases, by mailbox (`None`: another process's, or no one's).
     fences: Vec<Mutex<Option<Fence>>>,
     /// How long a message waits for a mailbox owned here before it goes back to the
@@ -275,11 +311,13 @@ impl MailboxPool {
         Ok(Self {
             fences: (0..n).map(|_| Mutex::new(None)).collect(),
             elsewhere_grace: settings.lease_ttl() * 2,
-            schedule: Mutex::new(schedule),
+            book: Mutex::new(Book {
+                schedule,
+                health: vec![Health::unproven(); n],
+            }),
             changed: Notify::new(),
             tokens,
             idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            strikes: (0..n).map(|_| AtomicU32::new(0)).collect(),
             mailboxes,
             policy: settings.from_policy,
             idle_timeout: Duration::from_millis(settings.idle_connection_ms),
@@ -288,9 +326,31 @@ impl MailboxPool {
         })
     }
 
-    fn schedule(&self) -> MutexGuard<'_, PoolSchedule> {
-        // The schedule's invariants hold between calls; a panic elsewhere cannot break them.
-        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // The book's invariants hold between calls; a panic elsewhere cannot break them.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a probe may keep its mailbox to itself before it is presumed lost (its task
+    /// gone): every SMTP step of a send is bounded by the SMTP timeout, and a send has about
+    /// ten. A lost probe must not hold its mailbox forever.
+    fn probe_limit(&self, idx: usize) -> Duration {
+        self.mailboxes[idx].endpoint.timeout * 10
+    }
+
+    /// Whether the mailbox was held back and has not proved healthy since (its next send is,
+    /// or its current one is, a probe).
+    pub fn on_probation(&self, idx: usize) -> bool {
+        self.book()
+            .health
+            .get(idx)
+            .is_some_and(Health::on_probation)
+    }
+
+    /// Hold episodes in a row since the mailbox last proved healthy (its backoff doubles
+    /// with each).
+    pub fn episodes(&self, idx: usize) -> u32 {
+        self.book().health.get(idx).map_or(0, Health::episodes)
     }
 
     pub fn mailboxes(&self) -> &[PoolMailbox] {
@@ -335,14 +395,14 @@ impl MailboxPool {
     /// The lease on `idx` is this process's (taken or renewed): sends may use it.
     pub fn grant(&self, idx: usize, fence: Fence) {
         *self.lock_fence(idx) = Some(fence);
-        let _ = self.schedule().set_available(idx, true);
+        let _ = self.book().schedule.set_available(idx, true);
         self.changed.notify_waiters();
     }
 
     /// The lease on `idx` is lost or given back: no new send picks it.
     pub fn revoke(&self, idx: usize) {
         *self.lock_fence(idx) = None;
-        let _ = self.schedule().set_available(idx, false);
+        let _ = self.book().schedule.set_available(idx, false);
         self.changed.notify_waiters();
     }
 
@@ -355,7 +415,8 @@ impl MailboxPool {
 
     /// Sends in flight through `idx` in this process.
     pub fn in_flight(&self, idx: usize) -> u32 {
-        self.schedule()
+        self.book()
+            .schedule
             .mailbox(idx)
             .map(|m| m.connections_in_use())
             .unwrap_or(0)
@@ -368,10 +429,10 @@ impl MailboxPool {
         idx: usize,
         sends: impl IntoIterator<Item = (Millis, u64)>,
     ) -> Result<(), crate::throttle::ThrottleError> {
-        let mut schedule = self.schedule();
-        schedule.reset_mailbox(idx)?;
+        let mut book = self.book();
+        book.schedule.reset_mailbox(idx)?;
         for (at, recipients) in sends {
-            schedule.restore_mailbox(idx, at, recipients)?;
+            book.schedule.restore_mailbox(idx, at, recipients)?;
         }
         Ok(())
     }
@@ -386,7 +447,7 @@ impl MailboxPool {
         else {
             return false;
         };
-        match self.schedule().tenant_mut(t) {
+        match self.book().schedule.tenant_mut(t) {
             Some(limit) => {
                 limit.restore(at, external);
                 true
@@ -421,19 +482,25 @@ impl MailboxPool {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_millis();
-            let pick = {
-                let mut schedule = self.schedule();
-                let external = self.external_count(&schedule, &meta.recipients);
-                schedule.pick(now, recipients, external, |i| {
+            let wait_until = {
+                let mut book = self.book();
+                let external = self.external_count(&book.schedule, &meta.recipients);
+                let pick = book.schedule.pick(now, recipients, external, |i| {
                     self.mailboxes
                         .get(i)
                         .is_some_and(|m| m.may_send(meta, self.policy))
-                })
+                });
+                match pick {
+                    Pick::Mailbox(idx, reservation) => {
+                        return Ok(self.lease(&mut book, now, idx, reservation));
+                    }
+                    Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
+                    Pick::WaitUntil(at) => Some(at),
+                    Pick::WaitForRelease => None,
+                }
             };
-            match pick {
-                Pick::Mailbox(idx, reservation) => return Ok(Lease { idx, reservation }),
-                Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
-                Pick::WaitUntil(at) => {
+            match wait_until {
+                Some(at) => {
                     elsewhere_since = None;
                     let wait = at.saturating_duration_since(now);
                     tokio::select! {
@@ -441,11 +508,11 @@ impl MailboxPool {
                         _ = &mut notified => {}
                     }
                 }
-                Pick::WaitForRelease if self.owned_here_may_send(meta) => {
+                None if self.owned_here_may_send(meta) => {
                     elsewhere_since = None;
                     notified.await;
                 }
-                Pick::WaitForRelease => {
+                None => {
                     // Only mailboxes of other processes could take it: wait a little (a
                     // lease may be on its way here), then hand it back to the queue.
                     let since = *elsewhere_since.get_or_insert_with(Instant::now);
@@ -462,16 +529,36 @@ impl MailboxPool {
         }
     }
 
+    /// The lease of a picked mailbox. A mailbox on probation is held at once for its probe, in
+    /// the same step as the pick: nobody else picks it until the probe's verdict.
+    fn lease(&self, book: &mut Book, now: Millis, idx: usize, reservation: Reservation) -> Lease {
+        let until = now + self.probe_limit(idx);
+        let (ticket, probe_hold) = book.health[idx].start(idx, reservation.id(), until);
+        if let Some(hold) = probe_hold {
+            let _ = book.schedule.set_state(idx, hold);
+            tracing::info!(mailbox = %self.mailboxes[idx].address, episodes = book.health[idx].episodes(), "probing a re-admitted mailbox with one send");
+        }
+        Lease {
+            idx,
+            reservation,
+            ticket,
+        }
+    }
+
     /// Ends a send: its quota counts from now (if the server may have counted it) or is
-    /// given back; its connection slot frees; waiters re-check.
+    /// given back; its connection slot frees; waiters re-check. A probe's hold stays: its
+    /// verdict follows ([`Self::mark_healthy`], [`Self::hold_mailbox`], a tenant hold), so no
+    /// other send slips in between.
     pub fn finish(&self, lease: Lease, completion: Completion) {
         let result = {
-            let mut schedule = self.schedule();
+            let mut book = self.book();
             match completion {
                 // Rounded up to the next millisecond: instants are whole milliseconds, and a
                 // truncated completion could let the next send in up to 1 ms early.
-                Completion::Counted => schedule.settle(lease.reservation, now_millis().plus_ms(1)),
-                Completion::NotCounted => schedule.release(lease.reservation),
+                Completion::Counted => book
+                    .schedule
+                    .settle(lease.reservation, now_millis().plus_ms(1)),
+                Completion::NotCounted => book.schedule.release(lease.reservation),
             }
         };
         if let Err(e) = result {
@@ -480,37 +567,74 @@ impl MailboxPool {
         self.changed.notify_waiters();
     }
 
-    /// The mailbox worked: its failure streak ends.
-    pub fn mark_healthy(&self, idx: usize) {
-        self.strikes[idx].store(0, Ordering::Relaxed);
+    /// Ends a send that never went out (the record said not to send): quota and slot are
+    /// given back, and a probe's hold is lifted with the mailbox still on probation, so the
+    /// next send probes it.
+    pub fn release_unsent(&self, lease: Lease) {
+        let ticket = lease.ticket;
+        self.finish(lease, Completion::NotCounted);
+        let lifted = {
+            let mut book = self.book();
+            let hold = book.health[ticket.idx].released(&ticket);
+            book.lift(ticket.idx, hold)
+        };
+        if lifted {
+            self.changed.notify_waiters();
+        }
     }
 
-    /// Holds a mailbox back after a mailbox-level refusal, until a window frees or its backoff ends.
-    pub fn hold_mailbox(&self, idx: usize, problem: MailboxProblem) {
-        let strikes = self.strikes[idx].fetch_add(1, Ordering::Relaxed) + 1;
+    /// The send of `ticket` proved its mailbox works: its session was opened (AUTH passed)
+    /// and the server answered for the message's sake, not the mailbox's. For a probe, the
+    /// mailbox is active again and its episodes end. A send that was in flight before the
+    /// mailbox was held proves nothing (its session may predate the fault).
+    pub fn mark_healthy(&self, ticket: SendTicket) {
+        let lifted = {
+            let mut book = self.book();
+            let hold = book.health[ticket.idx].proved(&ticket);
+            book.lift(ticket.idx, hold)
+        };
+        if lifted {
+            tracing::info!(mailbox = %self.mailboxes[ticket.idx].address, "probe passed; mailbox active again");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Holds a mailbox back after a mailbox-level refusal of the send of `ticket`, until a
+    /// window frees or its backoff ends. A healthy mailbox's first failure and a failed probe
+    /// start an episode (the backoff doubles per episode); failures of sends that were in
+    /// flight when the hold began belong to it and change nothing.
+    pub fn hold_mailbox(&self, ticket: SendTicket, problem: MailboxProblem) {
+        let idx = ticket.idx;
         let now = now_millis();
-        let pause = {
-            let schedule = self.schedule();
-            let limits = schedule
+        let (episode, pause) = {
+            let mut book = self.book();
+            let Some(episode) = book.health[idx].failed(&ticket, problem.is_quarantine()) else {
+                drop(book);
+                tracing::debug!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), "failure of a send from an episode already counted");
+                return;
+            };
+            let limits = book
+                .schedule
                 .mailbox(idx)
                 .map(|m| m.limits().clone())
                 .unwrap_or_default();
-            match problem {
+            let pause = match problem {
                 // The window tells exactly when room comes back.
                 MailboxProblem::Rate => limits.message_window,
                 MailboxProblem::Quota => limits.recipient_window.min(self.max_pause),
                 MailboxProblem::Connections => Duration::from_secs(2).min(self.pause),
-                _ => self.backoff(strikes),
-            }
+                // Credentials, send-as, throttling for repeated errors (5.2.25x), sessions
+                // that cannot be opened: each episode waits twice as long as the last.
+                MailboxProblem::Auth
+                | MailboxProblem::SendAs
+                | MailboxProblem::Throttled
+                | MailboxProblem::Unreachable => self.backoff(episode),
+            };
+            let state = book.health[idx].held_until(now + pause);
+            let _ = book.schedule.set_state(idx, state);
+            (episode, pause)
         };
-        let until = now + pause;
-        let state = if problem.is_quarantine() {
-            MailboxState::Quarantined { until }
-        } else {
-            MailboxState::Paused { until }
-        };
-        let _ = self.schedule().set_state(idx, state);
-        tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
+        tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), episode, pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
         self.changed.notify_waiters();
     }
 
@@ -519,8 +643,8 @@ impl MailboxPool {
         let now = now_millis();
         let pause = match problem {
             TenantProblem::ExternalLimit => {
-                let schedule = self.schedule();
-                schedule
+                let book = self.book();
+                book.schedule
                     .tenant(tenant)
                     .map(|t| t.window().window())
                     .unwrap_or(self.pause)
@@ -530,10 +654,12 @@ impl MailboxPool {
         };
         let until = now + pause;
         {
-            let mut schedule = self.schedule();
+            let mut book = self.book();
             for (idx, m) in self.mailboxes.iter().enumerate() {
                 if m.tenant == tenant {
-                    let _ = schedule.set_state(idx, MailboxState::Quarantined { until });
+                    let _ = book
+                        .schedule
+                        .set_state(idx, MailboxState::Quarantined { until });
                 }
             }
         }
@@ -541,8 +667,9 @@ impl MailboxPool {
         self.changed.notify_waiters();
     }
 
-    fn backoff(&self, strikes: u32) -> Duration {
-        let factor = 1u32 << strikes.saturating_sub(1).min(16);
+    /// `pause_ms` doubled per episode after the first, up to `max_pause_ms`.
+    fn backoff(&self, episode: u32) -> Duration {
+        let factor = 1u32 << episode.saturating_sub(1).min(16);
         (self.pause * factor).min(self.max_pause)
     }
 
@@ -555,7 +682,8 @@ impl MailboxPool {
         recipients: u64,
         external: u64,
     ) -> bool {
-        let mut schedule = self.schedule();
+        let mut book = self.book();
+        let schedule = &mut book.schedule;
         if let Some(idx) = self.index_of(mailbox) {
             return schedule.restore(idx, at, recipients, external).is_ok();
         }
@@ -573,12 +701,18 @@ impl MailboxPool {
 
     pub fn snapshot(&self, idx: usize) -> Option<(Snapshot, MailboxState)> {
         let now = now_millis();
-        let schedule = self.schedule();
-        Some((schedule.snapshot(idx, now)?, schedule.state(idx)?.at(now)))
+        let book = self.book();
+        Some((
+            book.schedule.snapshot(idx, now)?,
+            book.schedule.state(idx)?.at(now),
+        ))
     }
 
     pub fn limits(&self, idx: usize) -> Option<MailboxLimits> {
-        self.schedule().mailbox(idx).map(|m| m.limits().clone())
+        self.book()
+            .schedule
+            .mailbox(idx)
+            .map(|m| m.limits().clone())
     }
 
     pub fn token_seconds_to_expiry(&self, tenant: usize) -> Option<f64> {
@@ -586,7 +720,8 @@ impl MailboxPool {
     }
 
     pub fn external_count_for(&self, tenant: usize, recipients: &[EmailAddress]) -> u64 {
-        self.schedule()
+        self.book()
+            .schedule
             .tenant(tenant)
             .map(|t| t.count_external(recipients.iter().map(EmailAddress::domain)))
             .unwrap_or(0)
@@ -634,7 +769,11 @@ impl MailboxPool {
         }
     }
 
-    /// A new session of this mailbox (the caller holds its connection slot).
+    /// A new session of this mailbox (the caller holds its connection slot). With
+    /// `retry_refused_token`, a refused OAuth token is refreshed and AUTH tried once more, but
+    /// only when the token came from the cache (it may have been revoked or expired early) and
+    /// the mailbox is not on probation: a fresh token that is refused would be refused again,
+    /// and a probe has one AUTH, so a broken mailbox gets one failed AUTH per backoff period.
     pub async fn open(
         &self,
         idx: usize,
@@ -647,20 +786,29 @@ impl MailboxPool {
                 Ok(SmtpSession::open(&m.endpoint, Mechanism::Login, &creds).await?)
             }
             MailboxAuth::OAuth(tokens) => {
-                // A refused token is refreshed once: it may have been revoked or expired early.
-                let mut refreshed = !retry_refused_token;
+                let mut may_retry = retry_refused_token && !self.on_probation(idx);
                 loop {
-                    let token = tokens.token().await?;
+                    let (token, fresh) = tokens.token_since(Instant::now()).await?;
                     let creds =
                         Credentials::new(m.address.to_string(), token.expose_secret().to_owned());
                     match SmtpSession::open(&m.endpoint, Mechanism::Xoauth2, &creds).await {
                         Err(SmtpFailure::Reply {
                             stage: SmtpStage::Auth,
                             ..
-                        }) if !refreshed => {
-                            tracing::info!(mailbox = %m.address, "token refused; fetching a new one");
+                        }) if may_retry && !fresh => {
+                            tracing::info!(mailbox = %m.address, "cached token refused; fetching a new one");
                             tokens.invalidate(&token).await;
-                            refreshed = true;
+                            may_retry = false;
+                        }
+                        Err(
+                            e @ SmtpFailure::Reply {
+                                stage: SmtpStage::Auth,
+                                ..
+                            },
+                        ) if !fresh => {
+                            // Forgotten (it may be stale), so the next try fetches anew.
+                            tokens.invalidate(&token).await;
+                            return Err(e.into());
                         }
                         other => return Ok(other?),
                     }
@@ -694,5 +842,147 @@ impl MailboxPool {
                 s.quit().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use mailpipe_common::domain::{JobId, Mailbox};
+
+    use super::*;
+    use crate::settings::{MailboxSettings, TenantSettings};
+
+    /// One password mailbox whose server is never reached: acquire and holds only.
+    fn pool(dir: &tempfile::TempDir) -> MailboxPool {
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw").expect("write");
+        let tenant: TenantSettings =
+            serde_json::from_value(serde_json::json!({"id": "t"})).expect("tenant");
+        let mailbox: MailboxSettings = serde_json::from_value(serde_json::json!({
+            "address": "a@contoso.example", "tenant": "t", "auth": "password",
+            "password": {"file": password}, "host": "localhost", "port": 1,
+        }))
+        .expect("mailbox");
+        let settings = DeliverSettings {
+            pause_ms: 100,
+            max_pause_ms: 10_000,
+            tenants: vec![tenant],
+            mailboxes: vec![mailbox],
+            ..DeliverSettings::default()
+        };
+        MailboxPool::build(&settings).expect("pool")
+    }
+
+    fn meta() -> RenderedMeta {
+        RenderedMeta {
+            v: 1,
+            job_id: JobId::parse("job-1").expect("id"),
+            batch: None,
+            from: Mailbox::new(None, EmailAddress::parse("a@contoso.example").expect("a"))
+                .expect("from"),
+            has_reply_to: false,
+            recipients: vec![EmailAddress::parse("b@fabrikam.example").expect("b")],
+            group: None,
+            message_id: "<job-1@test>".into(),
+            attempt: 0,
+            rendered_at: Utc::now(),
+            not_before: None,
+            not_after: None,
+        }
+    }
+
+    async fn acquire(pool: &MailboxPool) -> Lease {
+        tokio::time::timeout(Duration::from_secs(10), pool.acquire(&meta()))
+            .await
+            .expect("a mailbox within the hold")
+            .expect("possible")
+    }
+
+    /// How long the mailbox is held from now (zero when active).
+    fn held_for(pool: &MailboxPool) -> Duration {
+        let (_, state) = pool.snapshot(0).expect("mailbox");
+        state.until().map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(now_millis())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_readmitted_mailbox_takes_one_probe_and_backs_off_per_episode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir);
+        // Unproven at start: the first send probes alone.
+        let first = acquire(&pool).await;
+        assert!(first.ticket().is_probe());
+        let other = tokio::time::timeout(Duration::from_millis(300), pool.acquire(&meta())).await;
+        assert!(other.is_err(), "a second send picked a mailbox under probe");
+        let tf = first.ticket();
+        pool.finish(first, Completion::Counted);
+        pool.mark_healthy(tf);
+        assert!(!pool.on_probation(0));
+
+        // Two sends in flight when the mailbox fails: one episode, one backoff.
+        let (a, b) = (acquire(&pool).await, acquire(&pool).await);
+        let (ta, tb) = (a.ticket(), b.ticket());
+        assert!(!ta.is_probe());
+        pool.finish(a, Completion::NotCounted);
+        pool.finish(b, Completion::NotCounted);
+        pool.hold_mailbox(ta, MailboxProblem::Auth);
+        pool.hold_mailbox(tb, MailboxProblem::Auth);
+        assert_eq!(pool.episodes(0), 1);
+        assert!(held_for(&pool) <= Duration::from_millis(100));
+
+        // Re-admitted: one probe, and nobody else while it runs.
+        let probe = acquire(&pool).await;
+        assert!(probe.ticket().is_probe());
+        assert!(
+            held_for(&pool) > Duration::from_secs(60),
+            "held for the probe"
+        );
+        let other = tokio::time::timeout(Duration::from_millis(300), pool.acquire(&meta())).await;
+        assert!(other.is_err(), "a second send picked a mailbox under probe");
+
+        // The probe fails: the next episode, twice the backoff.
+        let tp = probe.ticket();
+        pool.finish(probe, Completion::NotCounted);
+        pool.hold_mailbox(tp, MailboxProblem::Auth);
+        pool.hold_mailbox(tb, MailboxProblem::Auth);
+        assert_eq!(pool.episodes(0), 2);
+        let held = held_for(&pool);
+        assert!(held > Duration::from_millis(100) && held <= Duration::from_millis(200));
+
+        // A probe that ends unsent leaves the mailbox on probation: the next send probes.
+        let probe = acquire(&pool).await;
+        assert!(probe.ticket().is_probe());
+        pool.release_unsent(probe);
+        assert!(pool.on_probation(0));
+        assert_eq!(held_for(&pool), Duration::ZERO);
+
+        // A probe that proves the mailbox ends the episodes: sends share it again.
+        let probe = acquire(&pool).await;
+        let tp = probe.ticket();
+        pool.finish(probe, Completion::Counted);
+        pool.mark_healthy(tp);
+        assert!(!pool.on_probation(0));
+        assert_eq!(pool.episodes(0), 0);
+        let (c, d) = (acquire(&pool).await, acquire(&pool).await);
+        assert!(!c.ticket().is_probe() && !d.ticket().is_probe());
+        pool.finish(c, Completion::NotCounted);
+        pool.finish(d, Completion::NotCounted);
+
+        // A throttled mailbox (5.2.25x) backs off per episode too.
+        pool.hold_mailbox(tp, MailboxProblem::Throttled);
+        assert_eq!(pool.episodes(0), 0, "a stale probe changes nothing");
+        let e = acquire(&pool).await;
+        let te = e.ticket();
+        pool.finish(e, Completion::NotCounted);
+        pool.hold_mailbox(te, MailboxProblem::Throttled);
+        assert_eq!(pool.episodes(0), 1);
+        let probe = acquire(&pool).await;
+        let tp = probe.ticket();
+        pool.finish(probe, Completion::NotCounted);
+        pool.hold_mailbox(tp, MailboxProblem::Throttled);
+        assert_eq!(pool.episodes(0), 2);
+        assert!(held_for(&pool) > Duration::from_millis(100));
     }
 }

@@ -36,7 +36,8 @@ pub struct DeliverSettings {
     pub extra_ca_file: Option<PathBuf>,
     /// The EHLO name.
     pub hello_name: String,
-    /// First pause of a mailbox after a mailbox-level refusal (doubles while it repeats).
+    /// First pause of a mailbox after a mailbox-level refusal (doubles with each hold
+    /// episode: each failed probe after a hold).
     pub pause_ms: u64,
     /// Longest pause or quarantine.
     pub max_pause_ms: u64,

@@ -217,15 +217,16 @@ impl DeliverStage {
             match self.verdict(&meta).await {
                 Ok(Verdict::Send) => {}
                 Ok(other) => {
-                    self.pool.finish(lease, Completion::NotCounted);
+                    self.pool.release_unsent(lease);
                     return self.not_sent(&meta, mime, other).await;
                 }
                 Err(e) => {
-                    self.pool.finish(lease, Completion::NotCounted);
+                    self.pool.release_unsent(lease);
                     return Err(e);
                 }
             }
             let idx = lease.idx;
+            let ticket = lease.ticket();
             let refusal = match self.attempt(&meta, mime, lease).await? {
                 Attempt::Fenced => {
                     // The mailbox's lease ended: nothing was sent; another mailbox (or
@@ -261,7 +262,7 @@ impl DeliverStage {
                                 problem.as_str(),
                             ])
                             .inc();
-                        self.pool.hold_mailbox(idx, problem);
+                        self.pool.hold_mailbox(ticket, problem);
                         reply
                     }
                     ReplyClass::Tenant(problem) => {
@@ -306,10 +307,36 @@ impl DeliverStage {
         self.retry(&meta, props, mime, last).await
     }
 
-    /// One send through the leased mailbox; the lease is always finished here. The send
-    /// is on record (write-ahead, under this process's lease on the mailbox) before MAIL
-    /// FROM, and its outcome closes it.
+    /// One send through the leased mailbox; the lease is always finished here. An outcome
+    /// that is not the mailbox's fault (delivered, refused or failed for the message's sake,
+    /// uncertain) marks the mailbox healthy: its session was opened, AUTH passed. That ends
+    /// a probe's hold; a mailbox- or tenant-level failure is judged by the caller, and a
+    /// send stopped by the fence proved nothing (the mailbox stays on probation).
     async fn attempt(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        lease: Lease,
+    ) -> Result<Attempt, PublishError> {
+        let ticket = lease.ticket();
+        let attempt = self.send_on(meta, mime, lease).await?;
+        let proved_nothing = matches!(
+            attempt,
+            Attempt::Fenced
+                | Attempt::Failed {
+                    class: ReplyClass::Mailbox(_) | ReplyClass::Tenant(_),
+                    ..
+                }
+        );
+        if !proved_nothing {
+            self.pool.mark_healthy(ticket);
+        }
+        Ok(attempt)
+    }
+
+    /// The send itself. It is on record (write-ahead, under this process's lease on the
+    /// mailbox) before MAIL FROM, and its outcome closes it.
+    async fn send_on(
         &self,
         meta: &RenderedMeta,
         mime: &[u8],
@@ -319,7 +346,7 @@ impl DeliverStage {
         let mailbox = &self.pool.mailboxes()[idx];
         let Some(fence) = self.pool.fence(idx) else {
             // The lease ended since the pick (not renewed in time): not through this one.
-            self.pool.finish(lease, Completion::NotCounted);
+            self.pool.release_unsent(lease);
             self.pool.revoke(idx);
             return Ok(Attempt::Fenced);
         };
@@ -350,13 +377,13 @@ impl DeliverStage {
                 // The database says the lease is another process's now: nothing is sent.
                 tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
                 session.quit().await;
-                self.pool.finish(lease, Completion::NotCounted);
+                self.pool.release_unsent(lease);
                 self.pool.revoke(idx);
                 return Ok(Attempt::Fenced);
             }
             Err(e) => {
                 self.pool.return_session(idx, session);
-                self.pool.finish(lease, Completion::NotCounted);
+                self.pool.release_unsent(lease);
                 return Err(e.into());
             }
         }
@@ -405,7 +432,6 @@ impl DeliverStage {
                 // could take the slot, find no idle session and open one connection too many.
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::Counted);
-                self.pool.mark_healthy(idx);
                 metrics::SENDS
                     .with_label_values(&[mailbox.address.as_str(), "accepted"])
                     .inc();
@@ -423,7 +449,7 @@ impl DeliverStage {
                 // Past the lease (or the budget) before the data: the session may soon be
                 // another process's connection count, so it closes.
                 session.quit().await;
-                self.pool.finish(lease, Completion::NotCounted);
+                self.pool.release_unsent(lease);
                 if self.pool.fence(idx).is_none() {
                     self.pool.revoke(idx);
                 }

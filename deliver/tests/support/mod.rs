@@ -48,6 +48,8 @@ pub struct PoolSpec {
     pub limits: Limits,
     /// Mailbox indexes whose tenant app gets a wrong secret in deliver's settings.
     pub wrong_secret: Vec<usize>,
+    /// Mailbox indexes that authenticate with a password (AUTH LOGIN), and a wrong one.
+    pub wrong_password: Vec<usize>,
     pub token_lifetime_secs: u64,
     /// Mailbox indexes allowed to send as `billing@contoso.example`.
     pub send_as_billing: Vec<usize>,
@@ -63,6 +65,7 @@ impl Default for PoolSpec {
             mailboxes: 4,
             limits: Limits::default(),
             wrong_secret: vec![],
+            wrong_password: vec![],
             token_lifetime_secs: 3600,
             send_as_billing: vec![],
             from_policy: FromPolicy::Mailbox,
@@ -86,6 +89,11 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
         } else {
             ""
         };
+        let password = if spec.wrong_password.contains(&i) {
+            r#"password = "the-right-password""#
+        } else {
+            ""
+        };
         toml.push_str(&format!(
             r#"
 [[tenants]]
@@ -101,6 +109,7 @@ token_lifetime_secs = {lifetime}
 address = "{addr}"
 tenant = "t{i}"
 {send_as}
+{password}
 [mailboxes.limits]
 messages_per_window = {m}
 message_window_ms = {mw}
@@ -175,11 +184,19 @@ impl Harness {
                 licenses: None,
                 external_window_ms: 86_400_000,
             });
+            let wrong_password = spec.wrong_password.contains(&i);
             mailboxes.push(MailboxSettings {
                 address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
                 tenant: format!("t{i}"),
-                auth: AuthMethod::Oauth2,
-                password: None,
+                auth: if wrong_password {
+                    AuthMethod::Password
+                } else {
+                    AuthMethod::Oauth2
+                },
+                password: wrong_password.then(|| SecretRef {
+                    env: None,
+                    file: Some(bad.clone()),
+                }),
                 username: None,
                 host: "localhost".into(),
                 port: sim.smtp_addr().port(),

@@ -26,6 +26,14 @@ pub mod defaults {
     /// Entra ID answers `expires_in: 3599` for a one-hour token.
     pub const TOKEN_LIFETIME_SECS: u64 = 3599;
     pub const SCOPE: &str = "https://outlook.office365.com/.default";
+    /// Failed AUTHs that lock a mailbox's AUTH: Entra ID smart lockout's default threshold.
+    pub const AUTH_FAILURES_BEFORE_LOCKOUT: u64 = 10;
+    /// Unknown recipients that throttle a mailbox's sending (Microsoft publishes no number).
+    pub const INVALID_RECIPIENTS_BEFORE_THROTTLING: u64 = 20;
+    /// How far back failures are counted.
+    pub const ERROR_WINDOW_MS: u64 = 600_000;
+    /// How long a lockout or throttling lasts: smart lockout's first lockout is 60 s.
+    pub const ERROR_BLOCK_MS: u64 = 60_000;
 }
 
 /// Whole simulator configuration. Every key except the lists has a default, so an empty
@@ -78,6 +86,9 @@ pub struct SimConfig {
     /// Faults for every mailbox that has no `[mailboxes.faults]` of its own.
     #[serde(default)]
     pub faults: FaultsConfig,
+    /// Exchange's continuous error throttling: mailboxes that keep failing are refused a while.
+    #[serde(default)]
+    pub error_throttling: ErrorThrottlingConfig,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -199,6 +210,31 @@ pub struct FaultsConfig {
     pub slow_reply_ms: u64,
     /// Recipients refused at RCPT with `550 5.1.1 RESOLVER.ADR.RecipNotFound`.
     pub refuse_recipients: Vec<String>,
+}
+
+/// Exchange punishes clients that keep repeating an error: after `auth_failures` failed AUTHs
+/// (or `invalid_recipients` unknown recipients) of one mailbox within `window_ms`, that
+/// mailbox's next attempts are refused for `block_ms`, whatever they present: AUTH with
+/// `535 5.7.3` (as Entra's smart lockout does), MAIL with `550 5.2.255`. A count of 0 turns
+/// that kind off.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorThrottlingConfig {
+    pub auth_failures: u64,
+    pub invalid_recipients: u64,
+    pub window_ms: u64,
+    pub block_ms: u64,
+}
+
+impl Default for ErrorThrottlingConfig {
+    fn default() -> Self {
+        Self {
+            auth_failures: defaults::AUTH_FAILURES_BEFORE_LOCKOUT,
+            invalid_recipients: defaults::INVALID_RECIPIENTS_BEFORE_THROTTLING,
+            window_ms: defaults::ERROR_WINDOW_MS,
+            block_ms: defaults::ERROR_BLOCK_MS,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -360,6 +396,14 @@ impl SimConfig {
         }
         validate_limits(&self.limits, "limits")?;
         validate_faults(&self.faults, "faults")?;
+        for (name, v) in [
+            ("window_ms", self.error_throttling.window_ms),
+            ("block_ms", self.error_throttling.block_ms),
+        ] {
+            if v == 0 {
+                return invalid(format!("error_throttling.{name}"), "must be > 0".into());
+            }
+        }
         if self.max_line_length < 512 {
             return invalid(
                 "max_line_length".into(),
@@ -521,6 +565,23 @@ mod tests {
         let err =
             SimConfig::from_toml_str("[faults]\nreply_421_rate = 2.0\n").expect_err("invalid");
         assert!(err.to_string().contains("faults.reply_421_rate"), "{err}");
+    }
+
+    #[test]
+    fn error_throttling_defaults_and_validation() {
+        let cfg = SimConfig::from_toml_str("").expect("valid");
+        assert_eq!(cfg.error_throttling.auth_failures, 10);
+        assert_eq!(cfg.error_throttling.block_ms, 60_000);
+        let cfg =
+            SimConfig::from_toml_str("[error_throttling]\nauth_failures = 0\n").expect("valid");
+        assert_eq!(cfg.error_throttling.auth_failures, 0);
+        assert_eq!(cfg.error_throttling.window_ms, 600_000);
+        let err =
+            SimConfig::from_toml_str("[error_throttling]\nblock_ms = 0\n").expect_err("invalid");
+        assert!(
+            err.to_string().contains("error_throttling.block_ms"),
+            "{err}"
+        );
     }
 
     #[test]

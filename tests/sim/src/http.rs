@@ -26,6 +26,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/messages", get(messages))
         .route("/api/messages/{id}/raw", get(message_raw))
         .route("/api/refusals", get(refusals))
+        .route("/api/auth-failures", get(auth_failures))
         .route("/api/mailboxes", get(mailboxes))
         .route("/api/reset", post(reset))
         .route("/api/faults", get(get_faults).put(put_faults))
@@ -347,6 +348,10 @@ async fn message_raw(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
 
 async fn refusals(State(s): State<Arc<Shared>>) -> Response {
     Json(s.records.refusals()).into_response()
+}
+
+async fn auth_failures(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.records.auth_failures()).into_response()
 }
 
 async fn mailboxes(State(s): State<Arc<Shared>>) -> Response {

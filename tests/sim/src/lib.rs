@@ -27,8 +27,9 @@ mod tokens;
 
 pub use app_certificate::AppCertificate;
 pub use config::{
-    AppConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults,
+    AppConfig, ErrorThrottlingConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig,
+    TenantConfig, defaults,
 };
 pub use error::{ConfigError, SimError};
-pub use records::{AcceptedMessage, MailboxStats, Refusal, Stage};
+pub use records::{AcceptedMessage, AuthFailure, MailboxStats, Refusal, Stage};
 pub use sim::{RunningSim, Simulator};

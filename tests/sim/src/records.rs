@@ -55,6 +55,20 @@ pub struct Refusal {
     pub at: DateTime<Utc>,
 }
 
+/// An AUTH the server refused (bad credentials, a locked-out mailbox, a blocked tenant, the
+/// connections cap), so tests can count and space a client's failed AUTHs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthFailure {
+    /// The mailbox named in the attempt (lower case), when it could be read.
+    pub mailbox: Option<String>,
+    pub code: u16,
+    /// The enhanced status code (`5.7.3`).
+    pub enhanced: String,
+    /// Refused because of continuous error throttling (the mailbox was locked out).
+    pub throttled: bool,
+    pub at: DateTime<Utc>,
+}
+
 /// Per-mailbox counters for the inspection API and tests.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct MailboxStats {
@@ -83,6 +97,7 @@ pub(crate) struct Records {
 struct Inner {
     accepted: VecDeque<AcceptedMessage>,
     refusals: VecDeque<Refusal>,
+    auth_failures: VecDeque<AuthFailure>,
     /// SMTP AUTH attempts per configured mailbox (lower case), whatever their outcome.
     auth_attempts: std::collections::HashMap<String, u64>,
 }
@@ -126,6 +141,22 @@ impl Records {
         inner.refusals.push_back(r);
     }
 
+    /// Kept like refusals (at most `max_recorded_refusals`).
+    pub fn push_auth_failure(&self, f: AuthFailure) {
+        let mut inner = lock(&self.inner);
+        if self.max_refusals == 0 {
+            return;
+        }
+        while inner.auth_failures.len() >= self.max_refusals {
+            inner.auth_failures.pop_front();
+        }
+        inner.auth_failures.push_back(f);
+    }
+
+    pub fn auth_failures(&self) -> Vec<AuthFailure> {
+        lock(&self.inner).auth_failures.iter().cloned().collect()
+    }
+
     /// Counts an AUTH attempt as `mailbox` (only configured mailboxes, so the map stays bounded).
     pub fn count_auth(&self, mailbox: &str) {
         *lock(&self.inner)
@@ -154,6 +185,7 @@ impl Records {
         let mut inner = lock(&self.inner);
         inner.accepted.clear();
         inner.refusals.clear();
+        inner.auth_failures.clear();
         inner.auth_attempts.clear();
     }
 }

@@ -15,7 +15,8 @@ use crate::directory::Directory;
 use crate::error::SimError;
 use crate::faults::Faults;
 use crate::metrics::Metrics;
-use crate::records::{AcceptedMessage, MailboxStats, Records, Refusal, lock};
+use crate::records::{AcceptedMessage, AuthFailure, MailboxStats, Records, Refusal, lock};
+use crate::smtp::error_throttle::ErrorThrottle;
 use crate::smtp::limits::LimitState;
 use crate::state::Shared;
 use crate::tokens::TokenStore;
@@ -131,6 +132,7 @@ impl Simulator {
             ),
             limits: Arc::new(limits),
             faults: Faults::new(config.seed, config.faults.clone(), per_mailbox_faults),
+            error_throttle: ErrorThrottle::new(config.error_throttling.clone()),
             metrics: Metrics::new()?,
             tls: pki.server_config,
             blocked_tenants: Mutex::new(blocked),
@@ -219,6 +221,12 @@ impl RunningSim {
         self.shared
             .records
             .auth_attempts(&mailbox.to_ascii_lowercase())
+    }
+
+    /// Refused AUTHs, oldest first, with the mailbox and the instant (at most
+    /// `max_recorded_refusals`): what a client's discipline with a broken mailbox is judged by.
+    pub fn auth_failures(&self) -> Vec<AuthFailure> {
+        self.shared.records.auth_failures()
     }
 
     /// Per-mailbox counters, sorted by address.

@@ -9,6 +9,7 @@ use crate::directory::Directory;
 use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::records::{Records, Refusal, Stage};
+use crate::smtp::error_throttle::ErrorThrottle;
 use crate::smtp::limits::LimitState;
 use crate::smtp::replies::Reply;
 use crate::tokens::TokenStore;
@@ -21,6 +22,7 @@ pub(crate) struct Shared {
     pub records: Records,
     pub limits: Arc<LimitState>,
     pub faults: Faults,
+    pub error_throttle: ErrorThrottle,
     pub metrics: Metrics,
     pub tls: Arc<rustls::ServerConfig>,
     /// Lower-case ids of blocked tenants; starts from the config, changeable at run time.
@@ -41,6 +43,7 @@ impl Shared {
         self.records.clear();
         self.limits.reset();
         self.faults.reseed();
+        self.error_throttle.reset();
     }
 
     pub fn idle_timeout(&self) -> Duration {

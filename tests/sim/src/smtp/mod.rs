@@ -1,6 +1,7 @@
 //! The SMTP submission listener (the smtp.office365.com:587 stand-in).
 
 pub(crate) mod auth;
+pub(crate) mod error_throttle;
 pub(crate) mod io;
 pub(crate) mod limits;
 pub(crate) mod parse;

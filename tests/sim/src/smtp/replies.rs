@@ -145,6 +145,17 @@ pub(crate) fn tenant_external_limit(host: &str) -> Reply {
     )
 }
 
+/// Exchange's continuous error throttling for unknown recipients (5.2.251–5.2.255 are its
+/// siblings for other repeated errors).
+pub(crate) fn throttled_invalid_recipients(host: &str) -> Reply {
+    Reply::new(
+        550,
+        format!(
+            "5.2.255 Sender throttled due to continuous invalid recipients errors. [Hostname={host}]"
+        ),
+    )
+}
+
 pub(crate) fn too_many_recipients() -> Reply {
     Reply::new(452, "4.5.3 Too many recipients")
 }

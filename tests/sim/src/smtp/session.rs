@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Limits, defaults};
 use crate::directory::Mailbox;
 use crate::faults::DataEndFault;
-use crate::records::{AcceptedMessage, Stage};
+use crate::records::{AcceptedMessage, AuthFailure, Stage};
 use crate::smtp::auth;
 use crate::smtp::io::{Conn, Line, Stream, offers_only_old_tls};
 use crate::smtp::limits::{ConnectionSlot, Verdict};
@@ -459,52 +459,58 @@ impl Session {
             Ok(m) => Some(m.address.clone()),
             Err((who, _)) => who.clone(),
         };
-        if let Some(known) = who.as_deref().and_then(|w| dir.mailbox(w)) {
-            shared.records.count_auth(&known.address);
+        let known = who
+            .as_deref()
+            .and_then(|w| dir.mailbox(w))
+            .map(|m| m.address.clone());
+        if let Some(known) = &known {
+            shared.records.count_auth(known);
         }
+        let now = Instant::now();
+        // A locked-out mailbox is refused whatever it presents, as Entra's smart lockout does.
+        let locked = known
+            .as_deref()
+            .is_some_and(|k| shared.error_throttle.auth_locked(k, now));
         let mailbox = match result {
+            _ if locked => {
+                let reply = replies::auth_failed(&host);
+                self.refuse_auth(conn, known.as_deref(), reply, &label, "locked_out", true)
+                    .await;
+                return Ok(Flow::Continue);
+            }
             Ok(m) => m,
             Err((who, reply)) => {
-                shared
-                    .metrics
-                    .auth_attempts
-                    .with_label_values(&[&label, "failed"])
-                    .inc();
-                self.reply_for(conn, who.as_deref(), Stage::Auth, "AUTH", reply)
+                // Bad credentials count towards a lockout (only those of a real mailbox, so
+                // the map stays bounded).
+                if reply.code == 535
+                    && let Some(k) = &known
+                    && shared.error_throttle.note_auth_failure(k, now)
+                {
+                    tracing::info!(mailbox = %k, "mailbox locked out after repeated failed AUTHs");
+                }
+                self.refuse_auth(conn, who.as_deref(), reply, &label, "failed", false)
                     .await;
                 return Ok(Flow::Continue);
             }
         };
         if shared.tenant_blocked(&mailbox.tenant) {
-            shared
-                .metrics
-                .auth_attempts
-                .with_label_values(&[&label, "blocked"])
-                .inc();
-            self.reply_for(
+            let reply = replies::tenant_blocked(&host);
+            self.refuse_auth(
                 conn,
                 Some(&mailbox.address),
-                Stage::Auth,
-                "AUTH",
-                replies::tenant_blocked(&host),
+                reply,
+                &label,
+                "blocked",
+                false,
             )
             .await;
             return Ok(Flow::Continue);
         }
         let Some(slot) = shared.limits.try_connect(&mailbox.address) else {
-            shared
-                .metrics
-                .auth_attempts
-                .with_label_values(&[&label, "thread_limit"])
-                .inc();
-            self.reply_for(
-                conn,
-                Some(&mailbox.address),
-                Stage::Auth,
-                "AUTH",
-                replies::sender_thread_limit(&host),
-            )
-            .await;
+            let reply = replies::sender_thread_limit(&host);
+            let who = Some(mailbox.address.as_str());
+            self.refuse_auth(conn, who, reply, &label, "thread_limit", false)
+                .await;
             return Ok(Flow::Continue);
         };
         let limits = shared
@@ -526,6 +532,31 @@ impl Session {
         Ok(Flow::Continue)
     }
 
+    /// Answers a refused AUTH, and records it (metrics, refusals, failed AUTHs).
+    async fn refuse_auth(
+        &self,
+        conn: &mut Conn,
+        who: Option<&str>,
+        reply: Reply,
+        mechanism: &str,
+        result: &str,
+        throttled: bool,
+    ) {
+        self.shared
+            .metrics
+            .auth_attempts
+            .with_label_values(&[mechanism, result])
+            .inc();
+        self.shared.records.push_auth_failure(AuthFailure {
+            mailbox: who.map(str::to_owned),
+            code: reply.code,
+            enhanced: reply.enhanced().to_owned(),
+            throttled,
+            at: chrono::Utc::now(),
+        });
+        self.reply_for(conn, who, Stage::Auth, "AUTH", reply).await;
+    }
+
     async fn mail(&mut self, conn: &mut Conn, from: String, size: Option<u64>) {
         let host = self.host();
         let r = if self.helo.is_none() {
@@ -537,6 +568,12 @@ impl Session {
                 replies::sender_already_specified()
             } else if self.shared.tenant_blocked(&a.mailbox.tenant) {
                 replies::tenant_blocked(&host)
+            } else if self
+                .shared
+                .error_throttle
+                .sending_throttled(&a.mailbox.address, Instant::now())
+            {
+                replies::throttled_invalid_recipients(&host)
             } else if size.is_some_and(|s| s > a.limits.max_message_size) {
                 replies::message_too_big()
             } else if !a.mailbox.may_send_as(&from) {
@@ -563,6 +600,14 @@ impl Session {
                     .faults
                     .refuses_recipient(mailbox.as_deref(), &to)
                 {
+                    let address = &a.mailbox.address;
+                    if self
+                        .shared
+                        .error_throttle
+                        .note_invalid_recipient(address, Instant::now())
+                    {
+                        tracing::info!(mailbox = %address, "sender throttled after repeated invalid recipients");
+                    }
                     replies::recipient_not_found()
                 } else if !a.limits.unlimited
                     && txn.rcpts.len() as u64 >= a.limits.max_recipients_per_message
