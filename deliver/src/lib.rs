@@ -15,6 +15,7 @@ pub mod check_pool;
 pub mod claims;
 pub mod classify;
 pub mod compose;
+pub mod eligibility;
 pub mod ledger;
 pub mod metrics;
 pub mod oauth;

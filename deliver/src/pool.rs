@@ -16,11 +16,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
+use crate::eligibility::{ClassCache, EligibilityKey};
 use crate::oauth::{ClientCredential, OAuthError, TokenSource};
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
-    Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
+    ClassId, Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
     Reservation, Snapshot, TenantLimit,
 };
 use crate::token_endpoint::TokenEndpoint;
@@ -133,8 +134,13 @@ pub enum Completion {
     NotCounted,
 }
 
+/// Distinct (group, From) keys whose class is remembered; beyond it the cache starts over.
+const CLASS_CACHE_CAPACITY: usize = 1_024;
+
 pub struct MailboxPool {
     schedule: Mutex<PoolSchedule>,
+    /// Eligibility class per (group, From) key; locked only while `schedule` is held.
+    classes: Mutex<ClassCache>,
     changed: Notify,
     mailboxes: Vec<PoolMailbox>,
     tokens: Vec<Option<Arc<TokenSource>>>,
@@ -248,6 +254,7 @@ impl MailboxPool {
         let n = mailboxes.len();
         Ok(Self {
             schedule: Mutex::new(schedule),
+            classes: Mutex::new(ClassCache::new(CLASS_CACHE_CAPACITY)),
             changed: Notify::new(),
             tokens,
             idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
@@ -295,9 +302,25 @@ impl MailboxPool {
             .unwrap_or(0)
     }
 
+    /// The eligibility class of the mailboxes that may send `meta`, registered on first use
+    /// of its (group, From) key. The caller holds the schedule's lock.
+    fn class_of(&self, schedule: &mut PoolSchedule, meta: &RenderedMeta) -> ClassId {
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        classes.get_or_register(EligibilityKey::of(meta, self.policy), || {
+            schedule.class(
+                self.mailboxes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.may_send(meta, self.policy))
+                    .map(|(i, _)| i),
+            )
+        })
+    }
+
     /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever could.
     pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, Impossible> {
         let recipients = meta.recipients.len() as u64;
+        let mut class = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -306,11 +329,8 @@ impl MailboxPool {
             let pick = {
                 let mut schedule = self.schedule();
                 let external = self.external_count(&schedule, &meta.recipients);
-                schedule.pick(now, recipients, external, |i| {
-                    self.mailboxes
-                        .get(i)
-                        .is_some_and(|m| m.may_send(meta, self.policy))
-                })
+                let class = *class.get_or_insert_with(|| self.class_of(&mut schedule, meta));
+                schedule.pick(now, recipients, external, class)
             };
             match pick {
                 Pick::Mailbox(idx, reservation) => return Ok(Lease { idx, reservation }),
