@@ -2,6 +2,7 @@
 //!
 //! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
 //!   scheduler (which mailbox may send what, and when).
+//! - [`eligibility`]: which mailboxes may send a message, as a cached scheduler class.
 //! - [`claims`]: a job is in at most one send at a time in this process.
 //! - [`classify`]: what each Exchange reply means (the documented table).
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
