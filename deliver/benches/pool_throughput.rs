@@ -2,8 +2,9 @@
 //!
 //! 1. limits off, end to end (simulator with `limits_enabled = false`, real RabbitMQ, deliver
 //!    in this process) for 1, 10 and 100 mailboxes: messages/s, CPU per message, peak RSS;
-//! 2. Exchange's limits, the pure scheduler (`PoolSchedule`) on a virtual clock for 10 and
-//!    1,000 mailboxes: the fraction of the pool's summed capacity it achieves, and ns per pick;
+//! 2. Exchange's limits, the pure scheduler (`PoolSchedule`) on a virtual clock for 10, 1,000
+//!    and 10,000 mailboxes: the fraction of the pool's summed capacity it achieves, and ns per
+//!    pick (and per settle, which re-queues the mailbox);
 //! 3. limits on, end to end, windows scaled to seconds, 10 mailboxes: the fraction of the
 //!    pool's limit carried through the real SMTP path, and the simulator's refusals.
 //!
@@ -11,11 +12,13 @@
 //! cargo bench -p mailpipe-deliver --bench pool_throughput               # full run (~2 min)
 //! cargo bench -p mailpipe-deliver --bench pool_throughput -- --quick    # CI smoke run
 //! cargo bench -p mailpipe-deliver --bench pool_throughput -- --messages 5000
+//! cargo bench -p mailpipe-deliver --bench pool_throughput -- --scheduler    # scenario 2 only
 //! ```
 //!
 //! `MAILPIPE_BENCH_MESSAGES=N` sets scenario 1's N too (the flag wins). Without `--bench`
-//! or `--quick` (as under `cargo test --all-targets`) it prints a note and exits. Needs RabbitMQ
-//! (127.0.0.1:5672 guest/guest, or MAILPIPE_TEST_AMQP_URL). A benchmark, not a test: it
+//! or `--quick` (as under `cargo test --all-targets`) it prints a note and exits. Scenarios 1
+//! and 3 need RabbitMQ (127.0.0.1:5672 guest/guest, or MAILPIPE_TEST_AMQP_URL); `--scheduler`
+//! runs scenario 2 alone, without it (with `--quick`: shorter). A benchmark, not a test: it
 //! prints figures and only fails if the pipeline does not finish at all.
 
 #[path = "../tests/support/mod.rs"]
@@ -43,12 +46,15 @@ struct Args {
     /// `cargo bench` passes `--bench`; `cargo test --benches/--all-targets` passes nothing.
     bench: bool,
     quick: bool,
+    /// Only scenario 2 (the pure scheduler), which needs no RabbitMQ.
+    scheduler_only: bool,
     messages: usize,
 }
 
 fn parse_args() -> Args {
     let mut bench = false;
     let mut quick = false;
+    let mut scheduler_only = false;
     let mut messages: Option<usize> = None;
     // ignore what we do not know (a filter, cargo's other flags)
     let mut args = std::env::args().skip(1);
@@ -57,6 +63,8 @@ fn parse_args() -> Args {
             bench = true;
         } else if a == "--quick" {
             quick = true;
+        } else if a == "--scheduler" {
+            scheduler_only = true;
         } else if a == "--messages" {
             messages = args.next().and_then(|v| v.parse().ok());
         } else if let Some(v) = a.strip_prefix("--messages=") {
@@ -74,6 +82,7 @@ fn parse_args() -> Args {
     Args {
         bench,
         quick,
+        scheduler_only,
         messages,
     }
 }
@@ -366,6 +375,7 @@ fn scheduler(mailboxes: usize, minutes: u64) {
         pool.add_mailbox(MailboxThrottle::new(limits.clone()), t)
             .expect("tenant exists");
     }
+    let all = pool.class(0..mailboxes);
     let mut rng = StdRng::seed_from_u64(7);
     let start: u64 = 1_800_000_000_000;
     let end = start + minutes * 60_000;
@@ -378,6 +388,7 @@ fn scheduler(mailboxes: usize, minutes: u64) {
     let mut completions: Vec<Vec<u64>> = vec![Vec::new(); mailboxes];
     let (mut picks, mut sends, mut steady_done, mut send_ms_total) = (0u64, 0u64, 0u64, 0u64);
     let mut pick_time = Duration::ZERO;
+    let (mut settle_time, mut settles) = (Duration::ZERO, 0u64);
     let wall = Instant::now();
     let mut now = start;
     loop {
@@ -391,7 +402,11 @@ fn scheduler(mailboxes: usize, minutes: u64) {
             if (warm..end).contains(&done) {
                 steady_done += 1;
             }
-            pool.settle(r, Millis(done)).expect("own reservation");
+            let t = Instant::now();
+            let settled = pool.settle(r, Millis(done));
+            settle_time += t.elapsed();
+            settles += 1;
+            settled.expect("own reservation");
             free.push(k);
         }
         let mut wake = None;
@@ -399,7 +414,7 @@ fn scheduler(mailboxes: usize, minutes: u64) {
             // saturated backlog: there is always a message waiting
             loop {
                 let t = Instant::now();
-                let pick = pool.pick(Millis(now), 1, 1, |_| true);
+                let pick = pool.pick(Millis(now), 1, 1, all);
                 pick_time += t.elapsed();
                 picks += 1;
                 match pick {
@@ -457,10 +472,12 @@ fn scheduler(mailboxes: usize, minutes: u64) {
         .max()
         .unwrap_or(0);
     println!(
-        "  {mailboxes:>4} mailboxes  {minutes:>3} min  {sends:>8} sends  sustained fraction {fraction:.4} (bound W/(W+s̄) = {bound:.4}, s̄ = {mean_send:.0} ms; \
-         run {run_fraction:.4})  max per 60 s window {worst_start}/{worst_done} of {}  {:>6.0} ns/pick  {:.2} picks/send  wall {:.2} s",
+        "  {mailboxes:>5} mailboxes  {minutes:>3} min  {sends:>8} sends  sustained fraction {fraction:.4} = {:.4} of the bound W/(W+s̄) = {bound:.4} (s̄ = {mean_send:.0} ms; \
+         run {run_fraction:.4})  max per 60 s window {worst_start}/{worst_done} of {}  {:>6.0} ns/pick  {:>5.0} ns/settle  {:.2} picks/send  wall {:.2} s",
+        fraction / bound,
         limits.messages,
         pick_time.as_nanos() as f64 / picks.max(1) as f64,
+        settle_time.as_nanos() as f64 / settles.max(1) as f64,
         picks as f64 / sends.max(1) as f64,
         wall.as_secs_f64(),
     );
@@ -580,17 +597,26 @@ fn main() {
     if !args.bench && !args.quick {
         // `cargo test --all-targets` runs bench binaries without `--bench`: a benchmark is not a test.
         println!(
-            "pool_throughput: benchmark not run (no --bench); use `cargo bench -p mailpipe-deliver --bench pool_throughput [-- --quick]`"
+            "pool_throughput: benchmark not run (no --bench); use `cargo bench -p mailpipe-deliver --bench pool_throughput [-- --quick] [-- --scheduler]`"
         );
         return;
     }
     let n = args.messages;
-    let (sched_minutes, e2e_windows) = if args.quick { (5, 3) } else { (30, 10) };
+    let e2e_windows = if args.quick { 3 } else { 10 };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "pool_throughput ({} run, {cores} cores visible; tokio runtime with 2 workers)",
-        if args.quick { "quick" } else { "full" }
+        "pool_throughput ({} run{}, {cores} cores visible; tokio runtime with 2 workers)",
+        if args.quick { "quick" } else { "full" },
+        if args.scheduler_only {
+            ", scenario 2 only"
+        } else {
+            ""
+        }
     );
+    if args.scheduler_only {
+        scheduler_scenario(args.quick);
+        return;
+    }
     println!(
         "\n1. Limits off, end to end: simulator limits_enabled = false, real RabbitMQ, deliver in this process\n   \
          (3 connections per mailbox, prefetch 64). {n} one-recipient messages are queued first, then deliver starts;\n   \
@@ -611,22 +637,7 @@ fn main() {
         }
     });
 
-    println!(
-        "\n2. Exchange's limits, pure scheduler: PoolSchedule on a virtual clock, no network. Each mailbox: 30 msgs / 60 s,\n   \
-         10,000 recipients / 24 h, 3 connections, own tenant (10,000 external / 24 h). Backlog always full, 1 external\n   \
-         recipient each, send time triangular on 150..400 ms. sustained fraction = the pool's long-run rate\n   \
-         (per mailbox: completions between two completions 30 apart, i.e. the same slot's successive uses,\n   \
-         after the first window's burst) / its summed capacity (30 per 60 s per mailbox); target >= 0.99. The\n   \
-         bound is what an exact sliding-window log can reach: a slot is reused one window after its send\n   \
-         completed, so W/(W + mean send time). run = completions in [60 s, end) / capacity over that time: with\n   \
-         the whole pool starting in phase, the 0.46% lag only costs a whole window after ~3.6 h, so over\n   \
-         minutes it reads 1.0. max per 60 s window = most sends of one mailbox in any 60 s, counted at start /\n   \
-         at completion (limit 30). ns/pick = wall time per PoolSchedule::pick call (including calls that\n   \
-         answer WaitUntil), timed around each call; pick scans the whole pool, so it grows linearly."
-    );
-    for mailboxes in [10, 1_000] {
-        scheduler(mailboxes, sched_minutes);
-    }
+    scheduler_scenario(args.quick);
 
     println!(
         "\n3. Limits on, end to end, time-scaled: 10 mailboxes limited to 20 msgs / 2 s and 3 connections in both the\n   \
@@ -637,4 +648,27 @@ fn main() {
          (mailpipe_deliver_smtp_duration_seconds). The simulator must refuse none for rate, connections or quota."
     );
     runtime.block_on(limits_on(10, e2e_windows));
+}
+
+/// Scenario 2 at 10, 1,000 and 10,000 mailboxes.
+fn scheduler_scenario(quick: bool) {
+    println!(
+        "\n2. Exchange's limits, pure scheduler: PoolSchedule on a virtual clock, no network. Each mailbox: 30 msgs / 60 s,\n   \
+         10,000 recipients / 24 h, 3 connections, own tenant (10,000 external / 24 h). Backlog always full, 1 external\n   \
+         recipient each, send time triangular on 150..400 ms. sustained fraction = the pool's long-run rate\n   \
+         (per mailbox: completions between two completions 30 apart, i.e. the same slot's successive uses,\n   \
+         after the first window's burst) / its summed capacity (30 per 60 s per mailbox); target >= 0.99. The\n   \
+         bound is what an exact sliding-window log can reach: a slot is reused one window after its send\n   \
+         completed, so W/(W + mean send time); \"of the bound\" = sustained fraction / bound, target >= 0.99.\n   \
+         run = completions in [60 s, end) / capacity over that time: with the whole pool starting in phase,\n   \
+         the 0.46% lag only costs a whole window after ~3.6 h, so over minutes it reads 1.0. max per 60 s window = most sends of one mailbox in any 60 s, counted at start /\n   \
+         at completion (limit 30). ns/pick = wall time per PoolSchedule::pick call (including calls that\n   \
+         answer WaitUntil), timed around each call; ns/settle likewise for PoolSchedule::settle, which\n   \
+         re-queues the mailbox. Both are O(log n) here: pick searches its class's queues and stops at\n   \
+         the first mailbox (the run's 1 external recipient never binds the tenant windows)."
+    );
+    let minutes = if quick { 5 } else { 30 };
+    for mailboxes in [10, 1_000, 10_000] {
+        scheduler(mailboxes, minutes);
+    }
 }

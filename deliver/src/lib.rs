@@ -2,6 +2,7 @@
 //!
 //! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
 //!   scheduler (which mailbox may send what, and when).
+//! - [`eligibility`]: which mailboxes may send a message, as a cached scheduler class.
 //! - [`claims`]: a job is in at most one send at a time in this process.
 //! - [`ownership`]: fenced leases on mailboxes across deliver processes; [`shares`]:
 //!   which process should own which mailbox.
@@ -17,6 +18,7 @@ pub mod check_pool;
 pub mod claims;
 pub mod classify;
 pub mod compose;
+pub mod eligibility;
 pub mod ledger;
 pub mod metrics;
 pub mod oauth;

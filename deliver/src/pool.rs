@@ -20,11 +20,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
+use crate::eligibility::{ClassCache, EligibilityKey};
 use crate::oauth::{ClientCredential, OAuthError, TokenSource};
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
-    Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
+    ClassId, Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
     Reservation, Snapshot, TenantLimit,
 };
 use crate::token_endpoint::TokenEndpoint;
@@ -166,12 +167,17 @@ pub enum Completion {
     NotCounted,
 }
 
+/// Distinct (group, From) keys whose class is remembered; beyond it the cache starts over.
+const CLASS_CACHE_CAPACITY: usize = 1_024;
+
 /// The schedule and each mailbox's health, under one lock: a pick and the probe's hold it
 /// may set must be one step, or a second send could pick the mailbox in between.
 #[derive(Debug)]
 struct Book {
     schedule: PoolSchedule,
     health: Vec<Health>,
+    /// Eligibility class per (group, From) key.
+    classes: ClassCache,
 }
 
 impl Book {
@@ -314,6 +320,7 @@ impl MailboxPool {
             book: Mutex::new(Book {
                 schedule,
                 health: vec![Health::unproven(); n],
+                classes: ClassCache::new(CLASS_CACHE_CAPACITY),
             }),
             changed: Notify::new(),
             tokens,
@@ -472,11 +479,29 @@ impl MailboxPool {
             .any(|(i, m)| m.may_send(meta, self.policy) && self.lock_fence(i).is_some())
     }
 
+    /// The eligibility class of the mailboxes that may send `meta`, registered on first use
+    /// of its (group, From) key.
+    fn class_of(&self, book: &mut Book, meta: &RenderedMeta) -> ClassId {
+        let Book {
+            schedule, classes, ..
+        } = book;
+        classes.get_or_register(EligibilityKey::of(meta, self.policy), || {
+            schedule.class(
+                self.mailboxes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.may_send(meta, self.policy))
+                    .map(|(i, _)| i),
+            )
+        })
+    }
+
     /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever
     /// could, or when only mailboxes owned by other processes could for a while.
     pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, AcquireError> {
         let recipients = meta.recipients.len() as u64;
         let mut elsewhere_since: Option<Instant> = None;
+        let mut class = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -485,11 +510,8 @@ impl MailboxPool {
             let wait_until = {
                 let mut book = self.book();
                 let external = self.external_count(&book.schedule, &meta.recipients);
-                let pick = book.schedule.pick(now, recipients, external, |i| {
-                    self.mailboxes
-                        .get(i)
-                        .is_some_and(|m| m.may_send(meta, self.policy))
-                });
+                let class = *class.get_or_insert_with(|| self.class_of(&mut book, meta));
+                let pick = book.schedule.pick(now, recipients, external, class);
                 match pick {
                     Pick::Mailbox(idx, reservation) => {
                         return Ok(self.lease(&mut book, now, idx, reservation));
@@ -871,7 +893,16 @@ mod tests {
             mailboxes: vec![mailbox],
             ..DeliverSettings::default()
         };
-        MailboxPool::build(&settings).expect("pool")
+        let pool = MailboxPool::build(&settings).expect("pool");
+        // This process owns the mailbox (as if its lease were taken).
+        pool.grant(
+            0,
+            Fence {
+                token: 1,
+                until: Instant::now() + Duration::from_secs(3_600),
+            },
+        );
+        pool
     }
 
     fn meta() -> RenderedMeta {

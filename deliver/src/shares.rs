@@ -3,8 +3,8 @@
 //!
 //! Balanced rendezvous hashing: each mailbox prefers the members in the order of a hash
 //! of (mailbox, member) and goes to the first that has fewer than its fair share
-//! (`ceil(mailboxes / members)`). Shares differ by at most one, and a member joining or
-//! leaving moves few mailboxes (those whose preferred members changed), not all of them.
+//! (`mailboxes / members`, one more for the remainder's first takers). Shares differ
+//! by at most one, and a member joining or leaving moves few mailboxes (those whose preferred members changed), not all of them.
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -26,7 +26,9 @@ pub fn assign(mailboxes: &[String], members: &[Uuid]) -> Vec<Option<Uuid>> {
     if members.is_empty() {
         return owners;
     }
-    let share = mailboxes.len().div_ceil(members.len());
+    // Everyone gets `base`; `extra` members (the first to need it) get one more.
+    let base = mailboxes.len() / members.len();
+    let mut extra = mailboxes.len() % members.len();
     let mut load = vec![0usize; members.len()];
     // A stable order, whatever order each process's configuration lists them in.
     let mut order: Vec<usize> = (0..mailboxes.len()).collect();
@@ -34,7 +36,14 @@ pub fn assign(mailboxes: &[String], members: &[Uuid]) -> Vec<Option<Uuid>> {
     for idx in order {
         let mut ranked: Vec<usize> = (0..members.len()).collect();
         ranked.sort_by_key(|&m| (std::cmp::Reverse(score(&mailboxes[idx], &members[m])), m));
-        if let Some(&m) = ranked.iter().find(|&&m| load[m] < share) {
+        let m = ranked
+            .iter()
+            .copied()
+            .find(|&m| load[m] < base || (load[m] == base && extra > 0));
+        if let Some(m) = m {
+            if load[m] == base {
+                extra -= 1;
+            }
             load[m] += 1;
             owners[idx] = Some(members[m]);
         }

@@ -15,9 +15,17 @@
 mod admit;
 #[cfg(test)]
 mod check;
+mod classes;
 mod error;
+mod hold;
 mod mailbox;
+mod outcome;
 mod pool;
+#[cfg(test)]
+mod pool_tests;
+mod ready;
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod sim_tests;
 mod tenant;
@@ -25,9 +33,12 @@ mod time;
 mod window;
 
 pub use admit::Admit;
+pub use classes::ClassId;
 pub use error::ThrottleError;
+pub use hold::MailboxState;
 pub use mailbox::{MailboxLimits, MailboxReservation, MailboxThrottle, Snapshot};
-pub use pool::{Impossible, MailboxState, Pick, PoolSchedule, Reservation};
+pub use outcome::{Impossible, Pick, Reservation};
+pub use pool::PoolSchedule;
 pub use tenant::{TenantLimit, TenantReservation};
 pub use time::Millis;
 pub use window::{SlidingWindow, WindowReservation};

@@ -2,7 +2,7 @@
 //! independent brute-force checker replays what the *server* counted (at random instants inside each
 //! send) to verify that no window ever overflows, connections stay capped, and the pool stays busy.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use proptest::collection::vec;
@@ -189,6 +189,8 @@ fn simulate(
     let mut waiting: VecDeque<Msg> = VecDeque::new();
     let mut in_flight: Vec<InFlight> = Vec::new();
     let mut connections = vec![0u32; n];
+    // one eligibility class per distinct mask, registered on first use
+    let mut classes: HashMap<u8, ClassId> = HashMap::new();
     let mut sends = 0usize;
     loop {
         // sends that completed by now, in completion order
@@ -227,7 +229,10 @@ fn simulate(
         let mut wake = None;
         while let Some(m) = waiting.front().cloned().filter(|_| !stopped) {
             let eligible = |i: usize| i < 8 && m.mask & (1 << i) != 0;
-            match pool.pick(Millis(now), m.recipients, m.external, eligible) {
+            let class = *classes
+                .entry(m.mask)
+                .or_insert_with(|| pool.class((0..n).filter(|&i| eligible(i))));
+            match pool.pick(Millis(now), m.recipients, m.external, class) {
                 Pick::Mailbox(idx, res) => {
                     prop_assert!(feasible(&m));
                     prop_assert!(eligible(idx));
@@ -263,9 +268,9 @@ fn simulate(
                     prop_assert!(t.0 > now, "WaitUntil({t}) not after now {now}");
                     // exact: not a millisecond sooner, and at t it fits if nothing else changes
                     let before =
-                        pool.earliest_admit(t.minus_ms(1), m.recipients, m.external, eligible);
+                        pool.earliest_admit(t.minus_ms(1), m.recipients, m.external, class);
                     prop_assert!(!before.is_now(), "fits at {} already", t.0 - 1);
-                    let at = pool.earliest_admit(t, m.recipients, m.external, eligible);
+                    let at = pool.earliest_admit(t, m.recipients, m.external, class);
                     prop_assert!(at.is_now(), "WaitUntil({t}) but then {at:?}");
                     wake = Some(t.0);
                     break;
