@@ -442,6 +442,12 @@ impl SmtpSession {
             }
             return Err(failure);
         }
+        // Again after the 354: the wait for it may have outlived the lease. Leaving now,
+        // without the final `.`, makes the server drop the message (the caller closes
+        // the connection).
+        if Instant::now() >= data_by {
+            return Err(SmtpFailure::Fenced);
+        }
         let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
         let text = response.message().collect::<Vec<_>>().join(" ");
         Ok(SendReport {

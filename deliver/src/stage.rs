@@ -446,9 +446,10 @@ impl DeliverStage {
                 Attempt::AllRefused(report)
             }
             Err(SmtpFailure::Fenced) => {
-                // Past the lease (or the budget) before the data: the session may soon be
-                // another process's connection count, so it closes.
-                session.quit().await;
+                // Past the lease (or the budget) before the data: the connection closes at
+                // once (it may be inside DATA, where QUIT would be message text, and it
+                // may soon count against another process's connections).
+                drop(session);
                 self.pool.release_unsent(lease);
                 if self.pool.fence(idx).is_none() {
                     self.pool.revoke(idx);

@@ -121,6 +121,20 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let queue = self.broker.topology().stage_queue(Stage::Deliver);
         let stage = self.stage.clone();
+        // No work is taken before this process owns a mailbox: messages held while a dead
+        // predecessor's leases lapse would come back to the queue on every crash, and a
+        // crash loop would push them past the queue's delivery limit.
+        let mut waited = false;
+        while self.stage.pool().held().is_empty() && !self.shutdown.is_cancelled() {
+            if !waited {
+                tracing::info!("waiting for a mailbox lease before taking work");
+                waited = true;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
         consume(&self.broker, ConsumerSpec::queue(queue, self.prefetch), move |delivery| {
             let stage = stage.clone();
             async move {

@@ -61,6 +61,12 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// The database (default: a fresh schema of the test database).
     pub database: Option<DatabaseSettings>,
+    /// Extra `[deliver]` settings (TOML lines), e.g. `lease_ttl_ms = 3000`.
+    pub deliver_extra: String,
+    /// deliver's `smtp_timeout_ms`.
+    pub smtp_timeout_ms: u64,
+    /// `[rabbitmq] delivery_limit`.
+    pub delivery_limit: u32,
 }
 
 impl Default for StackOptions {
@@ -81,6 +87,9 @@ impl Default for StackOptions {
             log_filter: "info".into(),
             env: Vec::new(),
             database: None,
+            deliver_extra: String::new(),
+            smtp_timeout_ms: 15_000,
+            delivery_limit: 5,
         }
     }
 }
@@ -108,6 +117,8 @@ pub struct Stack {
     pub mailboxes: Vec<PoolMailbox>,
     ports: HashMap<Binary, u16>,
     procs: HashMap<Binary, Proc>,
+    /// Extra deliver processes on the same pool, by name.
+    replicas: HashMap<String, Proc>,
     http: reqwest::Client,
 }
 
@@ -259,6 +270,7 @@ impl Stack {
                 .iter()
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
+            delivery_limit: options.delivery_limit,
             ..RabbitSettings::default()
         };
         let database = match &options.database {
@@ -275,7 +287,7 @@ impl Stack {
 url = "{url}"
 prefix = "{prefix}"
 prefetch = 64
-delivery_limit = 5
+delivery_limit = {delivery_limit}
 retry_delays_ms = {delays:?}
 
 [database]
@@ -301,11 +313,15 @@ message_id_domain = "mailpipe.test"
 http_listen = "127.0.0.1:{deliver}"
 extra_ca_file = {ca:?}
 from_policy = "mailbox"
-smtp_timeout_ms = 15000
+smtp_timeout_ms = {smtp_timeout}
 pause_ms = 2000
 max_pause_ms = 20000
 max_attempts = 6
+{deliver_extra}
 {deliver_toml}"#,
+            deliver_extra = options.deliver_extra,
+            delivery_limit = options.delivery_limit,
+            smtp_timeout = options.smtp_timeout_ms,
             url = rabbit.url,
             prefix = rabbit.prefix,
             db_url = database.url,
@@ -334,6 +350,7 @@ max_attempts = 6
             mailboxes,
             ports,
             procs: HashMap::new(),
+            replicas: HashMap::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
@@ -540,9 +557,98 @@ max_attempts = 6
         assert_eq!(counts.len(), jobs, "every job delivered");
     }
 
+    /// Starts another `mailpipe-deliver` on the same configuration and pool (its own HTTP
+    /// port, `HOSTNAME=name`, log `logs/mailpipe-deliver-<name>.log`) and waits for `/readyz`.
+    pub async fn start_deliver_replica(&mut self, name: &str) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let config = std::fs::read_to_string(&self.config_path)?.replace(
+            &format!(
+                "http_listen = \"127.0.0.1:{}\"",
+                self.ports[&Binary::Deliver]
+            ),
+            &format!("http_listen = \"127.0.0.1:{port}\""),
+        );
+        let config_path = self.dir.join(format!("mailpipe-{name}.toml"));
+        std::fs::write(&config_path, config)?;
+        let log_path = self
+            .dir
+            .join("logs")
+            .join(format!("mailpipe-deliver-{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(bin_dir()?.join("mailpipe-deliver"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", &self.options.log_filter)
+            .env("HOSTNAME", name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting mailpipe-deliver")?;
+        self.replicas.insert(name.to_owned(), Proc { child });
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self
+                .replicas
+                .get_mut(name)
+                .and_then(|p| p.child.try_wait().ok().flatten())
+            {
+                bail!(
+                    "deliver {name} exited during start ({status}); see {}",
+                    log_path.display()
+                );
+            }
+            if let Ok(r) = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("deliver {name} not ready; see {}", log_path.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a deliver replica. After `KILL`
+    /// the replica is gone (reaped).
+    pub async fn signal_replica(&mut self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let Some(p) = self.replicas.get_mut(name) else {
+            bail!("no deliver replica {name}")
+        };
+        let pid = p.child.id().context("replica already exited")?;
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        if signal == "KILL" || signal == "TERM" {
+            if let Some(mut p) = self.replicas.remove(name) {
+                tokio::time::timeout(Duration::from_secs(30), p.child.wait()).await??;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the binaries (SIGTERM), the simulator, and removes the run's queues (and its
     /// database schema, unless the caller gave the database).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let replicas: Vec<String> = self.replicas.keys().cloned().collect();
+        for name in replicas {
+            self.signal_replica(&name, "CONT").await.ok();
+            self.signal_replica(&name, "TERM").await?;
+        }
         let running: Vec<Binary> = self.procs.keys().copied().collect();
         for b in running {
             self.stop_binary(b, Duration::from_secs(30)).await?;

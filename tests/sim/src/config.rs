@@ -208,6 +208,9 @@ pub struct FaultsConfig {
     pub silent_after_data_rate: f64,
     /// Delay before every reply, in milliseconds.
     pub slow_reply_ms: u64,
+    /// After a message is accepted (counted, recorded), hold its `250` this long: a client
+    /// that dies meanwhile sent a message it has no answer for.
+    pub accepted_reply_delay_ms: u64,
     /// Recipients refused at RCPT with `550 5.1.1 RESOLVER.ADR.RecipNotFound`.
     pub refuse_recipients: Vec<String>,
 }

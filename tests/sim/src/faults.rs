@@ -55,6 +55,10 @@ impl Faults {
         f(&self.global.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    pub fn accepted_reply_delay_ms(&self, mailbox: &str) -> u64 {
+        self.with(Some(mailbox), |f| f.accepted_reply_delay_ms)
+    }
+
     pub fn slow_reply_ms(&self, mailbox: Option<&str>) -> u64 {
         self.with(mailbox, |f| f.slow_reply_ms)
     }

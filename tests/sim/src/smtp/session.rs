@@ -843,6 +843,10 @@ impl Session {
             received_at: chrono::Utc::now(),
             raw,
         });
+        let hold = shared.faults.accepted_reply_delay_ms(&mailbox.address);
+        if hold > 0 {
+            tokio::time::sleep(Duration::from_millis(hold)).await;
+        }
         self.reply(conn, Stage::DataEnd, "DATA", replies::accepted(&host, &id))
             .await;
         Ok(Flow::Continue)
