@@ -6,13 +6,19 @@
 //!    and 10,000 mailboxes: the fraction of the pool's summed capacity it achieves, and ns per
 //!    pick (and per settle, which re-queues the mailbox);
 //! 3. limits on, end to end, windows scaled to seconds, 10 mailboxes: the fraction of the
-//!    pool's limit carried through the real SMTP path, and the simulator's refusals.
+//!    pool's limit carried through the real SMTP path, and the simulator's refusals;
+//! 4. the write-ahead record of each send (PostgreSQL): time per send for the fenced insert
+//!    and the closing update, one at a time and 12 at once;
+//! 5. one pool of 6 mailboxes carried by 1 deliver process, then by 3 (fenced leases, fair
+//!    shares): the pool's rate with 3 against the rate with 1.
 //!
 //! ```text
 //! cargo bench -p mailpipe-deliver --bench pool_throughput               # full run (~2 min)
 //! cargo bench -p mailpipe-deliver --bench pool_throughput -- --quick    # CI smoke run
 //! cargo bench -p mailpipe-deliver --bench pool_throughput -- --messages 5000
 //! cargo bench -p mailpipe-deliver --bench pool_throughput -- --scheduler    # scenario 2 only
+//! cargo bench -p mailpipe-deliver --bench pool_throughput -- --write-ahead  # scenario 4 only
+//! cargo bench -p mailpipe-deliver --bench pool_throughput -- --processes    # scenario 5 only
 //! ```
 //!
 //! `MAILPIPE_BENCH_MESSAGES=N` sets scenario 1's N too (the flag wins). Without `--bench`
@@ -48,6 +54,10 @@ struct Args {
     quick: bool,
     /// Only scenario 2 (the pure scheduler), which needs no RabbitMQ.
     scheduler_only: bool,
+    /// Only scenario 4.
+    write_ahead_only: bool,
+    /// Only scenario 5.
+    processes_only: bool,
     messages: usize,
 }
 
@@ -55,6 +65,8 @@ fn parse_args() -> Args {
     let mut bench = false;
     let mut quick = false;
     let mut scheduler_only = false;
+    let mut write_ahead_only = false;
+    let mut processes_only = false;
     let mut messages: Option<usize> = None;
     // ignore what we do not know (a filter, cargo's other flags)
     let mut args = std::env::args().skip(1);
@@ -65,6 +77,10 @@ fn parse_args() -> Args {
             quick = true;
         } else if a == "--scheduler" {
             scheduler_only = true;
+        } else if a == "--write-ahead" {
+            write_ahead_only = true;
+        } else if a == "--processes" {
+            processes_only = true;
         } else if a == "--messages" {
             messages = args.next().and_then(|v| v.parse().ok());
         } else if let Some(v) = a.strip_prefix("--messages=") {
@@ -83,6 +99,8 @@ fn parse_args() -> Args {
         bench,
         quick,
         scheduler_only,
+        write_ahead_only,
+        processes_only,
         messages,
     }
 }
@@ -617,6 +635,19 @@ fn main() {
         scheduler_scenario(args.quick);
         return;
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if args.write_ahead_only {
+        runtime.block_on(write_ahead(if args.quick { 500 } else { 5_000 }));
+        return;
+    }
+    if args.processes_only {
+        runtime.block_on(processes_scenario(if args.quick { 3 } else { 8 }));
+        return;
+    }
     println!(
         "\n1. Limits off, end to end: simulator limits_enabled = false, real RabbitMQ, deliver in this process\n   \
          (3 connections per mailbox, prefetch 64). {n} one-recipient messages are queued first, then deliver starts;\n   \
@@ -626,11 +657,6 @@ fn main() {
          and the bench's polling, so deliver alone costs less. RabbitMQ's own CPU (beam.smp) is shown beside it.\n   \
          Peak RSS = VmHWM of this process, reset before each row (includes the simulator)."
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     runtime.block_on(async {
         for mailboxes in [1, 10, 100] {
             limits_off(mailboxes, n).await;
@@ -648,6 +674,208 @@ fn main() {
          (mailpipe_deliver_smtp_duration_seconds). The simulator must refuse none for rate, connections or quota."
     );
     runtime.block_on(limits_on(10, e2e_windows));
+    runtime.block_on(write_ahead(if args.quick { 500 } else { 5_000 }));
+    runtime.block_on(processes_scenario(e2e_windows));
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 4: the write-ahead record
+// ---------------------------------------------------------------------------------------
+
+async fn write_ahead(n: usize) {
+    use mailpipe_common::store::{SendOutcome, SendStart};
+    println!(
+        "\n4. Write-ahead sends: each send is inserted before MAIL FROM (fenced by the mailbox's lease, on the database's\n   \
+         clock) and updated with its outcome; {n} sends against the test database (a local PostgreSQL), one at a time,\n   \
+         then 12 at once (3 connections x 4 mailboxes). Time per send = insert + update."
+    );
+    mailpipe_common::testkit::ensure_test_database().await;
+    let (store, settings) = mailpipe_common::testkit::test_store(
+        "bench-write-ahead",
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let owner = uuid::Uuid::new_v4();
+    let ttl = Duration::from_secs(600);
+    let mut tokens = Vec::new();
+    for m in 0..4 {
+        let mailbox = format!("mbx{m}@contoso.example");
+        let token = store
+            .acquire_lease(owner, &mailbox, ttl)
+            .await
+            .expect("database")
+            .expect("free lease");
+        tokens.push((mailbox, token));
+    }
+    let one = |i: usize| {
+        let (mailbox, token) = tokens[i % tokens.len()].clone();
+        let store = store.clone();
+        async move {
+            let send = SendStart {
+                id: uuid::Uuid::now_v7(),
+                mailbox,
+                tenant: Some("contoso".into()),
+                job_id: format!("job-{i}"),
+                message_id: format!("<job-{i}@bench>"),
+                owner,
+                token,
+                recipients: 1,
+                external_recipients: 1,
+                budget: Duration::from_secs(90),
+            };
+            let started = Instant::now();
+            assert!(store.open_send(&send).await.expect("insert"));
+            store
+                .close_send(
+                    send.id,
+                    SendOutcome::Accepted {
+                        recipients: 1,
+                        external: 1,
+                    },
+                )
+                .await
+                .expect("update");
+            started.elapsed()
+        }
+    };
+    let mut times = Vec::with_capacity(n);
+    let wall = Instant::now();
+    for i in 0..n {
+        times.push(one(i).await);
+    }
+    let serial = wall.elapsed();
+    times.sort();
+    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    println!(
+        "  one at a time: {:.3} ms per send (p50 {:.3} ms, p99 {:.3} ms), {:.0} sends/s",
+        serial.as_secs_f64() * 1e3 / n as f64,
+        p(0.5),
+        p(0.99),
+        n as f64 / serial.as_secs_f64()
+    );
+    let wall = Instant::now();
+    let mut times: Vec<Duration> = futures::stream::iter(n..2 * n)
+        .map(one)
+        .buffer_unordered(12)
+        .collect()
+        .await;
+    let parallel = wall.elapsed();
+    times.sort();
+    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    println!(
+        "  12 at once:    p50 {:.3} ms, p99 {:.3} ms per send, {:.0} sends/s (Exchange's limit for 1,000 mailboxes is 500/s)",
+        p(0.5),
+        p(0.99),
+        n as f64 / parallel.as_secs_f64()
+    );
+    mailpipe_common::testkit::drop_schema(&store, &settings.schema).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 5: 3 deliver processes against 1 on one pool
+// ---------------------------------------------------------------------------------------
+
+async fn processes_scenario(windows: u64) {
+    println!(
+        "\n5. Several deliver processes, one pool: 6 mailboxes limited to 20 msgs / 2 s in the simulator and deliver,\n   \
+         {windows} windows' worth of backlog, carried by 1 deliver, then (a fresh pool) by 3 (in this process, each with\n   \
+         its own leases: 2 mailboxes each). rate = N / (last - first acceptance + one window)."
+    );
+    let one = processes_rate(1, windows).await;
+    let three = processes_rate(3, windows).await;
+    println!(
+        "  3 processes carry {:.3} of what 1 process carries",
+        three / one
+    );
+}
+
+async fn processes_rate(processes: usize, windows: u64) -> f64 {
+    let limits = Limits {
+        messages: 20,
+        message_window_ms: 2_000,
+        recipients: 10_000,
+        recipient_window_ms: 60_000,
+        connections: 3,
+    };
+    let mailboxes = 6;
+    let n = mailboxes as u64 * limits.messages * windows;
+    let mut h = Harness::new(
+        &format!("bench-procs{processes}"),
+        PoolSpec {
+            mailboxes,
+            limits,
+            ..PoolSpec::default()
+        },
+    )
+    .await;
+    h.settings.lease_ttl_ms = 3_000;
+    let mut running = Vec::new();
+    for _ in 0..processes {
+        running.push(h.start_deliver().await);
+    }
+    // Fair shares settle within a few lease rounds before the work arrives.
+    let store = h.broker.pipeline.store().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owners = store.lease_owners().await.expect("database");
+        let distinct: std::collections::HashSet<_> =
+            owners.iter().filter_map(|(_, o, _)| *o).collect();
+        if owners.iter().all(|(_, o, _)| o.is_some())
+            && owners.len() == mailboxes
+            && distinct.len() == processes
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shares never settled: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_backlog(&h, "procs", n as usize).await;
+    let limit =
+        Duration::from_millis(limits.message_window_ms * windows * 3) + Duration::from_secs(30);
+    if wait_accepted(&h, n, limit).await.is_none() {
+        panic!(
+            "{processes} processes: only {} of {n} accepted within {limit:?}",
+            accepted_count(&h)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let accepted = h.sim.accepted();
+    let first = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .min()
+        .expect("accepted");
+    let last = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .max()
+        .expect("accepted");
+    let window = Duration::from_millis(limits.message_window_ms);
+    let rate = accepted.len() as f64
+        / ((last - first).to_std().unwrap_or_default() + window).as_secs_f64();
+    let refused = h
+        .sim
+        .refusals()
+        .iter()
+        .filter(|r| is_limit_refusal(r))
+        .count();
+    println!(
+        "  {processes} process{}: {rate:>6.1} msg/s of {:.0}/s, {} accepted for {n}, refused for rate/connections/quota: {refused}",
+        if processes == 1 { "  " } else { "es" },
+        mailboxes as f64 * limits.messages as f64 / window.as_secs_f64(),
+        accepted.len(),
+    );
+    for (shutdown, task) in running {
+        shutdown.cancel();
+        task.await
+            .expect("deliver task")
+            .expect("deliver stops cleanly");
+    }
+    h.finish().await;
+    rate
 }
 
 /// Scenario 2 at 10, 1,000 and 10,000 mailboxes.

@@ -152,6 +152,7 @@ pub fn register() {
         "dead",
         "duplicate",
         "returned",
+        "elsewhere",
     ] {
         MESSAGES.with_label_values(&[outcome]);
     }

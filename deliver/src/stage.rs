@@ -375,7 +375,10 @@ impl DeliverStage {
             Ok(true) => {}
             Ok(false) => {
                 // The database says the lease is another process's now: nothing is sent.
+                // (A row an earlier try of this insert left, its commit's answer lost, is
+                // closed as what it is: never sent.)
                 tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
+                self.close_send(send.id, SendOutcome::NotCounted).await?;
                 session.quit().await;
                 self.pool.release_unsent(lease);
                 self.pool.revoke(idx);

@@ -35,9 +35,6 @@ fn options(name: &str, tenants: usize, per_tenant: usize) -> StackOptions {
         deliver_extra: format!("lease_ttl_ms = {}\nprefetch = 16\n", LEASE_TTL.as_millis()),
         smtp_timeout_ms: 2_000,
         retry_delays_ms: vec![500, 1_000, 2_000],
-        // MAILPIPE_TEST_KEEP=1 keeps config, logs and simulator state under /tmp.
-        dir: std::env::var_os("MAILPIPE_TEST_KEEP")
-            .map(|_| std::path::PathBuf::from(format!("/tmp/mailpipe-{name}"))),
         ..StackOptions::default()
     }
 }

@@ -119,6 +119,17 @@ INSERT INTO sends (id, mailbox, tenant, job_id, message_id, owner, token, recipi
                    external_recipients, started_at, deadline)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now() + make_interval(secs => $10)
 WHERE EXISTS (SELECT 1 FROM fenced)
+ON CONFLICT (id) DO NOTHING
+"#;
+
+/// The insert's commit may have been lost with the connection, and the retry found the
+/// row: the send is on record if it is still open under a lease its owner still holds.
+const STILL_OURS: &str = r#"
+SELECT EXISTS (
+    SELECT 1 FROM sends s JOIN mailbox_leases l ON l.mailbox = s.mailbox
+    WHERE s.id = $1 AND s.outcome IS NULL
+      AND l.owner = s.owner AND l.token = s.token AND l.expires_at > now()
+)
 "#;
 
 const MAILBOX_SENDS: &str = r#"
@@ -142,6 +153,7 @@ impl Store {
     /// `token` (checked by the database, on its clock: the fence). `false`: the lease is
     /// gone and nothing may be sent. Marks earlier uncertain sends of the job as resent.
     /// Waits while the database is unreachable: nothing is sent that is not on record.
+    /// Idempotent: a retry after a lost commit finds its own row.
     pub async fn open_send(&self, s: &SendStart) -> Result<bool, StoreError> {
         let budget = s.budget.as_secs_f64();
         let r = self
@@ -160,7 +172,15 @@ impl Store {
                     .execute(&self.pool)
             })
             .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() == 1 {
+            return Ok(true);
+        }
+        self.durably("checking a send written ahead", || {
+            sqlx::query_scalar::<_, bool>(STILL_OURS)
+                .bind(s.id)
+                .fetch_one(&self.pool)
+        })
+        .await
     }
 
     /// Closes a send with its outcome. Not fenced: what happened is recorded whoever owns
