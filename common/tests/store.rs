@@ -8,7 +8,7 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{
     ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Resolution, SendOutcome, SendStart,
-    Store, StoreError, UnsettledSend,
+    Store, StoreError, UnsettledSend, WriteAhead,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use tokio_util::sync::CancellationToken;
@@ -310,9 +310,22 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
 
     // The fence: only the owner, only under its token.
     let first = send("first", a, token);
-    assert!(s.open_send(&first).await.unwrap());
-    assert!(!s.open_send(&send("by-b", b, token)).await.unwrap());
-    assert!(!s.open_send(&send("old-token", a, token - 1)).await.unwrap());
+    assert_eq!(s.open_send(&first).await.unwrap(), WriteAhead::Written);
+    assert_eq!(
+        s.open_send(&send("by-b", b, token)).await.unwrap(),
+        WriteAhead::Fenced
+    );
+    assert_eq!(
+        s.open_send(&send("old-token", a, token - 1)).await.unwrap(),
+        WriteAhead::Fenced
+    );
+    // One open send per job, whichever process holds the second copy.
+    assert_eq!(
+        s.open_send(&send("first", a, token)).await.unwrap(),
+        WriteAhead::JobBusy
+    );
+    // A retry of the same insert (its commit's answer lost) finds its own row.
+    assert_eq!(s.open_send(&first).await.unwrap(), WriteAhead::Written);
 
     // Open: counted at its deadline, the latest the server could count it.
     let counted = s
@@ -333,8 +346,16 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
     )
     .await
     .unwrap();
+    assert_eq!(
+        s.open_send(&send("first", a, token)).await.unwrap(),
+        WriteAhead::JobBusy,
+        "an accepted job is never sent again"
+    );
     let refused_early = send("before-data", a, token);
-    assert!(s.open_send(&refused_early).await.unwrap());
+    assert_eq!(
+        s.open_send(&refused_early).await.unwrap(),
+        WriteAhead::Written
+    );
     s.close_send(refused_early.id, SendOutcome::NotCounted)
         .await
         .unwrap();
@@ -356,7 +377,7 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
 
     // The tenant windows of other processes see a's sends with external recipients only.
     let orphan = send("orphan", a, token);
-    assert!(s.open_send(&orphan).await.unwrap());
+    assert_eq!(s.open_send(&orphan).await.unwrap(), WriteAhead::Written);
     let tenants = vec!["contoso".to_owned()];
     let since = Utc::now() - Duration::hours(1);
     assert_eq!(s.tenant_sends(&tenants, b, since).await.unwrap().len(), 1);
@@ -374,7 +395,7 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
         "every change of owner raises the fencing token"
     );
     assert!(
-        !s.open_send(&send("late", a, token)).await.unwrap(),
+        s.open_send(&send("late", a, token)).await.unwrap() == WriteAhead::Fenced,
         "a is fenced out"
     );
     assert_eq!(

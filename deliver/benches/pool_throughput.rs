@@ -724,7 +724,10 @@ async fn write_ahead(n: usize) {
                 budget: Duration::from_secs(90),
             };
             let started = Instant::now();
-            assert!(store.open_send(&send).await.expect("insert"));
+            assert_eq!(
+                store.open_send(&send).await.expect("insert"),
+                mailpipe_common::store::WriteAhead::Written
+            );
             store
                 .close_send(
                     send.id,
@@ -779,7 +782,8 @@ async fn processes_scenario(windows: u64) {
     println!(
         "\n5. Several deliver processes, one pool: 6 mailboxes limited to 20 msgs / 2 s in the simulator and deliver,\n   \
          {windows} windows' worth of backlog, carried by 1 deliver, then (a fresh pool) by 3 (in this process, each with\n   \
-         its own leases: 2 mailboxes each). rate = N / (last - first acceptance + one window)."
+         its own leases: 2 mailboxes each). rate = N / (last - first acceptance + one window);\n   \
+         MAILPIPE_BENCH_DEBUG=1 prints each mailbox's count and last acceptance (the tail)."
     );
     let one = processes_rate(1, windows).await;
     let three = processes_rate(3, windows).await;
@@ -862,8 +866,60 @@ async fn processes_rate(processes: usize, windows: u64) -> f64 {
         .iter()
         .filter(|r| is_limit_refusal(r))
         .count();
+    // Each message once: the Message-IDs the simulator took more than once, and their sends.
+    let mut seen = std::collections::HashMap::new();
+    for m in &accepted {
+        let id = String::from_utf8_lossy(&m.raw)
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("message-id")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default();
+        *seen.entry(id).or_insert(0usize) += 1;
+    }
+    let twice: Vec<String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !twice.is_empty() {
+        let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT s.job_id, s.mailbox, s.outcome, m.host, s.token FROM sends s LEFT JOIN deliver_members m ON m.id = s.owner WHERE s.message_id = ANY($1) ORDER BY s.job_id, s.started_at",
+        )
+        .bind(&twice)
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_default();
+        println!(
+            "  SENT TWICE: {} messages; their sends: {rows:?}",
+            twice.len()
+        );
+    }
+    if std::env::var_os("MAILPIPE_BENCH_DEBUG").is_some() {
+        let mut per: std::collections::BTreeMap<&str, (usize, chrono::DateTime<chrono::Utc>)> =
+            std::collections::BTreeMap::new();
+        for m in &accepted {
+            let e = per.entry(m.mailbox.as_str()).or_insert((0, m.received_at));
+            e.0 += 1;
+            e.1 = e.1.max(m.received_at);
+        }
+        for (mb, (count, last_at)) in per {
+            println!(
+                "    {mb}: {count} sent, last {:.2} s after the first",
+                (last_at - first).num_milliseconds() as f64 / 1e3
+            );
+        }
+    }
+    // Handovers during the run (each change of owner raises a lease's token).
+    let handovers: i64 = store
+        .lease_owners()
+        .await
+        .map(|o| o.iter().map(|(_, _, token)| token - 1).sum())
+        .unwrap_or(-1);
     println!(
-        "  {processes} process{}: {rate:>6.1} msg/s of {:.0}/s, {} accepted for {n}, refused for rate/connections/quota: {refused}",
+        "  {processes} process{}: {rate:>6.1} msg/s of {:.0}/s, {} accepted for {n}, refused for rate/connections/quota: {refused}, lease handovers {handovers}",
         if processes == 1 { "  " } else { "es" },
         mailboxes as f64 * limits.messages as f64 / window.as_secs_f64(),
         accepted.len(),

@@ -12,7 +12,9 @@ use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
 };
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
-use mailpipe_common::store::{BatchControl, JobState, SendOutcome, SendStart, UnsettledSend};
+use mailpipe_common::store::{
+    BatchControl, JobState, SendOutcome, SendStart, UnsettledSend, WriteAhead,
+};
 use uuid::Uuid;
 
 use tokio_util::sync::CancellationToken;
@@ -233,6 +235,15 @@ impl DeliverStage {
                     // process) takes it, and no attempt is spent.
                     continue;
                 }
+                Attempt::JobBusy => {
+                    // A second copy, sent by another process right now (or just done):
+                    // the record says what to do once it settles.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    match self.verdict(&meta).await? {
+                        Verdict::Send => continue,
+                        other => return self.not_sent(&meta, mime, other).await,
+                    }
+                }
                 Attempt::Delivered(report) => {
                     return self.delivered(&meta, mime, idx, report).await;
                 }
@@ -323,6 +334,7 @@ impl DeliverStage {
         let proved_nothing = matches!(
             attempt,
             Attempt::Fenced
+                | Attempt::JobBusy
                 | Attempt::Failed {
                     class: ReplyClass::Mailbox(_) | ReplyClass::Tenant(_),
                     ..
@@ -372,8 +384,14 @@ impl DeliverStage {
         };
         let written_at = Instant::now();
         match self.pipeline.store().open_send(&send).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(WriteAhead::Written) => {}
+            Ok(WriteAhead::JobBusy) => {
+                // Another copy of this job is being sent (by another process), or was.
+                self.pool.return_session(idx, session);
+                self.pool.release_unsent(lease);
+                return Ok(Attempt::JobBusy);
+            }
+            Ok(WriteAhead::Fenced) => {
                 // The database says the lease is another process's now: nothing is sent.
                 // (A row an earlier try of this insert left, its commit's answer lost, is
                 // closed as what it is: never sent.)
@@ -946,6 +964,8 @@ impl DeliverStage {
 enum Attempt {
     /// The mailbox's lease ended before the data: nothing was sent, no attempt spent.
     Fenced,
+    /// Another send of the job is open elsewhere, or was accepted: nothing was sent.
+    JobBusy,
     Delivered(SendReport),
     /// Handed over, no reply: the server may have accepted it.
     Uncertain(SmtpReply),

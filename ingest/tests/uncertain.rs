@@ -11,7 +11,7 @@ use std::time::Duration;
 use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::store::Store;
-use mailpipe_common::store::{JobState, SendStart, UnsettledSend};
+use mailpipe_common::store::{JobState, SendStart, UnsettledSend, WriteAhead};
 use mailpipe_common::testkit::{database_settings, drop_schema, ensure_test_database};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -51,7 +51,7 @@ async fn died_mid_send(store: &Store) {
             })
             .await
             .unwrap();
-        assert!(opened);
+        assert_eq!(opened, WriteAhead::Written);
     }
     store
         .release_leases(dead, &[mailbox.to_owned()])

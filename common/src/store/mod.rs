@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 pub use batches::{BatchControl, SendCheck};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
-pub use sends::{CountedSend, Resolution, SendOutcome, SendStart, UncertainSend, UnsettledSend};
+pub use sends::{
+    CountedSend, Resolution, SendOutcome, SendStart, UncertainSend, UnsettledSend, WriteAhead,
+};
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};
 

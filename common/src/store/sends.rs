@@ -119,18 +119,38 @@ INSERT INTO sends (id, mailbox, tenant, job_id, message_id, owner, token, recipi
                    external_recipients, started_at, deadline)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now() + make_interval(secs => $10)
 WHERE EXISTS (SELECT 1 FROM fenced)
-ON CONFLICT (id) DO NOTHING
+  AND NOT EXISTS (SELECT 1 FROM sends WHERE job_id = $4 AND outcome = 'accepted')
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $4 AND state = 'delivered')
+ON CONFLICT DO NOTHING
 "#;
 
-/// The insert's commit may have been lost with the connection, and the retry found the
-/// row: the send is on record if it is still open under a lease its owner still holds.
-const STILL_OURS: &str = r#"
-SELECT EXISTS (
-    SELECT 1 FROM sends s JOIN mailbox_leases l ON l.mailbox = s.mailbox
-    WHERE s.id = $1 AND s.outcome IS NULL
-      AND l.owner = s.owner AND l.token = s.token AND l.expires_at > now()
-)
+/// Why the insert wrote nothing: its own row is there (an earlier try's commit whose
+/// answer was lost), the lease is gone, or the job is busy (another send of it is open,
+/// or one was accepted).
+const AFTER_NO_INSERT: &str = r#"
+SELECT
+    EXISTS (
+        SELECT 1 FROM sends s JOIN mailbox_leases l ON l.mailbox = s.mailbox
+        WHERE s.id = $1 AND s.outcome IS NULL
+          AND l.owner = s.owner AND l.token = s.token AND l.expires_at > now()
+    ),
+    EXISTS (
+        SELECT 1 FROM mailbox_leases
+        WHERE mailbox = $2 AND owner = $3 AND token = $4 AND expires_at > now()
+    )
 "#;
+
+/// What writing a send ahead found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAhead {
+    /// On record: send it.
+    Written,
+    /// The lease is another process's now: nothing may be sent through the mailbox.
+    Fenced,
+    /// Another send of this job is open (a second copy in another process), or one was
+    /// accepted: not now; ask the record again.
+    JobBusy,
+}
 
 const MAILBOX_SENDS: &str = r#"
 SELECT id, mailbox, tenant, started_at, COALESCE(ended_at, deadline) AS at, recipients, external_recipients
@@ -150,11 +170,12 @@ ORDER BY started_at
 
 impl Store {
     /// Puts a send on record before it starts, if `owner` still holds the mailbox under
-    /// `token` (checked by the database, on its clock: the fence). `false`: the lease is
-    /// gone and nothing may be sent. Marks earlier uncertain sends of the job as resent.
+    /// `token` (checked by the database, on its clock: the fence), and no other send of
+    /// the job is open or was accepted (one send per job across processes). Marks earlier
+    /// uncertain sends of the job as resent.
     /// Waits while the database is unreachable: nothing is sent that is not on record.
     /// Idempotent: a retry after a lost commit finds its own row.
-    pub async fn open_send(&self, s: &SendStart) -> Result<bool, StoreError> {
+    pub async fn open_send(&self, s: &SendStart) -> Result<WriteAhead, StoreError> {
         let budget = s.budget.as_secs_f64();
         let r = self
             .durably("writing a send ahead", || {
@@ -173,14 +194,23 @@ impl Store {
             })
             .await?;
         if r.rows_affected() == 1 {
-            return Ok(true);
+            return Ok(WriteAhead::Written);
         }
-        self.durably("checking a send written ahead", || {
-            sqlx::query_scalar::<_, bool>(STILL_OURS)
-                .bind(s.id)
-                .fetch_one(&self.pool)
+        let (ours, leased): (bool, bool) = self
+            .durably("checking a send written ahead", || {
+                sqlx::query_as(AFTER_NO_INSERT)
+                    .bind(s.id)
+                    .bind(&s.mailbox)
+                    .bind(s.owner)
+                    .bind(s.token)
+                    .fetch_one(&self.pool)
+            })
+            .await?;
+        Ok(match (ours, leased) {
+            (true, _) => WriteAhead::Written,
+            (false, false) => WriteAhead::Fenced,
+            (false, true) => WriteAhead::JobBusy,
         })
-        .await
     }
 
     /// Closes a send with its outcome. Not fenced: what happened is recorded whoever owns
