@@ -885,7 +885,8 @@ async fn processes_rate(processes: usize, windows: u64) -> f64 {
         .map(|(id, _)| id.clone())
         .collect();
     if !twice.is_empty() {
-        let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+        type SendRow = (String, String, Option<String>, Option<String>, i64);
+        let rows: Vec<SendRow> = sqlx::query_as(
             "SELECT s.job_id, s.mailbox, s.outcome, m.host, s.token FROM sends s LEFT JOIN deliver_members m ON m.id = s.owner WHERE s.message_id = ANY($1) ORDER BY s.job_id, s.started_at",
         )
         .bind(&twice)

@@ -164,7 +164,7 @@ impl MailboxOwnership {
         }
 
         // Take this process's share.
-        for idx in 0..keys.len() {
+        for (idx, key) in keys.iter().enumerate() {
             if !mine(idx)
                 || self.pool.fence(idx).is_some()
                 || self.draining.contains(&idx)
@@ -172,34 +172,30 @@ impl MailboxOwnership {
             {
                 continue;
             }
-            let Some(token) = self
-                .store
-                .acquire_lease(self.me, &keys[idx], self.ttl)
-                .await?
-            else {
+            let Some(token) = self.store.acquire_lease(self.me, key, self.ttl).await? else {
                 continue;
             };
-            let orphans = self.store.settle_orphans(&keys[idx], token).await?;
+            let orphans = self.store.settle_orphans(key, token).await?;
             if !orphans.is_empty() {
-                tracing::warn!(mailbox = %keys[idx], jobs = ?orphans, "sends left open by the mailbox's previous owner are uncertain");
+                tracing::warn!(mailbox = %key, jobs = ?orphans, "sends left open by the mailbox's previous owner are uncertain");
             }
             let since = Utc::now() - chrono::Duration::from_std(self.horizon).unwrap_or_default();
-            let sends = self.store.mailbox_sends(&keys[idx], since).await?;
+            let sends = self.store.mailbox_sends(key, since).await?;
             round.sends_restored += sends.len();
             let restored = sends
                 .iter()
                 .map(|s| (millis(s.at), u64::from(s.recipients)));
             if let Err(e) = self.pool.rebuild_mailbox(idx, restored) {
-                tracing::error!(mailbox = %keys[idx], error = %e, "cannot rebuild the mailbox's windows; giving the lease back");
+                tracing::error!(mailbox = %key, error = %e, "cannot rebuild the mailbox's windows; giving the lease back");
                 self.store
-                    .release_leases(self.me, std::slice::from_ref(&keys[idx]))
+                    .release_leases(self.me, std::slice::from_ref(key))
                     .await?;
                 continue;
             }
             // The renewal clock started before this round's first query: still safe.
             self.pool.grant(idx, Fence { token, until });
-            tracing::info!(mailbox = %keys[idx], token, sends_restored = sends.len(), "mailbox lease taken");
-            round.taken.push(keys[idx].clone());
+            tracing::info!(mailbox = %key, token, sends_restored = sends.len(), "mailbox lease taken");
+            round.taken.push(key.clone());
         }
         round.sends_restored += self.import_tenant_sends().await?;
         round.held = self.pool.held().len();

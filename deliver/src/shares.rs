@@ -80,7 +80,10 @@ mod tests {
             let owners = assign(&boxes, &ms);
             assert!(owners.iter().all(Option::is_some));
             let c = counts(&owners, &ms);
-            let (min, max) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+            let (min, max) = (
+                c.iter().min().expect("members"),
+                c.iter().max().expect("members"),
+            );
             assert!(max - min <= 1, "{n_mailboxes} over {n_members}: {c:?}");
         }
         assert!(assign(&mailboxes(3), &[]).iter().all(Option::is_none));

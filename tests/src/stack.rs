@@ -633,10 +633,10 @@ max_attempts = 6
         if !status.success() {
             bail!("kill -{signal} {pid} failed");
         }
-        if signal == "KILL" || signal == "TERM" {
-            if let Some(mut p) = self.replicas.remove(name) {
-                tokio::time::timeout(Duration::from_secs(30), p.child.wait()).await??;
-            }
+        if (signal == "KILL" || signal == "TERM")
+            && let Some(mut p) = self.replicas.remove(name)
+        {
+            tokio::time::timeout(Duration::from_secs(30), p.child.wait()).await??;
         }
         Ok(())
     }
