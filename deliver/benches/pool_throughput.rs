@@ -505,6 +505,25 @@ fn scheduler(mailboxes: usize, minutes: u64) {
 // Scenario 3: limits on, end to end, time-scaled
 // ---------------------------------------------------------------------------------------
 
+/// The first acceptance, and the rate N / (last - first acceptance + one window).
+fn acceptance_rate(
+    accepted: &[mailpipe_sim::AcceptedMessage],
+    window: Duration,
+) -> (chrono::DateTime<chrono::Utc>, f64) {
+    let first = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .min()
+        .expect("accepted");
+    let last = accepted
+        .iter()
+        .map(|m| m.received_at)
+        .max()
+        .expect("accepted");
+    let elapsed = (last - first).to_std().unwrap_or_default() + window;
+    (first, accepted.len() as f64 / elapsed.as_secs_f64())
+}
+
 async fn limits_on(mailboxes: usize, windows: u64) {
     let limits = Limits {
         messages: 20,
@@ -539,19 +558,8 @@ async fn limits_on(mailboxes: usize, windows: u64) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let accepted = h.sim.accepted();
-    let first = accepted
-        .iter()
-        .map(|m| m.received_at)
-        .min()
-        .expect("accepted");
-    let last = accepted
-        .iter()
-        .map(|m| m.received_at)
-        .max()
-        .expect("accepted");
     let window = Duration::from_millis(limits.message_window_ms);
-    let elapsed = (last - first).to_std().unwrap_or_default() + window;
-    let rate = accepted.len() as f64 / elapsed.as_secs_f64();
+    let (first, rate) = acceptance_rate(&accepted, window);
     let pool_limit = mailboxes as f64 * limits.messages as f64 / window.as_secs_f64();
     let mut by_mailbox: std::collections::HashMap<&str, Vec<u64>> =
         std::collections::HashMap::new();
@@ -847,19 +855,8 @@ async fn processes_rate(processes: usize, windows: u64) -> f64 {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let accepted = h.sim.accepted();
-    let first = accepted
-        .iter()
-        .map(|m| m.received_at)
-        .min()
-        .expect("accepted");
-    let last = accepted
-        .iter()
-        .map(|m| m.received_at)
-        .max()
-        .expect("accepted");
     let window = Duration::from_millis(limits.message_window_ms);
-    let rate = accepted.len() as f64
-        / ((last - first).to_std().unwrap_or_default() + window).as_secs_f64();
+    let (first, rate) = acceptance_rate(&accepted, window);
     let refused = h
         .sim
         .refusals()

@@ -50,14 +50,11 @@ struct TenantImport {
     seen: HashMap<Uuid, DateTime<Utc>>,
 }
 
-/// What one round did, for logs and tests.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What one round found, for the start-up log and readiness.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
     pub members: usize,
     pub held: usize,
-    pub taken: Vec<String>,
-    pub lost: Vec<String>,
-    pub released: Vec<String>,
     pub sends_restored: usize,
 }
 
@@ -138,7 +135,6 @@ impl MailboxOwnership {
                     self.pool.revoke(idx);
                     self.draining.remove(&idx);
                     tracing::warn!(mailbox = %keys[idx], "mailbox lease lost: no more sends through it from this process");
-                    round.lost.push(keys[idx].clone());
                 }
             }
         }
@@ -160,7 +156,6 @@ impl MailboxOwnership {
                 self.draining.remove(&idx);
             }
             tracing::info!(mailboxes = ?released, "mailbox leases given back to their new owners");
-            round.released = released;
         }
 
         // Take this process's share.
@@ -195,7 +190,6 @@ impl MailboxOwnership {
             // The renewal clock started before this round's first query: still safe.
             self.pool.grant(idx, Fence { token, until });
             tracing::info!(mailbox = %key, token, sends_restored = sends.len(), "mailbox lease taken");
-            round.taken.push(key.clone());
         }
         round.sends_restored += self.import_tenant_sends().await?;
         round.held = self.pool.held().len();
@@ -245,11 +239,16 @@ impl MailboxOwnership {
         Ok(imported)
     }
 
-    /// Rounds every third of the lease until `stop`; then gives every lease back.
-    /// `progress` is done after the first round that reached the database.
+    /// Rounds every third of the lease until `stop` (the first one ran at start-up);
+    /// then gives every lease back. `progress` is done after the first round that reached
+    /// the database.
     pub async fn run(mut self, progress: Arc<ReplayProgress>, stop: CancellationToken) {
         let every = self.ttl / 3;
         loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
             match tokio::time::timeout(every, self.round()).await {
                 Ok(Ok(round)) => progress.finish(round.sends_restored),
                 Ok(Err(e)) => {
@@ -258,10 +257,6 @@ impl MailboxOwnership {
                 Err(_) => tracing::warn!(
                     "mailbox lease renewal timed out; sends stop at each lease's end"
                 ),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
             }
         }
         self.leave().await;

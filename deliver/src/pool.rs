@@ -854,15 +854,8 @@ impl MailboxPool {
 
     /// Closes idle sessions (shutdown).
     pub async fn close_idle(&self) {
-        for idle in &self.idle {
-            let sessions: Vec<_> = idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-                .collect();
-            for (s, _) in sessions {
-                s.quit().await;
-            }
+        for idx in 0..self.idle.len() {
+            self.close_idle_of(idx).await;
         }
     }
 }

@@ -131,6 +131,38 @@ impl std::fmt::Debug for Stack {
     }
 }
 
+/// Waits until `url` answers 2xx, failing early when `child` exits (`what` and `log` name
+/// it in the error).
+async fn await_ready(
+    http: &reqwest::Client,
+    mut child: Option<&mut Child>,
+    url: &str,
+    what: &str,
+    log: &Path,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(c) = child.as_deref_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            bail!(
+                "{what} exited during start ({status}); see {}",
+                log.display()
+            );
+        }
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what} not ready within {limit:?}; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The directory holding the workspace's built binaries: `MAILPIPE_BIN_DIR`, or the one
 /// this executable was built into (`target/debug` for tests and the demo).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -407,36 +439,9 @@ max_attempts = 6
 
     pub async fn wait_ready(&mut self, b: Binary, limit: Duration) -> anyhow::Result<()> {
         let url = format!("{}/readyz", self.url(b));
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(p) = self.procs.get_mut(&b)
-                && let Some(status) = p.child.try_wait()?
-            {
-                bail!(
-                    "{} exited during start ({status}); see {}",
-                    b.name(),
-                    self.log_path(b).display()
-                );
-            }
-            if let Ok(r) = self
-                .http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} not ready within {limit:?}; see {}",
-                    b.name(),
-                    self.log_path(b).display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let log = self.log_path(b);
+        let child = self.procs.get_mut(&b).map(|p| &mut p.child);
+        await_ready(&self.http, child, &url, b.name(), &log, limit).await
     }
 
     /// SIGTERM, then waits for a clean exit (SIGKILL after `limit`).
@@ -591,33 +596,17 @@ max_attempts = 6
             .context("starting mailpipe-deliver")?;
         self.replicas.insert(name.to_owned(), Proc { child });
         let url = format!("http://127.0.0.1:{port}/readyz");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(status) = self
-                .replicas
-                .get_mut(name)
-                .and_then(|p| p.child.try_wait().ok().flatten())
-            {
-                bail!(
-                    "deliver {name} exited during start ({status}); see {}",
-                    log_path.display()
-                );
-            }
-            if let Ok(r) = self
-                .http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("deliver {name} not ready; see {}", log_path.display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let child = self.replicas.get_mut(name).map(|p| &mut p.child);
+        let what = format!("deliver {name}");
+        await_ready(
+            &self.http,
+            child,
+            &url,
+            &what,
+            &log_path,
+            Duration::from_secs(90),
+        )
+        .await
     }
 
     /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a deliver replica. After `KILL`
