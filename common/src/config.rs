@@ -393,6 +393,10 @@ pub struct CommonSettings {
     pub database: DatabaseSettings,
 }
 
+/// More bulk queues than batches that run at once buy nothing, and each costs a quorum queue
+/// and a consumer's prefetch.
+pub const MAX_BULK_QUEUES: u16 = 64;
+
 /// `[rabbitmq]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -420,6 +424,9 @@ pub struct RabbitSettings {
     pub operation_timeout_ms: u64,
     /// Retention of the events stream (RabbitMQ `x-max-age`, e.g. `7D`).
     pub events_max_age: String,
+    /// Bulk deliver queues for batches, taken in turn (plus `<prefix>.deliver` for jobs
+    /// without a batch): up to this many batches running at once share the pool evenly.
+    pub bulk_queues: u16,
 }
 
 impl RabbitSettings {
@@ -449,6 +456,15 @@ impl RabbitSettings {
                 format!(
                     "{:?} must be letters, digits, '-', '_' or '.' (it starts every queue name)",
                     self.prefix
+                ),
+            );
+        }
+        if self.bulk_queues > MAX_BULK_QUEUES {
+            bad(
+                "bulk_queues",
+                format!(
+                    "{} is more than {MAX_BULK_QUEUES}: each is a quorum queue deliver reads with its own prefetch",
+                    self.bulk_queues
                 ),
             );
         }
@@ -545,6 +561,7 @@ impl Default for RabbitSettings {
             reconnect_max_backoff_ms: 30_000,
             operation_timeout_ms: 10_000,
             events_max_age: "7D".into(),
+            bulk_queues: 4,
         }
     }
 }

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 
 use crate::amqp::{
     Broker, DEAD_REASON_HEADER, DEAD_STAGE_HEADER, Outgoing, PendingConfirm, PublishError,
-    Publisher, Stage, Topology, persistent_properties, set_header,
+    Publisher, Stage, Topology, header_str, persistent_properties, set_header,
 };
 use crate::contract::{
     CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
@@ -99,10 +99,11 @@ impl Pipeline {
         mime: &[u8],
     ) -> Result<PendingConfirm, PublishError> {
         let exchange = self.topology().work_exchange();
+        let queue = meta.deliver_queue().routing_key();
         self.publisher
             .send(Outgoing {
                 exchange: &exchange,
-                routing_key: Stage::Deliver.as_str(),
+                routing_key: &queue,
                 body: mime,
                 properties: rendered_properties(meta),
             })
@@ -169,6 +170,10 @@ impl Pipeline {
         let Some((exchange, key, delay)) = self.topology().retry_route(stage, attempt) else {
             return Ok(None);
         };
+        let properties = match stage {
+            Stage::Deliver => with_return_route(properties),
+            Stage::Render => properties,
+        };
         let pending = self
             .publisher
             .send(Outgoing {
@@ -180,6 +185,24 @@ impl Pipeline {
             .await?;
         Ok(Some((delay, pending)))
     }
+}
+
+/// A rendered message on its way into deliver's retry ladder carries its deliver queue's
+/// key in `CC`: the ladder's queues dead-letter with the message's own keys, so it comes
+/// back to its lane (topology.rs). Without readable metadata: the first bulk queue.
+fn with_return_route(properties: BasicProperties) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    let queue = header_str(&properties, META_HEADER)
+        .and_then(|v| RenderedMeta::from_header_value(&v).ok())
+        .map_or_else(
+            || Stage::Deliver.as_str().to_owned(),
+            |m| m.deliver_queue().routing_key(),
+        );
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString(queue.into())].into()),
+    );
+    properties.with_headers(headers)
 }
 
 /// AMQP properties of a rendered message (also used when deliver re-queues one).

@@ -209,6 +209,8 @@ proptest! {
             rendered_at: chrono::Utc::now(),
             not_before: None,
             not_after: None,
+            lane: mailpipe_common::contract::Lane::Bulk,
+            bulk_queue: 0,
         };
         let back = RenderedMeta::from_header_value(&meta.to_header_value()).unwrap();
         prop_assert_eq!(back, meta);

@@ -65,6 +65,8 @@ mod tests {
             rendered_at: chrono::Utc::now(),
             not_before: None,
             not_after: None,
+            lane: mailpipe_common::contract::Lane::Bulk,
+            bulk_queue: 0,
         }
     }
 

@@ -7,6 +7,7 @@
 //! gets at most one failed AUTH per backoff period (Exchange throttles repeated errors).
 
 mod health;
+mod line;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +32,7 @@ use crate::throttle::{
 use crate::token_endpoint::TokenEndpoint;
 use health::Health;
 pub use health::SendTicket;
+use line::{Place, WaitingLine};
 
 /// How a mailbox authenticates. Secrets stay wrapped until the moment of AUTH.
 enum MailboxAuth {
@@ -178,6 +180,8 @@ struct Book {
     health: Vec<Health>,
     /// Eligibility class per (group, From) key.
     classes: ClassCache,
+    /// Who of the waiting messages picks next (lanes, batches in turn).
+    line: WaitingLine,
 }
 
 impl Book {
@@ -191,6 +195,37 @@ impl Book {
             }
             _ => false,
         }
+    }
+}
+
+/// What a waiter in [`MailboxPool::acquire`] waits for.
+enum Wait {
+    /// The instant the pool admits it.
+    Until(Millis),
+    /// A send in flight to finish.
+    Release,
+    /// Its turn in the line.
+    Line,
+}
+
+/// A waiter's place in the line; leaves it when the waiter is dropped (the message went
+/// back to the queue, or the process stops) so that the next in line may pick.
+struct InLine<'a> {
+    pool: &'a MailboxPool,
+    place: Place,
+}
+
+impl InLine<'_> {
+    /// The waiter got its mailbox (and left the line in the same step).
+    fn served(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.pool.book().line.leave(self.place);
+        self.pool.changed.notify_waiters();
     }
 }
 
@@ -321,6 +356,7 @@ impl MailboxPool {
                 schedule,
                 health: vec![Health::unproven(); n],
                 classes: ClassCache::new(CLASS_CACHE_CAPACITY),
+                line: WaitingLine::default(),
             }),
             changed: Notify::new(),
             tokens,
@@ -498,10 +534,13 @@ impl MailboxPool {
 
     /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever
     /// could, or when only mailboxes owned by other processes could for a while.
+    ///
+    /// Waiters of one eligibility class pick in the order of the [`WaitingLine`]:
+    /// transactional messages first, bulk batches in turn.
     pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, AcquireError> {
         let recipients = meta.recipients.len() as u64;
         let mut elsewhere_since: Option<Instant> = None;
-        let mut class = None;
+        let mut place: Option<InLine<'_>> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -509,17 +548,51 @@ impl MailboxPool {
             let now = now_millis();
             let wait_until = {
                 let mut book = self.book();
-                let external = self.external_count(&book.schedule, &meta.recipients);
-                let class = *class.get_or_insert_with(|| self.class_of(&mut book, meta));
-                let pick = book.schedule.pick(now, recipients, external, class);
-                match pick {
-                    Pick::Mailbox(idx, reservation) => {
-                        return Ok(self.lease(&mut book, now, idx, reservation));
+                let at = match place.as_ref() {
+                    Some(p) => p.place,
+                    None => {
+                        let class = self.class_of(&mut book, meta);
+                        let at = book.line.join(class, meta);
+                        place = Some(InLine {
+                            pool: self,
+                            place: at,
+                        });
+                        at
                     }
-                    Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
-                    Pick::WaitUntil(at) => Some(at),
-                    Pick::WaitForRelease => None,
+                };
+                if !book.line.is_first(at) {
+                    Wait::Line
+                } else {
+                    let external = self.external_count(&book.schedule, &meta.recipients);
+                    match book.schedule.pick(now, recipients, external, at.class()) {
+                        Pick::Mailbox(idx, reservation) => {
+                            book.line.granted(at);
+                            if let Some(p) = place.take() {
+                                p.served();
+                            }
+                            let lease = self.lease(&mut book, now, idx, reservation);
+                            drop(book);
+                            // The next in line may pick now.
+                            self.changed.notify_waiters();
+                            return Ok(lease);
+                        }
+                        Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
+                        Pick::WaitUntil(at) => Wait::Until(at),
+                        Pick::WaitForRelease => Wait::Release,
+                    }
                 }
+            };
+            let wait_until = match wait_until {
+                Wait::Until(at) => Some(at),
+                Wait::Release => None,
+                Wait::Line if self.owned_here_may_send(meta) => {
+                    elsewhere_since = None;
+                    notified.await;
+                    continue;
+                }
+                // Behind others, and only other processes' mailboxes could send it: the
+                // hand-back below runs for every waiter at once, not one after another.
+                Wait::Line => None,
             };
             match wait_until {
                 Some(at) => {
@@ -913,6 +986,8 @@ mod tests {
             rendered_at: Utc::now(),
             not_before: None,
             not_after: None,
+            lane: mailpipe_common::contract::Lane::Bulk,
+            bulk_queue: 0,
         }
     }
 

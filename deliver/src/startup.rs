@@ -119,8 +119,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let queue = self.broker.topology().stage_queue(Stage::Deliver);
-        let stage = self.stage.clone();
+        let queues = self.broker.topology().stage_queues(Stage::Deliver);
         // No work is taken before this process owns a mailbox: messages held while a dead
         // predecessor's leases lapse would come back to the queue on every crash, and a
         // crash loop would push them past the queue's delivery limit.
@@ -135,7 +134,11 @@ impl Application {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        consume(&self.broker, ConsumerSpec::queue(queue, self.prefetch), move |delivery| {
+        // One consumer per lane queue, each with its own prefetch: the pool chooses between
+        // the messages they hold (transactional first, batches in turn).
+        let consumers = queues.into_iter().map(|queue| {
+            let stage = self.stage.clone();
+            consume(&self.broker, ConsumerSpec::queue(queue, self.prefetch), move |delivery| {
             let stage = stage.clone();
             async move {
                 let span = tracing::info_span!("deliver", job = tracing::field::Empty);
@@ -159,7 +162,8 @@ impl Application {
                 }
             }
         })
-        .await;
+        });
+        futures::future::join_all(consumers).await;
         // Nothing is in flight any more: the leases go back, and the others take over now.
         self.ownership_stop.cancel();
         self.ownership.await.ok();

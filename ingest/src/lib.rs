@@ -15,6 +15,7 @@
 //! - [`batch_reader`]: JSONL/CSV line by line into checked jobs, with line numbers.
 //! - [`batch`]: one import (check, spool, publish), shared by the API and `submit`.
 //! - [`publish`]: claim the ids, publish, await the confirms, record them accepted.
+//! - [`lanes`]: the deliver queue each job will wait in (lane, batch turn).
 //! - [`records`]: batch reports, job records and job lists from the system of record.
 //! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
 //! - [`status_cli`]: `mailpipe-ingest status`. [`jobs_cli`]: `mailpipe-ingest jobs`.
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod dead;
 pub mod eta;
 pub mod jobs_cli;
+pub mod lanes;
 pub mod metrics;
 pub mod publish;
 pub mod records;

@@ -11,7 +11,9 @@ use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::store::{ClaimInput, ClaimOutcome, StoreError};
 use uuid::Uuid;
 
+use crate::lanes::{LaneAssigner, LanePolicy};
 use crate::metrics;
+use crate::settings::IngestSettings;
 
 /// Jobs published together (two chunks in flight at once).
 const PUBLISH_CHUNK: usize = 500;
@@ -37,15 +39,20 @@ pub enum Outcome {
 pub struct JobPublisher {
     pipeline: Pipeline,
     chunk: usize,
+    lanes: LanePolicy,
 }
 
 impl JobPublisher {
-    /// `window`: publishes awaiting their confirm at once (`ingest.max_in_flight`), in
-    /// two chunks.
-    pub fn new(pipeline: Pipeline, window: usize) -> Self {
+    /// Publishes awaiting their confirm at once: `ingest.max_in_flight`, in two chunks.
+    pub fn new(pipeline: Pipeline, settings: &IngestSettings) -> Self {
+        let lanes = LanePolicy::new(
+            &settings.transactional_templates,
+            pipeline.topology().bulk_queues(),
+        );
         Self {
             pipeline,
-            chunk: (window / 2).clamp(1, PUBLISH_CHUNK),
+            chunk: (settings.max_in_flight / 2).clamp(1, PUBLISH_CHUNK),
+            lanes,
         }
     }
 
@@ -85,6 +92,7 @@ impl JobPublisher {
             claim: Uuid::new_v4(),
             chunk: Vec::new(),
             published: None,
+            lanes: LaneAssigner::new(self.lanes.clone()),
             confirmed: Vec::new(),
             refreshed: Instant::now(),
             ours: None,
@@ -111,6 +119,7 @@ pub struct BatchSender {
     chunk: Vec<Job>,
     /// The chunk published last, awaiting its confirms.
     published: Option<PublishedChunk>,
+    lanes: LaneAssigner,
     /// Confirmed by the broker, not yet handed to a record.
     confirmed: Vec<DeliveryEvent>,
     /// When the claim was last refreshed, and which ids it still held then (`None`: all
@@ -165,7 +174,9 @@ impl BatchSender {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::take(&mut self.chunk);
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let store = self.publisher.pipeline.store().clone();
+        self.lanes.assign(&store, &mut chunk).await?;
         if self.refreshed.elapsed() >= REFRESH_EVERY {
             // Only what is still ours is published: a claim that went stale (a stalled
             // process) may have been taken over by a resubmission.

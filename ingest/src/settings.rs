@@ -48,6 +48,10 @@ pub struct IngestSettings {
     /// Batch uploads checked at once (each holds a blocking thread while it is read);
     /// one more is answered 503 with `Retry-After`.
     pub max_concurrent_batches: usize,
+    /// Templates whose jobs go in the `transactional` lane unless the job names its lane
+    /// (a password reset, an urgent single invoice): they wait for at most one free slot
+    /// of a mailbox, whatever the bulk backlog.
+    pub transactional_templates: Vec<String>,
 }
 
 impl Default for IngestSettings {
@@ -65,6 +69,7 @@ impl Default for IngestSettings {
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
             max_concurrent_batches: 16,
+            transactional_templates: Vec::new(),
         }
     }
 }

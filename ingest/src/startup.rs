@@ -118,7 +118,7 @@ impl Application {
             PRUNE_EVERY,
             shutdown.clone(),
         ));
-        let publisher = JobPublisher::new(pipeline, config.ingest.max_in_flight);
+        let publisher = JobPublisher::new(pipeline, &config.ingest);
 
         let reachable = store.clone();
         let schema = schema_ready.clone();

@@ -123,6 +123,8 @@ impl Renderer {
             rendered_at: now,
             not_before: job.not_before,
             not_after: job.not_after,
+            lane: job.lane.unwrap_or_default(),
+            bulk_queue: job.bulk_queue.unwrap_or(0),
         };
         Ok(RenderedMessage { meta, mime: bytes })
     }

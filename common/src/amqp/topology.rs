@@ -3,7 +3,10 @@
 //! ```text
 //! {p}.work    direct  --render-->  {p}.render   quorum, x-delivery-limit, DLX {p}.dead
 //!                     --deliver--> {p}.deliver  quorum, x-delivery-limit, DLX {p}.dead
-//! {p}.retry   direct  --{stage}.{ms}--> {p}.retry.{stage}.{ms}  TTL = ms, DLX {p}.work/{stage}
+//!                     --deliver.transactional--> {p}.deliver.transactional  (the same)
+//!                     --deliver.bulk.{n}-->      {p}.deliver.bulk.{n}       (n = 1..=bulk_queues)
+//! {p}.retry   direct  --render.{ms}--> {p}.retry.render.{ms}  TTL = ms, DLX {p}.work/render
+//!                     --deliver.lanes.{ms}--> {p}.retry.deliver.lanes.{ms}  TTL = ms, DLX {p}.work
 //! {p}.dead    fanout  --> {p}.dead     quorum: dead letters, with their reason in headers
 //! {p}.events  fanout  --> {p}.events   stream: delivery events, replayable from a timestamp
 //! ```
@@ -16,6 +19,13 @@
 //! messages expire. `delivery_limit` and `events_max_age` are arguments of queues that hold
 //! data; a changed value is reported by [`Topology::explain`] with what to do
 //! (docs/operations.md, "Upgrading and changing settings").
+//!
+//! deliver reads several queues (its lanes, see `contract::DeliverQueue`), and a message
+//! must come back from the retry ladder to the queue it came from. So deliver's retry queues
+//! set no dead-letter routing key: an expired message keeps the keys it was published with,
+//! and it is published with its deliver queue's key in the `CC` header (RabbitMQ routes on
+//! `CC` keys too, and keeps them when dead-lettering). The work exchange has no binding for
+//! the ladder's own key, so only the `CC` key routes it.
 
 use std::time::Duration;
 
@@ -28,6 +38,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::set_header;
 use crate::config::RabbitSettings;
+use crate::contract::DeliverQueue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
@@ -53,6 +64,7 @@ pub struct Topology {
     delivery_limit: u32,
     events_max_age: String,
     vhost: String,
+    bulk_queues: u16,
 }
 
 impl Topology {
@@ -63,7 +75,12 @@ impl Topology {
             delivery_limit: settings.delivery_limit,
             events_max_age: settings.events_max_age.clone(),
             vhost: vhost_of(&settings.url),
+            bulk_queues: settings.bulk_queues,
         }
+    }
+
+    pub fn bulk_queues(&self) -> u16 {
+        self.bulk_queues
     }
 
     pub fn prefix(&self) -> &str {
@@ -78,6 +95,26 @@ impl Topology {
         format!("{}.{}", self.prefix, stage.as_str())
     }
 
+    /// The queue of one deliver lane (`stage_queue(Stage::Deliver)` is bulk queue 0).
+    pub fn deliver_queue(&self, queue: DeliverQueue) -> String {
+        format!("{}.{}", self.prefix, queue.routing_key())
+    }
+
+    /// Every deliver queue, the transactional one first.
+    pub fn deliver_queues(&self) -> Vec<(DeliverQueue, String)> {
+        DeliverQueue::all(self.bulk_queues)
+            .map(|q| (q, self.deliver_queue(q)))
+            .collect()
+    }
+
+    /// The work queues of a stage: render's one, deliver's lanes.
+    pub fn stage_queues(&self, stage: Stage) -> Vec<String> {
+        match stage {
+            Stage::Render => vec![self.stage_queue(stage)],
+            Stage::Deliver => self.deliver_queues().into_iter().map(|(_, q)| q).collect(),
+        }
+    }
+
     pub fn retry_exchange(&self) -> String {
         format!("{}.retry", self.prefix)
     }
@@ -89,7 +126,12 @@ impl Topology {
     }
 
     fn retry_key(stage: Stage, delay: Duration) -> String {
-        format!("{}.{}", stage.as_str(), delay.as_millis())
+        match stage {
+            // Named apart from the ladder before lanes (`deliver.{ms}`, which routed back to
+            // one queue): its queues keep their arguments and drain into `{p}.deliver`.
+            Stage::Deliver => format!("deliver.lanes.{}", delay.as_millis()),
+            Stage::Render => format!("render.{}", delay.as_millis()),
+        }
     }
 
     pub fn retry_levels(&self) -> usize {
@@ -152,8 +194,13 @@ impl Topology {
         self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
             .await?;
 
-        for stage in Stage::ALL {
-            let queue = self.stage_queue(stage);
+        let mut work = vec![(self.stage_queue(Stage::Render), "render".to_owned())];
+        work.extend(
+            self.deliver_queues()
+                .into_iter()
+                .map(|(q, name)| (name, q.routing_key())),
+        );
+        for (queue, key) in work {
             let mut args = FieldTable::default();
             set_header(&mut args, "x-queue-type", "quorum");
             args.insert(
@@ -163,9 +210,10 @@ impl Topology {
             set_header(&mut args, "x-dead-letter-exchange", self.dead_exchange());
             ch.queue_declare(ShortString::from(queue.clone()), durable_q, args)
                 .await?;
-            self.bind(ch, &queue, &self.work_exchange(), stage.as_str())
-                .await?;
+            self.bind(ch, &queue, &self.work_exchange(), &key).await?;
+        }
 
+        for stage in Stage::ALL {
             for &delay in &self.retry_delays {
                 let retry = self.retry_queue(stage, delay);
                 let mut args = FieldTable::default();
@@ -174,7 +222,9 @@ impl Topology {
                     AMQPValue::LongLongInt(delay.as_millis() as i64),
                 );
                 set_header(&mut args, "x-dead-letter-exchange", self.work_exchange());
-                set_header(&mut args, "x-dead-letter-routing-key", stage.as_str());
+                if stage == Stage::Render {
+                    set_header(&mut args, "x-dead-letter-routing-key", stage.as_str());
+                }
                 ch.queue_declare(ShortString::from(retry.clone()), durable_q, args)
                     .await?;
                 self.bind(
@@ -211,6 +261,7 @@ impl Topology {
         };
         let mut queues = vec![self.events_stream(), self.dead_queue()];
         queues.extend(Stage::ALL.map(|s| self.stage_queue(s)));
+        queues.push(self.deliver_queue(DeliverQueue::Transactional));
         for q in queues {
             ch.queue_declare(ShortString::from(q), passive, FieldTable::default())
                 .await?;
@@ -222,7 +273,7 @@ impl Topology {
     pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
         let mut queues = vec![self.dead_queue(), self.events_stream()];
         for stage in Stage::ALL {
-            queues.push(self.stage_queue(stage));
+            queues.extend(self.stage_queues(stage));
             queues.extend(
                 self.retry_delays
                     .iter()
@@ -372,16 +423,23 @@ mod tests {
             ..Default::default()
         };
         let t = Topology::new(&settings);
-        assert_eq!(t.retry_route(Stage::Deliver, 1).unwrap().1, "deliver.1000");
+        assert_eq!(
+            t.retry_route(Stage::Deliver, 1).unwrap().1,
+            "deliver.lanes.1000"
+        );
         assert_eq!(
             t.retry_queue(Stage::Deliver, Duration::from_secs(5)),
-            "p.retry.deliver.5000"
+            "p.retry.deliver.lanes.5000"
+        );
+        assert_eq!(
+            t.retry_queue(Stage::Render, Duration::from_secs(5)),
+            "p.retry.render.5000"
         );
         assert_eq!(
             t.retry_route(Stage::Deliver, 2).unwrap().2,
             Duration::from_secs(5)
         );
-        assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.5000");
+        assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.lanes.5000");
         let none = Topology::new(&RabbitSettings {
             retry_delays_ms: vec![],
             ..Default::default()

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{ContractError, check_version, current_version};
+use super::{ContractError, Lane, check_version, current_version};
 use crate::domain::{BatchId, JobId, Mailbox, TemplateName};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,9 +43,17 @@ pub struct Job {
     /// late (a reminder after its due date is worse than none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+    /// `transactional` or `bulk`; absent: `transactional` for the templates named in
+    /// `ingest.transactional_templates`, else `bulk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<Lane>,
     /// Set by ingest when it accepted the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at: Option<DateTime<Utc>>,
+    /// Set by ingest: the bulk deliver queue of the job's batch (batches take them in
+    /// turn, so that running batches share the pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk_queue: Option<u16>,
 }
 
 /// Limits a job must respect before it is accepted; ingest and render share them.

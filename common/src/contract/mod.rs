@@ -6,11 +6,13 @@
 
 mod event;
 mod job;
+mod lane;
 mod rendered;
 mod smtp;
 
 pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
 pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
+pub use lane::{DeliverQueue, Lane};
 pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;
 

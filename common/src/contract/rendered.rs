@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ContractError, check_version, current_version};
+use super::{ContractError, DeliverQueue, Lane, check_version, current_version};
 use crate::domain::{BatchId, EmailAddress, JobId, Mailbox};
 
 /// AMQP header holding the `RenderedMeta` JSON.
@@ -40,12 +40,27 @@ pub struct RenderedMeta {
     pub not_before: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+    /// The job's lane (bulk when absent: messages rendered before lanes existed).
+    #[serde(default, skip_serializing_if = "Lane::is_bulk")]
+    pub lane: Lane,
+    /// The bulk deliver queue of the job's batch (0: the first queue).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bulk_queue: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 impl RenderedMeta {
     pub fn to_header_value(&self) -> String {
         // Serialising plain data with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The deliver queue this message waits in (and comes back to from the retry ladder).
+    pub fn deliver_queue(&self) -> DeliverQueue {
+        DeliverQueue::of(self.lane, self.bulk_queue)
     }
 
     pub fn from_header_value(value: &str) -> Result<Self, ContractError> {

@@ -104,6 +104,25 @@ ON CONFLICT (job_id, at, kind) DO NOTHING
 "#;
 
 impl Store {
+    /// The turn of each batch in `batches` that has a row (ingest records the row when it
+    /// first claims a job of the batch): the order batches were first seen in, which
+    /// spreads them over the bulk deliver queues.
+    pub async fn batch_turns(
+        &self,
+        batches: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let r = sqlx::query_as::<_, (String, i64)>(
+            "SELECT id, turn FROM batches WHERE id = ANY($1::text[])",
+        )
+        .bind(batches)
+        .fetch_all(&self.pool)
+        .await;
+        Ok(self
+            .observe("reading batch turns", r)?
+            .into_iter()
+            .collect())
+    }
+
     /// Claims `jobs` for the publish `claim`; one outcome per job, in order. Fails at once
     /// when the database is unreachable (the API answers 503: nothing is accepted that is
     /// not recorded).

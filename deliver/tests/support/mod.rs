@@ -291,6 +291,8 @@ impl Harness {
             rendered_at: Utc::now(),
             not_before: None,
             not_after: None,
+            lane: mailpipe_common::contract::Lane::Bulk,
+            bulk_queue: 0,
         };
         adjust(&mut meta);
         let mime = format!(
