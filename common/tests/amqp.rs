@@ -12,7 +12,8 @@ use mailpipe_common::amqp::{
     ConsumerSpec, DEAD_REASON_HEADER, Outgoing, PublishError, Stage, consume, death_reason,
     header_str, persistent_properties,
 };
-use mailpipe_common::contract::Job;
+use mailpipe_common::contract::{DeliverQueue, Job, Lane, RenderedMeta};
+use mailpipe_common::pipeline::rendered_properties;
 use mailpipe_common::testkit::TestBroker;
 
 fn job(id: &str) -> Job {
@@ -144,6 +145,54 @@ async fn a_message_in_the_retry_ladder_returns_to_its_stage_after_its_delay() {
         .expect("back in its stage");
     assert_eq!(back.delivery.data, b"again");
     assert!(started.elapsed() >= Duration::from_millis(300));
+    t.cleanup().await;
+}
+
+/// A rendered message goes to its lane's queue, and the retry ladder brings it back there
+/// (not to the first bulk queue): a transactional message stays ahead of the bulk backlog
+/// after a retry, and a batch's messages stay in their batch's queue.
+#[tokio::test]
+async fn a_rendered_message_waits_in_its_lane_and_the_ladder_returns_it_there() {
+    let t = TestBroker::start("lanes").await;
+    let topology = t.broker.topology().clone();
+    for (lane, bulk_queue) in [(Lane::Transactional, 0), (Lane::Bulk, 2), (Lane::Bulk, 0)] {
+        let meta = RenderedMeta::from_header_value(
+            &serde_json::json!({
+                "job_id": "lane-1", "from": {"address": "billing@example.com"},
+                "has_reply_to": false, "recipients": ["ann@example.com"],
+                "message_id": "<lane-1@example.com>", "attempt": 0,
+                "rendered_at": "2026-12-01T10:00:00Z",
+                "lane": lane, "bulk_queue": bulk_queue,
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let queue = topology.deliver_queue(DeliverQueue::of(lane, bulk_queue));
+        t.pipeline
+            .send_rendered(&meta, b"first")
+            .await
+            .unwrap()
+            .confirmed()
+            .await
+            .unwrap();
+        let first = t.get(&queue, Duration::from_secs(5)).await.expect("in its lane");
+        assert_eq!(first.delivery.data, b"first");
+        let (_, pending) = t
+            .pipeline
+            .retry(Stage::Deliver, 1, b"again", rendered_properties(&meta))
+            .await
+            .unwrap()
+            .expect("ladder configured");
+        pending.confirmed().await.unwrap();
+        let back = t
+            .get(&queue, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("not back in {queue}"));
+        assert_eq!(back.delivery.data, b"again");
+        for (_, other) in topology.deliver_queues() {
+            assert_eq!(t.depth(&other).await, 0, "{other} holds a copy");
+        }
+    }
     t.cleanup().await;
 }
 
