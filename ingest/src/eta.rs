@@ -186,13 +186,17 @@ pub struct Eta {
     pub pool_recipients_available: Option<u64>,
     /// Recipients the pool may send per window (all mailboxes).
     pub pool_recipients_per_window: Option<u64>,
-    /// `jobs_left / pool_messages_per_second`.
+    /// `(jobs_left + shared_jobs) / pool_messages_per_second`.
     pub rate_seconds: Option<f64>,
     /// Wait until the quota has room for `recipients_left` (0 when it has already).
     pub quota_wait_seconds: Option<f64>,
-    /// Jobs of other unfinished batches: they share the pool but are not in this
-    /// estimate (which assumes the batch has the pool to itself).
+    /// Jobs of other unfinished, running batches (and jobs without a batch): they share
+    /// the pool with this batch.
     pub other_jobs_left: u64,
+    /// Of those, the jobs sent before this batch finishes: batches take turns (deliver.md,
+    /// "Lanes and fair share"), so each other batch sends as many as this one while both
+    /// have jobs left — `Σ min(its jobs left, jobs_left)`.
+    pub shared_jobs: u64,
     /// Why `eta_seconds` is null, or what it leaves out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -217,24 +221,29 @@ impl Eta {
             rate_seconds: None,
             quota_wait_seconds: None,
             other_jobs_left: 0,
+            shared_jobs: 0,
             reason: Some(reason.into()),
         }
     }
 }
 
 /// The ETA of `jobs_left` jobs with `recipients_left` recipients through `pool`, whose
-/// mailboxes already sent what `log` holds.
+/// mailboxes already sent what `log` holds, while other batches with `others` jobs left
+/// each take their turns.
 pub fn estimate(
     pool: &PoolCapacity,
     log: &QuotaLog,
     jobs_left: u64,
     recipients_left: u64,
+    others: &[u64],
     now: DateTime<Utc>,
 ) -> Eta {
     let rate = pool.messages_per_second();
     let per_window = pool.recipients_per_window();
     let mut eta = Eta::unknown(now, jobs_left, recipients_left, "");
     eta.reason = None;
+    eta.other_jobs_left = others.iter().sum();
+    eta.shared_jobs = others.iter().map(|&o| o.min(jobs_left)).sum();
     eta.pool_messages_per_second = Some(rate);
     eta.pool_recipients_per_window = Some(per_window);
     if jobs_left == 0 {
@@ -247,8 +256,11 @@ pub fn estimate(
         eta.reason = Some("the pool's limits allow no messages (messages_per_window or recipients_per_window is 0)".into());
         return eta;
     }
-    let rate_seconds = jobs_left as f64 / rate;
-    let (available, wait_ms) = quota_wait(pool, log, recipients_left, now);
+    let sent = jobs_left + eta.shared_jobs;
+    let rate_seconds = sent as f64 / rate;
+    // The others' jobs spend quota too: as many recipients per job as this batch's, a guess.
+    let recipients = (recipients_left as f64 * sent as f64 / jobs_left as f64).ceil() as u64;
+    let (available, wait_ms) = quota_wait(pool, log, recipients, now);
     eta.pool_recipients_available = Some(available);
     eta.rate_seconds = Some(rate_seconds);
     eta.quota_wait_seconds = Some(wait_ms as f64 / 1000.0);
@@ -364,12 +376,26 @@ mod tests {
         let p = pool();
         let log = QuotaLog::new(&p);
         // 60 jobs x 2 recipients: 120 <= 200 left; 60 jobs at 1 msg/s = 60 s.
-        let eta = estimate(&p, &log, 60, 120, t(0));
+        let eta = estimate(&p, &log, 60, 120, &[], t(0));
         assert_eq!(eta.pool_messages_per_second, Some(1.0));
         assert_eq!(eta.pool_recipients_available, Some(200));
         assert_eq!(eta.quota_wait_seconds, Some(0.0));
         assert_eq!(eta.eta_seconds, Some(60.0));
         assert_eq!(eta.eta_at, Some(t(60)));
+    }
+
+    #[test]
+    fn other_running_batches_share_the_pool_in_turns() {
+        let p = pool();
+        let log = QuotaLog::new(&p);
+        // 60 jobs left; a batch with 500 left sends 60 meanwhile, one with 10 sends its 10:
+        // 130 jobs at 1 msg/s.
+        let eta = estimate(&p, &log, 60, 60, &[500, 10], t(0));
+        assert_eq!(eta.other_jobs_left, 510);
+        assert_eq!(eta.shared_jobs, 70);
+        assert_eq!(eta.eta_seconds, Some(130.0));
+        // Alone, half of that.
+        assert_eq!(estimate(&p, &log, 60, 60, &[], t(0)).eta_seconds, Some(60.0));
     }
 
     #[test]
@@ -383,13 +409,13 @@ mod tests {
         assert_eq!(log.used(&addr("a@pool.example"), t(600)), 90);
         // At t=600: left = (100-90) + (100-100) = 10. 50 recipients needed: the 80 of a
         // leave at 1 + 1440 = 1441 s, which makes 90 available: wait 1441 - 600 = 841 s.
-        let eta = estimate(&p, &log, 25, 50, t(600));
+        let eta = estimate(&p, &log, 25, 50, &[], t(600));
         assert_eq!(eta.pool_recipients_available, Some(10));
         assert_eq!(eta.quota_wait_seconds, Some(841.0));
         assert_eq!(eta.rate_seconds, Some(25.0));
         assert_eq!(eta.eta_seconds, Some(841.0));
         // 95 needed: after 1441 s, 90; after a's 10 leave (101 + 1440 = 1541 s), 100.
-        let eta = estimate(&p, &log, 50, 95, t(600));
+        let eta = estimate(&p, &log, 50, 95, &[], t(600));
         assert_eq!(eta.quota_wait_seconds, Some(941.0));
     }
 
@@ -399,16 +425,16 @@ mod tests {
         let log = QuotaLog::new(&p);
         // Nothing sent: 200 per window. 450 recipients: 2 whole windows (400) and 50 of
         // the third, which are there at once: wait = 2 x 1440 s. The rate: 450 s.
-        let eta = estimate(&p, &log, 450, 450, t(0));
+        let eta = estimate(&p, &log, 450, 450, &[], t(0));
         assert_eq!(eta.quota_wait_seconds, Some(2880.0));
         assert_eq!(eta.eta_seconds, Some(2880.0));
         // Exactly 400: one whole window, then 200 are there at once.
         assert_eq!(
-            estimate(&p, &log, 400, 400, t(0)).quota_wait_seconds,
+            estimate(&p, &log, 400, 400, &[], t(0)).quota_wait_seconds,
             Some(1440.0)
         );
         // 200: no wait; the rate (200 s) decides.
-        assert_eq!(estimate(&p, &log, 200, 200, t(0)).eta_seconds, Some(200.0));
+        assert_eq!(estimate(&p, &log, 200, 200, &[], t(0)).eta_seconds, Some(200.0));
     }
 
     #[test]
@@ -465,10 +491,10 @@ mod tests {
                 recipient_window_ms: 1000,
             }],
         };
-        let eta = estimate(&p, &QuotaLog::new(&p), 3, 3, t(0));
+        let eta = estimate(&p, &QuotaLog::new(&p), 3, 3, &[], t(0));
         assert_eq!(eta.eta_seconds, None);
         assert!(eta.reason.is_some());
-        let done = estimate(&pool(), &QuotaLog::new(&pool()), 0, 0, t(0));
+        let done = estimate(&pool(), &QuotaLog::new(&pool()), 0, 0, &[], t(0));
         assert_eq!(done.eta_seconds, Some(0.0));
     }
 }

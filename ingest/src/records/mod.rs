@@ -224,14 +224,24 @@ impl Records {
             .collect();
         let remaining = counts.total() - counts.finished();
         let recipients_left = recipients_left.max(0) as u64;
-        let mut eta = self.eta(remaining, recipients_left, now).await?;
+        // The jobs left of every other batch that is not paused (jobs without a batch count
+        // as one): they take their turns with this one.
         let r = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'received') AND batch_id IS DISTINCT FROM $1",
+            "SELECT count(*) FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id \
+             WHERE j.state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'received') \
+             AND j.batch_id IS DISTINCT FROM $1 AND coalesce(b.control, 'running') = 'running' \
+             GROUP BY j.batch_id",
         )
         .bind(id.as_str())
-        .fetch_one(db)
+        .fetch_all(db)
         .await;
-        eta.other_jobs_left = self.store.observe("counting other batches", r)?.max(0) as u64;
+        let others: Vec<u64> = self
+            .store
+            .observe("counting other batches", r)?
+            .into_iter()
+            .map(|n| n.max(0) as u64)
+            .collect();
+        let eta = self.eta(remaining, recipients_left, &others, now).await?;
         let control = BatchControl::from_column(control.as_deref());
         Ok(Some(BatchReport {
             batch: id.clone(),
@@ -259,6 +269,7 @@ impl Records {
         &self,
         remaining: u64,
         recipients_left: u64,
+        others: &[u64],
         now: DateTime<Utc>,
     ) -> Result<Eta, StoreError> {
         let pool = match &self.pool {
@@ -292,7 +303,14 @@ impl Records {
                 log.record(&mailbox, minute, recipients.max(0) as u64);
             }
         }
-        Ok(eta::estimate(pool, &log, remaining, recipients_left, now))
+        Ok(eta::estimate(
+            pool,
+            &log,
+            remaining,
+            recipients_left,
+            others,
+            now,
+        ))
     }
 
     /// One job with every event of it, oldest first.
