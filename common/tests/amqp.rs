@@ -175,7 +175,10 @@ async fn a_rendered_message_waits_in_its_lane_and_the_ladder_returns_it_there() 
             .confirmed()
             .await
             .unwrap();
-        let first = t.get(&queue, Duration::from_secs(5)).await.expect("in its lane");
+        let first = t
+            .get(&queue, Duration::from_secs(5))
+            .await
+            .expect("in its lane");
         assert_eq!(first.delivery.data, b"first");
         let (_, pending) = t
             .pipeline

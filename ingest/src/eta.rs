@@ -395,7 +395,10 @@ mod tests {
         assert_eq!(eta.shared_jobs, 70);
         assert_eq!(eta.eta_seconds, Some(130.0));
         // Alone, half of that.
-        assert_eq!(estimate(&p, &log, 60, 60, &[], t(0)).eta_seconds, Some(60.0));
+        assert_eq!(
+            estimate(&p, &log, 60, 60, &[], t(0)).eta_seconds,
+            Some(60.0)
+        );
     }
 
     #[test]
@@ -434,7 +437,10 @@ mod tests {
             Some(1440.0)
         );
         // 200: no wait; the rate (200 s) decides.
-        assert_eq!(estimate(&p, &log, 200, 200, &[], t(0)).eta_seconds, Some(200.0));
+        assert_eq!(
+            estimate(&p, &log, 200, 200, &[], t(0)).eta_seconds,
+            Some(200.0)
+        );
     }
 
     #[test]

@@ -536,6 +536,43 @@ max_attempts = 6
         }
     }
 
+    /// Every message the simulator accepted, in the order it accepted them, as the
+    /// (batch, job id) the record gives its Message-ID (`?` and the Message-ID when the
+    /// record does not know it).
+    pub async fn sent_jobs(&self) -> Vec<(String, String)> {
+        let store = mailpipe_common::store::Store::new(
+            &self.database,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .expect("store");
+        let rows: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT id, batch_id, message_id FROM jobs")
+                .fetch_all(store.pool())
+                .await
+                .expect("jobs");
+        store.close().await;
+        let by_message: HashMap<String, (String, String)> = rows
+            .into_iter()
+            .filter_map(|(id, batch, message)| {
+                Some((message?.trim_matches(['<', '>']).to_owned(), (batch?, id)))
+            })
+            .collect();
+        self.sim
+            .accepted()
+            .iter()
+            .map(|m| {
+                let parsed = mail_parser::MessageParser::default()
+                    .parse(&m.raw)
+                    .expect("every accepted message parses");
+                let message_id = parsed.message_id().unwrap_or_default().to_owned();
+                by_message
+                    .get(&message_id)
+                    .cloned()
+                    .unwrap_or_else(|| ("?".into(), message_id))
+            })
+            .collect()
+    }
+
     /// Invoice number (from the Subject) -> how many times the simulator accepted it.
     pub fn delivered_counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();

@@ -7,34 +7,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mailpipe_common::store::Store;
 use mailpipe_tests::invoices::write_batch;
 use mailpipe_tests::stack::{Binary, Stack, StackOptions};
 use serde_json::Value;
 
-/// Messages the simulator accepted, per batch (Message-ID -> job's batch, from the record).
+/// Messages the simulator accepted, per batch.
 async fn sent_per_batch(stack: &Stack) -> HashMap<String, Vec<String>> {
-    let store = Store::new(&stack.database, tokio_util::sync::CancellationToken::new()).unwrap();
-    let rows: Vec<(String, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT id, batch_id, message_id FROM jobs")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    store.close().await;
-    let by_message: HashMap<String, (String, String)> = rows
-        .into_iter()
-        .filter_map(|(id, batch, message)| {
-            Some((message?.trim_matches(['<', '>']).to_owned(), (batch?, id)))
-        })
-        .collect();
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for m in stack.sim.accepted() {
-        let parsed = mail_parser::MessageParser::default().parse(&m.raw).unwrap();
-        let message_id = parsed.message_id().unwrap_or_default().to_owned();
-        let (batch, job) = by_message
-            .get(&message_id)
-            .cloned()
-            .unwrap_or_else(|| ("?".into(), message_id.clone()));
+    for (batch, job) in stack.sent_jobs().await {
         out.entry(batch).or_default().push(job);
     }
     out

@@ -439,7 +439,10 @@ mod tests {
             t.retry_route(Stage::Deliver, 2).unwrap().2,
             Duration::from_secs(5)
         );
-        assert_eq!(t.retry_route(Stage::Deliver, 9).unwrap().1, "deliver.lanes.5000");
+        assert_eq!(
+            t.retry_route(Stage::Deliver, 9).unwrap().1,
+            "deliver.lanes.5000"
+        );
         let none = Topology::new(&RabbitSettings {
             retry_delays_ms: vec![],
             ..Default::default()

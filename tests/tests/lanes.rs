@@ -1,0 +1,146 @@
+//! Lanes and fair share with the real binaries: transactional mail overtakes a bulk
+//! backlog that saturates the pool, and two bulk batches progress side by side.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mailpipe_common::store::Store;
+use mailpipe_tests::invoices::write_batch;
+use mailpipe_tests::stack::{Stack, StackOptions};
+use serde_json::Value;
+
+/// 4 mailboxes, each 20 messages per 20 s: 4 messages/s in all once the first windows are
+/// spent, and room for 80 in any window.
+fn saturable(name: &str) -> StackOptions {
+    StackOptions {
+        name: name.into(),
+        messages_per_window: 20,
+        message_window_ms: 20_000,
+        ..StackOptions::default()
+    }
+}
+
+async fn wait_sent(stack: &Stack, at_least: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while stack.sim.accepted().len() < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {at_least} sent within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// When each job of `batch` was recorded delivered.
+async fn delivered_at(stack: &Stack, batch: &str) -> Vec<(String, DateTime<Utc>)> {
+    let store = Store::new(&stack.database, tokio_util::sync::CancellationToken::new()).unwrap();
+    let rows = sqlx::query_as(
+        "SELECT e.job_id, min(e.at) FROM job_events e JOIN jobs j ON j.id = e.job_id \
+         WHERE j.batch_id = $1 AND e.kind = 'delivered' GROUP BY e.job_id",
+    )
+    .bind(batch)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_jobs_overtake_a_bulk_backlog_that_saturates_the_pool() {
+    let stack = Stack::start(saturable("lanes-tx"))
+        .await
+        .expect("stack starts");
+    let window = Duration::from_secs(20);
+    let bulk = write_batch(&stack.attachments_root(), "month-end", 2_000, |_| 1).unwrap();
+    assert_eq!(
+        stack.post_batch("month-end", bulk, false).await.unwrap().0,
+        202
+    );
+    // Past the first windows' 80: from now on every slot is contested.
+    wait_sent(&stack, 100, Duration::from_secs(120)).await;
+
+    let urgent: String = write_batch(&stack.attachments_root(), "urgent", 20, |_| 1)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut job: Value = serde_json::from_str(line).unwrap();
+            job["lane"] = "transactional".into();
+            format!("{job}\n")
+        })
+        .collect();
+    let submitted = Utc::now();
+    assert_eq!(
+        stack.post_batch("urgent", urgent, false).await.unwrap().0,
+        202
+    );
+    stack
+        .wait_batch_done("urgent", 20, Duration::from_secs(120))
+        .await
+        .expect("the transactional jobs are delivered");
+    let times = delivered_at(&stack, "urgent").await;
+    assert_eq!(times.len(), 20);
+    for (job, at) in &times {
+        let waited = (*at - submitted).to_std().unwrap_or_default();
+        assert!(
+            waited <= window,
+            "{job} was sent {waited:?} after its submission: more than one message window ({window:?})"
+        );
+    }
+    // The bulk backlog was there all along: it is far from done.
+    let bulk = stack.batch_status("month-end").await.unwrap();
+    assert!(
+        bulk["counts"]["delivered"].as_u64().unwrap() < 1_000,
+        "the bulk batch did not saturate the pool: {bulk}"
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_at_once_both_progress() {
+    let stack = Stack::start(saturable("lanes-fair"))
+        .await
+        .expect("stack starts");
+    let first = write_batch(&stack.attachments_root(), "first", 400, |_| 1).unwrap();
+    assert_eq!(
+        stack.post_batch("first", first, false).await.unwrap().0,
+        202
+    );
+    wait_sent(&stack, 100, Duration::from_secs(120)).await;
+    let second = write_batch(&stack.attachments_root(), "second", 60, |_| 1).unwrap();
+    assert_eq!(
+        stack.post_batch("second", second, false).await.unwrap().0,
+        202
+    );
+
+    // Its ETA counts the first batch's turns.
+    let status = stack.batch_status("second").await.unwrap();
+    assert!(
+        status["eta"]["shared_jobs"].as_u64().unwrap() > 0,
+        "the ETA ignores the other batch: {status}"
+    );
+    stack
+        .wait_batch_done("second", 60, Duration::from_secs(120))
+        .await
+        .expect("the second batch completes while the first is still running");
+    let sent = stack.sent_jobs().await;
+    let start = sent.iter().position(|(b, _)| b == "second").unwrap();
+    let end = sent.iter().rposition(|(b, _)| b == "second").unwrap();
+    let first_meanwhile = sent[start..=end]
+        .iter()
+        .filter(|(b, _)| b == "first")
+        .count();
+    // Taking turns, each sends about as many as the other meanwhile; neither starves.
+    assert!(
+        first_meanwhile >= 30 && first_meanwhile <= 90,
+        "while the second batch's 60 went out, the first sent {first_meanwhile}"
+    );
+    let first = stack.batch_status("first").await.unwrap();
+    assert!(
+        first["counts"]["delivered"].as_u64().unwrap() < 400,
+        "the first batch had finished: nothing was shared: {first}"
+    );
+    stack.shutdown().await.unwrap();
+}
