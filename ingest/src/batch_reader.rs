@@ -266,6 +266,7 @@ fn plan(headers: &csv::StringRecord) -> Result<Vec<Column>, ReadError> {
             "from" => Column::Plain("from"),
             "reply_to" => Column::Plain("reply_to"),
             "group" => Column::Plain("group"),
+            "lane" => Column::Plain("lane"),
             "batch" => Column::Plain("batch"),
             "to" => Column::List("to"),
             "cc" => Column::List("cc"),

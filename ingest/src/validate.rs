@@ -191,7 +191,7 @@ pub fn reason_class(field: &str, malformed: bool) -> &'static str {
         return "malformed";
     }
     let head = field.split(['[', '.']).next().unwrap_or_default();
-    const KNOWN: [&str; 18] = [
+    const KNOWN: [&str; 19] = [
         "id",
         "batch",
         "template",
@@ -201,6 +201,7 @@ pub fn reason_class(field: &str, malformed: bool) -> &'static str {
         "bcc",
         "reply_to",
         "group",
+        "lane",
         "data",
         "attachments",
         "v",
