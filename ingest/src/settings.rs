@@ -48,6 +48,8 @@ pub struct IngestSettings {
     /// Batch uploads checked at once (each holds a blocking thread while it is read);
     /// one more is answered 503 with `Retry-After`.
     pub max_concurrent_batches: usize,
+    /// Outcome webhooks (docs/webhooks.md).
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Default for IngestSettings {
@@ -65,6 +67,7 @@ impl Default for IngestSettings {
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
             max_concurrent_batches: 16,
+            webhooks: crate::webhooks::WebhookSettings::default(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl IngestSettings {
                 ));
             }
         }
+        out.extend(self.webhooks.problems());
         out
     }
 
