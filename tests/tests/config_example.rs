@@ -41,6 +41,14 @@ fn check_config_with(
         .env("MAILPIPE_INGEST_TOKEN", "t")
         .env("CONTOSO_CLIENT_SECRET", "s")
         .env(
+            "MAILPIPE_WEBHOOK_CALLBACK_SECRET",
+            "whsec_Y2FsbGJhY2stc2lnbmluZy1rZXktb2YtMzItYnl0ZXM=",
+        )
+        .env(
+            "MAILPIPE_WEBHOOK_ERP_SECRET",
+            "whsec_ZXJwLWVuZHBvaW50LXNpZ25pbmcta2V5LTMyLWJ5dGVz",
+        )
+        .env(
             "MAILPIPE_INGEST__API_TOKENS",
             format!("[{{file={:?}}}]", secret.display().to_string()),
         )
