@@ -238,8 +238,7 @@ fn check_callbacks(calls: &[Call], jobs: &HashSet<String>, batch: &str) -> HashM
         ids.entry(key.clone()).or_default().insert(c.id.clone());
         *count.entry(key).or_default() += 1;
     }
-    let mut expected: HashSet<String> =
-        jobs.iter().map(|j| format!("job.delivered/{j}")).collect();
+    let mut expected: HashSet<String> = jobs.iter().map(|j| format!("job.delivered/{j}")).collect();
     expected.insert(format!("batch.completed/{batch}"));
     let got: HashSet<String> = ids.keys().cloned().collect();
     assert_eq!(got, expected, "one outcome per job and the completion");
@@ -332,7 +331,11 @@ async fn a_receiver_gets_one_signed_call_per_outcome_and_one_batch_completed() {
     let (code, out) = ingest_cli(&stack, &["webhooks", "list"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no webhook deliveries"), "{out}");
-    let (code, out) = ingest_cli(&stack, &["webhooks", "list", "--state", "expired", "--json"]).await;
+    let (code, out) = ingest_cli(
+        &stack,
+        &["webhooks", "list", "--state", "expired", "--json"],
+    )
+    .await;
     assert_eq!((code, out.as_str()), (0, ""));
     let (code, out) = ingest_cli(&stack, &["webhooks", "retry", "--all"]).await;
     assert_eq!(code, 0, "{out}");
@@ -393,18 +396,17 @@ async fn calls_arrive_once_the_receiver_is_back_after_its_downtime() {
     let receiver = Receiver::new();
     let server = receiver.serve(tokio::net::TcpListener::bind(addr).await.unwrap());
     receiver
-        .wait_for(Duration::from_secs(120), "every callback after the downtime", |c| {
-            outcomes_arrived(c, jobs)
-        })
+        .wait_for(
+            Duration::from_secs(120),
+            "every callback after the downtime",
+            |c| outcomes_arrived(c, jobs),
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Delivery is at least once; a repeat would carry the same webhook-id (checked). With
     // every 2xx recorded and no dispatcher dying, none is sent twice here.
     let count = check_callbacks(&receiver.calls(), &job_ids(&stack, "d1").await, "d1");
-    assert!(
-        count.values().all(|n| *n == 1),
-        "no call twice: {count:?}"
-    );
+    assert!(count.values().all(|n| *n == 1), "no call twice: {count:?}");
     server.abort();
     stack.shutdown().await.unwrap();
 }
@@ -457,9 +459,11 @@ async fn a_receiver_that_holds_every_request_open_does_not_slow_delivery() {
     *receiver.hold.lock().unwrap() = Duration::ZERO;
     let ids = job_ids(&stack, "s1").await;
     receiver
-        .wait_for(Duration::from_secs(180), "every callback once answered", |c| {
-            outcomes_arrived(c, jobs)
-        })
+        .wait_for(
+            Duration::from_secs(180),
+            "every callback once answered",
+            |c| outcomes_arrived(c, jobs),
+        )
         .await;
     let store = Store::new(&stack.database, tokio_util::sync::CancellationToken::new()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -473,7 +477,10 @@ async fn a_receiver_that_holds_every_request_open_does_not_slow_delivery() {
         if pending == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{pending} never acknowledged");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} never acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     store.close().await;
