@@ -327,6 +327,29 @@ async fn a_receiver_gets_one_signed_call_per_outcome_and_one_batch_completed() {
         "one event, one webhook-id, whichever endpoint"
     );
 
+    // submit refuses a callback URL outside the allow-list before it reads anything.
+    let out = tokio::process::Command::new(bin_dir().unwrap().join("mailpipe-ingest"))
+        .current_dir(&stack.dir)
+        .args([
+            "--config",
+            "mailpipe.toml",
+            "submit",
+            "jobs.jsonl",
+            "--batch",
+            "w2",
+        ])
+        .args(["--callback-url", "https://evil.example.com/x"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--callback-url: host \"evil.example.com\" is not in ingest.webhooks.allowed_callback_hosts"),
+        "{stderr}"
+    );
+
     // The CLI's --help examples, as shown.
     let (code, out) = ingest_cli(&stack, &["webhooks", "list"]).await;
     assert_eq!(code, 0, "{out}");
