@@ -93,6 +93,10 @@ pub struct SubmitArgs {
     /// 0 all good, 1 bad lines (listed).
     #[arg(long)]
     pub dry_run: bool,
+    /// Call this URL with every outcome of the batch's jobs and its completion (signed
+    /// with ingest.webhooks.callback_secret; its host must be in allowed_callback_hosts).
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
 }
 
 /// `jobs`: which jobs to list and how.
@@ -313,6 +317,23 @@ pub async fn uncertain(
     code
 }
 
+/// `webhooks list|retry`.
+pub async fn webhooks(
+    config: &Config,
+    command: crate::webhooks::cli::WebhooksCommand,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+) -> ExitCode {
+    let store = match open_store(config, shutdown, give_up_after).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let max_age = config.ingest.webhooks.max_age();
+    let code = crate::webhooks::cli::run(&store, command, max_age).await;
+    store.close().await;
+    code
+}
+
 /// `jobs`.
 pub async fn jobs(
     config: &Config,
@@ -355,7 +376,25 @@ pub async fn submit(
         partial,
         quiet,
         dry_run,
+        callback_url,
     } = args;
+    let webhooks = &config.ingest.webhooks;
+    if let Some(url) = &callback_url {
+        let checked = if webhooks.callbacks_enabled() {
+            webhooks.policy().check(url)
+        } else {
+            Err("callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)".into())
+        };
+        if let Err(why) = checked {
+            eprintln!("--callback-url: {why}");
+            return ExitCode::from(2);
+        }
+    }
+    // A callback needs the batch's id before the import: one is made when none was given.
+    let batch = match (&callback_url, batch) {
+        (Some(_), None) if !dry_run => Some(crate::batch::new_batch_id()),
+        (_, batch) => batch,
+    };
     let display = if quiet {
         Display::Quiet
     } else {
@@ -384,6 +423,12 @@ pub async fn submit(
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let (Some(url), Some(batch)) = (&callback_url, &options.batch)
+        && let Err(e) = store.set_batch_callback(batch.as_str(), url).await
+    {
+        eprintln!("PostgreSQL: {e}");
+        return ExitCode::from(3);
+    }
     let pipeline = match connect_broker(
         config,
         "mailpipe-ingest submit",
@@ -452,6 +497,24 @@ pub fn describe(check: &mut ConfigCheck, config: &Config) {
         }
         Err(why) => check.warn("deliver", format!("batch ETAs will be null: {why}")),
     }
+    let webhooks = &config.ingest.webhooks;
+    check.line(format!(
+        "webhooks: {} endpoint(s) ({}); callback URLs {}; tried for {}",
+        webhooks.endpoints.len(),
+        webhooks
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if webhooks.callbacks_enabled() {
+            format!("allowed to {}", webhooks.allowed_callback_hosts.join(", "))
+        } else {
+            "refused (no callback_secret or allowed_callback_hosts)".to_owned()
+        },
+        webhooks.max_age
+    ));
+    check.check(crate::webhooks::Webhooks::resolve(webhooks));
     // Tokens are needed by `serve` only: none configured is a warning here, but a token
     // that is configured and cannot be read is an error.
     if config.ingest.api_tokens.is_empty() {

@@ -20,6 +20,7 @@
 //! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
 //! - [`status_cli`]: `mailpipe-ingest status`. [`jobs_cli`]: `mailpipe-ingest jobs`.
 //!   [`dead`]: `mailpipe-ingest dead list|replay`.
+//! - [`webhooks`]: outcome webhooks from the database's outbox to the receivers.
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -41,6 +42,7 @@ pub mod status_cli;
 pub mod submit;
 pub mod uncertain_cli;
 pub mod validate;
+pub mod webhooks;
 
 pub use settings::{Config, IngestSettings};
 pub use startup::Application;

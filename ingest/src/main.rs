@@ -52,6 +52,14 @@ Examples:
   mailpipe-ingest uncertain resend inv-2026-11-000123      # not in Sent Items: send again
   mailpipe-ingest uncertain mark-sent inv-2026-11-000124   # in Sent Items: it was delivered
 
+  # Outcome webhooks (docs/webhooks.md): a batch whose outcomes are called back, signed:
+  mailpipe-ingest --config mailpipe.toml submit examples/jobs/batch.csv --batch nov-2026 \
+       --callback-url https://erp.example.com/mailpipe/outcomes
+  # What the outbox holds, and a second chance for deliveries that expired:
+  mailpipe-ingest --config mailpipe.toml webhooks list
+  mailpipe-ingest --config mailpipe.toml webhooks list --state expired --json
+  mailpipe-ingest --config mailpipe.toml webhooks retry --all
+
   # Check the configuration (every error, each naming its key; exit 2 when any):
   mailpipe-ingest --config mailpipe.toml --check-config
   mailpipe-ingest --config mailpipe.toml --check-config --json   # one JSON object: ok, errors, warnings, summary
@@ -63,7 +71,8 @@ configuration, or a database schema behind this build (run `migrate`); 3 Postgre
 done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
 migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
 unknown batch; 3 PostgreSQL failed. uncertain: 0 done; 1 a job had no uncertain send waiting; 3
-PostgreSQL failed. RabbitMQ failed: a refused login, a missing vhost or an
+PostgreSQL failed. webhooks: 0 done; 1 retry ID found nothing to retry; 3 PostgreSQL failed.
+RabbitMQ failed: a refused login, a missing vhost or an
 inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
 unreachable for the same time.
 See docs/ingest.md for the CSV columns, idempotency, the HTTP API, the ETA and dead letters, and
@@ -118,6 +127,11 @@ enum Command {
     Uncertain {
         #[command(subcommand)]
         command: UncertainCommand,
+    },
+    /// Outcome webhooks: list the outbox's deliveries, retry expired ones.
+    Webhooks {
+        #[command(subcommand)]
+        command: mailpipe_ingest::webhooks::cli::WebhooksCommand,
     },
     /// Apply the database migrations (for operators who set database.migrate_on_start = false).
     Migrate,
@@ -205,6 +219,9 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
         }
         Command::Uncertain { command } => {
             commands::uncertain(&config, command, shutdown, give_up_after).await
+        }
+        Command::Webhooks { command } => {
+            commands::webhooks(&config, command, shutdown, give_up_after).await
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct IngestSettings {
     /// (a password reset, an urgent single invoice): they wait for at most one free slot
     /// of a mailbox, whatever the bulk backlog.
     pub transactional_templates: Vec<String>,
+    /// Outcome webhooks (docs/webhooks.md).
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Default for IngestSettings {
@@ -70,6 +72,7 @@ impl Default for IngestSettings {
             body_read_timeout_ms: 30_000,
             max_concurrent_batches: 16,
             transactional_templates: Vec::new(),
+            webhooks: crate::webhooks::WebhookSettings::default(),
         }
     }
 }
@@ -128,6 +131,7 @@ impl IngestSettings {
                 ));
             }
         }
+        out.extend(self.webhooks.problems());
         out
     }
 

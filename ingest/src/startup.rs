@@ -22,6 +22,7 @@ use crate::publish::JobPublisher;
 use crate::records::Records;
 use crate::settings::{ApiTokens, Config};
 use crate::validate::Validator;
+use crate::webhooks::{Dispatcher, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,12 +32,15 @@ pub enum StartError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Listen(#[from] std::io::Error),
+    #[error("the webhook HTTP client: {0}")]
+    Webhooks(#[from] reqwest::Error),
 }
 
 #[derive(Debug)]
 pub struct Application {
     server: HttpServer,
     keeper: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
     broker: Broker,
     store: Store,
 }
@@ -103,6 +107,7 @@ impl Application {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
         let validator = Validator::from_settings(&config.ingest)?;
+        let webhooks = Webhooks::resolve(&config.ingest.webhooks)?;
         let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;
         let store = Store::new(&config.database, shutdown.clone())?;
         let confirm_timeout = Duration::from_millis(config.rabbitmq.confirm_timeout_ms);
@@ -119,6 +124,9 @@ impl Application {
             shutdown.clone(),
         ));
         let publisher = JobPublisher::new(pipeline, &config.ingest);
+        let dispatcher = tokio::spawn(
+            Dispatcher::new(store.clone(), webhooks)?.run(schema_ready.clone(), shutdown.clone()),
+        );
 
         let reachable = store.clone();
         let schema = schema_ready.clone();
@@ -150,6 +158,7 @@ impl Application {
         Ok(Self {
             server,
             keeper,
+            dispatcher,
             broker,
             store,
         })
@@ -169,6 +178,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.task.await.map_err(std::io::Error::other)?;
         self.keeper.await.ok();
+        self.dispatcher.await.ok();
         self.broker.close().await;
         self.store.close().await;
         if let Some(failure) = self.broker.failure() {

@@ -67,6 +67,9 @@ pub struct StackOptions {
     pub smtp_timeout_ms: u64,
     /// `[rabbitmq] delivery_limit`.
     pub delivery_limit: u32,
+    /// Extra `[ingest]` TOML, written at the end of that section (keys, or subtables such
+    /// as `[ingest.webhooks]`).
+    pub ingest_extra: String,
 }
 
 impl Default for StackOptions {
@@ -90,6 +93,7 @@ impl Default for StackOptions {
             deliver_extra: String::new(),
             smtp_timeout_ms: 15_000,
             delivery_limit: 5,
+            ingest_extra: String::new(),
         }
     }
 }
@@ -334,6 +338,7 @@ listen = "127.0.0.1:{ingest}"
 api_tokens = [{{ file = {token:?} }}]
 templates_dir = {templates:?}
 attachments_root = {attachments:?}
+{ingest_extra}
 
 [render]
 http_listen = "127.0.0.1:{render}"
@@ -352,6 +357,7 @@ max_attempts = 6
 {deliver_extra}
 {deliver_toml}"#,
             deliver_extra = options.deliver_extra,
+            ingest_extra = options.ingest_extra,
             delivery_limit = options.delivery_limit,
             smtp_timeout = options.smtp_timeout_ms,
             url = rabbit.url,

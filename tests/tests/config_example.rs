@@ -40,6 +40,7 @@ fn check_config_with(
     cmd.env("MAILPIPE_RABBITMQ_PASSWORD", "x")
         .env("MAILPIPE_INGEST_TOKEN", "t")
         .env("CONTOSO_CLIENT_SECRET", "s")
+        .envs(WEBHOOK_SECRETS)
         .env(
             "MAILPIPE_INGEST__API_TOKENS",
             format!("[{{file={:?}}}]", secret.display().to_string()),
@@ -52,6 +53,18 @@ fn check_config_with(
     adjust(&mut cmd);
     cmd.output().unwrap()
 }
+
+/// The example's webhook signing keys (`[ingest.webhooks]`), in their `whsec_` form.
+const WEBHOOK_SECRETS: [(&str, &str); 2] = [
+    (
+        "MAILPIPE_WEBHOOK_CALLBACK_SECRET",
+        "whsec_Y2FsbGJhY2stc2lnbmluZy1rZXktb2YtMzItYnl0ZXM=",
+    ),
+    (
+        "MAILPIPE_WEBHOOK_ERP_SECRET",
+        "whsec_ZXJwLWVuZHBvaW50LXNpZ25pbmcta2V5LTMyLWJ5dGVz",
+    ),
+];
 
 /// Secret values set for a check; none may show in its output.
 const SECRETS: [(&str, &str); 3] = [
@@ -346,7 +359,8 @@ fn a_config_with_relative_paths_works_from_any_working_directory() {
                 .current_dir(&cwd)
                 .env_remove("MAILPIPE_CONFIG")
                 .env("MAILPIPE_INGEST_TOKEN", "t")
-                .env("CONTOSO_CLIENT_SECRET", "s");
+                .env("CONTOSO_CLIENT_SECRET", "s")
+                .envs(WEBHOOK_SECRETS);
             let out = cmd.output().unwrap();
             assert!(
                 out.status.success(),
@@ -370,6 +384,7 @@ fn a_config_with_relative_paths_works_from_any_working_directory() {
             .env_remove("MAILPIPE_CONFIG")
             .env("MAILPIPE_INGEST_TOKEN", "t")
             .env("CONTOSO_CLIENT_SECRET", "s")
+            .envs(WEBHOOK_SECRETS)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,6 +16,7 @@ mod prune;
 mod sends;
 mod settings;
 mod state;
+mod webhooks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub use sends::{
 };
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};
+pub use webhooks::{
+    AfterAttempt, AttemptOutcome, DeliveryFilter, DueDelivery, OutboxEvent, Route, WebhookDelivery,
+};
 
 use crate::config::ConfigError;
 

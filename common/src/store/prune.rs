@@ -1,6 +1,7 @@
 //! Retention: jobs (with their events) whose last change is older than the retention are
 //! deleted in bounded batches, so writers are never locked out for long, and several
-//! processes pruning at once skip each other's rows instead of waiting on them.
+//! processes pruning at once skip each other's rows instead of waiting on them. Webhook
+//! events (with their deliveries) go the same way once none of them is pending.
 
 use chrono::{DateTime, Utc};
 
@@ -39,12 +40,26 @@ DELETE FROM sends WHERE id IN (
 )
 "#;
 
+/// Webhook events past the retention, with their deliveries (by the cascade), once none
+/// of them is still pending: delivered, expired and gone ones are kept for inspection
+/// as long as jobs are.
+const PRUNE_WEBHOOKS: &str = r#"
+DELETE FROM webhook_events WHERE id IN (
+    SELECT e.id FROM webhook_events e
+    WHERE e.created_at < $1 AND e.fanned_out AND NOT e.batch_pending
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                      WHERE d.event_id = e.id AND d.state = 'pending')
+    LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"#;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneReport {
     pub jobs: u64,
     pub stale_claims: u64,
     pub batches: u64,
     pub sends: u64,
+    pub webhook_events: u64,
 }
 
 impl Store {
@@ -84,6 +99,19 @@ impl Store {
                 .await;
             let n = self.observe("pruning sends", r)?.rows_affected();
             report.sends += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        loop {
+            let r = sqlx::query(PRUNE_WEBHOOKS)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await;
+            let n = self.observe("pruning webhook events", r)?.rows_affected();
+            report.webhook_events += n;
             if n < PRUNE_BATCH as u64 {
                 break;
             }

@@ -1,4 +1,4 @@
-//! `POST /v1/batches?batch=ID[&partial=true]` (JSONL or CSV, streamed),
+//! `POST /v1/batches?batch=ID[&partial=true][&callback_url=URL]` (JSONL or CSV, streamed),
 //! `GET /v1/batches/{id}` (counts, per mailbox, failures, ETA: `records::BatchReport`) and
 //! `POST /v1/batches/{id}/pause|resume|cancel`.
 
@@ -49,6 +49,7 @@ pub async fn upload(
             .field("partial"));
         }
     };
+    let callback = state.callback_url(query.get("callback_url"))?;
     let ct = super::media_type(&headers);
     let format = Format::from_content_type(&ct).ok_or_else(|| {
         ApiError::new(
@@ -70,6 +71,19 @@ pub async fn upload(
         )));
     };
 
+    // The callback is on record before any job of the batch can reach an outcome.
+    let batch = match (callback, batch) {
+        (Some(url), batch) => {
+            let batch = batch.unwrap_or_else(crate::batch::new_batch_id);
+            state
+                .records
+                .store()
+                .set_batch_callback(batch.as_str(), &url)
+                .await?;
+            Some(batch)
+        }
+        (None, batch) => batch,
+    };
     let idle = Duration::from_millis(state.settings.body_read_timeout_ms);
     let input = SyncIoBridge::new(StreamReader::new(Box::pin(with_idle_timeout(body, idle))));
     let options = ImportOptions {

@@ -1,4 +1,4 @@
-//! `POST /v1/jobs` (one job), `GET /v1/jobs/{id}` (its record and events) and
+//! `POST /v1/jobs[?callback_url=URL]` (one job; the callback goes to its batch), `GET /v1/jobs/{id}` (its record and events) and
 //! `GET /v1/jobs?batch=&state=&recipient=&since=&after=&limit=` (a page of jobs).
 
 use std::collections::HashMap;
@@ -22,9 +22,13 @@ use crate::records::JobFilter;
 
 pub async fn submit(
     State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
+    let callback = state.callback_url(query.get("callback_url"))?;
     let limit = state.settings.max_request_bytes;
     let ct = super::media_type(&headers);
     if ct != "application/json" {
@@ -54,6 +58,21 @@ pub async fn submit(
             .errors(&invalid.errors)
     })?;
     state.database_ready()?;
+    if let Some(url) = callback {
+        // The job's batch gets the callback, on record before the job is published.
+        let Some(batch) = &job.batch else {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "callback_url: a callback belongs to a batch; give the job a `batch`",
+            )
+            .field("callback_url"));
+        };
+        state
+            .records
+            .store()
+            .set_batch_callback(batch.as_str(), &url)
+            .await?;
+    }
     let id = job.id.clone();
     match state.publisher.publish_one(job).await {
         Ok(Outcome::Accepted) => Ok((

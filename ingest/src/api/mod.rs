@@ -50,6 +50,30 @@ pub struct AppState {
     pub(crate) batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
+impl AppState {
+    /// A submission's `callback_url`, checked (422 naming the field when refused).
+    pub(crate) fn callback_url(&self, query: Option<&String>) -> Result<Option<String>, ApiError> {
+        let Some(text) = query else {
+            return Ok(None);
+        };
+        let refuse = |why: String| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("callback_url: {why}"),
+            )
+            .field("callback_url")
+        };
+        let webhooks = &self.settings.webhooks;
+        if !webhooks.callbacks_enabled() {
+            return Err(refuse(
+                "callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)".into(),
+            ));
+        }
+        webhooks.policy().check(text).map_err(refuse)?;
+        Ok(Some(text.clone()))
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")

@@ -1,0 +1,129 @@
+//! `mailpipe-ingest webhooks`: what the outbox holds (`list`), and a second chance for
+//! deliveries that expired or were refused with 410 (`retry`).
+
+use std::process::ExitCode;
+
+use mailpipe_common::outln;
+use mailpipe_common::store::{DeliveryFilter, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    /// Not acknowledged yet, still tried.
+    Pending,
+    /// Pending, with at least one failed try.
+    Failed,
+    /// Tried until `ingest.webhooks.max_age`, never acknowledged.
+    Expired,
+    All,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// Webhook deliveries, oldest first: id, event type, job or batch, endpoint, state,
+    /// tries, last answer.
+    List {
+        #[arg(long, value_enum, default_value = "pending")]
+        state: StateArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Put expired (or 410-refused) deliveries back in the queue, due now, with a fresh
+    /// `max_age`: one by its id (from `list`), or `--all`.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
+    Retry {
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Exit: 0 done; 1 nothing to retry for that id; 3 PostgreSQL failed.
+pub async fn run(
+    store: &Store,
+    command: WebhooksCommand,
+    max_age: std::time::Duration,
+) -> ExitCode {
+    let result = match command {
+        WebhooksCommand::List { state, json, limit } => list(store, state, json, limit).await,
+        WebhooksCommand::Retry { id, all: _ } => retry(store, id, max_age).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("PostgreSQL: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn list(store: &Store, state: StateArg, json: bool, limit: i64) -> Result<u8, StoreError> {
+    let filter = match state {
+        StateArg::Pending => DeliveryFilter::Pending,
+        StateArg::Failed => DeliveryFilter::Failed,
+        StateArg::Expired => DeliveryFilter::Expired,
+        StateArg::All => DeliveryFilter::All,
+    };
+    let rows = store.webhook_deliveries(filter, limit.max(1)).await?;
+    if json {
+        for r in &rows {
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        outln!("no webhook deliveries in that state");
+        return Ok(0);
+    }
+    outln!(
+        "{:<8} {:<16} {:<28} {:<14} {:<9} {:>5}  LAST ANSWER",
+        "ID",
+        "TYPE",
+        "JOB/BATCH",
+        "ENDPOINT",
+        "STATE",
+        "TRIES"
+    );
+    for r in &rows {
+        let subject = r.job_id.as_deref().or(r.batch_id.as_deref()).unwrap_or("-");
+        let last = match (&r.last_status, &r.last_error) {
+            (_, Some(e)) => e.clone(),
+            (Some(s), None) => s.to_string(),
+            (None, None) => "-".into(),
+        };
+        outln!(
+            "{:<8} {:<16} {:<28} {:<14} {:<9} {:>5}  {}",
+            r.id,
+            r.kind,
+            subject,
+            r.endpoint,
+            r.state,
+            r.attempts,
+            last
+        );
+    }
+    Ok(0)
+}
+
+async fn retry(
+    store: &Store,
+    id: Option<i64>,
+    max_age: std::time::Duration,
+) -> Result<u8, StoreError> {
+    let n = store.retry_webhooks(id, max_age).await?;
+    match id {
+        Some(id) if n == 0 => {
+            eprintln!(
+                "webhook delivery {id}: not expired or refused (see `webhooks list --state all`)"
+            );
+            Ok(1)
+        }
+        _ => {
+            outln!("{n} webhook deliveries queued again");
+            Ok(0)
+        }
+    }
+}
