@@ -1,0 +1,20 @@
+//! Microsoft Graph access to the pool's mailboxes, for reading bounces from their Inbox
+//! and finding uncertain sends in their Sent Items (docs/deliver.md, "Microsoft Graph").
+//!
+//! - [`client`]: `GraphClient`, the operations (list, MIME, move, folders, Sent Items).
+//! - [`throttling`]: per-mailbox concurrency cap and `Retry-After` discipline.
+//! - [`settings`]: `[deliver.graph]`.
+//! - [`types`], [`error`]: what the operations return; [`odata`]: `$filter` literals.
+
+mod body;
+pub mod client;
+pub mod error;
+pub mod odata;
+pub mod settings;
+pub mod throttling;
+pub mod types;
+
+pub use client::GraphClient;
+pub use error::GraphError;
+pub use settings::GraphSettings;
+pub use types::{FolderId, MessageSummary, NextPage, Order, Page};
