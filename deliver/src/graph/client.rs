@@ -422,7 +422,7 @@ impl GraphClient {
                 .await
                 .map_err(|source| GraphError::Token {
                     mailbox: who(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let (token, fresh) = token;
             let mut request = self

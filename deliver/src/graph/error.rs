@@ -14,7 +14,7 @@ pub enum GraphError {
     Token {
         mailbox: String,
         #[source]
-        source: OAuthError,
+        source: Box<OAuthError>,
     },
     #[error("Graph {operation} for {mailbox} failed: {message}")]
     Transport {

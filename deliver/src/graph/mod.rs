@@ -1,10 +1,11 @@
 //! Microsoft Graph access to the pool's mailboxes, for reading bounces from their Inbox
 //! and finding uncertain sends in their Sent Items (docs/deliver.md, "Microsoft Graph").
 //!
-//! - [`client`]: `GraphClient`, the operations (list, MIME, move, folders, Sent Items).
-//! - [`throttling`]: per-mailbox concurrency cap and `Retry-After` discipline.
-//! - [`settings`]: `[deliver.graph]`.
-//! - [`types`], [`error`]: what the operations return; [`odata`]: `$filter` literals.
+//! - [`client`] has `GraphClient`, the operations (list, MIME, move, folders, Sent Items).
+//! - [`throttling`] keeps the per-mailbox concurrency cap and `Retry-After` discipline.
+//! - [`settings`] is the `[deliver.graph]` section.
+//! - [`types`] and [`error`] are what the operations return; [`odata`] quotes `$filter`
+//!   literals.
 
 mod body;
 pub mod client;

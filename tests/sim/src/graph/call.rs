@@ -67,7 +67,7 @@ impl Call {
             shared.graph_activity.leave(logged, false);
             response
         };
-        if let Err(response) = authorise(shared, headers, &mailbox) {
+        if let Some(response) = refusal(shared, headers, &mailbox) {
             return Err(refuse(response));
         }
         let admission = shared
@@ -130,8 +130,13 @@ impl Drop for Call {
 }
 
 /// The checks Graph makes before touching a mailbox: a valid token for Graph, a mailbox
-/// of the token's tenant, and an access policy that grants apps that mailbox.
-fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), Response> {
+/// of the token's tenant, and an access policy that grants apps that mailbox. `Some` is
+/// the refusal.
+fn refusal(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Option<Response> {
+    authorise(shared, headers, mailbox).err().map(|b| *b)
+}
+
+fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), Box<Response>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -140,11 +145,11 @@ fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), 
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
     let Some(bearer) = bearer else {
-        return Err(graph_error(
+        return Err(Box::new(graph_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "Access token is empty.",
-        ));
+        )));
     };
     let issued = shared.tokens.validate(bearer).map_err(|problem| {
         let message = match problem {
@@ -160,11 +165,11 @@ fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), 
         )
     })?;
     if issued.audience != Audience::Graph {
-        return Err(graph_error(
+        return Err(Box::new(graph_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "Access token validation failure. Invalid audience.",
-        ));
+        )));
     }
     let not_found = || {
         graph_error(
@@ -174,18 +179,18 @@ fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), 
         )
     };
     let Some(mb) = shared.directory.mailbox(mailbox) else {
-        return Err(not_found());
+        return Err(Box::new(not_found()));
     };
     if !mb.tenant.eq_ignore_ascii_case(&issued.tenant) {
         // Another tenant's users are not in the token's directory.
-        return Err(not_found());
+        return Err(Box::new(not_found()));
     }
     if !shared.graph_access(mailbox) {
-        return Err(graph_error(
+        return Err(Box::new(graph_error(
             StatusCode::FORBIDDEN,
             "ErrorAccessDenied",
             "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
-        ));
+        )));
     }
     Ok(())
 }
