@@ -190,7 +190,13 @@ pub fn register() {
         &*REPLAYED_EVENTS,
         &*TENANT_READY,
     );
-    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS);
+    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    // Graph's success and throttling series too, at 0 while Graph is unused.
+    for operation in crate::graph::client::OPERATIONS {
+        for outcome in ["ok", "throttled"] {
+            GRAPH_REQUESTS.with_label_values(&[operation, outcome]);
+        }
+    }
 }
 
 /// Copies the pool's state into the gauges.

@@ -34,6 +34,15 @@ pub const MAX_JSON_BYTES: u64 = 1024 * 1024;
 pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
+/// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
+pub const OPERATIONS: [&str; 6] = [
+    "list_messages",
+    "message_mime",
+    "move_message",
+    "find_folder",
+    "create_folder",
+    "find_sent",
+];
 /// Largest `$top` Graph takes for messages.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -162,7 +171,7 @@ impl GraphClient {
                     Order::NewestFirst => "receivedDateTime desc",
                 },
             );
-        self.list_at(mailbox, url).await
+        self.list_at(mailbox, "list_messages", url).await
     }
 
     /// The page after `next`.
@@ -171,7 +180,7 @@ impl GraphClient {
         mailbox: &EmailAddress,
         next: &NextPage,
     ) -> Result<Page, GraphError> {
-        self.list_at(mailbox, next.0.clone()).await
+        self.list_at(mailbox, "list_messages", next.0.clone()).await
     }
 
     /// Up to `max` messages of `folder`, following `@odata.nextLink` page by page.
@@ -294,7 +303,7 @@ impl GraphClient {
                     string_literal(internet_message_id)
                 ),
             );
-        let page = self.list_at(mailbox, url).await?;
+        let page = self.list_at(mailbox, "find_sent", url).await?;
         Ok(page.messages.into_iter().next())
     }
 
@@ -326,18 +335,16 @@ impl GraphClient {
             .map(|f| FolderId(f.id)))
     }
 
-    async fn list_at(&self, mailbox: &EmailAddress, url: Url) -> Result<Page, GraphError> {
+    async fn list_at(
+        &self,
+        mailbox: &EmailAddress,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<Page, GraphError> {
         let (_, bytes) = self
-            .request(
-                mailbox,
-                "list_messages",
-                Method::GET,
-                url,
-                None,
-                MAX_JSON_BYTES,
-            )
+            .request(mailbox, operation, Method::GET, url, None, MAX_JSON_BYTES)
             .await?;
-        let list: WireList<WireMessage> = decode(mailbox, "list_messages", &bytes)?;
+        let list: WireList<WireMessage> = decode(mailbox, operation, &bytes)?;
         let next = match list.next_link {
             None => None,
             Some(link) => Some(NextPage(self.checked_link(mailbox, &link)?)),
