@@ -2,7 +2,8 @@
 //! page, fetch MIME, move and find-or-create folders; find a message Exchange accepted over
 //! SMTP in Sent Items (even while its `250` is still held); the throttling discipline
 //! (`Retry-After` honoured to the instant, at most 4 requests in flight per mailbox);
-//! tokens bound to their audience; no redirect followed; oversized MIME refused.
+//! tokens bound to their audience, an expired one replaced once; no redirect and no foreign
+//! nextLink followed; oversized MIME refused; mailboxes without Graph named with the reason.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
@@ -269,11 +270,13 @@ async fn find_sent_finds_a_message_exchange_accepted_while_its_250_is_still_held
     let send = tokio::spawn(async move { transport.send_raw(&envelope, raw.as_bytes()).await });
 
     // The 250 is held for ten minutes; the message is in Sent Items already.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let found = loop {
         if let Some(m) = graph.find_sent(&me, message_id).await.unwrap() {
             break m;
         }
         assert!(!send.is_finished(), "the send ended: {:?}", send.await);
+        assert!(tokio::time::Instant::now() < deadline, "not in Sent Items");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(found.internet_message_id.as_deref(), Some(message_id));
@@ -578,4 +581,63 @@ fn graph_settings_that_cannot_work_are_refused_naming_each_key() {
     assert_eq!(defaults.max_message_bytes, 40 * 1024 * 1024);
     assert_eq!(defaults.bounce_folder, "mailpipe-bounces");
     assert_eq!(defaults.poll_interval_ms, 60_000);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_once_and_the_call_goes_through() {
+    let sim = start_sim(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let graph = client_for(&sim, &dir, "");
+    let me = addr(SENDER);
+    assert_eq!(graph.find_sent(&me, "<a@x>").await.unwrap(), None);
+    sim.expire_tokens();
+    assert_eq!(graph.find_sent(&me, "<a@x>").await.unwrap(), None);
+    let statuses: Vec<u16> = sim.graph_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 401, 200]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_host_is_not_followed() {
+    let sim = start_sim(0).await;
+    let body =
+        r#"{"value":[],"@odata.nextLink":"http://evil.example/v1.0/users/x/messages?$skip=10"}"#;
+    let (graph_port, _) = recording_server(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let toml = format!(
+        r#"
+[deliver.graph]
+base_url = "http://127.0.0.1:{graph_port}"
+allow_loopback_http = true
+[[deliver.tenants]]
+id = "contoso"
+[deliver.tenants.oauth]
+tenant_id = "contoso.onmicrosoft.com"
+client_id = "{CLIENT_ID}"
+client_secret = {{ file = {secret:?} }}
+authority = "{authority}"
+allow_loopback_http = true
+[[deliver.mailboxes]]
+address = "{SENDER}"
+tenant = "contoso"
+host = "localhost"
+"#,
+        authority = sim.authority(),
+        secret = secret.display().to_string(),
+    );
+    let settings = DeliverSettings::load(&ConfigSource::from_toml(&toml)).unwrap();
+    let graph = GraphClient::from_settings(&settings).unwrap();
+    let err = graph
+        .list_messages(&addr(SENDER), &FolderId::inbox(), Order::OldestFirst, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::ForeignLink { .. }), "{err}");
+    assert!(err.to_string().contains("evil.example"), "{err}");
+    sim.shutdown().await;
 }
