@@ -57,6 +57,22 @@ pub static DELIVER_MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static GRAPH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "mailpipe_deliver_graph_requests_total",
+        "Microsoft Graph requests by operation and outcome (ok, throttled, unauthorized, not_found, conflict, client_error, server_error, redirected, too_large, transport)",
+        &["operation", "outcome"]
+    )
+    .expect("metric registers once")
+});
+pub static GRAPH_THROTTLED_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "mailpipe_deliver_graph_throttled_wait_seconds",
+        "Time a Graph request waited for its mailbox's Retry-After instant before going out (0 when not throttled)",
+        vec![0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]
+    )
+    .expect("metric registers once")
+});
 pub static SMTP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "mailpipe_deliver_smtp_duration_seconds",
@@ -174,7 +190,13 @@ pub fn register() {
         &*REPLAYED_EVENTS,
         &*TENANT_READY,
     );
-    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS);
+    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    // Graph's success and throttling series too, at 0 while Graph is unused.
+    for operation in crate::graph::client::OPERATIONS {
+        for outcome in ["ok", "throttled"] {
+            GRAPH_REQUESTS.with_label_values(&[operation, outcome]);
+        }
+    }
 }
 
 /// Copies the pool's state into the gauges.

@@ -13,6 +13,7 @@ pub use mailpipe_common::pool::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::graph::GraphSettings;
 use crate::oauth::ClientCredential;
 use crate::token_endpoint::TokenEndpoint;
 
@@ -54,6 +55,8 @@ pub struct DeliverSettings {
     /// How long a deliver process's lease on a mailbox lasts unless renewed (every third
     /// of it). A process that dies loses its mailboxes to the others after at most this.
     pub lease_ttl_ms: u64,
+    /// `[deliver.graph]`: reading the pool's mailboxes through Microsoft Graph.
+    pub graph: GraphSettings,
     pub tenants: Vec<TenantSettings>,
     pub mailboxes: Vec<MailboxSettings>,
 }
@@ -74,6 +77,7 @@ impl Default for DeliverSettings {
             uncertain_policy: UncertainPolicy::Hold,
             uncertain_hold_ms: 600_000,
             lease_ttl_ms: 6_000,
+            graph: GraphSettings::default(),
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }
@@ -145,6 +149,7 @@ impl DeliverSettings {
                 ),
             );
         }
+        self.graph.check(&mut p);
         if let Err(why) = check_hello_name(&self.hello_name) {
             p.push("deliver.hello_name", why);
         }

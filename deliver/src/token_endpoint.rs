@@ -50,7 +50,7 @@ impl std::fmt::Display for TokenEndpoint {
 
 /// The authority as a base URL (ending in `/`). Judged on the parsed URL, never on its
 /// text: `http://127.0.0.1@evil.example` has the host `evil.example`.
-fn parse_authority(text: &str, allow_loopback_http: bool) -> Result<Url, String> {
+pub(crate) fn parse_authority(text: &str, allow_loopback_http: bool) -> Result<Url, String> {
     let mut url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{text:?} must not carry user information"));

@@ -26,6 +26,8 @@ pub mod defaults {
     /// Entra ID answers `expires_in: 3599` for a one-hour token.
     pub const TOKEN_LIFETIME_SECS: u64 = 3599;
     pub const SCOPE: &str = "https://outlook.office365.com/.default";
+    /// The scope of app-only Microsoft Graph tokens (global cloud).
+    pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
     /// Failed AUTHs that lock a mailbox's AUTH: Entra ID smart lockout's default threshold.
     pub const AUTH_FAILURES_BEFORE_LOCKOUT: u64 = 10;
     /// Unknown recipients that throttle a mailbox's sending (Microsoft publishes no number).
@@ -80,6 +82,17 @@ pub struct SimConfig {
     /// Scopes the token endpoint accepts.
     #[serde(default = "default_scopes")]
     pub accepted_scopes: Vec<String>,
+    /// Scopes the token endpoint grants Microsoft Graph tokens for (audience Graph: good for
+    /// the Graph endpoints, refused by SMTP AUTH).
+    #[serde(default = "default_graph_scopes")]
+    pub graph_scopes: Vec<String>,
+    /// The Microsoft Graph endpoints: concurrency cap, page sizes, latency.
+    #[serde(default)]
+    pub graph: GraphConfig,
+    /// Recipients whose messages are accepted and then bounced: an Exchange-style NDR is
+    /// filed into the sender's Inbox `delay_ms` after the `250`.
+    #[serde(default)]
+    pub bounces: Vec<BounceRule>,
     /// Default limits for every mailbox; each `[mailboxes.limits]` key overrides one of these.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -163,6 +176,105 @@ pub struct MailboxConfig {
     /// Replaces the global `[faults]` for this mailbox when present.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
+    /// Whether the tenant's application access policy (or RBAC for Applications) grants apps
+    /// Graph access to this mailbox; `false`: every Graph request for it gets `403
+    /// ErrorAccessDenied`.
+    #[serde(default = "default_true")]
+    pub graph_access: bool,
+    /// Answer this mailbox's next Graph requests `429` (armed at start, as
+    /// `RunningSim::throttle_graph` does at run time).
+    #[serde(default)]
+    pub graph_throttle: Option<GraphThrottle>,
+}
+
+/// `[graph]`: how the simulated Microsoft Graph behaves.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphConfig {
+    /// Concurrent requests per mailbox before `429 ApplicationThrottled` (Exchange's
+    /// MailboxConcurrency limit is 4).
+    pub max_concurrent_requests: u64,
+    /// Page size when a list request has no `$top` (Graph's is 10).
+    pub default_page_size: usize,
+    /// Largest `$top` accepted (Graph's is 1000 for messages); larger gets `400`.
+    pub max_page_size: usize,
+    /// Time each Graph request takes before it is answered, so overlapping requests are
+    /// seen overlapping (concurrency tests).
+    pub latency_ms: u64,
+    /// Graph requests kept in the request log (`GET /api/graph/requests`).
+    pub max_logged_requests: usize,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 4,
+            default_page_size: 10,
+            max_page_size: 1000,
+            latency_ms: 0,
+            max_logged_requests: 100_000,
+        }
+    }
+}
+
+/// The next `requests` Graph requests of a mailbox get `429` with `Retry-After:
+/// retry_after_secs`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphThrottle {
+    pub requests: u64,
+    pub retry_after_secs: u64,
+}
+
+/// `[[bounces]]`: a recipient (or a whole domain) that Exchange accepts mail for and then
+/// reports undeliverable.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BounceRule {
+    /// One address; or give `domain`.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// Every recipient in this domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The enhanced status code of the NDR (`5.1.10` recipient not found, `5.2.2` mailbox
+    /// full, `5.4.1` relay access denied, ...).
+    #[serde(default = "default_bounce_status")]
+    pub status: String,
+    /// The remote server's reply quoted in the NDR; derived from `status` when unset.
+    #[serde(default)]
+    pub diagnostic: Option<String>,
+    /// How long after the `250` the NDR reaches the sender's Inbox.
+    #[serde(default = "default_bounce_delay")]
+    pub delay_ms: u64,
+}
+
+impl BounceRule {
+    /// Whether `rcpt` bounces under this rule.
+    pub fn matches(&self, rcpt: &str) -> bool {
+        match (&self.recipient, &self.domain) {
+            (Some(r), _) => r.eq_ignore_ascii_case(rcpt),
+            (None, Some(d)) => rcpt
+                .rsplit_once('@')
+                .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d)),
+            (None, None) => false,
+        }
+    }
+
+    /// The remote reply the NDR quotes: `diagnostic`, or Exchange's usual text for `status`.
+    pub fn diagnostic_text(&self) -> String {
+        if let Some(d) = &self.diagnostic {
+            return d.clone();
+        }
+        match self.status.as_str() {
+            "5.1.10" => "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup".into(),
+            "5.1.1" => "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found".into(),
+            "5.2.2" => "554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded".into(),
+            "5.4.1" => "550 5.4.1 Recipient address rejected: Access denied.".into(),
+            "5.7.1" => "550 5.7.1 RESOLVER.RST.AuthRequired; authentication required".into(),
+            other => format!("550 {other} Delivery failed"),
+        }
+    }
 }
 
 /// Limits as written in TOML: every key optional, unset keys fall back to the global
@@ -266,6 +378,15 @@ fn default_scopes() -> Vec<String> {
         defaults::SCOPE.to_owned(),
         "https://outlook.office.com/.default".to_owned(),
     ]
+}
+fn default_graph_scopes() -> Vec<String> {
+    vec![defaults::GRAPH_SCOPE.to_owned()]
+}
+fn default_bounce_status() -> String {
+    "5.1.10".to_owned()
+}
+fn default_bounce_delay() -> u64 {
+    2000
 }
 fn default_external_window() -> u64 {
     defaults::EXTERNAL_WINDOW_MS
@@ -399,6 +520,40 @@ impl SimConfig {
         }
         validate_limits(&self.limits, "limits")?;
         validate_faults(&self.faults, "faults")?;
+        for (i, b) in self.bounces.iter().enumerate() {
+            if b.recipient.is_some() == b.domain.is_some() {
+                return invalid(
+                    format!("bounces[{i}]"),
+                    "give exactly one of `recipient` and `domain`".into(),
+                );
+            }
+            let parts: Vec<&str> = b.status.split('.').collect();
+            let status_ok = parts.len() == 3
+                && (parts[0] == "5" || parts[0] == "4")
+                && parts[1..].iter().all(|p| {
+                    !p.is_empty() && p.len() <= 3 && p.bytes().all(|c| c.is_ascii_digit())
+                });
+            if !status_ok {
+                return invalid(
+                    format!("bounces[{i}].status"),
+                    format!(
+                        "{:?} is not an enhanced status code such as 5.1.10",
+                        b.status
+                    ),
+                );
+            }
+        }
+        if self.graph.max_concurrent_requests == 0 {
+            return invalid("graph.max_concurrent_requests".into(), "must be > 0".into());
+        }
+        if self.graph.default_page_size == 0
+            || self.graph.default_page_size > self.graph.max_page_size
+        {
+            return invalid(
+                "graph.default_page_size".into(),
+                "must be between 1 and graph.max_page_size".into(),
+            );
+        }
         for (name, v) in [
             ("window_ms", self.error_throttling.window_ms),
             ("block_ms", self.error_throttling.block_ms),
@@ -539,6 +694,8 @@ mod tests {
             smtp_auth_enabled: true,
             limits: LimitsConfig::default(),
             faults: None,
+            graph_access: true,
+            graph_throttle: None,
         };
         let l = cfg.limits_for(&mb);
         assert_eq!(l.messages_per_window, 30);

@@ -1,4 +1,5 @@
-//! The HTTP side: the Entra ID token endpoint, the inspection API, /metrics and /healthz.
+//! The HTTP side: the Entra ID token endpoint, Microsoft Graph (`/v1.0`, in `graph`), the
+//! inspection API, /metrics and /healthz.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::app_certificate::RegisteredCertificate;
 use crate::config::FaultsConfig;
 use crate::records::lock;
 use crate::state::Shared;
+use crate::tokens::Audience;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -31,8 +33,21 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/reset", post(reset))
         .route("/api/faults", get(get_faults).put(put_faults))
         .route("/api/tenants/{tenant}/blocked", put(put_blocked))
+        .route("/api/mailboxes/{mailbox}/inbox", post(inject_inbox))
+        .route("/api/mailboxes/{mailbox}/folders", get(mailbox_folders))
+        .route(
+            "/api/mailboxes/{mailbox}/graph-access",
+            put(put_graph_access),
+        )
+        .route(
+            "/api/mailboxes/{mailbox}/graph-throttle",
+            put(put_graph_throttle),
+        )
+        .route("/api/graph/requests", get(graph_requests))
+        .route("/api/graph/mailboxes", get(graph_mailboxes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::graph::router())
         .with_state(shared)
 }
 
@@ -261,12 +276,17 @@ async fn token(
         }
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
-    let scope_ok = scope.split_whitespace().count() == 1
-        && s.config
-            .accepted_scopes
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(scope.trim()));
-    if !scope_ok {
+    let single = scope.split_whitespace().count() == 1;
+    let listed =
+        |list: &[String]| single && list.iter().any(|a| a.eq_ignore_ascii_case(scope.trim()));
+    let audience = if listed(&s.config.accepted_scopes) {
+        Some(Audience::Exchange)
+    } else if listed(&s.config.graph_scopes) {
+        Some(Audience::Graph)
+    } else {
+        None
+    };
+    let Some(audience) = audience else {
         return fail(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -275,12 +295,13 @@ async fn token(
                 "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
             ),
         );
-    }
+    };
     let lifetime = app.token_lifetime_secs;
     let access_token = s.tokens.issue(
         &app.client_id,
         &tenant.id.to_ascii_lowercase(),
         Duration::from_secs(lifetime),
+        audience,
     );
     s.metrics
         .tokens_issued
@@ -402,6 +423,84 @@ async fn put_blocked(
         )
             .into_response(),
     }
+}
+
+/// `POST /api/mailboxes/{mailbox}/inbox` with a raw message → `201 {"id": …}`.
+async fn inject_inbox(
+    State(s): State<Arc<Shared>>,
+    Path(mailbox): Path<String>,
+    body: Bytes,
+) -> Response {
+    if s.directory.mailbox(&mailbox).is_none() {
+        return (StatusCode::NOT_FOUND, "no such mailbox").into_response();
+    }
+    let id = s
+        .mail
+        .file(&mailbox, crate::mail_store::WellKnown::Inbox, body.to_vec());
+    (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+async fn mailbox_folders(State(s): State<Arc<Shared>>, Path(mailbox): Path<String>) -> Response {
+    if s.directory.mailbox(&mailbox).is_none() {
+        return (StatusCode::NOT_FOUND, "no such mailbox").into_response();
+    }
+    Json(s.mail.view(&mailbox)).into_response()
+}
+
+async fn put_graph_access(
+    State(s): State<Arc<Shared>>,
+    Path(mailbox): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(mb) = s.directory.mailbox(&mailbox) else {
+        return (StatusCode::NOT_FOUND, "no such mailbox").into_response();
+    };
+    match serde_json::from_slice::<bool>(&body) {
+        Ok(allowed) => {
+            let mut denied = lock(&s.graph_denied);
+            if allowed {
+                denied.remove(&mb.address);
+            } else {
+                denied.insert(mb.address.clone());
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("body must be true or false: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_graph_throttle(
+    State(s): State<Arc<Shared>>,
+    Path(mailbox): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(mb) = s.directory.mailbox(&mailbox) else {
+        return (StatusCode::NOT_FOUND, "no such mailbox").into_response();
+    };
+    match serde_json::from_slice::<crate::config::GraphThrottle>(&body) {
+        Ok(t) => {
+            s.graph_activity
+                .arm_throttle(&mb.address, t.requests, t.retry_after_secs);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"requests\": N, \"retry_after_secs\": S}}: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn graph_requests(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.graph_activity.requests()).into_response()
+}
+
+async fn graph_mailboxes(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.graph_activity.stats()).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {

@@ -1,5 +1,6 @@
 //! mailpipe-sim: an Exchange Online stand-in (SMTP AUTH client submission on STARTTLS with
-//! XOAUTH2 / LOGIN, and the Entra ID client-credentials token endpoint), with Exchange's
+//! XOAUTH2 / LOGIN, the Entra ID client-credentials token endpoint, and the Microsoft Graph
+//! mail endpoints over the mailboxes' Inbox and Sent Items, NDRs included), with Exchange's
 //! limits, reply texts and injectable faults, for tests, benchmarks and demos.
 //!
 //! ```no_run
@@ -16,8 +17,12 @@ mod config;
 mod directory;
 mod error;
 mod faults;
+mod filing;
+mod graph;
 mod http;
+mod mail_store;
 mod metrics;
+mod ndr;
 mod records;
 mod sim;
 mod smtp;
@@ -27,9 +32,12 @@ mod tokens;
 
 pub use app_certificate::AppCertificate;
 pub use config::{
-    AppConfig, ErrorThrottlingConfig, FaultsConfig, Limits, LimitsConfig, MailboxConfig, SimConfig,
-    TenantConfig, defaults,
+    AppConfig, BounceRule, ErrorThrottlingConfig, FaultsConfig, GraphConfig, GraphThrottle, Limits,
+    LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults,
 };
 pub use error::{ConfigError, SimError};
+pub use graph::{GraphMailboxStats, GraphRequest, ThrottleReply};
+pub use mail_store::{FolderMessage, FolderView};
+pub use ndr::{FailedRecipient, exchange_ndr};
 pub use records::{AcceptedMessage, AuthFailure, MailboxStats, Refusal, Stage};
 pub use sim::{RunningSim, Simulator};

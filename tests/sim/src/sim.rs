@@ -14,6 +14,8 @@ use crate::config::{FaultsConfig, SimConfig};
 use crate::directory::Directory;
 use crate::error::SimError;
 use crate::faults::Faults;
+use crate::graph::{GraphActivity, GraphMailboxStats, GraphRequest};
+use crate::mail_store::{FolderView, MailStore, WellKnown};
 use crate::metrics::Metrics;
 use crate::records::{AcceptedMessage, AuthFailure, MailboxStats, Records, Refusal, lock};
 use crate::smtp::error_throttle::ErrorThrottle;
@@ -122,7 +124,26 @@ impl Simulator {
             .map(|t| t.id.to_ascii_lowercase())
             .collect();
 
+        let graph_denied: HashSet<String> = config
+            .mailboxes
+            .iter()
+            .filter(|m| !m.graph_access)
+            .map(|m| m.address.to_ascii_lowercase())
+            .collect();
+        let graph_activity = GraphActivity::new(config.graph.max_logged_requests);
+        for m in &config.mailboxes {
+            if let Some(t) = m.graph_throttle {
+                graph_activity.arm_throttle(
+                    &m.address.to_ascii_lowercase(),
+                    t.requests,
+                    t.retry_after_secs,
+                );
+            }
+        }
         let shared = Arc::new(Shared {
+            mail: MailStore::new(config.max_recorded_messages),
+            graph_activity,
+            graph_denied: Mutex::new(graph_denied),
             directory: Directory::new(&config),
             tokens: TokenStore::default(),
             records: Records::new(
@@ -271,6 +292,79 @@ impl RunningSim {
             set.remove(&id);
         }
         true
+    }
+
+    /// Puts a raw message (an auto-reply, an NDR, ordinary mail) into a mailbox's Inbox, as
+    /// if it had been delivered there; returns its Graph message id.
+    pub fn inject_inbox(&self, mailbox: &str, raw: &[u8]) -> String {
+        self.shared
+            .mail
+            .file(mailbox, WellKnown::Inbox, raw.to_vec())
+    }
+
+    /// Every folder of a mailbox (Inbox, Sent Items, folders clients created) with its
+    /// messages, as Graph would list them.
+    pub fn folders(&self, mailbox: &str) -> Vec<FolderView> {
+        self.shared.mail.view(mailbox)
+    }
+
+    /// One folder by well-known name (`inbox`, `sentitems`), id or display name.
+    pub fn folder(&self, mailbox: &str, name: &str) -> Option<FolderView> {
+        self.folders(mailbox).into_iter().find(|f| {
+            f.id == name
+                || f.display_name.eq_ignore_ascii_case(name)
+                || f.well_known_name
+                    .as_deref()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// Graph requests answered so far, oldest first (at most `graph.max_logged_requests`).
+    pub fn graph_requests(&self) -> Vec<GraphRequest> {
+        self.shared.graph_activity.requests()
+    }
+
+    /// Graph counters per mailbox: requests, `429`s with the next request's instant, the
+    /// most requests in flight at once.
+    pub fn graph_stats(&self) -> Vec<GraphMailboxStats> {
+        self.shared.graph_activity.stats()
+    }
+
+    /// The Graph counters of one mailbox (default ones when it saw no request).
+    pub fn graph_mailbox(&self, mailbox: &str) -> GraphMailboxStats {
+        let address = mailbox.to_ascii_lowercase();
+        self.graph_stats()
+            .into_iter()
+            .find(|m| m.address == address)
+            .unwrap_or(GraphMailboxStats {
+                address,
+                ..Default::default()
+            })
+    }
+
+    /// Answers the next `requests` Graph requests for `mailbox` with `429 ApplicationThrottled`
+    /// and `Retry-After: retry_after_secs`.
+    pub fn throttle_graph(&self, mailbox: &str, requests: u64, retry_after_secs: u64) {
+        self.shared.graph_activity.arm_throttle(
+            &mailbox.to_ascii_lowercase(),
+            requests,
+            retry_after_secs,
+        );
+    }
+
+    /// Grants or denies apps Graph access to a mailbox (its application access policy).
+    pub fn set_graph_access(&self, mailbox: &str, allowed: bool) {
+        let mut denied = lock(&self.shared.graph_denied);
+        if allowed {
+            denied.remove(&mailbox.to_ascii_lowercase());
+        } else {
+            denied.insert(mailbox.to_ascii_lowercase());
+        }
+    }
+
+    /// The Graph base URL to give clients instead of `https://graph.microsoft.com`.
+    pub fn graph_base_url(&self) -> String {
+        self.authority()
     }
 
     /// Makes every token issued so far expired (tests of token refresh).

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::config::SimConfig;
 use crate::directory::Directory;
 use crate::faults::Faults;
+use crate::graph::GraphActivity;
+use crate::mail_store::MailStore;
 use crate::metrics::Metrics;
 use crate::records::{Records, Refusal, Stage};
 use crate::smtp::error_throttle::ErrorThrottle;
@@ -27,6 +29,12 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ServerConfig>,
     /// Lower-case ids of blocked tenants; starts from the config, changeable at run time.
     pub blocked_tenants: Mutex<HashSet<String>>,
+    /// Every mailbox's folders (Inbox, Sent Items, folders clients made), seen through Graph.
+    pub mail: MailStore,
+    /// Graph requests: concurrency, throttling, the request log.
+    pub graph_activity: GraphActivity,
+    /// Lower-case addresses the access policy denies Graph access to.
+    pub graph_denied: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -38,9 +46,27 @@ impl Shared {
         crate::records::lock(&self.blocked_tenants).contains(&tenant.to_ascii_lowercase())
     }
 
+    /// Whether apps may reach `mailbox` through Graph (its access policy).
+    pub fn graph_access(&self, mailbox: &str) -> bool {
+        !crate::records::lock(&self.graph_denied).contains(&mailbox.to_ascii_lowercase())
+    }
+
+    /// The tenant's postmaster address NDRs come from (its first domain, else its id).
+    pub fn postmaster_of(&self, mailbox: &str) -> String {
+        let domain = self
+            .directory
+            .mailbox(mailbox)
+            .and_then(|m| self.directory.tenant(&m.tenant))
+            .map(|t| t.domains.first().cloned().unwrap_or_else(|| t.id.clone()))
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("postmaster@{domain}")
+    }
+
     /// Forgets messages, refusals, windows and counters (not tokens, not open connections).
     pub fn reset(&self) {
         self.records.clear();
+        self.mail.clear();
+        self.graph_activity.clear();
         self.limits.reset();
         self.faults.reseed();
         self.error_throttle.reset();

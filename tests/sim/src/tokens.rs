@@ -10,10 +10,21 @@ use rand::RngCore as _;
 
 use crate::records::lock;
 
+/// Which API a token is good for: its `aud`. A token for one resource does not
+/// authenticate at the other, as with Entra ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// Exchange Online (`https://outlook.office365.com`): SMTP AUTH XOAUTH2.
+    Exchange,
+    /// Microsoft Graph (`https://graph.microsoft.com`).
+    Graph,
+}
+
 /// What a token stands for.
 #[derive(Debug, Clone)]
 pub(crate) struct IssuedToken {
     pub client_id: String,
+    pub audience: Audience,
     /// Tenant id (lower case).
     pub tenant: String,
     pub expires_at: Instant,
@@ -32,7 +43,13 @@ pub(crate) struct TokenStore {
 
 impl TokenStore {
     /// Issues a new token. Expired tokens are forgotten here, so the map stays small.
-    pub fn issue(&self, client_id: &str, tenant: &str, lifetime: Duration) -> String {
+    pub fn issue(
+        &self,
+        client_id: &str,
+        tenant: &str,
+        lifetime: Duration,
+        audience: Audience,
+    ) -> String {
         let mut bytes = [0u8; 48];
         rand::rng().fill_bytes(&mut bytes);
         // Real tokens are JWTs starting with "eyJ"; clients must treat them as opaque, and a
@@ -48,6 +65,7 @@ impl TokenStore {
             token.clone(),
             IssuedToken {
                 client_id: client_id.to_owned(),
+                audience,
                 tenant: tenant.to_owned(),
                 expires_at: now + lifetime,
             },

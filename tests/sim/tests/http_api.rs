@@ -112,7 +112,7 @@ async fn token_errors_are_entra_shaped() {
         &form(
             CONTOSO_APP,
             CONTOSO_SECRET,
-            "https://graph.microsoft.com/.default",
+            "https://management.azure.com/.default",
         ),
     )
     .await;

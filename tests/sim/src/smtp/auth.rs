@@ -5,7 +5,7 @@ use base64::Engine as _;
 
 use crate::directory::{Directory, Mailbox};
 use crate::smtp::replies::{self, Reply};
-use crate::tokens::TokenStore;
+use crate::tokens::{Audience, TokenStore};
 
 /// Decodes a base64 SASL response; `=` is the empty response.
 pub(crate) fn decode_b64(s: &str) -> Option<Vec<u8>> {
@@ -61,6 +61,10 @@ pub(crate) fn check_xoauth2(
     let fail = || (Some(user.to_ascii_lowercase()), replies::auth_failed(host));
     let mailbox = dir.mailbox(user).ok_or_else(fail)?;
     let issued = tokens.validate(token).map_err(|_| fail())?;
+    if issued.audience != Audience::Exchange {
+        // A Graph token is for another resource: Exchange refuses it like a bad token.
+        return Err(fail());
+    }
     let app = dir.apps.get(&issued.client_id).ok_or_else(fail)?;
     if !issued.tenant.eq_ignore_ascii_case(&mailbox.tenant) || !dir.app_may_use(app, mailbox) {
         return Err(fail());

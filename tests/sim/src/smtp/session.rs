@@ -835,6 +835,9 @@ impl Session {
             .with_label_values(&[&mailbox.address])
             .inc_by(n);
         shared.metrics.bytes_accepted.inc_by(raw.len() as u64);
+        // Exchange files the message in Sent Items when it accepts it, before the 250
+        // reaches the client (which may never see it: accepted_reply_delay_ms).
+        crate::filing::file_accepted(&shared, &mailbox.address, &txn.rcpts, &raw);
         shared.records.push_accepted(AcceptedMessage {
             id: id.clone(),
             mailbox: mailbox.address.clone(),

@@ -1,0 +1,120 @@
+//! `[deliver.graph]`: how deliver reaches the pool's mailboxes through Microsoft Graph
+//! (reading bounces from the Inbox, looking up Sent Items), checked at load.
+
+use std::time::Duration;
+
+use mailpipe_common::config::Problems;
+use serde::{Deserialize, Serialize};
+
+/// Exchange Online allows 4 concurrent Graph requests per app and mailbox.
+pub const MAX_CONCURRENT_PER_MAILBOX: u32 = 4;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphSettings {
+    /// Read the pool's mailboxes through Graph (bounces, Sent Items). Needs the tenant's
+    /// app registration to hold `Mail.ReadWrite` (docs/microsoft365.md).
+    pub enabled: bool,
+    /// `https://graph.microsoft.com` (global); sovereign clouds differ
+    /// (`https://graph.microsoft.us`, `https://microsoftgraph.chinacloudapi.cn`, ...).
+    pub base_url: String,
+    /// The scope app-only Graph tokens are requested for (`{base_url}/.default`).
+    pub scope: String,
+    /// Lets `base_url` be plain `http://` to a loopback host (a local simulator).
+    pub allow_loopback_http: bool,
+    /// Requests in flight per mailbox (at most 4: Exchange answers the fifth `429`).
+    pub max_concurrent_per_mailbox: u32,
+    /// Timeout of one request, body included.
+    pub request_timeout_ms: u64,
+    /// Timeout of the TCP + TLS connect.
+    pub connect_timeout_ms: u64,
+    /// Largest message (MIME) fetched; bigger ones are refused, naming the limit.
+    pub max_message_bytes: u64,
+    /// The folder handled NDRs are moved to (created when missing).
+    pub bounce_folder: String,
+    /// How often each mailbox's Inbox is read for bounces.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_url: "https://graph.microsoft.com".into(),
+            scope: "https://graph.microsoft.com/.default".into(),
+            allow_loopback_http: false,
+            max_concurrent_per_mailbox: MAX_CONCURRENT_PER_MAILBOX,
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            max_message_bytes: 40 * 1024 * 1024,
+            bounce_folder: "mailpipe-bounces".into(),
+            poll_interval_ms: 60_000,
+        }
+    }
+}
+
+impl GraphSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// Pushes every problem, naming `deliver.graph.<key>`.
+    pub fn check(&self, p: &mut Problems) {
+        let key = |k: &str| format!("deliver.graph.{k}");
+        if let Err(why) =
+            crate::token_endpoint::parse_authority(&self.base_url, self.allow_loopback_http)
+        {
+            p.push(key("base_url"), why);
+        }
+        if self.scope.trim().is_empty() || self.scope.contains(char::is_whitespace) {
+            p.push(
+                key("scope"),
+                "must be one scope such as https://graph.microsoft.com/.default",
+            );
+        }
+        if !(1..=MAX_CONCURRENT_PER_MAILBOX).contains(&self.max_concurrent_per_mailbox) {
+            p.push(
+                key("max_concurrent_per_mailbox"),
+                format!(
+                    "{} is out of range: 1 to {MAX_CONCURRENT_PER_MAILBOX} (Exchange refuses more concurrent requests per mailbox)",
+                    self.max_concurrent_per_mailbox
+                ),
+            );
+        }
+        for (name, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+        ] {
+            if value == 0 {
+                p.push(key(name), "must be at least 1");
+            }
+        }
+        if self.max_message_bytes < 1024 {
+            p.push(
+                key("max_message_bytes"),
+                format!("{} is too small: at least 1024", self.max_message_bytes),
+            );
+        }
+        let folder = self.bounce_folder.trim();
+        if folder.is_empty() || folder.len() > 255 || folder.chars().any(char::is_control) {
+            p.push(
+                key("bounce_folder"),
+                "must be a folder name of 1 to 255 characters without control characters",
+            );
+        }
+        if self.poll_interval_ms < 1_000 {
+            p.push(
+                key("poll_interval_ms"),
+                format!("{} is too short: at least 1000", self.poll_interval_ms),
+            );
+        }
+    }
+}

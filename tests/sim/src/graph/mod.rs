@@ -1,0 +1,40 @@
+//! Microsoft Graph v1.0, the part a mail client of the pool's mailboxes needs: list a
+//! folder's messages (OData `$filter`, `$orderby`, `$top`, `$select`, paging by
+//! `@odata.nextLink`), a message's MIME (`$value`), move, and find-or-create a folder, with
+//! Graph's authentication, access policy and throttling answers (docs/simulator.md).
+
+mod activity;
+mod call;
+mod folders;
+mod messages;
+mod odata;
+
+pub(crate) use activity::GraphActivity;
+pub use activity::{GraphMailboxStats, GraphRequest, ThrottleReply};
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::state::Shared;
+
+pub(crate) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(
+            "/v1.0/users/{upn}/mailFolders/{folder}/messages",
+            get(messages::list),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}/$value",
+            get(messages::mime),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}/move",
+            post(messages::move_to),
+        )
+        .route(
+            "/v1.0/users/{upn}/mailFolders",
+            get(folders::list).post(folders::create),
+        )
+}

@@ -1,0 +1,350 @@
+//! The mailboxes' folders as Microsoft Graph shows them: Inbox, Sent Items and the folders
+//! clients create, each holding messages. A message's id changes when it is moved, as
+//! Exchange's do, so a client must use the id the move returns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore as _;
+use serde::Serialize;
+
+use crate::records::lock;
+
+/// The well-known folders every mailbox has (Graph's `inbox` and `sentitems` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WellKnown {
+    Inbox,
+    SentItems,
+}
+
+impl WellKnown {
+    fn name(self) -> &'static str {
+        match self {
+            WellKnown::Inbox => "inbox",
+            WellKnown::SentItems => "sentitems",
+        }
+    }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            WellKnown::Inbox => "Inbox",
+            WellKnown::SentItems => "Sent Items",
+        }
+    }
+}
+
+/// One message in a folder; `raw` is shared, not copied, by listings.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredMessage {
+    pub id: String,
+    /// The Message-ID header, angle brackets included (as Graph's `internetMessageId`).
+    pub internet_message_id: Option<String>,
+    pub subject: Option<String>,
+    /// The From header's address.
+    pub from: Option<String>,
+    pub received: DateTime<Utc>,
+    pub raw: Arc<Vec<u8>>,
+}
+
+/// A folder and what it holds, for the inspection API and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderView {
+    pub id: String,
+    pub display_name: String,
+    /// `inbox`, `sentitems`, or none for folders clients created.
+    pub well_known_name: Option<String>,
+    pub messages: Vec<FolderMessage>,
+}
+
+/// A message as the inspection API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderMessage {
+    pub id: String,
+    pub internet_message_id: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub received: DateTime<Utc>,
+    pub size: usize,
+}
+
+#[derive(Debug)]
+struct Folder {
+    id: String,
+    display_name: String,
+    well_known: Option<WellKnown>,
+    messages: Vec<StoredMessage>,
+}
+
+#[derive(Debug)]
+struct MailboxFolders {
+    folders: Vec<Folder>,
+}
+
+impl MailboxFolders {
+    fn new() -> Self {
+        let folder = |w: WellKnown| Folder {
+            id: new_id("AQMkAD"),
+            display_name: w.display_name().to_owned(),
+            well_known: Some(w),
+            messages: Vec::new(),
+        };
+        Self {
+            folders: vec![folder(WellKnown::Inbox), folder(WellKnown::SentItems)],
+        }
+    }
+
+    fn folder_index(&self, name_or_id: &str) -> Option<usize> {
+        self.folders.iter().position(|f| {
+            f.id == name_or_id
+                || f.well_known
+                    .is_some_and(|w| w.name().eq_ignore_ascii_case(name_or_id))
+        })
+    }
+}
+
+/// Why a create or move failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreError {
+    NoSuchFolder,
+    NoSuchMessage,
+    FolderExists,
+}
+
+/// Every mailbox's folders. Folders keep at most `max_per_folder` messages (oldest dropped),
+/// like the simulator's other logs.
+#[derive(Debug)]
+pub(crate) struct MailStore {
+    mailboxes: Mutex<HashMap<String, MailboxFolders>>,
+    max_per_folder: usize,
+}
+
+impl MailStore {
+    pub fn new(max_per_folder: usize) -> Self {
+        Self {
+            mailboxes: Mutex::new(HashMap::new()),
+            max_per_folder: max_per_folder.max(1),
+        }
+    }
+
+    fn with<R>(&self, mailbox: &str, f: impl FnOnce(&mut MailboxFolders) -> R) -> R {
+        let mut map = lock(&self.mailboxes);
+        let folders = map
+            .entry(mailbox.to_ascii_lowercase())
+            .or_insert_with(MailboxFolders::new);
+        f(folders)
+    }
+
+    /// Files `raw` into a well-known folder of `mailbox`; returns the message id.
+    pub fn file(&self, mailbox: &str, folder: WellKnown, raw: Vec<u8>) -> String {
+        let (internet_message_id, subject, from) = summary_headers(&raw);
+        let message = StoredMessage {
+            id: new_id("AAMkAD"),
+            internet_message_id,
+            subject,
+            from,
+            received: Utc::now(),
+            raw: Arc::new(raw),
+        };
+        let id = message.id.clone();
+        let max = self.max_per_folder;
+        self.with(mailbox, |m| {
+            if let Some(i) = m.folder_index(folder.name()) {
+                let messages = &mut m.folders[i].messages;
+                messages.push(message);
+                if messages.len() > max {
+                    messages.remove(0);
+                }
+            }
+        });
+        id
+    }
+
+    /// The id of a folder given by well-known name or id.
+    pub fn folder_id(&self, mailbox: &str, name_or_id: &str) -> Option<String> {
+        self.with(mailbox, |m| {
+            m.folder_index(name_or_id).map(|i| m.folders[i].id.clone())
+        })
+    }
+
+    /// A folder's messages in arrival order.
+    pub fn messages(&self, mailbox: &str, folder_id: &str) -> Option<Vec<StoredMessage>> {
+        self.with(mailbox, |m| {
+            m.folder_index(folder_id)
+                .map(|i| m.folders[i].messages.clone())
+        })
+    }
+
+    /// A message by id, in whatever folder it is.
+    pub fn message(&self, mailbox: &str, id: &str) -> Option<StoredMessage> {
+        self.with(mailbox, |m| {
+            m.folders
+                .iter()
+                .flat_map(|f| f.messages.iter())
+                .find(|msg| msg.id == id)
+                .cloned()
+        })
+    }
+
+    /// Moves a message; it gets a new id, returned with it.
+    pub fn move_message(
+        &self,
+        mailbox: &str,
+        id: &str,
+        destination: &str,
+    ) -> Result<StoredMessage, StoreError> {
+        self.with(mailbox, |m| {
+            let to = m
+                .folder_index(destination)
+                .ok_or(StoreError::NoSuchFolder)?;
+            let (from, pos) = m
+                .folders
+                .iter()
+                .enumerate()
+                .find_map(|(fi, f)| f.messages.iter().position(|x| x.id == id).map(|p| (fi, p)))
+                .ok_or(StoreError::NoSuchMessage)?;
+            let mut message = m.folders[from].messages.remove(pos);
+            message.id = new_id("AAMkAD");
+            m.folders[to].messages.push(message.clone());
+            Ok(message)
+        })
+    }
+
+    /// Folders as (id, display name), well-known ones first.
+    pub fn folder_list(&self, mailbox: &str) -> Vec<(String, String, usize)> {
+        self.with(mailbox, |m| {
+            m.folders
+                .iter()
+                .map(|f| (f.id.clone(), f.display_name.clone(), f.messages.len()))
+                .collect()
+        })
+    }
+
+    /// Creates a folder under the mailbox's root; display names are unique, ignoring case.
+    pub fn create_folder(&self, mailbox: &str, display_name: &str) -> Result<String, StoreError> {
+        self.with(mailbox, |m| {
+            if m.folders
+                .iter()
+                .any(|f| f.display_name.eq_ignore_ascii_case(display_name))
+            {
+                return Err(StoreError::FolderExists);
+            }
+            let id = new_id("AAMkAD");
+            m.folders.push(Folder {
+                id: id.clone(),
+                display_name: display_name.to_owned(),
+                well_known: None,
+                messages: Vec::new(),
+            });
+            Ok(id)
+        })
+    }
+
+    /// Every folder of `mailbox` with its messages.
+    pub fn view(&self, mailbox: &str) -> Vec<FolderView> {
+        self.with(mailbox, |m| {
+            m.folders
+                .iter()
+                .map(|f| FolderView {
+                    id: f.id.clone(),
+                    display_name: f.display_name.clone(),
+                    well_known_name: f.well_known.map(|w| w.name().to_owned()),
+                    messages: f
+                        .messages
+                        .iter()
+                        .map(|x| FolderMessage {
+                            id: x.id.clone(),
+                            internet_message_id: x.internet_message_id.clone(),
+                            subject: x.subject.clone(),
+                            from: x.from.clone(),
+                            received: x.received,
+                            size: x.raw.len(),
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+    }
+
+    pub fn clear(&self) {
+        lock(&self.mailboxes).clear();
+    }
+}
+
+/// An opaque id shaped like Exchange's (a base64 prefix and random bytes, URL-safe so it
+/// stays one path segment).
+fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 33];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Message-ID, Subject and From address from the header section (unfolded; encoded words
+/// are left as they are).
+pub(crate) fn summary_headers(raw: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+    let end = find_header_end(raw);
+    let text = String::from_utf8_lossy(&raw[..end]);
+    let mut unfolded: Vec<String> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = unfolded.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+        } else {
+            unfolded.push(line.to_owned());
+        }
+    }
+    let header = |name: &str| {
+        unfolded.iter().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let from = header("From").map(|f| match (f.rfind('<'), f.rfind('>')) {
+        (Some(a), Some(b)) if a < b => f[a + 1..b].trim().to_owned(),
+        _ => f,
+    });
+    (header("Message-ID"), header("Subject"), from)
+}
+
+fn find_header_end(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(raw.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_changes_the_id_and_the_folder() {
+        let store = MailStore::new(10);
+        let id = store.file(
+            "A@x",
+            WellKnown::Inbox,
+            b"Message-ID: <1@x>\r\nSubject: hi\r\nFrom: \"A\" <a@x>\r\n\r\nbody".to_vec(),
+        );
+        let folder = store.create_folder("a@x", "Bounces").expect("created");
+        assert_eq!(
+            store.create_folder("a@x", "bounces"),
+            Err(StoreError::FolderExists)
+        );
+        let moved = store.move_message("a@x", &id, &folder).expect("moved");
+        assert_ne!(moved.id, id);
+        assert_eq!(moved.internet_message_id.as_deref(), Some("<1@x>"));
+        assert_eq!(moved.from.as_deref(), Some("a@x"));
+        assert!(store.message("a@x", &id).is_none());
+        assert!(store.messages("a@x", "inbox").expect("inbox").is_empty());
+        assert_eq!(store.messages("a@x", &folder).expect("folder").len(), 1);
+    }
+}
