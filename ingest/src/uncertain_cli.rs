@@ -5,8 +5,6 @@
 
 use std::process::ExitCode;
 
-use chrono::Utc;
-use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::JobId;
 use mailpipe_common::outln;
 use mailpipe_common::store::{Resolution, Store, StoreError};
@@ -93,16 +91,11 @@ async fn list(store: &Store, json: bool, limit: i64) -> Result<u8, StoreError> {
 async fn decide(store: &Store, jobs: &[JobId], resolution: Resolution) -> Result<u8, StoreError> {
     let mut code = 0;
     for job in jobs {
-        if store.resolve_uncertain(job.as_str(), resolution).await? == 0 {
+        let why = "marked sent by an operator after an uncertain send";
+        if !store.settle_uncertain(job, resolution, why, None).await? {
             eprintln!("{job}: no uncertain send waiting for a decision");
             code = 1;
             continue;
-        }
-        if resolution == Resolution::MarkedSent {
-            let mut event = DeliveryEvent::new(job.clone(), None, EventKind::Delivered);
-            event.at = Utc::now();
-            event.reason = Some("marked sent by an operator after an uncertain send".into());
-            store.record_event(&event).await?;
         }
         outln!(
             "{job}: {}",

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::contract::{DeliveryEvent, EventKind};
+use crate::domain::{EmailAddress, JobId};
 
 /// A send about to start.
 #[derive(Debug, Clone)]
@@ -339,8 +341,32 @@ impl Store {
             .collect())
     }
 
-    /// Records an operator's decision on a job's uncertain sends; how many it settled
-    /// (0: the job has none waiting).
+    /// Settles a job's uncertain sends with `resolution`, and for `MarkedSent` records the
+    /// job `delivered` (`why` in the event's reason, `mailbox` the one that sent it). The one
+    /// way an operator (`mailpipe-ingest uncertain`) and deliver's Sent Items lookup decide.
+    /// False when the job had no uncertain send waiting.
+    pub async fn settle_uncertain(
+        &self,
+        job: &JobId,
+        resolution: Resolution,
+        why: &str,
+        mailbox: Option<EmailAddress>,
+    ) -> Result<bool, StoreError> {
+        if self.resolve_uncertain(job.as_str(), resolution).await? == 0 {
+            return Ok(false);
+        }
+        if resolution == Resolution::MarkedSent {
+            let mut event = DeliveryEvent::new(job.clone(), None, EventKind::Delivered);
+            event.at = Utc::now();
+            event.reason = Some(why.to_owned());
+            event.mailbox = mailbox;
+            self.record_event(&event).await?;
+        }
+        Ok(true)
+    }
+
+    /// Records a decision on a job's uncertain sends; how many it settled (0: the job has
+    /// none waiting).
     pub async fn resolve_uncertain(
         &self,
         job_id: &str,
