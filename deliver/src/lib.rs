@@ -10,7 +10,8 @@
 //! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
 //! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
 //!   they come from; [`assertion`]: certificate credentials.
-//! - [`graph`]: the pool's mailboxes through Microsoft Graph (Inbox, Sent Items, folders).
+//! - [`graph`]: the pool's mailboxes through Microsoft Graph (Inbox, Sent Items, folders);
+//!   [`feedback`]: what deliver reads there (uncertain sends in Sent Items, bounces).
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 //! - [`check_pool`]: the `check-pool` preflight of every mailbox.
 
@@ -20,6 +21,7 @@ pub mod claims;
 pub mod classify;
 pub mod compose;
 pub mod eligibility;
+pub mod feedback;
 pub mod graph;
 pub mod ledger;
 pub mod metrics;

@@ -73,6 +73,14 @@ pub static GRAPH_THROTTLED_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static UNCERTAIN_SETTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "mailpipe_deliver_uncertain_settled_total",
+        "Uncertain sends settled from the sending mailbox's Sent Items (found_in_sent_items: recorded delivered; resent: absent after the grace, sent again)",
+        &["how"]
+    )
+    .expect("metric registers once")
+});
 pub static SMTP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "mailpipe_deliver_smtp_duration_seconds",
@@ -192,6 +200,9 @@ pub fn register() {
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
     // Graph's success and throttling series too, at 0 while Graph is unused.
+    for how in ["found_in_sent_items", "resent"] {
+        UNCERTAIN_SETTLED.with_label_values(&[how]);
+    }
     for operation in crate::graph::client::OPERATIONS {
         for outcome in ["ok", "throttled"] {
             GRAPH_REQUESTS.with_label_values(&[operation, outcome]);

@@ -421,6 +421,10 @@ impl MailboxPool {
     }
 
     /// The key a mailbox has in the system of record (its address, lower-cased).
+    pub fn mailbox_address(&self, idx: usize) -> &EmailAddress {
+        &self.mailboxes[idx].address
+    }
+
     pub fn mailbox_key(&self, idx: usize) -> String {
         self.mailboxes[idx].address.as_str().to_ascii_lowercase()
     }

@@ -112,6 +112,11 @@ impl DeliverSettings {
         Duration::from_millis(self.smtp_timeout_ms)
     }
 
+    /// How long an uncertain send may still turn out accepted (and appear in Sent Items).
+    pub fn uncertain_hold(&self) -> Duration {
+        Duration::from_millis(self.uncertain_hold_ms)
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }

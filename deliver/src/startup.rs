@@ -17,6 +17,8 @@ use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::feedback::MailboxFeedback;
+use crate::graph::GraphClient;
 use crate::ledger::{DeliveredJobs, ReplayProgress};
 use crate::metrics;
 use crate::ownership::MailboxOwnership;
@@ -98,6 +100,19 @@ impl Application {
         let ownership = tokio::spawn(ownership.run(replay.clone(), ownership_stop.clone()));
 
         tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
+        let graph = if settings.graph.enabled {
+            Some(Arc::new(
+                GraphClient::from_settings(settings).context("building the Graph client")?,
+            ))
+        } else {
+            None
+        };
+        let feedback_stop = ownership_stop.clone();
+        if let Some(feedback) =
+            MailboxFeedback::new(settings, graph, pool.clone(), pipeline.store().clone())
+        {
+            tokio::spawn(feedback.run(feedback_stop));
+        }
         let stage = DeliverStage::new(pool, pipeline, delivered, settings, owner, shutdown.clone());
         Ok(Self {
             http,

@@ -67,6 +67,9 @@ pub struct StackOptions {
     pub smtp_timeout_ms: u64,
     /// `[rabbitmq] delivery_limit`.
     pub delivery_limit: u32,
+    /// Reads the pool's mailboxes through the simulator's Graph, every this many ms
+    /// (`[deliver.graph]`); `None`: Graph off.
+    pub graph_poll_ms: Option<u64>,
     /// Extra `[ingest]` TOML, written at the end of that section (keys, or subtables such
     /// as `[ingest.webhooks]`).
     pub ingest_extra: String,
@@ -93,6 +96,7 @@ impl Default for StackOptions {
             deliver_extra: String::new(),
             smtp_timeout_ms: 15_000,
             delivery_limit: 5,
+            graph_poll_ms: None,
             ingest_extra: String::new(),
         }
     }
@@ -247,6 +251,11 @@ impl Stack {
             options.sim_extra
         );
         let mut deliver_toml = String::new();
+        if let Some(poll) = options.graph_poll_ms {
+            deliver_toml.push_str(&format!(
+                "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n"
+            ));
+        }
         for t in 0..options.tenants {
             let tenant = ["contoso", "fabrikam", "northwind", "tailspin"]
                 .get(t)
