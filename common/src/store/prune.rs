@@ -39,12 +39,21 @@ DELETE FROM sends WHERE id IN (
 )
 "#;
 
+/// Reports (NDRs) handled before the retention: their job is gone too, so one seen again
+/// later finds no job and changes nothing.
+const PRUNE_REPORTS: &str = r#"
+DELETE FROM handled_reports WHERE ctid IN (
+    SELECT ctid FROM handled_reports WHERE handled_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"#;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneReport {
     pub jobs: u64,
     pub stale_claims: u64,
     pub batches: u64,
     pub sends: u64,
+    pub reports: u64,
 }
 
 impl Store {
@@ -84,6 +93,19 @@ impl Store {
                 .await;
             let n = self.observe("pruning sends", r)?.rows_affected();
             report.sends += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        loop {
+            let r = sqlx::query(PRUNE_REPORTS)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await;
+            let n = self.observe("pruning handled reports", r)?.rows_affected();
+            report.reports += n;
             if n < PRUNE_BATCH as u64 {
                 break;
             }
