@@ -12,8 +12,10 @@
 //!   they come from; [`assertion`]: certificate credentials.
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 //! - [`check_pool`]: the `check-pool` preflight of every mailbox.
+//! - [`bounce`]: reading non-delivery reports (pure; the Inbox reader calls it).
 
 pub mod assertion;
+pub mod bounce;
 pub mod check_pool;
 pub mod claims;
 pub mod classify;
