@@ -214,3 +214,23 @@ where
         .fetch_optional(db)
         .await
 }
+
+impl Store {
+    /// Notes on the job the recipients deliver dropped because they are suppressed
+    /// (`jobs.suppressed`), so its status shows them.
+    pub async fn record_dropped_recipients(
+        &self,
+        job: &crate::domain::JobId,
+        dropped: &[crate::contract::SuppressedRecipient],
+    ) -> Result<(), StoreError> {
+        let json = sqlx::types::Json(dropped);
+        self.durably("noting suppressed recipients", || {
+            sqlx::query("UPDATE jobs SET suppressed = $2 WHERE id = $1")
+                .bind(job.as_str())
+                .bind(json)
+                .execute(&self.pool)
+        })
+        .await
+        .map(|_| ())
+    }
+}
