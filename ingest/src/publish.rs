@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use chrono::Utc;
 use mailpipe_common::amqp::{PendingConfirm, PublishError};
-use mailpipe_common::contract::{DeliveryEvent, EventKind, Job};
+use mailpipe_common::contract::{DeliveryEvent, EventKind, FieldError, Job};
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::store::{ClaimInput, ClaimOutcome, StoreError};
 use uuid::Uuid;
 
 use crate::metrics;
+use crate::suppressed::SuppressedPolicy;
 
 /// Jobs published together (two chunks in flight at once).
 const PUBLISH_CHUNK: usize = 500;
@@ -22,7 +23,7 @@ const RECORD_BATCH: usize = 1000;
 const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What happened to one submitted job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
     /// Accepted before with the same content: not published again.
@@ -31,12 +32,15 @@ pub enum Outcome {
     InFlight,
     /// Accepted before with different content: refused.
     Conflict,
+    /// A recipient is suppressed and the policy is `refuse`: the field and address.
+    Suppressed(FieldError),
 }
 
 #[derive(Debug, Clone)]
 pub struct JobPublisher {
     pipeline: Pipeline,
     chunk: usize,
+    suppressed: SuppressedPolicy,
 }
 
 impl JobPublisher {
@@ -46,7 +50,14 @@ impl JobPublisher {
         Self {
             pipeline,
             chunk: (window / 2).clamp(1, PUBLISH_CHUNK),
+            suppressed: SuppressedPolicy::Drop,
         }
+    }
+
+    /// What a job to a suppressed address gets (`ingest.suppressed_recipients`).
+    pub fn with_suppressed_policy(mut self, policy: SuppressedPolicy) -> Self {
+        self.suppressed = policy;
+        self
     }
 
     pub fn pipeline(&self) -> &Pipeline {
@@ -56,6 +67,9 @@ impl JobPublisher {
     /// Claims and publishes one job, and waits until it is confirmed and recorded.
     pub async fn publish_one(&self, job: Job) -> Result<Outcome, PublishError> {
         let mut sender = self.sender();
+        if let Some(Some(refusal)) = sender.suppression_refusals(&[&job]).await?.pop() {
+            return Ok(Outcome::Suppressed(refusal));
+        }
         let outcome = match sender.claim(&[&job]).await?.first() {
             Some(ClaimOutcome::Claimed) => Outcome::Accepted,
             Some(ClaimOutcome::InFlight) => Outcome::InFlight,
@@ -136,6 +150,18 @@ impl std::fmt::Debug for BatchSender {
 }
 
 impl BatchSender {
+    /// Under the `refuse` policy, why each job is refused for a suppressed recipient (one
+    /// query); under `drop`, nothing (no query).
+    pub async fn suppression_refusals(
+        &self,
+        jobs: &[&Job],
+    ) -> Result<Vec<Option<FieldError>>, PublishError> {
+        if self.publisher.suppressed == SuppressedPolicy::Drop {
+            return Ok(vec![None; jobs.len()]);
+        }
+        Ok(crate::suppressed::refusals(self.publisher.pipeline.store(), jobs).await?)
+    }
+
     /// Claims `jobs` for this sender: one outcome per job. Fails at once (nothing
     /// claimed) when the database is unreachable.
     pub async fn claim(&self, jobs: &[&Job]) -> Result<Vec<ClaimOutcome>, PublishError> {

@@ -48,6 +48,9 @@ pub struct IngestSettings {
     /// Batch uploads checked at once (each holds a blocking thread while it is read);
     /// one more is answered 503 with `Retry-After`.
     pub max_concurrent_batches: usize,
+    /// A job to an address on the suppression list: `drop` (accepted; deliver leaves the
+    /// address out) or `refuse` (refused at submission with a 422 naming it).
+    pub suppressed_recipients: crate::suppressed::SuppressedPolicy,
 }
 
 impl Default for IngestSettings {
@@ -65,6 +68,7 @@ impl Default for IngestSettings {
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
             max_concurrent_batches: 16,
+            suppressed_recipients: crate::suppressed::SuppressedPolicy::Drop,
         }
     }
 }

@@ -118,7 +118,8 @@ impl Application {
             PRUNE_EVERY,
             shutdown.clone(),
         ));
-        let publisher = JobPublisher::new(pipeline, config.ingest.max_in_flight);
+        let publisher = JobPublisher::new(pipeline, config.ingest.max_in_flight)
+            .with_suppressed_policy(config.ingest.suppressed_recipients);
 
         let reachable = store.clone();
         let schema = schema_ready.clone();

@@ -95,7 +95,8 @@ pub async fn submit(
 ) -> Result<ImportReport, SubmitError> {
     let (file, format, size) = open_input(&options.file)?;
     let validator = Arc::new(Validator::from_settings(settings)?);
-    let publisher = JobPublisher::new(pipeline.clone(), settings.max_in_flight);
+    let publisher = JobPublisher::new(pipeline.clone(), settings.max_in_flight)
+        .with_suppressed_policy(settings.suppressed_recipients);
     let progress = Arc::new(Progress::default());
     let display = spawn_display(options.display, progress.clone(), size);
     let result = import(
