@@ -160,12 +160,14 @@ pub fn register() {
         "duplicate",
         "returned",
         "elsewhere",
+        "suppressed",
     ] {
         MESSAGES.with_label_values(&[outcome]);
     }
     let _ = (
         &*SENDS,
         &*MESSAGES,
+        &*SUPPRESSED_RECIPIENTS,
         &*REFUSALS,
         &*SMTP_SECONDS,
         &*WAIT_SECONDS,
