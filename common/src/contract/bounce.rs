@@ -84,6 +84,7 @@ pub fn clean_diagnostic(raw: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -102,6 +102,7 @@ impl<'de> Deserialize<'de> for DsnStatus {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
