@@ -284,3 +284,44 @@ async fn operators_add_list_and_remove_suppressions() {
     assert!(!s.unsuppress(&addr("gone@example.org")).await.unwrap());
     drop_schema(&s, &schema).await;
 }
+
+#[tokio::test]
+async fn bounced_and_suppressed_take_their_place_in_the_forward_order() {
+    let (s, schema) = db("bounce_order").await;
+    let ev = |id: &str, kind: EventKind, secs: i64| {
+        let mut e = DeliveryEvent::new(JobId::parse(id).unwrap(), None, kind);
+        e.at = t0() + Duration::seconds(secs);
+        e
+    };
+    // An NDR for a send recorded uncertain (retrying) or given up on (failed): it was sent.
+    for (id, before) in [("u-1", EventKind::Retrying), ("u-2", EventKind::Failed)] {
+        s.record_event(&ev(id, EventKind::Accepted, 0))
+            .await
+            .unwrap();
+        s.record_event(&ev(id, before, 5)).await.unwrap();
+        s.record_event(&ev(id, EventKind::Bounced, 1))
+            .await
+            .unwrap();
+        assert_eq!(state(&s, id).await, Some(JobState::Bounced), "{id}");
+    }
+    // Suppressed is final: a late retry or cancel does not move it; a send already under
+    // way that was delivered does.
+    s.record_event(&ev("x-1", EventKind::Accepted, 0))
+        .await
+        .unwrap();
+    s.record_event(&ev("x-1", EventKind::Suppressed, 1))
+        .await
+        .unwrap();
+    s.record_event(&ev("x-1", EventKind::Retrying, 9))
+        .await
+        .unwrap();
+    s.record_event(&ev("x-1", EventKind::Cancelled, 9))
+        .await
+        .unwrap();
+    assert_eq!(state(&s, "x-1").await, Some(JobState::Suppressed));
+    s.record_event(&ev("x-1", EventKind::Delivered, 2))
+        .await
+        .unwrap();
+    assert_eq!(state(&s, "x-1").await, Some(JobState::Delivered));
+    drop_schema(&s, &schema).await;
+}
