@@ -14,8 +14,11 @@
 //!   [`feedback`]: what deliver reads there (uncertain sends in Sent Items, bounces).
 //! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
 //! - [`check_pool`]: the `check-pool` preflight of every mailbox.
+//! - [`bounce`]: reading non-delivery reports (pure; the Inbox reader calls it).
+//! - [`suppression`]: suppressed recipients dropped before a send, RCPT refusals listed.
 
 pub mod assertion;
+pub mod bounce;
 pub mod check_pool;
 pub mod claims;
 pub mod classify;
@@ -33,5 +36,6 @@ pub mod shares;
 pub mod smtp;
 pub mod stage;
 pub mod startup;
+pub mod suppression;
 pub mod throttle;
 pub mod token_endpoint;

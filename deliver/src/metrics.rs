@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, Histogram, IntCounterVec, IntGauge, register_gauge_vec, register_histogram,
-    register_int_counter_vec, register_int_gauge,
+    GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, register_gauge_vec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
 use crate::pool::MailboxPool;
@@ -23,8 +23,15 @@ pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "mailpipe_deliver_messages_total",
-        "Messages handled, by outcome (delivered, retry, uncertain, held, dead, duplicate, returned, cancelled, paused, scheduled, expired)",
+        "Messages handled, by outcome (delivered, retry, uncertain, held, dead, duplicate, returned, cancelled, paused, scheduled, expired, suppressed)",
         &["outcome"]
+    )
+    .expect("metric registers once")
+});
+pub static SUPPRESSED_RECIPIENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "mailpipe_deliver_suppressed_recipients_total",
+        "Recipients dropped from an envelope before the send because they are on the suppression list"
     )
     .expect("metric registers once")
 });
@@ -177,12 +184,14 @@ pub fn register() {
         "duplicate",
         "returned",
         "elsewhere",
+        "suppressed",
     ] {
         MESSAGES.with_label_values(&[outcome]);
     }
     let _ = (
         &*SENDS,
         &*MESSAGES,
+        &*SUPPRESSED_RECIPIENTS,
         &*REFUSALS,
         &*SMTP_SECONDS,
         &*WAIT_SECONDS,

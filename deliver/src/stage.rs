@@ -10,6 +10,7 @@ use lapin::BasicProperties;
 use mailpipe_common::amqp::{PublishError, Stage, header_str};
 use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
+    SuppressedRecipient,
 };
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
 use mailpipe_common::store::{
@@ -28,6 +29,7 @@ use crate::metrics;
 use crate::pool::{AcquireError, Completion, Lease, MailboxPool, SessionError};
 use crate::settings::{DeliverSettings, UncertainPolicy};
 use crate::smtp::{SendReport, SmtpFailure, SmtpStage};
+use crate::suppression::{self, Screened};
 
 /// What the record says before a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub enum DeliveryOutcome {
     Cancelled,
     /// Its `not_after` passed: recorded `expired`, never sent.
     Expired,
+    /// Every recipient is on the suppression list: recorded `suppressed`, never sent.
+    Suppressed,
     /// Permanently failed: in dead letters with its reason.
     Dead { reason: String },
     /// Shutdown came while it waited for a mailbox: it goes back to the queue unsent.
@@ -183,6 +187,12 @@ impl DeliverStage {
             Verdict::Send => {}
             other => return self.not_sent(&meta, mime, other).await,
         }
+        // Suppressed recipients leave the envelope here (before the mailbox is picked, so
+        // the quota counts only the others); with nobody left the job ends `suppressed`.
+        let meta = match suppression::screen(self.pipeline.store(), meta).await? {
+            Screened::Unchanged(meta) | Screened::Reduced(meta, _) => meta,
+            Screened::Nobody(meta, dropped) => return self.all_suppressed(&meta, dropped).await,
+        };
 
         let waited = Instant::now();
         // Mailbox-level refusals reroute without spending an attempt; but a message that
@@ -245,12 +255,14 @@ impl DeliverStage {
                     }
                 }
                 Attempt::Delivered(report) => {
+                    self.note_refusals(&meta, idx, &report).await;
                     return self.delivered(&meta, mime, idx, report).await;
                 }
                 Attempt::Uncertain(reply) => {
                     return self.uncertain(&meta, props, mime, idx, reply).await;
                 }
                 Attempt::AllRefused(report) => {
+                    self.note_refusals(&meta, idx, &report).await;
                     let reason = format!("every recipient refused: {}", report.reply);
                     let refused = refusals(&report);
                     return self
@@ -690,7 +702,10 @@ impl DeliverStage {
             other => other,
         };
         Ok(match (check.state, check.control) {
-            (Some(JobState::Delivered), _) => Verdict::Duplicate,
+            // Bounced: it was delivered before. Suppressed: it ended unsent for good.
+            (Some(JobState::Delivered | JobState::Bounced | JobState::Suppressed), _) => {
+                Verdict::Duplicate
+            }
             (Some(JobState::Cancelled), _) | (_, BatchControl::Cancelled) => Verdict::Cancelled,
             (Some(JobState::Expired), _) => Verdict::Expired,
             _ => match unsettled {
@@ -785,6 +800,40 @@ impl DeliverStage {
                 Ok(DeliveryOutcome::Held { until })
             }
         }
+    }
+
+    /// Every recipient is suppressed: recorded `suppressed` with whom and why, acked,
+    /// never sent and not dead-lettered (nothing is wrong with the message).
+    async fn all_suppressed(
+        &self,
+        meta: &RenderedMeta,
+        dropped: Vec<SuppressedRecipient>,
+    ) -> Result<DeliveryOutcome, PublishError> {
+        let mut event = self.event(meta, EventKind::Suppressed, None);
+        let who = dropped
+            .iter()
+            .map(|d| format!("{} ({})", d.address, d.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        event.reason = Some(format!("every recipient is suppressed: {who}"));
+        event.suppressed_recipients = dropped;
+        self.pipeline
+            .record_event(&event)
+            .await?
+            .confirmed()
+            .await?;
+        metrics::MESSAGES.with_label_values(&["suppressed"]).inc();
+        tracing::info!(job = %meta.job_id, "not sent: every recipient is suppressed");
+        Ok(DeliveryOutcome::Suppressed)
+    }
+
+    /// RCPT refusals that prove an address dead go on the suppression list.
+    async fn note_refusals(&self, meta: &RenderedMeta, idx: usize, report: &SendReport) {
+        if report.refused.is_empty() {
+            return;
+        }
+        let mailbox = &self.pool.mailboxes()[idx].address;
+        suppression::note_refusals(self.pipeline.store(), meta, mailbox, &report.refused).await;
     }
 
     /// Records that the job ends without a send (`kind`, with its reason).

@@ -179,6 +179,11 @@ pub async fn import<R: Read + Send + 'static>(
     progress
         .duplicates
         .store(report.duplicates, Ordering::Relaxed);
+    if report.rejected > 0 && !options.partial {
+        // Suppressed recipients under the `refuse` policy.
+        sender.abandon().await;
+        return Err(ImportError::Rejected(report));
+    }
     if report.conflicts > 0 && !options.partial {
         sender.abandon().await;
         return Err(ImportError::Conflict(report));
@@ -224,6 +229,34 @@ async fn claim_spool(
             chunk.push(entry);
         }
         if chunk.len() >= CLAIM_CHUNK || (done && !chunk.is_empty()) {
+            let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
+            let unavailable = |e: PublishError, report: &ImportReport| match e {
+                PublishError::Store(s) => ImportError::Unavailable(*s),
+                other => ImportError::Publish {
+                    report: report.clone(),
+                    source: other,
+                },
+            };
+            // `ingest.suppressed_recipients = "refuse"`: those jobs are bad lines, not claimed.
+            let refusals = sender
+                .suppression_refusals(&jobs)
+                .await
+                .map_err(|e| unavailable(e, report))?;
+            let mut kept = Vec::with_capacity(chunk.len());
+            for ((line, job), refusal) in chunk.drain(..).zip(refusals) {
+                match refusal {
+                    None => kept.push((line, job)),
+                    Some(error) => {
+                        report.rejected += 1;
+                        *report.error_counts.entry("suppressed").or_insert(0) += 1;
+                        if report.errors.len() < MAX_REPORTED_ERRORS {
+                            report.errors.push(LineError::new(line, error));
+                        }
+                        skip.insert(job.id);
+                    }
+                }
+            }
+            chunk = kept;
             let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
             let outcomes = sender.claim(&jobs).await.map_err(|e| match e {
                 PublishError::Store(s) => ImportError::Unavailable(*s),

@@ -334,6 +334,22 @@ pub async fn webhooks(
     code
 }
 
+/// `suppress`.
+pub async fn suppress(
+    config: &Config,
+    command: crate::suppressions_cli::SuppressCommand,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+) -> ExitCode {
+    let store = match open_store(config, shutdown, give_up_after).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let code = crate::suppressions_cli::run(&store, command).await;
+    store.close().await;
+    code
+}
+
 /// `jobs`.
 pub async fn jobs(
     config: &Config,

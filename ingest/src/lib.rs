@@ -40,6 +40,8 @@ pub mod settings;
 pub mod startup;
 pub mod status_cli;
 pub mod submit;
+pub mod suppressed;
+pub mod suppressions_cli;
 pub mod uncertain_cli;
 pub mod validate;
 pub mod webhooks;

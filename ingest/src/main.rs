@@ -10,6 +10,7 @@ use mailpipe_common::domain::BatchId;
 use mailpipe_ingest::Config;
 use mailpipe_ingest::commands::{self, BatchCommand, DeadCommand, JobsArgs, SubmitArgs};
 use mailpipe_ingest::status_cli::StatusOptions;
+use mailpipe_ingest::suppressions_cli::SuppressCommand;
 use mailpipe_ingest::uncertain_cli::UncertainCommand;
 
 const AFTER_HELP: &str = "\
@@ -59,6 +60,11 @@ Examples:
   mailpipe-ingest --config mailpipe.toml webhooks list
   mailpipe-ingest --config mailpipe.toml webhooks list --state expired --json
   mailpipe-ingest --config mailpipe.toml webhooks retry --all
+  # The suppression list (hard bounces, RCPT refusals, operators): never sent to again:
+  mailpipe-ingest --config mailpipe.toml suppress list --address @example.com
+  mailpipe-ingest suppress add ann@example.com --reason \"left the company\"
+  mailpipe-ingest suppress list --json
+  mailpipe-ingest suppress remove ann@example.com
 
   # Check the configuration (every error, each naming its key; exit 2 when any):
   mailpipe-ingest --config mailpipe.toml --check-config
@@ -72,6 +78,7 @@ done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreS
 migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
 unknown batch; 3 PostgreSQL failed. uncertain: 0 done; 1 a job had no uncertain send waiting; 3
 PostgreSQL failed. webhooks: 0 done; 1 retry ID found nothing to retry; 3 PostgreSQL failed.
+suppress: 0 done; 1 remove of an address not listed; 2 a bad reason; 3 PostgreSQL failed.
 RabbitMQ failed: a refused login, a missing vhost or an
 inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
 unreachable for the same time.
@@ -132,6 +139,11 @@ enum Command {
     Webhooks {
         #[command(subcommand)]
         command: mailpipe_ingest::webhooks::cli::WebhooksCommand,
+    },
+    /// The suppression list: list, add, remove addresses never sent to again.
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
     },
     /// Apply the database migrations (for operators who set database.migrate_on_start = false).
     Migrate,
@@ -222,6 +234,9 @@ async fn run(config: Config, command: Command, give_up_after: std::time::Duratio
         }
         Command::Webhooks { command } => {
             commands::webhooks(&config, command, shutdown, give_up_after).await
+        }
+        Command::Suppress { command } => {
+            commands::suppress(&config, command, shutdown, give_up_after).await
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use mailpipe_common::amqp::{PendingConfirm, PublishError};
-use mailpipe_common::contract::{DeliveryEvent, EventKind, Job};
+use mailpipe_common::contract::{DeliveryEvent, EventKind, FieldError, Job};
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::store::{ClaimInput, ClaimOutcome, StoreError};
 use uuid::Uuid;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::lanes::{LaneAssigner, LanePolicy};
 use crate::metrics;
 use crate::settings::IngestSettings;
+use crate::suppressed::SuppressedPolicy;
 
 /// Jobs published together (two chunks in flight at once).
 const PUBLISH_CHUNK: usize = 500;
@@ -24,7 +25,7 @@ const RECORD_BATCH: usize = 1000;
 const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What happened to one submitted job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
     /// Accepted before with the same content: not published again.
@@ -33,6 +34,8 @@ pub enum Outcome {
     InFlight,
     /// Accepted before with different content: refused.
     Conflict,
+    /// A recipient is suppressed and the policy is `refuse`: the field and address.
+    Suppressed(FieldError),
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +43,7 @@ pub struct JobPublisher {
     pipeline: Pipeline,
     chunk: usize,
     lanes: LanePolicy,
+    suppressed: SuppressedPolicy,
 }
 
 impl JobPublisher {
@@ -53,6 +57,8 @@ impl JobPublisher {
             pipeline,
             chunk: (settings.max_in_flight / 2).clamp(1, PUBLISH_CHUNK),
             lanes,
+            // What a job to a suppressed address gets (`ingest.suppressed_recipients`).
+            suppressed: settings.suppressed_recipients,
         }
     }
 
@@ -63,6 +69,9 @@ impl JobPublisher {
     /// Claims and publishes one job, and waits until it is confirmed and recorded.
     pub async fn publish_one(&self, job: Job) -> Result<Outcome, PublishError> {
         let mut sender = self.sender();
+        if let Some(Some(refusal)) = sender.suppression_refusals(&[&job]).await?.pop() {
+            return Ok(Outcome::Suppressed(refusal));
+        }
         let outcome = match sender.claim(&[&job]).await?.first() {
             Some(ClaimOutcome::Claimed) => Outcome::Accepted,
             Some(ClaimOutcome::InFlight) => Outcome::InFlight,
@@ -145,6 +154,18 @@ impl std::fmt::Debug for BatchSender {
 }
 
 impl BatchSender {
+    /// Under the `refuse` policy, why each job is refused for a suppressed recipient (one
+    /// query); under `drop`, nothing (no query).
+    pub async fn suppression_refusals(
+        &self,
+        jobs: &[&Job],
+    ) -> Result<Vec<Option<FieldError>>, PublishError> {
+        if self.publisher.suppressed == SuppressedPolicy::Drop {
+            return Ok(vec![None; jobs.len()]);
+        }
+        Ok(crate::suppressed::refusals(self.publisher.pipeline.store(), jobs).await?)
+    }
+
     /// Claims `jobs` for this sender: one outcome per job. Fails at once (nothing
     /// claimed) when the database is unreachable.
     pub async fn claim(&self, jobs: &[&Job]) -> Result<Vec<ClaimOutcome>, PublishError> {

@@ -54,6 +54,9 @@ pub struct IngestSettings {
     pub transactional_templates: Vec<String>,
     /// Outcome webhooks (docs/webhooks.md).
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// A job to an address on the suppression list: `drop` (accepted; deliver leaves the
+    /// address out) or `refuse` (refused at submission with a 422 naming it).
+    pub suppressed_recipients: crate::suppressed::SuppressedPolicy,
 }
 
 impl Default for IngestSettings {
@@ -73,6 +76,7 @@ impl Default for IngestSettings {
             max_concurrent_batches: 16,
             transactional_templates: Vec::new(),
             webhooks: crate::webhooks::WebhookSettings::default(),
+            suppressed_recipients: crate::suppressed::SuppressedPolicy::Drop,
         }
     }
 }

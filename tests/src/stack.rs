@@ -526,7 +526,8 @@ max_attempts = 6
         Ok(r.error_for_status()?.json().await?)
     }
 
-    /// Waits until every job of the batch is delivered or failed; returns the last status.
+    /// Waits until every job of the batch reached a final state (delivered, failed,
+    /// cancelled, bounced, suppressed); returns the last status.
     pub async fn wait_batch_done(
         &self,
         batch: &str,
@@ -537,7 +538,7 @@ max_attempts = 6
         loop {
             let status = self.batch_status(batch).await.unwrap_or(Value::Null);
             let c = &status["counts"];
-            let done = ["delivered", "failed", "cancelled"]
+            let done = ["delivered", "failed", "cancelled", "bounced", "suppressed"]
                 .iter()
                 .map(|k| c[*k].as_u64().unwrap_or(0))
                 .sum::<u64>();

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ContractError, SmtpReply, check_version, current_version};
+use super::{
+    BouncedRecipient, ContractError, SmtpReply, SuppressedRecipient, check_version, current_version,
+};
 use crate::domain::{BatchId, EmailAddress, JobId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,6 +26,10 @@ pub enum EventKind {
     Cancelled,
     /// Its `not_after` passed before it could be sent: it never will be.
     Expired,
+    /// A non-delivery report came back after the server accepted it.
+    Bounced,
+    /// Every recipient is on the suppression list: it was never sent.
+    Suppressed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +62,12 @@ pub struct DeliveryEvent {
     pub smtp: Option<SmtpReply>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_recipients: Vec<RecipientRefusal>,
+    /// Recipients dropped before the send because they are suppressed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_recipients: Vec<SuppressedRecipient>,
+    /// On `bounced`: the recipients the non-delivery report names, with its status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bounced_recipients: Vec<BouncedRecipient>,
     /// Why, in words, for failures that have no SMTP reply (render errors, timeouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -91,6 +103,8 @@ impl DeliveryEvent {
             external_recipients: 0,
             smtp: None,
             refused_recipients: Vec::new(),
+            suppressed_recipients: Vec::new(),
+            bounced_recipients: Vec::new(),
             reason: None,
             attempt: 0,
             retry_at: None,

@@ -4,17 +4,21 @@
 //! whose version is newer than it understands instead of misreading it; older versions are
 //! read as long as they stay readable.
 
+mod bounce;
 mod event;
 mod job;
 mod lane;
 mod rendered;
 mod smtp;
+mod suppression;
 
+pub use bounce::{Bounce, BouncedRecipient, DsnAction, MAX_DIAGNOSTIC, clean_diagnostic};
 pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
 pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
 pub use lane::{DeliverQueue, Lane};
 pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;
+pub use suppression::{SuppressedRecipient, SuppressionSource};
 
 /// The contract version this build writes and the newest it reads.
 pub const CONTRACT_VERSION: u16 = 1;

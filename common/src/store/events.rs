@@ -14,9 +14,9 @@ const RECORD_EVENT: &str = r#"
 WITH job AS (
     INSERT INTO jobs AS j (id, batch_id, state, attempt, mailbox, message_id, smtp_code,
                            smtp_enhanced, smtp_text, reason, refused, uncertain,
-                           recipient_count, accepted_at, updated_at)
+                           recipient_count, accepted_at, updated_at, suppressed)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-            CASE WHEN $3 = 'accepted' THEN $14 END, $14)
+            CASE WHEN $3 = 'accepted' THEN $14 END, $14, $19)
     ON CONFLICT (id) DO UPDATE SET
         state = EXCLUDED.state,
         attempt = GREATEST(j.attempt, EXCLUDED.attempt),
@@ -28,6 +28,8 @@ WITH job AS (
         reason = EXCLUDED.reason,
         refused = EXCLUDED.refused,
         uncertain = EXCLUDED.uncertain,
+        suppressed = CASE WHEN EXCLUDED.suppressed = '[]'::jsonb THEN j.suppressed
+                          ELSE EXCLUDED.suppressed END,
         batch_id = COALESCE(j.batch_id, EXCLUDED.batch_id),
         accepted_at = COALESCE(j.accepted_at, EXCLUDED.accepted_at),
         updated_at = EXCLUDED.updated_at
@@ -71,6 +73,7 @@ impl Store {
                 .bind(clamp(e.recipients))
                 .bind(clamp(e.external_recipients))
                 .bind(Json(e))
+                .bind(Json(&e.suppressed_recipients))
                 .execute(&self.pool)
         })
         .await

@@ -9,6 +9,7 @@
 //! ingest's claims fail at once, so the API can answer 503.
 
 mod batches;
+mod bounces;
 mod claims;
 mod events;
 mod leases;
@@ -16,6 +17,7 @@ mod prune;
 mod sends;
 mod settings;
 mod state;
+mod suppressions;
 mod webhooks;
 
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 pub use batches::{BatchControl, SendCheck};
+pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
 pub use sends::{
@@ -33,6 +36,9 @@ pub use sends::{
 };
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};
+pub use suppressions::{
+    MAX_REASON, MAX_SUPPRESSION_PAGE, NewSuppression, Suppression, SuppressionFilter,
+};
 pub use webhooks::{
     AfterAttempt, AttemptOutcome, DeliveryFilter, DueDelivery, OutboxEvent, Route, WebhookDelivery,
 };

@@ -1,7 +1,8 @@
 //! Retention: jobs (with their events) whose last change is older than the retention are
 //! deleted in bounded batches, so writers are never locked out for long, and several
 //! processes pruning at once skip each other's rows instead of waiting on them. Webhook
-//! events (with their deliveries) go the same way once none of them is pending.
+//! events (with their deliveries) go the same way once none of them is pending, and
+//! handled reports (NDRs) with the retention.
 
 use chrono::{DateTime, Utc};
 
@@ -53,6 +54,14 @@ DELETE FROM webhook_events WHERE id IN (
 )
 "#;
 
+/// Reports (NDRs) handled before the retention: their job is gone too, so one seen again
+/// later finds no job and changes nothing.
+const PRUNE_REPORTS: &str = r#"
+DELETE FROM handled_reports WHERE ctid IN (
+    SELECT ctid FROM handled_reports WHERE handled_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"#;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneReport {
     pub jobs: u64,
@@ -60,6 +69,7 @@ pub struct PruneReport {
     pub batches: u64,
     pub sends: u64,
     pub webhook_events: u64,
+    pub reports: u64,
 }
 
 impl Store {
@@ -67,19 +77,9 @@ impl Store {
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<PruneReport, StoreError> {
         let cutoff = now - self.retention;
         let mut report = PruneReport::default();
-        loop {
-            let r = sqlx::query(PRUNE_JOBS)
-                .bind(cutoff)
-                .bind(PRUNE_BATCH)
-                .execute(&self.pool)
-                .await;
-            let n = self.observe("pruning jobs", r)?.rows_affected();
-            report.jobs += n;
-            if n < PRUNE_BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        report.jobs = self
+            .prune_in_steps(PRUNE_JOBS, cutoff, "pruning jobs")
+            .await?;
         loop {
             let r = sqlx::query(PRUNE_CLAIMS)
                 .bind(PRUNE_BATCH)
@@ -91,37 +91,44 @@ impl Store {
                 break;
             }
         }
-        loop {
-            let r = sqlx::query(PRUNE_SENDS)
-                .bind(cutoff)
-                .bind(PRUNE_BATCH)
-                .execute(&self.pool)
-                .await;
-            let n = self.observe("pruning sends", r)?.rows_affected();
-            report.sends += n;
-            if n < PRUNE_BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        loop {
-            let r = sqlx::query(PRUNE_WEBHOOKS)
-                .bind(cutoff)
-                .bind(PRUNE_BATCH)
-                .execute(&self.pool)
-                .await;
-            let n = self.observe("pruning webhook events", r)?.rows_affected();
-            report.webhook_events += n;
-            if n < PRUNE_BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        report.sends = self
+            .prune_in_steps(PRUNE_SENDS, cutoff, "pruning sends")
+            .await?;
+        report.webhook_events = self
+            .prune_in_steps(PRUNE_WEBHOOKS, cutoff, "pruning webhook events")
+            .await?;
+        report.reports = self
+            .prune_in_steps(PRUNE_REPORTS, cutoff, "pruning handled reports")
+            .await?;
         let r = sqlx::query(PRUNE_BATCHES)
             .bind(cutoff)
             .execute(&self.pool)
             .await;
         report.batches = self.observe("pruning batches", r)?.rows_affected();
         Ok(report)
+    }
+
+    /// Runs a `DELETE ... LIMIT $2` older than `$1` until it deletes less than a step,
+    /// yielding between steps: no long lock, no long transaction. Rows deleted in all.
+    async fn prune_in_steps(
+        &self,
+        sql: &'static str,
+        cutoff: DateTime<Utc>,
+        what: &'static str,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let r = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await;
+            let n = self.observe(what, r)?.rows_affected();
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

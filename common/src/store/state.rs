@@ -21,10 +21,14 @@ pub enum JobState {
     Cancelled,
     /// Its `not_after` passed before it could be sent.
     Expired,
+    /// Accepted by the server, then a non-delivery report came back (final).
+    Bounced,
+    /// Never sent: every recipient is on the suppression list (final).
+    Suppressed,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 10] = [
         JobState::Received,
         JobState::Accepted,
         JobState::Rendered,
@@ -33,6 +37,8 @@ impl JobState {
         JobState::Failed,
         JobState::Cancelled,
         JobState::Expired,
+        JobState::Bounced,
+        JobState::Suppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,14 +51,22 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::Expired => "expired",
+            JobState::Bounced => "bounced",
+            JobState::Suppressed => "suppressed",
         }
     }
 
-    /// Delivered, failed or cancelled: nothing more happens to it on its own.
+    /// Delivered, failed, cancelled, expired, bounced or suppressed: nothing more happens
+    /// to it on its own (a delivered job may still bounce).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Delivered | JobState::Failed | JobState::Cancelled | JobState::Expired
+            JobState::Delivered
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Expired
+                | JobState::Bounced
+                | JobState::Suppressed
         )
     }
 
@@ -66,6 +80,8 @@ impl JobState {
             EventKind::Failed => JobState::Failed,
             EventKind::Cancelled => JobState::Cancelled,
             EventKind::Expired => JobState::Expired,
+            EventKind::Bounced => JobState::Bounced,
+            EventKind::Suppressed => JobState::Suppressed,
         }
     }
 }
@@ -78,7 +94,7 @@ impl std::fmt::Display for JobState {
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed, cancelled"
+    "unknown job state {0:?}: one of received, accepted, rendered, retrying, delivered, failed, cancelled, expired, bounced, suppressed"
 )]
 pub struct UnknownState(pub String);
 

@@ -100,6 +100,12 @@ pub async fn submit(
             format!("job {id} is being accepted by another request right now; retry"),
         )
         .field("id")),
+        Ok(Outcome::Suppressed(refusal)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            refusal.to_string(),
+        )
+        .field(refusal.field.clone())
+        .errors(std::slice::from_ref(&refusal))),
         Ok(Outcome::Conflict) => {
             Err(ApiError::new(StatusCode::CONFLICT, conflict_reason(&id)).field("id"))
         }

@@ -7,12 +7,15 @@
 //! | `GET /v1/jobs/{id}` | bearer | a job's latest status |
 //! | `POST /v1/batches?batch=ID[&partial=true]` | bearer | JSONL or CSV upload |
 //! | `GET /v1/batches/{id}` | bearer | counts by status |
+//! | `GET /v1/suppressions` | bearer | the suppression list, a page at a time |
+//! | `PUT`, `DELETE /v1/suppressions/{address}` | bearer | add (with a reason), remove |
 //! | `GET /v1/openapi.yaml` | open | this API, described |
 
 mod auth;
 mod batches;
 mod error;
 mod jobs;
+pub mod suppressions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +27,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 pub use error::ApiError;
 
@@ -144,6 +147,24 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)>
             Method::POST,
             "/v1/batches/{id}/cancel",
             post(batches::cancel),
+            true,
+        ),
+        (
+            Method::GET,
+            "/v1/suppressions",
+            get(suppressions::list),
+            true,
+        ),
+        (
+            Method::PUT,
+            "/v1/suppressions/{address}",
+            put(suppressions::put),
+            true,
+        ),
+        (
+            Method::DELETE,
+            "/v1/suppressions/{address}",
+            delete(suppressions::delete),
             true,
         ),
         (Method::GET, "/v1/openapi.yaml", get(openapi), false),

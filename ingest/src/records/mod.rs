@@ -8,7 +8,9 @@ mod report;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, SmtpReply};
+use mailpipe_common::contract::{
+    DeliveryEvent, EventKind, RecipientRefusal, SmtpReply, SuppressedRecipient,
+};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{BatchControl, JobState, Store, StoreError};
 use sqlx::types::Json;
@@ -25,7 +27,7 @@ pub const MAX_PAGE: u32 = 1000;
 
 const JOB_COLUMNS: &str = "id, batch_id, state, template, updated_at, accepted_at, attempt, \
      mailbox, message_id, recipient_count, recipients, smtp_code, smtp_enhanced, smtp_text, \
-     reason, refused, uncertain";
+     reason, refused, uncertain, suppressed";
 
 const BATCH_SUMMARY: &str = r#"
 SELECT count(*) FILTER (WHERE state = 'accepted'),
@@ -35,9 +37,11 @@ SELECT count(*) FILTER (WHERE state = 'accepted'),
        count(*) FILTER (WHERE state = 'failed'),
        count(*) FILTER (WHERE state = 'cancelled'),
        count(*) FILTER (WHERE state = 'expired'),
-       count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired') AND not_before > now()),
-       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired')), 0)::int8,
-       count(*) FILTER (WHERE state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)),
+       count(*) FILTER (WHERE state = 'bounced'),
+       count(*) FILTER (WHERE state = 'suppressed'),
+       count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed') AND not_before > now()),
+       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')), 0)::int8,
+       count(*) FILTER (WHERE state IN ('failed', 'bounced') OR (state = 'delivered' AND refused <> '[]'::jsonb)),
        min(coalesce(accepted_at, created_at)),
        max(updated_at),
        (SELECT control FROM batches WHERE id = $1)
@@ -45,6 +49,8 @@ FROM jobs WHERE batch_id = $1 AND state <> 'received'
 "#;
 
 type Summary = (
+    i64,
+    i64,
     i64,
     i64,
     i64,
@@ -94,6 +100,7 @@ struct JobRow {
     reason: Option<String>,
     refused: Json<Vec<RecipientRefusal>>,
     uncertain: bool,
+    suppressed: Json<Vec<SuppressedRecipient>>,
 }
 
 impl JobRow {
@@ -125,6 +132,7 @@ impl JobRow {
             smtp,
             reason: self.reason,
             refused_recipients: self.refused.0,
+            suppressed_recipients: self.suppressed.0,
             uncertain: self.uncertain,
             events: None,
         })
@@ -166,6 +174,8 @@ impl Records {
             failed,
             cancelled,
             expired,
+            bounced,
+            suppressed,
             scheduled,
             recipients_left,
             failures,
@@ -185,6 +195,8 @@ impl Records {
             (EventKind::Failed, failed),
             (EventKind::Cancelled, cancelled),
             (EventKind::Expired, expired),
+            (EventKind::Bounced, bounced),
+            (EventKind::Suppressed, suppressed),
         ] {
             counts.set(kind, n.max(0) as u64);
         }
@@ -208,7 +220,7 @@ impl Records {
             })
             .collect();
         let query = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND (state = 'failed' OR (state = 'delivered' AND refused <> '[]'::jsonb)) ORDER BY updated_at, id LIMIT $2"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND (state IN ('failed', 'bounced') OR (state = 'delivered' AND refused <> '[]'::jsonb)) ORDER BY updated_at, id LIMIT $2"
         );
         let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
             .bind(id.as_str())
@@ -228,7 +240,7 @@ impl Records {
         // as one): they take their turns with this one.
         let r = sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id \
-             WHERE j.state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'received') \
+             WHERE j.state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed', 'received') \
              AND j.batch_id IS DISTINCT FROM $1 AND coalesce(b.control, 'running') = 'running' \
              GROUP BY j.batch_id",
         )

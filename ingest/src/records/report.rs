@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use mailpipe_common::contract::{DeliveryEvent, EventKind, RecipientRefusal, SmtpReply};
+use mailpipe_common::contract::{
+    DeliveryEvent, EventKind, RecipientRefusal, SmtpReply, SuppressedRecipient,
+};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{BatchControl, JobState};
 use serde::Serialize;
@@ -12,7 +14,7 @@ use serde::Serialize;
 use crate::eta::Eta;
 
 /// The states a report counts (a `received` job is not accepted yet), in report order.
-pub const KINDS: [EventKind; 7] = [
+pub const KINDS: [EventKind; 9] = [
     EventKind::Accepted,
     EventKind::Rendered,
     EventKind::Delivered,
@@ -20,6 +22,8 @@ pub const KINDS: [EventKind; 7] = [
     EventKind::Failed,
     EventKind::Cancelled,
     EventKind::Expired,
+    EventKind::Bounced,
+    EventKind::Suppressed,
 ];
 
 /// Failures listed in a batch report (the total is always given).
@@ -28,7 +32,7 @@ pub const FAILURES_SHOWN: usize = 100;
 /// Jobs per current state, for one batch. Serialised as a map by state, plus `dead`
 /// (the same number as `failed`: a failed job's message is in dead letters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KindCounts(pub(crate) [u64; 7]);
+pub struct KindCounts(pub(crate) [u64; 9]);
 
 impl KindCounts {
     pub fn get(&self, kind: EventKind) -> u64 {
@@ -49,11 +53,13 @@ impl KindCounts {
         self.0.iter().sum()
     }
 
-    /// Jobs that reached an end: delivered, failed or cancelled.
+    /// Jobs that reached an end: delivered, failed, cancelled, bounced or suppressed.
     pub fn finished(&self) -> u64 {
         self.get(EventKind::Delivered)
             + self.get(EventKind::Failed)
             + self.get(EventKind::Cancelled)
+            + self.get(EventKind::Bounced)
+            + self.get(EventKind::Suppressed)
     }
 }
 
@@ -184,6 +190,9 @@ pub struct JobStatus {
     /// Recipients the server refused (the message itself may still be delivered).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused_recipients: Vec<RecipientRefusal>,
+    /// Recipients deliver left out because they are on the suppression list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_recipients: Vec<SuppressedRecipient>,
     /// The last send's outcome is unknown (held back, see docs/deliver.md).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub uncertain: bool,
@@ -193,9 +202,9 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
-    /// Failed, or delivered with some recipients refused.
+    /// Failed, bounced, or delivered with some recipients refused.
     pub fn has_failure(&self) -> bool {
-        self.status == JobState::Failed
+        matches!(self.status, JobState::Failed | JobState::Bounced)
             || (self.status == JobState::Delivered && !self.refused_recipients.is_empty())
     }
 }

@@ -1,0 +1,272 @@
+//! Recording a non-delivery report: once per report (keyed by the mailbox it was read
+//! from and its Graph id or Message-ID), matched to its job, which moves to `bounced`
+//! with a `bounced` event, and its hard-bounced recipients suppressed. One transaction,
+//! so a crash anywhere leaves either all of it or nothing.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::suppressions::{NewSuppression, suppress_in};
+use super::{Store, StoreError};
+use crate::contract::{Bounce, BouncedRecipient, DeliveryEvent, EventKind, SuppressionSource};
+use crate::domain::{BatchId, EmailAddress, JobId};
+
+/// Longest report key kept (a Graph id is about 150 characters).
+const MAX_REPORT_KEY: usize = 512;
+
+/// What recording a report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BounceRecord {
+    /// The job it was matched to (`None`: no job of ours; nothing was recorded but the
+    /// report itself, so it is not looked at again).
+    pub job: Option<JobId>,
+    /// `false`: this report was handled before; nothing changed now.
+    pub newly: bool,
+    /// Addresses this report put on the suppression list (not those already there).
+    pub suppressed: Vec<EmailAddress>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BounceError {
+    #[error("the report key is empty or longer than {MAX_REPORT_KEY} characters")]
+    BadKey,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+const CLAIM_REPORT: &str = r#"
+INSERT INTO handled_reports (mailbox, report_key, outcome) VALUES (lower($1), $2, 'pending')
+ON CONFLICT (mailbox, report_key) DO NOTHING
+RETURNING true
+"#;
+
+const PREVIOUS: &str =
+    "SELECT job_id FROM handled_reports WHERE mailbox = lower($1) AND report_key = $2";
+
+/// By the original's Message-ID (ours, unguessable): whatever mailbox sent it last.
+const BY_MESSAGE_ID: &str = r#"
+SELECT id, batch_id, recipients FROM jobs WHERE message_id = $1
+ORDER BY updated_at DESC LIMIT 1 FOR UPDATE
+"#;
+
+/// A report without the original's Message-ID: the latest job this mailbox sent to one
+/// of the bounced addresses.
+const BY_RECIPIENT: &str = r#"
+SELECT id, batch_id, recipients FROM jobs
+WHERE recipients && $2 AND lower(mailbox) = lower($1)
+  AND state IN ('delivered', 'bounced', 'retrying', 'failed')
+ORDER BY updated_at DESC LIMIT 1 FOR UPDATE
+"#;
+
+const EVENT: &str = r#"
+INSERT INTO job_events (job_id, kind, at, mailbox, event)
+VALUES ($1, 'bounced', $2, $3, $4)
+ON CONFLICT (job_id, at, kind) DO NOTHING
+"#;
+
+const MOVE: &str = r#"
+UPDATE jobs SET state = 'bounced', smtp_code = $3, smtp_enhanced = $4, smtp_text = $5,
+                reason = $6, updated_at = $2
+WHERE id = $1 AND mailpipe_moves_forward(state, updated_at, 'bounced', $2)
+"#;
+
+const SETTLE: &str = r#"
+UPDATE handled_reports SET job_id = $3, outcome = $4, handled_at = now()
+WHERE mailbox = lower($1) AND report_key = $2
+"#;
+
+impl Store {
+    /// Records the report `report_key` read from `mailbox` (its Graph id, or its own
+    /// Message-ID), once. Only the permanent failures of `bounce` count (a mixed report
+    /// may also name delayed or delivered recipients); a recipient is suppressed only when
+    /// its status proves the address dead (`DsnStatus::suppresses`) and the matched job
+    /// was sent to it, so a forged report cannot suppress an address we never sent to.
+    pub async fn record_bounce(
+        &self,
+        mailbox: &EmailAddress,
+        report_key: &str,
+        bounce: &Bounce,
+        at: DateTime<Utc>,
+    ) -> Result<BounceRecord, BounceError> {
+        if report_key.is_empty() || report_key.chars().count() > MAX_REPORT_KEY {
+            return Err(BounceError::BadKey);
+        }
+        let failed: Vec<&BouncedRecipient> = bounce
+            .recipients
+            .iter()
+            .filter(|r| r.status.is_permanent())
+            .collect();
+        let mut tx = self.observe("starting a transaction", self.pool.begin().await)?;
+        let r = sqlx::query_scalar::<_, bool>(CLAIM_REPORT)
+            .bind(mailbox.as_str())
+            .bind(report_key)
+            .fetch_optional(&mut *tx)
+            .await;
+        if self.observe("claiming a report", r)?.is_none() {
+            let r = sqlx::query_scalar::<_, Option<String>>(PREVIOUS)
+                .bind(mailbox.as_str())
+                .bind(report_key)
+                .fetch_one(&mut *tx)
+                .await;
+            let job = self.observe("reading a handled report", r)?;
+            return Ok(BounceRecord {
+                job: job.and_then(|j| JobId::parse(&j).ok()),
+                newly: false,
+                suppressed: Vec::new(),
+            });
+        }
+        let addresses: Vec<String> = failed
+            .iter()
+            .map(|r| r.address.as_str().to_ascii_lowercase())
+            .collect();
+        let found = match (&bounce.original_message_id, failed.is_empty()) {
+            (_, true) => None,
+            (Some(id), _) => {
+                let r = sqlx::query_as::<_, (String, Option<String>, Vec<String>)>(BY_MESSAGE_ID)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await;
+                self.observe("finding a bounced job", r)?
+            }
+            (None, _) => {
+                let r = sqlx::query_as::<_, (String, Option<String>, Vec<String>)>(BY_RECIPIENT)
+                    .bind(mailbox.as_str())
+                    .bind(&addresses)
+                    .fetch_optional(&mut *tx)
+                    .await;
+                self.observe("finding a bounced job", r)?
+            }
+        };
+        // Ids in the table were written through `JobId`; one edited by hand that does not
+        // parse is treated as no match.
+        let found = found.and_then(|(id, batch, recipients)| {
+            JobId::parse(&id).ok().map(|job| (job, batch, recipients))
+        });
+        let Some((job, batch, recipients)) = found else {
+            let outcome = if failed.is_empty() {
+                "no_failure"
+            } else {
+                "unmatched"
+            };
+            let r = sqlx::query(SETTLE)
+                .bind(mailbox.as_str())
+                .bind(report_key)
+                .bind(None::<String>)
+                .bind(outcome)
+                .execute(&mut *tx)
+                .await;
+            self.observe("settling a report", r)?;
+            self.observe("committing", tx.commit().await)?;
+            return Ok(BounceRecord {
+                job: None,
+                newly: true,
+                suppressed: Vec::new(),
+            });
+        };
+        let job_id = job.as_str().to_owned();
+        let mut event = DeliveryEvent::new(
+            job.clone(),
+            batch.as_deref().and_then(|b| BatchId::parse(b).ok()),
+            EventKind::Bounced,
+        );
+        event.at = at;
+        event.mailbox = Some(mailbox.clone());
+        event.message_id = bounce.original_message_id.clone();
+        event.bounced_recipients = failed.iter().map(|r| (*r).clone()).collect();
+        let reason = summary(&failed);
+        event.reason = Some(reason.clone());
+        let first = failed[0];
+        let r = sqlx::query(EVENT)
+            .bind(&job_id)
+            .bind(at)
+            .bind(mailbox.as_str())
+            .bind(Json(&event))
+            .execute(&mut *tx)
+            .await;
+        self.observe("recording a bounce", r)?;
+        let r = sqlx::query(MOVE)
+            .bind(&job_id)
+            .bind(at)
+            .bind(first.diagnostic.as_deref().and_then(smtp_code))
+            .bind(first.status.to_string())
+            .bind(first.diagnostic.as_deref())
+            .bind(&reason)
+            .execute(&mut *tx)
+            .await;
+        self.observe("moving a job to bounced", r)?;
+        let mut suppressed = Vec::new();
+        for r in failed.iter().filter(|r| r.status.suppresses()) {
+            let key = r.address.as_str().to_ascii_lowercase();
+            if !recipients.contains(&key) {
+                continue;
+            }
+            let entry = NewSuppression {
+                address: r.address.clone(),
+                source: SuppressionSource::Bounce,
+                reason: match &r.diagnostic {
+                    Some(d) => format!("bounced {}: {d}", r.status),
+                    None => format!("bounced {}", r.status),
+                },
+                status: Some(r.status.to_string()),
+                job_id: Some(job_id.clone()),
+                mailbox: Some(mailbox.as_str().to_owned()),
+                created_by: None,
+            };
+            let added = suppress_in(&mut *tx, &entry).await;
+            if self.observe("suppressing a bounced address", added)? == Some(true) {
+                suppressed.push(r.address.clone());
+            }
+        }
+        let r = sqlx::query(SETTLE)
+            .bind(mailbox.as_str())
+            .bind(report_key)
+            .bind(&job_id)
+            .bind("bounced")
+            .execute(&mut *tx)
+            .await;
+        self.observe("settling a report", r)?;
+        self.observe("committing", tx.commit().await)?;
+        Ok(BounceRecord {
+            job: Some(job),
+            newly: true,
+            suppressed,
+        })
+    }
+}
+
+/// "ann@example.com: 5.1.10 (Remote server returned ...); bob@...: 5.1.1"
+fn summary(failed: &[&BouncedRecipient]) -> String {
+    let text = failed
+        .iter()
+        .map(|r| match &r.diagnostic {
+            Some(d) => format!("{}: {} ({d})", r.address, r.status),
+            None => format!("{}: {}", r.address, r.status),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("bounced: {}", super::suppressions::bounded_reason(&text))
+}
+
+/// The SMTP reply code inside a diagnostic (`smtp; 550 5.1.1 ...`, `Remote Server
+/// returned '550 5.1.10 ...'`): the first three-digit word starting with 4 or 5.
+fn smtp_code(diagnostic: &str) -> Option<i32> {
+    diagnostic
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 3 && (w.starts_with('4') || w.starts_with('5')))
+        .and_then(|w| w.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smtp_code;
+
+    #[test]
+    fn finds_the_reply_code_in_a_diagnostic() {
+        assert_eq!(smtp_code("smtp; 550 5.1.1 no such user"), Some(550));
+        assert_eq!(
+            smtp_code("Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound'"),
+            Some(550)
+        );
+        assert_eq!(smtp_code("no code here 12 1234"), None);
+    }
+}
