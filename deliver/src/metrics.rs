@@ -88,6 +88,14 @@ pub static UNCERTAIN_SETTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static BOUNCE_REPORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "mailpipe_deliver_bounce_reports_total",
+        "Non-delivery reports read from the pool's Inboxes and moved to the bounce folder (bounced: recorded on its job; unmatched: no job of ours; already_handled: recorded before, only moved now)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
 pub static SMTP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "mailpipe_deliver_smtp_duration_seconds",
@@ -209,6 +217,9 @@ pub fn register() {
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
     // Graph's success and throttling series too, at 0 while Graph is unused.
+    for outcome in ["bounced", "unmatched", "already_handled"] {
+        BOUNCE_REPORTS.with_label_values(&[outcome]);
+    }
     for how in ["found_in_sent_items", "resent"] {
         UNCERTAIN_SETTLED.with_label_values(&[how]);
     }

@@ -189,7 +189,7 @@ impl Store {
             .bind(at)
             .bind(first.diagnostic.as_deref().and_then(smtp_code))
             .bind(first.status.to_string())
-            .bind(first.diagnostic.as_deref())
+            .bind(first.diagnostic.as_deref().map(smtp_text))
             .bind(&reason)
             .execute(&mut *tx)
             .await;
@@ -256,6 +256,19 @@ fn smtp_code(diagnostic: &str) -> Option<i32> {
         .and_then(|w| w.parse().ok())
 }
 
+/// A diagnostic as a reply's text: without a leading `smtp;` and reply code (the code has
+/// its own column, and a reply's text never repeats it).
+fn smtp_text(diagnostic: &str) -> &str {
+    let d = diagnostic.trim_start();
+    let d = d.strip_prefix("smtp;").unwrap_or(d).trim_start();
+    match d.split_once(' ') {
+        Some((code, rest)) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) => {
+            rest.trim_start()
+        }
+        _ => d,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::smtp_code;
@@ -268,5 +281,13 @@ mod tests {
             Some(550)
         );
         assert_eq!(smtp_code("no code here 12 1234"), None);
+        assert_eq!(
+            super::smtp_text("smtp; 550 5.1.1 no such user"),
+            "5.1.1 no such user"
+        );
+        assert_eq!(
+            super::smtp_text("Mailbox unavailable"),
+            "Mailbox unavailable"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! What the pool's mailboxes learn after a send, read through Microsoft Graph: whether an
 //! uncertain send is in the mailbox's Sent Items ([`sent_items`]), and the non-delivery
-//! reports that land in its Inbox.
+//! reports that land in its Inbox ([`inbox`]).
 //!
 //! A task of deliver rather than a fourth binary: it needs the pool's app registration and
 //! its tokens, and the mailbox leases already say which process looks after which mailbox.
@@ -9,6 +9,7 @@
 //! (per-mailbox concurrency, `Retry-After`) in [`crate::graph`], and a round that fails is
 //! tried again at the next.
 
+pub mod inbox;
 pub mod sent_items;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct MailboxFeedback {
     store: Store,
     poll: Duration,
     sent_items: sent_items::SentItemsLookup,
+    inbox: inbox::InboxReader,
 }
 
 impl MailboxFeedback {
@@ -43,6 +45,7 @@ impl MailboxFeedback {
         let graph = graph?;
         Some(Self {
             sent_items: sent_items::SentItemsLookup::new(settings.uncertain_hold()),
+            inbox: inbox::InboxReader::new(&settings.graph),
             poll: settings.graph.poll_interval(),
             graph,
             pool,
@@ -72,6 +75,11 @@ impl MailboxFeedback {
             .collect();
         if held.is_empty() {
             return;
+        }
+        for mailbox in &held {
+            if let Err(e) = self.inbox.read(&self.graph, &self.store, mailbox).await {
+                tracing::warn!(mailbox = %mailbox, error = %e, "reading the Inbox failed; trying again next round");
+            }
         }
         if let Err(e) = self
             .sent_items
