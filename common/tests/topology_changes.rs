@@ -37,12 +37,20 @@ async fn a_new_retry_ladder_declares_new_queues_and_retries_through_them() {
     let (exchange, key, delay) = topology.retry_route(Stage::Deliver, 1).expect("a ladder");
     assert_eq!(delay, Duration::from_millis(200));
     let ch = t.broker.channel().await.unwrap();
+    // deliver's ladder returns a message to the queue its `CC` header names (its lane).
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        lapin::types::AMQPValue::FieldArray(
+            vec![lapin::types::AMQPValue::LongString("deliver".into())].into(),
+        ),
+    );
     ch.basic_publish(
         exchange.as_str().into(),
         key.as_str().into(),
         BasicPublishOptions::default(),
         b"retry me",
-        persistent_properties("text/plain", Default::default()),
+        persistent_properties("text/plain", headers),
     )
     .await
     .unwrap()

@@ -538,7 +538,14 @@ max_attempts = 6
         loop {
             let status = self.batch_status(batch).await.unwrap_or(Value::Null);
             let c = &status["counts"];
-            let done = ["delivered", "failed", "cancelled", "bounced", "suppressed"]
+            let done = [
+                "delivered",
+                "failed",
+                "cancelled",
+                "expired",
+                "bounced",
+                "suppressed",
+            ]
                 .iter()
                 .map(|k| c[*k].as_u64().unwrap_or(0))
                 .sum::<u64>();

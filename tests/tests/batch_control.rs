@@ -1,6 +1,7 @@
 //! Batch control with the real binaries: a paused batch stops being sent within seconds
 //! while another batch goes on, and completes once resumed; a cancelled batch's unsent
-//! jobs end `cancelled`, none of them sent, and status says so.
+//! jobs end `cancelled`, none of them sent, and status says so; both across a restart of
+//! deliver.
 
 #![allow(clippy::unwrap_used)]
 
@@ -61,7 +62,7 @@ async fn a_paused_batch_stops_while_another_goes_on_and_completes_once_resumed()
         message_window_ms: 1_000,
         ..StackOptions::default()
     };
-    let stack = Stack::start(opts).await.expect("stack starts");
+    let mut stack = Stack::start(opts).await.expect("stack starts");
     let jobs = 100;
     let jsonl = write_batch(&stack.attachments_root(), "pa", jobs, |_| 1).unwrap();
     assert_eq!(stack.post_batch("pa", jsonl, false).await.unwrap().0, 202);
@@ -89,6 +90,23 @@ async fn a_paused_batch_stops_while_another_goes_on_and_completes_once_resumed()
     assert_eq!(status["control"], "paused", "{status}");
     assert!(!status["finished"].as_bool().unwrap(), "{status}");
 
+    // The pause is on record: a restarted deliver honours it too.
+    stack
+        .stop_binary(Binary::Deliver, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stack.start_binary(Binary::Deliver).await.unwrap();
+    stack
+        .wait_ready(Binary::Deliver, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sent(&stack, "pa").await,
+        at_pause,
+        "a restarted deliver sent a job of the paused batch"
+    );
+
     let (status, report) = control(&stack, "pa", "resume").await;
     assert_eq!(status, 200, "{report}");
     let done = stack
@@ -113,7 +131,7 @@ async fn a_cancelled_batch_sends_nothing_more_and_status_says_so() {
         message_window_ms: 1_000,
         ..StackOptions::default()
     };
-    let stack = Stack::start(opts).await.expect("stack starts");
+    let mut stack = Stack::start(opts).await.expect("stack starts");
     let jobs = 100;
     let jsonl = write_batch(&stack.attachments_root(), "pc", jobs, |_| 1).unwrap();
     assert_eq!(stack.post_batch("pc", jsonl, false).await.unwrap().0, 202);
@@ -134,7 +152,18 @@ async fn a_cancelled_batch_sends_nothing_more_and_status_says_so() {
         .await
         .unwrap_or_else(|e| panic!("a cancelled batch finishes: {e}"));
     assert!(done["finished"].as_bool().unwrap(), "{done}");
-    // Sends under way at the cancel may still end delivered; then nothing moves.
+    // Sends under way at the cancel may still end delivered; then nothing moves, also
+    // after a restart of deliver (the messages still in the queue and the retry ladder
+    // meet a cancelled batch there too).
+    stack
+        .stop_binary(Binary::Deliver, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stack.start_binary(Binary::Deliver).await.unwrap();
+    stack
+        .wait_ready(Binary::Deliver, Duration::from_secs(60))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let done = stack.batch_status("pc").await.unwrap();
     let delivered = done["counts"]["delivered"].as_u64().unwrap();

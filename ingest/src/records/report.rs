@@ -53,13 +53,31 @@ impl KindCounts {
         self.0.iter().sum()
     }
 
-    /// Jobs that reached an end: delivered, failed, cancelled, bounced or suppressed.
+    /// Jobs that reached an end: delivered, failed, cancelled, expired, bounced or
+    /// suppressed.
     pub fn finished(&self) -> u64 {
         self.get(EventKind::Delivered)
             + self.get(EventKind::Failed)
             + self.get(EventKind::Cancelled)
+            + self.get(EventKind::Expired)
             + self.get(EventKind::Bounced)
             + self.get(EventKind::Suppressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_final_state_finishes_a_job() {
+        let mut counts = KindCounts::default();
+        for kind in KINDS {
+            counts.0[KINDS.iter().position(|k| *k == kind).unwrap_or(0)] = 1;
+        }
+        // Of the nine states, accepted, rendered and retrying are not ends.
+        assert_eq!(counts.total(), 9);
+        assert_eq!(counts.finished(), 6);
     }
 }
 
