@@ -36,6 +36,15 @@ async fn a_valid_job_arrives_in_the_render_queue_exactly_as_posted() {
     let mut expected = Job::from_json(body.as_bytes()).unwrap();
     assert!(queued.accepted_at.is_some(), "accepted_at is set");
     expected.accepted_at = queued.accepted_at;
+    // ingest adds the lane (bulk by default) and its batch's bulk deliver queue.
+    assert_eq!(queued.lane, Some(mailpipe_common::contract::Lane::Bulk));
+    assert!(
+        queued.bulk_queue.is_some_and(|q| q >= 1),
+        "a batch's job waits in a batch queue: {:?}",
+        queued.bulk_queue
+    );
+    expected.lane = queued.lane;
+    expected.bulk_queue = queued.bulk_queue;
     assert_eq!(queued, expected);
     assert_eq!(
         header_str(&msg.delivery.properties, JOB_ID_HEADER).as_deref(),
