@@ -85,7 +85,7 @@ impl Pipeline {
         self.publisher
             .send(Outgoing {
                 exchange: &exchange,
-                routing_key: Stage::Render.as_str(),
+                routing_key: Topology::render_key(job.lane.unwrap_or_default()),
                 body: &body,
                 properties: props,
             })

@@ -155,6 +155,28 @@ async fn a_message_in_the_retry_ladder_returns_to_its_stage_after_its_delay() {
 async fn a_rendered_message_waits_in_its_lane_and_the_ladder_returns_it_there() {
     let t = TestBroker::start("lanes").await;
     let topology = t.broker.topology().clone();
+    // A transactional job has its own render queue too.
+    let mut urgent = job("lane-0");
+    urgent.lane = Some(Lane::Transactional);
+    t.pipeline
+        .send_job(&urgent)
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
+    let queued = t
+        .get(
+            &topology.render_queue(Lane::Transactional),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("in render's transactional queue");
+    assert_eq!(
+        Job::from_queue(&queued.delivery.data).unwrap().id.as_str(),
+        "lane-0"
+    );
+    assert_eq!(t.depth(&topology.render_queue(Lane::Bulk)).await, 0);
     for (lane, bulk_queue) in [(Lane::Transactional, 0), (Lane::Bulk, 2), (Lane::Bulk, 0)] {
         let meta = RenderedMeta::from_header_value(
             &serde_json::json!({

@@ -198,6 +198,9 @@ impl Book {
     }
 }
 
+/// Longest a waiter behind others in line sleeps before it looks again.
+const LINE_RECHECK: Duration = Duration::from_secs(1);
+
 /// What a waiter in [`MailboxPool::acquire`] waits for.
 enum Wait {
     /// The instant the pool admits it.
@@ -591,7 +594,12 @@ impl MailboxPool {
                 Wait::Release => None,
                 Wait::Line if self.owned_here_may_send(meta) => {
                     elsewhere_since = None;
-                    notified.await;
+                    // Woken when the one ahead picks or leaves; the bounded wait is a
+                    // safety net only (a turn never depends on it).
+                    tokio::select! {
+                        _ = tokio::time::sleep(LINE_RECHECK) => {}
+                        _ = &mut notified => {}
+                    }
                     continue;
                 }
                 // Behind others, and only other processes' mailboxes could send it: the
@@ -993,6 +1001,102 @@ mod tests {
             lane: mailpipe_common::contract::Lane::Bulk,
             bulk_queue: 0,
         }
+    }
+
+    /// Three mailboxes of 3 messages per 100 ms, owned here.
+    fn busy_pool(dir: &tempfile::TempDir) -> MailboxPool {
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw").expect("write");
+        let tenant: TenantSettings =
+            serde_json::from_value(serde_json::json!({"id": "t"})).expect("tenant");
+        let mailboxes: Vec<MailboxSettings> = (0..3)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "address": format!("m{i}@contoso.example"), "tenant": "t", "auth": "password",
+                    "password": {"file": password}, "host": "localhost", "port": 1,
+                    "limits": {"messages_per_window": 3, "message_window_ms": 100},
+                }))
+                .expect("mailbox")
+            })
+            .collect();
+        let settings = DeliverSettings {
+            tenants: vec![tenant],
+            mailboxes,
+            ..DeliverSettings::default()
+        };
+        let pool = MailboxPool::build(&settings).expect("pool");
+        for idx in 0..3 {
+            pool.grant(
+                idx,
+                Fence {
+                    token: 1,
+                    until: Instant::now() + Duration::from_secs(3_600),
+                },
+            );
+        }
+        pool
+    }
+
+    /// Many messages of several batches and lanes wait at once while a mailbox comes and
+    /// goes (its lease taken away and given back): every one of them gets a mailbox. A
+    /// waiter left behind in the line would hang here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_waiter_in_line_gets_a_mailbox_while_mailboxes_come_and_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Arc::new(busy_pool(&dir));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flapping = {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut token = 2;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pool.revoke(2);
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    pool.grant(
+                        2,
+                        Fence {
+                            token,
+                            until: Instant::now() + Duration::from_secs(3_600),
+                        },
+                    );
+                    token += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for i in 0..300u32 {
+            let pool = pool.clone();
+            let mut m = meta();
+            m.lane = if i % 10 == 0 {
+                mailpipe_common::contract::Lane::Transactional
+            } else {
+                mailpipe_common::contract::Lane::Bulk
+            };
+            m.batch = Some(
+                mailpipe_common::domain::BatchId::parse(&format!("b{}", i % 3)).expect("batch"),
+            );
+            tasks.push(tokio::spawn(async move {
+                // Some give up waiting (a message handed back): they must leave the line.
+                if i % 7 == 0 {
+                    let _ = tokio::time::timeout(Duration::from_millis(5), pool.acquire(&m)).await;
+                }
+                let lease = tokio::time::timeout(Duration::from_secs(60), pool.acquire(&m))
+                    .await
+                    .unwrap_or_else(|_| panic!("message {i} never got a mailbox"))
+                    .expect("possible");
+                let ticket = lease.ticket();
+                tokio::time::sleep(Duration::from_millis(u64::from(i % 4))).await;
+                pool.finish(lease, Completion::Counted);
+                pool.mark_healthy(ticket);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flapping.await.expect("flapping");
+        assert_eq!(pool.book().line.len(), 0, "nobody left in line");
     }
 
     async fn acquire(pool: &MailboxPool) -> Lease {

@@ -54,7 +54,7 @@ pub struct Application {
     http: HttpServer,
     broker: Broker,
     stage: RenderStage,
-    queue: String,
+    queues: Vec<String>,
     prefetch: u16,
 }
 
@@ -111,12 +111,12 @@ impl Application {
             settings.concurrency,
             Duration::from_millis(settings.job_timeout_ms),
         );
-        let queue = broker.topology().stage_queue(Stage::Render);
+        let queues = broker.topology().stage_queues(Stage::Render);
         Ok(Self {
             http,
             broker,
             stage,
-            queue,
+            queues,
             prefetch: common.rabbitmq.prefetch,
         })
     }
@@ -132,16 +132,20 @@ impl Application {
 
     /// Consumes until shutdown, finishes the jobs in hand, then closes the connection.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let stage = self.stage.clone();
-        consume(
-            &self.broker,
-            ConsumerSpec::queue(self.queue, self.prefetch),
-            move |delivery| {
-                let stage = stage.clone();
-                async move { stage.process(delivery).await }
-            },
-        )
-        .await;
+        // Transactional jobs have a queue of their own: they wait for at most the renders
+        // already in hand, not for a batch's backlog.
+        let consumers = self.queues.into_iter().map(|queue| {
+            let stage = self.stage.clone();
+            consume(
+                &self.broker,
+                ConsumerSpec::queue(queue, self.prefetch),
+                move |delivery| {
+                    let stage = stage.clone();
+                    async move { stage.process(delivery).await }
+                },
+            )
+        });
+        futures::future::join_all(consumers).await;
         self.broker.close().await;
         self.http.task.await??;
         match self.broker.failure() {

@@ -546,9 +546,9 @@ max_attempts = 6
                 "bounced",
                 "suppressed",
             ]
-                .iter()
-                .map(|k| c[*k].as_u64().unwrap_or(0))
-                .sum::<u64>();
+            .iter()
+            .map(|k| c[*k].as_u64().unwrap_or(0))
+            .sum::<u64>();
             if done >= jobs {
                 return Ok(status);
             }

@@ -54,17 +54,13 @@ async fn transactional_jobs_overtake_a_bulk_backlog_that_saturates_the_pool() {
         .await
         .expect("stack starts");
     let window = Duration::from_secs(20);
-    let t0 = std::time::Instant::now();
     let bulk = write_batch(&stack.attachments_root(), "month-end", 2_000, |_| 1).unwrap();
-    eprintln!("written {:?}", t0.elapsed());
     assert_eq!(
         stack.post_batch("month-end", bulk, false).await.unwrap().0,
         202
     );
-    eprintln!("posted {:?}", t0.elapsed());
     // Past the first windows' 80: from now on every slot is contested.
     wait_sent(&stack, 100, Duration::from_secs(120)).await;
-    eprintln!("100 sent {:?}", t0.elapsed());
 
     let urgent: String = write_batch(&stack.attachments_root(), "urgent", 20, |_| 1)
         .unwrap()

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! {p}.work    direct  --render-->  {p}.render   quorum, x-delivery-limit, DLX {p}.dead
+//!                     --render.transactional--> {p}.render.transactional  (the same)
 //!                     --deliver--> {p}.deliver  quorum, x-delivery-limit, DLX {p}.dead
 //!                     --deliver.transactional--> {p}.deliver.transactional  (the same)
 //!                     --deliver.bulk.{n}-->      {p}.deliver.bulk.{n}       (n = 1..=bulk_queues)
@@ -38,7 +39,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::set_header;
 use crate::config::RabbitSettings;
-use crate::contract::DeliverQueue;
+use crate::contract::{DeliverQueue, Lane};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
@@ -107,10 +108,26 @@ impl Topology {
             .collect()
     }
 
-    /// The work queues of a stage: render's one, deliver's lanes.
+    /// render's queue for `lane`: transactional jobs have their own, so that they never
+    /// wait behind a batch's backlog in render either.
+    pub fn render_queue(&self, lane: Lane) -> String {
+        format!("{}.{}", self.prefix, Self::render_key(lane))
+    }
+
+    /// The routing key of render's queue for `lane`.
+    pub fn render_key(lane: Lane) -> &'static str {
+        match lane {
+            Lane::Transactional => "render.transactional",
+            Lane::Bulk => "render",
+        }
+    }
+
+    /// The work queues of a stage (its lanes), the transactional one first.
     pub fn stage_queues(&self, stage: Stage) -> Vec<String> {
         match stage {
-            Stage::Render => vec![self.stage_queue(stage)],
+            Stage::Render => [Lane::Transactional, Lane::Bulk]
+                .map(|l| self.render_queue(l))
+                .to_vec(),
             Stage::Deliver => self.deliver_queues().into_iter().map(|(_, q)| q).collect(),
         }
     }
@@ -194,7 +211,9 @@ impl Topology {
         self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
             .await?;
 
-        let mut work = vec![(self.stage_queue(Stage::Render), "render".to_owned())];
+        let mut work: Vec<(String, String)> = [Lane::Transactional, Lane::Bulk]
+            .map(|l| (self.render_queue(l), Self::render_key(l).to_owned()))
+            .to_vec();
         work.extend(
             self.deliver_queues()
                 .into_iter()
@@ -262,6 +281,7 @@ impl Topology {
         let mut queues = vec![self.events_stream(), self.dead_queue()];
         queues.extend(Stage::ALL.map(|s| self.stage_queue(s)));
         queues.push(self.deliver_queue(DeliverQueue::Transactional));
+        queues.push(self.render_queue(Lane::Transactional));
         for q in queues {
             ch.queue_declare(ShortString::from(q), passive, FieldTable::default())
                 .await?;
