@@ -211,7 +211,8 @@ impl Topology {
         self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
             .await?;
 
-        let mut work: Vec<(String, String)> = [Lane::Transactional, Lane::Bulk]
+        // `<p>.render` first: a refused declare names the queue every deployment has.
+        let mut work: Vec<(String, String)> = [Lane::Bulk, Lane::Transactional]
             .map(|l| (self.render_queue(l), Self::render_key(l).to_owned()))
             .to_vec();
         work.extend(
