@@ -134,7 +134,7 @@ async fn two_batches_at_once_both_progress() {
         .count();
     // Taking turns, each sends about as many as the other meanwhile; neither starves.
     assert!(
-        first_meanwhile >= 30 && first_meanwhile <= 90,
+        (30..=90).contains(&first_meanwhile),
         "while the second batch's 60 went out, the first sent {first_meanwhile}"
     );
     let first = stack.batch_status("first").await.unwrap();

@@ -76,36 +76,43 @@ impl Store {
     /// Deletes what is older than the retention at `now`.
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<PruneReport, StoreError> {
         let cutoff = now - self.retention;
-        let mut report = PruneReport::default();
-        report.jobs = self
+        let jobs = self
             .prune_in_steps(PRUNE_JOBS, cutoff, "pruning jobs")
             .await?;
+        let mut stale_claims = 0;
         loop {
             let r = sqlx::query(PRUNE_CLAIMS)
                 .bind(PRUNE_BATCH)
                 .execute(&self.pool)
                 .await;
             let n = self.observe("pruning stale claims", r)?.rows_affected();
-            report.stale_claims += n;
+            stale_claims += n;
             if n < PRUNE_BATCH as u64 {
                 break;
             }
         }
-        report.sends = self
+        let sends = self
             .prune_in_steps(PRUNE_SENDS, cutoff, "pruning sends")
             .await?;
-        report.webhook_events = self
+        let webhook_events = self
             .prune_in_steps(PRUNE_WEBHOOKS, cutoff, "pruning webhook events")
             .await?;
-        report.reports = self
+        let reports = self
             .prune_in_steps(PRUNE_REPORTS, cutoff, "pruning handled reports")
             .await?;
         let r = sqlx::query(PRUNE_BATCHES)
             .bind(cutoff)
             .execute(&self.pool)
             .await;
-        report.batches = self.observe("pruning batches", r)?.rows_affected();
-        Ok(report)
+        let batches = self.observe("pruning batches", r)?.rows_affected();
+        Ok(PruneReport {
+            jobs,
+            stale_claims,
+            batches,
+            sends,
+            webhook_events,
+            reports,
+        })
     }
 
     /// Runs a `DELETE ... LIMIT $2` older than `$1` until it deletes less than a step,
