@@ -298,3 +298,53 @@ async fn each_broken_mailbox_is_named_with_its_reply_and_fix() {
     );
     sim.shutdown().await;
 }
+
+/// With `[deliver.graph]` enabled, each mailbox's Inbox is read once through Graph: a
+/// mailbox the app may not read (its access policy does not grant it) fails at `graph`
+/// with the permission to grant; the others pass.
+#[tokio::test]
+async fn graph_access_is_checked_for_each_mailbox() {
+    let sim = sim().await;
+    sim.set_graph_access("sender2@contoso.example", false);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(&sim, dir.path(), false);
+    let mut toml = std::fs::read_to_string(dir.path().join("mailpipe.toml")).unwrap();
+    toml += &format!(
+        "[deliver.graph]\nenabled = true\nbase_url = \"{}\"\nallow_loopback_http = true\n",
+        sim.graph_base_url()
+    );
+    std::fs::write(dir.path().join("mailpipe.toml"), toml).unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["--config", "mailpipe.toml", "check-pool", "--json"],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let by = |address: &str| -> Value {
+        report["mailboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mailbox"] == address)
+            .cloned()
+            .unwrap()
+    };
+    let granted = by("sender1@contoso.example");
+    assert_eq!(granted["ok"], true, "{granted}");
+    assert_eq!(granted["graph"], "ok (Inbox readable)", "{granted}");
+    let denied = by("sender2@contoso.example");
+    assert_eq!(denied["ok"], false, "{denied}");
+    assert_eq!(denied["stage"], "graph", "{denied}");
+    assert!(
+        denied["graph"]
+            .as_str()
+            .unwrap()
+            .contains("ErrorAccessDenied"),
+        "{denied}"
+    );
+    assert!(
+        denied["hint"].as_str().unwrap().contains("Mail.ReadWrite"),
+        "{denied}"
+    );
+}

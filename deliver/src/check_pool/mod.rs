@@ -2,6 +2,9 @@
 //! its app, connect, EHLO, STARTTLS verified, AUTH, QUIT) through the same pool and session
 //! code deliver sends with, and says what to fix. One connection and at most one AUTH per
 //! mailbox per run: a failing mailbox is not hammered (Exchange throttles repeated errors).
+//! With `[deliver.graph]` enabled it also reads one message summary of each Inbox through
+//! Microsoft Graph, as deliver does for bounces and uncertain sends: an app not granted the
+//! mailbox is named here, not discovered when the first NDR goes unread.
 
 mod hint;
 mod report;
@@ -15,6 +18,7 @@ use mailpipe_common::domain::EmailAddress;
 pub use hint::{HintContext, aadsts_code, hint};
 pub use report::{MailboxCheck, PoolReport};
 
+use crate::graph::{FolderId, GraphClient, GraphError, Order};
 use crate::pool::{MailboxPool, SessionError};
 use crate::settings::DeliverSettings;
 use crate::smtp::SmtpFailure;
@@ -58,8 +62,19 @@ pub async fn check_pool(
 ) -> anyhow::Result<PoolReport> {
     let pool = MailboxPool::build(settings)?;
     let pool = &pool;
+    let graph = match settings.graph.enabled {
+        true => Some(GraphClient::from_settings(settings)?),
+        false => None,
+    };
+    let graph = graph.as_ref();
     let checks: Vec<MailboxCheck> = futures::stream::iter(0..pool.mailboxes().len())
-        .map(|idx| check_mailbox(pool, settings, idx, options))
+        .map(|idx| async move {
+            let mut check = check_mailbox(pool, settings, idx, options).await;
+            if let Some(graph) = graph {
+                check_graph(graph, &pool.mailboxes()[idx].address, &mut check).await;
+            }
+            check
+        })
         .buffered(PARALLEL)
         .collect()
         .await;
@@ -88,6 +103,7 @@ async fn check_mailbox(
         reply: String::new(),
         hint: None,
         test_message: None,
+        graph: None,
     };
     let mut session = match pool.open_once(idx).await {
         Ok(s) => s,
@@ -157,6 +173,41 @@ async fn check_mailbox(
     }
     session.quit().await;
     check
+}
+
+/// Reads one message summary of the mailbox's Inbox through Graph. A mailbox Graph cannot
+/// serve by configuration (password auth, a tenant without an app) is noted, not failed:
+/// its bounces are simply not read.
+async fn check_graph(graph: &GraphClient, mailbox: &EmailAddress, check: &mut MailboxCheck) {
+    if let Err(e) = graph.check_mailbox(mailbox) {
+        check.graph = Some(format!("not read: {e}"));
+        return;
+    }
+    match graph
+        .list_messages(mailbox, &FolderId::inbox(), Order::OldestFirst, 1)
+        .await
+    {
+        Ok(_) => check.graph = Some("ok (Inbox readable)".into()),
+        Err(e) => {
+            check.graph = Some(format!("FAILED: {e}"));
+            if check.ok {
+                check.ok = false;
+                check.stage = "graph".into();
+                check.hint = Some(graph_hint(&e, mailbox));
+            }
+        }
+    }
+}
+
+fn graph_hint(e: &GraphError, mailbox: &EmailAddress) -> String {
+    match e.status() {
+        Some(403) => format!(
+            "the app may not read {mailbox}: grant it Mail.ReadWrite on this mailbox (RBAC for Applications, or the application access policy's group); docs/microsoft365.md, step 9"
+        ),
+        Some(401) => "Graph refused the app's token: give the app the Mail.ReadWrite application permission with admin consent (or an RBAC role assignment); docs/microsoft365.md, step 9".into(),
+        Some(404) => format!("Graph does not know {mailbox} in this tenant: check the address and the tenant's directory id"),
+        _ => "Graph could not be reached or answered with an error: check deliver.graph.base_url and the network".into(),
+    }
 }
 
 /// A short plain-text message From the mailbox itself (always allowed).

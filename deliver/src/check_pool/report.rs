@@ -13,7 +13,8 @@ pub struct MailboxCheck {
     /// `host:port`.
     pub endpoint: String,
     pub ok: bool,
-    /// Where it stopped: `token`, `connect`, `starttls`, `auth`, `test_message`, or `done`.
+    /// Where it stopped: `token`, `connect`, `starttls`, `auth`, `test_message`, `graph`, or
+    /// `done`.
     pub stage: String,
     /// Exchange's (or Entra's) answer at that stage.
     pub reply: String,
@@ -23,6 +24,9 @@ pub struct MailboxCheck {
     /// The reply to the test message (`--send-test`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_message: Option<String>,
+    /// Reading the Inbox through Microsoft Graph (`[deliver.graph]` enabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,10 +59,13 @@ impl PoolReport {
                 } else {
                     format!("FAILED at {}", m.stage)
                 };
-                let reply = match &m.test_message {
+                let mut reply = match &m.test_message {
                     Some(t) => format!("{} | test message: {t}", m.reply),
                     None => m.reply.clone(),
                 };
+                if let Some(g) = &m.graph {
+                    reply.push_str(&format!(" | graph: {g}"));
+                }
                 [
                     m.mailbox.clone(),
                     m.tenant.clone(),
