@@ -268,16 +268,7 @@ impl TokenSource {
             return Err(OAuthError::Redirected {
                 endpoint,
                 status: response.status().as_u16(),
-                location: response
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .map(|l| {
-                        String::from_utf8_lossy(l.as_bytes())
-                            .chars()
-                            .take(200)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                location: redirect_location(&response),
             });
         }
         let status = response.status();
@@ -321,4 +312,19 @@ impl TokenSource {
             refresh_at: expires_at - ahead,
         })
     }
+}
+
+/// Where a redirect points, for the error that refuses to follow it (a redirect could carry
+/// a secret away): the `Location` header, at most 200 characters.
+pub(crate) fn redirect_location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| {
+            String::from_utf8_lossy(l.as_bytes())
+                .chars()
+                .take(200)
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -308,13 +308,10 @@ pub async fn uncertain(
     shutdown: CancellationToken,
     give_up_after: Duration,
 ) -> ExitCode {
-    let store = match open_store(config, shutdown, give_up_after).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let code = crate::uncertain_cli::run(&store, command).await;
-    store.close().await;
-    code
+    with_store(config, shutdown, give_up_after, async |store| {
+        crate::uncertain_cli::run(store, command).await
+    })
+    .await
 }
 
 /// `webhooks list|retry`.
@@ -324,14 +321,11 @@ pub async fn webhooks(
     shutdown: CancellationToken,
     give_up_after: Duration,
 ) -> ExitCode {
-    let store = match open_store(config, shutdown, give_up_after).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
     let max_age = config.ingest.webhooks.max_age();
-    let code = crate::webhooks::cli::run(&store, command, max_age).await;
-    store.close().await;
-    code
+    with_store(config, shutdown, give_up_after, async |store| {
+        crate::webhooks::cli::run(store, command, max_age).await
+    })
+    .await
 }
 
 /// `suppress`.
@@ -341,11 +335,24 @@ pub async fn suppress(
     shutdown: CancellationToken,
     give_up_after: Duration,
 ) -> ExitCode {
+    with_store(config, shutdown, give_up_after, async |store| {
+        crate::suppressions_cli::run(store, command).await
+    })
+    .await
+}
+
+/// Runs a command that needs only the database: opens it, runs, closes it.
+async fn with_store(
+    config: &Config,
+    shutdown: CancellationToken,
+    give_up_after: Duration,
+    command: impl AsyncFnOnce(&Store) -> ExitCode,
+) -> ExitCode {
     let store = match open_store(config, shutdown, give_up_after).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let code = crate::suppressions_cli::run(&store, command).await;
+    let code = command(&store).await;
     store.close().await;
     code
 }

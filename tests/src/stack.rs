@@ -482,6 +482,13 @@ max_attempts = 6
         }
     }
 
+    /// A clean stop (SIGTERM, its work finished), a start, and the wait until it is ready.
+    pub async fn restart_binary(&mut self, b: Binary) -> anyhow::Result<()> {
+        self.stop_binary(b, Duration::from_secs(30)).await?;
+        self.start_binary(b).await?;
+        self.wait_ready(b, Duration::from_secs(60)).await
+    }
+
     /// SIGKILL: a crash.
     pub async fn kill_binary(&mut self, b: Binary) -> anyhow::Result<()> {
         if let Some(mut p) = self.procs.remove(&b) {

@@ -91,15 +91,7 @@ async fn a_paused_batch_stops_while_another_goes_on_and_completes_once_resumed()
     assert!(!status["finished"].as_bool().unwrap(), "{status}");
 
     // The pause is on record: a restarted deliver honours it too.
-    stack
-        .stop_binary(Binary::Deliver, Duration::from_secs(30))
-        .await
-        .unwrap();
-    stack.start_binary(Binary::Deliver).await.unwrap();
-    stack
-        .wait_ready(Binary::Deliver, Duration::from_secs(60))
-        .await
-        .unwrap();
+    stack.restart_binary(Binary::Deliver).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         sent(&stack, "pa").await,
@@ -155,15 +147,7 @@ async fn a_cancelled_batch_sends_nothing_more_and_status_says_so() {
     // Sends under way at the cancel may still end delivered; then nothing moves, also
     // after a restart of deliver (the messages still in the queue and the retry ladder
     // meet a cancelled batch there too).
-    stack
-        .stop_binary(Binary::Deliver, Duration::from_secs(30))
-        .await
-        .unwrap();
-    stack.start_binary(Binary::Deliver).await.unwrap();
-    stack
-        .wait_ready(Binary::Deliver, Duration::from_secs(60))
-        .await
-        .unwrap();
+    stack.restart_binary(Binary::Deliver).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let done = stack.batch_status("pc").await.unwrap();
     let delivered = done["counts"]["delivered"].as_u64().unwrap();

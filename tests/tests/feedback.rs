@@ -127,15 +127,7 @@ async fn bounces_end_their_jobs_suppress_the_addresses_and_are_handled_once() {
     assert_eq!(in_folder(&stack, "inbox", "Question about"), 1);
 
     // A restart reads the Inboxes again: nothing is recorded twice.
-    stack
-        .stop_binary(Binary::Deliver, Duration::from_secs(30))
-        .await
-        .unwrap();
-    stack.start_binary(Binary::Deliver).await.unwrap();
-    stack
-        .wait_ready(Binary::Deliver, Duration::from_secs(60))
-        .await
-        .unwrap();
+    stack.restart_binary(Binary::Deliver).await.unwrap();
 
     // The next month's batch goes to the same addresses: not to the suppressed ones.
     let accepted_before = stack.sim.accepted().len();

@@ -450,16 +450,7 @@ impl GraphClient {
                     operation,
                     mailbox: who(),
                     status: status.as_u16(),
-                    location: response
-                        .headers()
-                        .get(reqwest::header::LOCATION)
-                        .map(|l| {
-                            String::from_utf8_lossy(l.as_bytes())
-                                .chars()
-                                .take(200)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    location: crate::oauth::redirect_location(&response),
                 });
             }
             if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE

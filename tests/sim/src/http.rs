@@ -406,14 +406,25 @@ async fn put_blocked(
     let Some(t) = s.directory.tenant(&tenant) else {
         return (StatusCode::NOT_FOUND, "no such tenant").into_response();
     };
-    match serde_json::from_slice::<bool>(&body) {
-        Ok(blocked) => {
-            let id = t.id.to_ascii_lowercase();
-            let mut set = lock(&s.blocked_tenants);
-            if blocked {
-                set.insert(id);
+    // `true`: blocked, in the set.
+    put_membership(&s.blocked_tenants, t.id.to_ascii_lowercase(), &body, true)
+}
+
+/// A `true`/`false` body putting `key` in `set` (when it equals `member_when`) or taking
+/// it out.
+fn put_membership(
+    set: &std::sync::Mutex<std::collections::HashSet<String>>,
+    key: String,
+    body: &[u8],
+    member_when: bool,
+) -> Response {
+    match serde_json::from_slice::<bool>(body) {
+        Ok(value) => {
+            let mut set = lock(set);
+            if value == member_when {
+                set.insert(key);
             } else {
-                set.remove(&id);
+                set.remove(&key);
             }
             StatusCode::NO_CONTENT.into_response()
         }
@@ -455,22 +466,8 @@ async fn put_graph_access(
     let Some(mb) = s.directory.mailbox(&mailbox) else {
         return (StatusCode::NOT_FOUND, "no such mailbox").into_response();
     };
-    match serde_json::from_slice::<bool>(&body) {
-        Ok(allowed) => {
-            let mut denied = lock(&s.graph_denied);
-            if allowed {
-                denied.remove(&mb.address);
-            } else {
-                denied.insert(mb.address.clone());
-            }
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            format!("body must be true or false: {e}"),
-        )
-            .into_response(),
-    }
+    // `false`: access denied, in the set.
+    put_membership(&s.graph_denied, mb.address.clone(), &body, false)
 }
 
 async fn put_graph_throttle(
