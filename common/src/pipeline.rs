@@ -16,7 +16,8 @@ use crate::amqp::{
 use crate::contract::{
     CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
 };
-use crate::store::Store;
+use crate::store::{SendOutcome, Store};
+use uuid::Uuid;
 use crate::telemetry::inject_trace_context;
 
 /// Header with the job id on every message, so the management UI and dead-letter tools
@@ -118,6 +119,23 @@ impl Pipeline {
         event: &DeliveryEvent,
     ) -> Result<PendingConfirm, PublishError> {
         self.store.record_event(event).await?;
+        self.publish_event(event).await
+    }
+
+    /// Closes a write-ahead send with its outcome and records its job's `event`, in one
+    /// statement (`Store::record_outcome`), then publishes the event to the events stream.
+    pub async fn record_outcome(
+        &self,
+        send: Uuid,
+        outcome: SendOutcome,
+        event: &DeliveryEvent,
+    ) -> Result<PendingConfirm, PublishError> {
+        self.store.record_outcome(send, outcome, event).await?;
+        self.publish_event(event).await
+    }
+
+    /// The live feed: an event already on record goes onto the events stream.
+    async fn publish_event(&self, event: &DeliveryEvent) -> Result<PendingConfirm, PublishError> {
         let body = event.to_json();
         let headers = Self::headers(
             event.job_id.as_str(),

@@ -8,7 +8,7 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{
     ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Resolution, SendOutcome, SendStart,
-    Store, StoreError, UnsettledSend, WriteAhead,
+    Store, StoreError, UnsettledSend, Decision, AcceptedSend, SendRules,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use tokio_util::sync::CancellationToken;
@@ -285,12 +285,17 @@ fn send(job: &str, owner: uuid::Uuid, token: i64) -> SendStart {
         mailbox: "mbx0@contoso.example".into(),
         tenant: Some("contoso".into()),
         job_id: job.into(),
+        batch: None,
         message_id: format!("<{job}@mailpipe>"),
         owner,
         token,
-        recipients: 2,
+        recipients: vec![
+            EmailAddress::parse("a@fabrikam.example").unwrap(),
+            EmailAddress::parse("b@contoso.example").unwrap(),
+        ],
         external_recipients: 1,
         budget: std::time::Duration::from_secs(90),
+        rules: SendRules::default(),
     }
 }
 
@@ -310,22 +315,22 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
 
     // The fence: only the owner, only under its token.
     let first = send("first", a, token);
-    assert_eq!(s.open_send(&first).await.unwrap(), WriteAhead::Written);
+    assert_eq!(s.open_send(&first).await.unwrap(), Decision::Written);
     assert_eq!(
         s.open_send(&send("by-b", b, token)).await.unwrap(),
-        WriteAhead::Fenced
+        Decision::Fenced
     );
     assert_eq!(
         s.open_send(&send("old-token", a, token - 1)).await.unwrap(),
-        WriteAhead::Fenced
+        Decision::Fenced
     );
     // One open send per job, whichever process holds the second copy.
-    assert_eq!(
+    assert!(matches!(
         s.open_send(&send("first", a, token)).await.unwrap(),
-        WriteAhead::JobBusy
-    );
+        Decision::InFlight(_)
+    ));
     // A retry of the same insert (its commit's answer lost) finds its own row.
-    assert_eq!(s.open_send(&first).await.unwrap(), WriteAhead::Written);
+    assert_eq!(s.open_send(&first).await.unwrap(), Decision::Written);
 
     // Open: counted at its deadline, the latest the server could count it.
     let counted = s
@@ -346,15 +351,17 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
     )
     .await
     .unwrap();
-    assert_eq!(
-        s.open_send(&send("first", a, token)).await.unwrap(),
-        WriteAhead::JobBusy,
+    assert!(
+        matches!(
+            s.open_send(&send("first", a, token)).await.unwrap(),
+            Decision::AcceptedBefore(AcceptedSend { recipients: 1, .. })
+        ),
         "an accepted job is never sent again"
     );
     let refused_early = send("before-data", a, token);
     assert_eq!(
         s.open_send(&refused_early).await.unwrap(),
-        WriteAhead::Written
+        Decision::Written
     );
     s.close_send(refused_early.id, SendOutcome::NotCounted)
         .await
@@ -377,7 +384,7 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
 
     // The tenant windows of other processes see a's sends with external recipients only.
     let orphan = send("orphan", a, token);
-    assert_eq!(s.open_send(&orphan).await.unwrap(), WriteAhead::Written);
+    assert_eq!(s.open_send(&orphan).await.unwrap(), Decision::Written);
     let tenants = vec!["contoso".to_owned()];
     let since = Utc::now() - Duration::hours(1);
     assert_eq!(s.tenant_sends(&tenants, b, since).await.unwrap().len(), 1);
@@ -395,7 +402,7 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
         "every change of owner raises the fencing token"
     );
     assert!(
-        s.open_send(&send("late", a, token)).await.unwrap() == WriteAhead::Fenced,
+        s.open_send(&send("late", a, token)).await.unwrap() == Decision::Fenced,
         "a is fenced out"
     );
     assert_eq!(

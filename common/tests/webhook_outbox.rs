@@ -12,7 +12,7 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind, SmtpReply};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::store::{
     AfterAttempt, AttemptOutcome, BatchControl, DeliveryFilter, Route, SendOutcome, SendStart,
-    Store, WriteAhead,
+    Store, Decision, SendRules,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use serde_json::Value;
@@ -150,11 +150,13 @@ async fn an_uncertain_send_is_one_event_per_job() {
             message_id: "<u@mailpipe.test>".into(),
             owner,
             token,
-            recipients: 1,
+            batch: None,
+            recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap()],
             external_recipients: 1,
             budget: Duration::from_secs(90),
+            rules: SendRules { uncertain_hold: Some(Duration::ZERO), tenant_budget: None },
         };
-        assert_eq!(s.open_send(&send).await.unwrap(), WriteAhead::Written);
+        assert_eq!(s.open_send(&send).await.unwrap(), Decision::Written);
         s.close_send(send.id, SendOutcome::Uncertain).await.unwrap();
     }
     let all = events(&s).await;

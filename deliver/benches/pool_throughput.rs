@@ -727,14 +727,16 @@ async fn write_ahead(n: usize) {
                 message_id: format!("<job-{i}@bench>"),
                 owner,
                 token,
-                recipients: 1,
+                batch: None,
+                recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").expect("address")],
                 external_recipients: 1,
                 budget: Duration::from_secs(90),
+                rules: mailpipe_common::store::SendRules::default(),
             };
             let started = Instant::now();
             assert_eq!(
                 store.open_send(&send).await.expect("insert"),
-                mailpipe_common::store::WriteAhead::Written
+                mailpipe_common::store::Decision::Written
             );
             store
                 .close_send(

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mailpipe_common::contract::DeliveryEvent;
 use mailpipe_common::domain::JobId;
+use mailpipe_common::store::SendOutcome;
+use uuid::Uuid;
 
 /// Jobs this process delivered whose `delivered` record is not written yet (the write
 /// failed, and the message came back): the record is written again, the mail never.
@@ -17,22 +19,26 @@ use mailpipe_common::domain::JobId;
 /// (`Store::send_check` before every send), so memory does not grow with what was sent.
 #[derive(Debug, Default)]
 pub struct DeliveredJobs {
-    pending: Mutex<HashMap<JobId, DeliveryEvent>>,
+    pending: Mutex<HashMap<JobId, PendingRecord>>,
 }
 
+/// A delivered send not yet on record: the send, its outcome and its job's event.
+type PendingRecord = (Uuid, SendOutcome, DeliveryEvent);
+
 impl DeliveredJobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, DeliveryEvent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, PendingRecord>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The `delivered` event of a job sent here and not yet recorded.
-    pub fn pending(&self, id: &JobId) -> Option<DeliveryEvent> {
+    /// The send and `delivered` event of a job sent here and not yet recorded.
+    pub fn pending(&self, id: &JobId) -> Option<PendingRecord> {
         self.lock().get(id).cloned()
     }
 
-    /// Delivered, not yet recorded: the event is kept so it can be written again.
-    pub fn insert_pending(&self, event: DeliveryEvent) {
-        self.lock().insert(event.job_id.clone(), event);
+    /// Delivered, not yet recorded: kept so the record can be written again.
+    pub fn insert_pending(&self, send: Uuid, outcome: SendOutcome, event: DeliveryEvent) {
+        self.lock()
+            .insert(event.job_id.clone(), (send, outcome, event));
     }
 
     /// Recorded: the database answers for it now.

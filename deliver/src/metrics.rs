@@ -28,6 +28,14 @@ pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static SEND_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "mailpipe_deliver_send_decisions_total",
+        "Write-ahead send decisions by verdict (written, tenant_full, in_flight, fenced, cancelled, paused, duplicate, accepted_before, uncertain, suppressed, expired)",
+        &["verdict"]
+    )
+    .expect("metric registers once")
+});
 pub static SUPPRESSED_RECIPIENTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "mailpipe_deliver_suppressed_recipients_total",

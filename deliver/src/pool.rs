@@ -506,6 +506,17 @@ impl MailboxPool {
         }
     }
 
+    /// A tenant's external-recipient limit and window, which the write-ahead decision
+    /// enforces across processes.
+    pub fn tenant_budget(&self, tenant: usize) -> Option<(u32, Duration)> {
+        let book = self.book();
+        let window = book.schedule.tenant(tenant)?.window();
+        Some((
+            u32::try_from(window.limit()).unwrap_or(u32::MAX),
+            window.window(),
+        ))
+    }
+
     /// The ids of the pool's tenants.
     pub fn tenant_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.mailboxes.iter().map(|m| m.tenant_id.clone()).collect();

@@ -12,9 +12,11 @@ use mailpipe_common::contract::{
     DeliveryEvent, EventKind, META_HEADER, RecipientRefusal, RenderedMeta, SmtpReply,
     SuppressedRecipient,
 };
+use mailpipe_common::domain::EmailAddress;
 use mailpipe_common::pipeline::{Pipeline, rendered_properties};
 use mailpipe_common::store::{
-    BatchControl, JobState, SendOutcome, SendStart, UnsettledSend, WriteAhead,
+    AcceptedSend, BatchControl, Decision, JobState, SendOutcome, SendRules, SendStart,
+    UnsettledSend,
 };
 use uuid::Uuid;
 
@@ -32,11 +34,14 @@ use crate::smtp::{SendReport, SmtpFailure, SmtpStage};
 use crate::suppression::{self, Screened};
 
 /// What the record says before a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     Send,
     /// Delivered before: never sent again.
     Duplicate,
+    /// A send of it was accepted but the job not recorded delivered (a crash between the
+    /// two, before they were one statement): recorded delivered now, never sent again.
+    AcceptedBefore(AcceptedSend),
     /// Its batch was cancelled.
     Cancelled,
     /// Its batch is paused: back to the retry ladder, looked at again later.
@@ -171,11 +176,11 @@ impl DeliverStage {
             _ = self.shutdown.cancelled() => return Ok(DeliveryOutcome::Returned),
             claim = self.claims.claim(&meta.job_id) => claim,
         };
-        if let Some(event) = self.delivered.pending(&meta.job_id) {
+        if let Some((send, outcome, event)) = self.delivered.pending(&meta.job_id) {
             // Delivered here, and its record failed before: write the record, never the
             // mail again.
             self.pipeline
-                .record_event(&event)
+                .record_outcome(send, outcome, &event)
                 .await?
                 .confirmed()
                 .await?;
@@ -189,7 +194,7 @@ impl DeliverStage {
         }
         // Suppressed recipients leave the envelope here (before the mailbox is picked, so
         // the quota counts only the others); with nobody left the job ends `suppressed`.
-        let meta = match suppression::screen(self.pipeline.store(), meta).await? {
+        let mut meta = match suppression::screen(self.pipeline.store(), meta).await? {
             Screened::Unchanged(meta) | Screened::Reduced(meta, _) => meta,
             Screened::Nobody(meta, dropped) => return self.all_suppressed(&meta, dropped).await,
         };
@@ -222,21 +227,11 @@ impl DeliverStage {
                 }
             };
             metrics::WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
-            // Right before the send, the record again: delivered before (by another
-            // process, or before a restart) is never sent twice, a batch paused or
-            // cancelled while this one waited is honoured, and while the database is away
-            // this waits, so nothing is sent that could not be recorded.
-            match self.verdict(&meta).await {
-                Ok(Verdict::Send) => {}
-                Ok(other) => {
-                    self.pool.release_unsent(lease);
-                    return self.not_sent(&meta, mime, other).await;
-                }
-                Err(e) => {
-                    self.pool.release_unsent(lease);
-                    return Err(e);
-                }
-            }
+            // Right before the send, the record decides (`send_on`, one transaction):
+            // delivered before (by another process, or before a restart) is never sent
+            // twice, a batch paused or cancelled while this one waited is honoured, the
+            // tenant's budget is shared exactly with the other processes, and while the
+            // database is away this waits, so nothing is sent that could not be recorded.
             let idx = lease.idx;
             let ticket = lease.ticket();
             let refusal = match self.attempt(&meta, mime, lease).await? {
@@ -245,21 +240,39 @@ impl DeliverStage {
                     // process) takes it, and no attempt is spent.
                     continue;
                 }
-                Attempt::JobBusy => {
-                    // A second copy, sent by another process right now (or just done):
-                    // the record says what to do once it settles.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    match self.verdict(&meta).await? {
-                        Verdict::Send => continue,
-                        other => return self.not_sent(&meta, mime, other).await,
+                Attempt::NotSent(verdict) => {
+                    // The decision said no (another copy in flight or done, a batch
+                    // control, an uncertain send): nothing was sent, and the answer is final
+                    // for this message.
+                    return self.not_sent(&meta, mime, verdict).await;
+                }
+                Attempt::Rescreen => {
+                    // Suppressed since it was screened: screened again, then another pick.
+                    meta = match suppression::screen(self.pipeline.store(), meta).await? {
+                        Screened::Unchanged(meta) | Screened::Reduced(meta, _) => meta,
+                        Screened::Nobody(meta, dropped) => {
+                            return self.all_suppressed(&meta, dropped).await;
+                        }
+                    };
+                    continue;
+                }
+                Attempt::TenantFull(until) => {
+                    // Another process took the tenant's last room: no send until the
+                    // window frees it (the ownership round imports those sends meanwhile).
+                    let wait = (until - Utc::now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => return Ok(DeliveryOutcome::Returned),
+                        _ = tokio::time::sleep(wait.max(std::time::Duration::from_millis(10))) => {}
                     }
+                    continue;
                 }
-                Attempt::Delivered(report) => {
+                Attempt::Delivered(report, send) => {
                     self.note_refusals(&meta, idx, &report).await;
-                    return self.delivered(&meta, mime, idx, report).await;
+                    return self.delivered(&meta, mime, idx, report, send).await;
                 }
-                Attempt::Uncertain(reply) => {
-                    return self.uncertain(&meta, props, mime, idx, reply).await;
+                Attempt::Uncertain(reply, send) => {
+                    return self.uncertain(&meta, props, mime, idx, reply, send).await;
                 }
                 Attempt::AllRefused(report) => {
                     self.note_refusals(&meta, idx, &report).await;
@@ -346,7 +359,9 @@ impl DeliverStage {
         let proved_nothing = matches!(
             attempt,
             Attempt::Fenced
-                | Attempt::JobBusy
+                | Attempt::NotSent(_)
+                | Attempt::Rescreen
+                | Attempt::TenantFull(_)
                 | Attempt::Failed {
                     class: ReplyClass::Mailbox(_) | ReplyClass::Tenant(_),
                     ..
@@ -384,42 +399,59 @@ impl DeliverStage {
             mailbox: self.pool.mailbox_key(idx),
             tenant: Some(mailbox.tenant_id.clone()),
             job_id: meta.job_id.as_str().to_owned(),
+            batch: meta.batch.as_ref().map(|b| b.as_str().to_owned()),
             message_id: meta.message_id.clone(),
             owner: self.owner,
             token: fence.token,
-            recipients: meta.recipients.len() as u32,
+            recipients: meta.recipients.clone(),
             external_recipients: self
                 .pool
                 .external_count_for(mailbox.tenant, &meta.recipients)
                 as u32,
             budget: self.data_budget + self.step_timeout,
+            rules: SendRules {
+                uncertain_hold: match self.uncertain_policy {
+                    UncertainPolicy::Hold => None,
+                    UncertainPolicy::Resend => Some(self.uncertain_hold.to_std().unwrap_or_default()),
+                },
+                tenant_budget: self.pool.tenant_budget(mailbox.tenant),
+            },
         };
         let written_at = Instant::now();
-        match self.pipeline.store().open_send(&send).await {
-            Ok(WriteAhead::Written) => {}
-            Ok(WriteAhead::JobBusy) => {
-                // Another copy of this job is being sent (by another process), or was.
-                self.pool.return_session(idx, session);
-                self.pool.release_unsent(lease);
-                return Ok(Attempt::JobBusy);
-            }
-            Ok(WriteAhead::Fenced) => {
-                // The database says the lease is another process's now: nothing is sent.
-                // (A row an earlier try of this insert left, its commit's answer lost, is
-                // closed as what it is: never sent.)
-                tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
-                self.close_send(send.id, SendOutcome::NotCounted).await?;
-                session.quit().await;
-                self.pool.release_unsent(lease);
-                self.pool.revoke(idx);
-                return Ok(Attempt::Fenced);
-            }
+        let decision = match self.pipeline.store().open_send(&send).await {
+            Ok(decision) => decision,
             Err(e) => {
                 self.pool.return_session(idx, session);
                 self.pool.release_unsent(lease);
                 return Err(e.into());
             }
+        };
+        metrics::SEND_DECISIONS
+            .with_label_values(&[decision.label()])
+            .inc();
+        let refused = match decision {
+            Decision::Written => None,
+            Decision::Fenced => {
+                // The database says the lease is another process's now: nothing is sent.
+                tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
+                session.quit().await;
+                self.pool.release_unsent(lease);
+                self.pool.revoke(idx);
+                return Ok(Attempt::Fenced);
+            }
+            Decision::Suppressed(_) => Some(Attempt::Rescreen),
+            Decision::TenantFull { until, detail } => {
+                tracing::info!(mailbox = %mailbox.address, tenant = %mailbox.tenant_id, %until, detail, "tenant's external-recipient window is full across processes; waiting");
+                Some(Attempt::TenantFull(until))
+            }
+            other => Some(Attempt::NotSent(Verdict::from_decision(other))),
+        };
+        if let Some(attempt) = refused {
+            self.pool.return_session(idx, session);
+            self.pool.release_unsent(lease);
+            return Ok(attempt);
         }
+        let sent = SentRecord { id: send.id };
         // The data starts before the lease's end and within the send's budget, or not at all.
         let data_by = fence.until.min(written_at + self.data_budget);
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
@@ -468,7 +500,7 @@ impl DeliverStage {
                 metrics::SENDS
                     .with_label_values(&[mailbox.address.as_str(), "accepted"])
                     .inc();
-                Attempt::Delivered(report)
+                Attempt::Delivered(report, sent)
             }
             Ok(report) => {
                 self.pool.return_session(idx, session);
@@ -510,7 +542,7 @@ impl DeliverStage {
                         .with_label_values(&[mailbox.address.as_str(), "uncertain"])
                         .inc();
                     tracing::warn!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, "send uncertain: no reply after the message data");
-                    Attempt::Uncertain(failure.reply())
+                    Attempt::Uncertain(failure.reply(), sent)
                 } else {
                     let class = failure.class();
                     metrics::SENDS
@@ -524,7 +556,12 @@ impl DeliverStage {
                 }
             }
         };
-        self.close_send(send.id, outcome).await?;
+        // Delivered and uncertain sends are closed together with their job's event (one
+        // statement, in `delivered` and `uncertain`); the others end here, and their job's
+        // record follows (a crash in between leaves the job to be sent again, as it should).
+        if !matches!(attempt, Attempt::Delivered(..) | Attempt::Uncertain(..)) {
+            self.close_send(send.id, outcome).await?;
+        }
         Ok(attempt)
     }
 
@@ -574,6 +611,7 @@ impl DeliverStage {
         mime: &[u8],
         idx: usize,
         report: SendReport,
+        send: SentRecord,
     ) -> Result<DeliveryOutcome, PublishError> {
         let m = &self.pool.mailboxes()[idx];
         let mut event = self.event(meta, EventKind::Delivered, Some(idx));
@@ -581,11 +619,15 @@ impl DeliverStage {
         event.external_recipients = self.pool.external_count_for(m.tenant, &report.accepted) as u32;
         event.smtp = Some(report.reply.clone());
         event.refused_recipients = refusals(&report);
+        let outcome = SendOutcome::Accepted {
+            recipients: event.recipients,
+            external: event.external_recipients,
+        };
         // Remember before recording: if recording fails and the message comes back, it is
-        // not sent again (only the event is written).
-        self.delivered.insert_pending(event.clone());
+        // not sent again (only the record is written).
+        self.delivered.insert_pending(send.id, outcome, event.clone());
         self.pipeline
-            .record_event(&event)
+            .record_outcome(send.id, outcome, &event)
             .await?
             .confirmed()
             .await?;
@@ -629,6 +671,7 @@ impl DeliverStage {
         mime: &[u8],
         idx: usize,
         reply: SmtpReply,
+        send: SentRecord,
     ) -> Result<DeliveryOutcome, PublishError> {
         // Held for an operator (`hold`), or until the server surely let it go (`resend`).
         let (until, then) = match self.uncertain_policy {
@@ -655,9 +698,10 @@ impl DeliverStage {
         ));
         event.smtp = Some(reply);
         event.retry_at = Some(until);
-        // On record before anything else: a restart must keep the hold and the quota used.
+        // On record before anything else, with the send's close: a restart must keep the
+        // hold and the quota used.
         self.pipeline
-            .record_event(&event)
+            .record_outcome(send.id, SendOutcome::Uncertain, &event)
             .await?
             .confirmed()
             .await?;
@@ -701,6 +745,9 @@ impl DeliverStage {
             }
             other => other,
         };
+        if let Some(accepted) = check.accepted {
+            return Ok(Verdict::AcceptedBefore(accepted));
+        }
         Ok(match (check.state, check.control) {
             // Bounced: it was delivered before. Suppressed: it ended unsent for good.
             (Some(JobState::Delivered | JobState::Bounced | JobState::Suppressed), _) => {
@@ -748,6 +795,26 @@ impl DeliverStage {
         match verdict {
             Verdict::Send | Verdict::Duplicate => {
                 metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+                Ok(DeliveryOutcome::AlreadyDelivered)
+            }
+            Verdict::AcceptedBefore(accepted) => {
+                let mut event = self.event(meta, EventKind::Delivered, None);
+                event.mailbox = EmailAddress::parse(&accepted.mailbox).ok();
+                event.tenant = event
+                    .mailbox
+                    .as_ref()
+                    .and_then(|a| self.pool.index_of(a))
+                    .map(|i| self.pool.mailboxes()[i].tenant_id.clone());
+                event.recipients = accepted.recipients;
+                event.external_recipients = accepted.external_recipients;
+                event.reason = Some(format!(
+                    "recorded from its send accepted through {} at {}; not sent again",
+                    accepted.mailbox,
+                    accepted.at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                ));
+                self.pipeline.record_event(&event).await?.confirmed().await?;
+                metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
+                tracing::info!(job = %meta.job_id, mailbox = %accepted.mailbox, "accepted before, recorded delivered now");
                 Ok(DeliveryOutcome::AlreadyDelivered)
             }
             Verdict::Cancelled => {
@@ -1010,14 +1077,46 @@ impl DeliverStage {
     }
 }
 
+/// A send on record whose outcome is written with its job's event.
+#[derive(Debug, Clone, Copy)]
+struct SentRecord {
+    id: Uuid,
+}
+
+impl Verdict {
+    /// The decision's answer, as what the stage does with the message; `Written`,
+    /// `Fenced`, `Suppressed` and `TenantFull` are the caller's (they send or pick again).
+    fn from_decision(decision: Decision) -> Verdict {
+        match decision {
+            Decision::Duplicate => Verdict::Duplicate,
+            Decision::AcceptedBefore(a) => Verdict::AcceptedBefore(a),
+            Decision::Cancelled => Verdict::Cancelled,
+            Decision::Expired => Verdict::Expired,
+            Decision::Paused => Verdict::Paused,
+            Decision::InFlight(until) => Verdict::InFlight(until),
+            Decision::Uncertain(None) => Verdict::Uncertain,
+            Decision::Uncertain(Some(until)) => Verdict::UncertainUntil(until),
+            Decision::Written
+            | Decision::Fenced
+            | Decision::Suppressed(_)
+            | Decision::TenantFull { .. } => Verdict::Send,
+        }
+    }
+}
+
 enum Attempt {
     /// The mailbox's lease ended before the data: nothing was sent, no attempt spent.
     Fenced,
-    /// Another send of the job is open elsewhere, or was accepted: nothing was sent.
-    JobBusy,
-    Delivered(SendReport),
+    /// The decision said not to send (another copy in flight or done, a batch control, an
+    /// uncertain send): nothing was sent.
+    NotSent(Verdict),
+    /// Recipients were suppressed since the screen: nothing was sent; screen again.
+    Rescreen,
+    /// The tenant's window is full across processes until then: nothing was sent.
+    TenantFull(DateTime<Utc>),
+    Delivered(SendReport, SentRecord),
     /// Handed over, no reply: the server may have accepted it.
-    Uncertain(SmtpReply),
+    Uncertain(SmtpReply, SentRecord),
     AllRefused(SendReport),
     Failed {
         class: ReplyClass,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::store::Store;
-use mailpipe_common::store::{JobState, SendStart, UnsettledSend, WriteAhead};
+use mailpipe_common::store::{Decision, JobState, SendRules, SendStart, UnsettledSend};
 use mailpipe_common::testkit::{database_settings, drop_schema, ensure_test_database};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,13 +45,15 @@ async fn died_mid_send(store: &Store) {
                 message_id: format!("<{job}@mailpipe.example>"),
                 owner: dead,
                 token,
-                recipients: 1,
+                batch: None,
+                recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap()],
                 external_recipients: 1,
                 budget: Duration::from_secs(90),
+                rules: SendRules::default(),
             })
             .await
             .unwrap();
-        assert_eq!(opened, WriteAhead::Written);
+        assert_eq!(opened, Decision::Written);
     }
     store
         .release_leases(dead, &[mailbox.to_owned()])

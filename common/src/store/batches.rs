@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::sends::UnsettledSend;
+use super::sends::{AcceptedSend, UnsettledSend};
 use super::{JobState, Store, StoreError};
 use crate::domain::JobId;
 
@@ -47,10 +47,14 @@ pub struct SendCheck {
     pub control: BatchControl,
     /// Its last send whose outcome is unknown, if any (open, or uncertain).
     pub unsettled: Option<UnsettledSend>,
+    /// A send the server accepted (or an operator marked sent) while the job is not
+    /// recorded delivered: a crash between the two before they were one transaction.
+    pub accepted: Option<AcceptedSend>,
 }
 
 const SEND_CHECK: &str = r#"
-SELECT j.state, b.control, s.id, s.outcome, s.resolution, s.deadline, s.ended_at
+SELECT j.state, b.control, s.id, s.outcome, s.resolution, s.deadline, s.ended_at,
+       a.mailbox, a.recipients, a.external_recipients, a.ended_at
 FROM (SELECT $1::text AS id) q
 LEFT JOIN jobs j ON j.id = q.id
 LEFT JOIN batches b ON b.id = j.batch_id
@@ -59,6 +63,12 @@ LEFT JOIN LATERAL (
     WHERE job_id = q.id AND (outcome IS NULL OR outcome = 'uncertain')
     ORDER BY started_at DESC LIMIT 1
 ) s ON true
+LEFT JOIN LATERAL (
+    SELECT mailbox, recipients, external_recipients, ended_at FROM sends
+    WHERE job_id = q.id AND (outcome = 'accepted' OR resolution = 'marked_sent')
+      AND COALESCE(j.state, '') NOT IN ('delivered', 'bounced')
+    ORDER BY started_at DESC LIMIT 1
+) a ON true
 "#;
 
 type CheckRow = (
@@ -68,6 +78,10 @@ type CheckRow = (
     Option<String>,
     Option<String>,
     Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
     Option<DateTime<Utc>>,
 );
 
@@ -83,13 +97,17 @@ ON CONFLICT (id) DO UPDATE SET
 RETURNING control
 "#;
 
-/// Every job of the batch not sent yet ends `cancelled`, with its event. A job in the
-/// middle of a send may still be delivered: its `delivered` moves it on.
+/// Every job of the batch not sent yet ends `cancelled`, with its event. Runs after the
+/// batch row is locked by `SET_CONTROL`, so no send decision of the batch is in progress
+/// (they hold the row `FOR SHARE`) and none starts before the commit: a job with an open
+/// send (decided before the cancel) or an accepted one is not counted as cancelled.
 const CANCEL_JOBS: &str = r#"
 WITH cancelled AS (
     UPDATE jobs SET state = 'cancelled', updated_at = $2, reason = 'batch cancelled',
                     smtp_code = NULL, smtp_enhanced = NULL, smtp_text = NULL
     WHERE batch_id = $1 AND state IN ('accepted', 'rendered', 'retrying')
+      AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.job_id = jobs.id
+                      AND (s.outcome IS NULL OR s.outcome = 'accepted'))
     RETURNING id, attempt
 )
 INSERT INTO job_events (job_id, kind, at, event)
@@ -137,7 +155,19 @@ impl Store {
     /// The job's state, its batch's control and its last unsettled send, right before
     /// a send. Waits while the database is unreachable (no send without a record).
     pub async fn send_check(&self, id: &JobId) -> Result<SendCheck, StoreError> {
-        let (state, control, send, outcome, resolution, deadline, ended_at): CheckRow = self
+        let (
+            state,
+            control,
+            send,
+            outcome,
+            resolution,
+            deadline,
+            ended_at,
+            accepted_by,
+            recipients,
+            external,
+            accepted_at,
+        ): CheckRow = self
             .durably("checking a job before its send", || {
                 sqlx::query_as(SEND_CHECK)
                     .bind(id.as_str())
@@ -156,6 +186,12 @@ impl Store {
             state: state.and_then(|s| s.parse().ok()),
             control: BatchControl::from_column(control.as_deref()),
             unsettled,
+            accepted: accepted_by.map(|mailbox| AcceptedSend {
+                mailbox,
+                recipients: recipients.unwrap_or(0).max(0) as u32,
+                external_recipients: external.unwrap_or(0).max(0) as u32,
+                at: accepted_at,
+            }),
         })
     }
 }

@@ -3,15 +3,19 @@
 
 use sqlx::types::Json;
 
-use super::{JobState, Store, StoreError};
+use uuid::Uuid;
+
+use super::{JobState, SendOutcome, Store, StoreError};
 use crate::contract::DeliveryEvent;
 
 /// Appends the event to the job's trail (once: the same event recorded twice is one row)
 /// and moves the job when the event moves it forward (`mailpipe_moves_forward`, in the
 /// migration). A job the database does not know yet (accepted before it was deployed) is
 /// created from the event. One statement: atomic without a transaction.
-const RECORD_EVENT: &str = r#"
-WITH job AS (
+macro_rules! record_event_ctes {
+    () => {
+        r#"
+job AS (
     INSERT INTO jobs AS j (id, batch_id, state, attempt, mailbox, message_id, smtp_code,
                            smtp_enhanced, smtp_text, reason, refused, uncertain,
                            recipient_count, accepted_at, updated_at, suppressed)
@@ -39,41 +43,84 @@ INSERT INTO job_events (job_id, kind, at, mailbox, tenant, recipients, external_
                         uncertain, event)
 VALUES ($1, $3, $14, $5, $15, $16, $17, $12, $18)
 ON CONFLICT (job_id, at, kind) DO NOTHING
-"#;
+"#
+    };
+}
+
+const RECORD_EVENT: &str = concat!("WITH ", record_event_ctes!());
+
+/// A send's outcome and its job's event, in one statement: a crash can never leave a send
+/// `accepted` (or `uncertain`) and its job as it was before the send. Not fenced: what
+/// happened is recorded whoever owns the mailbox now.
+const CLOSE_AND_RECORD: &str = concat!(
+    r#"WITH closed AS (
+    UPDATE sends SET outcome = $21, ended_at = now(),
+           recipients = COALESCE($22, recipients),
+           external_recipients = COALESCE($23, external_recipients)
+    WHERE id = $20 AND (outcome IS NULL OR outcome = 'uncertain')
+), "#,
+    record_event_ctes!()
+);
+
+type EventQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The event's 19 parameters, `$1`..`$19` of `record_event_ctes!`.
+fn bind_event<'q>(q: EventQuery<'q>, e: &'q DeliveryEvent) -> EventQuery<'q> {
+    let state = JobState::of(e.kind).as_str();
+    let smtp = e.smtp.as_ref();
+    let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let recipients = clamp(
+        e.recipients
+            .saturating_add(e.refused_recipients.len() as u32),
+    );
+    q.bind(e.job_id.as_str())
+        .bind(e.batch.as_ref().map(|b| b.as_str()))
+        .bind(state)
+        .bind(clamp(e.attempt))
+        .bind(e.mailbox.as_ref().map(|m| m.as_str()))
+        .bind(e.message_id.as_deref())
+        .bind(smtp.map(|r| i32::from(r.code)))
+        .bind(smtp.and_then(|r| r.enhanced.as_deref()))
+        .bind(smtp.map(|r| r.text.as_str()))
+        .bind(e.reason.as_deref())
+        .bind(Json(&e.refused_recipients))
+        .bind(e.uncertain)
+        .bind(recipients)
+        .bind(e.at)
+        .bind(e.tenant.as_deref())
+        .bind(clamp(e.recipients))
+        .bind(clamp(e.external_recipients))
+        .bind(Json(e))
+        .bind(Json(&e.suppressed_recipients))
+}
 
 impl Store {
     /// Records `event` durably. While the database is unreachable it waits (retrying)
     /// until it is back or shutdown: a stage calls this before it acks, so it takes
     /// nothing new meanwhile and loses nothing.
     pub async fn record_event(&self, e: &DeliveryEvent) -> Result<(), StoreError> {
-        let state = JobState::of(e.kind).as_str();
-        let smtp = e.smtp.as_ref();
-        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-        let recipients = clamp(
-            e.recipients
-                .saturating_add(e.refused_recipients.len() as u32),
-        );
         self.durably("recording an event", || {
-            sqlx::query(RECORD_EVENT)
-                .bind(e.job_id.as_str())
-                .bind(e.batch.as_ref().map(|b| b.as_str()))
-                .bind(state)
-                .bind(clamp(e.attempt))
-                .bind(e.mailbox.as_ref().map(|m| m.as_str()))
-                .bind(e.message_id.as_deref())
-                .bind(smtp.map(|r| i32::from(r.code)))
-                .bind(smtp.and_then(|r| r.enhanced.as_deref()))
-                .bind(smtp.map(|r| r.text.as_str()))
-                .bind(e.reason.as_deref())
-                .bind(Json(&e.refused_recipients))
-                .bind(e.uncertain)
+            bind_event(sqlx::query(RECORD_EVENT), e).execute(&self.pool)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Closes send `id` with its outcome and records its job's event `e`, in one statement
+    /// (waits while the database is unreachable, like [`Store::record_event`]).
+    pub async fn record_outcome(
+        &self,
+        id: Uuid,
+        outcome: SendOutcome,
+        e: &DeliveryEvent,
+    ) -> Result<(), StoreError> {
+        let (recipients, external) = outcome.counts();
+        self.durably("recording a send's outcome", || {
+            bind_event(sqlx::query(CLOSE_AND_RECORD), e)
+                .bind(id)
+                .bind(outcome.as_str())
                 .bind(recipients)
-                .bind(e.at)
-                .bind(e.tenant.as_deref())
-                .bind(clamp(e.recipients))
-                .bind(clamp(e.external_recipients))
-                .bind(Json(e))
-                .bind(Json(&e.suppressed_recipients))
+                .bind(external)
                 .execute(&self.pool)
         })
         .await

@@ -32,7 +32,7 @@ pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
 pub use sends::{
-    CountedSend, Resolution, SendOutcome, SendStart, UncertainSend, UnsettledSend, WriteAhead,
+    AcceptedSend, CountedSend, Decision, Resolution, SendOutcome, SendRules, SendStart, UncertainSend, UnsettledSend,
 };
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};
@@ -123,6 +123,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.connect_timeout())
+            // No ping before every statement: a statement on a dead connection fails and
+            // is classified (and retried by `durably`) like the ping's failure would be.
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         Ok(Self {
             pool,
@@ -243,7 +246,15 @@ impl Store {
             let r = sqlx::query(sqlx::AssertSqlSafe(create))
                 .execute(&self.pool)
                 .await;
-            self.observe("creating the schema", r)?;
+            match r {
+                // Another process created it between the look and the create (IF NOT
+                // EXISTS is not atomic in PostgreSQL: the loser gets 23505 or 42P06).
+                Err(sqlx::Error::Database(db))
+                    if matches!(db.code().as_deref(), Some("23505" | "42P06")) => {}
+                r => {
+                    self.observe("creating the schema", r)?;
+                }
+            }
         }
         match MIGRATOR.run(&self.pool).await {
             Ok(()) => Ok(()),

@@ -11,21 +11,35 @@ use super::{Store, StoreError};
 use crate::contract::{DeliveryEvent, EventKind};
 use crate::domain::{EmailAddress, JobId};
 
-/// A send about to start.
+/// A send about to start: what the write-ahead decision checks and records.
 #[derive(Debug, Clone)]
 pub struct SendStart {
     pub id: Uuid,
     pub mailbox: String,
     pub tenant: Option<String>,
     pub job_id: String,
+    /// The job's batch (its control is checked under the batch row's lock).
+    pub batch: Option<String>,
     pub message_id: String,
     /// The deliver process and the lease token it holds the mailbox under.
     pub owner: Uuid,
     pub token: i64,
-    pub recipients: u32,
+    /// The envelope's recipients (screened against the suppression list once more).
+    pub recipients: Vec<EmailAddress>,
     pub external_recipients: u32,
     /// How long after its start the server could still count it, at most.
     pub budget: std::time::Duration,
+    pub rules: SendRules,
+}
+
+/// What the decision applies besides the record: deliver's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendRules {
+    /// How long after an uncertain send the job may be sent again (`resend`); `None`: an
+    /// uncertain send holds the job until an operator decides (`hold`).
+    pub uncertain_hold: Option<std::time::Duration>,
+    /// The tenant's external-recipient limit and its window, shared by every process.
+    pub tenant_budget: Option<(u32, std::time::Duration)>,
 }
 
 /// How a send ended.
@@ -42,7 +56,18 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
-    fn as_str(self) -> &'static str {
+    /// Recipients (external ones among them) an accepted send went to, as columns.
+    pub(super) fn counts(self) -> (Option<i32>, Option<i32>) {
+        match self {
+            SendOutcome::Accepted {
+                recipients,
+                external,
+            } => (Some(recipients as i32), Some(external as i32)),
+            _ => (None, None),
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             SendOutcome::Accepted { .. } => "accepted",
             SendOutcome::Counted => "counted",
@@ -108,51 +133,69 @@ impl Resolution {
     }
 }
 
-const OPEN: &str = r#"
-WITH fenced AS (
-    SELECT 1 FROM mailbox_leases
-    WHERE mailbox = $2 AND owner = $6 AND token = $7 AND expires_at > now()
-), resent AS (
-    UPDATE sends SET resolution = 'resend', resolved_at = now()
-    WHERE job_id = $4 AND outcome = 'uncertain' AND resolution IS NULL
-      AND EXISTS (SELECT 1 FROM fenced)
-)
-INSERT INTO sends (id, mailbox, tenant, job_id, message_id, owner, token, recipients,
-                   external_recipients, started_at, deadline)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now() + make_interval(secs => $10)
-WHERE EXISTS (SELECT 1 FROM fenced)
-  AND NOT EXISTS (SELECT 1 FROM sends WHERE job_id = $4 AND outcome = 'accepted')
-  AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $4 AND state = 'delivered')
-ON CONFLICT DO NOTHING
-"#;
-
-/// Why the insert wrote nothing: its own row is there (an earlier try's commit whose
-/// answer was lost), the lease is gone, or the job is busy (another send of it is open,
-/// or one was accepted).
-const AFTER_NO_INSERT: &str = r#"
-SELECT
-    EXISTS (
-        SELECT 1 FROM sends s JOIN mailbox_leases l ON l.mailbox = s.mailbox
-        WHERE s.id = $1 AND s.outcome IS NULL
-          AND l.owner = s.owner AND l.token = s.token AND l.expires_at > now()
-    ),
-    EXISTS (
-        SELECT 1 FROM mailbox_leases
-        WHERE mailbox = $2 AND owner = $3 AND token = $4 AND expires_at > now()
-    )
-"#;
-
-/// What writing a send ahead found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteAhead {
+/// What the write-ahead decision (`mailpipe_open_send`, migration 0009) found: `Written`
+/// is the one answer that allows the send; every other says why not, and nothing was
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
     /// On record: send it.
     Written,
     /// The lease is another process's now: nothing may be sent through the mailbox.
     Fenced,
-    /// Another send of this job is open (a second copy in another process), or one was
-    /// accepted: not now; ask the record again.
-    JobBusy,
+    /// The job is delivered (or bounced, or ended suppressed): never sent again.
+    Duplicate,
+    /// A send of it was accepted (or marked sent) but the job not recorded `delivered`
+    /// (a crash in between): recorded now from the send, never sent again.
+    AcceptedBefore(AcceptedSend),
+    Cancelled,
+    Expired,
+    Paused,
+    /// Another send of it is open (another process sends it now) until its deadline.
+    InFlight(DateTime<Utc>),
+    /// Its last send is uncertain: held until an operator decides (`None`) or until then.
+    Uncertain(Option<DateTime<Utc>>),
+    /// These recipients were suppressed since the message was screened.
+    Suppressed(Vec<String>),
+    /// The tenant's external-recipient window has no room before `until`.
+    TenantFull { until: DateTime<Utc>, detail: String },
 }
+
+/// A send of a job the server accepted (or an operator marked sent), as the record has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedSend {
+    pub mailbox: String,
+    pub recipients: u32,
+    pub external_recipients: u32,
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl Decision {
+    /// Its name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Written => "written",
+            Decision::Fenced => "fenced",
+            Decision::Duplicate => "duplicate",
+            Decision::AcceptedBefore(_) => "accepted_before",
+            Decision::Cancelled => "cancelled",
+            Decision::Expired => "expired",
+            Decision::Paused => "paused",
+            Decision::InFlight(_) => "in_flight",
+            Decision::Uncertain(_) => "uncertain",
+            Decision::Suppressed(_) => "suppressed",
+            Decision::TenantFull { .. } => "tenant_full",
+        }
+    }
+}
+
+type DecisionRow = (
+    String,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
+);
 
 const MAILBOX_SENDS: &str = r#"
 SELECT id, mailbox, tenant, started_at, COALESCE(ended_at, deadline) AS at, recipients, external_recipients
@@ -171,60 +214,84 @@ ORDER BY started_at
 "#;
 
 impl Store {
-    /// Puts a send on record before it starts, if `owner` still holds the mailbox under
-    /// `token` (checked by the database, on its clock: the fence), and no other send of
-    /// the job is open or was accepted (one send per job across processes). Marks earlier
-    /// uncertain sends of the job as resent.
-    /// Waits while the database is unreachable: nothing is sent that is not on record.
-    /// Idempotent: a retry after a lost commit finds its own row.
-    pub async fn open_send(&self, s: &SendStart) -> Result<WriteAhead, StoreError> {
-        let budget = s.budget.as_secs_f64();
-        let r = self
-            .durably("writing a send ahead", || {
-                sqlx::query(OPEN)
-                    .bind(s.id)
-                    .bind(&s.mailbox)
-                    .bind(&s.tenant)
-                    .bind(&s.job_id)
-                    .bind(&s.message_id)
-                    .bind(s.owner)
-                    .bind(s.token)
-                    .bind(s.recipients as i32)
-                    .bind(s.external_recipients as i32)
-                    .bind(budget)
-                    .execute(&self.pool)
+    /// The one decision point of a send: checks the job, its batch, the suppression list,
+    /// the mailbox's fence and the tenant's budget, and writes the send ahead, in one
+    /// transaction under the row locks that make it exact across processes (migration
+    /// 0009). Waits while the database is unreachable: nothing is sent that is not on
+    /// record. Idempotent: a retry after a lost commit finds its own row.
+    pub async fn open_send(&self, s: &SendStart) -> Result<Decision, StoreError> {
+        let recipients: Vec<String> = s
+            .recipients
+            .iter()
+            .map(|r| r.as_str().to_ascii_lowercase())
+            .collect();
+        let hold = s.rules.uncertain_hold.map(|d| d.as_secs_f64());
+        let (limit, window) = match s.rules.tenant_budget {
+            Some((limit, window)) => (Some(limit as i32), Some(window.as_secs_f64())),
+            None => (None, None),
+        };
+        let (verdict, until, detail, mailbox, n, external): DecisionRow = self
+            .durably("deciding a send", || {
+                sqlx::query_as(
+                    "SELECT * FROM mailpipe_open_send($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(s.id)
+                .bind(&s.mailbox)
+                .bind(&s.tenant)
+                .bind(&s.job_id)
+                .bind(&s.batch)
+                .bind(&s.message_id)
+                .bind(s.owner)
+                .bind(s.token)
+                .bind(&recipients)
+                .bind(s.external_recipients as i32)
+                .bind(s.budget.as_secs_f64())
+                .bind(hold)
+                .bind(limit)
+                .bind(window)
+                .fetch_one(&self.pool)
             })
             .await?;
-        if r.rows_affected() == 1 {
-            return Ok(WriteAhead::Written);
-        }
-        let (ours, leased): (bool, bool) = self
-            .durably("checking a send written ahead", || {
-                sqlx::query_as(AFTER_NO_INSERT)
-                    .bind(s.id)
-                    .bind(&s.mailbox)
-                    .bind(s.owner)
-                    .bind(s.token)
-                    .fetch_one(&self.pool)
-            })
-            .await?;
-        Ok(match (ours, leased) {
-            (true, _) => WriteAhead::Written,
-            (false, false) => WriteAhead::Fenced,
-            (false, true) => WriteAhead::JobBusy,
+        Ok(match verdict.as_str() {
+            "written" => Decision::Written,
+            "fenced" => Decision::Fenced,
+            "duplicate" => Decision::Duplicate,
+            "accepted" => Decision::AcceptedBefore(AcceptedSend {
+                mailbox: mailbox.unwrap_or_default(),
+                recipients: n.unwrap_or(0).max(0) as u32,
+                external_recipients: external.unwrap_or(0).max(0) as u32,
+                at: until,
+            }),
+            "cancelled" => Decision::Cancelled,
+            "expired" => Decision::Expired,
+            "paused" => Decision::Paused,
+            "in_flight" => Decision::InFlight(until.unwrap_or_else(Utc::now)),
+            "uncertain" => Decision::Uncertain(until),
+            "suppressed" => Decision::Suppressed(
+                detail
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            "tenant_full" => Decision::TenantFull {
+                until: until.unwrap_or_else(Utc::now),
+                detail: detail.unwrap_or_default(),
+            },
+            other => {
+                return Err(StoreError::Query {
+                    what: "deciding a send",
+                    source: sqlx::Error::Protocol(format!("unknown send decision {other:?}")),
+                });
+            }
         })
     }
 
     /// Closes a send with its outcome. Not fenced: what happened is recorded whoever owns
     /// the mailbox now (an uncertain send found accepted becomes accepted).
     pub async fn close_send(&self, id: Uuid, outcome: SendOutcome) -> Result<(), StoreError> {
-        let (recipients, external) = match outcome {
-            SendOutcome::Accepted {
-                recipients,
-                external,
-            } => (Some(recipients as i32), Some(external as i32)),
-            _ => (None, None),
-        };
+        let (recipients, external) = outcome.counts();
         self.durably("closing a send", || {
             sqlx::query(
                 "UPDATE sends SET outcome = $2, ended_at = now(),
@@ -282,16 +349,16 @@ impl Store {
     }
 
     /// A new owner of `mailbox` (lease `token`) ends the sends earlier owners left open:
-    /// uncertain, counted at their deadline. Returns the jobs they belong to.
+    /// uncertain, counted at their deadline, and their jobs show it (`uncertain`, an
+    /// event). Returns the jobs they belong to.
     pub async fn settle_orphans(
         &self,
         mailbox: &str,
         token: i64,
     ) -> Result<Vec<String>, StoreError> {
         let r = sqlx::query_scalar::<_, String>(
-            "UPDATE sends SET outcome = 'uncertain', ended_at = deadline
-             WHERE mailbox = $1 AND token < $2 AND outcome IS NULL
-             RETURNING job_id",
+            "SELECT mailpipe_end_uncertain(ARRAY(
+                 SELECT id FROM sends WHERE mailbox = $1 AND token < $2 AND outcome IS NULL))",
         )
         .bind(mailbox)
         .bind(token)
@@ -304,8 +371,8 @@ impl Store {
     pub async fn expire_open_send(&self, id: Uuid) -> Result<(), StoreError> {
         self.durably("ending a dead process's send", || {
             sqlx::query(
-                "UPDATE sends SET outcome = 'uncertain', ended_at = deadline
-                 WHERE id = $1 AND outcome IS NULL AND deadline <= now()",
+                "SELECT mailpipe_end_uncertain(ARRAY(
+                     SELECT id FROM sends WHERE id = $1 AND outcome IS NULL AND deadline <= now()))",
             )
             .bind(id)
             .execute(&self.pool)

@@ -57,6 +57,9 @@ pub struct PoolSpec {
     pub faults: String,
     /// `[mailboxes.faults]` TOML lines for single mailboxes (by index).
     pub mailbox_faults: Vec<(usize, String)>,
+    /// Every mailbox in one tenant (`t0`) with this external-recipient limit per window
+    /// (ms), the same in the simulator and in deliver; `None`: a tenant per mailbox, no limit.
+    pub shared_tenant: Option<(u64, u64)>,
 }
 
 impl Default for PoolSpec {
@@ -71,7 +74,16 @@ impl Default for PoolSpec {
             from_policy: FromPolicy::Mailbox,
             faults: String::new(),
             mailbox_faults: vec![],
+            shared_tenant: None,
         }
+    }
+}
+
+/// The tenant of mailbox `i`.
+pub fn tenant_of(spec: &PoolSpec, i: usize) -> String {
+    match spec.shared_tenant {
+        Some(_) => "t0".into(),
+        None => format!("t{i}"),
     }
 }
 
@@ -84,6 +96,18 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
     let l = spec.limits;
     let mut toml = format!("limits_enabled = true\n{}\n", spec.faults);
     for i in 0..spec.mailboxes {
+        // With a shared tenant, only t0 (and its app) is declared.
+        let t = tenant_of(spec, i);
+        let tenant_decl = match spec.shared_tenant {
+            Some(_) if i > 0 => String::new(),
+            shared => format!(
+                "[[tenants]]\nid = \"t{i}\"\ndomains = [\"contoso.example\", \"t{i}.onmicrosoft.com\"]\n{limit}\n[[apps]]\ntenant = \"t{i}\"\nclient_id = \"app-{i}\"\nclient_secret = \"{SECRET}\"\nmailboxes = [\"*\"]\ntoken_lifetime_secs = {lifetime}\n",
+                limit = shared
+                    .map(|(n, ms)| format!("external_recipient_limit = {n}\nexternal_window_ms = {ms}"))
+                    .unwrap_or_default(),
+                lifetime = spec.token_lifetime_secs,
+            ),
+        };
         let send_as = if spec.send_as_billing.contains(&i) {
             r#"send_as = ["billing@contoso.example"]"#
         } else {
@@ -96,18 +120,10 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
         };
         toml.push_str(&format!(
             r#"
-[[tenants]]
-id = "t{i}"
-domains = ["contoso.example", "t{i}.onmicrosoft.com"]
-[[apps]]
-tenant = "t{i}"
-client_id = "app-{i}"
-client_secret = "{SECRET}"
-mailboxes = ["*"]
-token_lifetime_secs = {lifetime}
+{tenant_decl}
 [[mailboxes]]
 address = "{addr}"
-tenant = "t{i}"
+tenant = "{t}"
 {send_as}
 {password}
 [mailboxes.limits]
@@ -118,7 +134,6 @@ recipient_window_ms = {rw}
 max_connections = {c}
 {faults}
 "#,
-            lifetime = spec.token_lifetime_secs,
             addr = mailbox_address(i),
             m = l.messages,
             mw = l.message_window_ms,
@@ -164,6 +179,9 @@ impl Harness {
             } else {
                 &good
             };
+            if spec.shared_tenant.is_some() && i > 0 {
+                // One tenant for all (declared with mailbox 0).
+            } else {
             tenants.push(TenantSettings {
                 id: format!("t{i}"),
                 oauth: Some(OAuthApp {
@@ -180,14 +198,15 @@ impl Harness {
                     allow_loopback_http: true,
                 }),
                 domains: vec!["contoso.example".into()],
-                external_recipient_limit: None,
+                external_recipient_limit: spec.shared_tenant.map(|(n, _)| n),
                 licenses: None,
-                external_window_ms: 86_400_000,
+                external_window_ms: spec.shared_tenant.map_or(86_400_000, |(_, ms)| ms),
             });
+            }
             let wrong_password = spec.wrong_password.contains(&i);
             mailboxes.push(MailboxSettings {
                 address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
-                tenant: format!("t{i}"),
+                tenant: tenant_of(&spec, i),
                 auth: if wrong_password {
                     AuthMethod::Password
                 } else {
