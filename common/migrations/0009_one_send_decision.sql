@@ -43,8 +43,10 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 1. The batch's control.
+    -- 1. The batch's control. Its row is made sure of first (a cancel creating it at this
+    --    instant is waited for), so there is always a row to lock.
     IF p_batch IS NOT NULL THEN
+        INSERT INTO batches (id) VALUES (p_batch) ON CONFLICT (id) DO NOTHING;
         SELECT b.control INTO v_control FROM batches b WHERE b.id = p_batch FOR SHARE;
     END IF;
 

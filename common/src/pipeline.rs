@@ -17,8 +17,8 @@ use crate::contract::{
     CONTRACT_VERSION, DeliveryEvent, Job, META_HEADER, RenderedMeta, VERSION_HEADER,
 };
 use crate::store::{SendOutcome, Store};
-use uuid::Uuid;
 use crate::telemetry::inject_trace_context;
+use uuid::Uuid;
 
 /// Header with the job id on every message, so the management UI and dead-letter tools
 /// can show it without parsing bodies.

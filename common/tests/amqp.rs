@@ -361,3 +361,40 @@ async fn a_consumer_keeps_working_after_the_broker_drops_its_connection_without_
     consumer.await.unwrap();
     t.cleanup().await;
 }
+
+/// Many first publishes at once (render right after its start) share one new channel:
+/// none is lost to a channel another publish replaced, so none is published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_publishes_are_each_published_once() {
+    let t = TestBroker::start("firstpub").await;
+    // A publisher of its own, with no channel yet.
+    let publisher =
+        mailpipe_common::amqp::Publisher::new(t.broker.clone(), Duration::from_secs(10));
+    let exchange = t.broker.topology().work_exchange();
+    let sends = (0..200).map(|i| {
+        let publisher = publisher.clone();
+        let exchange = exchange.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&job(&format!("j{i}"))).unwrap();
+            publisher
+                .publish(Outgoing {
+                    exchange: &exchange,
+                    routing_key: "render",
+                    body: &body,
+                    properties: persistent_properties("application/json", FieldTable::default()),
+                })
+                .await
+        })
+    });
+    for send in futures::future::join_all(sends).await {
+        send.unwrap().unwrap();
+    }
+    let queue = t.broker.topology().render_queue(Lane::Bulk);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while t.depth(&queue).await < 200 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every publish was confirmed before this point: a republish would show as a 201st.
+    assert_eq!(t.depth(&queue).await, 200);
+    t.cleanup().await;
+}

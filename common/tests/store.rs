@@ -7,8 +7,8 @@ use chrono::{DateTime, Duration, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, SmtpReply};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{
-    ClaimInput, ClaimOutcome, DatabaseSettings, JobState, Resolution, SendOutcome, SendStart,
-    Store, StoreError, UnsettledSend, Decision, AcceptedSend, SendRules,
+    AcceptedSend, ClaimInput, ClaimOutcome, DatabaseSettings, Decision, JobState, Resolution,
+    SendOutcome, SendRules, SendStart, Store, StoreError, UnsettledSend,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, SmtpReply};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::store::{
-    AfterAttempt, AttemptOutcome, BatchControl, DeliveryFilter, Route, SendOutcome, SendStart,
-    Store, Decision, SendRules,
+    AfterAttempt, AttemptOutcome, BatchControl, Decision, DeliveryFilter, Route, SendOutcome,
+    SendRules, SendStart, Store,
 };
 use mailpipe_common::testkit::{drop_schema, test_store};
 use serde_json::Value;
@@ -151,10 +151,15 @@ async fn an_uncertain_send_is_one_event_per_job() {
             owner,
             token,
             batch: None,
-            recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap()],
+            recipients: vec![
+                mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap(),
+            ],
             external_recipients: 1,
             budget: Duration::from_secs(90),
-            rules: SendRules { uncertain_hold: Some(Duration::ZERO), tenant_budget: None },
+            rules: SendRules {
+                uncertain_hold: Some(Duration::ZERO),
+                tenant_budget: None,
+            },
         };
         assert_eq!(s.open_send(&send).await.unwrap(), Decision::Written);
         s.close_send(send.id, SendOutcome::Uncertain).await.unwrap();

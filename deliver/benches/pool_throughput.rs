@@ -165,6 +165,39 @@ fn rabbitmq_pid() -> Option<String> {
     None
 }
 
+/// CPU seconds of every PostgreSQL process on this machine (server and backends): the
+/// database's share of a run, shown per message next to deliver's.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            (comm.trim() == "postgres")
+                .then(|| cpu_seconds_of(&name))
+                .flatten()
+        })
+        .sum()
+}
+
+/// Transactions the test database has run (committed or rolled back). deliver's statements
+/// run one per transaction, so a run's difference is its statements. PostgreSQL publishes
+/// the counters within about a second, hence the pause before reading.
+async fn database_statements(h: &Harness) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(h.broker.store().pool())
+    .await
+    .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------
 // Harness extensions (the test harness is reused as is)
 // ---------------------------------------------------------------------------------------
@@ -285,6 +318,8 @@ async fn limits_off(mailboxes: usize, n: usize) {
 
     let rabbit = rabbitmq_pid();
     let rabbit_cpu0 = rabbit.as_deref().and_then(cpu_seconds_of);
+    let statements0 = database_statements(&h).await;
+    let pg_cpu0 = postgres_cpu_seconds();
     let rss_reset = reset_peak_rss();
     let smtp0 = smtp_seconds();
     let cpu0 = cpu_seconds();
@@ -308,6 +343,8 @@ async fn limits_off(mailboxes: usize, n: usize) {
     let steady = (last - first).as_secs_f64();
     let refusals = h.sim.refusals().len();
     let smtp_ms = mean_smtp_ms(smtp0, smtp_seconds());
+    let pg_cpu = postgres_cpu_seconds() - pg_cpu0;
+    let statements = database_statements(&h).await - statements0;
 
     println!(
         "  {mailboxes:>4} mailboxes  {n:>6} msgs  {wall:>6.2} s  {:>7.0} msg/s  (first accept after {:>4.0} ms, then {:>7.0} msg/s)  \
@@ -327,6 +364,11 @@ async fn limits_off(mailboxes: usize, n: usize) {
         ),
         mib(peak),
         if rss_reset { "" } else { " (process peak)" },
+    );
+    println!(
+        "                  PostgreSQL: {:.1} statements/msg, CPU {:>6.1} µs/msg",
+        statements as f64 / n as f64,
+        pg_cpu / n as f64 * 1e6,
     );
 
     shutdown.cancel();
@@ -728,7 +770,10 @@ async fn write_ahead(n: usize) {
                 owner,
                 token,
                 batch: None,
-                recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").expect("address")],
+                recipients: vec![
+                    mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example")
+                        .expect("address"),
+                ],
                 external_recipients: 1,
                 budget: Duration::from_secs(90),
                 rules: mailpipe_common::store::SendRules::default(),

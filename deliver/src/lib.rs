@@ -1,41 +1,36 @@
 //! mailpipe-deliver: sends rendered messages through a pool of Office 365 mailboxes.
 //!
-//! - [`throttle`]: exact sliding-window limits per mailbox and tenant, and the pure pool
-//!   scheduler (which mailbox may send what, and when).
-//! - [`eligibility`]: which mailboxes may send a message, as a cached scheduler class.
-//! - [`claims`]: a job is in at most one send at a time in this process.
-//! - [`ownership`]: fenced leases on mailboxes across deliver processes; [`shares`]:
+//! The modules follow a message's way through deliver (docs/architecture.md has the map and
+//! a glossary):
+//!
+//! - [`send`]: one message, from the record's verdict to the ack: the send decision (one
+//!   transaction in the store), the SMTP send, the outcome recorded with its job's event.
+//!   Beside it: [`send::claims`] (one copy of a job at a time here), [`send::suppression`]
+//!   (recipients screened), [`send::compose`] (the bytes sent), [`send::ledger`] (delivered
+//!   sends not yet on record).
+//! - [`pool`]: the mailboxes this process sends through: booking a send slot (waiting exactly
+//!   until a mailbox has room, in the waiting line's order), each mailbox's health, idle SMTP
+//!   sessions, eligibility classes.
+//! - [`throttle`]: the pure scheduler: exact sliding windows per mailbox and tenant.
+//! - [`ownership`]: fenced mailbox leases across deliver processes; [`ownership::shares`]:
 //!   which process should own which mailbox.
-//! - [`classify`]: what each Exchange reply means (the documented table).
-//! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout.
-//! - [`oauth`]: client-credentials tokens, cached and refreshed; [`token_endpoint`]: where
-//!   they come from; [`assertion`]: certificate credentials.
-//! - [`graph`]: the pool's mailboxes through Microsoft Graph (Inbox, Sent Items, folders);
-//!   [`feedback`]: what deliver reads there (uncertain sends in Sent Items, bounces).
-//! - [`settings`]: the `[deliver]` section: pool, policies, timeouts.
-//! - [`check_pool`]: the `check-pool` preflight of every mailbox.
-//! - [`bounce`]: reading non-delivery reports (pure; the Inbox reader calls it).
-//! - [`suppression`]: suppressed recipients dropped before a send, RCPT refusals listed.
+//! - [`smtp`]: one STARTTLS + AUTH session, every step under a timeout; [`smtp::classify`]:
+//!   what each Exchange reply means.
+//! - [`auth`]: tokens and certificate credentials.
+//! - After the 250: [`graph`] (Microsoft Graph), [`feedback`] (Sent Items, the Inbox),
+//!   [`bounce`] (reading non-delivery reports, pure).
+//! - [`settings`], [`startup`], [`metrics`], [`check_pool`] (the preflight of every mailbox).
 
-pub mod assertion;
+pub mod auth;
 pub mod bounce;
 pub mod check_pool;
-pub mod claims;
-pub mod classify;
-pub mod compose;
-pub mod eligibility;
 pub mod feedback;
 pub mod graph;
-pub mod ledger;
 pub mod metrics;
-pub mod oauth;
 pub mod ownership;
 pub mod pool;
+pub mod send;
 pub mod settings;
-pub mod shares;
 pub mod smtp;
-pub mod stage;
 pub mod startup;
-pub mod suppression;
 pub mod throttle;
-pub mod token_endpoint;

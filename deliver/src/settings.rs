@@ -13,9 +13,9 @@ pub use mailpipe_common::pool::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::auth::oauth::ClientCredential;
+use crate::auth::token_endpoint::TokenEndpoint;
 pub use crate::graph::GraphSettings;
-use crate::oauth::ClientCredential;
-use crate::token_endpoint::TokenEndpoint;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

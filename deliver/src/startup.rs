@@ -19,12 +19,13 @@ use tracing::Instrument as _;
 
 use crate::feedback::MailboxFeedback;
 use crate::graph::GraphClient;
-use crate::ledger::{DeliveredJobs, ReplayProgress};
 use crate::metrics;
 use crate::ownership::MailboxOwnership;
+use crate::ownership::replay::ReplayProgress;
 use crate::pool::MailboxPool;
+use crate::send::ledger::DeliveredJobs;
+use crate::send::{DeliverStage, DeliveryOutcome};
 use crate::settings::DeliverSettings;
-use crate::stage::{DeliverStage, DeliveryOutcome};
 
 #[derive(Debug)]
 pub struct Application {

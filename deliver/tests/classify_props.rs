@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mailpipe_common::contract::SmtpReply;
-use mailpipe_deliver::classify::{MailboxProblem, ReplyClass, TenantProblem, classify};
+use mailpipe_deliver::smtp::classify::{MailboxProblem, ReplyClass, TenantProblem, classify};
 use proptest::prelude::*;
 
 /// Codes that mean "this mailbox (or tenant) cannot send now": never the message's fault.

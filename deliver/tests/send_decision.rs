@@ -280,7 +280,11 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
             .unwrap()
             .into_iter()
             .collect();
-    assert_eq!(counts.get("cancelled").copied(), Some(cancelled as i64), "{counts:?}");
+    assert_eq!(
+        counts.get("cancelled").copied(),
+        Some(cancelled as i64),
+        "{counts:?}"
+    );
     assert_eq!(
         counts.get("delivered").copied().unwrap_or(0) as usize,
         h.sim.accepted().len(),

@@ -25,7 +25,14 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq rabbitmq-server >/dev/null
 fi
 
-echo "starting RabbitMQ (rabbitmq-server -detached)..."
+# A shell's default open-files limit (1,024) leaves the broker ~830 sockets: the test suite
+# plus other local work can use them up, and the broker then stops completing handshakes.
+# Debian's systemd unit raises it to 65,536; so does this script, as far as it may.
+if ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; then
+  echo "starting RabbitMQ (rabbitmq-server -detached) with an open-files limit of $(ulimit -n)..."
+else
+  echo "starting RabbitMQ (rabbitmq-server -detached); open-files limit $(ulimit -n) (could not raise it)..."
+fi
 rabbitmq-server -detached >/dev/null 2>&1 || true
 for _ in $(seq 1 90); do
   if port_open && rabbitmqctl -q status >/dev/null 2>&1; then

@@ -83,14 +83,23 @@ pub fn render(r: &BatchReport) -> String {
         r.jobs,
         c.get(EventKind::Delivered),
         c.get(EventKind::Failed),
-        match c.get(EventKind::Cancelled) {
-            0 => String::new(),
-            n => format!("{n} cancelled, "),
-        },
+        [
+            (EventKind::Bounced, "bounced"),
+            (EventKind::Suppressed, "suppressed"),
+            (EventKind::Cancelled, "cancelled"),
+            (EventKind::Expired, "expired"),
+        ]
+        .iter()
+        .filter(|(k, _)| c.get(*k) > 0)
+        .map(|(k, name)| format!("{} {name}, ", c.get(*k)))
+        .collect::<String>(),
         r.remaining,
         c.get(EventKind::Accepted),
         c.get(EventKind::Rendered),
-        c.get(EventKind::Retrying),
+        match r.uncertain {
+            0 => c.get(EventKind::Retrying).to_string(),
+            n => format!("{}, {n} of them uncertain", c.get(EventKind::Retrying)),
+        },
         if r.finished { ": finished" } else { "" }
     );
     let _ = writeln!(

@@ -349,6 +349,68 @@ fn migrate_makes_the_schema_current_and_a_process_that_may_not_migrate_then_star
     );
 }
 
+/// Processes started at the same instant on an empty schema all come up: the schema's
+/// creation races are tolerated and the migrations run under the migrator's lock.
+#[test]
+fn eight_migrations_at_once_on_a_fresh_schema_all_succeed() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(mailpipe_common::testkit::ensure_test_database());
+    for round in 0..5 {
+        let database = mailpipe_common::testkit::database_settings("ing-migrate-race");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mailpipe.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = {:?}\nschema = {:?}\nmigrate_on_start = false\n",
+                database.url, database.schema
+            ),
+        )
+        .unwrap();
+        let children: Vec<Child> = (0..8)
+            .map(|_| {
+                Child(
+                    Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+                        .arg("--config")
+                        .arg(&config)
+                        .arg("migrate")
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for mut child in children {
+            let status = loop {
+                if let Some(status) = child.0.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: a migrate did not end within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut stderr).ok();
+            }
+            assert!(status.success(), "round {round}: {status}: {stderr}");
+        }
+        runtime.block_on(async {
+            let store = mailpipe_common::store::Store::new(
+                &database,
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .unwrap();
+            mailpipe_common::testkit::drop_schema(&store, &database.schema).await;
+            store.close().await;
+        });
+    }
+}
+
 /// A port free right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

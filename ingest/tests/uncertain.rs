@@ -46,7 +46,9 @@ async fn died_mid_send(store: &Store) {
                 owner: dead,
                 token,
                 batch: None,
-                recipients: vec![mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap()],
+                recipients: vec![
+                    mailpipe_common::domain::EmailAddress::parse("x@fabrikam.example").unwrap(),
+                ],
                 external_recipients: 1,
                 budget: Duration::from_secs(90),
                 rules: SendRules::default(),

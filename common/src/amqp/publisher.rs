@@ -92,6 +92,10 @@ pub struct Publisher {
 struct Inner {
     broker: Broker,
     channel: std::sync::Mutex<Option<Channel>>,
+    /// Held while a channel is opened: concurrent first publishes share one new channel.
+    /// (Two openers racing used to replace each other's channel, and the replaced one,
+    /// dropped, closed under its own publishes: each of them was then published again.)
+    opening: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
@@ -101,6 +105,7 @@ impl Publisher {
             inner: Arc::new(Inner {
                 broker,
                 channel: std::sync::Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
                 timeout: confirm_timeout,
             }),
         }
@@ -151,7 +156,13 @@ impl Publisher {
                 Ok(confirm) => return Ok(confirm),
                 Err(e) => {
                     tracing::debug!(error = %e, "publish channel failed; opening a new one");
-                    *self.lock_channel() = None;
+                    // Forgotten only if it is still the stored one: a channel another caller
+                    // has opened meanwhile is healthy.
+                    let mut stored = self.lock_channel();
+                    if stored.as_ref().is_some_and(|ch| ch.id() == channel.id()) {
+                        *stored = None;
+                    }
+                    drop(stored);
                     last = Some(e);
                 }
             }
@@ -169,10 +180,13 @@ impl Publisher {
     /// The shared confirm-mode channel, opened when missing. The lock is held only to
     /// read or store it, never while the broker is being waited for.
     async fn channel(&self) -> Result<Channel, PublishError> {
-        if let Some(ch) = self.lock_channel().as_ref()
-            && ch.status().connected()
-        {
-            return Ok(ch.clone());
+        if let Some(ch) = self.open_channel() {
+            return Ok(ch);
+        }
+        let _opening = self.inner.opening.lock().await;
+        if let Some(ch) = self.open_channel() {
+            // Another caller opened it while this one waited.
+            return Ok(ch);
         }
         let broker = &self.inner.broker;
         let ch = broker.channel().await?;
@@ -184,6 +198,14 @@ impl Publisher {
             .await?;
         *self.lock_channel() = Some(ch.clone());
         Ok(ch)
+    }
+
+    /// The stored channel, if it is still usable.
+    fn open_channel(&self) -> Option<Channel> {
+        self.lock_channel()
+            .as_ref()
+            .filter(|ch| ch.status().connected())
+            .cloned()
     }
 
     fn lock_channel(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {

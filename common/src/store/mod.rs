@@ -32,7 +32,8 @@ pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
 pub use prune::PruneReport;
 pub use sends::{
-    AcceptedSend, CountedSend, Decision, Resolution, SendOutcome, SendRules, SendStart, UncertainSend, UnsettledSend,
+    AcceptedSend, CountedSend, Decision, Resolution, SendOutcome, SendRules, SendStart,
+    UncertainSend, UnsettledSend,
 };
 pub use settings::DatabaseSettings;
 pub use state::{JobState, UnknownState};

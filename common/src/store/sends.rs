@@ -157,7 +157,10 @@ pub enum Decision {
     /// These recipients were suppressed since the message was screened.
     Suppressed(Vec<String>),
     /// The tenant's external-recipient window has no room before `until`.
-    TenantFull { until: DateTime<Utc>, detail: String },
+    TenantFull {
+        until: DateTime<Utc>,
+        detail: String,
+    },
 }
 
 /// A send of a job the server accepted (or an operator marked sent), as the record has it.

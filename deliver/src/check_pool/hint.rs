@@ -1,7 +1,7 @@
 //! What to do about a failed mailbox check: Exchange's and Entra's refusals mapped to the
 //! admin action that fixes them (docs/microsoft365.md has the full steps).
 
-use crate::oauth::OAuthError;
+use crate::auth::oauth::OAuthError;
 use crate::pool::SessionError;
 use crate::smtp::{SmtpFailure, SmtpStage};
 

@@ -15,6 +15,8 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 
+use crate::auth::oauth::{ClientCredential, TokenSource};
+use crate::auth::token_endpoint::{TokenEndpoint, parse_authority};
 use crate::graph::body::read_bounded;
 use crate::graph::error::GraphError;
 use crate::graph::odata::string_literal;
@@ -24,9 +26,7 @@ use crate::graph::types::{
     FolderId, MessageSummary, NextPage, Order, Page, WireError, WireFolder, WireList, WireMessage,
 };
 use crate::metrics;
-use crate::oauth::{ClientCredential, TokenSource};
 use crate::settings::{AuthMethod, DeliverSettings, OAuthApp};
-use crate::token_endpoint::{TokenEndpoint, parse_authority};
 
 /// Bound of a list page or any JSON answer.
 pub const MAX_JSON_BYTES: u64 = 1024 * 1024;
@@ -75,9 +75,10 @@ impl GraphClient {
             })?),
             None => None,
         };
-        let token_http = crate::oauth::token_http_client(extra_ca.as_deref()).map_err(|e| {
-            ConfigError::invalid("deliver.extra_ca_file", e.without_url().to_string())
-        })?;
+        let token_http =
+            crate::auth::oauth::token_http_client(extra_ca.as_deref()).map_err(|e| {
+                ConfigError::invalid("deliver.extra_ca_file", e.without_url().to_string())
+            })?;
         let mut tokens: HashMap<&str, Arc<TokenSource>> = HashMap::new();
         for (i, t) in settings.tenants.iter().enumerate() {
             if let Some(app) = &t.oauth {
@@ -450,7 +451,7 @@ impl GraphClient {
                     operation,
                     mailbox: who(),
                     status: status.as_u16(),
-                    location: crate::oauth::redirect_location(&response),
+                    location: crate::auth::oauth::redirect_location(&response),
                 });
             }
             if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::oauth::OAuthError;
+use crate::auth::oauth::OAuthError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {

@@ -70,7 +70,7 @@ impl GraphSettings {
     pub fn check(&self, p: &mut Problems) {
         let key = |k: &str| format!("deliver.graph.{k}");
         if let Err(why) =
-            crate::token_endpoint::parse_authority(&self.base_url, self.allow_loopback_http)
+            crate::auth::token_endpoint::parse_authority(&self.base_url, self.allow_loopback_http)
         {
             p.push(key("base_url"), why);
         }

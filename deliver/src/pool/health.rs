@@ -9,6 +9,8 @@
 
 use crate::throttle::{MailboxState, Millis};
 
+use super::*;
+
 /// What a send knew of its mailbox when it started: which episode a failure or a success of
 /// it belongs to. Taken from its lease ([`super::Lease::ticket`]), kept after the lease ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,5 +224,98 @@ mod tests {
         let (p2, _) = h.start(0, 3, FAR);
         assert!(p2.is_probe());
         assert_eq!(h.failed(&p2, false), Some(2));
+    }
+}
+
+/// What a send proved about its mailbox: healthy, or held back (a mailbox, a tenant).
+impl MailboxPool {
+    /// The send of `ticket` proved its mailbox works: its session was opened (AUTH passed)
+    /// and the server answered for the message's sake, not the mailbox's. For a probe, the
+    /// mailbox is active again and its episodes end. A send that was in flight before the
+    /// mailbox was held proves nothing (its session may predate the fault).
+    pub fn mark_healthy(&self, ticket: SendTicket) {
+        let lifted = {
+            let mut book = self.book();
+            let hold = book.health[ticket.idx].proved(&ticket);
+            book.lift(ticket.idx, hold)
+        };
+        if lifted {
+            tracing::info!(mailbox = %self.mailboxes[ticket.idx].address, "probe passed; mailbox active again");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Holds a mailbox back after a mailbox-level refusal of the send of `ticket`, until a
+    /// window frees or its backoff ends. A healthy mailbox's first failure and a failed probe
+    /// start an episode (the backoff doubles per episode); failures of sends that were in
+    /// flight when the hold began belong to it and change nothing.
+    pub fn hold_mailbox(&self, ticket: SendTicket, problem: MailboxProblem) {
+        let idx = ticket.idx;
+        let now = now_millis();
+        let (episode, pause) = {
+            let mut book = self.book();
+            let Some(episode) = book.health[idx].failed(&ticket, problem.is_quarantine()) else {
+                drop(book);
+                tracing::debug!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), "failure of a send from an episode already counted");
+                return;
+            };
+            let limits = book
+                .schedule
+                .mailbox(idx)
+                .map(|m| m.limits().clone())
+                .unwrap_or_default();
+            let pause = match problem {
+                // The window tells exactly when room comes back.
+                MailboxProblem::Rate => limits.message_window,
+                MailboxProblem::Quota => limits.recipient_window.min(self.max_pause),
+                MailboxProblem::Connections => Duration::from_secs(2).min(self.pause),
+                // Credentials, send-as, throttling for repeated errors (5.2.25x), sessions
+                // that cannot be opened: each episode waits twice as long as the last.
+                MailboxProblem::Auth
+                | MailboxProblem::SendAs
+                | MailboxProblem::Throttled
+                | MailboxProblem::Unreachable => self.backoff(episode),
+            };
+            let state = book.health[idx].held_until(now + pause);
+            let _ = book.schedule.set_state(idx, state);
+            (episode, pause)
+        };
+        tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), episode, pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
+        self.changed.notify_waiters();
+    }
+
+    /// Holds back every mailbox of a tenant (blocked, or its external limit reached).
+    pub fn hold_tenant(&self, tenant: usize, problem: TenantProblem) {
+        let now = now_millis();
+        let pause = match problem {
+            TenantProblem::ExternalLimit => {
+                let book = self.book();
+                book.schedule
+                    .tenant(tenant)
+                    .map(|t| t.window().window())
+                    .unwrap_or(self.pause)
+                    .min(self.max_pause)
+            }
+            TenantProblem::Blocked => self.max_pause,
+        };
+        let until = now + pause;
+        {
+            let mut book = self.book();
+            for (idx, m) in self.mailboxes.iter().enumerate() {
+                if m.tenant == tenant {
+                    let _ = book
+                        .schedule
+                        .set_state(idx, MailboxState::Quarantined { until });
+                }
+            }
+        }
+        tracing::warn!(tenant = %self.mailboxes.iter().find(|m| m.tenant == tenant).map(|m| m.tenant_id.as_str()).unwrap_or("?"), problem = problem.as_str(), pause_ms = pause.as_millis() as u64, "tenant held back");
+        self.changed.notify_waiters();
+    }
+
+    /// `pause_ms` doubled per episode after the first, up to `max_pause_ms`.
+    pub(super) fn backoff(&self, episode: u32) -> Duration {
+        let factor = 1u32 << episode.saturating_sub(1).min(16);
+        (self.pause * factor).min(self.max_pause)
     }
 }

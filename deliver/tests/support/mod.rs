@@ -103,7 +103,9 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
             shared => format!(
                 "[[tenants]]\nid = \"t{i}\"\ndomains = [\"contoso.example\", \"t{i}.onmicrosoft.com\"]\n{limit}\n[[apps]]\ntenant = \"t{i}\"\nclient_id = \"app-{i}\"\nclient_secret = \"{SECRET}\"\nmailboxes = [\"*\"]\ntoken_lifetime_secs = {lifetime}\n",
                 limit = shared
-                    .map(|(n, ms)| format!("external_recipient_limit = {n}\nexternal_window_ms = {ms}"))
+                    .map(|(n, ms)| format!(
+                        "external_recipient_limit = {n}\nexternal_window_ms = {ms}"
+                    ))
                     .unwrap_or_default(),
                 lifetime = spec.token_lifetime_secs,
             ),
@@ -182,26 +184,26 @@ impl Harness {
             if spec.shared_tenant.is_some() && i > 0 {
                 // One tenant for all (declared with mailbox 0).
             } else {
-            tenants.push(TenantSettings {
-                id: format!("t{i}"),
-                oauth: Some(OAuthApp {
-                    tenant_id: Some(format!("t{i}.onmicrosoft.com")),
-                    client_id: format!("app-{i}"),
-                    client_secret: Some(SecretRef {
-                        env: None,
-                        file: Some(secret.clone()),
+                tenants.push(TenantSettings {
+                    id: format!("t{i}"),
+                    oauth: Some(OAuthApp {
+                        tenant_id: Some(format!("t{i}.onmicrosoft.com")),
+                        client_id: format!("app-{i}"),
+                        client_secret: Some(SecretRef {
+                            env: None,
+                            file: Some(secret.clone()),
+                        }),
+                        client_certificate: None,
+                        client_certificate_key: None,
+                        authority: sim.authority(),
+                        scope: "https://outlook.office365.com/.default".into(),
+                        allow_loopback_http: true,
                     }),
-                    client_certificate: None,
-                    client_certificate_key: None,
-                    authority: sim.authority(),
-                    scope: "https://outlook.office365.com/.default".into(),
-                    allow_loopback_http: true,
-                }),
-                domains: vec!["contoso.example".into()],
-                external_recipient_limit: spec.shared_tenant.map(|(n, _)| n),
-                licenses: None,
-                external_window_ms: spec.shared_tenant.map_or(86_400_000, |(_, ms)| ms),
-            });
+                    domains: vec!["contoso.example".into()],
+                    external_recipient_limit: spec.shared_tenant.map(|(n, _)| n),
+                    licenses: None,
+                    external_window_ms: spec.shared_tenant.map_or(86_400_000, |(_, ms)| ms),
+                });
             }
             let wrong_password = spec.wrong_password.contains(&i);
             mailboxes.push(MailboxSettings {

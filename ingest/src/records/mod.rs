@@ -42,6 +42,7 @@ SELECT count(*) FILTER (WHERE state = 'accepted'),
        count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed') AND not_before > now()),
        coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')), 0)::int8,
        count(*) FILTER (WHERE state IN ('failed', 'bounced') OR (state = 'delivered' AND refused <> '[]'::jsonb)),
+       count(*) FILTER (WHERE uncertain AND state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')),
        min(coalesce(accepted_at, created_at)),
        max(updated_at),
        (SELECT control FROM batches WHERE id = $1)
@@ -49,6 +50,7 @@ FROM jobs WHERE batch_id = $1 AND state <> 'received'
 "#;
 
 type Summary = (
+    i64,
     i64,
     i64,
     i64,
@@ -179,6 +181,7 @@ impl Records {
             scheduled,
             recipients_left,
             failures,
+            uncertain,
             first,
             last,
             control,
@@ -262,6 +265,7 @@ impl Records {
             finished: remaining == 0,
             remaining,
             scheduled: scheduled.max(0) as u64,
+            uncertain: uncertain.max(0) as u64,
             counts,
             per_mailbox,
             failures: Failures {

@@ -140,6 +140,9 @@ pub struct BatchReport {
     pub remaining: u64,
     /// Of those, jobs whose `not_before` is still ahead (scheduled sends).
     pub scheduled: u64,
+    /// Of those, jobs whose last send is uncertain (the server may have accepted it): held
+    /// for a decision (`mailpipe-ingest uncertain list`) or until they may be sent again.
+    pub uncertain: u64,
     /// Jobs by current state (`dead` = `failed`).
     pub counts: KindCounts,
     /// Per sending mailbox: jobs delivered through it.

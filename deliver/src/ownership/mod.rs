@@ -2,7 +2,7 @@
 //! "Several processes, one pool").
 //!
 //! Every `lease_ttl / 3` a process renews its membership and its mailbox leases in
-//! PostgreSQL, computes the fair share of every live process ([`crate::shares`]), gives
+//! PostgreSQL, computes the fair share of every live process ([`crate::ownership::shares`]), gives
 //! back the mailboxes that are no longer its own (once its sends through them ended and
 //! its idle sessions are closed) and takes the ones that are, if their lease is free or
 //! lapsed. A mailbox taken is rebuilt from the write-ahead record (open sends of a dead
@@ -19,11 +19,13 @@ use mailpipe_common::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::ledger::ReplayProgress;
+pub mod replay;
+pub mod shares;
+
 use crate::metrics;
 use crate::pool::{Fence, MailboxPool};
-use crate::shares;
 use crate::throttle::Millis;
+use replay::ReplayProgress;
 
 /// Rows committed a little after a later-started one are still read: the tenant import
 /// reads this far back past the newest send it saw (and skips the ones it has).

@@ -6,8 +6,14 @@
 //! backoff doubles per hold episode, not per failed send (see `health`), so a broken mailbox
 //! gets at most one failed AUTH per backoff period (Exchange throttles repeated errors).
 
+mod booking;
+pub mod eligibility;
 mod health;
 mod line;
+mod sessions;
+
+pub use booking::{AcquireError, Completion, Fence, Lease};
+pub use sessions::SessionError;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,16 +26,16 @@ use mailpipe_common::domain::EmailAddress;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
-use crate::classify::{MailboxProblem, ReplyClass, TenantProblem};
-use crate::eligibility::{ClassCache, EligibilityKey};
-use crate::oauth::{ClientCredential, OAuthError, TokenSource};
+use crate::auth::oauth::{ClientCredential, OAuthError, TokenSource};
+use crate::auth::token_endpoint::TokenEndpoint;
+use crate::pool::eligibility::{ClassCache, EligibilityKey};
 use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
+use crate::smtp::classify::{MailboxProblem, ReplyClass, TenantProblem};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
     ClassId, Impossible, MailboxLimits, MailboxState, MailboxThrottle, Millis, Pick, PoolSchedule,
     Reservation, Snapshot, TenantLimit,
 };
-use crate::token_endpoint::TokenEndpoint;
 use health::Health;
 pub use health::SendTicket;
 use line::{Place, WaitingLine};
@@ -101,74 +107,6 @@ impl PoolMailbox {
     }
 }
 
-/// Why a session could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error(transparent)]
-    Smtp(#[from] SmtpFailure),
-    #[error(transparent)]
-    Token(#[from] OAuthError),
-}
-
-impl SessionError {
-    /// Neither case is the message's fault: a token that cannot be had is the mailbox's, and
-    /// so is a session that cannot be opened (timeout, lost connection, 4xx before MAIL):
-    /// the mailbox is held back with backoff and the message goes elsewhere.
-    pub fn class(&self) -> ReplyClass {
-        match self {
-            SessionError::Smtp(f) => match f.class() {
-                ReplyClass::Transient | ReplyClass::MessagePermanent | ReplyClass::Accepted => {
-                    ReplyClass::Mailbox(MailboxProblem::Unreachable)
-                }
-                other => other,
-            },
-            SessionError::Token(_) => ReplyClass::Mailbox(MailboxProblem::Auth),
-        }
-    }
-}
-
-/// A reserved send: one mailbox, its quota and one connection. Give it back with
-/// [`MailboxPool::finish`] (or [`MailboxPool::release_unsent`] when nothing was sent).
-#[derive(Debug)]
-pub struct Lease {
-    pub idx: usize,
-    reservation: Reservation,
-    ticket: SendTicket,
-}
-
-impl Lease {
-    /// What this send's outcome is reported with ([`MailboxPool::mark_healthy`],
-    /// [`MailboxPool::hold_mailbox`]) after the lease is finished.
-    pub fn ticket(&self) -> SendTicket {
-        self.ticket
-    }
-}
-
-/// The right to send through a mailbox: its lease's fencing token, and until when this
-/// process may start a send's data (the lease's end on the local clock, less a margin).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence {
-    pub token: i64,
-    pub until: Instant,
-}
-
-/// Why `acquire` gives a message up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcquireError {
-    /// No mailbox of the pool could ever send it.
-    Impossible(Impossible),
-    /// Only mailboxes other deliver processes own could send it: it goes back to the
-    /// queue for them.
-    OwnedElsewhere,
-}
-
-/// Whether the server may have counted the send (see `SmtpFailure::maybe_accepted`).
-#[derive(Debug, Clone, Copy)]
-pub enum Completion {
-    Counted,
-    NotCounted,
-}
-
 /// Distinct (group, From) keys whose class is remembered; beyond it the cache starts over.
 const CLASS_CACHE_CAPACITY: usize = 1_024;
 
@@ -195,40 +133,6 @@ impl Book {
             }
             _ => false,
         }
-    }
-}
-
-/// Longest a waiter behind others in line sleeps before it looks again.
-const LINE_RECHECK: Duration = Duration::from_secs(1);
-
-/// What a waiter in [`MailboxPool::acquire`] waits for.
-enum Wait {
-    /// The instant the pool admits it.
-    Until(Millis),
-    /// A send in flight to finish.
-    Release,
-    /// Its turn in the line.
-    Line,
-}
-
-/// A waiter's place in the line; leaves it when the waiter is dropped (the message went
-/// back to the queue, or the process stops) so that the next in line may pick.
-struct InLine<'a> {
-    pool: &'a MailboxPool,
-    place: Place,
-}
-
-impl InLine<'_> {
-    /// The waiter got its mailbox (and left the line in the same step).
-    fn served(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for InLine<'_> {
-    fn drop(&mut self) {
-        self.pool.book().line.leave(self.place);
-        self.pool.changed.notify_waiters();
     }
 }
 
@@ -271,7 +175,7 @@ impl MailboxPool {
                 })?),
                 None => None,
             };
-        let http = crate::oauth::token_http_client(extra_ca.as_deref())?;
+        let http = crate::auth::oauth::token_http_client(extra_ca.as_deref())?;
 
         let mut schedule = PoolSchedule::new();
         let mut tokens = Vec::new();
@@ -525,272 +429,6 @@ impl MailboxPool {
         ids
     }
 
-    /// Whether a mailbox owned here could send `meta`.
-    fn owned_here_may_send(&self, meta: &RenderedMeta) -> bool {
-        self.mailboxes
-            .iter()
-            .enumerate()
-            .any(|(i, m)| m.may_send(meta, self.policy) && self.lock_fence(i).is_some())
-    }
-
-    /// The eligibility class of the mailboxes that may send `meta`, registered on first use
-    /// of its (group, From) key.
-    fn class_of(&self, book: &mut Book, meta: &RenderedMeta) -> ClassId {
-        let Book {
-            schedule, classes, ..
-        } = book;
-        classes.get_or_register(EligibilityKey::of(meta, self.policy), || {
-            schedule.class(
-                self.mailboxes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| m.may_send(meta, self.policy))
-                    .map(|(i, _)| i),
-            )
-        })
-    }
-
-    /// Waits until a mailbox may send `meta` and reserves it. `Err` when no mailbox ever
-    /// could, or when only mailboxes owned by other processes could for a while.
-    ///
-    /// Waiters of one eligibility class pick in the order of the [`WaitingLine`]:
-    /// transactional messages first, bulk batches in turn.
-    pub async fn acquire(&self, meta: &RenderedMeta) -> Result<Lease, AcquireError> {
-        let recipients = meta.recipients.len() as u64;
-        let mut elsewhere_since: Option<Instant> = None;
-        let mut place: Option<InLine<'_>> = None;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = now_millis();
-            let wait_until = {
-                let mut book = self.book();
-                let at = match place.as_ref() {
-                    Some(p) => p.place,
-                    None => {
-                        let class = self.class_of(&mut book, meta);
-                        let at = book.line.join(class, meta);
-                        place = Some(InLine {
-                            pool: self,
-                            place: at,
-                        });
-                        at
-                    }
-                };
-                if !book.line.is_first(at) {
-                    Wait::Line
-                } else {
-                    let external = self.external_count(&book.schedule, &meta.recipients);
-                    match book.schedule.pick(now, recipients, external, at.class()) {
-                        Pick::Mailbox(idx, reservation) => {
-                            book.line.granted(at);
-                            if let Some(p) = place.take() {
-                                p.served();
-                            }
-                            let lease = self.lease(&mut book, now, idx, reservation);
-                            drop(book);
-                            // The next in line may pick now.
-                            self.changed.notify_waiters();
-                            return Ok(lease);
-                        }
-                        Pick::Impossible(why) => return Err(AcquireError::Impossible(why)),
-                        Pick::WaitUntil(at) => Wait::Until(at),
-                        Pick::WaitForRelease => Wait::Release,
-                    }
-                }
-            };
-            let wait_until = match wait_until {
-                Wait::Until(at) => Some(at),
-                Wait::Release => None,
-                Wait::Line if self.owned_here_may_send(meta) => {
-                    elsewhere_since = None;
-                    // Woken when the one ahead picks or leaves; the bounded wait is a
-                    // safety net only (a turn never depends on it).
-                    tokio::select! {
-                        _ = tokio::time::sleep(LINE_RECHECK) => {}
-                        _ = &mut notified => {}
-                    }
-                    continue;
-                }
-                // Behind others, and only other processes' mailboxes could send it: the
-                // hand-back below runs for every waiter at once, not one after another.
-                Wait::Line => None,
-            };
-            match wait_until {
-                Some(at) => {
-                    elsewhere_since = None;
-                    let wait = at.saturating_duration_since(now);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = &mut notified => {}
-                    }
-                }
-                None if self.owned_here_may_send(meta) => {
-                    elsewhere_since = None;
-                    notified.await;
-                }
-                None => {
-                    // Only mailboxes of other processes could take it: wait a little (a
-                    // lease may be on its way here), then hand it back to the queue.
-                    let since = *elsewhere_since.get_or_insert_with(Instant::now);
-                    let left = self.elsewhere_grace.saturating_sub(since.elapsed());
-                    if left.is_zero() {
-                        return Err(AcquireError::OwnedElsewhere);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(left) => {}
-                        _ = &mut notified => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// The lease of a picked mailbox. A mailbox on probation is held at once for its probe, in
-    /// the same step as the pick: nobody else picks it until the probe's verdict.
-    fn lease(&self, book: &mut Book, now: Millis, idx: usize, reservation: Reservation) -> Lease {
-        let until = now + self.probe_limit(idx);
-        let (ticket, probe_hold) = book.health[idx].start(idx, reservation.id(), until);
-        if let Some(hold) = probe_hold {
-            let _ = book.schedule.set_state(idx, hold);
-            tracing::info!(mailbox = %self.mailboxes[idx].address, episodes = book.health[idx].episodes(), "probing a re-admitted mailbox with one send");
-        }
-        Lease {
-            idx,
-            reservation,
-            ticket,
-        }
-    }
-
-    /// Ends a send: its quota counts from now (if the server may have counted it) or is
-    /// given back; its connection slot frees; waiters re-check. A probe's hold stays: its
-    /// verdict follows ([`Self::mark_healthy`], [`Self::hold_mailbox`], a tenant hold), so no
-    /// other send slips in between.
-    pub fn finish(&self, lease: Lease, completion: Completion) {
-        let result = {
-            let mut book = self.book();
-            match completion {
-                // Rounded up to the next millisecond: instants are whole milliseconds, and a
-                // truncated completion could let the next send in up to 1 ms early.
-                Completion::Counted => book
-                    .schedule
-                    .settle(lease.reservation, now_millis().plus_ms(1)),
-                Completion::NotCounted => book.schedule.release(lease.reservation),
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "throttle bookkeeping error");
-        }
-        self.changed.notify_waiters();
-    }
-
-    /// Ends a send that never went out (the record said not to send): quota and slot are
-    /// given back, and a probe's hold is lifted with the mailbox still on probation, so the
-    /// next send probes it.
-    pub fn release_unsent(&self, lease: Lease) {
-        let ticket = lease.ticket;
-        self.finish(lease, Completion::NotCounted);
-        let lifted = {
-            let mut book = self.book();
-            let hold = book.health[ticket.idx].released(&ticket);
-            book.lift(ticket.idx, hold)
-        };
-        if lifted {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// The send of `ticket` proved its mailbox works: its session was opened (AUTH passed)
-    /// and the server answered for the message's sake, not the mailbox's. For a probe, the
-    /// mailbox is active again and its episodes end. A send that was in flight before the
-    /// mailbox was held proves nothing (its session may predate the fault).
-    pub fn mark_healthy(&self, ticket: SendTicket) {
-        let lifted = {
-            let mut book = self.book();
-            let hold = book.health[ticket.idx].proved(&ticket);
-            book.lift(ticket.idx, hold)
-        };
-        if lifted {
-            tracing::info!(mailbox = %self.mailboxes[ticket.idx].address, "probe passed; mailbox active again");
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Holds a mailbox back after a mailbox-level refusal of the send of `ticket`, until a
-    /// window frees or its backoff ends. A healthy mailbox's first failure and a failed probe
-    /// start an episode (the backoff doubles per episode); failures of sends that were in
-    /// flight when the hold began belong to it and change nothing.
-    pub fn hold_mailbox(&self, ticket: SendTicket, problem: MailboxProblem) {
-        let idx = ticket.idx;
-        let now = now_millis();
-        let (episode, pause) = {
-            let mut book = self.book();
-            let Some(episode) = book.health[idx].failed(&ticket, problem.is_quarantine()) else {
-                drop(book);
-                tracing::debug!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), "failure of a send from an episode already counted");
-                return;
-            };
-            let limits = book
-                .schedule
-                .mailbox(idx)
-                .map(|m| m.limits().clone())
-                .unwrap_or_default();
-            let pause = match problem {
-                // The window tells exactly when room comes back.
-                MailboxProblem::Rate => limits.message_window,
-                MailboxProblem::Quota => limits.recipient_window.min(self.max_pause),
-                MailboxProblem::Connections => Duration::from_secs(2).min(self.pause),
-                // Credentials, send-as, throttling for repeated errors (5.2.25x), sessions
-                // that cannot be opened: each episode waits twice as long as the last.
-                MailboxProblem::Auth
-                | MailboxProblem::SendAs
-                | MailboxProblem::Throttled
-                | MailboxProblem::Unreachable => self.backoff(episode),
-            };
-            let state = book.health[idx].held_until(now + pause);
-            let _ = book.schedule.set_state(idx, state);
-            (episode, pause)
-        };
-        tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), episode, pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
-        self.changed.notify_waiters();
-    }
-
-    /// Holds back every mailbox of a tenant (blocked, or its external limit reached).
-    pub fn hold_tenant(&self, tenant: usize, problem: TenantProblem) {
-        let now = now_millis();
-        let pause = match problem {
-            TenantProblem::ExternalLimit => {
-                let book = self.book();
-                book.schedule
-                    .tenant(tenant)
-                    .map(|t| t.window().window())
-                    .unwrap_or(self.pause)
-                    .min(self.max_pause)
-            }
-            TenantProblem::Blocked => self.max_pause,
-        };
-        let until = now + pause;
-        {
-            let mut book = self.book();
-            for (idx, m) in self.mailboxes.iter().enumerate() {
-                if m.tenant == tenant {
-                    let _ = book
-                        .schedule
-                        .set_state(idx, MailboxState::Quarantined { until });
-                }
-            }
-        }
-        tracing::warn!(tenant = %self.mailboxes.iter().find(|m| m.tenant == tenant).map(|m| m.tenant_id.as_str()).unwrap_or("?"), problem = problem.as_str(), pause_ms = pause.as_millis() as u64, "tenant held back");
-        self.changed.notify_waiters();
-    }
-
-    /// `pause_ms` doubled per episode after the first, up to `max_pause_ms`.
-    fn backoff(&self, episode: u32) -> Duration {
-        let factor = 1u32 << episode.saturating_sub(1).min(16);
-        (self.pause * factor).min(self.max_pause)
-    }
-
     /// Re-applies a send recorded in the events stream (ledger rebuild after a restart).
     pub fn restore(
         &self,
@@ -843,116 +481,6 @@ impl MailboxPool {
             .tenant(tenant)
             .map(|t| t.count_external(recipients.iter().map(EmailAddress::domain)))
             .unwrap_or(0)
-    }
-
-    /// An idle session of this mailbox (`true`: reused), or a new one. The throttle's
-    /// connection cap bounds in-flight sends, and a new session is opened only when none is
-    /// idle, so open connections never exceed the cap.
-    pub async fn session(&self, idx: usize) -> Result<(SmtpSession, bool), SessionError> {
-        let (reusable, stale) = {
-            let mut idle = self.idle[idx].lock().unwrap_or_else(|e| e.into_inner());
-            let mut stale = Vec::new();
-            let mut found = None;
-            while let Some((s, since)) = idle.pop() {
-                if since.elapsed() < self.idle_timeout && s.is_usable() {
-                    found = Some(s);
-                    break;
-                }
-                stale.push(s);
-            }
-            (found, stale)
-        };
-        // Stale sessions are closed before a new one opens: the server counts them until then.
-        for s in stale {
-            s.quit().await;
-        }
-        match reusable {
-            Some(s) => Ok((s, true)),
-            None => Ok((self.open(idx, true).await?, false)),
-        }
-    }
-
-    /// A new session with one connection and one AUTH attempt: a refused token is not
-    /// refreshed and retried (preflight checks report the refusal instead).
-    pub async fn open_once(&self, idx: usize) -> Result<SmtpSession, SessionError> {
-        self.open(idx, false).await
-    }
-
-    pub fn return_session(&self, idx: usize, session: SmtpSession) {
-        if session.is_usable() {
-            self.idle[idx]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((session, Instant::now()));
-        }
-    }
-
-    /// A new session of this mailbox (the caller holds its connection slot). With
-    /// `retry_refused_token`, a refused OAuth token is refreshed and AUTH tried once more, but
-    /// only when the token came from the cache (it may have been revoked or expired early) and
-    /// the mailbox is not on probation: a fresh token that is refused would be refused again,
-    /// and a probe has one AUTH, so a broken mailbox gets one failed AUTH per backoff period.
-    pub async fn open(
-        &self,
-        idx: usize,
-        retry_refused_token: bool,
-    ) -> Result<SmtpSession, SessionError> {
-        let m = &self.mailboxes[idx];
-        match &m.auth {
-            MailboxAuth::Password { login, password } => {
-                let creds = Credentials::new(login.clone(), password.expose_secret().to_owned());
-                Ok(SmtpSession::open(&m.endpoint, Mechanism::Login, &creds).await?)
-            }
-            MailboxAuth::OAuth(tokens) => {
-                let mut may_retry = retry_refused_token && !self.on_probation(idx);
-                loop {
-                    let (token, fresh) = tokens.token_since(Instant::now()).await?;
-                    let creds =
-                        Credentials::new(m.address.to_string(), token.expose_secret().to_owned());
-                    match SmtpSession::open(&m.endpoint, Mechanism::Xoauth2, &creds).await {
-                        Err(SmtpFailure::Reply {
-                            stage: SmtpStage::Auth,
-                            ..
-                        }) if may_retry && !fresh => {
-                            tracing::info!(mailbox = %m.address, "cached token refused; fetching a new one");
-                            tokens.invalidate(&token).await;
-                            may_retry = false;
-                        }
-                        Err(
-                            e @ SmtpFailure::Reply {
-                                stage: SmtpStage::Auth,
-                                ..
-                            },
-                        ) if !fresh => {
-                            // Forgotten (it may be stale), so the next try fetches anew.
-                            tokens.invalidate(&token).await;
-                            return Err(e.into());
-                        }
-                        other => return Ok(other?),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Closes the idle sessions of one mailbox (before its lease goes to another process,
-    /// which would otherwise find its connections counted against it).
-    pub async fn close_idle_of(&self, idx: usize) {
-        let sessions: Vec<_> = self.idle[idx]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for (s, _) in sessions {
-            s.quit().await;
-        }
-    }
-
-    /// Closes idle sessions (shutdown).
-    pub async fn close_idle(&self) {
-        for idx in 0..self.idle.len() {
-            self.close_idle_of(idx).await;
-        }
     }
 }
 
@@ -1110,7 +638,7 @@ mod tests {
         assert_eq!(pool.book().line.len(), 0, "nobody left in line");
     }
 
-    async fn acquire(pool: &MailboxPool) -> Lease {
+    async fn acquire(pool: &MailboxPool) -> Lease<'_> {
         tokio::time::timeout(Duration::from_secs(10), pool.acquire(&meta()))
             .await
             .expect("a mailbox within the hold")
@@ -1123,6 +651,27 @@ mod tests {
         state.until().map_or(Duration::ZERO, |u| {
             u.saturating_duration_since(now_millis())
         })
+    }
+
+    /// A send slot dropped on an error path (no `finish`) frees its connection: the
+    /// mailbox goes on sending.
+    #[tokio::test]
+    async fn a_dropped_lease_frees_its_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir);
+        let first = acquire(&pool).await;
+        let tf = first.ticket();
+        pool.finish(first, Completion::Counted);
+        pool.mark_healthy(tf);
+        let idx = {
+            let lease = acquire(&pool).await;
+            assert_eq!(pool.in_flight(lease.idx), 1);
+            lease.idx
+        };
+        assert_eq!(pool.in_flight(idx), 0, "the slot was freed by Drop");
+        let again = acquire(&pool).await;
+        assert_eq!(again.idx, idx, "the mailbox sends on");
+        pool.finish(again, Completion::NotCounted);
     }
 
     #[tokio::test]

@@ -13,9 +13,9 @@ use tokio::sync::Mutex;
 
 use mailpipe_common::config::ConfigError;
 
-use crate::assertion::{ASSERTION_TYPE, AssertionSigner};
+use crate::auth::assertion::{ASSERTION_TYPE, AssertionSigner};
+use crate::auth::token_endpoint::TokenEndpoint;
 use crate::settings::OAuthApp;
-use crate::token_endpoint::TokenEndpoint;
 
 /// Refresh when less than this is left (tokens live 60-90 minutes).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);

@@ -5,6 +5,7 @@
 //! time so a refusal of one recipient is recorded without failing the others. A reply after
 //! which the server closes (421) or a lost connection retires the session.
 
+pub mod classify;
 mod starttls_guard;
 
 use std::future::Future;
@@ -18,7 +19,7 @@ use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParame
 use mailpipe_common::contract::SmtpReply;
 use mailpipe_common::domain::EmailAddress;
 
-use crate::classify::{MailboxProblem, ReplyClass, classify};
+use crate::smtp::classify::{MailboxProblem, ReplyClass, classify};
 use starttls_guard::{GuardState, GuardedStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mailpipe_common::contract::DeliveryEvent;
 use mailpipe_common::domain::JobId;
@@ -49,35 +48,5 @@ impl DeliveredJobs {
     /// Jobs delivered here and not yet recorded.
     pub fn pending_len(&self) -> usize {
         self.lock().len()
-    }
-}
-
-/// Whether the first lease round (taking this process's mailboxes and rebuilding their
-/// windows) is done, for `/readyz` and the replay metric.
-#[derive(Debug, Default)]
-pub struct ReplayProgress {
-    /// Sends read back so far.
-    pub events: AtomicU64,
-    pub done: AtomicBool,
-}
-
-impl ReplayProgress {
-    /// The first round is done, having read `sends` back.
-    pub fn finish(&self, sends: usize) {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            let read = self.events.fetch_add(sends as u64, Ordering::Relaxed) + sends as u64;
-            crate::metrics::REPLAYED_EVENTS.set(read as i64);
-        }
-    }
-
-    pub fn readiness(&self) -> Result<(), String> {
-        if self.done.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(format!(
-                "taking mailbox leases and rebuilding their windows: {} sends read",
-                self.events.load(Ordering::Relaxed)
-            ))
-        }
     }
 }

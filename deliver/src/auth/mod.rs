@@ -1,0 +1,7 @@
+//! Credentials for the pool's mailboxes: client-credentials tokens for XOAUTH2 and Graph
+//! (`oauth`), cached and refreshed, from the tenant's token endpoint (`token_endpoint`),
+//! with a client secret or a certificate (`assertion`).
+
+pub mod assertion;
+pub mod oauth;
+pub mod token_endpoint;
