@@ -15,20 +15,6 @@ use mailpipe_common::store::Resolution;
 use mailpipe_deliver::settings::UncertainPolicy;
 use support::{Harness, Limits, PoolSpec, mailbox_address, recipients};
 
-fn subjects(h: &Harness) -> Vec<String> {
-    h.sim
-        .accepted()
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(&m.raw)
-                .lines()
-                .find(|l| l.starts_with("Subject:"))
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect()
-}
-
 fn roomy() -> Limits {
     Limits {
         messages: 200,
@@ -73,7 +59,7 @@ async fn two_copies_of_each_job_in_flight_at_once_are_mailed_once() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
-    let subjects = subjects(&h);
+    let subjects = h.subjects();
     let unique: HashSet<_> = subjects.iter().collect();
     assert_eq!(unique.len(), 200, "every job delivered");
     assert_eq!(subjects.len(), 200, "no job mailed twice");
@@ -131,7 +117,7 @@ async fn a_421_retires_its_session_and_costs_only_its_own_retry() {
             .collect::<Vec<_>>()
     );
     assert!(h.dead_letters().await.is_empty(), "no job died of it");
-    let subjects = subjects(&h);
+    let subjects = h.subjects();
     assert_eq!(subjects.iter().collect::<HashSet<_>>().len(), 100);
     assert_eq!(subjects.len(), 100);
     h.finish().await;
@@ -183,7 +169,7 @@ async fn a_mailbox_that_cannot_open_sessions_is_held_back_and_no_job_dies() {
         .filter(|e| e.kind == EventKind::Retrying)
         .count();
     assert_eq!(retries, 0, "a session that never opened costs no attempt");
-    assert_eq!(subjects(&h).len(), 200);
+    assert_eq!(h.subjects().len(), 200);
     h.finish().await;
 }
 

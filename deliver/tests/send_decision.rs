@@ -18,24 +18,12 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind};
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{BatchControl, Decision, SendOutcome, SendRules, SendStart};
 use support::{Harness, Limits, PoolSpec, mailbox_address, recipients};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Every test ends within this, or fails saying what it waited for.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn subjects(h: &Harness) -> Vec<String> {
-    h.sim
-        .accepted()
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(&m.raw)
-                .lines()
-                .find(|l| l.starts_with("Subject:"))
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect()
-}
 
 /// Waits until every deliver queue (and the retry ladder) is empty.
 async fn drained(h: &Harness) {
@@ -83,44 +71,59 @@ async fn all_finished(h: &Harness, jobs: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_with_two_copies_of_every_job_mail_each_once() {
-    let h = Harness::new(
-        "decide-dupes",
+/// Two deliver instances of one pool, as two processes (own owner ids and leases).
+struct TwoInstances(Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>);
+
+impl TwoInstances {
+    async fn start(h: &Harness) -> Self {
+        Self(vec![h.start_deliver().await, h.start_deliver().await])
+    }
+
+    /// Stops both; each must stop cleanly.
+    async fn stop(self) {
+        for (shutdown, task) in self.0 {
+            shutdown.cancel();
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A harness of `mailboxes`, each allowed `per_second` messages a second.
+async fn harness(
+    name: &str,
+    mailboxes: usize,
+    per_second: u64,
+    shared_tenant: Option<(u64, u64)>,
+) -> Harness {
+    Harness::new(
+        name,
         PoolSpec {
-            mailboxes: 4,
+            mailboxes,
             limits: Limits {
-                messages: 200,
+                messages: per_second,
                 message_window_ms: 1_000,
                 ..Limits::default()
             },
+            shared_tenant,
             ..PoolSpec::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_two_copies_of_every_job_mail_each_once() {
+    let h = harness("decide-dupes", 4, 200, None).await;
     const JOBS: usize = 300;
     // Each job twice, side by side: both instances take copies from the same queue.
-    for i in 0..JOBS {
-        for _copy in 0..2 {
-            h.publish(
-                &format!("job-{i}"),
-                "billing@contoso.example",
-                &recipients(i, 1),
-            )
-            .await;
-        }
-    }
-    let (a, task_a) = h.start_deliver().await;
-    let (b, task_b) = h.start_deliver().await;
+    h.publish_jobs(JOBS, 2).await;
+    let deliver = TwoInstances::start(&h).await;
     h.wait_accepted(JOBS, LIMIT).await;
     all_finished(&h, JOBS as i64).await;
     drained(&h).await;
-    a.cancel();
-    b.cancel();
-    task_a.await.unwrap().unwrap();
-    task_b.await.unwrap().unwrap();
+    deliver.stop().await;
 
-    let subjects = subjects(&h);
+    let subjects = h.subjects();
     let unique: HashSet<_> = subjects.iter().collect();
     assert_eq!(unique.len(), JOBS, "every job delivered");
     assert_eq!(subjects.len(), JOBS, "no job mailed twice");
@@ -186,7 +189,7 @@ async fn a_job_accepted_but_never_recorded_is_recorded_delivered_without_a_secon
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
-    assert_eq!(subjects(&h), vec!["Subject: Invoice fresh".to_owned()]);
+    assert_eq!(h.subjects(), vec!["Subject: Invoice fresh".to_owned()]);
     let (state, mailbox_recorded): (String, Option<String>) =
         sqlx::query_as("SELECT state, mailbox FROM jobs WHERE id = 'crashed'")
             .fetch_one(store.pool())
@@ -205,19 +208,7 @@ async fn a_job_accepted_but_never_recorded_is_recorded_delivered_without_a_secon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
     // Slow enough that the cancel lands mid-batch: 6 mailboxes, 4 messages per second each.
-    let h = Harness::new(
-        "decide-cancel",
-        PoolSpec {
-            mailboxes: 6,
-            limits: Limits {
-                messages: 4,
-                message_window_ms: 1_000,
-                ..Limits::default()
-            },
-            ..PoolSpec::default()
-        },
-    )
-    .await;
+    let h = harness("decide-cancel", 6, 4, None).await;
     const JOBS: usize = 400;
     for i in 0..JOBS {
         // On record as ingest leaves a job it published (so the cancel finds it unsent).
@@ -227,15 +218,9 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
             EventKind::Accepted,
         );
         h.broker.store().record_event(&accepted).await.unwrap();
-        h.publish(
-            &format!("job-{i}"),
-            "billing@contoso.example",
-            &recipients(i, 1),
-        )
-        .await;
     }
-    let (a, task_a) = h.start_deliver().await;
-    let (b, task_b) = h.start_deliver().await;
+    h.publish_jobs(JOBS, 1).await;
+    let deliver = TwoInstances::start(&h).await;
     h.wait_accepted(30, LIMIT).await;
     let store = h.broker.store().clone();
     let (control, cancelled) = store
@@ -251,10 +236,7 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
     assert!(cancelled > 0, "the cancel came mid-batch");
     all_finished(&h, JOBS as i64).await;
     drained(&h).await;
-    a.cancel();
-    b.cancel();
-    task_a.await.unwrap().unwrap();
-    task_b.await.unwrap().unwrap();
+    deliver.stop().await;
 
     let late: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT job_id, started_at FROM sends WHERE started_at > $1 ORDER BY started_at",
@@ -298,37 +280,13 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
 async fn two_instances_share_a_tenant_window_without_a_single_refusal() {
     // One tenant, 30 external recipients per 4 s, the same in the simulator: the mailboxes
     // could send far more, so the tenant's window binds, and both instances fill it at once.
-    let h = Harness::new(
-        "decide-tenant",
-        PoolSpec {
-            mailboxes: 4,
-            limits: Limits {
-                messages: 100,
-                message_window_ms: 1_000,
-                ..Limits::default()
-            },
-            shared_tenant: Some((30, 4_000)),
-            ..PoolSpec::default()
-        },
-    )
-    .await;
+    let h = harness("decide-tenant", 4, 100, Some((30, 4_000))).await;
     const JOBS: usize = 100;
-    for i in 0..JOBS {
-        h.publish(
-            &format!("job-{i}"),
-            "billing@contoso.example",
-            &recipients(i, 1),
-        )
-        .await;
-    }
-    let (a, task_a) = h.start_deliver().await;
-    let (b, task_b) = h.start_deliver().await;
+    h.publish_jobs(JOBS, 1).await;
+    let deliver = TwoInstances::start(&h).await;
     h.wait_accepted(JOBS, LIMIT).await;
     all_finished(&h, JOBS as i64).await;
-    a.cancel();
-    b.cancel();
-    task_a.await.unwrap().unwrap();
-    task_b.await.unwrap().unwrap();
+    deliver.stop().await;
 
     let refused: Vec<_> = h
         .sim
@@ -337,6 +295,6 @@ async fn two_instances_share_a_tenant_window_without_a_single_refusal() {
         .filter(|r| r.code != 0)
         .collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
-    assert_eq!(subjects(&h).len(), JOBS, "each job once");
+    assert_eq!(h.subjects().len(), JOBS, "each job once");
     h.finish().await;
 }

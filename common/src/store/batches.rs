@@ -6,7 +6,10 @@ use uuid::Uuid;
 
 use super::sends::{AcceptedSend, UnsettledSend};
 use super::{JobState, Store, StoreError};
-use crate::domain::JobId;
+use sqlx::types::Json;
+
+use crate::contract::SuppressedRecipient;
+use crate::domain::{EmailAddress, JobId};
 
 /// What a batch's owner said about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,11 +53,16 @@ pub struct SendCheck {
     /// A send the server accepted (or an operator marked sent) while the job is not
     /// recorded delivered: a crash between the two before they were one transaction.
     pub accepted: Option<AcceptedSend>,
+    /// Which of the recipients asked about are on the suppression list.
+    pub suppressed: Vec<SuppressedRecipient>,
 }
 
 const SEND_CHECK: &str = r#"
 SELECT j.state, b.control, s.id, s.outcome, s.resolution, s.deadline, s.ended_at,
-       a.mailbox, a.recipients, a.external_recipients, a.ended_at
+       a.mailbox, a.recipients, a.external_recipients, a.ended_at,
+       (SELECT jsonb_agg(jsonb_build_object('address', x.address, 'source', x.source,
+                                            'reason', x.reason))
+        FROM suppressions x WHERE x.address = ANY($2::text[])) AS suppressed
 FROM (SELECT $1::text AS id) q
 LEFT JOIN jobs j ON j.id = q.id
 LEFT JOIN batches b ON b.id = j.batch_id
@@ -83,6 +91,7 @@ type CheckRow = (
     Option<i32>,
     Option<i32>,
     Option<DateTime<Utc>>,
+    Option<Json<Vec<SuppressedRecipient>>>,
 );
 
 /// Sets the control of a batch that has jobs (or a row), creating its row when only jobs
@@ -152,9 +161,23 @@ impl Store {
         Ok(Some((now, cancelled)))
     }
 
-    /// The job's state, its batch's control and its last unsettled send, right before
-    /// a send. Waits while the database is unreachable (no send without a record).
+    /// The job's state, its batch's control and its last unsettled send. Waits while the
+    /// database is unreachable (no send without a record).
     pub async fn send_check(&self, id: &JobId) -> Result<SendCheck, StoreError> {
+        self.send_check_for(id, &[]).await
+    }
+
+    /// [`Store::send_check`], and which of `recipients` are suppressed, in one statement:
+    /// what deliver asks before it waits for a mailbox.
+    pub async fn send_check_for(
+        &self,
+        id: &JobId,
+        recipients: &[EmailAddress],
+    ) -> Result<SendCheck, StoreError> {
+        let keys: Vec<String> = recipients
+            .iter()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .collect();
         let (
             state,
             control,
@@ -167,10 +190,12 @@ impl Store {
             recipients,
             external,
             accepted_at,
+            suppressed,
         ): CheckRow = self
             .durably("checking a job before its send", || {
                 sqlx::query_as(SEND_CHECK)
                     .bind(id.as_str())
+                    .bind(&keys)
                     .fetch_one(&self.pool)
             })
             .await?;
@@ -192,6 +217,7 @@ impl Store {
                 external_recipients: external.unwrap_or(0).max(0) as u32,
                 at: accepted_at,
             }),
+            suppressed: suppressed.map(|s| s.0).unwrap_or_default(),
         })
     }
 }

@@ -167,13 +167,15 @@ impl DeliverStage {
             metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
             return Ok(DeliveryOutcome::AlreadyDelivered);
         }
-        match self.verdict(&meta).await? {
-            Verdict::Send => {}
-            other => return self.not_sent(&meta, mime, other).await,
-        }
+        let listed = match self.verdict(&meta).await? {
+            (Verdict::Send, listed) => listed,
+            (other, _) => return self.not_sent(&meta, mime, other).await,
+        };
         // Suppressed recipients leave the envelope here (before the mailbox is picked, so
         // the quota counts only the others); with nobody left the job ends `suppressed`.
-        let mut meta = match suppression::screen(self.pipeline.store(), meta).await? {
+        let mut meta = match suppression::screen_against(self.pipeline.store(), meta, &listed)
+            .await?
+        {
             Screened::Unchanged(meta) | Screened::Reduced(meta, _) => meta,
             Screened::Nobody(meta, dropped) => return self.all_suppressed(&meta, dropped).await,
         };

@@ -1,5 +1,5 @@
 //! The suppression list at send time: recipients on it are dropped from the envelope
-//! right before a send (one query per message), and a recipient the server refuses at
+//! right before a send (read with the job's check before the send), and a recipient the server refuses at
 //! RCPT with a status that proves the address dead goes on it (`rcpt_refused`).
 
 use mailpipe_common::contract::{RenderedMeta, SmtpReply, SuppressedRecipient, SuppressionSource};
@@ -19,9 +19,30 @@ pub enum Screened {
     Nobody(RenderedMeta, Vec<SuppressedRecipient>),
 }
 
-/// Drops the suppressed recipients of `meta` from its envelope.
+/// Drops the suppressed recipients of `meta` from its envelope (reads the list).
 pub async fn screen(store: &Store, meta: RenderedMeta) -> Result<Screened, StoreError> {
-    let listed = store.suppressed_among(&meta.recipients).await?;
+    let listed: Vec<SuppressedRecipient> = store
+        .suppressed_among(&meta.recipients)
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            Some(SuppressedRecipient {
+                address: EmailAddress::parse(&s.address).ok()?,
+                source: s.source,
+                reason: s.reason,
+            })
+        })
+        .collect();
+    screen_against(store, meta, &listed).await
+}
+
+/// Drops from the envelope of `meta` the recipients `listed` (read with the job's check
+/// before the send, in the same statement); notes them on the job when some are left.
+pub async fn screen_against(
+    store: &Store,
+    meta: RenderedMeta,
+    listed: &[SuppressedRecipient],
+) -> Result<Screened, StoreError> {
     if listed.is_empty() {
         return Ok(Screened::Unchanged(meta));
     }
@@ -30,7 +51,7 @@ pub async fn screen(store: &Store, meta: RenderedMeta) -> Result<Screened, Store
     kept.recipients.retain(|r| {
         let Some(s) = listed
             .iter()
-            .find(|s| s.address.eq_ignore_ascii_case(r.as_str()))
+            .find(|s| s.address.as_str().eq_ignore_ascii_case(r.as_str()))
         else {
             return true;
         };
@@ -41,6 +62,9 @@ pub async fn screen(store: &Store, meta: RenderedMeta) -> Result<Screened, Store
         });
         false
     });
+    if dropped.is_empty() {
+        return Ok(Screened::Unchanged(meta));
+    }
     metrics::SUPPRESSED_RECIPIENTS.inc_by(dropped.len() as u64);
     tracing::info!(job = %meta.job_id, dropped = dropped.len(), left = kept.recipients.len(), "suppressed recipients dropped from the envelope");
     if kept.recipients.is_empty() {

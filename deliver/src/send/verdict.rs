@@ -50,10 +50,15 @@ impl Verdict {
 }
 
 impl DeliverStage {
-    /// What the record says about sending this job now.
-    pub(super) async fn verdict(&self, meta: &RenderedMeta) -> Result<Verdict, PublishError> {
+    /// What the record says about sending this job now, and which of its recipients are
+    /// suppressed (one statement).
+    pub(super) async fn verdict(
+        &self,
+        meta: &RenderedMeta,
+    ) -> Result<(Verdict, Vec<SuppressedRecipient>), PublishError> {
         let store = self.pipeline.store();
-        let check = store.send_check(&meta.job_id).await?;
+        let check = store.send_check_for(&meta.job_id, &meta.recipients).await?;
+        let listed = check.suppressed;
         let now = Utc::now();
         let unsettled = match check.unsettled {
             Some(UnsettledSend::Open { id, deadline }) if deadline <= now => {
@@ -70,9 +75,9 @@ impl DeliverStage {
             other => other,
         };
         if let Some(accepted) = check.accepted {
-            return Ok(Verdict::AcceptedBefore(accepted));
+            return Ok((Verdict::AcceptedBefore(accepted), listed));
         }
-        Ok(match (check.state, check.control) {
+        let verdict = match (check.state, check.control) {
             // Bounced: it was delivered before. Suppressed: it ended unsent for good.
             (Some(JobState::Delivered | JobState::Bounced | JobState::Suppressed), _) => {
                 Verdict::Duplicate
@@ -94,7 +99,8 @@ impl DeliverStage {
                 // Decided (resend), or nothing unsettled.
                 _ => self.timing(meta, check.control, now),
             },
-        })
+        };
+        Ok((verdict, listed))
     }
 
     /// Sending is allowed by the record: what the batch's control and the job's schedule say.

@@ -347,6 +347,36 @@ impl Harness {
         }
     }
 
+    /// The Subject line of every message the simulator accepted, in order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.sim
+            .accepted()
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(&m.raw)
+                    .lines()
+                    .find(|l| l.starts_with("Subject:"))
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Publishes `jobs` rendered messages (`job-0`, `job-1`, ...), each with one external
+    /// recipient, `copies` times each, side by side.
+    pub async fn publish_jobs(&self, jobs: usize, copies: usize) {
+        for i in 0..jobs {
+            for _copy in 0..copies {
+                self.publish(
+                    &format!("job-{i}"),
+                    "billing@contoso.example",
+                    &recipients(i, 1),
+                )
+                .await;
+            }
+        }
+    }
+
     /// Every event recorded, oldest first, from the system of record (the events stream
     /// is a feed: a publish retried after a lost connection may show there twice).
     pub async fn events(&self) -> Vec<DeliveryEvent> {
