@@ -119,3 +119,47 @@ async fn a_refused_job_leaves_its_batch_callback_as_it_was() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_callback_on_another_port_or_resolving_inward_is_refused_at_submission() {
+    bounded("callback checks at submission", Duration::from_secs(120), async {
+        let app = spawn_with_callbacks(
+            "sec-cb-submit",
+            &["erp.example.com", "localhost:8443", "127.0.0.1:8443"],
+            |s| s.webhooks.allow_http_loopback = false,
+        )
+        .await;
+        let cases = [
+            ("https://erp.example.com:25/x", "port 25"),
+            ("https://erp.example.com:6379/x", "port 6379"),
+            // An allowed name that resolves to loopback (the system's resolver).
+            ("https://localhost:8443/x", "loopback"),
+            ("https://127.0.0.1:8443/x", "loopback"),
+        ];
+        for (url, why) in cases {
+            let (status, json) = {
+                let url = reqwest::Url::parse_with_params(
+                    &format!("{}/v1/batches", app.base),
+                    [("batch", "b-x"), ("callback_url", url)],
+                )
+                .unwrap();
+                let r = app
+                    .client
+                    .post(url)
+                    .bearer_auth(crate::support::TOKEN)
+                    .header("content-type", "application/x-ndjson")
+                    .body(format!("{}\n", job_json("x-1")))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            };
+            assert_eq!(status, 422, "{url}: {json}");
+            assert_eq!(json["field"], "callback_url", "{url}: {json}");
+            assert!(json["error"].as_str().unwrap().contains(why), "{url}: {json}");
+        }
+        assert_eq!(callback_of(&app, "b-x").await, None, "a refused callback wrote something");
+        app.cleanup().await;
+    })
+    .await;
+}
