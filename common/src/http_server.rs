@@ -176,7 +176,9 @@ pub async fn serve_bounded(
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 if e.is_timeout() {
-                    CONNECTIONS_REFUSED.with_label_values(&["head_timeout"]).inc();
+                    CONNECTIONS_REFUSED
+                        .with_label_values(&["head_timeout"])
+                        .inc();
                 }
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }

@@ -405,7 +405,9 @@ pub async fn submit(
     let callback_url = match &callback_url {
         None => None,
         Some(_) if !webhooks.callbacks_enabled() => {
-            eprintln!("--callback-url: callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)");
+            eprintln!(
+                "--callback-url: callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)"
+            );
             return ExitCode::from(2);
         }
         Some(url) => {

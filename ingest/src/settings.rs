@@ -111,7 +111,10 @@ impl IngestSettings {
             ("max_request_bytes", self.max_request_bytes as u64),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_connections", self.max_connections as u64),
-            ("max_connections_per_peer", self.max_connections_per_peer as u64),
+            (
+                "max_connections_per_peer",
+                self.max_connections_per_peer as u64,
+            ),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             (
                 "busy_peer_header_read_timeout_ms",
@@ -140,10 +143,30 @@ impl IngestSettings {
             EXCHANGE_MAX_ATTACHMENTS, EXCHANGE_MAX_MESSAGE_BYTES, EXCHANGE_MAX_RECIPIENTS,
         };
         for (key, value, most, what) in [
-            ("max_recipients", self.limits.max_recipients, EXCHANGE_MAX_RECIPIENTS, "recipients per message"),
-            ("max_attachments", self.limits.max_attachments, EXCHANGE_MAX_ATTACHMENTS, "attachments per message"),
-            ("max_attachment_bytes", self.limits.max_attachment_bytes, EXCHANGE_MAX_MESSAGE_BYTES, "bytes per message"),
-            ("max_job_bytes", self.limits.max_job_bytes, EXCHANGE_MAX_MESSAGE_BYTES, "bytes per message"),
+            (
+                "max_recipients",
+                self.limits.max_recipients,
+                EXCHANGE_MAX_RECIPIENTS,
+                "recipients per message",
+            ),
+            (
+                "max_attachments",
+                self.limits.max_attachments,
+                EXCHANGE_MAX_ATTACHMENTS,
+                "attachments per message",
+            ),
+            (
+                "max_attachment_bytes",
+                self.limits.max_attachment_bytes,
+                EXCHANGE_MAX_MESSAGE_BYTES,
+                "bytes per message",
+            ),
+            (
+                "max_job_bytes",
+                self.limits.max_job_bytes,
+                EXCHANGE_MAX_MESSAGE_BYTES,
+                "bytes per message",
+            ),
         ] {
             if value > most {
                 out.push(Problem::new(

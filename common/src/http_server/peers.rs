@@ -62,6 +62,7 @@ impl Drop for PeerSlot {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -73,8 +74,14 @@ mod tests {
         assert_eq!(held, 0);
         let (_second, held) = table.try_take(a).unwrap();
         assert_eq!(held, 1);
-        assert!(table.try_take(a).is_none(), "a third connection passed the cap");
-        assert!(table.try_take(b).is_some(), "another peer is not limited by the first");
+        assert!(
+            table.try_take(a).is_none(),
+            "a third connection passed the cap"
+        );
+        assert!(
+            table.try_take(b).is_some(),
+            "another peer is not limited by the first"
+        );
         drop(first);
         assert!(table.try_take(a).is_some(), "a dropped slot came back");
     }

@@ -116,13 +116,21 @@ mod tests {
 
     #[test]
     fn database_errors_keep_their_text_out_of_the_answer() {
-        let inner = || sqlx::Error::Protocol("invalid byte sequence for encoding \"UTF8\": 0x00".into());
+        let inner =
+            || sqlx::Error::Protocol("invalid byte sequence for encoding \"UTF8\": 0x00".into());
         let answers = [
-            ApiError::from(StoreError::Query { what: "listing jobs", source: inner() }),
+            ApiError::from(StoreError::Query {
+                what: "listing jobs",
+                source: inner(),
+            }),
             ApiError::from(StoreError::Unavailable(inner())),
         ];
         for a in answers {
-            assert!(!a.error.contains("0x00") && !a.error.contains("UTF8"), "{}", a.error);
+            assert!(
+                !a.error.contains("0x00") && !a.error.contains("UTF8"),
+                "{}",
+                a.error
+            );
         }
     }
 }

@@ -81,7 +81,12 @@ impl AppState {
         let limit = Duration::from_millis(webhooks.connect_timeout_ms);
         let url = tokio::time::timeout(limit, webhooks.policy().check_and_resolve(text, &lookup))
             .await
-            .map_err(|_| refuse(format!("its host was not resolved within {} ms", limit.as_millis())))?
+            .map_err(|_| {
+                refuse(format!(
+                    "its host was not resolved within {} ms",
+                    limit.as_millis()
+                ))
+            })?
             .map_err(refuse)?;
         Ok(Some(url.into()))
     }

@@ -14,10 +14,7 @@ use super::error::ApiError;
 /// shown) and the character.
 pub fn first_control_character(query: &str) -> Option<(String, char)> {
     url::form_urlencoded::parse(query.as_bytes()).find_map(|(name, value)| {
-        let bad = name
-            .chars()
-            .chain(value.chars())
-            .find(|c| c.is_control())?;
+        let bad = name.chars().chain(value.chars()).find(|c| c.is_control())?;
         let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
         Some((shown, bad))
     })
@@ -60,6 +57,9 @@ mod tests {
             first_control_character("a%00b=1"),
             Some(("ab".into(), '\0'))
         );
-        assert_eq!(first_control_character("recipient=ann%40example.com&x=%C3%A9"), None);
+        assert_eq!(
+            first_control_character("recipient=ann%40example.com&x=%C3%A9"),
+            None
+        );
     }
 }

@@ -150,19 +150,43 @@ mod tests {
     fn internal_addresses_are_refused_and_public_ones_pass() {
         let policy = AddressPolicy::default();
         for ip in [
-            "127.0.0.1", "127.9.9.9", "0.0.0.0", "10.1.2.3", "172.16.0.1", "192.168.1.1",
-            "169.254.169.254", "100.64.0.1", "224.0.0.1", "255.255.255.255", "240.0.0.1",
-            "::1", "::", "fe80::1", "fc00::1", "fd12::1", "ff02::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "64:ff9b::a00:1", "::7f00:1",
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "::7f00:1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(policy.refusal(ip).is_some(), "{ip} passed");
         }
-        for ip in ["93.184.215.14", "8.8.8.8", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "::ffff:8.8.8.8"] {
+        for ip in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
+            "::ffff:8.8.8.8",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(policy.refusal(ip), None, "{ip}");
         }
-        let tests = AddressPolicy { allow_loopback: true };
+        let tests = AddressPolicy {
+            allow_loopback: true,
+        };
         assert_eq!(tests.refusal("127.0.0.1".parse().unwrap()), None);
         assert!(tests.refusal("10.0.0.1".parse().unwrap()).is_some());
     }

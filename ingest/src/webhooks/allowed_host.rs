@@ -97,9 +97,26 @@ mod tests {
         assert!(!e.allows("hooks.example.net", 443));
         assert!(!e.allows("xhooks.example.net", 443));
         assert!(AllowedHost::parse("::1").unwrap().allows("::1", 443));
-        assert!(AllowedHost::parse("[::1]:8443").unwrap().allows("::1", 8443));
-        assert!(AllowedHost::parse("127.0.0.1:9").unwrap().allows("127.0.0.1", 9));
-        for bad in ["", "https://erp.example.com", "erp.example.com:0", "erp.example.com:x", "a@b", "[::1", "*.", "a:b:c"] {
+        assert!(
+            AllowedHost::parse("[::1]:8443")
+                .unwrap()
+                .allows("::1", 8443)
+        );
+        assert!(
+            AllowedHost::parse("127.0.0.1:9")
+                .unwrap()
+                .allows("127.0.0.1", 9)
+        );
+        for bad in [
+            "",
+            "https://erp.example.com",
+            "erp.example.com:0",
+            "erp.example.com:x",
+            "a@b",
+            "[::1",
+            "*.",
+            "a:b:c",
+        ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -161,7 +161,11 @@ mod tests {
     fn plain_http_goes_to_loopback_only_and_only_when_allowed() {
         let p = policy(true);
         assert!(p.check("http://127.0.0.1:9/x").is_ok());
-        assert!(p.check("http://127.0.0.1:10/x").unwrap_err().contains("port 10"));
+        assert!(
+            p.check("http://127.0.0.1:10/x")
+                .unwrap_err()
+                .contains("port 10")
+        );
         assert!(
             p.check("http://erp.example.com/x")
                 .unwrap_err()

@@ -314,7 +314,9 @@ impl Dispatcher {
             return None;
         }
         let why = self.webhooks.policy.check(&d.url).err()?;
-        Some(format!("not called: the callback URL is not allowed any more: {why}"))
+        Some(format!(
+            "not called: the callback URL is not allowed any more: {why}"
+        ))
     }
 
     /// Why a callback URL naming an address (not a name, which the guarded resolver

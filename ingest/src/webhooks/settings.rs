@@ -155,7 +155,10 @@ impl WebhookSettings {
         }
         for (i, h) in self.allowed_callback_hosts.iter().enumerate() {
             if let Err(why) = AllowedHost::parse(h) {
-                out.push(Problem::new(key(&format!("allowed_callback_hosts[{i}]")), why));
+                out.push(Problem::new(
+                    key(&format!("allowed_callback_hosts[{i}]")),
+                    why,
+                ));
             }
         }
         let policy = self.policy();

@@ -108,13 +108,19 @@ async fn a_refused_job_leaves_its_batch_callback_as_it_was() {
             post_job(&app, ATTACKER, in_batch("j-1", "other", "INV-9")).await,
             409
         );
-        assert!(matches!(callback_of(&app, "other").await, None | Some(None)));
+        assert!(matches!(
+            callback_of(&app, "other").await,
+            None | Some(None)
+        ));
         // A duplicate (200) is an accepted submission: it may set the callback.
         assert_eq!(
             post_job(&app, ATTACKER, in_batch("j-1", "victim", "INV-1")).await,
             200
         );
-        assert_eq!(callback_of(&app, "victim").await, Some(Some(ATTACKER.into())));
+        assert_eq!(
+            callback_of(&app, "victim").await,
+            Some(Some(ATTACKER.into()))
+        );
         app.cleanup().await;
     })
     .await;
@@ -122,44 +128,58 @@ async fn a_refused_job_leaves_its_batch_callback_as_it_was() {
 
 #[tokio::test]
 async fn a_callback_on_another_port_or_resolving_inward_is_refused_at_submission() {
-    bounded("callback checks at submission", Duration::from_secs(120), async {
-        let app = spawn_with_callbacks(
-            "sec-cb-submit",
-            &["erp.example.com", "localhost:8443", "127.0.0.1:8443"],
-            |s| s.webhooks.allow_http_loopback = false,
-        )
-        .await;
-        let cases = [
-            ("https://erp.example.com:25/x", "port 25"),
-            ("https://erp.example.com:6379/x", "port 6379"),
-            // An allowed name that resolves to loopback (the system's resolver).
-            ("https://localhost:8443/x", "loopback"),
-            ("https://127.0.0.1:8443/x", "loopback"),
-        ];
-        for (url, why) in cases {
-            let (status, json) = {
-                let url = reqwest::Url::parse_with_params(
-                    &format!("{}/v1/batches", app.base),
-                    [("batch", "b-x"), ("callback_url", url)],
-                )
-                .unwrap();
-                let r = app
-                    .client
-                    .post(url)
-                    .bearer_auth(crate::support::TOKEN)
-                    .header("content-type", "application/x-ndjson")
-                    .body(format!("{}\n", job_json("x-1")))
-                    .send()
-                    .await
+    bounded(
+        "callback checks at submission",
+        Duration::from_secs(120),
+        async {
+            let app = spawn_with_callbacks(
+                "sec-cb-submit",
+                &["erp.example.com", "localhost:8443", "127.0.0.1:8443"],
+                |s| s.webhooks.allow_http_loopback = false,
+            )
+            .await;
+            let cases = [
+                ("https://erp.example.com:25/x", "port 25"),
+                ("https://erp.example.com:6379/x", "port 6379"),
+                // An allowed name that resolves to loopback (the system's resolver).
+                ("https://localhost:8443/x", "loopback"),
+                ("https://127.0.0.1:8443/x", "loopback"),
+            ];
+            for (url, why) in cases {
+                let (status, json) = {
+                    let url = reqwest::Url::parse_with_params(
+                        &format!("{}/v1/batches", app.base),
+                        [("batch", "b-x"), ("callback_url", url)],
+                    )
                     .unwrap();
-                (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
-            };
-            assert_eq!(status, 422, "{url}: {json}");
-            assert_eq!(json["field"], "callback_url", "{url}: {json}");
-            assert!(json["error"].as_str().unwrap().contains(why), "{url}: {json}");
-        }
-        assert_eq!(callback_of(&app, "b-x").await, None, "a refused callback wrote something");
-        app.cleanup().await;
-    })
+                    let r = app
+                        .client
+                        .post(url)
+                        .bearer_auth(crate::support::TOKEN)
+                        .header("content-type", "application/x-ndjson")
+                        .body(format!("{}\n", job_json("x-1")))
+                        .send()
+                        .await
+                        .unwrap();
+                    (
+                        r.status().as_u16(),
+                        r.json::<serde_json::Value>().await.unwrap(),
+                    )
+                };
+                assert_eq!(status, 422, "{url}: {json}");
+                assert_eq!(json["field"], "callback_url", "{url}: {json}");
+                assert!(
+                    json["error"].as_str().unwrap().contains(why),
+                    "{url}: {json}"
+                );
+            }
+            assert_eq!(
+                callback_of(&app, "b-x").await,
+                None,
+                "a refused callback wrote something"
+            );
+            app.cleanup().await;
+        },
+    )
     .await;
 }

@@ -127,7 +127,8 @@ async fn run_until(
 #[tokio::test]
 async fn an_allowed_name_rebound_to_loopback_is_not_connected_to() {
     bounded("rebinding", Duration::from_secs(60), async {
-        let (store, _) = mailpipe_common::testkit::test_store("sec-rebind", CancellationToken::new()).await;
+        let (store, _) =
+            mailpipe_common::testkit::test_store("sec-rebind", CancellationToken::new()).await;
         let dir = tempfile::tempdir().unwrap();
         let (port, connections) = counting_listener().await;
         let url = format!("https://hooks.test:{port}/hook");
@@ -139,18 +140,35 @@ async fn an_allowed_name_rebound_to_loopback_is_not_connected_to() {
 
         // At submission the name resolves to a public address: accepted.
         let strict = webhooks(dir.path(), &allowed, false);
-        strict.policy.check_and_resolve(&url, dns.as_ref()).await.unwrap();
+        strict
+            .policy
+            .check_and_resolve(&url, dns.as_ref())
+            .await
+            .unwrap();
         // Then it is rebound to loopback, before the call.
         *dns.answer.lock().unwrap() = "127.0.0.1".parse().unwrap();
         assert!(
-            strict.policy.check_and_resolve(&url, dns.as_ref()).await.unwrap_err().contains("loopback")
+            strict
+                .policy
+                .check_and_resolve(&url, dns.as_ref())
+                .await
+                .unwrap_err()
+                .contains("loopback")
         );
 
         // Control: with loopback allowed (tests' setting), the call connects to the
         // address the resolver gave (hooks.test exists nowhere else).
         event(&store, "b-control", "j-control", &url).await;
-        let lenient = Dispatcher::with_lookup(store.clone(), webhooks(dir.path(), &allowed, true), dns.clone()).unwrap();
-        run_until(&store, lenient, "j-control", Duration::from_secs(20), |d| d.1.is_some()).await;
+        let lenient = Dispatcher::with_lookup(
+            store.clone(),
+            webhooks(dir.path(), &allowed, true),
+            dns.clone(),
+        )
+        .unwrap();
+        run_until(&store, lenient, "j-control", Duration::from_secs(20), |d| {
+            d.1.is_some()
+        })
+        .await;
         let made = connections.load(Ordering::SeqCst);
         assert!(made >= 1, "the control call never reached the listener");
 
@@ -158,12 +176,24 @@ async fn an_allowed_name_rebound_to_loopback_is_not_connected_to() {
         event(&store, "b-rebound", "j-rebound", &url).await;
         let asked = dns.asked.load(Ordering::SeqCst);
         let dispatcher = Dispatcher::with_lookup(store.clone(), strict, dns.clone()).unwrap();
-        let (state, error) =
-            run_until(&store, dispatcher, "j-rebound", Duration::from_secs(20), |d| d.1.is_some()).await;
+        let (state, error) = run_until(
+            &store,
+            dispatcher,
+            "j-rebound",
+            Duration::from_secs(20),
+            |d| d.1.is_some(),
+        )
+        .await;
         assert_eq!(state, "pending", "tried again later: {error:?}");
         let error = error.unwrap();
-        assert!(error.contains("127.0.0.1") && error.contains("loopback"), "{error}");
-        assert!(dns.asked.load(Ordering::SeqCst) > asked, "the call did not resolve the name again");
+        assert!(
+            error.contains("127.0.0.1") && error.contains("loopback"),
+            "{error}"
+        );
+        assert!(
+            dns.asked.load(Ordering::SeqCst) > asked,
+            "the call did not resolve the name again"
+        );
         assert_eq!(
             connections.load(Ordering::SeqCst),
             made,

@@ -86,11 +86,16 @@ async fn an_idle_flood_from_one_client_does_not_starve_another() {
             .unwrap();
         let refused = metrics
             .lines()
-            .find(|l| l.starts_with("mailpipe_http_connections_refused_total{reason=\"peer_limit\"}"))
+            .find(|l| {
+                l.starts_with("mailpipe_http_connections_refused_total{reason=\"peer_limit\"}")
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(refused >= (2 * FLOOD - 16) as f64, "refusals not counted: {refused}");
+        assert!(
+            refused >= (2 * FLOOD - 16) as f64,
+            "refusals not counted: {refused}"
+        );
         drop(held);
         app.cleanup().await;
     })

@@ -31,7 +31,10 @@ async fn control_characters_are_refused_naming_the_field() {
             let json: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(json["field"], field, "{path}: {text}");
             for t in DATABASE_TEXT {
-                assert!(!text.contains(t), "{path}: database text in the answer: {text}");
+                assert!(
+                    !text.contains(t),
+                    "{path}: database text in the answer: {text}"
+                );
             }
         }
         let posts = [

@@ -22,7 +22,11 @@ use support::{TestApp, fixture_dir, settings_for, test_pool};
 pub(crate) const CALLBACK_SECRET: &str = "whsec_dGVzdC1jYWxsYmFjay1zZWNyZXQtMzItYnl0ZXMhIQ==";
 
 /// Every test here is bounded: a hang fails with its name instead of stalling the suite.
-pub(crate) async fn bounded<F: std::future::Future<Output = ()>>(what: &str, limit: Duration, test: F) {
+pub(crate) async fn bounded<F: std::future::Future<Output = ()>>(
+    what: &str,
+    limit: Duration,
+    test: F,
+) {
     if tokio::time::timeout(limit, test).await.is_err() {
         panic!("{what}: did not finish within {limit:?}");
     }
