@@ -105,6 +105,10 @@ pub struct MailboxSettings {
     pub groups: Vec<String>,
 }
 
+/// Exchange Online's largest recipients-per-message limit (a tenant may set 1 to 1,000;
+/// 500 by default): a message with more is refused, whatever mailpipe is told.
+pub const EXCHANGE_MAX_RECIPIENTS_PER_MESSAGE: u64 = 1_000;
+
 /// Exchange Online's defaults; windows in milliseconds so tests can scale time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

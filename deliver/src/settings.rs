@@ -128,6 +128,7 @@ impl DeliverSettings {
         for (key, value) in [
             ("max_attempts", u64::from(self.max_attempts)),
             ("smtp_timeout_ms", self.smtp_timeout_ms),
+            ("idle_connection_ms", self.idle_connection_ms),
             ("pause_ms", self.pause_ms),
             ("max_pause_ms", self.max_pause_ms),
             ("prefetch", u64::from(self.prefetch)),
@@ -263,6 +264,16 @@ impl DeliverSettings {
                     p.push(format!("{key}.limits.{name}"), "must be at least 1");
                 }
             }
+            let most = mailpipe_common::pool::EXCHANGE_MAX_RECIPIENTS_PER_MESSAGE;
+            if l.max_recipients_per_message > most {
+                p.push(
+                    format!("{key}.limits.max_recipients_per_message"),
+                    format!(
+                        "{} is above Exchange Online's maximum of {most} recipients per message",
+                        l.max_recipients_per_message
+                    ),
+                );
+            }
         }
         p.into_result(())
     }
@@ -348,6 +359,7 @@ mod tests {
             r#"
             [deliver]
             smtp_timeout_ms = 0
+            idle_connection_ms = 0
             max_attempts = 0
             prefetch = 0
             hello_name = "mail.example.com\r\nRSET"
@@ -361,12 +373,14 @@ mod tests {
             host = ""
             [deliver.mailboxes.limits]
             max_connections = 0
+            max_recipients_per_message = 100000
             "#
         ));
         let problems = DeliverSettings::load(&src).unwrap_err().problems();
         let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
         for key in [
             "deliver.smtp_timeout_ms",
+            "deliver.idle_connection_ms",
             "deliver.max_attempts",
             "deliver.prefetch",
             "deliver.hello_name",
@@ -375,10 +389,11 @@ mod tests {
             "deliver.tenants[0].oauth.client_secret",
             "deliver.mailboxes[0].host",
             "deliver.mailboxes[0].limits.max_connections",
+            "deliver.mailboxes[0].limits.max_recipients_per_message",
         ] {
             assert!(keys.contains(&key), "{key} not in {problems:#?}");
         }
-        assert_eq!(keys.len(), 9, "{problems:#?}");
+        assert_eq!(keys.len(), 11, "{problems:#?}");
         // A file with a certificate passes.
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&ca, cert.cert.pem()).unwrap();

@@ -77,6 +77,7 @@ async fn main() {
         batch: Some("bench".parse().expect("id")),
         partial: false,
         display: Display::Quiet,
+        callback_url: None,
     };
     let rss_before = peak_rss_kib();
     let started = Instant::now();

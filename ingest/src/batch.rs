@@ -35,6 +35,10 @@ pub struct ImportOptions {
     pub partial: bool,
     /// Refuse the upload once it grows past this many bytes.
     pub max_bytes: u64,
+    /// The batch's callback URL, already checked. It is recorded only once the upload is
+    /// known to be accepted (after the check and the claims, before anything is
+    /// published), so a refused upload cannot re-point a batch's callback.
+    pub callback_url: Option<String>,
 }
 
 /// Counters a progress display reads while an import runs.
@@ -187,6 +191,14 @@ pub async fn import<R: Read + Send + 'static>(
     if report.conflicts > 0 && !options.partial {
         sender.abandon().await;
         return Err(ImportError::Conflict(report));
+    }
+    // Accepted from here on; the callback is on record before any job is published.
+    if let Some(url) = &options.callback_url {
+        let store = publisher.pipeline().store();
+        if let Err(e) = store.set_batch_callback(report.batch.as_str(), url).await {
+            sender.abandon().await;
+            return Err(ImportError::Unavailable(e));
+        }
     }
     let to_publish = checked.valid.saturating_sub(skip.len() as u64);
     progress.to_publish.store(to_publish, Ordering::Relaxed);

@@ -110,7 +110,7 @@ pub struct JobsArgs {
     pub state: Option<JobState>,
     /// Only jobs sent to this address (To, Cc or Bcc; any case).
     #[arg(long)]
-    pub recipient: Option<String>,
+    pub recipient: Option<mailpipe_common::domain::EmailAddress>,
     /// Only jobs changed at or after this time (RFC 3339: 2026-11-30T00:00:00Z).
     #[arg(long)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -402,17 +402,25 @@ pub async fn submit(
         callback_url,
     } = args;
     let webhooks = &config.ingest.webhooks;
-    if let Some(url) = &callback_url {
-        let checked = if webhooks.callbacks_enabled() {
-            webhooks.policy().check(url)
-        } else {
-            Err("callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)".into())
-        };
-        if let Err(why) = checked {
-            eprintln!("--callback-url: {why}");
+    let callback_url = match &callback_url {
+        None => None,
+        Some(_) if !webhooks.callbacks_enabled() => {
+            eprintln!(
+                "--callback-url: callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)"
+            );
             return ExitCode::from(2);
         }
-    }
+        Some(url) => {
+            let lookup = crate::webhooks::address_guard::SystemLookup;
+            match webhooks.policy().check_and_resolve(url, &lookup).await {
+                Ok(url) => Some(String::from(url)),
+                Err(why) => {
+                    eprintln!("--callback-url: {why}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     // A callback needs the batch's id before the import: one is made when none was given.
     let batch = match (&callback_url, batch) {
         (Some(_), None) if !dry_run => Some(crate::batch::new_batch_id()),
@@ -428,6 +436,7 @@ pub async fn submit(
         batch,
         partial,
         display,
+        callback_url,
     };
     if dry_run {
         let result = submit::dry_run(&config.ingest, &options).await;
@@ -446,12 +455,6 @@ pub async fn submit(
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let (Some(url), Some(batch)) = (&callback_url, &options.batch)
-        && let Err(e) = store.set_batch_callback(batch.as_str(), url).await
-    {
-        eprintln!("PostgreSQL: {e}");
-        return ExitCode::from(3);
-    }
     let pipeline = match connect_broker(
         config,
         "mailpipe-ingest submit",

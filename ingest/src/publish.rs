@@ -67,7 +67,13 @@ impl JobPublisher {
     }
 
     /// Claims and publishes one job, and waits until it is confirmed and recorded.
-    pub async fn publish_one(&self, job: Job) -> Result<Outcome, PublishError> {
+    /// `callback_url` (checked) goes to the job's batch only when the job is accepted or
+    /// a duplicate, before it is published: a refused job changes nothing.
+    pub async fn publish_one(
+        &self,
+        job: Job,
+        callback_url: Option<&str>,
+    ) -> Result<Outcome, PublishError> {
         let mut sender = self.sender();
         if let Some(Some(refusal)) = sender.suppression_refusals(&[&job]).await?.pop() {
             return Ok(Outcome::Suppressed(refusal));
@@ -78,6 +84,17 @@ impl JobPublisher {
             Some(ClaimOutcome::Conflict) => Outcome::Conflict,
             Some(ClaimOutcome::Duplicate) | None => Outcome::Duplicate,
         };
+        if matches!(outcome, Outcome::Accepted | Outcome::Duplicate)
+            && let (Some(url), Some(batch)) = (callback_url, &job.batch)
+            && let Err(e) = self
+                .pipeline
+                .store()
+                .set_batch_callback(batch.as_str(), url)
+                .await
+        {
+            sender.abandon().await;
+            return Err(e.into());
+        }
         if outcome == Outcome::Accepted {
             let sent = match sender.send(job).await {
                 Ok(()) => sender.finish().await,

@@ -39,9 +39,16 @@ pub struct IngestSettings {
     /// Client connections open at once (more wait in the listen backlog); kept below the
     /// open-file limit, which is raised to its hard limit at start.
     pub max_connections: usize,
+    /// Connections one client address may hold at once (the rest are closed at once), so
+    /// one client cannot hold every slot. Behind a reverse proxy every client has the
+    /// proxy's address: raise it to `max_connections` there.
+    pub max_connections_per_peer: usize,
     /// Time a client has to send a request's line and headers; idle keep-alive
     /// connections are closed after it too.
     pub header_read_timeout_ms: u64,
+    /// The same for the connections of a client that holds a quarter of
+    /// `max_connections_per_peer` or more already.
+    pub busy_peer_header_read_timeout_ms: u64,
     /// `POST /v1/jobs`: time to send the whole body. `POST /v1/batches`: the longest
     /// pause between two pieces of the body.
     pub body_read_timeout_ms: u64,
@@ -71,7 +78,9 @@ impl Default for IngestSettings {
             max_batch_bytes: 1024 * 1024 * 1024,
             max_in_flight: 256,
             max_connections: 1024,
+            max_connections_per_peer: 64,
             header_read_timeout_ms: 30_000,
+            busy_peer_header_read_timeout_ms: 2_000,
             body_read_timeout_ms: 30_000,
             max_concurrent_batches: 16,
             transactional_templates: Vec::new(),
@@ -102,7 +111,15 @@ impl IngestSettings {
             ("max_request_bytes", self.max_request_bytes as u64),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_peer",
+                self.max_connections_per_peer as u64,
+            ),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
+            (
+                "busy_peer_header_read_timeout_ms",
+                self.busy_peer_header_read_timeout_ms,
+            ),
             ("body_read_timeout_ms", self.body_read_timeout_ms),
             ("max_concurrent_batches", self.max_concurrent_batches as u64),
         ] {
@@ -119,6 +136,42 @@ impl IngestSettings {
                 out.push(Problem::new(
                     format!("ingest.limits.{key}"),
                     "must be at least 1 (no job could be accepted)",
+                ));
+            }
+        }
+        use mailpipe_common::contract::{
+            EXCHANGE_MAX_ATTACHMENTS, EXCHANGE_MAX_MESSAGE_BYTES, EXCHANGE_MAX_RECIPIENTS,
+        };
+        for (key, value, most, what) in [
+            (
+                "max_recipients",
+                self.limits.max_recipients,
+                EXCHANGE_MAX_RECIPIENTS,
+                "recipients per message",
+            ),
+            (
+                "max_attachments",
+                self.limits.max_attachments,
+                EXCHANGE_MAX_ATTACHMENTS,
+                "attachments per message",
+            ),
+            (
+                "max_attachment_bytes",
+                self.limits.max_attachment_bytes,
+                EXCHANGE_MAX_MESSAGE_BYTES,
+                "bytes per message",
+            ),
+            (
+                "max_job_bytes",
+                self.limits.max_job_bytes,
+                EXCHANGE_MAX_MESSAGE_BYTES,
+                "bytes per message",
+            ),
+        ] {
+            if value > most {
+                out.push(Problem::new(
+                    format!("ingest.limits.{key}"),
+                    format!("{value} is above Exchange Online's maximum of {most} {what}"),
                 ));
             }
         }
@@ -143,7 +196,11 @@ impl IngestSettings {
     pub fn http_limits(&self) -> mailpipe_common::http_server::HttpLimits {
         mailpipe_common::http_server::HttpLimits {
             max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
             header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            busy_peer_header_read_timeout: std::time::Duration::from_millis(
+                self.busy_peer_header_read_timeout_ms,
+            ),
         }
     }
 }
@@ -337,6 +394,26 @@ mod tests {
                 "ingest.templates_dir",
             ]
         );
+    }
+
+    #[test]
+    fn limits_above_exchange_online_maxima_are_refused_naming_the_key() {
+        let err = Config::load(&ConfigSource::from_toml(
+            "[ingest.limits]\nmax_recipients = 100000\nmax_attachments = 100000\n\
+             max_job_bytes = 1000000000\n",
+        ))
+        .unwrap_err();
+        let keys: Vec<String> = err.problems().into_iter().filter_map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "ingest.limits.max_recipients",
+                "ingest.limits.max_attachments",
+                "ingest.limits.max_job_bytes",
+            ]
+        );
+        let ok = "[ingest.limits]\nmax_recipients = 1000\nmax_attachments = 250\n";
+        assert!(Config::load(&ConfigSource::from_toml(ok)).is_ok());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct SubmitOptions {
     pub batch: Option<BatchId>,
     pub partial: bool,
     pub display: Display,
+    /// The batch's callback URL (checked), recorded once the file is accepted.
+    pub callback_url: Option<String>,
 }
 
 impl SubmitOptions {
@@ -33,6 +35,7 @@ impl SubmitOptions {
             batch: self.batch.clone(),
             partial: self.partial,
             max_bytes: u64::MAX,
+            callback_url: self.callback_url.clone(),
         }
     }
 }

@@ -83,7 +83,7 @@ impl Validator {
                 false,
                 "job",
                 format!(
-                    "{} bytes exceed the limit of {} per job",
+                    "{} bytes exceed the limit of {} per job (ingest.limits.max_job_bytes)",
                     bytes.len(),
                     self.limits.max_job_bytes
                 ),

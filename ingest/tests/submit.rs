@@ -26,6 +26,7 @@ async fn ten_thousand_lines_are_published_completely_and_a_second_submit_publish
         batch: Some("nov".parse().unwrap()),
         partial: false,
         display: Display::Quiet,
+        callback_url: None,
     };
     let report = submit(&t.pipeline, &settings, &options)
         .await
@@ -76,6 +77,7 @@ async fn bad_lines_are_reported_exactly_and_nothing_is_published() {
         batch: None,
         partial: false,
         display: Display::Quiet,
+        callback_url: None,
     };
     let err = submit(&t.pipeline, &settings, &options)
         .await
@@ -222,6 +224,7 @@ async fn a_misspelled_variable_is_refused_naming_it_and_nothing_is_published() {
         batch: None,
         partial: false,
         display: Display::Quiet,
+        callback_url: None,
     };
     let err = submit(&t.pipeline, &settings, &options)
         .await

@@ -158,7 +158,7 @@ async fn stack(name: &str, receiver_port: u16, request_timeout_ms: u64) -> Stack
         r#"
 [ingest.webhooks]
 callback_secret = {{ env = "TEST_WEBHOOK_CALLBACK_SECRET" }}
-allowed_callback_hosts = ["127.0.0.1"]
+allowed_callback_hosts = ["127.0.0.1:{receiver_port}"]
 allow_http_loopback = true
 connect_timeout_ms = 1000
 request_timeout_ms = {request_timeout_ms}

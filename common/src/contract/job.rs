@@ -69,6 +69,12 @@ pub struct JobLimits {
     pub max_job_bytes: usize,
 }
 
+/// Exchange Online's maxima, the bounds of [`JobLimits`]: recipients per message (a
+/// tenant may set 1 to 1,000), attachments per message, and message size (150 MB).
+pub const EXCHANGE_MAX_RECIPIENTS: usize = 1_000;
+pub const EXCHANGE_MAX_ATTACHMENTS: usize = 250;
+pub const EXCHANGE_MAX_MESSAGE_BYTES: usize = 150 * 1024 * 1024;
+
 impl Default for JobLimits {
     fn default() -> Self {
         Self {

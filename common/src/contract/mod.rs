@@ -14,7 +14,10 @@ mod suppression;
 
 pub use bounce::{Bounce, BouncedRecipient, DsnAction, MAX_DIAGNOSTIC, clean_diagnostic};
 pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
-pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
+pub use job::{
+    Attachment, AttachmentPath, AttachmentSource, EXCHANGE_MAX_ATTACHMENTS,
+    EXCHANGE_MAX_MESSAGE_BYTES, EXCHANGE_MAX_RECIPIENTS, FieldError, Job, JobLimits,
+};
 pub use lane::{DeliverQueue, Lane};
 pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;

@@ -54,6 +54,9 @@ pub enum AttemptOutcome {
     /// 410 Gone: the receiver does not want it; not tried again (a batch's callback is
     /// dropped from the batch, so its later events are not sent there).
     Gone,
+    /// Not called: its URL is not allowed any more (its host left the allow-list). Not
+    /// tried again; `reason` says why (`webhooks retry` puts it back).
+    Dropped { reason: String },
     /// Anything else: tried again at `retry_at`, or expired when that is past its expiry.
     Failed {
         status: Option<u16>,
@@ -102,6 +105,8 @@ pub enum DeliveryFilter {
     /// Pending with at least one failed try.
     Failed,
     Expired,
+    /// Not called because their URL is not allowed any more.
+    Dropped,
     All,
 }
 
@@ -377,6 +382,16 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await
             }
+            AttemptOutcome::Dropped { reason } => {
+                sqlx::query_scalar::<_, String>(
+                    "UPDATE webhook_deliveries SET state = 'dropped', last_error = $2
+                     WHERE id = $1 AND state = 'pending' RETURNING state",
+                )
+                .bind(id)
+                .bind(reason)
+                .fetch_optional(&self.pool)
+                .await
+            }
             AttemptOutcome::Failed {
                 status,
                 error,
@@ -438,6 +453,7 @@ impl Store {
             DeliveryFilter::Pending => "pending",
             DeliveryFilter::Failed => "failed",
             DeliveryFilter::Expired => "expired",
+            DeliveryFilter::Dropped => "dropped",
             DeliveryFilter::All => "all",
         };
         let r = sqlx::query_as::<_, WebhookDelivery>(LIST)
@@ -448,7 +464,7 @@ impl Store {
         self.observe("listing webhook deliveries", r)
     }
 
-    /// Puts expired (or gone) deliveries back in the queue, due now, with `max_age` more to
+    /// Puts expired (or gone, or dropped) deliveries back in the queue, due now, with `max_age` more to
     /// live: one (`Some(id)`) or all of them. Returns how many.
     pub async fn retry_webhooks(
         &self,
@@ -458,7 +474,7 @@ impl Store {
         let r = sqlx::query(
             "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now(),
                     expires_at = now() + make_interval(secs => $2)
-             WHERE state IN ('expired', 'gone') AND ($1::bigint IS NULL OR id = $1)",
+             WHERE state IN ('expired', 'gone', 'dropped') AND ($1::bigint IS NULL OR id = $1)",
         )
         .bind(id)
         .bind(max_age.as_secs_f64())

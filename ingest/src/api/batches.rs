@@ -49,7 +49,7 @@ pub async fn upload(
             .field("partial"));
         }
     };
-    let callback = state.callback_url(query.get("callback_url"))?;
+    let callback = state.callback_url(query.get("callback_url")).await?;
     let ct = super::media_type(&headers);
     let format = Format::from_content_type(&ct).ok_or_else(|| {
         ApiError::new(
@@ -71,25 +71,14 @@ pub async fn upload(
         )));
     };
 
-    // The callback is on record before any job of the batch can reach an outcome.
-    let batch = match (callback, batch) {
-        (Some(url), batch) => {
-            let batch = batch.unwrap_or_else(crate::batch::new_batch_id);
-            state
-                .records
-                .store()
-                .set_batch_callback(batch.as_str(), &url)
-                .await?;
-            Some(batch)
-        }
-        (None, batch) => batch,
-    };
+    // `import` records the callback once the upload is accepted, before it publishes.
     let idle = Duration::from_millis(state.settings.body_read_timeout_ms);
     let input = SyncIoBridge::new(StreamReader::new(Box::pin(with_idle_timeout(body, idle))));
     let options = ImportOptions {
         batch,
         partial,
         max_bytes,
+        callback_url: callback,
     };
     let result = import(
         input,

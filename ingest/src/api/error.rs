@@ -81,13 +81,56 @@ impl IntoResponse for ApiError {
 }
 
 impl From<mailpipe_common::store::StoreError> for ApiError {
-    /// The database away is a 503 (retry); anything else a 500 naming what failed.
+    /// The database away is a 503 (retry); anything else a 500 saying what was being
+    /// done. The database's own text stays in the log: it may quote the client's input
+    /// back, or describe the schema.
     fn from(e: mailpipe_common::store::StoreError) -> Self {
-        if e.is_unavailable() {
-            ApiError::unavailable(format!("{e}; retry shortly"))
-        } else {
-            tracing::error!(error = %e, "database query failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        use mailpipe_common::store::StoreError;
+        match &e {
+            StoreError::Unavailable(_) | StoreError::Stopped => {
+                tracing::warn!(error = %e, "the database is unavailable");
+                ApiError::unavailable("the database is unreachable; retry shortly")
+            }
+            StoreError::Query { what, .. } => {
+                tracing::error!(error = %e, "database query failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error while {what}; the details are in ingest's log"),
+                )
+            }
+            _ => {
+                tracing::error!(error = %e, "database failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; the details are in ingest's log",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailpipe_common::store::StoreError;
+
+    #[test]
+    fn database_errors_keep_their_text_out_of_the_answer() {
+        let inner =
+            || sqlx::Error::Protocol("invalid byte sequence for encoding \"UTF8\": 0x00".into());
+        let answers = [
+            ApiError::from(StoreError::Query {
+                what: "listing jobs",
+                source: inner(),
+            }),
+            ApiError::from(StoreError::Unavailable(inner())),
+        ];
+        for a in answers {
+            assert!(
+                !a.error.contains("0x00") && !a.error.contains("UTF8"),
+                "{}",
+                a.error
+            );
         }
     }
 }

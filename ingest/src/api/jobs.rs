@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mailpipe_common::amqp::PublishError;
-use mailpipe_common::domain::{BatchId, JobId};
+use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use serde_json::json;
 
 use super::AppState;
@@ -28,8 +28,20 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
-    let callback = state.callback_url(query.get("callback_url"))?;
-    let limit = state.settings.max_request_bytes;
+    let callback = state.callback_url(query.get("callback_url")).await?;
+    // The smaller of the request's and the job's limit applies, and is the one named.
+    let settings = &state.settings;
+    let limit = if settings.limits.max_job_bytes < settings.max_request_bytes {
+        super::BodyLimit {
+            bytes: settings.limits.max_job_bytes,
+            name: "ingest.limits.max_job_bytes",
+        }
+    } else {
+        super::BodyLimit {
+            bytes: settings.max_request_bytes,
+            name: "ingest.max_request_bytes",
+        }
+    };
     let ct = super::media_type(&headers);
     if ct != "application/json" {
         return Err(ApiError::new(
@@ -57,24 +69,17 @@ pub async fn submit(
             .field(first.field.clone())
             .errors(&invalid.errors)
     })?;
-    state.database_ready()?;
-    if let Some(url) = callback {
-        // The job's batch gets the callback, on record before the job is published.
-        let Some(batch) = &job.batch else {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "callback_url: a callback belongs to a batch; give the job a `batch`",
-            )
-            .field("callback_url"));
-        };
-        state
-            .records
-            .store()
-            .set_batch_callback(batch.as_str(), &url)
-            .await?;
+    if callback.is_some() && job.batch.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "callback_url: a callback belongs to a batch; give the job a `batch`",
+        )
+        .field("callback_url"));
     }
+    state.database_ready()?;
     let id = job.id.clone();
-    match state.publisher.publish_one(job).await {
+    // The job's batch gets the callback once the job is accepted, before it is published.
+    match state.publisher.publish_one(job, callback.as_deref()).await {
         Ok(Outcome::Accepted) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "id": id, "status": "accepted" })),
@@ -171,10 +176,9 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<JobFilter, ApiError> 
         );
     }
     if let Some(r) = query.get("recipient") {
-        if r.is_empty() || r.len() > 320 {
-            return Err(bad("recipient", "an email address".into()));
-        }
-        filter.recipient = Some(r.clone());
+        let address = EmailAddress::parse(r)
+            .map_err(|e| bad("recipient", format!("{r:?} is not an email address: {e}")))?;
+        filter.recipient = Some(address);
     }
     if let Some(s) = query.get("since") {
         let since = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {

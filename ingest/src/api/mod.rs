@@ -15,6 +15,7 @@ mod auth;
 mod batches;
 mod error;
 mod jobs;
+mod query_guard;
 pub mod suppressions;
 
 use std::sync::Arc;
@@ -54,8 +55,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A submission's `callback_url`, checked (422 naming the field when refused).
-    pub(crate) fn callback_url(&self, query: Option<&String>) -> Result<Option<String>, ApiError> {
+    /// A submission's `callback_url`, checked: allowed host and port, and every address
+    /// the host resolves to now (422 naming the field when refused). Nothing is written.
+    pub(crate) async fn callback_url(
+        &self,
+        query: Option<&String>,
+    ) -> Result<Option<String>, ApiError> {
         let Some(text) = query else {
             return Ok(None);
         };
@@ -72,8 +77,18 @@ impl AppState {
                 "callbacks are not enabled here (ingest.webhooks.callback_secret and allowed_callback_hosts)".into(),
             ));
         }
-        webhooks.policy().check(text).map_err(refuse)?;
-        Ok(Some(text.clone()))
+        let lookup = crate::webhooks::address_guard::SystemLookup;
+        let limit = Duration::from_millis(webhooks.connect_timeout_ms);
+        let url = tokio::time::timeout(limit, webhooks.policy().check_and_resolve(text, &lookup))
+            .await
+            .map_err(|_| {
+                refuse(format!(
+                    "its host was not resolved within {} ms",
+                    limit.as_millis()
+                ))
+            })?
+            .map_err(refuse)?;
+        Ok(Some(url.into()))
     }
 }
 
@@ -112,12 +127,11 @@ impl AppState {
         if self.schema_ready.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Why the database is away is for /readyz and the log, not for API clients.
         Err(ApiError::unavailable(
             match self.records.store().readiness() {
-                Err(why) => format!("{why}; retry shortly"),
-                Ok(()) => {
-                    "the database schema is being made current after a start; retry shortly".into()
-                }
+                Err(_) => "the database is unreachable; retry shortly",
+                Ok(()) => "the database schema is being made current after a start; retry shortly",
             },
         ))
     }
@@ -193,6 +207,7 @@ pub fn router(state: AppState) -> Router {
                 "no such route (see /v1/openapi.yaml)",
             )
         })
+        .layer(middleware::from_fn(query_guard::refuse_control_characters))
         .with_state(state)
 }
 
@@ -249,11 +264,20 @@ fn body_timeout(timeout: Duration) -> ApiError {
     .field("body")
 }
 
-/// Reads a whole (small) body within `timeout`, refusing it with 413 past `limit` bytes.
+/// The most a route reads of a body, and the limit's name for the 413 (the key that
+/// sets it, or the route's fixed bound).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit {
+    pub bytes: usize,
+    pub name: &'static str,
+}
+
+/// Reads a whole (small) body within `timeout`, refusing it with a 413 naming the limit
+/// past `limit.bytes`.
 async fn read_limited(
     body: Body,
     headers: &HeaderMap,
-    limit: usize,
+    limit: BodyLimit,
     timeout: Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
     tokio::time::timeout(timeout, read_body(body, headers, limit))
@@ -264,12 +288,12 @@ async fn read_limited(
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limit: usize,
+    BodyLimit { bytes: limit, name }: BodyLimit,
 ) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body exceeds {limit} bytes (ingest.max_request_bytes)"),
+            format!("the request body exceeds {limit} bytes ({name})"),
         )
         .field("body")
     };

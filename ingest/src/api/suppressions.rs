@@ -118,7 +118,11 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let address = address(&raw)?;
     let timeout = std::time::Duration::from_millis(state.settings.body_read_timeout_ms);
-    let bytes = super::read_limited(body, &headers, MAX_BODY, timeout).await?;
+    let limit = super::BodyLimit {
+        bytes: MAX_BODY,
+        name: "the fixed limit of a suppression's body",
+    };
+    let bytes = super::read_limited(body, &headers, limit, timeout).await?;
     let body: PutBody = serde_json::from_slice(&bytes).map_err(|e| {
         bad(
             "reason",
@@ -126,6 +130,9 @@ pub async fn put(
         )
     })?;
     let reason = body.reason.trim();
+    if let Some(c) = reason.chars().find(|c| c.is_control()) {
+        return Err(super::query_guard::control_character("reason", c));
+    }
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

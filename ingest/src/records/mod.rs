@@ -74,7 +74,7 @@ pub struct JobFilter {
     pub batch: Option<BatchId>,
     pub state: Option<JobState>,
     /// An address among the job's To, Cc and Bcc (any case).
-    pub recipient: Option<String>,
+    pub recipient: Option<mailpipe_common::domain::EmailAddress>,
     /// Changed at or after.
     pub since: Option<DateTime<Utc>>,
     /// Ids after this one (the previous page's `next_after`).
@@ -372,7 +372,7 @@ impl Records {
         let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
             .bind(filter.batch.as_ref().map(|b| b.as_str()))
             .bind(filter.state.map(JobState::as_str))
-            .bind(filter.recipient.as_ref().map(|r| r.to_ascii_lowercase()))
+            .bind(filter.recipient.as_ref().map(|r| r.as_str().to_ascii_lowercase()))
             .bind(filter.since)
             .bind(filter.after.as_ref().map(|a| a.as_str()))
             .bind(i64::from(limit))

@@ -1,11 +1,16 @@
 //! A batch's callback URL is untrusted input: whoever may submit could otherwise make
 //! ingest call any address its network reaches. It must be `https` (plain `http` only to
 //! a loopback address, and only when `allow_http_loopback` says so, for tests), carry no
-//! credentials, stay within a length bound and name a host of `allowed_callback_hosts`.
+//! credentials or control characters, stay within a length bound, name a host and port
+//! of `allowed_callback_hosts`, and resolve to public addresses only
+//! ([`address_guard`](super::address_guard)), at submission and again at every call.
 
 use std::net::IpAddr;
 
 use url::{Host, Url};
+
+use super::address_guard::{AddressPolicy, Lookup};
+use super::allowed_host::AllowedHost;
 
 /// Longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
@@ -13,28 +18,61 @@ pub const MAX_URL_LEN: usize = 2048;
 /// What a URL must satisfy to be called.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UrlPolicy {
-    /// Exact host names (lower case), or `*.example.com` for any name below it.
-    pub allowed_hosts: Vec<String>,
+    /// The hosts and ports a callback may name.
+    pub allowed_hosts: Vec<AllowedHost>,
+    /// Plain http to loopback, and loopback addresses at all (tests, a local receiver).
     pub allow_http_loopback: bool,
 }
 
 impl UrlPolicy {
-    /// A URL that may be called, or why not (in words naming the part at fault).
+    /// A URL whose host and port are allowed, or why not (in words naming the part at
+    /// fault). Its addresses are checked by [`check_and_resolve`](Self::check_and_resolve).
     pub fn check(&self, text: &str) -> Result<Url, String> {
         let url = self.check_shape(text)?;
         let host = host_name(&url);
-        if !self.allowed_hosts.iter().any(|h| host_matches(h, &host)) {
-            return Err(format!(
-                "host {host:?} is not in ingest.webhooks.allowed_callback_hosts"
-            ));
+        let port = url.port_or_known_default().unwrap_or(0);
+        if self.allowed_hosts.iter().any(|h| h.allows(&host, port)) {
+            return Ok(url);
         }
+        match self.allowed_hosts.iter().find(|h| h.names(&host)) {
+            Some(entry) => Err(format!(
+                "port {port} of {host:?} is not allowed: ingest.webhooks.allowed_callback_hosts \
+                 allows port {} there (an entry names another port as host:port)",
+                entry.port()
+            )),
+            None => Err(format!(
+                "host {host:?} is not in ingest.webhooks.allowed_callback_hosts"
+            )),
+        }
+    }
+
+    /// The whole check a submission gets: [`check`](Self::check), then every address the
+    /// host resolves to must be callable.
+    pub async fn check_and_resolve(&self, text: &str, lookup: &dyn Lookup) -> Result<Url, String> {
+        let url = self.check(text)?;
+        let host = url.host_str().unwrap_or_default();
+        self.addresses().resolve(lookup, host).await?;
         Ok(url)
     }
 
-    /// Everything but the allow-list (configured endpoints are the operator's own).
+    /// Which addresses callbacks may reach.
+    pub fn addresses(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow_loopback: self.allow_http_loopback,
+        }
+    }
+
+    /// Everything but the allow-list and the addresses (configured endpoints are the
+    /// operator's own).
     pub fn check_shape(&self, text: &str) -> Result<Url, String> {
         if text.len() > MAX_URL_LEN {
             return Err(format!("longer than {MAX_URL_LEN} characters"));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "contains the control character U+{:04X}",
+                u32::from(c)
+            ));
         }
         let url = Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -68,16 +106,6 @@ fn host_name(url: &Url) -> String {
     }
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .strip_suffix(suffix)
-            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-        None => pattern == host,
-    }
-}
-
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -93,28 +121,30 @@ mod tests {
 
     fn policy(loopback: bool) -> UrlPolicy {
         UrlPolicy {
-            allowed_hosts: vec![
-                "erp.example.com".into(),
-                "*.hooks.example.net".into(),
-                "127.0.0.1".into(),
-            ],
+            allowed_hosts: ["erp.example.com", "*.hooks.example.net", "127.0.0.1:9"]
+                .into_iter()
+                .map(|h| AllowedHost::parse(h).unwrap())
+                .collect(),
             allow_http_loopback: loopback,
         }
     }
 
     #[test]
-    fn only_https_to_an_allowed_host_without_credentials_passes() {
+    fn only_https_to_an_allowed_host_and_port_without_credentials_passes() {
         let p = policy(false);
         assert!(p.check("https://erp.example.com/mailpipe?b=1").is_ok());
-        assert!(p.check("https://ERP.example.com/x").is_ok());
+        assert!(p.check("https://ERP.example.com:443/x").is_ok());
         assert!(p.check("https://a.hooks.example.net/x").is_ok());
         let refused = [
             ("http://erp.example.com/x", "https"),
+            ("https://erp.example.com:25/x", "port 25"),
+            ("https://erp.example.com:6379/x", "port 6379"),
             ("https://evil.example.com/x", "allowed_callback_hosts"),
             ("https://hooks.example.net/x", "allowed_callback_hosts"),
             ("https://xhooks.example.net/x", "allowed_callback_hosts"),
             ("https://user:pw@erp.example.com/x", "credentials"),
             ("https://erp.example.com/x#frag", "fragment"),
+            ("https://erp.example.com/a\0b", "U+0000"),
             ("ftp://erp.example.com/x", "scheme"),
             ("erp.example.com/x", "not a URL"),
             ("http://127.0.0.1:9/x", "https"),
@@ -131,6 +161,11 @@ mod tests {
     fn plain_http_goes_to_loopback_only_and_only_when_allowed() {
         let p = policy(true);
         assert!(p.check("http://127.0.0.1:9/x").is_ok());
+        assert!(
+            p.check("http://127.0.0.1:10/x")
+                .unwrap_err()
+                .contains("port 10")
+        );
         assert!(
             p.check("http://erp.example.com/x")
                 .unwrap_err()

@@ -1,5 +1,5 @@
 //! `mailpipe-ingest webhooks`: what the outbox holds (`list`), and a second chance for
-//! deliveries that expired or were refused with 410 (`retry`).
+//! deliveries that expired, were refused with 410 or were dropped (`retry`).
 
 use std::process::ExitCode;
 
@@ -14,6 +14,8 @@ pub enum StateArg {
     Failed,
     /// Tried until `ingest.webhooks.max_age`, never acknowledged.
     Expired,
+    /// Not called: the callback URL's host or port left the allow-list.
+    Dropped,
     All,
 }
 
@@ -31,7 +33,7 @@ pub enum WebhooksCommand {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
-    /// Put expired (or 410-refused) deliveries back in the queue, due now, with a fresh
+    /// Put expired, 410-refused or dropped deliveries back in the queue, due now, with a fresh
     /// `max_age`: one by its id (from `list`), or `--all`.
     #[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
     Retry {
@@ -65,6 +67,7 @@ async fn list(store: &Store, state: StateArg, json: bool, limit: i64) -> Result<
         StateArg::Pending => DeliveryFilter::Pending,
         StateArg::Failed => DeliveryFilter::Failed,
         StateArg::Expired => DeliveryFilter::Expired,
+        StateArg::Dropped => DeliveryFilter::Dropped,
         StateArg::All => DeliveryFilter::All,
     };
     let rows = store.webhook_deliveries(filter, limit.max(1)).await?;

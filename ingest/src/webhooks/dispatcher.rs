@@ -16,6 +16,7 @@ use mailpipe_common::store::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::address_guard::{GuardedResolver, Lookup, SystemLookup};
 use super::backoff::retry_delay;
 use super::sender::{Call, CallResult, Sender};
 use super::settings::{CALLBACK, Webhooks};
@@ -30,22 +31,40 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(10);
 pub struct Dispatcher {
     store: Store,
     webhooks: Arc<Webhooks>,
+    /// Calls to configured endpoints.
     sender: Sender,
+    /// Calls to batches' callback URLs: checked addresses only.
+    callbacks: Sender,
     /// Calls in flight, per endpoint.
     busy: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Dispatcher {
     pub fn new(store: Store, webhooks: Webhooks) -> reqwest::Result<Self> {
+        Self::with_lookup(store, webhooks, Arc::new(SystemLookup))
+    }
+
+    /// A dispatcher whose callback calls resolve names with `lookup` (tests play a
+    /// rebinding DNS server with it).
+    pub fn with_lookup(
+        store: Store,
+        webhooks: Webhooks,
+        lookup: Arc<dyn Lookup>,
+    ) -> reqwest::Result<Self> {
         let s = &webhooks.settings;
-        let sender = Sender::new(
+        let (connect, request) = (
             Duration::from_millis(s.connect_timeout_ms),
             Duration::from_millis(s.request_timeout_ms),
-        )?;
+        );
+        let resolver = GuardedResolver {
+            lookup,
+            policy: webhooks.policy.addresses(),
+        };
         Ok(Self {
+            sender: Sender::new(connect, request)?,
+            callbacks: Sender::guarded(connect, request, resolver)?,
             store,
             webhooks: Arc::new(webhooks),
-            sender,
             busy: Arc::default(),
         })
     }
@@ -184,8 +203,15 @@ impl Dispatcher {
     async fn deliver(&self, d: DueDelivery) {
         let kind = metrics::webhook_kind(&d.endpoint);
         let s = &self.webhooks.settings;
-        let result = match self.webhooks.key_for(&d.endpoint) {
-            Some(key) => {
+        if let Some(reason) = self.no_longer_allowed(&d) {
+            return self.drop_delivery(d, reason).await;
+        }
+        let refused = (d.endpoint == CALLBACK)
+            .then(|| self.refused_address(&d.url))
+            .flatten();
+        let result = match (self.webhooks.key_for(&d.endpoint), refused) {
+            (Some(_), Some(why)) => CallResult::Failed(why),
+            (Some(key), None) => {
                 let timestamp = Utc::now().timestamp();
                 let call = Call {
                     url: &d.url,
@@ -194,9 +220,13 @@ impl Dispatcher {
                     signature: key.sign(&d.event_id, timestamp, d.payload.as_bytes()),
                     body: &d.payload,
                 };
-                self.sender.send(call).await
+                if d.endpoint == CALLBACK {
+                    self.callbacks.send(call).await
+                } else {
+                    self.sender.send(call).await
+                }
             }
-            None => CallResult::Failed(format!(
+            (None, _) => CallResult::Failed(format!(
                 "endpoint {:?} is no longer configured (ingest.webhooks)",
                 d.endpoint
             )),
@@ -271,6 +301,47 @@ impl Dispatcher {
             // Not recorded: the hold lapses and the delivery is tried again (at least once).
             Err(e) => {
                 tracing::warn!(error = %e, webhook_id = %d.event_id, "recording a webhook try failed")
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Why a callback delivery may not be made any more (its host or port left the
+    /// allow-list since it was fanned out), or `None`.
+    fn no_longer_allowed(&self, d: &DueDelivery) -> Option<String> {
+        if d.endpoint != CALLBACK {
+            return None;
+        }
+        let why = self.webhooks.policy.check(&d.url).err()?;
+        Some(format!(
+            "not called: the callback URL is not allowed any more: {why}"
+        ))
+    }
+
+    /// Why a callback URL naming an address (not a name, which the guarded resolver
+    /// checks) may not be called, or `None`.
+    fn refused_address(&self, url: &str) -> Option<String> {
+        let url = url::Url::parse(url).ok()?;
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        let why = self.webhooks.policy.addresses().refusal(ip)?;
+        Some(format!("{ip} is {why}: not called"))
+    }
+
+    /// Records a delivery dropped without a call.
+    async fn drop_delivery(&self, d: DueDelivery, reason: String) {
+        tracing::warn!(endpoint = %d.endpoint, webhook_id = %d.event_id, reason = %reason, "a webhook delivery was dropped");
+        let outcome = AttemptOutcome::Dropped { reason };
+        match self.store.record_webhook_attempt(d.id, &outcome).await {
+            Ok(_) => metrics::WEBHOOK_DELIVERIES
+                .with_label_values(&[metrics::webhook_kind(&d.endpoint), "dropped"])
+                .inc(),
+            Err(e) => {
+                tracing::warn!(error = %e, webhook_id = %d.event_id, "recording a dropped webhook failed")
             }
         }
     }

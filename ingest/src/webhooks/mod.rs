@@ -4,12 +4,17 @@
 //!
 //! - [`settings`]: `[ingest.webhooks]`, resolved into [`Webhooks`] (keys read).
 //! - [`callback_url`]: what a batch's callback URL must satisfy (it is untrusted input).
+//! - [`allowed_host`]: one allow-list entry, a host and the port it may be called on.
+//! - [`address_guard`]: the addresses a callback may connect to, checked on the
+//!   connection's own lookup.
 //! - [`signature`]: Standard Webhooks signing.
 //! - [`backoff`]: when a failed call is tried again.
 //! - [`sender`]: one bounded HTTP call.
 //! - [`dispatcher`]: the `serve` task that expires, sweeps, fans out and calls.
 //! - [`cli`]: `mailpipe-ingest webhooks list|retry`.
 
+pub mod address_guard;
+pub mod allowed_host;
 pub mod backoff;
 pub mod callback_url;
 pub mod cli;

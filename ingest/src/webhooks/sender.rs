@@ -1,11 +1,14 @@
 //! One HTTP call to a receiver, bounded: connect and whole-request timeouts, redirects
 //! never followed (a redirect could carry the signed body elsewhere), the response body
 //! never read (only its status counts). Errors are kept without the URL, whose query
-//! may hold a receiver's token.
+//! may hold a receiver's token. Callback calls go through a sender whose resolver checks
+//! every address it hands the connection (`address_guard`).
 
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+
+use super::address_guard::GuardedResolver;
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +50,32 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A sender for the operator's configured endpoints (the system's resolver; they may
+    /// be on an internal network).
     pub fn new(connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
+        Self::build(connect_timeout, request_timeout, None)
+    }
+
+    /// A sender for batches' callback URLs: it connects only to addresses `resolver`
+    /// checked, found by the connection's own lookup.
+    pub fn guarded(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        resolver: GuardedResolver,
+    ) -> reqwest::Result<Self> {
+        Self::build(connect_timeout, request_timeout, Some(resolver))
+    }
+
+    fn build(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        resolver: Option<GuardedResolver>,
+    ) -> reqwest::Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(resolver) = resolver {
+            builder = builder.dns_resolver(std::sync::Arc::new(resolver));
+        }
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)

@@ -7,6 +7,7 @@ use mailpipe_common::config::{ConfigError, Problem, SecretRef, parse_max_age};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
+use super::allowed_host::AllowedHost;
 use super::callback_url::UrlPolicy;
 use super::signature::SigningKey;
 
@@ -36,9 +37,11 @@ pub struct WebhookSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_secret: Option<SecretRef>,
     /// Hosts a callback URL may name: `erp.example.com`, or `*.example.com` for any name
-    /// below it. Empty: callback URLs are refused.
+    /// below it, on port 443 unless the entry names another (`erp.example.com:8443`).
+    /// Empty: callback URLs are refused.
     pub allowed_callback_hosts: Vec<String>,
-    /// Allows `http://` to loopback addresses (tests, a local receiver). Off: https only.
+    /// Allows `http://` to loopback addresses, and callbacks to loopback addresses at all
+    /// (tests, a local receiver). Off: https only, public addresses only.
     pub allow_http_loopback: bool,
     /// How long an event is tried before its delivery ends `expired` (`3D`, `36h`, ...).
     pub max_age: String,
@@ -92,12 +95,14 @@ pub struct EndpointSettings {
 }
 
 impl WebhookSettings {
+    /// The callback URL policy; entries that cannot be read are left out (`problems`
+    /// names them).
     pub fn policy(&self) -> UrlPolicy {
         UrlPolicy {
             allowed_hosts: self
                 .allowed_callback_hosts
                 .iter()
-                .map(|h| h.to_ascii_lowercase())
+                .filter_map(|h| AllowedHost::parse(h).ok())
                 .collect(),
             allow_http_loopback: self.allow_http_loopback,
         }
@@ -149,15 +154,10 @@ impl WebhookSettings {
             ));
         }
         for (i, h) in self.allowed_callback_hosts.iter().enumerate() {
-            let name = h.strip_prefix("*.").unwrap_or(h);
-            let odd = name.contains(['/', ':', '@', '*', ' '])
-                && name.parse::<std::net::Ipv6Addr>().is_err();
-            if name.is_empty() || odd {
+            if let Err(why) = AllowedHost::parse(h) {
                 out.push(Problem::new(
                     key(&format!("allowed_callback_hosts[{i}]")),
-                    format!(
-                        "{h:?}: give a host name (erp.example.com, *.example.com) or an IP address"
-                    ),
+                    why,
                 ));
             }
         }
