@@ -411,6 +411,20 @@ async fn a_send_is_written_ahead_only_under_the_current_lease_and_counts_until_s
     );
     let counted = s.mailbox_sends(mailbox, since).await.unwrap();
     assert_eq!(counted.len(), 2, "the orphan still counts, at its deadline");
+    // Its job shows it, in the same statement: flagged, `retrying`, with an event.
+    let (state, uncertain): (String, bool) =
+        sqlx::query_as("SELECT state, uncertain FROM jobs WHERE id = 'orphan'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), uncertain), ("retrying", true));
+    let flagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = 'orphan' AND kind = 'retrying' AND uncertain",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(flagged, 1, "one uncertain event for the orphaned send");
 
     // It is uncertain, listed for an operator, and settled by a decision.
     let listed = s.uncertain_sends(100).await.unwrap();

@@ -71,15 +71,19 @@ async fn all_finished(h: &Harness, jobs: i64) {
     }
 }
 
-/// Two deliver instances of one pool, as two processes (own owner ids and leases).
-struct TwoInstances(Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>);
+/// Deliver instances of one pool, as separate processes (own owner ids and leases).
+struct Instances(Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>);
 
-impl TwoInstances {
-    async fn start(h: &Harness) -> Self {
-        Self(vec![h.start_deliver().await, h.start_deliver().await])
+impl Instances {
+    async fn start(h: &Harness, n: usize) -> Self {
+        let mut all = Vec::new();
+        for _ in 0..n {
+            all.push(h.start_deliver().await);
+        }
+        Self(all)
     }
 
-    /// Stops both; each must stop cleanly.
+    /// Stops them all; each must stop cleanly.
     async fn stop(self) {
         for (shutdown, task) in self.0 {
             shutdown.cancel();
@@ -117,7 +121,7 @@ async fn two_instances_with_two_copies_of_every_job_mail_each_once() {
     const JOBS: usize = 300;
     // Each job twice, side by side: both instances take copies from the same queue.
     h.publish_jobs(JOBS, 2).await;
-    let deliver = TwoInstances::start(&h).await;
+    let deliver = Instances::start(&h, 2).await;
     h.wait_accepted(JOBS, LIMIT).await;
     all_finished(&h, JOBS as i64).await;
     drained(&h).await;
@@ -220,7 +224,7 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
         h.broker.store().record_event(&accepted).await.unwrap();
     }
     h.publish_jobs(JOBS, 1).await;
-    let deliver = TwoInstances::start(&h).await;
+    let deliver = Instances::start(&h, 2).await;
     h.wait_accepted(30, LIMIT).await;
     let store = h.broker.store().clone();
     let (control, cancelled) = store
@@ -276,14 +280,19 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
     h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_a_tenant_window_without_a_single_refusal() {
-    // One tenant, 30 external recipients per 4 s, the same in the simulator: the mailboxes
-    // could send far more, so the tenant's window binds, and both instances fill it at once.
-    let h = harness("decide-tenant", 4, 100, Some((30, 4_000))).await;
+/// One tenant, 30 external recipients per 4 s, the same in the simulator: the mailboxes
+/// could send far more, so the tenant's window binds, and every instance fills it at once.
+async fn instances_share_a_tenant_window(instances: usize) {
+    let h = harness(
+        &format!("decide-tenant-{instances}"),
+        6,
+        100,
+        Some((30, 4_000)),
+    )
+    .await;
     const JOBS: usize = 100;
     h.publish_jobs(JOBS, 1).await;
-    let deliver = TwoInstances::start(&h).await;
+    let deliver = Instances::start(&h, instances).await;
     h.wait_accepted(JOBS, LIMIT).await;
     all_finished(&h, JOBS as i64).await;
     deliver.stop().await;
@@ -297,4 +306,14 @@ async fn two_instances_share_a_tenant_window_without_a_single_refusal() {
     assert!(refused.is_empty(), "refused: {refused:?}");
     assert_eq!(h.subjects().len(), JOBS, "each job once");
     h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_tenant_window_without_a_single_refusal() {
+    instances_share_a_tenant_window(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_a_tenant_window_without_a_single_refusal() {
+    instances_share_a_tenant_window(3).await;
 }
