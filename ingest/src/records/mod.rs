@@ -372,7 +372,12 @@ impl Records {
         let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
             .bind(filter.batch.as_ref().map(|b| b.as_str()))
             .bind(filter.state.map(JobState::as_str))
-            .bind(filter.recipient.as_ref().map(|r| r.as_str().to_ascii_lowercase()))
+            .bind(
+                filter
+                    .recipient
+                    .as_ref()
+                    .map(|r| r.as_str().to_ascii_lowercase()),
+            )
             .bind(filter.since)
             .bind(filter.after.as_ref().map(|a| a.as_str()))
             .bind(i64::from(limit))
