@@ -8,6 +8,7 @@ mod bounce;
 mod event;
 mod job;
 mod lane;
+mod provenance;
 mod rendered;
 mod smtp;
 mod suppression;
@@ -16,6 +17,7 @@ pub use bounce::{Bounce, BouncedRecipient, DsnAction, MAX_DIAGNOSTIC, clean_diag
 pub use event::{DeliveryEvent, EventKind, RecipientRefusal};
 pub use job::{Attachment, AttachmentPath, AttachmentSource, FieldError, Job, JobLimits};
 pub use lane::{DeliverQueue, Lane};
+pub use provenance::{OriginalLink, Provenance, ReportOrigin};
 pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;
 pub use suppression::{SuppressedRecipient, SuppressionSource};
