@@ -258,7 +258,13 @@ async fn reports_that_do_not_bind_to_a_send_of_the_mailbox_change_nothing() {
     let (s, schema) = db("bounce_untrusted").await;
     delivered_job(&s, "inv-4", &["erin@example.com", "cc.frank@example.com"]).await;
     delivered_job(&s, "inv-5", &["gina@example.com"]).await;
-    delivered_job_from(&s, "inv-6", &["hal@example.com"], "billing2@contoso.example").await;
+    delivered_job_from(
+        &s,
+        "inv-6",
+        &["hal@example.com"],
+        "billing2@contoso.example",
+    )
+    .await;
     let everyone = [
         "erin@example.com",
         "cc.frank@example.com",
@@ -287,7 +293,10 @@ async fn reports_that_do_not_bind_to_a_send_of_the_mailbox_change_nothing() {
         (
             "not-ours",
             Bounce {
-                provenance: outside(Some(OriginalLink::Attached), "MAILER-DAEMON@attacker.example"),
+                provenance: outside(
+                    Some(OriginalLink::Attached),
+                    "MAILER-DAEMON@attacker.example",
+                ),
                 ..bounced("victim@customer.example", "5.1.1", Some("<not-ours@x>"))
             },
             "not a send of this mailbox",
@@ -331,7 +340,9 @@ async fn reports_that_do_not_bind_to_a_send_of_the_mailbox_change_nothing() {
         assert!(record.newly, "{key}");
         assert_eq!(record.job, None, "{key}");
         assert!(record.suppressed.is_empty(), "{key}");
-        let reason = record.untrusted.unwrap_or_else(|| panic!("{key} was trusted"));
+        let reason = record
+            .untrusted
+            .unwrap_or_else(|| panic!("{key} was trusted"));
         assert!(reason.contains(why), "{key}: {reason}");
         // Read again (a crash before the move): still untrusted, still nothing.
         let again = s

@@ -159,7 +159,11 @@ async fn forged_and_foreign_reports_change_nothing_and_are_left_for_a_person() {
     // 3. In-Reply-To the first invoice's Message-ID, naming its cc co-recipient.
     stack.sim.deliver_from_internet(
         &first.mailbox,
-        &in_reply_to_only(&first.mailbox, &message_id(&first.raw), "ap0-1@fabrikam.example"),
+        &in_reply_to_only(
+            &first.mailbox,
+            &message_id(&first.raw),
+            "ap0-1@fabrikam.example",
+        ),
     );
     // 4. The tenant's own NDR about the first invoice, naming the second's recipient.
     stack.sim.file_tenant_ndr(
@@ -199,7 +203,11 @@ async fn forged_and_foreign_reports_change_nothing_and_are_left_for_a_person() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed["suppressions"].as_array().unwrap().len(), 0, "{listed}");
+    assert_eq!(
+        listed["suppressions"].as_array().unwrap().len(),
+        0,
+        "{listed}"
+    );
     let store = Store::new(&stack.database, tokio_util::sync::CancellationToken::new()).unwrap();
     let (hooks,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM webhook_events WHERE type = 'job.bounced'")

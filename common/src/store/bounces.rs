@@ -134,12 +134,24 @@ impl Store {
                 .map_err(|_| report_binding::Refusal::NotOurSend),
             Err(refusal) => Err(refusal),
         };
-        let (job, Binding { batch, recipients, .. }) = match bound {
+        let (
+            job,
+            Binding {
+                batch, recipients, ..
+            },
+        ) = match bound {
             Ok(bound) => bound,
             Err(refusal) => {
                 let reason = refusal.reason();
-                self.settle(&mut tx, mailbox, report_key, None, "untrusted", Some(&reason))
-                    .await?;
+                self.settle(
+                    &mut tx,
+                    mailbox,
+                    report_key,
+                    None,
+                    "untrusted",
+                    Some(&reason),
+                )
+                .await?;
                 self.observe("committing", tx.commit().await)?;
                 return Ok(BounceRecord {
                     job: None,

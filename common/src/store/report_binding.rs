@@ -70,9 +70,7 @@ impl Refusal {
                     OriginalLink::Attached | OriginalLink::StatusField => "its attachment",
                 }
             ),
-            Refusal::NotOurSend => {
-                "its original's Message-ID is not a send of this mailbox".into()
-            }
+            Refusal::NotOurSend => "its original's Message-ID is not a send of this mailbox".into(),
             Refusal::Strangers(addresses) => {
                 let named = addresses
                     .iter()

@@ -24,9 +24,7 @@ mod plain;
 mod signals;
 
 use mail_parser::{Message, MessageParser, MimeHeaders};
-use mailpipe_common::contract::{
-    Bounce, BouncedRecipient, DsnAction, OriginalLink, Provenance,
-};
+use mailpipe_common::contract::{Bounce, BouncedRecipient, DsnAction, OriginalLink, Provenance};
 use mailpipe_common::domain::EmailAddress;
 
 /// Bytes of a message parsed; the rest (the returned original's body) is ignored.
@@ -114,12 +112,14 @@ pub fn parse(raw: &[u8]) -> Report {
                 r.diagnostic = Some(text.clone());
             }
         }
-        let original = original
-            .filter(|(_, link)| *link == OriginalLink::Attached)
-            .or(status
+        // The returned original first, then the report's own field, then In-Reply-To.
+        let original = match original {
+            Some(o) if o.1 == OriginalLink::Attached => Some(o),
+            other => status
                 .original_message_id
-                .map(|id| (id, OriginalLink::StatusField)))
-            .or(original);
+                .map(|id| (id, OriginalLink::StatusField))
+                .or(other),
+        };
         return classify(recipients, original, provenance);
     }
     let bounce_like = signals::is_from_mailer_daemon(&msg) || signals::is_exchange_ndr(&msg);
@@ -140,10 +140,12 @@ pub fn parse(raw: &[u8]) -> Report {
                 r.diagnostic = Some(text.clone());
             }
         }
-        let original = original
-            .filter(|(_, link)| *link == OriginalLink::Attached)
-            .or_else(|| quoted_message_id(&text).map(|id| (id, OriginalLink::QuotedText)))
-            .or(original);
+        let original = match original {
+            Some(o) if o.1 == OriginalLink::Attached => Some(o),
+            other => quoted_message_id(&text)
+                .map(|id| (id, OriginalLink::QuotedText))
+                .or(other),
+        };
         return classify(recipients, original, provenance);
     }
     Report::NotAReport(Why::OrdinaryMail)

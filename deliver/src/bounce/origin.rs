@@ -34,8 +34,10 @@ const SYSTEM_SENDERS: [&str; 2] = [
 pub fn of(msg: &Message<'_>) -> ReportOrigin {
     let is_ndr = signals::is_exchange_ndr(msg);
     let auth_as = signals::headers(msg, "X-MS-Exchange-Organization-AuthAs");
-    let internal =
-        !auth_as.is_empty() && auth_as.iter().all(|v| v.trim().eq_ignore_ascii_case("internal"));
+    let internal = !auth_as.is_empty()
+        && auth_as
+            .iter()
+            .all(|v| v.trim().eq_ignore_ascii_case("internal"));
     let system_sender = signals::from_address(msg).is_some_and(|a| {
         a.split_once('@')
             .is_some_and(|(local, _)| SYSTEM_SENDERS.iter().any(|s| local.eq_ignore_ascii_case(s)))
@@ -58,7 +60,11 @@ pub fn confirm_for_mailbox(bounce: &mut Bounce, mailbox: &EmailAddress) {
         .provenance
         .from
         .as_ref()
-        .and_then(|f| f.as_str().rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .and_then(|f| {
+            f.as_str()
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+        })
         .is_some_and(|d| {
             own.is_some_and(|o| o.eq_ignore_ascii_case(&d)) || d.ends_with(".onmicrosoft.com")
         });

@@ -174,8 +174,8 @@ pub fn strip_organization_headers(raw: &[u8]) -> Vec<u8> {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         if !continuation {
             const PREFIX: &[u8] = b"x-ms-exchange-organization-";
-            dropping = line.len() >= PREFIX.len()
-                && line[..PREFIX.len()].eq_ignore_ascii_case(PREFIX);
+            dropping =
+                line.len() >= PREFIX.len() && line[..PREFIX.len()].eq_ignore_ascii_case(PREFIX);
         }
         if !dropping {
             out.extend_from_slice(line);
