@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn the_header_firewall_removes_organization_headers_of_the_header_section_only() {
         let raw = b"From: x@attacker.example\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\nx-ms-exchange-organization-authsource:\r\n folded.example\r\nX-MS-Exchange-Message-Is-Ndr: \r\n\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n";
-        let out = String::from_utf8(strip_organization_headers(raw)).unwrap();
+        let out = String::from_utf8(strip_organization_headers(raw)).expect("ASCII in, ASCII out");
         assert_eq!(
             out,
             "X-MS-Exchange-Organization-AuthAs: Anonymous\r\nX-MS-Exchange-Organization-MessageDirectionality: Incoming\r\nFrom: x@attacker.example\r\nX-MS-Exchange-Message-Is-Ndr: \r\n\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n"
