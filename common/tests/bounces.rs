@@ -1,12 +1,15 @@
 //! Bounces and the suppression list against a real PostgreSQL: an NDR moves a delivered
 //! job to `bounced` and suppresses the dead address, once per report; a soft bounce
-//! suppresses nothing; operators add, list and remove suppressions.
+//! suppresses nothing; a report that does not bind to a send of the mailbox, or names
+//! someone that send did not go to, changes nothing (which reports are trusted); operators
+//! add, list and remove suppressions.
 
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Duration, Utc};
 use mailpipe_common::contract::{
-    Bounce, BouncedRecipient, DeliveryEvent, DsnAction, EventKind, SuppressionSource,
+    Bounce, BouncedRecipient, DeliveryEvent, DsnAction, EventKind, OriginalLink, Provenance,
+    ReportOrigin, SuppressionSource,
 };
 use mailpipe_common::domain::{BatchId, DsnStatus, EmailAddress, JobId};
 use mailpipe_common::store::{ClaimInput, JobState, NewSuppression, Store, SuppressionFilter};
@@ -26,6 +29,11 @@ fn t0() -> DateTime<Utc> {
 
 /// A job sent to `to` through MAILBOX with Message-ID `<id@mailpipe>`, delivered at t0.
 async fn delivered_job(s: &Store, id: &str, to: &[&str]) {
+    delivered_job_from(s, id, to, MAILBOX).await;
+}
+
+/// The same through `mailbox`: the job's events and the send deliver wrote for it.
+async fn delivered_job_from(s: &Store, id: &str, to: &[&str], mailbox: &str) {
     let input = ClaimInput {
         id: JobId::parse(id).unwrap(),
         batch: Some("b1".into()),
@@ -46,10 +54,33 @@ async fn delivered_job(s: &Store, id: &str, to: &[&str]) {
     rendered.at = t0() - Duration::seconds(5);
     s.record_event(&rendered).await.unwrap();
     let mut delivered = DeliveryEvent::new(JobId::parse(id).unwrap(), batch, EventKind::Delivered);
-    delivered.mailbox = Some(addr(MAILBOX));
+    delivered.mailbox = Some(addr(mailbox));
     delivered.message_id = rendered.message_id.clone();
     delivered.at = t0();
     s.record_event(&delivered).await.unwrap();
+    // The send as the send decision and its outcome leave it (migration 0009).
+    sqlx::query(
+        "INSERT INTO sends (id, mailbox, job_id, message_id, owner, token, recipients,
+                            external_recipients, started_at, deadline, ended_at, outcome)
+         VALUES (gen_random_uuid(), $1, $2, $3, gen_random_uuid(), 1, $4, $4, $5, $5, $5, 'accepted')",
+    )
+    .bind(mailbox)
+    .bind(id)
+    .bind(format!("<{id}@mailpipe>"))
+    .bind(to.len() as i32)
+    .bind(t0())
+    .execute(s.pool())
+    .await
+    .unwrap();
+}
+
+/// The tenant's own Exchange NDR, the original's headers attached.
+fn from_tenant() -> Provenance {
+    Provenance {
+        origin: ReportOrigin::Tenant,
+        link: Some(OriginalLink::Attached),
+        from: Some(addr("postmaster@contoso.example")),
+    }
 }
 
 fn bounced(address: &str, status: &str, message_id: Option<&str>) -> Bounce {
@@ -67,7 +98,21 @@ fn bounced(address: &str, status: &str, message_id: Option<&str>) -> Bounce {
                 "Remote Server returned '550 {status} RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup'"
             )),
         }],
+        provenance: from_tenant(),
     }
+}
+
+/// Nothing happened to `id`: still delivered, nobody suppressed, no `job.bounced` webhook.
+async fn untouched(s: &Store, id: &str, addresses: &[&str]) {
+    assert_eq!(state(s, id).await, Some(JobState::Delivered), "{id}");
+    let listed: Vec<EmailAddress> = addresses.iter().map(|a| addr(a)).collect();
+    assert!(s.suppressed_among(&listed).await.unwrap().is_empty());
+    let (hooks,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM webhook_events WHERE type = 'job.bounced'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(hooks, 0, "a job.bounced webhook was recorded");
 }
 
 async fn state(s: &Store, id: &str) -> Option<JobState> {
@@ -209,27 +254,129 @@ async fn a_soft_bounce_suppresses_nothing_and_leaves_the_job_delivered() {
 }
 
 #[tokio::test]
-async fn a_report_without_message_id_is_matched_by_recipient_and_mailbox_and_a_stranger_is_not_suppressed()
- {
-    let (s, schema) = db("bounce_fallback").await;
-    delivered_job(&s, "inv-4", &["erin@example.com"]).await;
-    let report = bounced("erin@example.com", "5.1.1", None);
+async fn reports_that_do_not_bind_to_a_send_of_the_mailbox_change_nothing() {
+    let (s, schema) = db("bounce_untrusted").await;
+    delivered_job(&s, "inv-4", &["erin@example.com", "cc.frank@example.com"]).await;
+    delivered_job(&s, "inv-5", &["gina@example.com"]).await;
+    delivered_job_from(
+        &s,
+        "inv-6",
+        &["hal@example.com"],
+        "billing2@contoso.example",
+    )
+    .await;
+    let everyone = [
+        "erin@example.com",
+        "cc.frank@example.com",
+        "gina@example.com",
+        "hal@example.com",
+        "victim@customer.example",
+    ];
+    let at = t0() + Duration::seconds(10);
+    let outside = |link: Option<OriginalLink>, from: &str| Provenance {
+        origin: ReportOrigin::Outside,
+        link,
+        from: Some(addr(from)),
+    };
+    let cases: Vec<(&str, Bounce, &str)> = vec![
+        // A report from anyone, with no Message-ID of ours: the old fallback matched it by
+        // recipient and mailbox.
+        (
+            "no-original",
+            Bounce {
+                provenance: outside(None, "MAILER-DAEMON@attacker.example"),
+                ..bounced("erin@example.com", "5.1.1", None)
+            },
+            "names no Message-ID",
+        ),
+        // A Message-ID that is no send of ours.
+        (
+            "not-ours",
+            Bounce {
+                provenance: outside(
+                    Some(OriginalLink::Attached),
+                    "MAILER-DAEMON@attacker.example",
+                ),
+                ..bounced("victim@customer.example", "5.1.1", Some("<not-ours@x>"))
+            },
+            "not a send of this mailbox",
+        ),
+        // The co-recipient, linked only by In-Reply-To (every recipient knows it).
+        (
+            "in-reply-to",
+            Bounce {
+                provenance: outside(Some(OriginalLink::InReplyTo), "postmaster@attacker.example"),
+                ..bounced("cc.frank@example.com", "5.1.1", Some("<inv-4@mailpipe>"))
+            },
+            "In-Reply-To",
+        ),
+        // A real NDR of the tenant about inv-4, naming the recipient of another job.
+        (
+            "stranger",
+            bounced("gina@example.com", "5.1.1", Some("<inv-4@mailpipe>")),
+            "did not go to: gina@example.com",
+        ),
+        // A real NDR about a send of another mailbox.
+        (
+            "other-mailbox",
+            bounced("hal@example.com", "5.1.1", Some("<inv-6@mailpipe>")),
+            "not a send of this mailbox",
+        ),
+        // The To recipient, with the original attached, reporting on the cc.
+        (
+            "from-a-recipient",
+            Bounce {
+                provenance: outside(Some(OriginalLink::Attached), "Erin@Example.com"),
+                ..bounced("cc.frank@example.com", "5.1.1", Some("<inv-4@mailpipe>"))
+            },
+            "recipient of the original",
+        ),
+    ];
+    for (key, report, why) in cases {
+        let record = s
+            .record_bounce(&addr(MAILBOX), key, &report, at)
+            .await
+            .unwrap();
+        assert!(record.newly, "{key}");
+        assert_eq!(record.job, None, "{key}");
+        assert!(record.suppressed.is_empty(), "{key}");
+        let reason = record
+            .untrusted
+            .unwrap_or_else(|| panic!("{key} was trusted"));
+        assert!(reason.contains(why), "{key}: {reason}");
+        // Read again (a crash before the move): still untrusted, still nothing.
+        let again = s
+            .record_bounce(&addr(MAILBOX), key, &report, at)
+            .await
+            .unwrap();
+        assert!(!again.newly);
+        assert_eq!(again.untrusted.as_deref(), Some(reason.as_str()), "{key}");
+    }
+    for job in ["inv-4", "inv-5", "inv-6"] {
+        untouched(&s, job, &everyone).await;
+    }
+    let (untrusted,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM handled_reports WHERE outcome = 'untrusted' AND reason IS NOT NULL",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(untrusted, 6);
+
+    // A remote server's DSN carrying the original binds, and suppresses the one it names.
+    let remote = Bounce {
+        provenance: outside(Some(OriginalLink::Attached), "MAILER-DAEMON@mx.example.com"),
+        ..bounced("cc.frank@example.com", "5.1.1", Some("<inv-4@mailpipe>"))
+    };
     let record = s
-        .record_bounce(&addr(MAILBOX), "k4", &report, t0() + Duration::seconds(10))
+        .record_bounce(&addr(MAILBOX), "remote-dsn", &remote, at)
         .await
         .unwrap();
+    assert_eq!(record.untrusted, None);
     assert_eq!(record.job.as_ref().map(|j| j.as_str()), Some("inv-4"));
-    assert_eq!(record.suppressed, vec![addr("erin@example.com")]);
-    // A report about an address we never sent to (forged, or another system's) matches no
-    // job and suppresses nothing.
-    let forged = bounced("ceo@customer.example", "5.1.1", Some("<not-ours@x>"));
-    let record = s
-        .record_bounce(&addr(MAILBOX), "k5", &forged, t0() + Duration::seconds(10))
-        .await
-        .unwrap();
-    assert_eq!(record.job, None);
+    assert_eq!(record.suppressed, vec![addr("cc.frank@example.com")]);
     assert!(
-        s.suppressed_among(&[addr("ceo@customer.example")])
+        s.suppressed_among(&[addr("erin@example.com")])
             .await
             .unwrap()
             .is_empty()

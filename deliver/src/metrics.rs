@@ -99,7 +99,7 @@ pub static UNCERTAIN_SETTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static BOUNCE_REPORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "mailpipe_deliver_bounce_reports_total",
-        "Non-delivery reports read from the pool's Inboxes and moved to the bounce folder (bounced: recorded on its job; unmatched: no job of ours; already_handled: recorded before, only moved now)",
+        "Non-delivery reports read from the pool's Inboxes (bounced: recorded on its job, moved to the bounce folder; untrusted: not bound to a send of ours or naming someone it may not, changed nothing, moved to the untrusted folder; already_handled: recorded before, only moved now)",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -225,7 +225,7 @@ pub fn register() {
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
     // Graph's success and throttling series too, at 0 while Graph is unused.
-    for outcome in ["bounced", "unmatched", "already_handled"] {
+    for outcome in ["bounced", "untrusted", "already_handled"] {
         BOUNCE_REPORTS.with_label_values(&[outcome]);
     }
     for how in ["found_in_sent_items", "resent"] {

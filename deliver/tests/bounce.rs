@@ -1,11 +1,13 @@
 //! The NDR parser on real-shaped reports: Exchange Online, Postfix, Gmail, a qmail prose
 //! bounce, a delay; and what it must leave alone: an Exchange auto-reply, a read receipt,
-//! ordinary mail.
+//! ordinary mail. And what each report proves about itself (`Bounce::provenance`): the
+//! tenant's own Exchange or outside, and how it names the original.
 
 #![allow(clippy::unwrap_used)]
 
-use mailpipe_common::contract::DsnAction;
-use mailpipe_deliver::bounce::{MAX_SCAN, Report, Why, parse};
+use mailpipe_common::contract::{DsnAction, OriginalLink, ReportOrigin};
+use mailpipe_common::domain::EmailAddress;
+use mailpipe_deliver::bounce::{MAX_SCAN, Report, Why, origin, parse};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
@@ -154,4 +156,67 @@ fn recipients_are_bounded() {
         panic!("expected a bounce");
     };
     assert_eq!(b.recipients.len(), mailpipe_deliver::bounce::MAX_RECIPIENTS);
+}
+
+#[test]
+fn each_report_says_who_wrote_it_and_how_it_names_the_original() {
+    let exchange = bounce("exchange_online_ndr.eml");
+    assert_eq!(exchange.provenance.origin, ReportOrigin::Tenant);
+    assert_eq!(exchange.provenance.link, Some(OriginalLink::Attached));
+    for (name, link) in [
+        ("postfix_dsn.eml", OriginalLink::Attached),
+        ("gmail_bounce.eml", OriginalLink::Attached),
+        ("qmail_plain_bounce.eml", OriginalLink::QuotedText),
+    ] {
+        let b = bounce(name);
+        assert_eq!(b.provenance.origin, ReportOrigin::Outside, "{name}");
+        assert_eq!(b.provenance.link, Some(link), "{name}");
+    }
+}
+
+/// A report as an outsider writes it: Exchange's NDR marker and a system sender, but only
+/// `In-Reply-To` to link it, and (unless `auth_as` says otherwise) the `Anonymous` stamp
+/// Exchange puts on mail from the internet.
+fn forged(from: &str, auth_as: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: billing1@contoso.example\r\nSubject: Undeliverable: Invoice\r\n\
+         In-Reply-To: <inv-1@mailpipe.contoso.example>\r\nX-MS-Exchange-Message-Is-Ndr: \r\n\
+         X-MS-Exchange-Organization-AuthAs: {auth_as}\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n\
+         --B\r\nContent-Type: text/plain\r\n\r\nDelivery has failed.\r\n\
+         --B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n\
+         Final-Recipient: rfc822; ap1@fabrikam.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--B--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_report_from_outside_is_outside_whatever_it_claims() {
+    let Report::Bounce(b) = parse(&forged("postmaster@contoso.example", "Anonymous")) else {
+        panic!("expected a bounce");
+    };
+    assert_eq!(b.provenance.origin, ReportOrigin::Outside);
+    assert_eq!(b.provenance.link, Some(OriginalLink::InReplyTo));
+    assert_eq!(
+        b.original_message_id.as_deref(),
+        Some("<inv-1@mailpipe.contoso.example>")
+    );
+    // Claiming `Internal` past a header firewall that did not strip it (or from inside the
+    // tenant) still needs a system sender of the mailbox's own tenant.
+    let mailbox = EmailAddress::parse("billing1@contoso.example").unwrap();
+    for (from, expected) in [
+        ("postmaster@attacker.example", ReportOrigin::Outside),
+        ("ann@contoso.example", ReportOrigin::Outside),
+        ("postmaster@contoso.example", ReportOrigin::Tenant),
+        (
+            "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.onmicrosoft.com",
+            ReportOrigin::Tenant,
+        ),
+    ] {
+        let Report::Bounce(mut b) = parse(&forged(from, "Internal")) else {
+            panic!("expected a bounce");
+        };
+        origin::confirm_for_mailbox(&mut b, &mailbox);
+        assert_eq!(b.provenance.origin, expected, "{from}");
+    }
 }

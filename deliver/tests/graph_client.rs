@@ -580,7 +580,23 @@ fn graph_settings_that_cannot_work_are_refused_naming_each_key() {
     assert_eq!(defaults.max_concurrent_per_mailbox, 4);
     assert_eq!(defaults.max_message_bytes, 40 * 1024 * 1024);
     assert_eq!(defaults.bounce_folder, "mailpipe-bounces");
+    assert_eq!(defaults.untrusted_folder, "mailpipe-untrusted");
     assert_eq!(defaults.poll_interval_ms, 60_000);
+
+    // Refused reports are for a person: never mixed with the handled bounces.
+    let src = ConfigSource::from_toml(
+        r#"
+        [deliver.graph]
+        untrusted_folder = "Mailpipe-Bounces"
+        "#,
+    );
+    let problems = DeliverSettings::load(&src).unwrap_err().problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("deliver.graph.untrusted_folder")),
+        "{problems:#?}"
+    );
 }
 
 #[tokio::test]

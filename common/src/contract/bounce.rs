@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::provenance::Provenance;
 use crate::domain::{DsnStatus, EmailAddress};
 
 /// Longest diagnostic text kept per recipient (characters).
@@ -53,6 +54,10 @@ pub struct Bounce {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_message_id: Option<String>,
     pub recipients: Vec<BouncedRecipient>,
+    /// Who wrote the report and how it names the original: what decides whether it may
+    /// change anything.
+    #[serde(default)]
+    pub provenance: Provenance,
 }
 
 /// A diagnostic as it may be stored and shown: control characters become spaces, runs of

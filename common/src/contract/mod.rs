@@ -8,6 +8,7 @@ mod bounce;
 mod event;
 mod job;
 mod lane;
+mod provenance;
 mod rendered;
 mod smtp;
 mod suppression;
@@ -19,6 +20,7 @@ pub use job::{
     EXCHANGE_MAX_MESSAGE_BYTES, EXCHANGE_MAX_RECIPIENTS, FieldError, Job, JobLimits,
 };
 pub use lane::{DeliverQueue, Lane};
+pub use provenance::{OriginalLink, Provenance, ReportOrigin};
 pub use rendered::{META_HEADER, RenderedMessage, RenderedMeta};
 pub use smtp::SmtpReply;
 pub use suppression::{SuppressedRecipient, SuppressionSource};

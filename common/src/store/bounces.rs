@@ -1,11 +1,14 @@
 //! Recording a non-delivery report: once per report (keyed by the mailbox it was read
-//! from and its Graph id or Message-ID), matched to its job, which moves to `bounced`
-//! with a `bounced` event, and its hard-bounced recipients suppressed. One transaction,
-//! so a crash anywhere leaves either all of it or nothing.
+//! from and its Graph id or Message-ID), bound to the send it reports on or refused
+//! (`report_binding`: which reports are trusted), and, when bound, its job moved to
+//! `bounced` with a `bounced` event and its hard-bounced recipients suppressed. One
+//! transaction, so a crash anywhere leaves either all of it or nothing, and what the trust
+//! decision saw is what is written.
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
+use super::report_binding::{self, Binding};
 use super::suppressions::{NewSuppression, suppress_in};
 use super::{Store, StoreError};
 use crate::contract::{Bounce, BouncedRecipient, DeliveryEvent, EventKind, SuppressionSource};
@@ -17,13 +20,16 @@ const MAX_REPORT_KEY: usize = 512;
 /// What recording a report did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BounceRecord {
-    /// The job it was matched to (`None`: no job of ours; nothing was recorded but the
-    /// report itself, so it is not looked at again).
+    /// The job it was bound to (`None`: refused, or it named no permanent failure; nothing
+    /// was recorded but the report itself, so it is not looked at again).
     pub job: Option<JobId>,
     /// `false`: this report was handled before; nothing changed now.
     pub newly: bool,
     /// Addresses this report put on the suppression list (not those already there).
     pub suppressed: Vec<EmailAddress>,
+    /// Why the report was not trusted (`Some`: it changed nothing and is for a person to
+    /// look at), now or when it was handled before.
+    pub untrusted: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +46,8 @@ ON CONFLICT (mailbox, report_key) DO NOTHING
 RETURNING true
 "#;
 
-const PREVIOUS: &str =
-    "SELECT job_id FROM handled_reports WHERE mailbox = lower($1) AND report_key = $2";
-
-/// By the original's Message-ID (ours, unguessable): whatever mailbox sent it last.
-const BY_MESSAGE_ID: &str = r#"
-SELECT id, batch_id, recipients FROM jobs WHERE message_id = $1
-ORDER BY updated_at DESC LIMIT 1 FOR UPDATE
-"#;
-
-/// A report without the original's Message-ID: the latest job this mailbox sent to one
-/// of the bounced addresses.
-const BY_RECIPIENT: &str = r#"
-SELECT id, batch_id, recipients FROM jobs
-WHERE recipients && $2 AND lower(mailbox) = lower($1)
-  AND state IN ('delivered', 'bounced', 'retrying', 'failed')
-ORDER BY updated_at DESC LIMIT 1 FOR UPDATE
+const PREVIOUS: &str = r#"
+SELECT job_id, outcome, reason FROM handled_reports WHERE mailbox = lower($1) AND report_key = $2
 "#;
 
 const EVENT: &str = r#"
@@ -71,16 +63,18 @@ WHERE id = $1 AND mailpipe_moves_forward(state, updated_at, 'bounced', $2)
 "#;
 
 const SETTLE: &str = r#"
-UPDATE handled_reports SET job_id = $3, outcome = $4, handled_at = now()
+UPDATE handled_reports SET job_id = $3, outcome = $4, reason = $5, handled_at = now()
 WHERE mailbox = lower($1) AND report_key = $2
 "#;
 
 impl Store {
     /// Records the report `report_key` read from `mailbox` (its Graph id, or its own
     /// Message-ID), once. Only the permanent failures of `bounce` count (a mixed report
-    /// may also name delayed or delivered recipients); a recipient is suppressed only when
-    /// its status proves the address dead (`DsnStatus::suppresses`) and the matched job
-    /// was sent to it, so a forged report cannot suppress an address we never sent to.
+    /// may also name delayed or delivered recipients). The report changes something only
+    /// when it binds to a send of `mailbox` and names none but that send's recipients
+    /// (`report_binding`); otherwise it is recorded `untrusted` with the reason and
+    /// nothing else changes. A bound report moves the job to `bounced` and suppresses the
+    /// recipients whose status proves the address dead (`DsnStatus::suppresses`).
     pub async fn record_bounce(
         &self,
         mailbox: &EmailAddress,
@@ -103,65 +97,69 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await;
         if self.observe("claiming a report", r)?.is_none() {
-            let r = sqlx::query_scalar::<_, Option<String>>(PREVIOUS)
+            let r = sqlx::query_as::<_, (Option<String>, String, Option<String>)>(PREVIOUS)
                 .bind(mailbox.as_str())
                 .bind(report_key)
                 .fetch_one(&mut *tx)
                 .await;
-            let job = self.observe("reading a handled report", r)?;
+            let (job, outcome, reason) = self.observe("reading a handled report", r)?;
             return Ok(BounceRecord {
                 job: job.and_then(|j| JobId::parse(&j).ok()),
                 newly: false,
                 suppressed: Vec::new(),
+                untrusted: (outcome == "untrusted").then(|| reason.unwrap_or_default()),
+            });
+        }
+        if failed.is_empty() {
+            self.settle(&mut tx, mailbox, report_key, None, "no_failure", None)
+                .await?;
+            self.observe("committing", tx.commit().await)?;
+            return Ok(BounceRecord {
+                job: None,
+                newly: true,
+                suppressed: Vec::new(),
+                untrusted: None,
             });
         }
         let addresses: Vec<String> = failed
             .iter()
             .map(|r| r.address.as_str().to_ascii_lowercase())
             .collect();
-        let found = match (&bounce.original_message_id, failed.is_empty()) {
-            (_, true) => None,
-            (Some(id), _) => {
-                let r = sqlx::query_as::<_, (String, Option<String>, Vec<String>)>(BY_MESSAGE_ID)
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await;
-                self.observe("finding a bounced job", r)?
-            }
-            (None, _) => {
-                let r = sqlx::query_as::<_, (String, Option<String>, Vec<String>)>(BY_RECIPIENT)
-                    .bind(mailbox.as_str())
-                    .bind(&addresses)
-                    .fetch_optional(&mut *tx)
-                    .await;
-                self.observe("finding a bounced job", r)?
-            }
-        };
+        let bound = report_binding::bind(&mut tx, mailbox.as_str(), bounce, &addresses).await;
         // Ids in the table were written through `JobId`; one edited by hand that does not
-        // parse is treated as no match.
-        let found = found.and_then(|(id, batch, recipients)| {
-            JobId::parse(&id).ok().map(|job| (job, batch, recipients))
-        });
-        let Some((job, batch, recipients)) = found else {
-            let outcome = if failed.is_empty() {
-                "no_failure"
-            } else {
-                "unmatched"
-            };
-            let r = sqlx::query(SETTLE)
-                .bind(mailbox.as_str())
-                .bind(report_key)
-                .bind(None::<String>)
-                .bind(outcome)
-                .execute(&mut *tx)
-                .await;
-            self.observe("settling a report", r)?;
-            self.observe("committing", tx.commit().await)?;
-            return Ok(BounceRecord {
-                job: None,
-                newly: true,
-                suppressed: Vec::new(),
-            });
+        // parse binds to nothing.
+        let bound = match self.observe("binding a report to its send", bound)? {
+            Ok(b) => JobId::parse(&b.job_id)
+                .map(|job| (job, b))
+                .map_err(|_| report_binding::Refusal::NotOurSend),
+            Err(refusal) => Err(refusal),
+        };
+        let (
+            job,
+            Binding {
+                batch, recipients, ..
+            },
+        ) = match bound {
+            Ok(bound) => bound,
+            Err(refusal) => {
+                let reason = refusal.reason();
+                self.settle(
+                    &mut tx,
+                    mailbox,
+                    report_key,
+                    None,
+                    "untrusted",
+                    Some(&reason),
+                )
+                .await?;
+                self.observe("committing", tx.commit().await)?;
+                return Ok(BounceRecord {
+                    job: None,
+                    newly: true,
+                    suppressed: Vec::new(),
+                    untrusted: Some(reason),
+                });
+            }
         };
         let job_id = job.as_str().to_owned();
         let mut event = DeliveryEvent::new(
@@ -217,20 +215,36 @@ impl Store {
                 suppressed.push(r.address.clone());
             }
         }
-        let r = sqlx::query(SETTLE)
-            .bind(mailbox.as_str())
-            .bind(report_key)
-            .bind(&job_id)
-            .bind("bounced")
-            .execute(&mut *tx)
-            .await;
-        self.observe("settling a report", r)?;
+        self.settle(&mut tx, mailbox, report_key, Some(&job_id), "bounced", None)
+            .await?;
         self.observe("committing", tx.commit().await)?;
         Ok(BounceRecord {
             job: Some(job),
             newly: true,
             suppressed,
+            untrusted: None,
         })
+    }
+
+    /// Notes what became of a claimed report, inside its transaction.
+    async fn settle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        mailbox: &EmailAddress,
+        report_key: &str,
+        job: Option<&str>,
+        outcome: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(SETTLE)
+            .bind(mailbox.as_str())
+            .bind(report_key)
+            .bind(job)
+            .bind(outcome)
+            .bind(reason)
+            .execute(tx)
+            .await;
+        self.observe("settling a report", r).map(|_| ())
     }
 }
 

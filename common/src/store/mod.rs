@@ -14,6 +14,7 @@ mod claims;
 mod events;
 mod leases;
 mod prune;
+mod report_binding;
 mod sends;
 mod settings;
 mod state;

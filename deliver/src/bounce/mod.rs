@@ -7,6 +7,11 @@
 //! diagnostic), and, best effort, prose bounces from a mailer daemon (qmail) where an
 //! address and a status code stand next to each other.
 //!
+//! Each bounce says where it comes from and how it names the original
+//! (`Bounce::provenance`: the tenant's own Exchange or outside, attached original, status
+//! field, quoted text or only `In-Reply-To`); whether it may change anything is decided
+//! when it is recorded (docs/deliver.md, "Which reports are trusted").
+//!
 //! Bounded: only the first `MAX_SCAN` bytes are parsed (a report's parts come before the
 //! returned original, whose attachments are never decoded), at most `MAX_RECIPIENTS`
 //! recipients are kept, diagnostics are cleaned and cut (`clean_diagnostic`). Any bytes
@@ -14,11 +19,13 @@
 
 mod dsn;
 mod fields;
+pub mod origin;
 mod plain;
 mod signals;
 
 use mail_parser::{Message, MessageParser, MimeHeaders};
-use mailpipe_common::contract::{Bounce, BouncedRecipient, DsnAction};
+use mailpipe_common::contract::{Bounce, BouncedRecipient, DsnAction, OriginalLink, Provenance};
+use mailpipe_common::domain::EmailAddress;
 
 /// Bytes of a message parsed; the rest (the returned original's body) is ignored.
 pub const MAX_SCAN: usize = 1024 * 1024;
@@ -83,6 +90,11 @@ pub fn parse(raw: &[u8]) -> Report {
                 .and_then(plain::remote_server_returned)
         })
         .flatten();
+    let provenance = Provenance {
+        origin: origin::of(&msg),
+        link: None,
+        from: signals::from_address(&msg).and_then(|a| EmailAddress::parse(&a).ok()),
+    };
     let original = original_message_id(&msg);
     if let Some(part) = msg.parts.iter().skip(1).find(|p| {
         p.content_type().is_some_and(|ct| {
@@ -100,7 +112,15 @@ pub fn parse(raw: &[u8]) -> Report {
                 r.diagnostic = Some(text.clone());
             }
         }
-        return classify(recipients, original.or(status.original_message_id));
+        // The returned original first, then the report's own field, then In-Reply-To.
+        let original = match original {
+            Some(o) if o.1 == OriginalLink::Attached => Some(o),
+            other => status
+                .original_message_id
+                .map(|id| (id, OriginalLink::StatusField))
+                .or(other),
+        };
+        return classify(recipients, original, provenance);
     }
     let bounce_like = signals::is_from_mailer_daemon(&msg) || signals::is_exchange_ndr(&msg);
     if !bounce_like && signals::is_auto_reply(&msg) {
@@ -120,13 +140,25 @@ pub fn parse(raw: &[u8]) -> Report {
                 r.diagnostic = Some(text.clone());
             }
         }
-        return classify(recipients, original.or_else(|| quoted_message_id(&text)));
+        let original = match original {
+            Some(o) if o.1 == OriginalLink::Attached => Some(o),
+            other => quoted_message_id(&text)
+                .map(|id| (id, OriginalLink::QuotedText))
+                .or(other),
+        };
+        return classify(recipients, original, provenance);
     }
     Report::NotAReport(Why::OrdinaryMail)
 }
 
 /// A bounce when any recipient failed for good, else a delay when any is still tried.
-fn classify(recipients: Vec<BouncedRecipient>, original: Option<String>) -> Report {
+fn classify(
+    recipients: Vec<BouncedRecipient>,
+    original: Option<(String, OriginalLink)>,
+    mut provenance: Provenance,
+) -> Report {
+    provenance.link = original.as_ref().map(|(_, link)| *link);
+    let original = original.map(|(id, _)| id);
     if recipients.is_empty() {
         return Report::NotAReport(Why::NoRecipients);
     }
@@ -141,6 +173,7 @@ fn classify(recipients: Vec<BouncedRecipient>, original: Option<String>) -> Repo
         return Report::Bounce(Bounce {
             original_message_id: original,
             recipients: failed,
+            provenance,
         });
     }
     let delayed: Vec<_> = rest
@@ -161,10 +194,11 @@ fn body_text(msg: &Message<'_>) -> Option<String> {
     msg.body_text(0).map(|t| t.into_owned())
 }
 
-/// The original's Message-ID: from the returned headers (`text/rfc822-headers`) or
-/// message (`message/rfc822`), else the report's own `In-Reply-To` (Exchange and Gmail
-/// set it to the original).
-fn original_message_id(msg: &Message<'_>) -> Option<String> {
+/// The original's Message-ID and where it was found: in the returned headers
+/// (`text/rfc822-headers`) or message (`message/rfc822`), else the report's own
+/// `In-Reply-To` (Exchange and Gmail set it to the original; so does any reply, which is
+/// why the link is kept with it).
+fn original_message_id(msg: &Message<'_>) -> Option<(String, OriginalLink)> {
     for part in msg.parts.iter().skip(1) {
         let Some(ct) = part.content_type() else {
             continue;
@@ -176,7 +210,7 @@ fn original_message_id(msg: &Message<'_>) -> Option<String> {
         if let Some(nested) = part.message().filter(|n| !n.parts.is_empty())
             && let Some(id) = nested.message_id().and_then(message_id)
         {
-            return Some(id);
+            return Some((id, OriginalLink::Attached));
         }
         let headers_part = (ctype == "text" && sub == "rfc822-headers")
             || (ctype == "message" && (sub == "rfc822-headers" || sub == "global-headers"));
@@ -187,11 +221,13 @@ fn original_message_id(msg: &Message<'_>) -> Option<String> {
                 .and_then(|b| fields::get(b, "message-id"))
                 .and_then(message_id)
             {
-                return Some(id);
+                return Some((id, OriginalLink::Attached));
             }
         }
     }
-    signals::header(msg, "In-Reply-To").and_then(|v| message_id(&v))
+    signals::header(msg, "In-Reply-To")
+        .and_then(|v| message_id(&v))
+        .map(|id| (id, OriginalLink::InReplyTo))
 }
 
 /// A `Message-ID:` line in a prose bounce's copy of the original.

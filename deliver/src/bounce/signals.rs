@@ -4,24 +4,44 @@
 use mail_parser::{Message, MimeHeaders};
 use mailpipe_common::domain::EmailAddress;
 
+/// Top-level headers of one name looked at (a header repeated more often is a forgery).
+const MAX_SAME_HEADER: usize = 16;
+
 /// A header's raw value (unfolded, trimmed), by case-insensitive name.
 pub fn header(msg: &Message<'_>, name: &str) -> Option<String> {
-    let h = msg
-        .root_part()
+    headers(msg, name).into_iter().next()
+}
+
+/// Every top-level header of that name, raw values unfolded and trimmed, in order (at most
+/// `MAX_SAME_HEADER`).
+pub fn headers(msg: &Message<'_>, name: &str) -> Vec<String> {
+    msg.root_part()
         .headers()
         .iter()
-        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
-    let raw = msg
-        .raw_message()
-        .get(h.offset_start as usize..h.offset_end as usize)?;
-    let text = String::from_utf8_lossy(raw);
-    Some(
-        text.split(['\r', '\n'])
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .take(MAX_SAME_HEADER)
+        .filter_map(|h| {
+            let raw = msg
+                .raw_message()
+                .get(h.offset_start as usize..h.offset_end as usize)?;
+            let text = String::from_utf8_lossy(raw);
+            Some(
+                text.split(['\r', '\n'])
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })
+        .collect()
+}
+
+/// The first address of `From`.
+pub fn from_address(msg: &Message<'_>) -> Option<String> {
+    msg.from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_owned)
 }
 
 fn has_header(msg: &Message<'_>, name: &str) -> bool {
@@ -54,10 +74,8 @@ pub fn is_read_receipt(msg: &Message<'_>) -> bool {
 
 /// From `MAILER-DAEMON@...`, `postmaster@...`, or with `X-Failed-Recipients`.
 pub fn is_from_mailer_daemon(msg: &Message<'_>) -> bool {
-    let from_daemon = msg
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
+    let from_daemon = from_address(msg)
+        .as_deref()
         .and_then(|a| a.split('@').next())
         .is_some_and(|local| {
             ["mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"]

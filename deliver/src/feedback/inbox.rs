@@ -6,11 +6,15 @@
 //! (summaries only, oldest first), fetches the MIME of messages not looked at before,
 //! and hands it to [`crate::bounce::parse`]:
 //!
-//! - a bounce is recorded (`Store::record_bounce`: the job ends `bounced` with the status
-//!   and diagnostic, dead addresses go on the suppression list), then moved to
-//!   `deliver.graph.bounce_folder`. The record comes first and is keyed by the report's own
-//!   Message-ID (a moved message gets a new Graph id), so a crash between the two, or a
-//!   restart, records nothing twice: the report is found handled and only moved;
+//! - a bounce is recorded (`Store::record_bounce`), which decides whether it is trusted
+//!   (docs/deliver.md, "Which reports are trusted"): bound to a send of this mailbox, the
+//!   job ends `bounced` with the status and diagnostic, dead addresses go on the
+//!   suppression list, and the report is moved to `deliver.graph.bounce_folder`; refused,
+//!   nothing changes, and it is moved to `deliver.graph.untrusted_folder` for a person
+//!   (counted `untrusted`, never deleted). The record comes first and is keyed by the
+//!   report's own Message-ID (a moved message gets a new Graph id), so a crash between the
+//!   two, or a restart, records nothing twice: the report is found handled and only moved
+//!   (to the folder its first handling chose);
 //! - anything else (auto-replies, read receipts, delay notices, customers' answers) is left
 //!   where it is, and remembered so that its MIME is not fetched again every round.
 
@@ -40,9 +44,10 @@ pub enum InboxError {
 
 #[derive(Debug)]
 pub struct InboxReader {
-    folder_name: String,
-    /// The bounce folder's id per mailbox, once found or created.
-    folders: HashMap<String, FolderId>,
+    bounce_folder: String,
+    untrusted_folder: String,
+    /// Folder ids per (mailbox, folder name), once found or created.
+    folders: HashMap<(String, String), FolderId>,
     /// Graph ids of Inbox messages that are not bounces.
     left_alone: HashSet<String>,
 }
@@ -50,7 +55,8 @@ pub struct InboxReader {
 impl InboxReader {
     pub fn new(settings: &GraphSettings) -> Self {
         Self {
-            folder_name: settings.bounce_folder.clone(),
+            bounce_folder: settings.bounce_folder.clone(),
+            untrusted_folder: settings.untrusted_folder.clone(),
             folders: HashMap::new(),
             left_alone: HashSet::new(),
         }
@@ -76,7 +82,7 @@ impl InboxReader {
                 continue;
             }
             let mime = graph.message_mime(mailbox, &message.id).await?;
-            let bounce = match bounce::parse(&mime) {
+            let mut bounce = match bounce::parse(&mime) {
                 Report::Bounce(bounce) => bounce,
                 Report::Delayed(_) | Report::NotAReport(_) => {
                     if self.left_alone.len() >= LEFT_ALONE_MAX {
@@ -86,6 +92,7 @@ impl InboxReader {
                     continue;
                 }
             };
+            bounce::origin::confirm_for_mailbox(&mut bounce, mailbox);
             let key = message
                 .internet_message_id
                 .clone()
@@ -93,22 +100,33 @@ impl InboxReader {
             let record = store
                 .record_bounce(mailbox, &key, &bounce, Utc::now())
                 .await?;
-            let outcome = match (&record.job, record.newly) {
-                (_, false) => "already_handled",
-                (Some(job), true) => {
+            let outcome = match (&record.job, record.newly, &record.untrusted) {
+                (_, false, _) => "already_handled",
+                (_, true, Some(why)) => {
+                    tracing::warn!(
+                        mailbox = %mailbox, report = %key, origin = ?bounce.provenance.origin,
+                        from = ?bounce.provenance.from.as_ref().map(|a| a.as_str()),
+                        "untrusted report: {why}; moved aside for a person, nothing changed"
+                    );
+                    "untrusted"
+                }
+                (Some(job), true, None) => {
                     tracing::info!(
                         mailbox = %mailbox, job = %job, suppressed = record.suppressed.len(),
                         "non-delivery report recorded"
                     );
                     "bounced"
                 }
-                (None, true) => {
-                    tracing::info!(mailbox = %mailbox, report = %key, "non-delivery report matches no job of ours");
-                    "unmatched"
-                }
+                // It named no permanent failure: nothing to record, moved with the bounces.
+                (None, true, None) => "bounced",
             };
             metrics::BOUNCE_REPORTS.with_label_values(&[outcome]).inc();
-            let folder = self.folder(graph, mailbox).await?;
+            let name = if record.untrusted.is_some() {
+                self.untrusted_folder.clone()
+            } else {
+                self.bounce_folder.clone()
+            };
+            let folder = self.folder(graph, mailbox, &name).await?;
             graph.move_message(mailbox, &message.id, &folder).await?;
         }
         Ok(())
@@ -118,12 +136,13 @@ impl InboxReader {
         &mut self,
         graph: &GraphClient,
         mailbox: &EmailAddress,
+        name: &str,
     ) -> Result<FolderId, GraphError> {
-        let key = mailbox.as_str().to_ascii_lowercase();
+        let key = (mailbox.as_str().to_ascii_lowercase(), name.to_owned());
         if let Some(id) = self.folders.get(&key) {
             return Ok(id.clone());
         }
-        let id = graph.ensure_folder(mailbox, &self.folder_name).await?;
+        let id = graph.ensure_folder(mailbox, name).await?;
         self.folders.insert(key, id.clone());
         Ok(id)
     }

@@ -32,6 +32,10 @@ pub struct GraphSettings {
     pub max_message_bytes: u64,
     /// The folder handled NDRs are moved to (created when missing).
     pub bounce_folder: String,
+    /// The folder reports that may change nothing are moved to, for a person (created when
+    /// missing): forged ones, and real ones not about a send of ours (docs/deliver.md,
+    /// "Which reports are trusted"). Never deleted, never acted on.
+    pub untrusted_folder: String,
     /// How often each mailbox's Inbox is read for bounces.
     pub poll_interval_ms: u64,
 }
@@ -48,6 +52,7 @@ impl Default for GraphSettings {
             connect_timeout_ms: 10_000,
             max_message_bytes: 40 * 1024 * 1024,
             bounce_folder: "mailpipe-bounces".into(),
+            untrusted_folder: "mailpipe-untrusted".into(),
             poll_interval_ms: 60_000,
         }
     }
@@ -103,11 +108,26 @@ impl GraphSettings {
                 format!("{} is too small: at least 1024", self.max_message_bytes),
             );
         }
-        let folder = self.bounce_folder.trim();
-        if folder.is_empty() || folder.len() > 255 || folder.chars().any(char::is_control) {
+        for (name, folder) in [
+            ("bounce_folder", &self.bounce_folder),
+            ("untrusted_folder", &self.untrusted_folder),
+        ] {
+            let folder = folder.trim();
+            if folder.is_empty() || folder.len() > 255 || folder.chars().any(char::is_control) {
+                p.push(
+                    key(name),
+                    "must be a folder name of 1 to 255 characters without control characters",
+                );
+            }
+        }
+        if self
+            .untrusted_folder
+            .trim()
+            .eq_ignore_ascii_case(self.bounce_folder.trim())
+        {
             p.push(
-                key("bounce_folder"),
-                "must be a folder name of 1 to 255 characters without control characters",
+                key("untrusted_folder"),
+                "must differ from bounce_folder: a person reads what is in it",
             );
         }
         if self.poll_interval_ms < 1_000 {

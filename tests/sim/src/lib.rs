@@ -38,6 +38,6 @@ pub use config::{
 pub use error::{ConfigError, SimError};
 pub use graph::{GraphMailboxStats, GraphRequest, ThrottleReply};
 pub use mail_store::{FolderMessage, FolderView};
-pub use ndr::{FailedRecipient, exchange_ndr};
+pub use ndr::{FailedRecipient, exchange_ndr, strip_organization_headers};
 pub use records::{AcceptedMessage, AuthFailure, MailboxStats, Refusal, Stage};
 pub use sim::{RunningSim, Simulator};

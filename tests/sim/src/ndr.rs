@@ -33,8 +33,13 @@ pub struct FailedRecipient {
 /// - The top-level headers Exchange NDRs carry: `From: postmaster@<tenant domain>` display
 ///   name "Microsoft Outlook", `Subject: Undeliverable: <subject>`, `In-Reply-To` and
 ///   `References` with the original Message-ID, `Thread-Topic`, `Auto-Submitted:
-///   auto-replied` (RFC 3834), `X-MS-Exchange-Message-Is-Ndr:` (empty value) and
-///   `Content-Language: en-US`.
+///   auto-replied` (RFC 3834), `X-MS-Exchange-Message-Is-Ndr:` (empty value),
+///   `Content-Language: en-US`, and the organization headers the tenant's transport stamps
+///   on a message it generated itself: `X-MS-Exchange-Organization-AuthAs: Internal`,
+///   `X-MS-Exchange-Organization-AuthSource: <the generating server>`,
+///   `X-MS-Exchange-Organization-MessageDirectionality: Originating` (Exchange's header
+///   firewall removes `X-MS-Exchange-Organization-*` from mail entering the tenant:
+///   [`strip_organization_headers`]).
 pub fn exchange_ndr(
     reporting_mta: &str,
     postmaster: &str,
@@ -75,6 +80,11 @@ pub fn exchange_ndr(
     m.push_str("X-MS-Has-Attach: \r\n");
     m.push_str("X-MS-Exchange-Message-Is-Ndr: \r\n");
     m.push_str("X-MS-Exchange-Organization-SCL: -1\r\n");
+    m.push_str("X-MS-Exchange-Organization-AuthAs: Internal\r\n");
+    m.push_str(&format!(
+        "X-MS-Exchange-Organization-AuthSource: {reporting_mta}\r\n"
+    ));
+    m.push_str("X-MS-Exchange-Organization-MessageDirectionality: Originating\r\n");
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
@@ -144,6 +154,37 @@ pub fn exchange_ndr(
     m.into_bytes()
 }
 
+/// What Exchange Online's header firewall does to a message that enters the tenant from the
+/// internet: every `X-MS-Exchange-Organization-*` header of its header section is removed
+/// (an outsider cannot claim to be internal), and the tenant stamps its own
+/// `X-MS-Exchange-Organization-AuthAs: Anonymous` and `MessageDirectionality: Incoming`.
+pub fn strip_organization_headers(raw: &[u8]) -> Vec<u8> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+        .unwrap_or(raw.len());
+    let (head, body) = raw.split_at(end);
+    let mut out = Vec::with_capacity(raw.len() + 128);
+    out.extend_from_slice(b"X-MS-Exchange-Organization-AuthAs: Anonymous\r\n");
+    out.extend_from_slice(b"X-MS-Exchange-Organization-MessageDirectionality: Incoming\r\n");
+    let mut dropping = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            const PREFIX: &[u8] = b"x-ms-exchange-organization-";
+            dropping =
+                line.len() >= PREFIX.len() && line[..PREFIX.len()].eq_ignore_ascii_case(PREFIX);
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
 /// The sentence Exchange puts under each failed recipient.
 fn explanation(status: &str) -> &'static str {
     match status {
@@ -169,6 +210,16 @@ fn html_escape(s: &str) -> String {
 mod tests {
     use super::*;
     use mail_parser::{MessageParser, MimeHeaders as _};
+
+    #[test]
+    fn the_header_firewall_removes_organization_headers_of_the_header_section_only() {
+        let raw = b"From: x@attacker.example\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\nx-ms-exchange-organization-authsource:\r\n folded.example\r\nX-MS-Exchange-Message-Is-Ndr: \r\n\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n";
+        let out = String::from_utf8(strip_organization_headers(raw)).expect("ASCII in, ASCII out");
+        assert_eq!(
+            out,
+            "X-MS-Exchange-Organization-AuthAs: Anonymous\r\nX-MS-Exchange-Organization-MessageDirectionality: Incoming\r\nFrom: x@attacker.example\r\nX-MS-Exchange-Message-Is-Ndr: \r\n\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n"
+        );
+    }
 
     #[test]
     fn ndr_is_a_delivery_status_report_with_three_parts_and_the_original_message_id() {

@@ -302,6 +302,32 @@ impl RunningSim {
             .file(mailbox, WellKnown::Inbox, raw.to_vec())
     }
 
+    /// Delivers a message from the internet into a mailbox's Inbox, through Exchange's
+    /// header firewall ([`crate::strip_organization_headers`]): what an outsider who mails
+    /// a pool mailbox achieves. Returns its Graph message id.
+    pub fn deliver_from_internet(&self, mailbox: &str, raw: &[u8]) -> String {
+        self.inject_inbox(mailbox, &crate::ndr::strip_organization_headers(raw))
+    }
+
+    /// Files the NDR the tenant's own Exchange writes for `mailbox` about `original` (as
+    /// submitted) failing for `failed`, as [[bounces]] does after a send; returns its id.
+    pub fn file_tenant_ndr(
+        &self,
+        mailbox: &str,
+        original: &[u8],
+        failed: &[crate::FailedRecipient],
+    ) -> String {
+        let ndr = crate::exchange_ndr(
+            self.shared.hostname(),
+            &self.shared.postmaster_of(mailbox),
+            mailbox,
+            original,
+            failed,
+            chrono::Utc::now(),
+        );
+        self.inject_inbox(mailbox, &ndr)
+    }
+
     /// Every folder of a mailbox (Inbox, Sent Items, folders clients created) with its
     /// messages, as Graph would list them.
     pub fn folders(&self, mailbox: &str) -> Vec<FolderView> {
