@@ -73,6 +73,10 @@ pub static CONNECTIONS_REFUSED: LazyLock<prometheus::IntCounterVec> = LazyLock::
     if let Err(e) = prometheus::default_registry().register(Box::new(counter.clone())) {
         tracing::warn!(error = %e, "mailpipe_http_connections_refused_total unavailable");
     }
+    // Both series from the start (at 0), so a dashboard sees the metric before any refusal.
+    for reason in ["peer_limit", "head_timeout"] {
+        counter.with_label_values(&[reason]);
+    }
     counter
 });
 

@@ -632,6 +632,15 @@ max_attempts = 6
     /// Starts another `mailpipe-deliver` on the same configuration and pool (its own HTTP
     /// port, `HOSTNAME=name`, log `logs/mailpipe-deliver-<name>.log`) and waits for `/readyz`.
     pub async fn start_deliver_replica(&mut self, name: &str) -> anyhow::Result<()> {
+        self.start_deliver_replica_with(name, &[]).await
+    }
+
+    /// Starts a deliver replica with extra environment (e.g. a crash drill).
+    pub async fn start_deliver_replica_with(
+        &mut self,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let port = free_port()?;
         let config = std::fs::read_to_string(&self.config_path)?.replace(
             &format!(
@@ -655,6 +664,7 @@ max_attempts = 6
             .arg(&config_path)
             .env("RUST_LOG", &self.options.log_filter)
             .env("HOSTNAME", name)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -674,6 +684,23 @@ max_attempts = 6
             Duration::from_secs(90),
         )
         .await
+    }
+
+    /// Waits until a deliver replica exits by itself (a crash drill), within `limit`.
+    pub async fn wait_replica_exit(&mut self, name: &str, limit: Duration) -> anyhow::Result<()> {
+        let Some(mut p) = self.replicas.remove(name) else {
+            bail!("no deliver replica {name}")
+        };
+        match tokio::time::timeout(limit, p.child.wait()).await {
+            Ok(status) => {
+                status?;
+                Ok(())
+            }
+            Err(_) => {
+                self.replicas.insert(name.to_owned(), p);
+                bail!("deliver {name} did not exit within {limit:?}")
+            }
+        }
     }
 
     /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a deliver replica. After `KILL`

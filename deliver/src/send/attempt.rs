@@ -2,6 +2,7 @@
 //! the SMTP conversation, and what the outcome means for the mailbox and the windows.
 
 use super::*;
+use crate::send::drill::{self, CrashPoint};
 
 /// A send on record whose outcome is written with its job's event.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +142,7 @@ impl DeliverStage {
             return Ok(attempt);
         }
         let sent = SentRecord { id: send.id };
+        drill::reached(CrashPoint::AfterDecision);
         // The data starts before the lease's end and within the send's budget, or not at all.
         let data_by = fence.until.min(written_at + self.data_budget);
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);

@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 
 pub mod claims;
 pub mod compose;
+pub mod drill;
 pub mod ledger;
 pub mod suppression;
 

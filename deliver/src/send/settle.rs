@@ -2,6 +2,7 @@
 //! statement), uncertain, in the retry ladder, in dead letters, or recorded unsent.
 
 use super::*;
+use crate::send::drill::{self, CrashPoint};
 
 /// How a message is put in the retry ladder to wait (see `DeliverStage::park_for`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +12,11 @@ enum Park {
 }
 
 impl DeliverStage {
+    /// Records `event` (the database, then the events stream) and waits for the confirm.
+    async fn record(&self, event: &DeliveryEvent) -> Result<(), PublishError> {
+        self.pipeline.record_event(event).await?.confirmed().await
+    }
+
     fn event(&self, meta: &RenderedMeta, kind: EventKind, mailbox: Option<usize>) -> DeliveryEvent {
         let mut e = DeliveryEvent::new(meta.job_id.clone(), meta.batch.clone(), kind);
         e.attempt = meta.attempt;
@@ -40,6 +46,7 @@ impl DeliverStage {
             recipients: event.recipients,
             external: event.external_recipients,
         };
+        drill::reached(CrashPoint::AfterReply);
         // Remember before recording: if recording fails and the message comes back, it is
         // not sent again (only the record is written).
         self.delivered
@@ -49,6 +56,7 @@ impl DeliverStage {
             .await?
             .confirmed()
             .await?;
+        drill::reached(CrashPoint::AfterOutcome);
         self.delivered.mark_recorded(&meta.job_id);
         if !report.refused.is_empty() {
             // The refused recipients go to dead letters once, with their replies; a replay
@@ -171,11 +179,7 @@ impl DeliverStage {
                     accepted.mailbox,
                     accepted.at.map(|t| t.to_rfc3339()).unwrap_or_default()
                 ));
-                self.pipeline
-                    .record_event(&event)
-                    .await?
-                    .confirmed()
-                    .await?;
+                self.record(&event).await?;
                 metrics::MESSAGES.with_label_values(&["duplicate"]).inc();
                 tracing::info!(job = %meta.job_id, mailbox = %accepted.mailbox, "accepted before, recorded delivered now");
                 Ok(DeliveryOutcome::AlreadyDelivered)
@@ -247,11 +251,7 @@ impl DeliverStage {
             .join("; ");
         event.reason = Some(format!("every recipient is suppressed: {who}"));
         event.suppressed_recipients = dropped;
-        self.pipeline
-            .record_event(&event)
-            .await?
-            .confirmed()
-            .await?;
+        self.record(&event).await?;
         metrics::MESSAGES.with_label_values(&["suppressed"]).inc();
         tracing::info!(job = %meta.job_id, "not sent: every recipient is suppressed");
         Ok(DeliveryOutcome::Suppressed)
@@ -275,7 +275,7 @@ impl DeliverStage {
     ) -> Result<(), PublishError> {
         let mut event = self.event(meta, kind, None);
         event.reason = Some(reason);
-        self.pipeline.record_event(&event).await?.confirmed().await
+        self.record(&event).await
     }
 
     async fn park(
@@ -364,11 +364,7 @@ impl DeliverStage {
                 event.smtp = Some(last.reply);
                 event.retry_at =
                     Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
-                self.pipeline
-                    .record_event(&event)
-                    .await?
-                    .confirmed()
-                    .await?;
+                self.record(&event).await?;
                 metrics::MESSAGES.with_label_values(&["retry"]).inc();
                 Ok(DeliveryOutcome::Retry { attempt })
             }
@@ -411,11 +407,7 @@ impl DeliverStage {
         event.smtp = reply;
         event.reason = Some(reason.to_owned());
         event.refused_recipients = refused;
-        self.pipeline
-            .record_event(&event)
-            .await?
-            .confirmed()
-            .await?;
+        self.record(&event).await?;
         metrics::MESSAGES.with_label_values(&["dead"]).inc();
         tracing::warn!(job = %meta.job_id, reason, "dead-lettered");
         Ok(DeliveryOutcome::Dead {

@@ -1,0 +1,48 @@
+//! Crash drills for the tests: with `MAILPIPE_CRASH_AT=<point>:<n>` deliver aborts (no
+//! cleanup, as a `kill -9` would leave things) the n-th time a send reaches `point`, so a
+//! test can prove that a crash at each instant of a send ends every job exactly once.
+//! Unset, as in production, a check reads one cached `None`.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where in a send a drill may crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The send is on record (written ahead), nothing handed to the server yet.
+    AfterDecision,
+    /// The server answered 250; the outcome is not on record yet.
+    AfterReply,
+    /// The outcome is on record; the message is not acked yet.
+    AfterOutcome,
+}
+
+impl CrashPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrashPoint::AfterDecision => "after_decision",
+            CrashPoint::AfterReply => "after_reply",
+            CrashPoint::AfterOutcome => "after_outcome",
+        }
+    }
+}
+
+/// The drill asked for (`point`, `n`), read once.
+static DRILL: LazyLock<Option<(String, u64)>> = LazyLock::new(|| {
+    let value = std::env::var("MAILPIPE_CRASH_AT").ok()?;
+    let (point, n) = value.split_once(':')?;
+    Some((point.to_owned(), n.parse().ok()?))
+});
+
+static REACHED: AtomicU64 = AtomicU64::new(0);
+
+/// Aborts the process when the drill names `point` and this is its n-th time here.
+pub fn reached(point: CrashPoint) {
+    let Some((name, n)) = DRILL.as_ref() else {
+        return;
+    };
+    if name == point.as_str() && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+        eprintln!("crash drill: aborting at {name} (MAILPIPE_CRASH_AT)");
+        std::process::abort();
+    }
+}
