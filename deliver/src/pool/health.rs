@@ -149,84 +149,6 @@ impl Health {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FAR: Millis = Millis(1_000_000);
-
-    #[test]
-    fn in_flight_failures_belong_to_the_episode_and_only_a_failed_probe_starts_the_next() {
-        let mut h = Health::default();
-        // three sends in flight on a healthy mailbox
-        let (a, hold) = h.start(0, 1, FAR);
-        assert_eq!(hold, None);
-        let (b, _) = h.start(0, 2, FAR);
-        let (c, _) = h.start(0, 3, FAR);
-        assert!(!a.is_probe());
-        assert_eq!(
-            h.failed(&a, true),
-            Some(1),
-            "the first failure starts episode 1"
-        );
-        assert!(h.on_probation());
-        assert_eq!(h.failed(&b, true), None, "in flight when the hold began");
-        assert_eq!(h.proved(&c), None, "an old session proves nothing");
-        assert!(h.on_probation());
-
-        // the hold ends: the next send is the probe, and holds the mailbox while it runs
-        let (p, hold) = h.start(0, 4, FAR);
-        assert!(p.is_probe());
-        assert_eq!(hold, Some(MailboxState::Quarantined { until: FAR }));
-        assert_eq!(h.failed(&c, true), None, "still the old episode");
-        assert_eq!(h.failed(&p, true), Some(2), "a failed probe doubles");
-        assert_eq!(h.failed(&p, true), None, "one verdict per probe");
-        let (p2, _) = h.start(0, 5, FAR);
-        assert_eq!(h.failed(&p2, true), Some(3));
-        assert_eq!(h.episodes(), 3);
-
-        // a probe that works ends the episodes; the next failure starts over at 1
-        let (p3, hold) = h.start(0, 6, FAR);
-        assert_eq!(h.proved(&p3), hold);
-        assert!(!h.on_probation());
-        assert_eq!(h.episodes(), 0);
-        assert_eq!(h.failed(&p2, true), None, "a stale probe");
-        let (d, hold) = h.start(0, 7, FAR);
-        assert_eq!((d.is_probe(), hold), (false, None));
-        assert_eq!(h.failed(&d, false), Some(1));
-        let (_, hold) = h.start(0, 8, FAR);
-        assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
-    }
-
-    #[test]
-    fn an_unproven_mailbox_starts_with_a_probe() {
-        let mut h = Health::unproven();
-        let (p, hold) = h.start(0, 1, FAR);
-        assert!(p.is_probe());
-        assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
-        assert_eq!(
-            h.failed(&p, true),
-            Some(1),
-            "its failure is the first episode"
-        );
-    }
-
-    #[test]
-    fn a_probe_released_unsent_leaves_the_mailbox_on_probation() {
-        let mut h = Health::default();
-        let (a, _) = h.start(0, 1, FAR);
-        h.failed(&a, false);
-        let (p, hold) = h.start(0, 2, FAR);
-        assert_eq!(h.released(&p), hold);
-        assert!(h.on_probation());
-        assert_eq!(h.failed(&p, false), None, "released: no verdict any more");
-        assert_eq!(h.released(&p), None);
-        let (p2, _) = h.start(0, 3, FAR);
-        assert!(p2.is_probe());
-        assert_eq!(h.failed(&p2, false), Some(2));
-    }
-}
-
 /// What a send proved about its mailbox: healthy, or held back (a mailbox, a tenant).
 impl MailboxPool {
     /// The send of `ticket` proved its mailbox works: its session was opened (AUTH passed)
@@ -317,5 +239,83 @@ impl MailboxPool {
     pub(super) fn backoff(&self, episode: u32) -> Duration {
         let factor = 1u32 << episode.saturating_sub(1).min(16);
         (self.pause * factor).min(self.max_pause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAR: Millis = Millis(1_000_000);
+
+    #[test]
+    fn in_flight_failures_belong_to_the_episode_and_only_a_failed_probe_starts_the_next() {
+        let mut h = Health::default();
+        // three sends in flight on a healthy mailbox
+        let (a, hold) = h.start(0, 1, FAR);
+        assert_eq!(hold, None);
+        let (b, _) = h.start(0, 2, FAR);
+        let (c, _) = h.start(0, 3, FAR);
+        assert!(!a.is_probe());
+        assert_eq!(
+            h.failed(&a, true),
+            Some(1),
+            "the first failure starts episode 1"
+        );
+        assert!(h.on_probation());
+        assert_eq!(h.failed(&b, true), None, "in flight when the hold began");
+        assert_eq!(h.proved(&c), None, "an old session proves nothing");
+        assert!(h.on_probation());
+
+        // the hold ends: the next send is the probe, and holds the mailbox while it runs
+        let (p, hold) = h.start(0, 4, FAR);
+        assert!(p.is_probe());
+        assert_eq!(hold, Some(MailboxState::Quarantined { until: FAR }));
+        assert_eq!(h.failed(&c, true), None, "still the old episode");
+        assert_eq!(h.failed(&p, true), Some(2), "a failed probe doubles");
+        assert_eq!(h.failed(&p, true), None, "one verdict per probe");
+        let (p2, _) = h.start(0, 5, FAR);
+        assert_eq!(h.failed(&p2, true), Some(3));
+        assert_eq!(h.episodes(), 3);
+
+        // a probe that works ends the episodes; the next failure starts over at 1
+        let (p3, hold) = h.start(0, 6, FAR);
+        assert_eq!(h.proved(&p3), hold);
+        assert!(!h.on_probation());
+        assert_eq!(h.episodes(), 0);
+        assert_eq!(h.failed(&p2, true), None, "a stale probe");
+        let (d, hold) = h.start(0, 7, FAR);
+        assert_eq!((d.is_probe(), hold), (false, None));
+        assert_eq!(h.failed(&d, false), Some(1));
+        let (_, hold) = h.start(0, 8, FAR);
+        assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
+    }
+
+    #[test]
+    fn an_unproven_mailbox_starts_with_a_probe() {
+        let mut h = Health::unproven();
+        let (p, hold) = h.start(0, 1, FAR);
+        assert!(p.is_probe());
+        assert_eq!(hold, Some(MailboxState::Paused { until: FAR }));
+        assert_eq!(
+            h.failed(&p, true),
+            Some(1),
+            "its failure is the first episode"
+        );
+    }
+
+    #[test]
+    fn a_probe_released_unsent_leaves_the_mailbox_on_probation() {
+        let mut h = Health::default();
+        let (a, _) = h.start(0, 1, FAR);
+        h.failed(&a, false);
+        let (p, hold) = h.start(0, 2, FAR);
+        assert_eq!(h.released(&p), hold);
+        assert!(h.on_probation());
+        assert_eq!(h.failed(&p, false), None, "released: no verdict any more");
+        assert_eq!(h.released(&p), None);
+        let (p2, _) = h.start(0, 3, FAR);
+        assert!(p2.is_probe());
+        assert_eq!(h.failed(&p2, false), Some(2));
     }
 }
