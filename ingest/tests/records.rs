@@ -298,17 +298,7 @@ fn migrate_makes_the_schema_current_and_a_process_that_may_not_migrate_then_star
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(mailpipe_common::testkit::ensure_test_database());
-    let database = mailpipe_common::testkit::database_settings("ing-migrate");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mailpipe.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = {:?}\nschema = {:?}\nmigrate_on_start = false\n",
-            database.url, database.schema
-        ),
-    )
-    .unwrap();
+    let (_database, _dir, config) = unmigrated_config("ing-migrate");
     let ingest = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
             .arg("--config")
@@ -356,17 +346,7 @@ fn eight_migrations_at_once_on_a_fresh_schema_all_succeed() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(mailpipe_common::testkit::ensure_test_database());
     for round in 0..5 {
-        let database = mailpipe_common::testkit::database_settings("ing-migrate-race");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("mailpipe.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\nurl = {:?}\nschema = {:?}\nmigrate_on_start = false\n",
-                database.url, database.schema
-            ),
-        )
-        .unwrap();
+        let (database, _dir, config) = unmigrated_config("ing-migrate-race");
         let children: Vec<Child> = (0..8)
             .map(|_| {
                 Child(
@@ -409,6 +389,29 @@ fn eight_migrations_at_once_on_a_fresh_schema_all_succeed() {
             store.close().await;
         });
     }
+}
+
+/// A fresh schema of the test database, and a config file naming it that does not
+/// migrate on start (the directory holding it lives as long as the returned `TempDir`).
+fn unmigrated_config(
+    name: &str,
+) -> (
+    mailpipe_common::store::DatabaseSettings,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let database = mailpipe_common::testkit::database_settings(name);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailpipe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = {:?}\nschema = {:?}\nmigrate_on_start = false\n",
+            database.url, database.schema
+        ),
+    )
+    .unwrap();
+    (database, dir, config)
 }
 
 /// A port free right now.

@@ -134,7 +134,16 @@ impl DeliverStage {
                 tracing::info!(mailbox = %mailbox.address, tenant = %mailbox.tenant_id, %until, detail, "tenant's external-recipient window is full across processes; waiting");
                 Some(Attempt::TenantFull(until))
             }
-            other => Some(Attempt::NotSent(Verdict::from_decision(other))),
+            Decision::Duplicate => Some(Attempt::NotSent(Verdict::Duplicate)),
+            Decision::AcceptedBefore(a) => Some(Attempt::NotSent(Verdict::AcceptedBefore(a))),
+            Decision::Cancelled => Some(Attempt::NotSent(Verdict::Cancelled)),
+            Decision::Expired => Some(Attempt::NotSent(Verdict::Expired)),
+            Decision::Paused => Some(Attempt::NotSent(Verdict::Paused)),
+            Decision::InFlight(until) => Some(Attempt::NotSent(Verdict::InFlight(until))),
+            Decision::Uncertain(None) => Some(Attempt::NotSent(Verdict::Uncertain)),
+            Decision::Uncertain(Some(until)) => {
+                Some(Attempt::NotSent(Verdict::UncertainUntil(until)))
+            }
         };
         if let Some(attempt) = refused {
             self.pool.return_session(idx, session);

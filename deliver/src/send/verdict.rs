@@ -28,27 +28,6 @@ pub(super) enum Verdict {
     UncertainUntil(DateTime<Utc>),
 }
 
-impl Verdict {
-    /// The decision's answer, as what the stage does with the message; `Written`,
-    /// `Fenced`, `Suppressed` and `TenantFull` are the caller's (they send or pick again).
-    pub(super) fn from_decision(decision: Decision) -> Verdict {
-        match decision {
-            Decision::Duplicate => Verdict::Duplicate,
-            Decision::AcceptedBefore(a) => Verdict::AcceptedBefore(a),
-            Decision::Cancelled => Verdict::Cancelled,
-            Decision::Expired => Verdict::Expired,
-            Decision::Paused => Verdict::Paused,
-            Decision::InFlight(until) => Verdict::InFlight(until),
-            Decision::Uncertain(None) => Verdict::Uncertain,
-            Decision::Uncertain(Some(until)) => Verdict::UncertainUntil(until),
-            Decision::Written
-            | Decision::Fenced
-            | Decision::Suppressed(_)
-            | Decision::TenantFull { .. } => Verdict::Send,
-        }
-    }
-}
-
 impl DeliverStage {
     /// What the record says about sending this job now, and which of its recipients are
     /// suppressed (one statement).
