@@ -137,10 +137,12 @@ async fn two_batches_at_once_both_progress() {
         (30..=90).contains(&first_meanwhile),
         "while the second batch's 60 went out, the first sent {first_meanwhile}"
     );
-    let first = stack.batch_status("first").await.unwrap();
+    // Judged from the simulator's order of arrival, not from a status read taken
+    // later: on a loaded machine the first batch may well have finished by then.
+    let first_before_end = sent[..=end].iter().filter(|(b, _)| b == "first").count();
     assert!(
-        first["counts"]["delivered"].as_u64().unwrap() < 400,
-        "the first batch had finished: nothing was shared: {first}"
+        first_before_end < 400,
+        "the first batch had finished before the second's last job: nothing was shared"
     );
     stack.shutdown().await.unwrap();
 }
