@@ -249,6 +249,47 @@ pub async fn drop_schema(store: &Store, schema: &str) {
         .await;
 }
 
+/// Batch counters that disagree with a recount of the jobs (migration 0011): one line per
+/// batch and state whose jobs, recipients left, uncertain or failures differ. Empty when
+/// status adds up; tests assert it after the changes they make.
+pub async fn counter_mismatches(store: &Store) -> Vec<String> {
+    const RECOUNT: &str = r#"
+WITH kept AS (
+    SELECT batch_id, state, sum(jobs)::int8 AS jobs, sum(recipients)::int8 AS recipients,
+           sum(uncertain)::int8 AS uncertain, sum(failures)::int8 AS failures
+    FROM batch_counts GROUP BY 1, 2
+), counted AS (
+    SELECT coalesce(batch_id, '') AS batch_id, state, count(*)::int8 AS jobs,
+           coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')), 0)::int8 AS recipients,
+           count(*) FILTER (WHERE uncertain AND state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed'))::int8 AS uncertain,
+           count(*) FILTER (WHERE state IN ('failed', 'bounced') OR (state = 'delivered' AND refused <> '[]'::jsonb))::int8 AS failures
+    FROM jobs WHERE state <> 'received' GROUP BY 1, 2
+)
+SELECT format('batch %L state %s: counters %s, recount %s', coalesce(k.batch_id, c.batch_id),
+              coalesce(k.state, c.state),
+              row(k.jobs, k.recipients, k.uncertain, k.failures),
+              row(c.jobs, c.recipients, c.uncertain, c.failures))
+FROM kept k FULL JOIN counted c USING (batch_id, state)
+WHERE row(coalesce(k.jobs, 0), coalesce(k.recipients, 0), coalesce(k.uncertain, 0), coalesce(k.failures, 0))
+      IS DISTINCT FROM row(coalesce(c.jobs, 0), coalesce(c.recipients, 0), coalesce(c.uncertain, 0), coalesce(c.failures, 0))
+ORDER BY 1
+"#;
+    sqlx::query_scalar::<_, String>(RECOUNT)
+        .fetch_all(store.pool())
+        .await
+        .expect("recounting the batches' jobs")
+}
+
+/// Fails the test when the batch counters disagree with a recount of the jobs.
+pub async fn assert_counters_add_up(store: &Store) {
+    let wrong = counter_mismatches(store).await;
+    assert!(
+        wrong.is_empty(),
+        "batch counters disagree with the jobs:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// A TCP proxy in front of PostgreSQL that a test can cut, as if the database went down:
 /// `cut` closes every connection through it and refuses new ones (accepted, then closed
 /// at once); `restore` lets them through again. Only the processes pointed at the proxy

@@ -10,7 +10,7 @@ use mailpipe_common::store::{
     AcceptedSend, ClaimInput, ClaimOutcome, DatabaseSettings, Decision, JobState, Resolution,
     SendOutcome, SendRules, SendStart, Store, StoreError, UnsettledSend,
 };
-use mailpipe_common::testkit::{drop_schema, test_store};
+use mailpipe_common::testkit::{assert_counters_add_up, drop_schema, test_store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -66,7 +66,9 @@ impl Db {
         Store::new(&self.settings, CancellationToken::new()).unwrap()
     }
 
+    /// Every test ends with status adding up: the batch counters equal a recount.
     async fn cleanup(self) {
+        assert_counters_add_up(&self.store).await;
         drop_schema(&self.store, &self.settings.schema).await;
     }
 }
@@ -496,6 +498,11 @@ async fn retention_deletes_old_jobs_with_their_events_and_keeps_the_rest() {
         .await
         .unwrap();
     assert_eq!(events, 1);
+    let counted: i64 = sqlx::query_scalar("SELECT sum(jobs)::int8 FROM batch_counts")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(counted, 1, "the pruned jobs left their counts behind");
     db.cleanup().await;
 }
 

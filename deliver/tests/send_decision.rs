@@ -213,16 +213,23 @@ async fn a_job_accepted_but_never_recorded_is_recorded_delivered_without_a_secon
 async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
     // Slow enough that the cancel lands mid-batch: 6 mailboxes, 4 messages per second each.
     let h = harness("decide-cancel", 6, 4, None).await;
-    const JOBS: usize = 400;
-    for i in 0..JOBS {
-        // On record as ingest leaves a job it published (so the cancel finds it unsent).
-        let accepted = DeliveryEvent::new(
-            JobId::parse(&format!("job-{i}")).unwrap(),
-            Some(BatchId::parse("batch-1").unwrap()),
-            EventKind::Accepted,
-        );
-        h.broker.store().record_event(&accepted).await.unwrap();
-    }
+    // A month-end batch: the cancel is one statement over 20,000 jobs while 2 processes send.
+    const JOBS: usize = 20_000;
+    // On record as ingest leaves a job it published (so the cancel finds it unsent).
+    let accepted = DeliveryEvent::new(
+        JobId::parse("job-0").unwrap(),
+        Some(BatchId::parse("batch-1").unwrap()),
+        EventKind::Accepted,
+    );
+    h.broker.store().record_event(&accepted).await.unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, batch_id, state, recipient_count, accepted_at, updated_at)
+         SELECT 'job-' || g, 'batch-1', 'accepted', 1, now(), now() FROM generate_series(1, $1) g",
+    )
+    .bind(JOBS as i64 - 1)
+    .execute(h.broker.store().pool())
+    .await
+    .unwrap();
     h.publish_jobs(JOBS, 1).await;
     let deliver = Instances::start(&h, 2).await;
     h.wait_accepted(30, LIMIT).await;

@@ -354,7 +354,12 @@ pub fn describe(
         header_str(props, META_HEADER).and_then(|h| RenderedMeta::from_header_value(&h).ok());
     let stage = header_str(props, DEAD_STAGE_HEADER).or_else(|| {
         death_queue(props)
-            .and_then(|q| q.strip_prefix(&format!("{prefix}.")).map(str::to_owned))
+            // `<p>.deliver.bulk.3`, `<p>.render.transactional`: the stage is the first part.
+            .and_then(|q| {
+                q.strip_prefix(&format!("{prefix}."))
+                    .and_then(|rest| rest.split('.').next())
+                    .map(str::to_owned)
+            })
             .filter(|s| s == "render" || s == "deliver")
     });
     let job = (stage.as_deref() == Some("render"))

@@ -30,6 +30,7 @@ pub mod batch;
 pub mod batch_reader;
 pub mod commands;
 pub mod dead;
+pub mod dead_log;
 pub mod eta;
 pub mod jobs_cli;
 pub mod lanes;

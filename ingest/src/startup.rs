@@ -41,6 +41,7 @@ pub struct Application {
     server: HttpServer,
     keeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    dead_log: tokio::task::JoinHandle<()>,
     broker: Broker,
     store: Store,
 }
@@ -128,6 +129,12 @@ impl Application {
             Dispatcher::new(store.clone(), webhooks)?.run(schema_ready.clone(), shutdown.clone()),
         );
 
+        let dead_log = tokio::spawn(crate::dead_log::run(
+            broker.clone(),
+            store.clone(),
+            schema_ready.clone(),
+        ));
+
         let reachable = store.clone();
         let schema = schema_ready.clone();
         let checks: Vec<ReadyCheck> = vec![
@@ -159,6 +166,7 @@ impl Application {
             server,
             keeper,
             dispatcher,
+            dead_log,
             broker,
             store,
         })
@@ -179,6 +187,7 @@ impl Application {
         let served = self.server.task.await.map_err(std::io::Error::other)?;
         self.keeper.await.ok();
         self.dispatcher.await.ok();
+        self.dead_log.await.ok();
         self.broker.close().await;
         self.store.close().await;
         if let Some(failure) = self.broker.failure() {

@@ -13,7 +13,8 @@ use mailpipe_common::amqp::{Stage, header_str};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, META_HEADER, RenderedMeta};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::pipeline::rendered_properties;
-use mailpipe_common::testkit::TestBroker;
+use mailpipe_common::testkit::{TestBroker, assert_counters_add_up};
+use support::{INVOICE_DATA, TestApp};
 use mailpipe_ingest::dead::{self, DeadFilter};
 use serde_json::Value;
 
@@ -89,10 +90,16 @@ async fn dead_by_delivery_limit(t: &TestBroker, id: &str, batch: &str) {
         .confirmed()
         .await
         .unwrap();
+    give_back_until_dead(t, 4).await;
+}
+
+/// Takes render's message and gives it back, as a consumer that dies on it would, until
+/// the broker has dead-lettered it (the dead queue holds `dead` messages).
+async fn give_back_until_dead(t: &TestBroker, dead: u32) {
     let queue = t.broker.topology().stage_queue(Stage::Render);
     let ch = t.broker.channel().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while t.depth(&t.broker.topology().dead_queue()).await < 4 {
+    while t.depth(&t.broker.topology().dead_queue()).await < dead {
         if let Some(m) = ch
             .basic_get(queue.as_str().into(), BasicGetOptions::default())
             .await
@@ -406,4 +413,33 @@ async fn dead_replay_moves_exactly_the_matching_messages_back_to_their_stage() {
     left.sort();
     assert_eq!(left, ["d2", "dd"]);
     t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_the_broker_dead_lettered_is_recorded_failed_and_its_batch_finishes() {
+    let app = TestApp::spawn("ing-dead-log").await;
+    let job = format!(
+        r#"{{"id":"lost-1","batch":"dl","template":"invoice","to":["ann@example.com"],"data":{INVOICE_DATA}}}"#
+    );
+    assert_eq!(app.post_job(&job).await.0, 202);
+    let t = &app.broker;
+    tokio::time::timeout(Duration::from_secs(60), give_back_until_dead(t, 1))
+        .await
+        .expect("the broker dead-letters the message within 60 s");
+
+    let job = app
+        .eventually("/v1/jobs/lost-1", |j| j["status"] == "failed")
+        .await;
+    let detail = job["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("dead-lettered by RabbitMQ (delivery_limit) in render"),
+        "{job}"
+    );
+    let batch = app.get_json("/v1/batches/dl").await;
+    assert_eq!(batch["finished"], true, "{batch}");
+    assert_eq!(batch["counts"]["dead"], 1, "{batch}");
+    // The operator's dead letters are untouched: it can still be replayed.
+    assert_eq!(t.depth(&t.broker.topology().dead_queue()).await, 1);
+    assert_counters_add_up(t.store()).await;
+    app.cleanup().await;
 }

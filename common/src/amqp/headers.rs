@@ -55,6 +55,22 @@ pub fn death_reason(props: &BasicProperties) -> Option<String> {
     as_string(first.inner().get("reason")?)
 }
 
+/// When the broker dead-lettered a message (the newest `x-death` entry's `time`, whole
+/// seconds): the same dead letter read twice has the same time.
+pub fn death_time(props: &BasicProperties) -> Option<chrono::DateTime<chrono::Utc>> {
+    let headers = props.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let AMQPValue::Timestamp(secs) = first.inner().get("time")? else {
+        return None;
+    };
+    chrono::DateTime::from_timestamp(i64::try_from(*secs).ok()?, 0)
+}
+
 fn as_string(value: &AMQPValue) -> Option<String> {
     match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),

@@ -11,7 +11,7 @@ mod topology;
 pub use broker::{Broker, BrokerError, ConnectOptions, WeakBroker};
 pub use consumer::{ConsumerSpec, consume};
 pub use headers::{
-    DEAD_REASON_HEADER, DEAD_STAGE_HEADER, death_reason, header_i64, header_str,
+    DEAD_REASON_HEADER, DEAD_STAGE_HEADER, death_reason, death_time, header_i64, header_str,
     persistent_properties, set_header,
 };
 pub use publisher::{Outgoing, PendingConfirm, PublishError, Publisher};

@@ -9,6 +9,7 @@
 //! {p}.retry   direct  --render.{ms}--> {p}.retry.render.{ms}  TTL = ms, DLX {p}.work/render
 //!                     --deliver.lanes.{ms}--> {p}.retry.deliver.lanes.{ms}  TTL = ms, DLX {p}.work
 //! {p}.dead    fanout  --> {p}.dead     quorum: dead letters, with their reason in headers
+//!                     --> {p}.dead.log quorum: a copy ingest reads to record broker dead letters
 //! {p}.events  fanout  --> {p}.events   stream: delivery events, replayable from a timestamp
 //! ```
 //! Declaring is idempotent, so every process declares on every (re)connect and no
@@ -172,6 +173,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// A copy of every dead letter, for ingest to record the jobs the broker
+    /// dead-lettered (`ingest/src/dead_log.rs`); the operator's `<p>.dead` is untouched.
+    pub fn dead_log_queue(&self) -> String {
+        format!("{}.dead.log", self.prefix)
+    }
+
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
     }
@@ -209,6 +216,16 @@ impl Topology {
         ch.queue_declare(ShortString::from(self.dead_queue()), durable_q, dead_args)
             .await?;
         self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "")
+            .await?;
+        let mut log_args = FieldTable::default();
+        set_header(&mut log_args, "x-queue-type", "quorum");
+        ch.queue_declare(
+            ShortString::from(self.dead_log_queue()),
+            durable_q,
+            log_args,
+        )
+        .await?;
+        self.bind(ch, &self.dead_log_queue(), &self.dead_exchange(), "")
             .await?;
 
         // `<p>.render` first: a refused declare names the queue every deployment has.
@@ -292,7 +309,7 @@ impl Topology {
 
     /// Removes everything under the prefix (tests clean up after themselves with this).
     pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        let mut queues = vec![self.dead_queue(), self.events_stream()];
+        let mut queues = vec![self.dead_queue(), self.dead_log_queue(), self.events_stream()];
         for stage in Stage::ALL {
             queues.extend(self.stage_queues(stage));
             queues.extend(

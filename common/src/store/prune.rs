@@ -26,10 +26,20 @@ DELETE FROM jobs WHERE id IN (
 )
 "#;
 
+/// Batches with no job left, with their counters (all zero by then).
 const PRUNE_BATCHES: &str = r#"
-DELETE FROM batches b WHERE b.created_at < $1
-    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+WITH gone AS (
+    DELETE FROM batches b WHERE b.created_at < $1
+        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+    RETURNING id
+), counters AS (
+    DELETE FROM batch_counts c USING gone WHERE c.batch_id = gone.id
+)
+SELECT count(*) FROM gone
 "#;
+
+/// The ETA's per-minute rollup reads the last day at most.
+const PRUNE_MINUTES: &str = "DELETE FROM mailbox_minutes WHERE minute < now() - interval '2 days'";
 
 /// Write-ahead sends past the retention (the quota windows read one day at most); an
 /// uncertain one still waiting for a decision is kept.
@@ -100,11 +110,13 @@ impl Store {
         let reports = self
             .prune_in_steps(PRUNE_REPORTS, cutoff, "pruning handled reports")
             .await?;
-        let r = sqlx::query(PRUNE_BATCHES)
+        let r = sqlx::query_scalar::<_, i64>(PRUNE_BATCHES)
             .bind(cutoff)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await;
-        let batches = self.observe("pruning batches", r)?.rows_affected();
+        let batches = self.observe("pruning batches", r)?.max(0) as u64;
+        let r = sqlx::query(PRUNE_MINUTES).execute(&self.pool).await;
+        self.observe("pruning the per-minute sends", r)?;
         Ok(PruneReport {
             jobs,
             stale_claims,

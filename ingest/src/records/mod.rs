@@ -29,24 +29,27 @@ const JOB_COLUMNS: &str = "id, batch_id, state, template, updated_at, accepted_a
      mailbox, message_id, recipient_count, recipients, smtp_code, smtp_enhanced, smtp_text, \
      reason, refused, uncertain, suppressed";
 
+/// A batch's counts, read from its counters (kept by the statements that change its jobs,
+/// migration 0011): a few rows whatever the batch's size or the history kept.
 const BATCH_SUMMARY: &str = r#"
-SELECT count(*) FILTER (WHERE state = 'accepted'),
-       count(*) FILTER (WHERE state = 'rendered'),
-       count(*) FILTER (WHERE state = 'delivered'),
-       count(*) FILTER (WHERE state = 'retrying'),
-       count(*) FILTER (WHERE state = 'failed'),
-       count(*) FILTER (WHERE state = 'cancelled'),
-       count(*) FILTER (WHERE state = 'expired'),
-       count(*) FILTER (WHERE state = 'bounced'),
-       count(*) FILTER (WHERE state = 'suppressed'),
-       count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed') AND not_before > now()),
-       coalesce(sum(recipient_count) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')), 0)::int8,
-       count(*) FILTER (WHERE state IN ('failed', 'bounced') OR (state = 'delivered' AND refused <> '[]'::jsonb)),
-       count(*) FILTER (WHERE uncertain AND state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')),
-       min(coalesce(accepted_at, created_at)),
-       max(updated_at),
+SELECT coalesce(sum(jobs) FILTER (WHERE state = 'accepted'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'rendered'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'delivered'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'retrying'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'failed'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'cancelled'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'expired'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'bounced'), 0)::int8,
+       coalesce(sum(jobs) FILTER (WHERE state = 'suppressed'), 0)::int8,
+       (SELECT count(*) FROM jobs WHERE batch_id = $1 AND not_before > now()
+            AND state NOT IN ('received', 'delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed')),
+       coalesce(sum(recipients), 0)::int8,
+       coalesce(sum(failures), 0)::int8,
+       coalesce(sum(uncertain), 0)::int8,
+       min(first_at) FILTER (WHERE jobs > 0),
+       max(last_at) FILTER (WHERE jobs > 0),
        (SELECT control FROM batches WHERE id = $1)
-FROM jobs WHERE batch_id = $1 AND state <> 'received'
+FROM batch_counts WHERE batch_id = $1
 "#;
 
 type Summary = (
@@ -204,7 +207,7 @@ impl Records {
             counts.set(kind, n.max(0) as u64);
         }
         let r = sqlx::query_as::<_, (String, i64)>(
-            "SELECT mailbox, count(*) FROM jobs WHERE batch_id = $1 AND state = 'delivered' AND mailbox IS NOT NULL GROUP BY mailbox",
+            "SELECT mailbox, sum(jobs)::int8 FROM batch_counts WHERE batch_id = $1 AND state = 'delivered' AND mailbox <> '' GROUP BY mailbox HAVING sum(jobs) > 0",
         )
         .bind(id.as_str())
         .fetch_all(db)
@@ -242,10 +245,10 @@ impl Records {
         // The jobs left of every other batch that is not paused (jobs without a batch count
         // as one): they take their turns with this one.
         let r = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id \
-             WHERE j.state NOT IN ('delivered', 'failed', 'cancelled', 'expired', 'bounced', 'suppressed', 'received') \
-             AND j.batch_id IS DISTINCT FROM $1 AND coalesce(b.control, 'running') = 'running' \
-             GROUP BY j.batch_id",
+            "SELECT sum(c.jobs)::int8 FROM batch_counts c LEFT JOIN batches b ON b.id = c.batch_id \
+             WHERE c.state IN ('accepted', 'rendered', 'retrying') \
+             AND c.batch_id <> $1 AND coalesce(b.control, 'running') = 'running' \
+             GROUP BY c.batch_id HAVING sum(c.jobs) > 0",
         )
         .bind(id.as_str())
         .fetch_all(db)
@@ -307,8 +310,7 @@ impl Records {
             .unwrap_or(0);
         let since = now - chrono::Duration::milliseconds(window_ms);
         let r = sqlx::query_as::<_, (String, DateTime<Utc>, i64)>(
-            "SELECT mailbox, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), sum(recipients)::int8 \
-             FROM job_events WHERE kind = 'delivered' AND at >= $1 AND mailbox IS NOT NULL GROUP BY 1, 2 ORDER BY 2",
+            "SELECT mailbox, minute, recipients FROM mailbox_minutes WHERE minute >= date_bin('1 minute', $1, TIMESTAMPTZ 'epoch') ORDER BY minute",
         )
         .bind(since)
         .fetch_all(self.store.pool())
