@@ -188,6 +188,55 @@ static TENANT_READY: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static TENANT_EXTERNAL_LEFT: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "mailpipe_deliver_tenant_external_recipients_left",
+        "External recipients the tenant's window has room for now (this process's view: its own sends and the ones it imported from the others)",
+        &["tenant"]
+    )
+    .expect("metric registers once")
+});
+
+static TENANT_EXTERNAL_LIMIT: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "mailpipe_deliver_tenant_external_recipients_limit",
+        "The tenant's external-recipient limit per window",
+        &["tenant"]
+    )
+    .expect("metric registers once")
+});
+
+static TENANT_ROOM_IN: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "mailpipe_deliver_tenant_external_room_in_seconds",
+        "Seconds until the tenant's window has room for one more external recipient (0: now)",
+        &["tenant"]
+    )
+    .expect("metric registers once")
+});
+
+static TENANT_BLOCKED: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "mailpipe_deliver_tenant_blocked_reason",
+        "1 for what keeps the tenant's mailboxes from sending now (none, tenant_external_budget, mailboxes_held, mailbox_quota), 0 for the others",
+        &["tenant", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// What keeps a tenant's mailboxes from sending now, as `mailpipe_deliver_tenant_blocked_reason`
+/// names it.
+pub const BLOCKED_REASONS: [&str; 4] = [
+    "none",
+    "tenant_external_budget",
+    "mailboxes_held",
+    "mailbox_quota",
+];
+
+/// The reason last reported per tenant: a change is logged once, not every second.
+static LAST_BLOCKED: LazyLock<std::sync::Mutex<std::collections::HashMap<String, &'static str>>> =
+    LazyLock::new(Default::default);
+
 /// Forces registration so every metric shows on /metrics from the start.
 pub fn register() {
     // Outcome series exist from the start, so rate() and absence-based alerts see zeros.
@@ -224,6 +273,12 @@ pub fn register() {
         &*TENANT_READY,
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    let _ = (
+        &*TENANT_EXTERNAL_LEFT,
+        &*TENANT_EXTERNAL_LIMIT,
+        &*TENANT_ROOM_IN,
+        &*TENANT_BLOCKED,
+    );
     // Graph's success and throttling series too, at 0 while Graph is unused.
     for outcome in ["bounced", "untrusted", "already_handled"] {
         BOUNCE_REPORTS.with_label_values(&[outcome]);
@@ -243,6 +298,9 @@ pub fn refresh(pool: &MailboxPool) {
     let mut tenants_seen = std::collections::HashSet::new();
     // Alerts tell a pool that waits on purpose (quota spent, mailboxes held) from a stuck one.
     let mut ready: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    // Per tenant: (its index, mailboxes active, active ones with room in their own windows).
+    let mut sending: std::collections::BTreeMap<&str, (usize, u32, u32)> =
+        std::collections::BTreeMap::new();
     for (idx, m) in pool.mailboxes().iter().enumerate() {
         let mbx = m.address.as_str();
         if let Some((snap, state, limits)) = pool
@@ -265,9 +323,16 @@ pub fn refresh(pool: &MailboxPool) {
                 .with_label_values(&[mbx])
                 .set(f64::from(snap.connections_in_use));
             let count = ready.entry(m.tenant_id.as_str()).or_default();
-            if matches!(state, MailboxState::Active) && snap.recipients_left >= 1 {
+            let active = matches!(state, MailboxState::Active);
+            let with_room = active && snap.recipients_left >= 1 && snap.messages_left >= 1;
+            if active && snap.recipients_left >= 1 {
                 *count += 1;
             }
+            let s = sending
+                .entry(m.tenant_id.as_str())
+                .or_insert((m.tenant, 0, 0));
+            s.1 += u32::from(active);
+            s.2 += u32::from(with_room);
             let current = match state {
                 MailboxState::Active => "active",
                 MailboxState::Paused { .. } => "paused",
@@ -289,6 +354,51 @@ pub fn refresh(pool: &MailboxPool) {
     }
     for (tenant, n) in ready {
         TENANT_READY.with_label_values(&[tenant]).set(f64::from(n));
+    }
+    for (tenant, (idx, active, with_room)) in sending {
+        let room = pool.tenant_room(idx);
+        if let Some((left, limit, room_in)) = room {
+            TENANT_EXTERNAL_LEFT
+                .with_label_values(&[tenant])
+                .set(left as f64);
+            TENANT_EXTERNAL_LIMIT
+                .with_label_values(&[tenant])
+                .set(limit as f64);
+            TENANT_ROOM_IN
+                .with_label_values(&[tenant])
+                .set(room_in.unwrap_or(-1.0));
+        }
+        let reason = blocked_reason(room.map(|(left, _, _)| left), active, with_room);
+        for r in BLOCKED_REASONS {
+            TENANT_BLOCKED
+                .with_label_values(&[tenant, r])
+                .set(if r == reason { 1.0 } else { 0.0 });
+        }
+        let mut last = LAST_BLOCKED.lock().unwrap_or_else(|e| e.into_inner());
+        if last.insert(tenant.to_owned(), reason).is_none_or(|before| before != reason) {
+            match (reason, room) {
+                ("none", _) => tracing::info!(tenant, "the tenant's mailboxes can send"),
+                ("tenant_external_budget", Some((_, limit, room_in))) => tracing::warn!(
+                    tenant, limit, room_in_seconds = room_in.unwrap_or(-1.0),
+                    "the tenant's external-recipient budget is spent: nothing with external recipients is sent until the window frees room"
+                ),
+                _ => tracing::warn!(tenant, reason, "the tenant's mailboxes cannot send now"),
+            }
+        }
+    }
+}
+
+/// Why a tenant sends nothing now (`none` when it can): its external budget is spent
+/// (`left` = 0), every mailbox is held, or every active mailbox's own window is full.
+pub fn blocked_reason(left: Option<u64>, active: u32, with_room: u32) -> &'static str {
+    if left == Some(0) {
+        "tenant_external_budget"
+    } else if active == 0 {
+        "mailboxes_held"
+    } else if with_room == 0 {
+        "mailbox_quota"
+    } else {
+        "none"
     }
 }
 

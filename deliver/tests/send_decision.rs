@@ -71,6 +71,23 @@ async fn all_finished(h: &Harness, jobs: i64) {
     }
 }
 
+/// The value of the gauge `name` with these labels in this process's registry (deliver
+/// instances run in the test's process).
+fn gauge(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    prometheus::gather()
+        .into_iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().to_vec())
+        .find(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_gauge().get_value())
+}
+
 /// Deliver instances of one pool, as separate processes (own owner ids and leases).
 struct Instances(Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>);
 
@@ -300,9 +317,28 @@ async fn instances_share_a_tenant_window(instances: usize) {
     const JOBS: usize = 100;
     h.publish_jobs(JOBS, 1).await;
     let deliver = Instances::start(&h, instances).await;
+    // Meanwhile /metrics says why nothing is sent: the tenant's external budget is spent.
+    let sampler = tokio::spawn(async {
+        let (mut spent, mut named) = (false, false);
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !(spent && named) && tokio::time::Instant::now() < deadline {
+            spent |= gauge("mailpipe_deliver_tenant_external_recipients_left", &[("tenant", "t0")]) == Some(0.0);
+            named |= gauge(
+                "mailpipe_deliver_tenant_blocked_reason",
+                &[("tenant", "t0"), ("reason", "tenant_external_budget")],
+            ) == Some(1.0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (spent, named)
+    });
     h.wait_accepted(JOBS, LIMIT).await;
     all_finished(&h, JOBS as i64).await;
     deliver.stop().await;
+    assert_eq!(
+        sampler.await.unwrap(),
+        (true, true),
+        "while the tenant's window was full, the gauges showed 0 left and the reason"
+    );
 
     let refused: Vec<_> = h
         .sim

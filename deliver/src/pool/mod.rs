@@ -421,6 +421,21 @@ impl MailboxPool {
         ))
     }
 
+    /// A tenant's external-recipient window now: (left, limit, seconds until one more
+    /// external recipient fits — 0 when one fits now, `None` when only a send in flight can
+    /// free room). `None` for a tenant without a limit.
+    pub fn tenant_room(&self, tenant: usize) -> Option<(u64, u64, Option<f64>)> {
+        let now = now_millis();
+        let book = self.book();
+        let limit = book.schedule.tenant(tenant)?;
+        let until = match limit.earliest_admit(now, 1) {
+            crate::throttle::Admit::Now => Some(0.0),
+            crate::throttle::Admit::At(t) => Some(t.0.saturating_sub(now.0) as f64 / 1000.0),
+            crate::throttle::Admit::Busy | crate::throttle::Admit::Never => None,
+        };
+        Some((limit.remaining(now), limit.window().limit(), until))
+    }
+
     /// The ids of the pool's tenants.
     pub fn tenant_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.mailboxes.iter().map(|m| m.tenant_id.clone()).collect();
