@@ -366,6 +366,57 @@ fn grafana_dashboard_parses_and_uses_documented_metrics() {
     }
 }
 
+/// Every `queue=~"..."` selector of the dashboard's queue panels, with `$prefix` = `prefix`,
+/// as Prometheus anchors it.
+fn dashboard_queue_selectors(prefix: &str) -> Vec<(String, regex::Regex)> {
+    let selector = regex::Regex::new(r#"queue=~"((?:[^"\\]|\\.)*)""#).unwrap();
+    names::dashboard_exprs()
+        .into_iter()
+        .flat_map(|(_, e)| {
+            selector
+                .captures_iter(&e)
+                .map(|c| c[1].replace("\\\\", "\\").replace("$prefix", prefix))
+                .collect::<Vec<_>>()
+        })
+        .map(|re| {
+            let anchored = regex::Regex::new(&format!("^(?:{re})$")).unwrap();
+            (re, anchored)
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboards_queue_panels_cover_every_work_queue_the_code_declares() {
+    use mailpipe_common::amqp::{Stage, Topology};
+    use mailpipe_common::contract::Lane;
+    let mut settings = mailpipe_common::testkit::settings("dash");
+    settings.prefix = "mailpipe".into();
+    settings.bulk_queues = 4;
+    let t = Topology::new(&settings);
+    let mut work: Vec<String> = t.stage_queues(Stage::Deliver);
+    work.extend([Lane::Bulk, Lane::Transactional].map(|l| t.render_queue(l)));
+    assert!(work.len() >= 7, "{work:?}");
+    let selectors = dashboard_queue_selectors("mailpipe");
+    let ready: Vec<_> = selectors
+        .iter()
+        .filter(|(re, _)| re.contains("retry"))
+        .collect();
+    assert!(!ready.is_empty(), "no backlog panel selects queues: {selectors:?}");
+    for (re, anchored) in &selectors {
+        for q in &work {
+            if (re.contains("deliver") && q.contains(".deliver"))
+                || (re.contains("render") && q.contains(".render"))
+            {
+                assert!(anchored.is_match(q), "the panel selecting {re:?} misses the queue {q}");
+            }
+        }
+        assert!(
+            !anchored.is_match(&t.dead_log_queue()),
+            "{re:?} counts the dead-letter log copy as a backlog"
+        );
+    }
+}
+
 #[test]
 fn grafana_provisioning_points_at_the_dashboards() {
     let provider = yaml_docs(&root().join("deploy/grafana/provisioning/dashboards/mailpipe.yaml"));
