@@ -61,7 +61,7 @@ Examples:
   mailpipe-ingest --config mailpipe.toml webhooks list --state expired --json
   mailpipe-ingest --config mailpipe.toml webhooks retry --all
   # Pending deliveries that must not be called (a retired receiver): dropped, counted:
-  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"receiver retired\"
+  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"retired\"
   # The suppression list (hard bounces, RCPT refusals, operators): never sent to again:
   mailpipe-ingest --config mailpipe.toml suppress list --address @example.com
   mailpipe-ingest suppress add ann@example.com --reason \"left the company\"

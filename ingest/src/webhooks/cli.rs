@@ -12,7 +12,7 @@ use mailpipe_common::store::{DeliveryFilter, DropFilter, Store, StoreError};
 pub const DROP_EXAMPLES: &str = "\
 Examples:
   # A receiver retired: nothing pending is called there any more.
-  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"receiver retired\"
+  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"retired\"
   # One batch's outcomes must not leave:
   mailpipe-ingest --config mailpipe.toml webhooks drop --batch nov-2026 --reason \"sent by mistake\"
   # Everything pending:

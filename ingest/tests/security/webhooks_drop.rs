@@ -128,7 +128,7 @@ async fn the_help_examples_drop_what_they_name_and_print_how_many() {
 
         // 1: by host (any case, any port); the delivered one is left alone.
         let expect = [
-            (2, vec!["j1-erp", "j2-erp"], "receiver retired"),
+            (2, vec!["j1-erp", "j2-erp"], "retired"),
             (1, vec!["j3-nov"], "sent by mistake"),
             (1, vec!["j4-other"], "incident 42"),
         ];
