@@ -209,7 +209,10 @@ pub async fn import<R: Read + Send + 'static>(
         };
         let store = publisher.pipeline().store();
         let batch = report.batch.as_str();
-        match store.open_batch(batch, opener, options.callback_url.as_deref()).await {
+        match store
+            .open_batch(batch, opener, options.callback_url.as_deref())
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 sender.abandon().await;

@@ -20,10 +20,10 @@ use crate::dead::{self, DeadFilter};
 use crate::jobs_cli::{self, JobsFormat};
 use crate::records::JobFilter;
 use crate::settings::Config;
-use crate::tokens::ApiTokens;
 use crate::startup::records;
 use crate::status_cli::{self, StatusOptions};
 use crate::submit::{self, Display, SubmitOptions};
+use crate::tokens::ApiTokens;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {

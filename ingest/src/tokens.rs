@@ -223,7 +223,10 @@ mod tests {
             ("erp-token".to_owned(), caller(Role::Submit, Some("erp"))),
             ("ops-token".to_owned(), caller(Role::Operate, None)),
         ]);
-        assert_eq!(t.identify("erp-token"), Some(caller(Role::Submit, Some("erp"))));
+        assert_eq!(
+            t.identify("erp-token"),
+            Some(caller(Role::Submit, Some("erp")))
+        );
         assert_eq!(t.identify("ops-token"), Some(caller(Role::Operate, None)));
         for wrong in ["ops-toke", "", "ops-token2", "erp-token "] {
             assert_eq!(t.identify(wrong), None, "{wrong:?}");

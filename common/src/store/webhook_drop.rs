@@ -38,6 +38,8 @@ impl Store {
             .bind(reason)
             .execute(&self.pool)
             .await;
-        Ok(self.observe("dropping webhook deliveries", r)?.rows_affected())
+        Ok(self
+            .observe("dropping webhook deliveries", r)?
+            .rows_affected())
     }
 }

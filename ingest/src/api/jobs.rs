@@ -155,8 +155,7 @@ pub async fn status(
     let id = JobId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("id"))?;
     state.database_ready()?;
-    let unknown =
-        || ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known")).field("id");
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known")).field("id");
     let Some(job) = state.records.job(&id).await? else {
         return Err(unknown());
     };

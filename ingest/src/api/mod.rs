@@ -149,9 +149,19 @@ impl AppState {
 pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Option<Action>)> {
     use Action as A;
     vec![
-        (Method::POST, "/v1/jobs", post(jobs::submit), Some(A::Submit)),
+        (
+            Method::POST,
+            "/v1/jobs",
+            post(jobs::submit),
+            Some(A::Submit),
+        ),
         (Method::GET, "/v1/jobs", get(jobs::list), Some(A::Read)),
-        (Method::GET, "/v1/jobs/{id}", get(jobs::status), Some(A::Read)),
+        (
+            Method::GET,
+            "/v1/jobs/{id}",
+            get(jobs::status),
+            Some(A::Read),
+        ),
         (
             Method::POST,
             "/v1/batches",

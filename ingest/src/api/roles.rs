@@ -167,7 +167,8 @@ mod tests {
             A::Settle,
             A::ManageWebhooks,
         ];
-        let allowed = |r: Role| -> Vec<Action> { all.into_iter().filter(|a| r.allows(*a)).collect() };
+        let allowed =
+            |r: Role| -> Vec<Action> { all.into_iter().filter(|a| r.allows(*a)).collect() };
         assert_eq!(allowed(Role::Operate), all);
         assert_eq!(allowed(Role::Read), [A::Read, A::ReadSuppressions]);
         assert_eq!(allowed(Role::Submit), [A::Submit, A::Read, A::Control]);

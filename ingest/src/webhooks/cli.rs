@@ -181,8 +181,7 @@ async fn retry(
 
 async fn drop(store: &Store, filter: DropFilter<'_>, reason: &str) -> Result<u8, StoreError> {
     let reason = reason.trim();
-    if reason.is_empty() || reason.len() > MAX_DROP_REASON || reason.chars().any(char::is_control)
-    {
+    if reason.is_empty() || reason.len() > MAX_DROP_REASON || reason.chars().any(char::is_control) {
         eprintln!(
             "--reason: say why in 1 to {MAX_DROP_REASON} characters, without control characters"
         );

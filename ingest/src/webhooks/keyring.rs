@@ -54,7 +54,11 @@ mod tests {
         let during = ring.sign("msg_1", 1, body, until - chrono::Duration::seconds(1));
         assert_eq!(
             during,
-            format!("{} {}", new.sign("msg_1", 1, body), old.sign("msg_1", 1, body))
+            format!(
+                "{} {}",
+                new.sign("msg_1", 1, body),
+                old.sign("msg_1", 1, body)
+            )
         );
         let after = ring.sign("msg_1", 1, body, until);
         assert_eq!(after, new.sign("msg_1", 1, body));

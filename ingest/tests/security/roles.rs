@@ -180,7 +180,13 @@ fn table() -> Vec<Row> {
             method: "DELETE",
             route: "/v1/suppressions/{address}",
             expect: [403, 403, 204],
-            request: |role| request("DELETE", format!("/v1/suppressions/x-{role}@example.com"), None),
+            request: |role| {
+                request(
+                    "DELETE",
+                    format!("/v1/suppressions/x-{role}@example.com"),
+                    None,
+                )
+            },
         },
         Row {
             method: "GET",
@@ -224,7 +230,11 @@ async fn every_route_answers_each_role_as_documented() {
                 .is_some();
             let (status, body) = send(&app, None, &(row.request)("anonymous")).await;
             let want = if needs_token { 401 } else { 200 };
-            assert_eq!(status, want, "{} {} without a token: {body}", row.method, row.route);
+            assert_eq!(
+                status, want,
+                "{} {} without a token: {body}",
+                row.method, row.route
+            );
             for ((role, token), want) in ROLES.iter().zip(row.expect) {
                 let (status, body) = send(&app, Some(token), &(row.request)(role)).await;
                 assert_eq!(
@@ -271,7 +281,11 @@ async fn a_submit_token_sees_and_controls_only_its_own_batches() {
                 .fetch_one(app.broker.store().pool())
                 .await
                 .unwrap();
-        assert_eq!(owner.as_deref(), Some("erp"), "the creator's owner label is recorded");
+        assert_eq!(
+            owner.as_deref(),
+            Some("erp"),
+            "the creator's owner label is recorded"
+        );
 
         // Another owner's batch and its jobs are answered as unknown.
         for path in ["/v1/batches/erp-b", "/v1/jobs/erp-1"] {
@@ -287,7 +301,10 @@ async fn a_submit_token_sees_and_controls_only_its_own_batches() {
             .fetch_one(app.broker.store().pool())
             .await
             .unwrap();
-        assert_eq!(control, "running", "another owner's control changed the batch");
+        assert_eq!(
+            control, "running",
+            "another owner's control changed the batch"
+        );
 
         // Lists hold its own batches' jobs only.
         let ids = |body: &Value| -> Vec<String> {
@@ -320,19 +337,33 @@ async fn a_submit_token_sees_and_controls_only_its_own_batches() {
             let path = format!("/v1/jobs/{id}");
             assert_eq!(send(&app, Some(OPERATE), &get(&path)).await.0, 404, "{id}");
         }
-        assert_eq!(callback_of(&app, "erp-b").await, Some(Some(CALLBACK.into())));
+        assert_eq!(
+            callback_of(&app, "erp-b").await,
+            Some(Some(CALLBACK.into()))
+        );
 
         // A submit token's job belongs to a batch (where its owner is recorded).
         let (status, body) = send(
             &app,
             Some(HR),
-            &request("POST", "/v1/jobs".into(), Some(("application/json", job_json("hr-4")))),
+            &request(
+                "POST",
+                "/v1/jobs".into(),
+                Some(("application/json", job_json("hr-4"))),
+            ),
         )
         .await;
-        assert_eq!((status, body["field"].as_str()), (422, Some("batch")), "{body}");
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (422, Some("batch")),
+            "{body}"
+        );
 
         // An operate token may add to any batch; the batch keeps its owner.
-        assert_eq!(send(&app, Some(OPERATE), &job("ops-1", "erp-b")).await.0, 202);
+        assert_eq!(
+            send(&app, Some(OPERATE), &job("ops-1", "erp-b")).await.0,
+            202
+        );
         let owner: Option<String> =
             sqlx::query_scalar("SELECT owner FROM batches WHERE id = 'erp-b'")
                 .fetch_one(app.broker.store().pool())

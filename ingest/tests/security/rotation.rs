@@ -99,16 +99,36 @@ async fn old_and_new_receivers_both_verify_during_the_overlap_and_only_new_after
         let until = chrono::Utc::now() + chrono::Duration::hours(1);
         event(&store, "b-rot", "j-during", &url).await;
         let dispatcher = Dispatcher::new(store.clone(), rotating(dir.path(), port, until)).unwrap();
-        run_until(&store, dispatcher, "j-during", Duration::from_secs(20), delivered).await;
+        run_until(
+            &store,
+            dispatcher,
+            "j-during",
+            Duration::from_secs(20),
+            delivered,
+        )
+        .await;
         let during = got.lock().unwrap().last().cloned().unwrap();
-        assert!(verifies(OLD_SECRET, &during), "the old receiver failed: {during:?}");
-        assert!(verifies(CALLBACK_SECRET, &during), "the new receiver failed: {during:?}");
+        assert!(
+            verifies(OLD_SECRET, &during),
+            "the old receiver failed: {during:?}"
+        );
+        assert!(
+            verifies(CALLBACK_SECRET, &during),
+            "the new receiver failed: {during:?}"
+        );
 
         // After it.
         let ended = chrono::Utc::now() - chrono::Duration::seconds(1);
         event(&store, "b-rot", "j-after", &url).await;
         let dispatcher = Dispatcher::new(store.clone(), rotating(dir.path(), port, ended)).unwrap();
-        run_until(&store, dispatcher, "j-after", Duration::from_secs(20), delivered).await;
+        run_until(
+            &store,
+            dispatcher,
+            "j-after",
+            Duration::from_secs(20),
+            delivered,
+        )
+        .await;
         let after = got.lock().unwrap().last().cloned().unwrap();
         assert_ne!(after.0, during.0, "a second event was called");
         assert!(verifies(CALLBACK_SECRET, &after), "{after:?}");

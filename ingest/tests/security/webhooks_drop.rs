@@ -79,7 +79,13 @@ async fn the_help_examples_drop_what_they_name_and_print_how_many() {
         let (store, database) =
             mailpipe_common::testkit::test_store("sec-wh-drop", CancellationToken::new()).await;
         pending(&store, "b-1", "j1-erp", "https://erp.example.com/hook").await;
-        pending(&store, "b-2", "j2-erp", "https://ERP.Example.com:8443/other?x=1").await;
+        pending(
+            &store,
+            "b-2",
+            "j2-erp",
+            "https://ERP.Example.com:8443/other?x=1",
+        )
+        .await;
         pending(&store, "nov-2026", "j3-nov", "https://crm.example.net/hook").await;
         pending(&store, "b-4", "j4-other", "https://other.example.org/hook").await;
         pending(&store, "b-5", "j5-done", "https://erp.example.com/hook").await;
@@ -165,10 +171,20 @@ async fn the_help_examples_drop_what_they_name_and_print_how_many() {
         assert_eq!(left, want);
 
         // A reason is required, and must say something.
-        let args: Vec<String> = ["--config", config.to_str().unwrap(), "webhooks", "drop", "--all", "--reason", " "]
-            .map(str::to_owned)
-            .to_vec();
-        let (code, _, err) = tokio::task::spawn_blocking(move || run(args)).await.unwrap();
+        let args: Vec<String> = [
+            "--config",
+            config.to_str().unwrap(),
+            "webhooks",
+            "drop",
+            "--all",
+            "--reason",
+            " ",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let (code, _, err) = tokio::task::spawn_blocking(move || run(args))
+            .await
+            .unwrap();
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--reason"), "{err}");
         store.close().await;
