@@ -215,9 +215,15 @@ async fn a_batch_completes_once_when_no_job_is_left_unfinished() {
 #[tokio::test]
 async fn deliveries_are_fanned_out_held_retried_expired_and_requeued() {
     let (s, settings) = test_store("wh_deliveries", CancellationToken::new()).await;
-    s.set_batch_callback("cb", "https://erp.example.com/hook")
+    let opened = s
+        .open_batch(
+            "cb",
+            mailpipe_common::store::Opener::TRUSTED,
+            Some("https://erp.example.com/hook"),
+        )
         .await
         .unwrap();
+    assert!(opened);
     journey(&s, "d1", "cb").await;
     s.record_event(&delivered("d1", "cb", 2)).await.unwrap();
     let day = Duration::from_secs(86_400);

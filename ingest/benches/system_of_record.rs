@@ -111,10 +111,13 @@ async fn main() {
         database: t.database.clone(),
         ingest: IngestSettings {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            api_tokens: vec![SecretRef {
-                env: None,
-                file: Some(dir.path().join("token")),
-            }],
+            api_tokens: vec![
+                SecretRef {
+                    env: None,
+                    file: Some(dir.path().join("token")),
+                }
+                .into(),
+            ],
             ..IngestSettings::default()
         },
         pool: Err("no pool in this bench".into()),

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use mailpipe_common::amqp::PublishError;
 use mailpipe_common::contract::{FieldError, Job};
 use mailpipe_common::domain::{BatchId, JobId};
+use mailpipe_common::store::Opener;
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
@@ -39,6 +40,10 @@ pub struct ImportOptions {
     /// known to be accepted (after the check and the claims, before anything is
     /// published), so a refused upload cannot re-point a batch's callback.
     pub callback_url: Option<String>,
+    /// The submitting token's owner label, recorded on a batch this import creates.
+    pub owner: Option<String>,
+    /// The batch, when it exists, must be `owner`'s (a `submit` token).
+    pub confined: bool,
 }
 
 /// Counters a progress display reads while an import runs.
@@ -89,6 +94,9 @@ pub enum ImportError {
     /// The system of record is unreachable: nothing was published.
     #[error("{0}")]
     Unavailable(mailpipe_common::store::StoreError),
+    /// The batch exists and is another owner's: nothing was published or written.
+    #[error("batch {0} was created by another token owner")]
+    NotYours(BatchId),
     #[error("CSV header: column {column:?}: {reason}")]
     Header { column: String, reason: String },
     #[error("the upload exceeds {limit} bytes")]
@@ -192,12 +200,28 @@ pub async fn import<R: Read + Send + 'static>(
         sender.abandon().await;
         return Err(ImportError::Conflict(report));
     }
-    // Accepted from here on; the callback is on record before any job is published.
-    if let Some(url) = &options.callback_url {
+    // Accepted from here on: the batch's row (owner, callback) is on record before any
+    // job is published. An upload without one valid job writes none.
+    if checked.valid > 0 {
+        let opener = Opener {
+            owner: options.owner.as_deref(),
+            confined: options.confined,
+        };
         let store = publisher.pipeline().store();
-        if let Err(e) = store.set_batch_callback(report.batch.as_str(), url).await {
-            sender.abandon().await;
-            return Err(ImportError::Unavailable(e));
+        let batch = report.batch.as_str();
+        match store
+            .open_batch(batch, opener, options.callback_url.as_deref())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                sender.abandon().await;
+                return Err(ImportError::NotYours(report.batch));
+            }
+            Err(e) => {
+                sender.abandon().await;
+                return Err(ImportError::Unavailable(e));
+            }
         }
     }
     let to_publish = checked.valid.saturating_sub(skip.len() as u64);

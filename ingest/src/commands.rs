@@ -19,10 +19,11 @@ use crate::Application;
 use crate::dead::{self, DeadFilter};
 use crate::jobs_cli::{self, JobsFormat};
 use crate::records::JobFilter;
-use crate::settings::{ApiTokens, Config};
+use crate::settings::Config;
 use crate::startup::records;
 use crate::status_cli::{self, StatusOptions};
 use crate::submit::{self, Display, SubmitOptions};
+use crate::tokens::ApiTokens;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
@@ -375,6 +376,7 @@ pub async fn jobs(
         since: args.since,
         after: None,
         limit: 0,
+        owner: None,
     };
     let format = match (args.csv, args.json) {
         (true, _) => JobsFormat::Csv,
@@ -550,6 +552,9 @@ pub fn describe(check: &mut ConfigCheck, config: &Config) {
         );
     } else {
         check.check(ApiTokens::resolve(&config.ingest.api_tokens));
+        for (key, message) in crate::tokens::legacy_warnings(&config.ingest.api_tokens) {
+            check.warn(key, message);
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //!  status, jobs, ETA  <── records (queries on the system of record)
 //! ```
 //!
-//! - [`settings`]: the `[ingest]` section and API tokens.
+//! - [`settings`]: the `[ingest]` section. [`tokens`]: the API tokens, their roles and
+//!   owners (`api::roles` says what each role may do).
 //! - [`validate`]: edge checks beyond the contract (template exists, attachment inside root).
 //! - [`batch_reader`]: JSONL/CSV line by line into checked jobs, with line numbers.
 //! - [`batch`]: one import (check, spool, publish), shared by the API and `submit`.
@@ -43,6 +44,7 @@ pub mod status_cli;
 pub mod submit;
 pub mod suppressed;
 pub mod suppressions_cli;
+pub mod tokens;
 pub mod uncertain_cli;
 pub mod validate;
 pub mod webhooks;

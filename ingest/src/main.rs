@@ -60,6 +60,8 @@ Examples:
   mailpipe-ingest --config mailpipe.toml webhooks list
   mailpipe-ingest --config mailpipe.toml webhooks list --state expired --json
   mailpipe-ingest --config mailpipe.toml webhooks retry --all
+  # Pending deliveries that must not be called (a retired receiver): dropped, counted:
+  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"retired\"
   # The suppression list (hard bounces, RCPT refusals, operators): never sent to again:
   mailpipe-ingest --config mailpipe.toml suppress list --address @example.com
   mailpipe-ingest suppress add ann@example.com --reason \"left the company\"
@@ -77,7 +79,8 @@ configuration, or a database schema behind this build (run `migrate`); 3 Postgre
 done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
 migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
 unknown batch; 3 PostgreSQL failed. uncertain: 0 done; 1 a job had no uncertain send waiting; 3
-PostgreSQL failed. webhooks: 0 done; 1 retry ID found nothing to retry; 3 PostgreSQL failed.
+PostgreSQL failed. webhooks: 0 done; 1 retry ID found nothing to retry; 2 a bad drop --reason;
+3 PostgreSQL failed.
 suppress: 0 done; 1 remove of an address not listed; 2 a bad reason; 3 PostgreSQL failed.
 RabbitMQ failed: a refused login, a missing vhost or an
 inequivalent queue (at once), or unreachable for --broker-timeout (30s); PostgreSQL failed:
@@ -135,7 +138,7 @@ enum Command {
         #[command(subcommand)]
         command: UncertainCommand,
     },
-    /// Outcome webhooks: list the outbox's deliveries, retry expired ones.
+    /// Outcome webhooks: list the outbox's deliveries, retry expired ones, drop pending ones.
     Webhooks {
         #[command(subcommand)]
         command: mailpipe_ingest::webhooks::cli::WebhooksCommand,

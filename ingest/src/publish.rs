@@ -8,7 +8,7 @@ use chrono::Utc;
 use mailpipe_common::amqp::{PendingConfirm, PublishError};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, FieldError, Job};
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::store::{ClaimInput, ClaimOutcome, StoreError};
+use mailpipe_common::store::{ClaimInput, ClaimOutcome, Opener, StoreError};
 use uuid::Uuid;
 
 use crate::lanes::{LaneAssigner, LanePolicy};
@@ -36,6 +36,8 @@ pub enum Outcome {
     Conflict,
     /// A recipient is suppressed and the policy is `refuse`: the field and address.
     Suppressed(FieldError),
+    /// Its batch exists and is another owner's (a `submit` token): nothing was written.
+    NotYours,
 }
 
 #[derive(Debug, Clone)]
@@ -67,12 +69,14 @@ impl JobPublisher {
     }
 
     /// Claims and publishes one job, and waits until it is confirmed and recorded.
-    /// `callback_url` (checked) goes to the job's batch only when the job is accepted or
-    /// a duplicate, before it is published: a refused job changes nothing.
+    /// The job's batch is opened by `opener` (its row, owner and `callback_url`, checked)
+    /// only when the job is accepted or a duplicate, before it is published: a refused
+    /// job changes nothing.
     pub async fn publish_one(
         &self,
         job: Job,
         callback_url: Option<&str>,
+        opener: Opener<'_>,
     ) -> Result<Outcome, PublishError> {
         let mut sender = self.sender();
         if let Some(Some(refusal)) = sender.suppression_refusals(&[&job]).await?.pop() {
@@ -85,15 +89,20 @@ impl JobPublisher {
             Some(ClaimOutcome::Duplicate) | None => Outcome::Duplicate,
         };
         if matches!(outcome, Outcome::Accepted | Outcome::Duplicate)
-            && let (Some(url), Some(batch)) = (callback_url, &job.batch)
-            && let Err(e) = self
-                .pipeline
-                .store()
-                .set_batch_callback(batch.as_str(), url)
-                .await
+            && let Some(batch) = &job.batch
         {
-            sender.abandon().await;
-            return Err(e.into());
+            let store = self.pipeline.store();
+            match store.open_batch(batch.as_str(), opener, callback_url).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    sender.abandon().await;
+                    return Ok(Outcome::NotYours);
+                }
+                Err(e) => {
+                    sender.abandon().await;
+                    return Err(e.into());
+                }
+            }
         }
         if outcome == Outcome::Accepted {
             let sent = match sender.send(job).await {

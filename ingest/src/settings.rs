@@ -4,14 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use mailpipe_common::config::{
-    ConfigError, ConfigSource, Problem, Problems, RabbitSettings, SecretRef, TelemetrySettings,
+    ConfigError, ConfigSource, Problem, Problems, RabbitSettings, TelemetrySettings,
 };
 use mailpipe_common::contract::JobLimits;
 use mailpipe_common::pool::PoolSettings;
 use mailpipe_common::store::DatabaseSettings;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 /// `[ingest]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +17,11 @@ use subtle::ConstantTimeEq;
 pub struct IngestSettings {
     /// Where the HTTP API (and /metrics, /healthz, /readyz) listens.
     pub listen: SocketAddr,
-    /// Bearer tokens the API accepts: `[{ env = "VAR" }, { file = "path" }]`. Several at
-    /// once make rotation possible (add the new one, move clients, drop the old one).
-    pub api_tokens: Vec<SecretRef>,
+    /// Bearer tokens the API accepts, each with its role and owner label:
+    /// `[{ env = "VAR", role = "operate" }, { file = "path", role = "submit", owner = "erp" }]`
+    /// (crate::tokens). Several at once make rotation possible (add the new one, move
+    /// clients, drop the old one).
+    pub api_tokens: Vec<crate::tokens::TokenEntry>,
     /// Limits every job must respect (shared with render).
     pub limits: JobLimits,
     /// When set, a job's template must exist as a directory here.
@@ -188,6 +188,7 @@ impl IngestSettings {
                 ));
             }
         }
+        out.extend(crate::tokens::problems(&self.api_tokens));
         out.extend(self.webhooks.problems());
         out
     }
@@ -239,59 +240,12 @@ fn pool_of(source: &ConfigSource) -> Result<PoolSettings, String> {
     }
 }
 
-/// The resolved API tokens. Compared in constant time, all of them every time, so
-/// neither the content nor which token matched leaks through timing.
-#[derive(Clone)]
-pub struct ApiTokens(Vec<SecretString>);
-
-impl std::fmt::Debug for ApiTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiTokens({} configured)", self.0.len())
-    }
-}
-
-impl ApiTokens {
-    /// Reads every token now; the error names the entry (`ingest.api_tokens[1]`).
-    pub fn resolve(refs: &[SecretRef]) -> Result<Self, ConfigError> {
-        if refs.is_empty() {
-            return Err(ConfigError::invalid(
-                "ingest.api_tokens",
-                "at least one token is required to serve the API (e.g. api_tokens = [{ env = \"MAILPIPE_INGEST_TOKEN\" }])",
-            ));
-        }
-        let tokens = refs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.resolve(&format!("ingest.api_tokens[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self(tokens))
-    }
-
-    pub fn from_plain(tokens: impl IntoIterator<Item = String>) -> Self {
-        Self(tokens.into_iter().map(SecretString::from).collect())
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn accepts(&self, presented: &str) -> bool {
-        let mut ok = subtle::Choice::from(0);
-        for t in &self.0 {
-            ok |= t.expose_secret().as_bytes().ct_eq(presented.as_bytes());
-        }
-        ok.into()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::tokens::ApiTokens;
+    use mailpipe_common::config::SecretRef;
 
     #[test]
     fn defaults_and_overrides() {
@@ -370,7 +324,7 @@ mod tests {
         assert!(err.contains("ingest.templates_dir"), "{err}");
         let err = ApiTokens::resolve(&[]).unwrap_err().to_string();
         assert!(err.contains("ingest.api_tokens"), "{err}");
-        let err = ApiTokens::resolve(&[SecretRef::env("MAILPIPE_TEST_NO_SUCH_TOKEN_VAR")])
+        let err = ApiTokens::resolve(&[SecretRef::env("MAILPIPE_TEST_NO_SUCH_TOKEN_VAR").into()])
             .unwrap_err()
             .to_string();
         assert!(err.contains("ingest.api_tokens[0]"), "{err}");
@@ -414,15 +368,5 @@ mod tests {
         );
         let ok = "[ingest.limits]\nmax_recipients = 1000\nmax_attachments = 250\n";
         assert!(Config::load(&ConfigSource::from_toml(ok)).is_ok());
-    }
-
-    #[test]
-    fn every_configured_token_is_accepted_and_nothing_else() {
-        let t = ApiTokens::from_plain(["old-token".to_owned(), "new-token".to_owned()]);
-        assert!(t.accepts("old-token"));
-        assert!(t.accepts("new-token"));
-        assert!(!t.accepts("new-toke"));
-        assert!(!t.accepts(""));
-        assert!(!t.accepts("new-token2"));
     }
 }

@@ -20,7 +20,8 @@ use crate::eta::PoolCapacity;
 use crate::metrics;
 use crate::publish::JobPublisher;
 use crate::records::Records;
-use crate::settings::{ApiTokens, Config};
+use crate::settings::Config;
+use crate::tokens::ApiTokens;
 use crate::validate::Validator;
 use crate::webhooks::{Dispatcher, Webhooks};
 
@@ -107,6 +108,9 @@ impl Application {
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         metrics::register();
         let tokens = ApiTokens::resolve(&config.ingest.api_tokens)?;
+        for (key, message) in crate::tokens::legacy_warnings(&config.ingest.api_tokens) {
+            tracing::warn!(key = %key, "{message}");
+        }
         let validator = Validator::from_settings(&config.ingest)?;
         let webhooks = Webhooks::resolve(&config.ingest.webhooks)?;
         let broker = Broker::new(&config.rabbitmq, "mailpipe-ingest", shutdown.clone())?;

@@ -36,6 +36,9 @@ impl SubmitOptions {
             partial: self.partial,
             max_bytes: u64::MAX,
             callback_url: self.callback_url.clone(),
+            // The command line is trusted like an `operate` token.
+            owner: None,
+            confined: false,
         }
     }
 }

@@ -48,6 +48,46 @@ fn every_route_is_described_and_everything_described_is_routed() {
     assert_eq!(spec_routes(), routed);
 }
 
+/// `(method, path) -> roles` from each operation's `security: - bearer: [...]`.
+fn spec_scopes() -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    let mut scopes = std::collections::BTreeMap::new();
+    let (mut path, mut method) = (String::new(), String::new());
+    for line in OPENAPI_YAML.lines() {
+        if let Some(p) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && p.starts_with('/')
+        {
+            path = p.to_owned();
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+            && ["get", "post", "put", "patch", "delete"].contains(&m)
+        {
+            method = m.to_uppercase();
+        } else if let Some(list) = line
+            .strip_prefix("        - bearer: [")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            let roles = list.split(", ").map(str::to_owned).collect();
+            scopes.insert((method.clone(), path.clone()), roles);
+        }
+    }
+    scopes
+}
+
+#[test]
+fn each_operation_lists_as_scopes_exactly_the_roles_that_may_call_it() {
+    use mailpipe_ingest::api::Role;
+    let routed: std::collections::BTreeMap<(String, String), Vec<String>> = api_routes()
+        .into_iter()
+        .filter_map(|(m, p, _, action)| {
+            let roles = Role::allowed_to(action?)
+                .into_iter()
+                .map(|r| r.as_str().to_owned())
+                .collect();
+            Some(((m.to_string(), p.to_owned()), roles))
+        })
+        .collect();
+    assert_eq!(spec_scopes(), routed);
+}
+
 #[test]
 fn example_jobs_in_the_spec_parse_as_jobs() {
     let mut examples = 0;
@@ -158,8 +198,8 @@ fn documented(method: &str, path: &str) -> BTreeSet<u16> {
     codes
 }
 
-/// What each handler can answer (ingest/src/api/*.rs), besides 401 for every route with
-/// a token.
+/// What each handler can answer (ingest/src/api/*.rs), besides 401 and 403 (the token's
+/// role) for every route with a token.
 #[test]
 fn every_status_the_server_answers_is_documented() {
     for (method, path, codes) in [
@@ -189,7 +229,7 @@ fn every_status_the_server_answers_is_documented() {
         ("post", "/v1/batches/{id}/cancel", &[200, 400, 404, 503][..]),
     ] {
         let mut expected: BTreeSet<u16> = codes.iter().copied().collect();
-        expected.insert(401);
+        expected.extend([401, 403]);
         assert_eq!(documented(method, path), expected, "{method} {path}");
     }
 }

@@ -104,8 +104,8 @@ ON CONFLICT (job_id, at, kind) DO NOTHING
 "#;
 
 impl Store {
-    /// The turn of each batch in `batches` that has a row (ingest records the row when it
-    /// first claims a job of the batch): the order batches were first seen in, which
+    /// The turn of each batch in `batches` that has a row (ingest records the row once a
+    /// submission to the batch is accepted: `open_batch`): the order batches were first seen in, which
     /// spreads them over the bulk deliver queues.
     pub async fn batch_turns(
         &self,
@@ -123,7 +123,9 @@ impl Store {
             .collect())
     }
 
-    /// Claims `jobs` for the publish `claim`; one outcome per job, in order. Fails at once
+    /// Claims `jobs` for the publish `claim`; one outcome per job, in order. Writes no
+    /// batch row (a refused submission must leave none): `open_batch` does, once the
+    /// submission is accepted. Fails at once
     /// when the database is unreachable (the API answers 503: nothing is accepted that is
     /// not recorded).
     pub async fn claim_jobs(
@@ -134,17 +136,6 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut batches: Vec<&str> = jobs.iter().filter_map(|j| j.batch.as_deref()).collect();
-        batches.sort_unstable();
-        batches.dedup();
-        let r = sqlx::query(
-            "INSERT INTO batches (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(&batches)
-        .execute(&self.pool)
-        .await;
-        self.observe("recording the batch", r)?;
-
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         let r = sqlx::query_scalar::<_, String>(CLAIM)
             .bind(&ids)

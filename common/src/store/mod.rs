@@ -8,6 +8,7 @@
 //! lost (`record_event`) wait for the database to come back, until shutdown; reads and
 //! ingest's claims fail at once, so the API can answer 503.
 
+mod batch_owner;
 mod batches;
 mod bounces;
 mod claims;
@@ -19,6 +20,7 @@ mod sends;
 mod settings;
 mod state;
 mod suppressions;
+mod webhook_drop;
 mod webhooks;
 
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use batch_owner::Opener;
 pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
@@ -41,6 +44,7 @@ pub use state::{JobState, UnknownState};
 pub use suppressions::{
     MAX_REASON, MAX_SUPPRESSION_PAGE, NewSuppression, Suppression, SuppressionFilter,
 };
+pub use webhook_drop::DropFilter;
 pub use webhooks::{
     AfterAttempt, AttemptOutcome, DeliveryFilter, DueDelivery, OutboxEvent, Route, WebhookDelivery,
 };

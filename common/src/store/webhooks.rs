@@ -187,21 +187,6 @@ ORDER BY d.id LIMIT $2
 "#;
 
 impl Store {
-    /// Stores (or replaces) a batch's callback URL, creating the batch's row when new. The
-    /// URL was checked by the caller.
-    pub async fn set_batch_callback(&self, batch: &str, url: &str) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO batches (id, callback_url) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET callback_url = EXCLUDED.callback_url",
-        )
-        .bind(batch)
-        .bind(url)
-        .execute(&self.pool)
-        .await;
-        self.observe("storing a batch's callback URL", r)?;
-        Ok(())
-    }
-
     /// Looks at the batches that had a job outcome since the last sweep (up to `limit`
     /// outcomes) and records `batch.completed` for each one with no job left non-final.
     /// One transaction: a crash leaves the outcomes on the sweep list. Returns how many

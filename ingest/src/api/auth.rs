@@ -1,13 +1,16 @@
 //! Bearer-token check for the `/v1` API (not for /metrics, /healthz, /readyz, nor the
-//! OpenAPI document).
+//! OpenAPI document): the token names the [`Caller`], whose role must allow the route's
+//! [`Action`] (403 naming the role needed). The caller travels with the request for the
+//! handlers' owner checks.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use super::roles::{Action, Caller};
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme name is
 /// case-insensitive (RFC 9110 11.1).
@@ -19,20 +22,32 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
+/// The caller of a request's bearer token, if it is one of ours.
+pub fn caller_of(state: &AppState, request: &Request) -> Option<Caller> {
+    request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match presented {
-        Some(token) if state.tokens.accepts(token) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
+        .and_then(bearer_token)
+        .and_then(|token| state.tokens.identify(token))
+}
+
+/// 401 without a known token, 403 when its role does not allow `action`; otherwise the
+/// request goes on with its [`Caller`].
+pub async fn authorize(
+    state: AppState,
+    action: Action,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = caller_of(&state, &request) else {
+        return ApiError::unauthorized().into_response();
+    };
+    if let Err(refused) = caller.require(action) {
+        return refused.into_response();
     }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 #[cfg(test)]

@@ -18,13 +18,15 @@ use mailpipe_common::domain::BatchId;
 use mailpipe_common::store::BatchControl;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::AppState;
 use super::error::ApiError;
+use super::roles::Caller;
+use super::{AppState, ownership};
 use crate::batch::{ImportError, ImportOptions, Progress, import};
 use crate::batch_reader::Format;
 
 pub async fn upload(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -63,6 +65,9 @@ pub async fn upload(
         return Err(too_large(max_bytes));
     }
     state.database_ready()?;
+    if let Some(batch) = &batch {
+        ownership::may_submit_to(&state, &caller, batch).await?;
+    }
     // Each upload being checked holds a blocking thread: their number is capped.
     let Ok(_slot) = state.batch_slots.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(format!(
@@ -79,6 +84,8 @@ pub async fn upload(
         partial,
         max_bytes,
         callback_url: callback,
+        owner: caller.owner.clone(),
+        confined: caller.confined_to().is_some(),
     };
     let result = import(
         input,
@@ -104,6 +111,7 @@ pub async fn upload(
         .errors(&report.errors)
         .extra(&serde_json::json!({ "batch": report.batch, "lines": report.lines, "conflicts": report.conflicts, "accepted": 0 }))),
         Err(ImportError::Unavailable(e)) => Err(e.into()),
+        Err(ImportError::NotYours(batch)) => Err(ownership::not_yours(&batch)),
         Err(ImportError::Header { column, reason }) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("CSV header: column {column:?}: {reason}")).field(column))
         }
@@ -158,45 +166,58 @@ fn too_large(limit: u64) -> ApiError {
 
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = BatchId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
     state.database_ready()?;
+    ownership::visible(&state, &caller, &id).await?;
     match state.records.batch_report(&id, chrono::Utc::now()).await? {
         Some(b) => Ok(Json(b).into_response()),
-        None => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"))
-        }
+        None => Err(ownership::unknown_batch(&id)),
     }
 }
 
-pub async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    control(state, id, BatchControl::Paused).await
+pub async fn pause(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    control(state, caller, id, BatchControl::Paused).await
 }
 
-pub async fn resume(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    control(state, id, BatchControl::Running).await
+pub async fn resume(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    control(state, caller, id, BatchControl::Running).await
 }
 
-pub async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    control(state, id, BatchControl::Cancelled).await
+pub async fn cancel(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    control(state, caller, id, BatchControl::Cancelled).await
 }
 
 /// Pause, resume or cancel: answers the batch's report as it stands after the change.
+/// A batch's owner never changes once its row exists, so checking it first is final.
 async fn control(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     to: BatchControl,
 ) -> Result<Response, ApiError> {
     let id = BatchId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("batch"))?;
     state.database_ready()?;
+    ownership::visible(&state, &caller, &id).await?;
     let store = state.records.store();
     let Some((now, _)) = store.set_batch_control(id.as_str(), to).await? else {
-        return Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"),
-        );
+        return Err(ownership::unknown_batch(&id));
     };
     if now != to {
         return Err(ApiError::new(
@@ -207,8 +228,6 @@ async fn control(
     }
     match state.records.batch_report(&id, chrono::Utc::now()).await? {
         Some(report) => Ok(Json(report).into_response()),
-        None => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no batch {id} known")).field("batch"))
-        }
+        None => Err(ownership::unknown_batch(&id)),
     }
 }

@@ -13,8 +13,9 @@ use mailpipe_common::amqp::PublishError;
 use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use serde_json::json;
 
-use super::AppState;
 use super::error::ApiError;
+use super::roles::Caller;
+use super::{AppState, ownership};
 use crate::batch::conflict_reason;
 use crate::metrics;
 use crate::publish::Outcome;
@@ -22,6 +23,7 @@ use crate::records::JobFilter;
 
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -76,10 +78,27 @@ pub async fn submit(
         )
         .field("callback_url"));
     }
+    if caller.confined_to().is_some() {
+        let Some(batch) = &job.batch else {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "batch: a `submit` token's jobs belong to one of its batches (its owner label is recorded there); give the job a `batch`",
+            )
+            .field("batch"));
+        };
+        state.database_ready()?;
+        ownership::may_submit_to(&state, &caller, batch).await?;
+    }
     state.database_ready()?;
     let id = job.id.clone();
-    // The job's batch gets the callback once the job is accepted, before it is published.
-    match state.publisher.publish_one(job, callback.as_deref()).await {
+    let batch = job.batch.clone();
+    // The job's batch gets its row (owner, callback) once the job is accepted, before it
+    // is published.
+    let published = state
+        .publisher
+        .publish_one(job, callback.as_deref(), caller.opener())
+        .await;
+    match published {
         Ok(Outcome::Accepted) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "id": id, "status": "accepted" })),
@@ -111,6 +130,10 @@ pub async fn submit(
         )
         .field(refusal.field.clone())
         .errors(std::slice::from_ref(&refusal))),
+        Ok(Outcome::NotYours) => match &batch {
+            Some(batch) => Err(ownership::not_yours(batch)),
+            None => Err(ApiError::unavailable("the job was not accepted (retry)")),
+        },
         Ok(Outcome::Conflict) => {
             Err(ApiError::new(StatusCode::CONFLICT, conflict_reason(&id)).field("id"))
         }
@@ -126,15 +149,26 @@ pub async fn submit(
 
 pub async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = JobId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).field("id"))?;
     state.database_ready()?;
-    match state.records.job(&id).await? {
-        Some(job) => Ok(Json(job).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known")).field("id")),
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} known")).field("id");
+    let Some(job) = state.records.job(&id).await? else {
+        return Err(unknown());
+    };
+    // A `submit` token sees the jobs of its own batches only.
+    if caller.confined_to().is_some() {
+        let Some(batch) = &job.batch else {
+            return Err(unknown());
+        };
+        ownership::visible(&state, &caller, batch)
+            .await
+            .map_err(|_| unknown())?;
     }
+    Ok(Json(job).into_response())
 }
 
 /// Default page size of `GET /v1/jobs`.
@@ -142,11 +176,17 @@ pub const DEFAULT_PAGE: u32 = 100;
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
-    let filter = parse_filter(&query)?;
+    let mut filter = parse_filter(&query)?;
+    // A `submit` token lists the jobs of its own batches only (its owner label is
+    // required by the configuration; an empty label matches no batch).
+    if let Some(owner) = caller.confined_to() {
+        filter.owner = Some(owner.unwrap_or_default().to_owned());
+    }
     state.database_ready()?;
     Ok(Json(state.records.jobs(&filter).await?).into_response())
 }

@@ -1,21 +1,26 @@
 //! The HTTP API. Routes are declared once, in [`api_routes`]; the router and the
 //! OpenAPI sync test both read that list.
 //!
-//! | route | auth | |
+//! | route | roles | |
 //! |---|---|---|
-//! | `POST /v1/jobs` | bearer | one job (JSON) |
-//! | `GET /v1/jobs/{id}` | bearer | a job's latest status |
-//! | `POST /v1/batches?batch=ID[&partial=true]` | bearer | JSONL or CSV upload |
-//! | `GET /v1/batches/{id}` | bearer | counts by status |
-//! | `GET /v1/suppressions` | bearer | the suppression list, a page at a time |
-//! | `PUT`, `DELETE /v1/suppressions/{address}` | bearer | add (with a reason), remove |
+//! | `POST /v1/jobs` | submit, operate | one job (JSON) |
+//! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | all (submit: its batches') | jobs, a job |
+//! | `POST /v1/batches?batch=ID[&partial=true]` | submit, operate | JSONL or CSV upload |
+//! | `GET /v1/batches/{id}` | all (submit: its own) | counts by status |
+//! | `POST /v1/batches/{id}/pause|resume|cancel` | submit (its own), operate | control |
+//! | `GET /v1/suppressions` | read, operate | the suppression list, a page at a time |
+//! | `PUT`, `DELETE /v1/suppressions/{address}` | operate | add (with a reason), remove |
 //! | `GET /v1/openapi.yaml` | open | this API, described |
+//!
+//! Which role may do what is said once, in [`roles`]; [`auth`] applies it per route.
 
-mod auth;
+pub mod auth;
 mod batches;
 mod error;
 mod jobs;
+mod ownership;
 mod query_guard;
+pub mod roles;
 pub mod suppressions;
 
 use std::sync::Arc;
@@ -24,18 +29,20 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 pub use error::ApiError;
+pub use roles::{Action, Caller, Role};
 
 use crate::metrics;
 use crate::publish::JobPublisher;
 use crate::records::Records;
-use crate::settings::{ApiTokens, IngestSettings};
+use crate::settings::IngestSettings;
+use crate::tokens::ApiTokens;
 use crate::validate::Validator;
 
 /// The OpenAPI description served at `/v1/openapi.yaml`.
@@ -137,70 +144,93 @@ impl AppState {
     }
 }
 
-/// Every API route: method, path (OpenAPI syntax), handler, whether it needs a token.
-pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)> {
+/// Every API route: method, path (OpenAPI syntax), handler, and the [`Action`] it
+/// performs (`None`: open, no token).
+pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Option<Action>)> {
+    use Action as A;
     vec![
-        (Method::POST, "/v1/jobs", post(jobs::submit), true),
-        (Method::GET, "/v1/jobs", get(jobs::list), true),
-        (Method::GET, "/v1/jobs/{id}", get(jobs::status), true),
-        (Method::POST, "/v1/batches", post(batches::upload), true),
-        (Method::GET, "/v1/batches/{id}", get(batches::status), true),
+        (
+            Method::POST,
+            "/v1/jobs",
+            post(jobs::submit),
+            Some(A::Submit),
+        ),
+        (Method::GET, "/v1/jobs", get(jobs::list), Some(A::Read)),
+        (
+            Method::GET,
+            "/v1/jobs/{id}",
+            get(jobs::status),
+            Some(A::Read),
+        ),
+        (
+            Method::POST,
+            "/v1/batches",
+            post(batches::upload),
+            Some(A::Submit),
+        ),
+        (
+            Method::GET,
+            "/v1/batches/{id}",
+            get(batches::status),
+            Some(A::Read),
+        ),
         (
             Method::POST,
             "/v1/batches/{id}/pause",
             post(batches::pause),
-            true,
+            Some(A::Control),
         ),
         (
             Method::POST,
             "/v1/batches/{id}/resume",
             post(batches::resume),
-            true,
+            Some(A::Control),
         ),
         (
             Method::POST,
             "/v1/batches/{id}/cancel",
             post(batches::cancel),
-            true,
+            Some(A::Control),
         ),
         (
             Method::GET,
             "/v1/suppressions",
             get(suppressions::list),
-            true,
+            Some(A::ReadSuppressions),
         ),
         (
             Method::PUT,
             "/v1/suppressions/{address}",
             put(suppressions::put),
-            true,
+            Some(A::ManageSuppressions),
         ),
         (
             Method::DELETE,
             "/v1/suppressions/{address}",
             delete(suppressions::delete),
-            true,
+            Some(A::ManageSuppressions),
         ),
-        (Method::GET, "/v1/openapi.yaml", get(openapi), false),
+        (Method::GET, "/v1/openapi.yaml", get(openapi), None),
     ]
 }
 
-/// The API router (without the ops routes, which `startup` merges in).
+/// The API router (without the ops routes, which `startup` merges in). Each route with
+/// an action gets the token and role check for that action.
 pub fn router(state: AppState) -> Router {
-    let (mut private, mut public) = (Router::new(), Router::new());
-    for (_, path, handler, needs_token) in api_routes() {
-        if needs_token {
-            private = private.route(path, handler);
-        } else {
-            public = public.route(path, handler);
-        }
+    let mut router = Router::new();
+    for (_, path, handler, action) in api_routes() {
+        let handler = match action {
+            Some(action) => handler.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                move |State(state): State<AppState>, request: Request, next: Next| {
+                    auth::authorize(state, action, request, next)
+                },
+            )),
+            None => handler,
+        };
+        router = router.route(path, handler);
     }
-    let private = private.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
-    private
-        .merge(public)
+    router
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

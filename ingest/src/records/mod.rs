@@ -84,6 +84,8 @@ pub struct JobFilter {
     pub after: Option<JobId>,
     /// At most this many (1..=1000).
     pub limit: u32,
+    /// Only jobs of batches with this owner label (a `submit` token's view).
+    pub owner: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -369,6 +371,7 @@ impl Records {
              AND ($1::text IS NULL OR batch_id = $1) AND ($2::text IS NULL OR state = $2) \
              AND ($3::text IS NULL OR recipients @> ARRAY[$3::text]) \
              AND ($4::timestamptz IS NULL OR updated_at >= $4) AND ($5::text IS NULL OR id > $5) \
+             AND ($7::text IS NULL OR batch_id IN (SELECT b.id FROM batches b WHERE b.owner = $7)) \
              ORDER BY id LIMIT $6"
         );
         let r = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(query))
@@ -383,6 +386,7 @@ impl Records {
             .bind(filter.since)
             .bind(filter.after.as_ref().map(|a| a.as_str()))
             .bind(i64::from(limit))
+            .bind(filter.owner.as_deref())
             .fetch_all(self.store.pool())
             .await;
         let jobs: Vec<JobStatus> = self

@@ -1,10 +1,25 @@
-//! `mailpipe-ingest webhooks`: what the outbox holds (`list`), and a second chance for
-//! deliveries that expired, were refused with 410 or were dropped (`retry`).
+//! `mailpipe-ingest webhooks`: what the outbox holds (`list`), a second chance for
+//! deliveries that expired, were refused with 410 or were dropped (`retry`), and an end
+//! to pending ones that must not be called (`drop`).
 
 use std::process::ExitCode;
 
+use mailpipe_common::domain::BatchId;
 use mailpipe_common::outln;
-use mailpipe_common::store::{DeliveryFilter, Store, StoreError};
+use mailpipe_common::store::{DeliveryFilter, DropFilter, Store, StoreError};
+
+/// `webhooks drop --help`'s examples (a test runs them as shown).
+pub const DROP_EXAMPLES: &str = "\
+Examples:
+  # A receiver retired: nothing pending is called there any more.
+  mailpipe-ingest --config mailpipe.toml webhooks drop --host erp.example.com --reason \"retired\"
+  # One batch's outcomes must not leave:
+  mailpipe-ingest --config mailpipe.toml webhooks drop --batch nov-2026 --reason \"sent by mistake\"
+  # Everything pending:
+  mailpipe-ingest --config mailpipe.toml webhooks drop --all --reason \"incident 42\"";
+
+/// The longest `--reason`.
+const MAX_DROP_REASON: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StateArg {
@@ -41,9 +56,30 @@ pub enum WebhooksCommand {
         #[arg(long)]
         all: bool,
     },
+    /// End pending deliveries `dropped`, never called (until `retry` puts them back): those
+    /// to a host, of a batch (both: those to the host of the batch), or `--all`. Prints how
+    /// many.
+    #[command(
+        group = clap::ArgGroup::new("which").required(true).multiple(true).args(["host", "batch", "all"]),
+        after_help = DROP_EXAMPLES
+    )]
+    Drop {
+        /// The receiver's host name, as in its URL (any case).
+        #[arg(long)]
+        host: Option<String>,
+        /// The batch whose deliveries to drop.
+        #[arg(long, value_parser = |s: &str| BatchId::parse(s))]
+        batch: Option<BatchId>,
+        /// Every pending delivery.
+        #[arg(long, conflicts_with_all = ["host", "batch"])]
+        all: bool,
+        /// Why (kept with each delivery: `webhooks list --state dropped` shows it).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
-/// Exit: 0 done; 1 nothing to retry for that id; 3 PostgreSQL failed.
+/// Exit: 0 done; 1 nothing to retry for that id; 2 a bad `--reason`; 3 PostgreSQL failed.
 pub async fn run(
     store: &Store,
     command: WebhooksCommand,
@@ -52,6 +88,18 @@ pub async fn run(
     let result = match command {
         WebhooksCommand::List { state, json, limit } => list(store, state, json, limit).await,
         WebhooksCommand::Retry { id, all: _ } => retry(store, id, max_age).await,
+        WebhooksCommand::Drop {
+            host,
+            batch,
+            all: _,
+            reason,
+        } => {
+            let filter = DropFilter {
+                host: host.as_deref(),
+                batch: batch.as_ref().map(BatchId::as_str),
+            };
+            drop(store, filter, &reason).await
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -129,4 +177,17 @@ async fn retry(
             Ok(0)
         }
     }
+}
+
+async fn drop(store: &Store, filter: DropFilter<'_>, reason: &str) -> Result<u8, StoreError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > MAX_DROP_REASON || reason.chars().any(char::is_control) {
+        eprintln!(
+            "--reason: say why in 1 to {MAX_DROP_REASON} characters, without control characters"
+        );
+        return Ok(2);
+    }
+    let n = store.drop_webhooks(filter, reason).await?;
+    outln!("{n} pending webhook deliveries dropped");
+    Ok(0)
 }

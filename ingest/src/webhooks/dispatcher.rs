@@ -209,15 +209,17 @@ impl Dispatcher {
         let refused = (d.endpoint == CALLBACK)
             .then(|| self.refused_address(&d.url))
             .flatten();
-        let result = match (self.webhooks.key_for(&d.endpoint), refused) {
+        let result = match (self.webhooks.keys_for(&d.endpoint), refused) {
             (Some(_), Some(why)) => CallResult::Failed(why),
-            (Some(key), None) => {
-                let timestamp = Utc::now().timestamp();
+            (Some(keys), None) => {
+                let now = Utc::now();
+                let timestamp = now.timestamp();
                 let call = Call {
                     url: &d.url,
                     id: &d.event_id,
                     timestamp,
-                    signature: key.sign(&d.event_id, timestamp, d.payload.as_bytes()),
+                    // A retry is signed now, with the keys of now (both during a rotation).
+                    signature: keys.sign(&d.event_id, timestamp, d.payload.as_bytes(), now),
                     body: &d.payload,
                 };
                 if d.endpoint == CALLBACK {
@@ -241,7 +243,7 @@ impl Dispatcher {
             }
             CallResult::Status(410) => AttemptOutcome::Gone,
             other => {
-                let unconfigured = self.webhooks.key_for(&d.endpoint).is_none();
+                let unconfigured = self.webhooks.keys_for(&d.endpoint).is_none();
                 let wait = retry_delay(
                     tries,
                     Duration::from_millis(s.retry_initial_ms),
@@ -360,7 +362,7 @@ pub fn routes(webhooks: &Webhooks, e: &OutboxEvent) -> Vec<Route> {
         })
         .collect();
     if let Some(url) = &e.callback_url
-        && webhooks.callback_key.is_some()
+        && webhooks.callback_keys.is_some()
     {
         match webhooks.policy.check(url) {
             Ok(_) => out.push(Route {

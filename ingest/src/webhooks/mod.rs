@@ -7,11 +7,12 @@
 //! - [`allowed_host`]: one allow-list entry, a host and the port it may be called on.
 //! - [`address_guard`]: the addresses a callback may connect to, checked on the
 //!   connection's own lookup.
-//! - [`signature`]: Standard Webhooks signing.
+//! - [`signature`]: Standard Webhooks signing. [`keyring`]: the keys of one endpoint,
+//!   both during a secret rotation.
 //! - [`backoff`]: when a failed call is tried again.
 //! - [`sender`]: one bounded HTTP call.
 //! - [`dispatcher`]: the `serve` task that expires, sweeps, fans out and calls.
-//! - [`cli`]: `mailpipe-ingest webhooks list|retry`.
+//! - [`cli`]: `mailpipe-ingest webhooks list|retry|drop`.
 
 pub mod address_guard;
 pub mod allowed_host;
@@ -19,10 +20,11 @@ pub mod backoff;
 pub mod callback_url;
 pub mod cli;
 pub mod dispatcher;
+pub mod keyring;
 pub mod sender;
 pub mod settings;
 pub mod signature;
 
 pub use callback_url::UrlPolicy;
 pub use dispatcher::Dispatcher;
-pub use settings::{CALLBACK, WebhookSettings, Webhooks};
+pub use settings::{CALLBACK, PreviousSecret, WebhookSettings, Webhooks};

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use mailpipe_common::config::{ConfigError, Problem, SecretRef, parse_max_age};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::allowed_host::AllowedHost;
 use super::callback_url::UrlPolicy;
+use super::keyring::Keyring;
 use super::signature::SigningKey;
 
 /// Every event type; an endpoint's `events` filter names some of them.
@@ -36,6 +39,10 @@ pub struct WebhookSettings {
     /// submission with a callback URL is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_secret: Option<SecretRef>,
+    /// During a rotation: the callback secret being replaced, which signs too (a second
+    /// signature in the same header) until `until`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_callback_secret: Option<PreviousSecret>,
     /// Hosts a callback URL may name: `erp.example.com`, or `*.example.com` for any name
     /// below it, on port 443 unless the entry names another (`erp.example.com:8443`).
     /// Empty: callback URLs are refused.
@@ -66,6 +73,7 @@ impl Default for WebhookSettings {
         Self {
             endpoints: Vec::new(),
             callback_secret: None,
+            previous_callback_secret: None,
             allowed_callback_hosts: Vec::new(),
             allow_http_loopback: false,
             max_age: "3D".into(),
@@ -92,6 +100,33 @@ pub struct EndpointSettings {
     /// Only these event types (default: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
+    /// During a rotation: the secret being replaced, which signs too until `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A secret being rotated out: `{ secret = { env = "OLD" }, until = "2026-12-10T00:00:00Z" }`.
+/// Until then every call carries its signature beside the current secret's, so receivers
+/// can move to the new secret at their own pace; after it, only the new one signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub secret: SecretRef,
+    /// The end of the overlap (RFC 3339).
+    pub until: String,
+}
+
+impl PreviousSecret {
+    fn until(&self) -> Result<DateTime<Utc>, String> {
+        DateTime::parse_from_rfc3339(&self.until)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                format!(
+                    "{:?} is not an RFC 3339 time (2026-12-10T00:00:00Z): {e}",
+                    self.until
+                )
+            })
+    }
 }
 
 impl WebhookSettings {
@@ -161,6 +196,17 @@ impl WebhookSettings {
                 ));
             }
         }
+        if let Some(p) = &self.previous_callback_secret {
+            if let Err(why) = p.until() {
+                out.push(Problem::new(key("previous_callback_secret.until"), why));
+            }
+            if self.callback_secret.is_none() {
+                out.push(Problem::new(
+                    key("previous_callback_secret"),
+                    "a rotation needs the new secret in callback_secret",
+                ));
+            }
+        }
         let policy = self.policy();
         let mut names = std::collections::HashSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
@@ -189,6 +235,9 @@ impl WebhookSettings {
             if let Err(why) = policy.check_shape(&e.url) {
                 out.push(Problem::new(at("url"), why));
             }
+            if let Some(Err(why)) = e.previous_secret.as_ref().map(PreviousSecret::until) {
+                out.push(Problem::new(at("previous_secret.until"), why));
+            }
             for ev in &e.events {
                 if !EVENT_TYPES.contains(&ev.as_str()) {
                     out.push(Problem::new(
@@ -207,7 +256,7 @@ impl WebhookSettings {
 pub struct Endpoint {
     pub name: String,
     pub url: String,
-    pub key: SigningKey,
+    pub keys: Keyring,
     pub events: Vec<String>,
 }
 
@@ -222,7 +271,7 @@ impl Endpoint {
 pub struct Webhooks {
     pub settings: WebhookSettings,
     pub endpoints: Vec<Endpoint>,
-    pub callback_key: Option<SigningKey>,
+    pub callback_keys: Option<Keyring>,
     pub policy: UrlPolicy,
 }
 
@@ -234,6 +283,21 @@ impl Webhooks {
             SigningKey::parse(secret.expose_secret())
                 .map_err(|why| ConfigError::invalid(what.to_owned(), why))
         };
+        let ring = |current: &SecretRef,
+                    previous: Option<&PreviousSecret>,
+                    what: &str|
+         -> Result<Keyring, ConfigError> {
+            let previous = previous
+                .map(|p| {
+                    let what = format!("{what}.previous");
+                    let until = p
+                        .until()
+                        .map_err(|why| ConfigError::invalid(format!("{what}.until"), why))?;
+                    Ok::<_, ConfigError>((key_of(&p.secret, &what)?, until))
+                })
+                .transpose()?;
+            Ok(Keyring::new(key_of(current, what)?, previous))
+        };
         let endpoints = settings
             .endpoints
             .iter()
@@ -242,33 +306,43 @@ impl Webhooks {
                 Ok(Endpoint {
                     name: e.name.clone(),
                     url: e.url.clone(),
-                    key: key_of(&e.secret, &format!("ingest.webhooks.endpoints[{i}].secret"))?,
+                    keys: ring(
+                        &e.secret,
+                        e.previous_secret.as_ref(),
+                        &format!("ingest.webhooks.endpoints[{i}].secret"),
+                    )?,
                     events: e.events.clone(),
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        let callback_key = settings
+        let callback_keys = settings
             .callback_secret
             .as_ref()
-            .map(|r| key_of(r, "ingest.webhooks.callback_secret"))
+            .map(|r| {
+                ring(
+                    r,
+                    settings.previous_callback_secret.as_ref(),
+                    "ingest.webhooks.callback_secret",
+                )
+            })
             .transpose()?;
         Ok(Self {
             endpoints,
-            callback_key,
+            callback_keys,
             policy: settings.policy(),
             settings: settings.clone(),
         })
     }
 
-    /// The key that signs calls to `endpoint` (`None`: no longer configured).
-    pub fn key_for(&self, endpoint: &str) -> Option<&SigningKey> {
+    /// The keys that sign calls to `endpoint` (`None`: no longer configured).
+    pub fn keys_for(&self, endpoint: &str) -> Option<&Keyring> {
         if endpoint == CALLBACK {
-            return self.callback_key.as_ref();
+            return self.callback_keys.as_ref();
         }
         self.endpoints
             .iter()
             .find(|e| e.name == endpoint)
-            .map(|e| &e.key)
+            .map(|e| &e.keys)
     }
 }
 
@@ -288,12 +362,17 @@ mod tests {
                     url: "http://erp.example.com/x".into(),
                     secret: SecretRef::env("X"),
                     events: vec!["job.sent".into()],
+                    previous_secret: Some(PreviousSecret {
+                        secret: SecretRef::env("Y"),
+                        until: "next week".into(),
+                    }),
                 },
                 EndpointSettings {
                     name: "a b".into(),
                     url: "https://erp.example.com/x".into(),
                     secret: SecretRef::env("X"),
                     events: vec![],
+                    previous_secret: None,
                 },
             ],
             ..WebhookSettings::default()
@@ -307,6 +386,7 @@ mod tests {
                 "ingest.webhooks.allowed_callback_hosts[0]",
                 "ingest.webhooks.endpoints[0].name",
                 "ingest.webhooks.endpoints[0].url",
+                "ingest.webhooks.endpoints[0].previous_secret.until",
                 "ingest.webhooks.endpoints[0].events",
                 "ingest.webhooks.endpoints[1].name",
             ]

@@ -1,5 +1,5 @@
 //! A refused submission changes nothing: neither a bad body (4xx) nor a conflicting id
-//! (409) may re-point a batch's callback, or create the batch.
+//! (409) may re-point a batch's callback, or create the batch's row.
 
 use std::time::Duration;
 
@@ -72,9 +72,16 @@ async fn a_refused_batch_upload_leaves_the_batch_callback_as_it_was() {
             Some(Some(FIRST.into())),
             "a refused upload re-pointed the batch's callback"
         );
-        // A refused upload to a new batch does not create it either.
+        // A refused upload to a new batch does not create it either: neither a bad body
+        // nor an id accepted before with other content (409).
         assert_eq!(post_batch(&app, "fresh", ATTACKER, "not json\n").await, 422);
         assert_eq!(callback_of(&app, "fresh").await, None);
+        assert_eq!(post_batch(&app, "fresh", ATTACKER, &other).await, 409);
+        assert_eq!(
+            callback_of(&app, "fresh").await,
+            None,
+            "a 409 for a new batch created its row"
+        );
         app.cleanup().await;
     })
     .await;
@@ -102,16 +109,16 @@ async fn a_refused_job_leaves_its_batch_callback_as_it_was() {
             Some(Some(FIRST.into())),
             "a refused job re-pointed its batch's callback"
         );
-        // A conflicting id naming another batch gives that batch no callback (the claim
-        // may leave the batch's empty row: no job, no callback, no control).
+        // A conflicting id naming a new batch leaves no row of that batch at all.
         assert_eq!(
             post_job(&app, ATTACKER, in_batch("j-1", "other", "INV-9")).await,
             409
         );
-        assert!(matches!(
+        assert_eq!(
             callback_of(&app, "other").await,
-            None | Some(None)
-        ));
+            None,
+            "a refused job created its batch's row"
+        );
         // A duplicate (200) is an accepted submission: it may set the callback.
         assert_eq!(
             post_job(&app, ATTACKER, in_batch("j-1", "victim", "INV-1")).await,

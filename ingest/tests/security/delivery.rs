@@ -71,8 +71,9 @@ fn webhooks(dir: &std::path::Path, allowed: &[String], loopback: bool) -> Webhoo
 }
 
 /// One `job.delivered` event of `batch`, whose callback is `url`.
-async fn event(store: &Store, batch: &str, job: &str, url: &str) {
-    store.set_batch_callback(batch, url).await.unwrap();
+pub(crate) async fn event(store: &Store, batch: &str, job: &str, url: &str) {
+    let opener = mailpipe_common::store::Opener::TRUSTED;
+    assert!(store.open_batch(batch, opener, Some(url)).await.unwrap());
     sqlx::query(
         "SELECT mailpipe_webhook_record('job.delivered', 'job:' || $1 || ':delivered', $1, $2,
                 now(), jsonb_build_object('job_id', $1), false)",
@@ -85,7 +86,7 @@ async fn event(store: &Store, batch: &str, job: &str, url: &str) {
 }
 
 /// The callback delivery of `job`'s event: (state, last_error).
-async fn delivery(store: &Store, job: &str) -> Option<(String, Option<String>)> {
+pub(crate) async fn delivery(store: &Store, job: &str) -> Option<(String, Option<String>)> {
     sqlx::query_as(
         "SELECT d.state, d.last_error FROM webhook_deliveries d
          JOIN webhook_events e ON e.id = d.event_id
@@ -98,7 +99,7 @@ async fn delivery(store: &Store, job: &str) -> Option<(String, Option<String>)> 
 }
 
 /// Runs `dispatcher` until `done` holds for `job`'s delivery, or fails after `limit`.
-async fn run_until(
+pub(crate) async fn run_until(
     store: &Store,
     dispatcher: Dispatcher,
     job: &str,

@@ -1,7 +1,9 @@
 //! Issue 28's security properties, each against the real thing (ingest on port 0, a real
 //! RabbitMQ and PostgreSQL, real sockets): a refused request changes nothing, control
 //! characters are refused at the edge, callbacks go only where the allow-list and the
-//! address checks say, and one peer cannot starve the others of connections.
+//! address checks say, one peer cannot starve the others of connections, each token does
+//! only what its role allows, pending webhooks can be dropped, and a rotated webhook
+//! secret keeps both receivers verifying during the overlap.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +14,9 @@ mod callbacks;
 mod delivery;
 mod fairness;
 mod input;
+mod roles;
+mod rotation;
+mod webhooks_drop;
 
 use std::time::Duration;
 

@@ -65,11 +65,13 @@ pub fn settings_for(dir: &Path) -> IngestSettings {
             SecretRef {
                 env: None,
                 file: Some(dir.join("token1")),
-            },
+            }
+            .into(),
             SecretRef {
                 env: None,
                 file: Some(dir.join("token2")),
-            },
+            }
+            .into(),
         ],
         limits: JobLimits {
             max_recipients: 3,
