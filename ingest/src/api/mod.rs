@@ -6,16 +6,18 @@
 //! | `POST /v1/jobs` | bearer | one job (JSON) |
 //! | `GET /v1/jobs/{id}` | bearer | a job's latest status |
 //! | `POST /v1/batches?batch=ID[&partial=true]` | bearer | JSONL or CSV upload |
+//! | `GET /v1/batches?state=&created_from=&created_to=&q=&cursor=&limit=` | bearer | batches, newest first, a page at a time |
 //! | `GET /v1/batches/{id}` | bearer | counts by status |
 //! | `GET /v1/suppressions` | bearer | the suppression list, a page at a time |
 //! | `PUT`, `DELETE /v1/suppressions/{address}` | bearer | add (with a reason), remove |
 //! | `GET /v1/openapi.yaml` | open | this API, described |
 
 mod auth;
+pub(crate) mod batch_list;
 mod batches;
 mod error;
 mod jobs;
-mod query_guard;
+pub(crate) mod query_guard;
 pub mod suppressions;
 
 use std::sync::Arc;
@@ -144,6 +146,7 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, bool)>
         (Method::GET, "/v1/jobs", get(jobs::list), true),
         (Method::GET, "/v1/jobs/{id}", get(jobs::status), true),
         (Method::POST, "/v1/batches", post(batches::upload), true),
+        (Method::GET, "/v1/batches", get(batch_list::list), true),
         (Method::GET, "/v1/batches/{id}", get(batches::status), true),
         (
             Method::POST,
