@@ -21,6 +21,7 @@
 //! - [`status_cli`]: `mailpipe-ingest status`. [`batch_list_cli`]: `batch list`. [`jobs_cli`]: `mailpipe-ingest jobs`.
 //!   [`dead`]: `mailpipe-ingest dead list|replay`.
 //! - [`webhooks`]: outcome webhooks from the database's outbox to the receivers.
+//! - [`console`]: the operator's web console at `/console` (sessions, pages).
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -30,6 +31,7 @@ pub mod batch;
 pub mod batch_list_cli;
 pub mod batch_reader;
 pub mod commands;
+pub mod console;
 pub mod dead;
 pub mod eta;
 pub mod jobs_cli;

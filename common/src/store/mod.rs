@@ -13,6 +13,7 @@ mod bounces;
 mod claims;
 mod events;
 mod leases;
+mod pool_view;
 mod prune;
 mod report_binding;
 mod sends;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
+pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;
 pub use sends::{
     AcceptedSend, CountedSend, Decision, Resolution, SendOutcome, SendRules, SendStart,
