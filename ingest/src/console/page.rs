@@ -31,6 +31,9 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_auto_escape_callback(|_| AutoEscape::Html);
     env.add_filter("seconds", seconds);
+    env.add_filter("urlencode", |v: String| -> String {
+        url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+    });
     for (name, source) in TEMPLATES {
         // The templates are part of the binary; a unit test renders each.
         if let Err(e) = env.add_template(name, source) {
@@ -123,6 +126,14 @@ pub fn store_error(e: mailpipe_common::store::StoreError) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        let html = ENV
+            .render_str("{{ x | urlencode }}", minijinja::context! { x => "a b&c" })
+            .unwrap();
+        assert_eq!(html, "a+b%26c");
+    }
 
     #[test]
     fn every_template_parses() {
