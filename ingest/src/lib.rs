@@ -18,7 +18,8 @@
 //! - [`lanes`]: the deliver queue each job will wait in (lane, batch turn).
 //! - [`records`]: batch reports, job records and job lists from the system of record.
 //! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
-//! - [`status_cli`]: `mailpipe-ingest status`. [`batch_list_cli`]: `batch list`. [`jobs_cli`]: `mailpipe-ingest jobs`.
+//! - [`status_cli`]: `mailpipe-ingest status`. [`jobs_cli`]: `mailpipe-ingest jobs`.
+//!   [`batch_list_cli`]: `mailpipe-ingest batch list`.
 //!   [`dead`]: `mailpipe-ingest dead list|replay`.
 //! - [`webhooks`]: outcome webhooks from the database's outbox to the receivers.
 //! - [`console`]: the operator's web console at `/console` (sessions, pages).

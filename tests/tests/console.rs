@@ -4,7 +4,7 @@
 //! polling, no reload); pausing from the page stops sends (counted on the simulator);
 //! the pool page shows the mailboxes; a page without a session goes to the login form;
 //! a POST without the CSRF token, or from another site, changes nothing. Screenshots of
-//! each page go to docs/console/.
+//! each page: `MAILPIPE_CONSOLE_SCREENSHOTS=docs` puts them in docs/console/.
 
 #![allow(clippy::unwrap_used)]
 
@@ -87,8 +87,14 @@ fn hyper_util_connector() -> HttpConnector {
     HttpConnector::new()
 }
 
+/// Where screenshots go: `docs/console/` when `MAILPIPE_CONSOLE_SCREENSHOTS=docs` (to
+/// refresh the documentation's), else the test's scratch directory (a test run leaves the
+/// source tree alone).
 fn screenshot_dir() -> PathBuf {
-    let dir = workspace_root().join("docs/console");
+    let dir = match std::env::var("MAILPIPE_CONSOLE_SCREENSHOTS").as_deref() {
+        Ok("docs") => workspace_root().join("docs/console"),
+        _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots"),
+    };
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -125,6 +131,26 @@ async fn element(c: &Client, locator: Locator<'_>) -> fantoccini::elements::Elem
         .unwrap_or_else(|e| panic!("{locator:?} not shown within 20 s: {e}"))
 }
 
+/// Submits the login form with `token`.
+async fn log_in(c: &Client, token: &str) {
+    let form = element(c, Locator::Id("login")).await;
+    fill(&form, "#token", token).await;
+    element(c, Locator::Id("login-submit"))
+        .await
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the field of `form` that `css` selects.
+async fn fill(form: &fantoccini::elements::Element, css: &str, text: &str) {
+    let field = form
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    field.send_keys(text).await.unwrap();
+}
+
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -132,7 +158,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -159,49 +188,100 @@ async fn run() {
 
     // No session: the login form.
     c.goto(&format!("{base}/console/batches")).await.unwrap();
-    assert!(c.current_url().await.unwrap().path().ends_with("/console/login"));
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/login")
+    );
     screenshot(&c, "login").await;
-    element(&c, Locator::Id("token")).await.send_keys("wrong-token").await.unwrap();
-    element(&c, Locator::Id("login-submit")).await.click().await.unwrap();
+    log_in(&c, "wrong-token").await;
     element(&c, Locator::Id("login-error")).await;
-    element(&c, Locator::Id("token")).await.send_keys(&stack.token).await.unwrap();
-    element(&c, Locator::Id("login-submit")).await.click().await.unwrap();
+    log_in(&c, &stack.token).await;
 
     // The running batch's progress advances on the page by itself.
-    wait_until("the batch shows on the list", Duration::from_secs(60), || async {
-        c.find(Locator::Css("tr[data-batch='cb']")).await.is_ok()
-    })
+    wait_until(
+        "the batch shows on the list",
+        Duration::from_secs(60),
+        || async { c.find(Locator::Css("tr[data-batch='cb']")).await.is_ok() },
+    )
     .await;
-    assert!(c.current_url().await.unwrap().path().ends_with("/console/batches"));
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/batches")
+    );
+    // The session cookie is out of scripts' reach and never sent cross-site; the token
+    // appears nowhere in the page.
+    let cookie = c.get_named_cookie("mailpipe_console").await.unwrap();
+    assert_eq!(cookie.http_only(), Some(true), "{cookie}");
+    assert_eq!(
+        cookie.same_site().map(|s| s.to_string()).as_deref(),
+        Some("Strict"),
+        "{cookie}"
+    );
+    assert_ne!(cookie.value(), stack.token);
+    assert!(!c.source().await.unwrap().contains(&stack.token));
     let first = shown_done(&c, "cb").await;
-    wait_until("the progress advances without a reload", Duration::from_secs(60), || async {
-        shown_done(&c, "cb").await > first
-    })
+    wait_until(
+        "the progress advances without a reload",
+        Duration::from_secs(60),
+        || async { shown_done(&c, "cb").await > first },
+    )
     .await;
-    let state = c.find(Locator::Css("tr[data-batch='cb'] td:nth-child(2)")).await.unwrap();
+    let state = c
+        .find(Locator::Css("tr[data-batch='cb'] td:nth-child(2)"))
+        .await
+        .unwrap();
     assert_eq!(state.text().await.unwrap(), "running");
     screenshot(&c, "batches").await;
 
     // Pause from the batch page, through its confirmation.
     c.goto(&format!("{base}/console/batches/cb")).await.unwrap();
     screenshot(&c, "batch").await;
-    element(&c, Locator::Id("pause")).await.click().await.unwrap();
-    element(&c, Locator::Id("confirm-pause")).await.click().await.unwrap();
+    element(&c, Locator::Id("pause"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    element(&c, Locator::Id("confirm-pause"))
+        .await
+        .click()
+        .await
+        .unwrap();
     let state = element(&c, Locator::Id("batch-state")).await;
     assert_eq!(state.text().await.unwrap(), "paused");
     // Sends under way finish; then the simulator receives nothing more of it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let at_pause = sent(&stack, "cb").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(sent(&stack, "cb").await, at_pause, "a paused batch sent more");
+    assert_eq!(
+        sent(&stack, "cb").await,
+        at_pause,
+        "a paused batch sent more"
+    );
     assert!(at_pause < 200, "paused mid-run");
 
-    // Without the CSRF token a POST changes nothing, with the session cookie or without.
-    let cookie = c.get_named_cookie("mailpipe_console").await.unwrap();
+    // Every page carries the strict policy (no inline script, no framing).
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let page = http
+        .get(format!("{base}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    // Without the CSRF token a POST changes nothing, with the session cookie or without.
     let r = http
         .post(format!("{base}/console/batches/cb/resume"))
         .header("cookie", format!("mailpipe_console={}", cookie.value()))
@@ -219,11 +299,17 @@ async fn run() {
     element(&c, Locator::Id("go")).await.click().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let status = stack.batch_status("cb").await.unwrap();
-    assert_eq!(status["control"], "paused", "a cross-site POST changed nothing: {status}");
+    assert_eq!(
+        status["control"], "paused",
+        "a cross-site POST changed nothing: {status}"
+    );
 
     // The pool page lists every mailbox of the pool.
     c.goto(&format!("{base}/console/pool")).await.unwrap();
-    let rows = c.find_all(Locator::Css("#mailboxes tbody tr")).await.unwrap();
+    let rows = c
+        .find_all(Locator::Css("#mailboxes tbody tr"))
+        .await
+        .unwrap();
     assert!(!rows.is_empty(), "the pool page shows the mailboxes");
     screenshot(&c, "pool").await;
 
@@ -232,11 +318,18 @@ async fn run() {
     screenshot(&c, "decisions").await;
 
     // Suppressions: add one through the form; it is listed.
-    c.goto(&format!("{base}/console/suppressions")).await.unwrap();
+    c.goto(&format!("{base}/console/suppressions"))
+        .await
+        .unwrap();
     let form = element(&c, Locator::Id("add-suppression")).await;
-    form.find(Locator::Css("input[name=address]")).await.unwrap().send_keys("ann@example.com").await.unwrap();
-    form.find(Locator::Css("input[name=reason]")).await.unwrap().send_keys("asked to stop").await.unwrap();
-    form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    fill(&form, "input[name=address]", "ann@example.com").await;
+    fill(&form, "input[name=reason]", "asked to stop").await;
+    form.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let table = element(&c, Locator::Id("suppressions")).await;
     assert!(table.text().await.unwrap().contains("ann@example.com"));
     screenshot(&c, "suppressions").await;

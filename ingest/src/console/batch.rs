@@ -54,12 +54,12 @@ fn group(failures: &[Failure]) -> Vec<FailureGroup> {
         }
     }
     let mut out: Vec<FailureGroup> = groups.into_values().collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|g| std::cmp::Reverse(g.count));
     out
 }
 
-fn batch_id(raw: &str) -> Result<BatchId, Response> {
-    BatchId::parse(raw).map_err(|e| page::error(StatusCode::BAD_REQUEST, &format!("batch: {e}")))
+fn batch_id(raw: &str) -> Result<BatchId, String> {
+    BatchId::parse(raw).map_err(|e| format!("batch: {e}"))
 }
 
 pub async fn page(
@@ -69,7 +69,7 @@ pub async fn page(
 ) -> Response {
     let id = match batch_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::BAD_REQUEST, &m),
     };
     match state.api.records.batch_report(&id, Utc::now()).await {
         Ok(Some(report)) => Page::new("batch", &format!("Batch {id}"))
@@ -101,7 +101,7 @@ pub async fn control(
 ) -> Response {
     let id = match batch_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::BAD_REQUEST, &m),
     };
     let Some((to, verb)) = verb(&raw_verb) else {
         return page::error(StatusCode::NOT_FOUND, "use pause, resume or cancel");

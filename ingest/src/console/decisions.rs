@@ -96,8 +96,8 @@ pub async fn page(
         .render(&session)
 }
 
-fn job_id(raw: &str) -> Result<JobId, Response> {
-    JobId::parse(raw).map_err(|e| page::error(StatusCode::BAD_REQUEST, &format!("job: {e}")))
+fn job_id(raw: &str) -> Result<JobId, String> {
+    JobId::parse(raw).map_err(|e| format!("job: {e}"))
 }
 
 /// `POST /console/decisions/uncertain/{job}/resend|mark-sent`.
@@ -108,7 +108,7 @@ pub async fn settle(
 ) -> Response {
     let job = match job_id(&job) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::BAD_REQUEST, &m),
     };
     let resolution = match verb.as_str() {
         "resend" => Resolution::Resend,
@@ -142,7 +142,7 @@ pub async fn replay(
 ) -> Response {
     let job = match job_id(&job) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::BAD_REQUEST, &m),
     };
     let delivered_ids = match delivered(&state).await {
         Ok(d) => d,

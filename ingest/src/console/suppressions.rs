@@ -34,14 +34,9 @@ pub async fn page(
     }
 }
 
-fn address(form: &HashMap<String, String>) -> Result<EmailAddress, Response> {
+fn address(form: &HashMap<String, String>) -> Result<EmailAddress, String> {
     let raw = form.get("address").map(|a| a.trim()).unwrap_or_default();
-    EmailAddress::parse(raw).map_err(|e| {
-        page::error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("address: {raw:?} is not an email address: {e}"),
-        )
-    })
+    EmailAddress::parse(raw).map_err(|e| format!("address: {raw:?} is not an email address: {e}"))
 }
 
 /// `POST /console/suppressions`: `address` and `reason` (1–500 characters, no control
@@ -49,7 +44,7 @@ fn address(form: &HashMap<String, String>) -> Result<EmailAddress, Response> {
 pub async fn add(State(state): State<ConsoleState>, CheckedForm(form): CheckedForm) -> Response {
     let address = match address(&form) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::UNPROCESSABLE_ENTITY, &m),
     };
     let reason = form.get("reason").map(|r| r.trim()).unwrap_or_default();
     if reason.is_empty()
@@ -72,7 +67,7 @@ pub async fn add(State(state): State<ConsoleState>, CheckedForm(form): CheckedFo
 pub async fn remove(State(state): State<ConsoleState>, CheckedForm(form): CheckedForm) -> Response {
     let address = match address(&form) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return page::error(StatusCode::UNPROCESSABLE_ENTITY, &m),
     };
     match state.api.records.store().unsuppress(&address).await {
         Ok(true) => Redirect::to("/console/suppressions").into_response(),
