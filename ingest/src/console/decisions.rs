@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::store::{DeliveryFilter, Resolution};
@@ -29,9 +29,13 @@ async fn delivered(state: &ConsoleState) -> Result<std::collections::HashSet<Str
         .map_err(page::store_error)
 }
 
+/// The header the page's script sends when it refreshes the live part.
+const REFRESH: &str = "x-console-refresh";
+
 pub async fn page(
     State(state): State<ConsoleState>,
     Extension(session): Extension<Session>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let batch = match query.get("batch").filter(|b| !b.is_empty()) {
@@ -64,6 +68,16 @@ pub async fn page(
         }
         (Err(e), _) | (_, Err(e)) => return page::store_error(e),
     };
+    // Reading the dead letters walks the whole dead-letter queue, holding each message
+    // until the pass ends: done when the page is opened, not on every refresh (the dead
+    // letters sit outside the live part).
+    if headers.contains_key(REFRESH) {
+        return Page::new("decisions", "Needs a decision")
+            .with("batch", batch)
+            .with("uncertain", uncertain)
+            .with("webhooks", webhooks)
+            .render(&session);
+    }
     let delivered_ids = match delivered(&state).await {
         Ok(d) => d,
         Err(r) => return r,
@@ -180,5 +194,21 @@ pub async fn replay(
                 "the replay failed (RabbitMQ); see ingest's log; nothing was lost",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_renders_without_reading_dead_letters() {
+        let none: Vec<String> = Vec::new();
+        let response = Page::new("decisions", "Needs a decision")
+            .with("batch", None::<String>)
+            .with("uncertain", &none)
+            .with("webhooks", &none)
+            .render_with_csrf("c");
+        assert_eq!(response.status(), StatusCode::OK);
     }
 }

@@ -6,7 +6,11 @@
   if (!live) { return; }
   function refresh() {
     if (document.hidden) { return; }
-    fetch(window.location.href, { credentials: "same-origin", redirect: "manual" })
+    fetch(window.location.href, {
+      credentials: "same-origin",
+      redirect: "manual",
+      headers: { "X-Console-Refresh": "1" }
+    })
       .then(function (r) {
         if (r.type === "opaqueredirect") { window.location.assign("/console/login"); return null; }
         return r.ok ? r.text() : null;
