@@ -59,6 +59,8 @@ pub enum DeadCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BatchCommand {
+    /// Batches newest first, with their state, counts and ETA (filter by state, time, id).
+    List(crate::batch_list_cli::BatchListArgs),
     /// No further job of the batch is sent (sends under way finish); other batches go on.
     Pause {
         #[arg(value_parser = |s: &str| BatchId::parse(s))]
@@ -251,8 +253,9 @@ pub async fn status(
     ExitCode::from(code)
 }
 
-/// `batch pause|resume|cancel ID`: exit 0 done, 1 a cancelled batch cannot be resumed or
-/// paused, 2 unknown batch, 3 the database failed.
+/// `batch list`: exit 0 done, 3 the database failed. `batch pause|resume|cancel ID`: exit
+/// 0 done, 1 a cancelled batch cannot be resumed or paused, 2 unknown batch, 3 the
+/// database failed.
 pub async fn batch(
     config: &Config,
     command: BatchCommand,
@@ -260,6 +263,15 @@ pub async fn batch(
     give_up_after: Duration,
 ) -> ExitCode {
     let (batch, to) = match command {
+        BatchCommand::List(args) => {
+            let store = match open_store(config, shutdown, give_up_after).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let code = crate::batch_list_cli::run(&records(config, store.clone()), args).await;
+            store.close().await;
+            return ExitCode::from(code);
+        }
         BatchCommand::Pause { batch } => (batch, BatchControl::Paused),
         BatchCommand::Resume { batch } => (batch, BatchControl::Running),
         BatchCommand::Cancel { batch } => (batch, BatchControl::Cancelled),

@@ -20,16 +20,20 @@
 //! - [`records`]: batch reports, job records and job lists from the system of record.
 //! - [`eta`]: a batch's ETA from the pool's limits and what its mailboxes sent (pure).
 //! - [`status_cli`]: `mailpipe-ingest status`. [`jobs_cli`]: `mailpipe-ingest jobs`.
+//!   [`batch_list_cli`]: `mailpipe-ingest batch list`.
 //!   [`dead`]: `mailpipe-ingest dead list|replay`.
 //! - [`webhooks`]: outcome webhooks from the database's outbox to the receivers.
+//! - [`console`]: the operator's web console at `/console` (sessions, pages).
 //! - [`api`]: the HTTP routes. [`startup`]: `Application`. [`submit`]: the CLI import.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
 pub mod batch;
+pub mod batch_list_cli;
 pub mod batch_reader;
 pub mod commands;
+pub mod console;
 pub mod dead;
 pub mod dead_log;
 pub mod eta;

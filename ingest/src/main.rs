@@ -33,6 +33,10 @@ Examples:
   mailpipe-ingest status nov-2026 --watch          # every 2 s until finished (or Ctrl-C)
   mailpipe-ingest status nov-2026 --json | jq .eta # the same JSON as GET /v1/batches/{id}
 
+  # Batches newest first (state, counts, ETA), filtered by state, time or part of the id:
+  mailpipe-ingest --config mailpipe.toml batch list
+  mailpipe-ingest batch list --state running --from 2026-11-01T00:00:00Z --search nov --json
+
   # Stop a batch (a wrong template?), let it go on, or end it for good:
   mailpipe-ingest --config mailpipe.toml batch pause nov-2026
   mailpipe-ingest --config mailpipe.toml batch resume nov-2026
@@ -77,7 +81,7 @@ configuration or input error (a path that is not a regular file too); 3 RabbitMQ
 failed. status: 0 no failures (finished, or not yet with no --watch); 1 failures; 2 unknown batch,
 configuration, or a database schema behind this build (run `migrate`); 3 PostgreSQL failed. jobs: 0
 done; 3 PostgreSQL failed. dead: 0 done; 2 configuration; 3 RabbitMQ or PostgreSQL failed.
-migrate: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
+migrate: 0 done; 3 PostgreSQL failed. batch list: 0 done; 3 PostgreSQL failed. batch: 0 done; 1 the batch is cancelled (final); 2
 unknown batch; 3 PostgreSQL failed. uncertain: 0 done; 1 a job had no uncertain send waiting; 3
 PostgreSQL failed. webhooks: 0 done; 1 retry ID found nothing to retry; 2 a bad drop --reason;
 3 PostgreSQL failed.

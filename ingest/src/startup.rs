@@ -16,6 +16,7 @@ use mailpipe_common::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::console::ConsoleState;
 use crate::eta::PoolCapacity;
 use crate::metrics;
 use crate::publish::JobPublisher;
@@ -154,6 +155,7 @@ impl Application {
         let listen = config.ingest.listen;
         let limits = config.ingest.http_limits();
         let records = records(&config, store.clone());
+        let pool = config.pool.as_ref().ok().cloned();
         let state = AppState::new(
             validator,
             publisher,
@@ -162,7 +164,9 @@ impl Application {
             config.ingest,
             schema_ready,
         );
+        let console = crate::console::router(ConsoleState::new(state.clone(), pool));
         let router = api::router(state)
+            .merge(console)
             .merge(ops_router(&broker, checks))
             .layer(axum::middleware::from_fn(api::track));
         let server = serve_with_limits(listen, router, limits, shutdown).await?;

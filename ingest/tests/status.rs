@@ -425,3 +425,197 @@ async fn a_jobs_state_only_moves_forward_whatever_order_its_events_arrive_in() {
     assert_eq!(json["counts"]["failed"], 1, "{json}");
     app.cleanup().await;
 }
+
+/// Batches `lst-0` .. `lst-4` (two jobs each) submitted one after the other, so `lst-4` is
+/// the newest.
+async fn submit_batches(app: &TestApp) -> Vec<String> {
+    let ids: Vec<String> = (0..5).map(|i| format!("lst-{i}")).collect();
+    for b in &ids {
+        let body = format!(
+            "{}\n{}\n",
+            support::job_json(&format!("{b}-a")),
+            support::job_json(&format!("{b}-b"))
+        );
+        let r = app
+            .post(&format!("/v1/batches?batch={b}"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{b}: {}", r.text().await.unwrap());
+    }
+    ids
+}
+
+fn names(page: &Value) -> Vec<String> {
+    page["batches"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no batches: {page}"))
+        .iter()
+        .map(|b| b["batch"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_batch_list_pages_newest_first_and_filters_by_state_time_and_text() {
+    let app = TestApp::spawn("ing-batch-list").await;
+    let ids = submit_batches(&app).await;
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+
+    // Pages of two, by cursor: every batch once, newest first; the last page has no cursor.
+    let mut seen = Vec::new();
+    let mut path = "/v1/batches?limit=2".to_owned();
+    for _ in 0..5 {
+        let page = app.get_json(&path).await;
+        seen.extend(names(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/batches?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+    let page = app.get_json("/v1/batches").await;
+    assert_eq!(names(&page), newest_first, "default page holds them all");
+    assert!(page.get("next_cursor").is_none(), "{page}");
+    let first = &page["batches"][0];
+    assert_eq!(first["state"], "running", "{first}");
+    assert_eq!(first["jobs"], 2, "{first}");
+    assert_eq!(first["remaining"], 2, "{first}");
+    assert_eq!(first["counts"]["accepted"], 2, "{first}");
+
+    // States: one paused, one cancelled, one done (both jobs delivered).
+    assert_eq!(
+        app.post("/v1/batches/lst-1/pause")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post("/v1/batches/lst-2/cancel")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for j in ["lst-3-a", "lst-3-b"] {
+        let mut e = event(j, "lst-3", EventKind::Delivered);
+        e.mailbox = Some(EmailAddress::parse("a@pool.example").unwrap());
+        e.recipients = 1;
+        record(&app.broker.pipeline, e).await;
+    }
+    app.eventually("/v1/batches/lst-3", |j| j["finished"] == true)
+        .await;
+    for (state, expected) in [
+        ("running", vec!["lst-4", "lst-0"]),
+        ("paused", vec!["lst-1"]),
+        ("cancelled", vec!["lst-2"]),
+        ("done", vec!["lst-3"]),
+    ] {
+        let page = app.get_json(&format!("/v1/batches?state={state}")).await;
+        assert_eq!(names(&page), expected, "state={state}: {page}");
+        for b in page["batches"].as_array().unwrap() {
+            assert_eq!(b["state"], state, "{b}");
+        }
+    }
+
+    // Created range: from is inclusive, to exclusive; together they split the list.
+    let middle = page_created_at(&app, "lst-2").await;
+    let from = app
+        .get_json(&format!("/v1/batches?created_from={}", urlencode(&middle)))
+        .await;
+    assert_eq!(names(&from), ["lst-4", "lst-3", "lst-2"]);
+    let to = app
+        .get_json(&format!("/v1/batches?created_to={}", urlencode(&middle)))
+        .await;
+    assert_eq!(names(&to), ["lst-1", "lst-0"]);
+
+    // Text: any part of the id, any case; with a state too.
+    assert_eq!(names(&app.get_json("/v1/batches?q=ST-3").await), ["lst-3"]);
+    assert!(names(&app.get_json("/v1/batches?q=nope").await).is_empty());
+    assert_eq!(
+        names(&app.get_json("/v1/batches?q=lst&state=paused").await),
+        ["lst-1"]
+    );
+
+    // Bad parameters are named; a token is needed.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("state=finished", "state"),
+        ("cursor=garbage", "cursor"),
+        ("created_from=yesterday", "created_from"),
+        ("q=a%00b", "q"),
+        ("colour=red", "colour"),
+    ] {
+        let r = app
+            .get(&format!("/v1/batches?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["field"], field, "{query}: {body}");
+    }
+    let r = app
+        .client
+        .get(format!("{}/v1/batches", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The CLI lists the same batches, filtered the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &app.broker, true);
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+        .arg("--config")
+        .arg(&config)
+        .args(["batch", "list", "--state", "running", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["batch"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(listed, ["lst-4", "lst-0"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-ingest"))
+        .arg("--config")
+        .arg(&config)
+        .args(["batch", "list", "--limit", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("lst-4") && text.contains("lst-3") && !text.contains("lst-2"),
+        "{text}"
+    );
+    assert!(text.contains("more: add --cursor "), "{text}");
+    app.cleanup().await;
+}
+
+async fn page_created_at(app: &TestApp, batch: &str) -> String {
+    let page = app.get_json(&format!("/v1/batches?q={batch}")).await;
+    page["batches"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -14,6 +14,7 @@ mod bounces;
 mod claims;
 mod events;
 mod leases;
+mod pool_view;
 mod prune;
 mod report_binding;
 mod sends;
@@ -34,6 +35,7 @@ pub use batch_owner::Opener;
 pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
+pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;
 pub use sends::{
     AcceptedSend, CountedSend, Decision, Resolution, SendOutcome, SendRules, SendStart,

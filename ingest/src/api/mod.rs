@@ -6,6 +6,7 @@
 //! | `POST /v1/jobs` | submit, operate | one job (JSON) |
 //! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | all (submit: its batches') | jobs, a job |
 //! | `POST /v1/batches?batch=ID[&partial=true]` | submit, operate | JSONL or CSV upload |
+//! | `GET /v1/batches?state=&created_from=&created_to=&q=&cursor=&limit=` | all (submit: its own) | batches, newest first, a page at a time |
 //! | `GET /v1/batches/{id}` | all (submit: its own) | counts by status |
 //! | `POST /v1/batches/{id}/pause|resume|cancel` | submit (its own), operate | control |
 //! | `GET /v1/suppressions` | read, operate | the suppression list, a page at a time |
@@ -15,11 +16,12 @@
 //! Which role may do what is said once, in [`roles`]; [`auth`] applies it per route.
 
 pub mod auth;
+pub(crate) mod batch_list;
 mod batches;
 mod error;
 mod jobs;
 mod ownership;
-mod query_guard;
+pub(crate) mod query_guard;
 pub mod roles;
 pub mod suppressions;
 
@@ -167,6 +169,12 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Option
             "/v1/batches",
             post(batches::upload),
             Some(A::Submit),
+        ),
+        (
+            Method::GET,
+            "/v1/batches",
+            get(batch_list::list),
+            Some(A::Read),
         ),
         (
             Method::GET,

@@ -3,6 +3,7 @@
 //! answer is a few indexed queries: its cost follows the batch asked about, never the
 //! history kept.
 
+mod batch_list;
 mod report;
 
 use std::collections::{BTreeMap, HashSet};
@@ -15,6 +16,10 @@ use mailpipe_common::domain::{BatchId, EmailAddress, JobId};
 use mailpipe_common::store::{BatchControl, JobState, Store, StoreError};
 use sqlx::types::Json;
 
+pub use batch_list::{
+    BatchCursor, BatchFilter, BatchPage, BatchState, BatchSummary, DEFAULT_BATCH_PAGE,
+    MAX_BATCH_PAGE,
+};
 pub use report::{
     BatchReport, FAILURES_SHOWN, Failure, Failures, JobPage, JobStatus, KINDS, KindCounts,
     MailboxCounts,

@@ -136,6 +136,12 @@ fn table() -> Vec<Row> {
         },
         Row {
             method: "GET",
+            route: "/v1/batches",
+            expect: [200, 200, 200],
+            request: |_| request("GET", "/v1/batches".into(), None),
+        },
+        Row {
+            method: "GET",
             route: "/v1/batches/{id}",
             expect: [200, 200, 200],
             request: |_| request("GET", "/v1/batches/erp-b".into(), None),
@@ -321,6 +327,21 @@ async fn a_submit_token_sees_and_controls_only_its_own_batches() {
         assert!(ids(&erp_list).is_empty(), "{erp_list}");
         let (_, all) = send(&app, Some(READ), &get("/v1/jobs")).await;
         assert_eq!(ids(&all), ["erp-1", "hr-1"]);
+        // And the batch list its own batches only.
+        let batches = |body: &Value| -> Vec<String> {
+            let mut b: Vec<String> = body["batches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["batch"].as_str().unwrap().to_owned())
+                .collect();
+            b.sort();
+            b
+        };
+        let (_, hr_batches) = send(&app, Some(HR), &get("/v1/batches")).await;
+        assert_eq!(batches(&hr_batches), ["hr-b"], "{hr_batches}");
+        let (_, every) = send(&app, Some(READ), &get("/v1/batches")).await;
+        assert_eq!(batches(&every), ["erp-b", "hr-b"], "{every}");
 
         // Adding to another owner's batch is refused, and writes nothing: no job, no
         // re-pointed callback.
