@@ -619,3 +619,67 @@ async fn a_batch_is_paused_resumed_and_cancelled_and_a_cancel_is_final() {
     assert_eq!(cancelled, 2);
     db.cleanup().await;
 }
+
+/// Polls `store.readiness()` until `want` holds or `limit` passes; returns the last answer.
+async fn readiness_until(
+    store: &Store,
+    limit: std::time::Duration,
+    want: impl Fn(&Result<(), String>) -> bool,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = store.readiness();
+        if want(&r) || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Readiness is a live check with the schema in it: not ready before anything was
+/// checked, "not migrated" while the schema is behind, ready once it is current, and an
+/// outage shows (and ends) within seconds with no operation running; the probe stops on
+/// shutdown. Margins are for a loaded machine (the probe asks every second).
+#[tokio::test]
+async fn readiness_follows_the_database_within_seconds_and_includes_the_schema() {
+    use mailpipe_common::testkit::{DatabaseOutage, database_settings, ensure_test_database, within};
+    let limit = std::time::Duration::from_secs(10);
+    ensure_test_database().await;
+    let outage = DatabaseOutage::start().await;
+    let mut settings = database_settings("probe");
+    settings.url = outage.url();
+    settings.migrate_on_start = false;
+    let shutdown = CancellationToken::new();
+    let store = Store::new(&settings, shutdown.clone()).unwrap();
+    let why = store.readiness().unwrap_err();
+    assert!(why.contains("database"), "before any check: {why}");
+
+    let probe = store.spawn_probe();
+    let r = readiness_until(&store, limit, |r| {
+        r.as_ref().is_err_and(|why| why.contains("not migrated"))
+    })
+    .await;
+    assert!(
+        r.as_ref().is_err_and(|why| why.contains("not migrated")),
+        "an empty schema: {r:?}"
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(store.readiness(), Ok(()), "ready once migrated");
+
+    outage.cut().await;
+    let r = readiness_until(&store, limit, Result::is_err).await;
+    assert!(
+        r.as_ref().is_err_and(|why| why.contains("database unreachable")),
+        "within 10 s of the outage, no operation running: {r:?}"
+    );
+    outage.restore();
+    let r = readiness_until(&store, limit, Result::is_ok).await;
+    assert_eq!(r, Ok(()), "ready again within 10 s of the database's return");
+
+    shutdown.cancel();
+    within(limit, "the probe stopping on shutdown", probe)
+        .await
+        .unwrap();
+    drop_schema(&store, &settings.schema).await;
+    store.close().await;
+}

@@ -289,3 +289,60 @@ async fn handle_reports_each_outcome_and_requeues_when_publishing_fails() {
     }
     t.cleanup().await;
 }
+
+/// render started with work already waiting publishes each job exactly once: the issue's
+/// report was bursts of "confirm lost with the connection; publishing again" right after
+/// start (a channel closed by the client under its own publishes), each a second copy in
+/// deliver's queue. All jobs are queued before render starts, so its start (consumers
+/// subscribing, the publish channel opening) overlaps the first publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_started_with_jobs_waiting_publishes_each_job_once() {
+    const JOBS: usize = 300;
+    let t = TestBroker::start("render-once").await;
+    let pdf = sample_pdf(2_000);
+    let mut pending = Vec::new();
+    for i in 0..JOBS {
+        pending.push(
+            t.pipeline
+                .send_job(&invoice_job(&format!("once-{i}"), &pdf))
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.confirmed().await.unwrap();
+    }
+    let deliver_queue = t.broker.topology().stage_queue(Stage::Deliver);
+    let (shutdown, _addr, run) = start_app(&t).await;
+
+    // Every job came out at least once; then render stops (finishing what it holds), so
+    // every publish it will ever make is in the queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while (t.depth(&deliver_queue).await as usize) < JOBS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {JOBS} rendered within 120 s",
+            t.depth(&deliver_queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("render stops")
+        .unwrap()
+        .unwrap();
+
+    let mut copies: std::collections::HashMap<String, usize> = Default::default();
+    while let Some(m) = t.get(&deliver_queue, Duration::ZERO).await {
+        let meta = RenderedMeta::from_header_value(
+            &header_str(&m.delivery.properties, META_HEADER).expect("meta header"),
+        )
+        .unwrap();
+        *copies.entry(meta.job_id.as_str().to_owned()).or_default() += 1;
+    }
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    assert_eq!(copies.len(), JOBS, "every job published");
+    t.cleanup().await;
+}

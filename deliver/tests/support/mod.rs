@@ -411,8 +411,15 @@ impl Harness {
         out
     }
 
+    /// Stops the simulator and cleans up the broker and database (bounded: a hang fails
+    /// the test with a message).
     pub async fn finish(self) {
-        self.sim.shutdown().await;
+        mailpipe_common::testkit::within(
+            mailpipe_common::testkit::CLEANUP_LIMIT,
+            "stopping the simulator",
+            self.sim.shutdown(),
+        )
+        .await;
         self.broker.cleanup().await;
     }
 }
