@@ -683,3 +683,45 @@ async fn readiness_follows_the_database_within_seconds_and_includes_the_schema()
     drop_schema(&store, &settings.schema).await;
     store.close().await;
 }
+
+/// A test that hangs fails its binary with a message naming it, instead of hanging the
+/// run: this test runs itself again as a child with a 1 s limit and a hang, and checks
+/// the child's exit status (124) and what it wrote.
+#[test]
+fn a_hung_test_stops_its_binary_with_a_message() {
+    use mailpipe_common::testkit::Watchdog;
+    const NAME: &str = "a_hung_test_stops_its_binary_with_a_message";
+    if std::env::var_os("MAILPIPE_TEST_HANG_ON_PURPOSE").is_some() {
+        let _limit = Watchdog::arm(std::time::Duration::from_secs(1), "a hang on purpose");
+        loop {
+            std::thread::park();
+        }
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--test-threads", "2"])
+        .env("MAILPIPE_TEST_HANG_ON_PURPOSE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child must end by itself; 60 s is the margin before it is killed and this fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("the watchdog did not stop a hung test within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(
+        stderr.contains(NAME) && stderr.contains("a hang on purpose") && stderr.contains("hangs"),
+        "the message names the test and what hung: {stderr}"
+    );
+}
