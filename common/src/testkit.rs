@@ -73,10 +73,7 @@ impl Watchdog {
     /// names them); `what` says what was running.
     pub fn arm(limit: Duration, what: impl Into<String>) -> Self {
         let what = what.into();
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("a test")
-            .to_owned();
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
         let (disarm, armed) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("test-watchdog".into())

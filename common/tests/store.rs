@@ -642,7 +642,9 @@ async fn readiness_until(
 /// shutdown. Margins are for a loaded machine (the probe asks every second).
 #[tokio::test]
 async fn readiness_follows_the_database_within_seconds_and_includes_the_schema() {
-    use mailpipe_common::testkit::{DatabaseOutage, database_settings, ensure_test_database, within};
+    use mailpipe_common::testkit::{
+        DatabaseOutage, database_settings, ensure_test_database, within,
+    };
     let limit = std::time::Duration::from_secs(10);
     ensure_test_database().await;
     let outage = DatabaseOutage::start().await;
@@ -669,12 +671,17 @@ async fn readiness_follows_the_database_within_seconds_and_includes_the_schema()
     outage.cut().await;
     let r = readiness_until(&store, limit, Result::is_err).await;
     assert!(
-        r.as_ref().is_err_and(|why| why.contains("database unreachable")),
+        r.as_ref()
+            .is_err_and(|why| why.contains("database unreachable")),
         "within 10 s of the outage, no operation running: {r:?}"
     );
     outage.restore();
     let r = readiness_until(&store, limit, Result::is_ok).await;
-    assert_eq!(r, Ok(()), "ready again within 10 s of the database's return");
+    assert_eq!(
+        r,
+        Ok(()),
+        "ready again within 10 s of the database's return"
+    );
 
     shutdown.cancel();
     within(limit, "the probe stopping on shutdown", probe)

@@ -99,9 +99,14 @@ fn tcp_sockets() -> Vec<String> {
     }
     let mut out = Vec::new();
     for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
         let target = target.to_string_lossy().into_owned();
-        let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
+        let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        else {
             continue;
         };
         if let Some(line) = table

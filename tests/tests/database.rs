@@ -126,10 +126,25 @@ async fn drop_given_schema(database: &mailpipe_common::store::DatabaseSettings) 
     store.close().await;
 }
 
-fn through(outage: &DatabaseOutage, name: &str) -> mailpipe_common::store::DatabaseSettings {
+/// A proxy in front of the test database, and a stack's options (named `name`) whose
+/// database is reached through it.
+async fn behind_a_proxy(
+    name: &str,
+) -> (
+    DatabaseOutage,
+    mailpipe_common::store::DatabaseSettings,
+    StackOptions,
+) {
+    ensure_test_database().await;
+    let outage = DatabaseOutage::start().await;
     let mut database = database_settings(name);
     database.url = outage.url();
-    database
+    let opts = StackOptions {
+        name: name.into(),
+        database: Some(database.clone()),
+        ..StackOptions::default()
+    };
+    (outage, database, opts)
 }
 
 /// Readiness is a live check: with no work flowing, a database outage shows on every
@@ -138,16 +153,8 @@ fn through(outage: &DatabaseOutage, name: &str) -> mailpipe_common::store::Datab
 /// again once it is back. The margins (10 s, 30 s) are for a loaded machine: the probe
 /// asks every second and waits 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_shows_on_every_readyz_within_seconds_and_ingest_answers_503_at_once()
-{
-    ensure_test_database().await;
-    let outage = DatabaseOutage::start().await;
-    let database = through(&outage, "readyz-db");
-    let opts = StackOptions {
-        name: "readyz-db".into(),
-        database: Some(database.clone()),
-        ..StackOptions::default()
-    };
+async fn a_database_outage_shows_on_every_readyz_within_seconds_and_ingest_answers_503_at_once() {
+    let (outage, database, opts) = behind_a_proxy("readyz-db").await;
     let stack = Stack::start(opts).await.expect("stack starts");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -173,7 +180,10 @@ async fn a_database_outage_shows_on_every_readyz_within_seconds_and_ingest_answe
     // A client with a 10 s timeout gets a reason, not a timeout.
     let jsonl = write_batch(&stack.attachments_root(), "during", 1, |_| 1).unwrap();
     let r = http
-        .post(format!("{}/v1/batches?batch=during", stack.url(Binary::Ingest)))
+        .post(format!(
+            "{}/v1/batches?batch=during",
+            stack.url(Binary::Ingest)
+        ))
         .bearer_auth(&stack.token)
         .header("content-type", "application/x-ndjson")
         .body(jsonl)
@@ -203,14 +213,7 @@ async fn a_database_outage_shows_on_every_readyz_within_seconds_and_ingest_answe
 /// away, its `/readyz` says so; once it answers 200 the schema is this build's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn render_is_not_ready_before_its_schema_is_migrated() {
-    ensure_test_database().await;
-    let outage = DatabaseOutage::start().await;
-    let database = through(&outage, "readyz-mig");
-    let opts = StackOptions {
-        name: "readyz-mig".into(),
-        database: Some(database.clone()),
-        ..StackOptions::default()
-    };
+    let (outage, database, opts) = behind_a_proxy("readyz-mig").await;
     let mut stack = Stack::prepare(opts).await.expect("stack prepared");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -219,8 +222,7 @@ async fn render_is_not_ready_before_its_schema_is_migrated() {
     outage.cut().await;
     stack.spawn_binary(Binary::Render).unwrap();
     let url = stack.url(Binary::Render);
-    let (status, body) =
-        readyz_until(&http, &url, Duration::from_secs(60), |s, _| s != 0).await;
+    let (status, body) = readyz_until(&http, &url, Duration::from_secs(60), |s, _| s != 0).await;
     assert!(
         status == 503 && body.contains("database"),
         "render's first answer with the database away: {status} {body}"
@@ -228,7 +230,10 @@ async fn render_is_not_ready_before_its_schema_is_migrated() {
 
     outage.restore();
     let (status, body) = readyz_until(&http, &url, Duration::from_secs(60), |s, _| s == 200).await;
-    assert_eq!(status, 200, "render ready once the database is back: {body}");
+    assert_eq!(
+        status, 200,
+        "render ready once the database is back: {body}"
+    );
     let store = mailpipe_common::store::Store::new(
         &mailpipe_common::store::DatabaseSettings {
             url: mailpipe_common::testkit::database_url(),
@@ -247,7 +252,10 @@ async fn render_is_not_ready_before_its_schema_is_migrated() {
         .iter()
         .map(|m| m.version)
         .max();
-    assert_eq!(applied, needed, "the schema is current when render is ready");
+    assert_eq!(
+        applied, needed,
+        "the schema is current when render is ready"
+    );
     stack.shutdown().await.unwrap();
     drop_given_schema(&database).await;
 }

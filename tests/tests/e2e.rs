@@ -246,7 +246,10 @@ async fn render_started_into_a_backlog_publishes_each_job_once() {
     assert!(twice.is_empty(), "published more than once: {twice:?}");
     assert_eq!(copies.len(), jobs, "every job published");
     let log = std::fs::read_to_string(stack.log_path(Binary::Render)).unwrap();
-    let republished = log.lines().filter(|l| l.contains("publishing again")).count();
+    let republished = log
+        .lines()
+        .filter(|l| l.contains("publishing again"))
+        .count();
     assert_eq!(
         republished,
         0,

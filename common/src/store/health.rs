@@ -112,11 +112,7 @@ impl Health {
     }
 
     /// Probes every [`PROBE_EVERY`] until `shutdown`, then closes its connection.
-    pub(super) async fn keep_probing(
-        self,
-        options: PgConnectOptions,
-        shutdown: CancellationToken,
-    ) {
+    pub(super) async fn keep_probing(self, options: PgConnectOptions, shutdown: CancellationToken) {
         let mut conn: Option<PgConnection> = None;
         loop {
             match tokio::time::timeout(PROBE_TIMEOUT, probe(&options, &mut conn)).await {
