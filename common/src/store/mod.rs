@@ -102,9 +102,15 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// A serialization failure or deadlock (40001, 40P01): retry, but the database is there.
-fn is_conflict(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+/// Worth a retry, but not a sign the database is away: a serialization failure or
+/// deadlock (40001, 40P01) is the database answering, and no free connection within the
+/// acquire timeout is this process's pool being busy.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01")),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -192,9 +198,9 @@ impl Store {
                 Ok(v)
             }
             Err(e) if is_transient(&e) => {
-                // A serialization failure or deadlock is the database answering: only
-                // the rest says it is away (the probe says when it is back).
-                if !is_conflict(&e) {
+                // Only what says the database is away marks it so (the probe says when it
+                // is back, and notices a silent one on its own).
+                if !is_busy(&e) {
                     self.health.unreachable(e.to_string());
                 }
                 Err(StoreError::Unavailable(e))
