@@ -1,6 +1,8 @@
 //! The HTTP surface every binary serves: `/metrics` (Prometheus text), `/healthz`
 //! (the process is alive) and `/readyz` (the broker connection and topology are up, plus
-//! whatever the stage adds). Stages may merge their own routes (ingest's API).
+//! whatever the stage adds: the database and its schema). The checks read answers cached
+//! by background probes (`Broker::spawn_probe`, `Store::spawn_probe`), so `/readyz` never
+//! waits on the broker or the database. Stages may merge their own routes (ingest's API).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,12 @@
 //! real PostgreSQL under a unique schema, so test runs never collide, and helpers to look
 //! into queues. A test that needs RabbitMQ or PostgreSQL fails loudly when it is
 //! missing; it never passes without having run.
+//!
+//! No test can hang the run: every harness ([`TestBroker`], and what holds one) arms a
+//! [`Watchdog`] for the test that made it, and cleanups run [`within`] a limit.
 
+use std::io::Write as _;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
@@ -13,6 +18,104 @@ use crate::amqp::{Broker, Publisher};
 use crate::config::RabbitSettings;
 use crate::pipeline::Pipeline;
 use crate::store::{DatabaseSettings, Store};
+
+/// How long one test may run, harness to cleanup: `MAILPIPE_TEST_LIMIT_SECS`, default 900
+/// (above every deadline a test sets itself, so its own assertion speaks first).
+pub fn test_limit() -> Duration {
+    std::env::var("MAILPIPE_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(900), Duration::from_secs)
+}
+
+/// How long a harness's cleanup (stopping processes, deleting queues and schemas) may take.
+pub const CLEANUP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `fut`, failing the test with a message naming `what` if it has not finished
+/// within `limit`. For awaits with no bound of their own (a cleanup, a process's stop).
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?} (a hang)"),
+    }
+}
+
+/// Child processes a test started (ids): a watchdog that fires kills them before it
+/// stops the test binary, so nothing outlives the run.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Registers a child process for [`Watchdog`] (stacks of real binaries call it).
+pub fn register_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+/// Forgets a child process that has exited.
+pub fn forget_child(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// A time limit on the test that creates it. If it is still armed after the limit, the
+/// test hangs (an await that never ends, a runtime blocked): the watchdog writes which
+/// test and what to stderr, kills the registered child processes and exits the test
+/// binary with status 124, so the run fails with a message instead of hanging. Disarmed
+/// (its thread ended) when dropped, whether the test passed or panicked.
+#[derive(Debug)]
+pub struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Arms a limit for the current test (named after its thread, as the test runner
+    /// names them); `what` says what was running.
+    pub fn arm(limit: Duration, what: impl Into<String>) -> Self {
+        let what = what.into();
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test-watchdog".into())
+            .spawn(move || {
+                if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    // Straight to stderr: the test runner captures `eprintln!`.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\n{test}: {what} still running after {limit:?}: the test hangs; stopping this test binary (MAILPIPE_TEST_LIMIT_SECS sets the limit)"
+                    );
+                    let children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for pid in children {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-KILL", &pid.to_string()])
+                            .status();
+                    }
+                    std::process::exit(124);
+                }
+            })
+            .ok();
+        Self {
+            disarm: Some(disarm),
+            thread,
+        }
+    }
+
+    /// Arms [`test_limit`] for the current test.
+    pub fn for_test(what: impl Into<String>) -> Self {
+        Self::arm(test_limit(), what)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Disconnecting ends the thread's wait at once.
+        drop(self.disarm.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// `MAILPIPE_TEST_AMQP_URL` or the development default.
 pub fn amqp_url() -> String {
@@ -134,6 +237,8 @@ pub struct TestBroker {
     pub broker: Broker,
     pub pipeline: Pipeline,
     pub shutdown: CancellationToken,
+    /// The test's time limit, from the harness's start to its cleanup.
+    _watchdog: Watchdog,
 }
 
 impl TestBroker {
@@ -144,6 +249,7 @@ impl TestBroker {
     }
 
     pub async fn with_settings(settings: RabbitSettings) -> Self {
+        let watchdog = Watchdog::for_test(format!("the test using {}", settings.prefix));
         let shutdown = CancellationToken::new();
         let name = format!("test {}", settings.prefix);
         let connect = Broker::connect(&settings, &name, shutdown.clone());
@@ -166,6 +272,7 @@ impl TestBroker {
             database,
             broker,
             shutdown,
+            _watchdog: watchdog,
         }
     }
 
@@ -222,8 +329,14 @@ impl TestBroker {
         self.pipeline.store()
     }
 
-    /// Deletes the test's exchanges, queues and schema and stops background loops.
+    /// Deletes the test's exchanges, queues and schema, stops background loops and closes
+    /// the connections; fails the test if that takes longer than [`CLEANUP_LIMIT`].
     pub async fn cleanup(self) {
+        let what = format!("cleaning up {}", self.settings.prefix);
+        within(CLEANUP_LIMIT, &what, self.clean()).await;
+    }
+
+    async fn clean(self) {
         drop_schema(self.pipeline.store(), &self.database.schema).await;
         self.shutdown.cancel();
         if let Ok(ch) = self.broker.channel().await {
@@ -237,6 +350,7 @@ impl TestBroker {
             b.close().await;
         }
         self.broker.close().await;
+        self.pipeline.store().close().await;
     }
 }
 

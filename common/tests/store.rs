@@ -626,3 +626,116 @@ async fn a_batch_is_paused_resumed_and_cancelled_and_a_cancel_is_final() {
     assert_eq!(cancelled, 2);
     db.cleanup().await;
 }
+
+/// Polls `store.readiness()` until `want` holds or `limit` passes; returns the last answer.
+async fn readiness_until(
+    store: &Store,
+    limit: std::time::Duration,
+    want: impl Fn(&Result<(), String>) -> bool,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = store.readiness();
+        if want(&r) || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Readiness is a live check with the schema in it: not ready before anything was
+/// checked, "not migrated" while the schema is behind, ready once it is current, and an
+/// outage shows (and ends) within seconds with no operation running; the probe stops on
+/// shutdown. Margins are for a loaded machine (the probe asks every second).
+#[tokio::test]
+async fn readiness_follows_the_database_within_seconds_and_includes_the_schema() {
+    use mailpipe_common::testkit::{
+        DatabaseOutage, database_settings, ensure_test_database, within,
+    };
+    let limit = std::time::Duration::from_secs(10);
+    ensure_test_database().await;
+    let outage = DatabaseOutage::start().await;
+    let mut settings = database_settings("probe");
+    settings.url = outage.url();
+    settings.migrate_on_start = false;
+    let shutdown = CancellationToken::new();
+    let store = Store::new(&settings, shutdown.clone()).unwrap();
+    let why = store.readiness().unwrap_err();
+    assert!(why.contains("database"), "before any check: {why}");
+
+    let probe = store.spawn_probe();
+    let r = readiness_until(&store, limit, |r| {
+        r.as_ref().is_err_and(|why| why.contains("not migrated"))
+    })
+    .await;
+    assert!(
+        r.as_ref().is_err_and(|why| why.contains("not migrated")),
+        "an empty schema: {r:?}"
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(store.readiness(), Ok(()), "ready once migrated");
+
+    outage.cut().await;
+    let r = readiness_until(&store, limit, Result::is_err).await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|why| why.contains("database unreachable")),
+        "within 10 s of the outage, no operation running: {r:?}"
+    );
+    outage.restore();
+    let r = readiness_until(&store, limit, Result::is_ok).await;
+    assert_eq!(
+        r,
+        Ok(()),
+        "ready again within 10 s of the database's return"
+    );
+
+    shutdown.cancel();
+    within(limit, "the probe stopping on shutdown", probe)
+        .await
+        .unwrap();
+    drop_schema(&store, &settings.schema).await;
+    store.close().await;
+}
+
+/// A test that hangs fails its binary with a message naming it, instead of hanging the
+/// run: this test runs itself again as a child with a 1 s limit and a hang, and checks
+/// the child's exit status (124) and what it wrote.
+#[test]
+fn a_hung_test_stops_its_binary_with_a_message() {
+    use mailpipe_common::testkit::Watchdog;
+    const NAME: &str = "a_hung_test_stops_its_binary_with_a_message";
+    if std::env::var_os("MAILPIPE_TEST_HANG_ON_PURPOSE").is_some() {
+        let _limit = Watchdog::arm(std::time::Duration::from_secs(1), "a hang on purpose");
+        loop {
+            std::thread::park();
+        }
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--test-threads", "2"])
+        .env("MAILPIPE_TEST_HANG_ON_PURPOSE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child must end by itself; 60 s is the margin before it is killed and this fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("the watchdog did not stop a hung test within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(
+        stderr.contains(NAME) && stderr.contains("a hang on purpose") && stderr.contains("hangs"),
+        "the message names the test and what hung: {stderr}"
+    );
+}

@@ -52,12 +52,15 @@ impl Application {
         let broker = Broker::new(&common.rabbitmq, "mailpipe-deliver", shutdown.clone())?;
         let replay = Arc::new(ReplayProgress::default());
         let store = Store::new(&common.database, shutdown.clone())?;
+        // /readyz follows the database (reachable, schema current) as of a second ago.
+        store.spawn_probe();
         let replay_check = replay.clone();
         let store_check = store.clone();
         let checks: Vec<ReadyCheck> = vec![
             Arc::new(move || store_check.readiness()),
             Arc::new(move || replay_check.readiness()),
         ];
+        broker.spawn_probe();
         let http = serve(
             settings.http_listen,
             ops_router(&broker, checks),

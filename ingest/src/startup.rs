@@ -75,10 +75,13 @@ async fn keep_database(
             tracing::debug!(error = %e, "not connected to RabbitMQ");
         }
     });
+    // /readyz and the API's 503 follow the database as of a second ago.
+    let probe = store.spawn_probe();
     match store.prepare(None).await {
         Ok(()) => ready.store(true, Ordering::SeqCst),
         Err(e) => {
             tracing::error!(error = %e, "the database cannot be used: submissions are answered 503");
+            probe.await.ok();
             return;
         }
     }
@@ -96,10 +99,12 @@ async fn keep_database(
             Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
     }
+    // The probe ends on the same token; its connection is closed before the pool is.
+    probe.await.ok();
 }
 
 impl Application {
@@ -143,7 +148,6 @@ impl Application {
         let reachable = store.clone();
         let schema = schema_ready.clone();
         let checks: Vec<ReadyCheck> = vec![
-            Arc::new(move || reachable.readiness()),
             Arc::new(move || {
                 if schema.load(Ordering::SeqCst) {
                     Ok(())
@@ -151,6 +155,7 @@ impl Application {
                     Err("making the database schema current".to_owned())
                 }
             }),
+            Arc::new(move || reachable.readiness()),
         ];
         let listen = config.ingest.listen;
         let limits = config.ingest.http_limits();
@@ -164,6 +169,7 @@ impl Application {
             config.ingest,
             schema_ready,
         );
+        broker.spawn_probe();
         let console = crate::console::router(ConsoleState::new(state.clone(), pool));
         let router = api::router(state)
             .merge(console)

@@ -90,10 +90,13 @@ impl Application {
             })
         };
         let store = Store::new(&common.database, shutdown.clone())?;
+        // Not ready until the database answers with this build's schema (probed every second).
+        store.spawn_probe();
         let store_check: ReadyCheck = {
             let store = store.clone();
             Arc::new(move || store.readiness())
         };
+        broker.spawn_probe();
         let router = service::ops_router(&broker, vec![templates_check, store_check]);
         let http = service::serve(settings.http_listen, router, shutdown.clone())
             .await

@@ -169,7 +169,8 @@ async fn a_silent_broker_makes_render_unready_and_work_resumes_once_it_answers()
         during.starts_with("HTTP/1.0 503") && during.contains("RabbitMQ at amqp://guest@"),
         "/readyz while the broker is silent: {during}"
     );
-    // A job published (straight to RabbitMQ) during the silence waits in the queue.
+    // A job published (straight to RabbitMQ) during the silence waits in the queue:
+    // render, cut off, cannot take it.
     t.pipeline
         .send_job(&invoice_job("silent-2", &pdf))
         .await
@@ -177,7 +178,12 @@ async fn a_silent_broker_makes_render_unready_and_work_resumes_once_it_answers()
         .confirmed()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        t.depth(&t.broker.topology().stage_queue(Stage::Render))
+            .await,
+        1,
+        "the job waits in render's queue during the silence"
+    );
 
     // The broker answers again: the job is rendered and readiness comes back, without
     // a restart (connect attempts are bounded at 3 s, backoff at 1 s: seconds, not

@@ -11,7 +11,8 @@ use anyhow::{Context as _, bail};
 use mailpipe_common::config::RabbitSettings;
 use mailpipe_common::store::{DatabaseSettings, Store};
 use mailpipe_common::testkit::{
-    TestBroker, amqp_url, database_settings, drop_schema, ensure_test_database, unique_prefix,
+    CLEANUP_LIMIT, TestBroker, Watchdog, amqp_url, database_settings, drop_schema,
+    ensure_test_database, forget_child, register_child, unique_prefix, within,
 };
 use mailpipe_sim::{RunningSim, SimConfig, Simulator};
 use serde_json::Value;
@@ -109,8 +110,28 @@ pub struct PoolMailbox {
     pub tenant: String,
 }
 
+/// A child process; registered with the test's watchdog while it runs.
 struct Proc {
     child: Child,
+    pid: Option<u32>,
+}
+
+impl Proc {
+    fn new(child: Child) -> Self {
+        let pid = child.id();
+        if let Some(pid) = pid {
+            register_child(pid);
+        }
+        Self { child, pid }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            forget_child(pid);
+        }
+    }
 }
 
 pub struct Stack {
@@ -128,6 +149,8 @@ pub struct Stack {
     /// Extra deliver processes on the same pool, by name.
     replicas: HashMap<String, Proc>,
     http: reqwest::Client,
+    /// The test's time limit (a hang fails the run with a message, children killed).
+    _watchdog: Watchdog,
 }
 
 impl std::fmt::Debug for Stack {
@@ -215,6 +238,7 @@ impl Stack {
 
     /// Writes the configuration and starts the simulator; binaries are started by the caller.
     pub async fn prepare(options: StackOptions) -> anyhow::Result<Self> {
+        let watchdog = Watchdog::for_test(format!("the stack {}", options.name));
         let (dir, temp) = match &options.dir {
             // Absolute, because relative paths in the config it writes resolve against the
             // config file's directory (`--dir .demo` would otherwise mean `.demo/.demo`).
@@ -401,6 +425,7 @@ max_attempts = 6
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
+            _watchdog: watchdog,
         })
     }
 
@@ -424,6 +449,12 @@ max_attempts = 6
 
     /// Spawns a binary (appending to its log) and waits for `/readyz`.
     pub async fn start_binary(&mut self, b: Binary) -> anyhow::Result<()> {
+        self.spawn_binary(b)?;
+        self.wait_ready(b, Duration::from_secs(90)).await
+    }
+
+    /// Spawns a binary (appending to its log) without waiting for it.
+    pub fn spawn_binary(&mut self, b: Binary) -> anyhow::Result<()> {
         let path = bin_dir()?.join(b.name());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -448,8 +479,8 @@ max_attempts = 6
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", path.display()))?;
-        self.procs.insert(b, Proc { child });
-        self.wait_ready(b, Duration::from_secs(90)).await
+        self.procs.insert(b, Proc::new(child));
+        Ok(())
     }
 
     pub async fn wait_ready(&mut self, b: Binary, limit: Duration) -> anyhow::Result<()> {
@@ -671,7 +702,7 @@ max_attempts = 6
             .kill_on_drop(true)
             .spawn()
             .context("starting mailpipe-deliver")?;
-        self.replicas.insert(name.to_owned(), Proc { child });
+        self.replicas.insert(name.to_owned(), Proc::new(child));
         let url = format!("http://127.0.0.1:{port}/readyz");
         let child = self.replicas.get_mut(name).map(|p| &mut p.child);
         let what = format!("deliver {name}");
@@ -725,8 +756,14 @@ max_attempts = 6
     }
 
     /// Stops the binaries (SIGTERM), the simulator, and removes the run's queues (and its
-    /// database schema, unless the caller gave the database).
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    /// database schema, unless the caller gave the database). A hang fails the test with a
+    /// message after [`CLEANUP_LIMIT`].
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let what = format!("shutting the stack {} down", self.rabbit.prefix);
+        within(CLEANUP_LIMIT, &what, self.stop_all()).await
+    }
+
+    async fn stop_all(mut self) -> anyhow::Result<()> {
         let replicas: Vec<String> = self.replicas.keys().cloned().collect();
         for name in replicas {
             self.signal_replica(&name, "CONT").await.ok();

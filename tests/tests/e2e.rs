@@ -182,3 +182,80 @@ async fn a_mailbox_with_wrong_credentials_does_not_stop_the_batch() {
     stack.assert_exactly_once(100);
     stack.shutdown().await.unwrap();
 }
+
+/// render started with a backlog waiting publishes each job once, and says nothing of
+/// lost confirms: the issue saw bursts of "confirm lost with the connection; publishing
+/// again" 1-2 s after start on a healthy broker (a channel the client closed itself), each
+/// a second copy in deliver's queue. The real binary: ingest queues the batch first, then
+/// render starts into it; deliver is not started, so deliver's queue holds every copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_started_into_a_backlog_publishes_each_job_once() {
+    use mailpipe_common::amqp::{Stage, header_str};
+    use mailpipe_common::contract::{META_HEADER, RenderedMeta};
+
+    let jobs = 400;
+    let mut stack = Stack::prepare(StackOptions {
+        name: "render-once".into(),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack prepared");
+    stack.start_binary(Binary::Ingest).await.unwrap();
+    let jsonl = write_batch(&stack.attachments_root(), "ro", jobs, |_| 1).unwrap();
+    let (status, body) = stack.post_batch("ro", jsonl, false).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+
+    let broker = mailpipe_common::testkit::TestBroker::with_settings(stack.rabbit.clone()).await;
+    // A batch's jobs go to one of the bulk queues: count them all.
+    let deliver_queues = broker.broker.topology().stage_queues(Stage::Deliver);
+    let depth = || async {
+        let mut n = 0;
+        for q in &deliver_queues {
+            n += broker.depth(q).await as usize;
+        }
+        n
+    };
+    stack.start_binary(Binary::Render).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while depth().await < jobs {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {jobs} rendered within 180 s",
+            depth().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Stopped, render has finished every publish it started: all copies are in the queue.
+    let exit = stack
+        .stop_binary(Binary::Render, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(exit.success(), "render stops cleanly: {exit}");
+
+    let mut copies: std::collections::HashMap<String, usize> = Default::default();
+    for q in &deliver_queues {
+        while let Some(m) = broker.get(q, Duration::ZERO).await {
+            let meta = RenderedMeta::from_header_value(
+                &header_str(&m.delivery.properties, META_HEADER).expect("meta header"),
+            )
+            .unwrap();
+            *copies.entry(meta.job_id.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    assert_eq!(copies.len(), jobs, "every job published");
+    let log = std::fs::read_to_string(stack.log_path(Binary::Render)).unwrap();
+    let republished = log
+        .lines()
+        .filter(|l| l.contains("publishing again"))
+        .count();
+    assert_eq!(
+        republished,
+        0,
+        "render republished on a healthy broker; see {}",
+        stack.log_path(Binary::Render).display()
+    );
+    stack.shutdown().await.unwrap();
+    broker.cleanup().await;
+}

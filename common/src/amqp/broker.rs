@@ -36,6 +36,11 @@ use crate::config::{ConfigError, RabbitSettings};
 /// after two missed heartbeats (~20 s), even when idle.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
+/// How often [`Broker::spawn_probe`] asks the broker for a round trip, and how long it
+/// waits for the answer: readiness is at most a few seconds old, even when idle.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("rabbitmq.url is not a valid AMQP URI: {0}")]
@@ -146,6 +151,8 @@ struct Inner {
     /// The last broker operation succeeded (readiness).
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Why the last probe got no answer; `None` when it did (or none ran yet).
+    probe_error: Mutex<Option<String>>,
     failure: OnceLock<String>,
     shutdown: CancellationToken,
 }
@@ -217,6 +224,7 @@ impl Broker {
                 connecting: tokio::sync::Mutex::new(()),
                 healthy: AtomicBool::new(false),
                 last_error: Mutex::new(None),
+                probe_error: Mutex::new(None),
                 failure: OnceLock::new(),
                 shutdown,
             }),
@@ -289,8 +297,12 @@ impl Broker {
         let up = current
             .as_ref()
             .is_some_and(|(_, c)| c.status().connected());
+        let probe = self.lock_probe_error().clone();
         if up && self.inner.healthy.load(Ordering::SeqCst) {
-            return Ok(());
+            return match probe {
+                None => Ok(()),
+                Some(why) => Err(format!("RabbitMQ at {}: {why}", self.inner.endpoint)),
+            };
         }
         let why = self
             .inner
@@ -303,6 +315,57 @@ impl Broker {
                 None => "not connected yet".to_owned(),
             });
         Err(format!("RabbitMQ at {}: {why}", self.inner.endpoint))
+    }
+
+    fn lock_probe_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.inner
+            .probe_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps [`readiness`](Self::readiness) current between operations: every
+    /// `PROBE_EVERY` (2 s), while connected, a channel is opened and closed (one round
+    /// trip each), so a broker that stops answering shows on `/readyz` within seconds
+    /// rather than after missed heartbeats. A probe only reports: it never drops the
+    /// connection (a slow answer on a loaded machine must not cost a reconnect and the
+    /// confirms in flight); heartbeats and bounded operations do that. Ends on shutdown
+    /// or when the broker is dropped. Needs a Tokio runtime.
+    pub fn spawn_probe(&self) -> tokio::task::JoinHandle<()> {
+        let weak = self.downgrade();
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(PROBE_EVERY) => {}
+                }
+                let Some(broker) = weak.upgrade() else { return };
+                broker.probe().await;
+            }
+        })
+    }
+
+    async fn probe(&self) {
+        let Some((_, conn)) = self.current() else {
+            // Not connected: readiness says so already.
+            return;
+        };
+        if !conn.status().connected() {
+            return;
+        }
+        let round_trip = async {
+            let ch = conn.create_channel().await?;
+            ch.close(200, "probe".into()).await
+        };
+        let why = match tokio::time::timeout(PROBE_TIMEOUT, round_trip).await {
+            Ok(Ok(())) => None,
+            // The connection closed meanwhile: readiness says so from its status.
+            Ok(Err(_)) if !conn.status().connected() => None,
+            Ok(Err(e)) => Some(format!("probe failed: {e}")),
+            Err(_) => Some(format!("no answer to a probe within {PROBE_TIMEOUT:?}")),
+        };
+        *self.lock_probe_error() = why;
     }
 
     /// Runs one broker operation with the operation timeout. A timeout marks the
@@ -355,6 +418,8 @@ impl Broker {
                         .last_error
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = None;
+                    // The broker answered: as good as a probe.
+                    *self.lock_probe_error() = None;
                     return Ok(ch);
                 }
                 Err(e) => e,

@@ -4,15 +4,17 @@
 //! the order the stages already follow (docs/data.md).
 //!
 //! A store is lazy: `Store::new` does no I/O, so a process binds its health endpoints
-//! first and `/readyz` says when the database is not reachable. Writes that must not be
-//! lost (`record_event`) wait for the database to come back, until shutdown; reads and
-//! ingest's claims fail at once, so the API can answer 503.
+//! first and `/readyz` says when the database is not reachable or its schema not current
+//! (`health.rs`: a probe in the background keeps that answer a second or two old).
+//! Writes that must not be lost (`record_event`) wait for the database to come back,
+//! until shutdown; reads and ingest's claims fail at once, so the API can answer 503.
 
 mod batch_owner;
 mod batches;
 mod bounces;
 mod claims;
 mod events;
+mod health;
 mod leases;
 mod pool_view;
 mod prune;
@@ -24,7 +26,6 @@ mod suppressions;
 mod webhook_drop;
 mod webhooks;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -35,6 +36,7 @@ pub use batch_owner::Opener;
 pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimInput, ClaimOutcome};
+pub use health::{PROBE_EVERY, PROBE_TIMEOUT};
 pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;
 pub use sends::{
@@ -106,14 +108,25 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Worth a retry, but not a sign the database is away: a serialization failure or
+/// deadlock (40001, 40P01) is the database answering, and no free connection within the
+/// acquire timeout is this process's pool being busy.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01")),
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
     retention: chrono::Duration,
     migrate_on_start: bool,
     schema: String,
-    /// Why the last operation could not reach the database, while it cannot.
-    down: Arc<Mutex<Option<String>>>,
+    /// Readiness: the probe's and the last operation's answer, and the schema's state.
+    health: health::Health,
     shutdown: CancellationToken,
 }
 
@@ -140,7 +153,7 @@ impl Store {
             retention: settings.retention(),
             migrate_on_start: settings.migrate_on_start,
             schema: settings.schema.clone(),
-            down: Arc::new(Mutex::new(None)),
+            health: health::Health::default(),
             shutdown,
         })
     }
@@ -154,16 +167,28 @@ impl Store {
         self.retention
     }
 
-    /// `/readyz`: `Err` says why the database cannot be used right now.
+    /// `/readyz`: `Err` says why the database cannot be used right now (unreachable, or
+    /// its schema not checked or not current), as of the last probe or operation. Never
+    /// waits on the database.
     pub fn readiness(&self) -> Result<(), String> {
-        match self.lock_down().as_ref() {
-            None => Ok(()),
-            Some(why) => Err(format!("database unreachable: {why}")),
-        }
+        self.health.readiness()
     }
 
-    fn lock_down(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the database answered the last probe or operation (the schema aside).
+    pub fn is_reachable(&self) -> bool {
+        self.health.is_reachable()
+    }
+
+    /// Keeps [`readiness`](Self::readiness) current: probes the database every
+    /// [`PROBE_EVERY`] (bounded by [`PROBE_TIMEOUT`]) on a connection of its own, until
+    /// the store's shutdown token fires. Every daemon runs one; needs a Tokio runtime.
+    pub fn spawn_probe(&self) -> tokio::task::JoinHandle<()> {
+        let options = (*self.pool.connect_options()).clone();
+        tokio::spawn(
+            self.health
+                .clone()
+                .keep_probing(options, self.shutdown.clone()),
+        )
     }
 
     /// Classifies a result (unreachable, or a failed statement named by `what`) and
@@ -175,11 +200,15 @@ impl Store {
     ) -> Result<T, StoreError> {
         match r {
             Ok(v) => {
-                self.lock_down().take();
+                self.health.reachable();
                 Ok(v)
             }
             Err(e) if is_transient(&e) => {
-                *self.lock_down() = Some(e.to_string());
+                // Only what says the database is away marks it so (the probe says when it
+                // is back, and notices a silent one on its own).
+                if !is_busy(&e) {
+                    self.health.unreachable(e.to_string());
+                }
                 Err(StoreError::Unavailable(e))
             }
             Err(source) => Err(StoreError::Query { what, source }),
@@ -265,7 +294,10 @@ impl Store {
             }
         }
         match MIGRATOR.run(&self.pool).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.health.schema_at(Some(health::needed_version()));
+                Ok(())
+            }
             Err(sqlx::migrate::MigrateError::Execute(e)) => {
                 self.observe("migrating", Err(e)).map(|_: ()| ())
             }
@@ -275,19 +307,10 @@ impl Store {
 
     /// Refuses a schema older than this build's migrations.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = match sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT max(version) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await
-        {
-            Ok(v) => v,
-            // 42P01: no migrations table at all.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,
-            Err(e) => return self.observe("checking the schema", Err(e)),
-        };
-        self.lock_down().take();
+        let needed = health::needed_version();
+        let applied = health::applied_version(&self.pool).await;
+        let applied = self.observe("checking the schema", applied)?;
+        self.health.schema_at(applied);
         if applied.unwrap_or(0) < needed {
             return Err(StoreError::SchemaBehind { applied, needed });
         }

@@ -23,7 +23,9 @@ pub struct DatabaseSettings {
     pub schema: String,
     /// Connections this process keeps at most.
     pub max_connections: u32,
-    /// Bound on connecting and on waiting for a free connection.
+    /// Bound on waiting for a connection (connecting included): a request that needs the
+    /// database fails after this long at most, so ingest answers 503 with the reason
+    /// before a client's own timeout. Short on purpose.
     pub connect_timeout_ms: u64,
     /// Bound on every statement (PostgreSQL `statement_timeout`).
     pub statement_timeout_ms: u64,
@@ -42,7 +44,7 @@ impl Default for DatabaseSettings {
             password: None,
             schema: "mailpipe".into(),
             max_connections: 10,
-            connect_timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
             statement_timeout_ms: 30_000,
             retention_days: 400,
             migrate_on_start: true,

@@ -401,11 +401,17 @@ impl Harness {
         out
     }
 
-    /// Ends the test: status adds up (the batch counters equal a recount), then everything
-    /// the harness started is stopped and removed.
+    /// Ends the test: status adds up (the batch counters equal a recount), then the
+    /// simulator, broker and database are cleaned up (bounded: a hang fails the test with
+    /// a message).
     pub async fn finish(self) {
         mailpipe_common::testkit::assert_counters_add_up(self.broker.store()).await;
-        self.sim.shutdown().await;
+        mailpipe_common::testkit::within(
+            mailpipe_common::testkit::CLEANUP_LIMIT,
+            "stopping the simulator",
+            self.sim.shutdown(),
+        )
+        .await;
         self.broker.cleanup().await;
     }
 }

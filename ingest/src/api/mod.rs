@@ -129,19 +129,22 @@ impl AppState {
         }
     }
 
-    /// Submissions wait until the events stream replay is complete, so the duplicate
-    /// check knows every id accepted before this process started.
-    /// Submissions and queries need the system of record: 503 until its schema is current.
+    /// Submissions and queries need the system of record: 503 until its schema is
+    /// current, and at once while the probe (or the last operation) finds it unreachable,
+    /// instead of holding the request until a connection attempt times out.
     fn database_ready(&self) -> Result<(), ApiError> {
+        let store = self.records.store();
+        // Why the database is away is for /readyz and the log, not for API clients.
+        if !store.is_reachable() {
+            return Err(ApiError::unavailable(
+                "the database is unreachable; retry shortly",
+            ));
+        }
         if self.schema_ready.load(Ordering::SeqCst) {
             return Ok(());
         }
-        // Why the database is away is for /readyz and the log, not for API clients.
         Err(ApiError::unavailable(
-            match self.records.store().readiness() {
-                Err(_) => "the database is unreachable; retry shortly",
-                Ok(()) => "the database schema is being made current after a start; retry shortly",
-            },
+            "the database schema is being made current after a start; retry shortly",
         ))
     }
 }

@@ -194,7 +194,14 @@ impl TestApp {
     /// Stops the server but keeps the broker topology (for restart tests).
     pub async fn stop(self) -> (TestBroker, tempfile::TempDir, Config) {
         self.shutdown.cancel();
-        self.server.await.unwrap().unwrap();
+        mailpipe_common::testkit::within(
+            mailpipe_common::testkit::CLEANUP_LIMIT,
+            "stopping ingest",
+            self.server,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         (self.broker, self.dir, self.config)
     }
 
