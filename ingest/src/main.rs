@@ -114,6 +114,9 @@ enum Command {
     /// Import a JSONL (.jsonl/.ndjson) or CSV (.csv) file straight to RabbitMQ.
     Submit(SubmitArgs),
     /// A batch's status from the database: counts, per mailbox, failures, ETA.
+    #[command(
+        after_help = "Exit codes: 0 no failures (the batch finished, or is still running, without any); 1 some jobs failed or bounced, or were delivered with recipients refused (listed under failures), also while the batch still runs; 2 unknown batch; 3 the database failed."
+    )]
     Status {
         /// The batch id.
         #[arg(value_parser = |s: &str| BatchId::parse(s))]

@@ -434,6 +434,16 @@ async fn a_job_that_would_not_render_is_refused_before_202_naming_the_variable()
         "{json}"
     );
 
+    // A misspelled variable inside a filter is named too.
+    let misspelled = job_json("r-1b").replace("unit_price", "unit_prize");
+    let (status, json) = app.post_job(&misspelled).await;
+    assert_eq!(status, 422, "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(
+        error.contains("undefined variable `") && error.contains("item.unit_price"),
+        "the error should name item.unit_price: {json}"
+    );
+
     // Per line in a JSONL batch...
     let body = format!(
         "{}\n{}\n{}\n",

@@ -501,6 +501,15 @@ async fn the_batch_list_pages_newest_first_and_filters_by_state_time_and_text() 
             .status(),
         200
     );
+    // A paused batch has no ETA: nothing of it goes out until it is resumed.
+    let paused = app.get_json("/v1/batches/lst-1").await;
+    assert_eq!(paused["eta"]["eta_seconds"], serde_json::Value::Null, "{paused}");
+    assert!(
+        paused["eta"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("paused")),
+        "{paused}"
+    );
     for j in ["lst-3-a", "lst-3-b"] {
         let mut e = event(j, "lst-3", EventKind::Delivered);
         e.mailbox = Some(EmailAddress::parse("a@pool.example").unwrap());

@@ -279,6 +279,14 @@ fn new_environment() -> Environment<'static> {
 
 /// `{{ 1234.5 | money }}` → `1234.50`: two decimals, rounded half away from zero.
 fn money(value: Value) -> Result<String, minijinja::Error> {
+    // An undefined input (a misspelled variable) is reported as undefined, so the error
+    // names the expression, not "cannot convert undefined to f64".
+    if value.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "the value given to `money` is undefined",
+        ));
+    }
     let n = f64::try_from(value)?;
     Ok(format!("{:.2}", (n * 100.0).round() / 100.0))
 }
@@ -395,7 +403,11 @@ fn header_problem(name: &str, value: &str) -> Option<String> {
 fn describe(template: &str, e: &minijinja::Error) -> TemplateError {
     let template = e.name().unwrap_or(template).to_owned();
     let line = e.line();
-    if e.kind() == ErrorKind::UndefinedError {
+    // Arithmetic or a filter given an undefined value (`{{ q * data.unit_prize }}`) fails as
+    // an invalid operation: reported as undefined too, naming the expression.
+    let undefined_operand = e.kind() == ErrorKind::InvalidOperation
+        && e.detail().is_some_and(|d| d.contains("undefined"));
+    if e.kind() == ErrorKind::UndefinedError || undefined_operand {
         let expression = match (e.template_source(), e.range()) {
             (Some(src), Some(range)) => widen(src, range).map(|s| s.trim().to_owned()),
             _ => None,

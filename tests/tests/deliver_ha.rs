@@ -214,9 +214,14 @@ async fn twenty_kills_never_overrun_a_window_and_never_send_a_job_twice() {
 /// it), then a restart: every job ends delivered exactly once in the simulator and in the
 /// record, the batch finishes, and no job is tried over and over.
 async fn crash_drill(point: &str) {
-    let mut stack = Stack::prepare(options(&format!("drill-{point}"), 1, 2))
-        .await
-        .unwrap();
+    crash_drill_with(point, "").await;
+}
+
+/// [`crash_drill`] with more `[deliver]` settings (an uncertain-send policy).
+async fn crash_drill_with(point: &str, deliver_extra: &str) {
+    let mut opts = options(&format!("drill-{point}"), 1, 2);
+    opts.deliver_extra.push_str(deliver_extra);
+    let mut stack = Stack::prepare(opts).await.unwrap();
     stack.start_binary(Binary::Ingest).await.unwrap();
     stack.start_binary(Binary::Render).await.unwrap();
     let drill = format!("{point}:5");
@@ -259,6 +264,17 @@ async fn crash_drill(point: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_decision_ends_every_job_once() {
     crash_drill("after_decision").await;
+}
+
+/// Under `resend` the send the crash left open (nothing handed to the server) is ended
+/// uncertain and sent again after its hold: still once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_decision_under_resend_ends_every_job_once() {
+    crash_drill_with(
+        "after_decision",
+        "uncertain_policy = \"resend\"\nuncertain_hold_ms = 2000\n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

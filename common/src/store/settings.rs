@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::config::{ConfigError, Problem, SecretRef};
@@ -117,7 +118,11 @@ impl DatabaseSettings {
                     format!("{}ms", self.statement_timeout_ms),
                 ),
                 ("search_path", self.schema.clone()),
-            ]);
+            ])
+            // sqlx warns of every statement over 1 s with its whole SQL: at `warn` that
+            // floods `submit`'s progress display and the daemons' logs under load. Slow
+            // statements stay visible at `debug`; the metrics and `/readyz` tell the rest.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if let Some(password) = &self.password {
             let secret = password.resolve("database.password")?;
             options = options.password(secret.expose_secret());

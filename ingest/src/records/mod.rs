@@ -266,8 +266,17 @@ impl Records {
             .into_iter()
             .map(|n| n.max(0) as u64)
             .collect();
-        let eta = self.eta(remaining, recipients_left, &others, now).await?;
         let control = BatchControl::from_column(control.as_deref());
+        let eta = match control {
+            // Nothing of it is sent while paused: no date would be true.
+            BatchControl::Paused if remaining > 0 => Eta::unknown(
+                now,
+                remaining,
+                recipients_left,
+                "the batch is paused: nothing of it is sent until it is resumed",
+            ),
+            _ => self.eta(remaining, recipients_left, &others, now).await?,
+        };
         Ok(Some(BatchReport {
             batch: id.clone(),
             control,
