@@ -35,10 +35,8 @@ pub async fn list(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
     let mut filter = parse_filter(&query)?;
-    // A `submit` token lists its own batches only (an empty label matches none).
-    if let Some(owner) = caller.confined_to() {
-        filter.owner = Some(owner.unwrap_or_default().to_owned());
-    }
+    // A `submit` token lists what belongs to its own batches only.
+    filter.owner = caller.list_filter();
     state.database_ready()?;
     let page = state.records.batches(&filter, Utc::now()).await?;
     Ok(Json(page).into_response())

@@ -182,11 +182,8 @@ pub async fn list(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).field("query"))?;
     let mut filter = parse_filter(&query)?;
-    // A `submit` token lists the jobs of its own batches only (its owner label is
-    // required by the configuration; an empty label matches no batch).
-    if let Some(owner) = caller.confined_to() {
-        filter.owner = Some(owner.unwrap_or_default().to_owned());
-    }
+    // A `submit` token lists what belongs to its own batches only.
+    filter.owner = caller.list_filter();
     state.database_ready()?;
     Ok(Json(state.records.jobs(&filter).await?).into_response())
 }

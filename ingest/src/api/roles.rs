@@ -118,6 +118,13 @@ impl Caller {
         (self.role == Role::Submit).then_some(self.owner.as_deref())
     }
 
+    /// The owner label a list is filtered by: a `submit` token's own (an empty label,
+    /// which matches no batch, when it has none); `None` for the roles that see all.
+    pub fn list_filter(&self) -> Option<String> {
+        self.confined_to()
+            .map(|owner| owner.unwrap_or_default().to_owned())
+    }
+
     /// Whether the caller may see a batch whose owner label is `batch_owner`. A confined
     /// caller sees only batches with its own label (a batch without one is nobody's).
     pub fn sees(&self, batch_owner: Option<&str>) -> bool {
