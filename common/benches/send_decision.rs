@@ -8,6 +8,8 @@
 //! `cargo bench -p mailpipe-common --bench send_decision` (`MAILPIPE_BENCH_SENDS=N`: sends
 //! per scenario, default 3,000).
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
