@@ -133,12 +133,36 @@ async fn main() {
     // Room for every send of the run: the budget is checked (locked and summed), never full.
     let budget = Some((u32::MAX / 2, Duration::from_secs(86_400)));
     let scenarios = [
-        Scenario { name: "serial", concurrency: 1, tenant_budget: None },
-        Scenario { name: "serial, tenant budget", concurrency: 1, tenant_budget: budget },
-        Scenario { name: "12 concurrent", concurrency: 12, tenant_budget: None },
-        Scenario { name: "12 concurrent, tenant budget", concurrency: 12, tenant_budget: budget },
-        Scenario { name: "100 concurrent", concurrency: 100, tenant_budget: None },
-        Scenario { name: "100 concurrent, tenant budget", concurrency: 100, tenant_budget: budget },
+        Scenario {
+            name: "serial",
+            concurrency: 1,
+            tenant_budget: None,
+        },
+        Scenario {
+            name: "serial, tenant budget",
+            concurrency: 1,
+            tenant_budget: budget,
+        },
+        Scenario {
+            name: "12 concurrent",
+            concurrency: 12,
+            tenant_budget: None,
+        },
+        Scenario {
+            name: "12 concurrent, tenant budget",
+            concurrency: 12,
+            tenant_budget: budget,
+        },
+        Scenario {
+            name: "100 concurrent",
+            concurrency: 100,
+            tenant_budget: None,
+        },
+        Scenario {
+            name: "100 concurrent, tenant budget",
+            concurrency: 100,
+            tenant_budget: budget,
+        },
     ];
     println!("send decision: {sends} sends per scenario over {MAILBOXES} mailboxes, one tenant");
     for (round, s) in scenarios.iter().enumerate() {

@@ -375,11 +375,16 @@ pub fn refresh(pool: &MailboxPool) {
                 .set(if r == reason { 1.0 } else { 0.0 });
         }
         let mut last = LAST_BLOCKED.lock().unwrap_or_else(|e| e.into_inner());
-        if last.insert(tenant.to_owned(), reason).is_none_or(|before| before != reason) {
+        if last
+            .insert(tenant.to_owned(), reason)
+            .is_none_or(|before| before != reason)
+        {
             match (reason, room) {
                 ("none", _) => tracing::info!(tenant, "the tenant's mailboxes can send"),
                 ("tenant_external_budget", Some((_, limit, room_in))) => tracing::warn!(
-                    tenant, limit, room_in_seconds = room_in.unwrap_or(-1.0),
+                    tenant,
+                    limit,
+                    room_in_seconds = room_in.unwrap_or(-1.0),
                     "the tenant's external-recipient budget is spent: nothing with external recipients is sent until the window frees room"
                 ),
                 _ => tracing::warn!(tenant, reason, "the tenant's mailboxes cannot send now"),

@@ -322,7 +322,10 @@ async fn instances_share_a_tenant_window(instances: usize) {
         let (mut spent, mut named) = (false, false);
         let deadline = tokio::time::Instant::now() + LIMIT;
         while !(spent && named) && tokio::time::Instant::now() < deadline {
-            spent |= gauge("mailpipe_deliver_tenant_external_recipients_left", &[("tenant", "t0")]) == Some(0.0);
+            spent |= gauge(
+                "mailpipe_deliver_tenant_external_recipients_left",
+                &[("tenant", "t0")],
+            ) == Some(0.0);
             named |= gauge(
                 "mailpipe_deliver_tenant_blocked_reason",
                 &[("tenant", "t0"), ("reason", "tenant_external_budget")],

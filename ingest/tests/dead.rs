@@ -14,9 +14,9 @@ use mailpipe_common::contract::{DeliveryEvent, EventKind, Job, META_HEADER, Rend
 use mailpipe_common::domain::{BatchId, JobId};
 use mailpipe_common::pipeline::rendered_properties;
 use mailpipe_common::testkit::{TestBroker, assert_counters_add_up};
-use support::{INVOICE_DATA, TestApp};
 use mailpipe_ingest::dead::{self, DeadFilter};
 use serde_json::Value;
+use support::{INVOICE_DATA, TestApp};
 
 fn job(id: &str, batch: &str) -> Job {
     let json = format!(

@@ -503,7 +503,11 @@ async fn the_batch_list_pages_newest_first_and_filters_by_state_time_and_text() 
     );
     // A paused batch has no ETA: nothing of it goes out until it is resumed.
     let paused = app.get_json("/v1/batches/lst-1").await;
-    assert_eq!(paused["eta"]["eta_seconds"], serde_json::Value::Null, "{paused}");
+    assert_eq!(
+        paused["eta"]["eta_seconds"],
+        serde_json::Value::Null,
+        "{paused}"
+    );
     assert!(
         paused["eta"]["reason"]
             .as_str()

@@ -401,13 +401,19 @@ fn the_dashboards_queue_panels_cover_every_work_queue_the_code_declares() {
         .iter()
         .filter(|(re, _)| re.contains("retry"))
         .collect();
-    assert!(!ready.is_empty(), "no backlog panel selects queues: {selectors:?}");
+    assert!(
+        !ready.is_empty(),
+        "no backlog panel selects queues: {selectors:?}"
+    );
     for (re, anchored) in &selectors {
         for q in &work {
             if (re.contains("deliver") && q.contains(".deliver"))
                 || (re.contains("render") && q.contains(".render"))
             {
-                assert!(anchored.is_match(q), "the panel selecting {re:?} misses the queue {q}");
+                assert!(
+                    anchored.is_match(q),
+                    "the panel selecting {re:?} misses the queue {q}"
+                );
             }
         }
         assert!(

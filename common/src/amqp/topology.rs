@@ -309,7 +309,11 @@ impl Topology {
 
     /// Removes everything under the prefix (tests clean up after themselves with this).
     pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        let mut queues = vec![self.dead_queue(), self.dead_log_queue(), self.events_stream()];
+        let mut queues = vec![
+            self.dead_queue(),
+            self.dead_log_queue(),
+            self.events_stream(),
+        ];
         for stage in Stage::ALL {
             queues.extend(self.stage_queues(stage));
             queues.extend(

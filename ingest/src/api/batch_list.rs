@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::AppState;
-use super::roles::Caller;
 use super::error::ApiError;
+use super::roles::Caller;
 use crate::records::{BatchFilter, MAX_BATCH_PAGE};
 
 const PARAMETERS: [&str; 6] = [

@@ -23,8 +23,8 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use super::ConsoleState;
-use crate::api::roles::{Action, Caller};
 use super::page::{self, Page};
+use crate::api::roles::{Action, Caller};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "mailpipe_console";
@@ -223,7 +223,9 @@ pub async fn login(
     // takes `read` or `operate` tokens.
     if caller.as_ref().is_some_and(|c| c.confined_to().is_some()) {
         return login_page(
-            Some("That token has the role `submit`: the console needs a `read` or `operate` token."),
+            Some(
+                "That token has the role `submit`: the console needs a `read` or `operate` token.",
+            ),
             StatusCode::FORBIDDEN,
         );
     }
