@@ -297,9 +297,9 @@ pub fn register() {
 pub fn refresh(pool: &MailboxPool) {
     let mut tenants_seen = std::collections::HashSet::new();
     // Alerts tell a pool that waits on purpose (quota spent, mailboxes held) from a stuck one.
-    let mut ready: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
-    // Per tenant: (its index, mailboxes active, active ones with room in their own windows).
-    let mut sending: std::collections::BTreeMap<&str, (usize, u32, u32)> =
+    // Per tenant: (its index, mailboxes active, active ones with recipients left (ready),
+    // active ones with room for a message and a recipient).
+    let mut sending: std::collections::BTreeMap<&str, (usize, u32, u32, u32)> =
         std::collections::BTreeMap::new();
     for (idx, m) in pool.mailboxes().iter().enumerate() {
         let mbx = m.address.as_str();
@@ -322,17 +322,15 @@ pub fn refresh(pool: &MailboxPool) {
             CONNECTIONS
                 .with_label_values(&[mbx])
                 .set(f64::from(snap.connections_in_use));
-            let count = ready.entry(m.tenant_id.as_str()).or_default();
             let active = matches!(state, MailboxState::Active);
-            let with_room = active && snap.recipients_left >= 1 && snap.messages_left >= 1;
-            if active && snap.recipients_left >= 1 {
-                *count += 1;
-            }
+            let ready = active && snap.recipients_left >= 1;
+            let with_room = ready && snap.messages_left >= 1;
             let s = sending
                 .entry(m.tenant_id.as_str())
-                .or_insert((m.tenant, 0, 0));
+                .or_insert((m.tenant, 0, 0, 0));
             s.1 += u32::from(active);
-            s.2 += u32::from(with_room);
+            s.2 += u32::from(ready);
+            s.3 += u32::from(with_room);
             let current = match state {
                 MailboxState::Active => "active",
                 MailboxState::Paused { .. } => "paused",
@@ -352,10 +350,8 @@ pub fn refresh(pool: &MailboxPool) {
                 .set(secs);
         }
     }
-    for (tenant, n) in ready {
-        TENANT_READY.with_label_values(&[tenant]).set(f64::from(n));
-    }
-    for (tenant, (idx, active, with_room)) in sending {
+    for (tenant, (idx, active, ready, with_room)) in sending {
+        TENANT_READY.with_label_values(&[tenant]).set(f64::from(ready));
         let room = pool.tenant_room(idx);
         if let Some((left, limit, room_in)) = room {
             TENANT_EXTERNAL_LEFT

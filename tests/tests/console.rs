@@ -254,8 +254,27 @@ async fn run() {
         .unwrap();
     let state = element(&c, Locator::Id("batch-state")).await;
     assert_eq!(state.text().await.unwrap(), "paused");
-    // Sends under way finish; then the simulator receives nothing more of it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Sends under way finish (no send of the batch is open on record); then the simulator
+    // receives nothing more of it.
+    let db = sqlx::PgPool::connect_with(stack.database.connect_options().unwrap())
+        .await
+        .unwrap();
+    wait_until(
+        "the sends under way at the pause end",
+        Duration::from_secs(60),
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sends s JOIN jobs j ON j.id = s.job_id \
+                 WHERE j.batch_id = 'cb' AND s.outcome IS NULL",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            open == 0
+        },
+    )
+    .await;
+    db.close().await;
     let at_pause = sent(&stack, "cb").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -297,7 +316,13 @@ async fn run() {
     );
     c.goto(&form).await.unwrap();
     element(&c, Locator::Id("go")).await.click().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The console answered the POST once the browser has left the data: page.
+    wait_until("the cross-site POST is answered", Duration::from_secs(30), || async {
+        c.current_url()
+            .await
+            .is_ok_and(|u| u.as_str().starts_with(&base))
+    })
+    .await;
     let status = stack.batch_status("cb").await.unwrap();
     assert_eq!(
         status["control"], "paused",
