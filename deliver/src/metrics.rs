@@ -351,7 +351,9 @@ pub fn refresh(pool: &MailboxPool) {
         }
     }
     for (tenant, (idx, active, ready, with_room)) in sending {
-        TENANT_READY.with_label_values(&[tenant]).set(f64::from(ready));
+        TENANT_READY
+            .with_label_values(&[tenant])
+            .set(f64::from(ready));
         let room = pool.tenant_room(idx);
         if let Some((left, limit, room_in)) = room {
             TENANT_EXTERNAL_LEFT

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure headless Chromium and its WebDriver (chromedriver) are installed, from
-# Debian's packages: the console's browser test (tests/tests/console.rs) drives them.
+# Debian's packages: the console's browser test (tests/tests/suite/console.rs) drives them.
 # Exits non-zero with a clear message if it can't.
 set -euo pipefail
 

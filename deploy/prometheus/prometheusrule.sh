@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prints deploy/prometheus/alerts.yml wrapped in a PrometheusRule (Prometheus Operator):
 #   deploy/prometheus/prometheusrule.sh > deploy/k8s/prometheusrule.yaml
-# tests/tests/deploy_files.rs checks that the two hold the same rules.
+# tests/tests/suite/deploy_files.rs checks that the two hold the same rules.
 set -eu
 cd "$(dirname "$0")"
 cat <<'HEAD'

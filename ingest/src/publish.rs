@@ -8,7 +8,7 @@ use chrono::Utc;
 use mailpipe_common::amqp::{PendingConfirm, PublishError};
 use mailpipe_common::contract::{DeliveryEvent, EventKind, FieldError, Job};
 use mailpipe_common::pipeline::Pipeline;
-use mailpipe_common::store::{ClaimInput, ClaimOutcome, Opener, StoreError};
+use mailpipe_common::store::{ClaimHeld, ClaimInput, ClaimOutcome, Opener, StoreError};
 use uuid::Uuid;
 
 use crate::lanes::{LaneAssigner, LanePolicy};
@@ -130,7 +130,7 @@ impl JobPublisher {
             lanes: LaneAssigner::new(self.lanes.clone()),
             confirmed: Vec::new(),
             refreshed: Instant::now(),
-            ours: None,
+            ours: ClaimHeld::All,
             recording: None,
             accepted: 0,
             settled: false,
@@ -157,10 +157,9 @@ pub struct BatchSender {
     lanes: LaneAssigner,
     /// Confirmed by the broker, not yet handed to a record.
     confirmed: Vec<DeliveryEvent>,
-    /// When the claim was last refreshed, and which ids it still held then (`None`: all
-    /// it claimed, nothing refreshed yet).
+    /// When the claim was last refreshed, and what it still held then.
     refreshed: Instant,
-    ours: Option<std::collections::HashSet<String>>,
+    ours: ClaimHeld,
     /// The previous chunk's `accepted` record, written while the next chunk is published.
     recording: Option<tokio::task::JoinHandle<Result<u64, StoreError>>>,
     /// Jobs confirmed and recorded so far.
@@ -228,16 +227,12 @@ impl BatchSender {
             // Only what is still ours is published: a claim that went stale (a stalled
             // process) may have been taken over by a resubmission.
             let store = self.publisher.pipeline.store().clone();
-            self.ours = Some(store.refresh_claim(self.claim).await?);
+            self.ours = store.refresh_claim(self.claim).await?;
             self.refreshed = Instant::now();
         }
         let mut published = PublishedChunk::default();
         for mut job in chunk {
-            if self
-                .ours
-                .as_ref()
-                .is_some_and(|ours| !ours.contains(job.id.as_str()))
-            {
+            if !self.ours.holds(job.id.as_str()) {
                 continue;
             }
             let now = Utc::now();
@@ -345,6 +340,12 @@ impl BatchSender {
         self.record_confirmed().await?;
         self.settle_recording().await?;
         self.settled = true;
+        // Every job it published is accepted now: the claim's row goes (a failure only
+        // leaves a row that pruning removes).
+        let store = self.publisher.pipeline.store().clone();
+        if let Err(e) = store.end_claim(self.claim).await {
+            tracing::warn!(error = %e, "ending a publish's claim failed");
+        }
         Ok(())
     }
 

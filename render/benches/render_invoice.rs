@@ -2,7 +2,7 @@
 //! cost per message render adds to the pipeline. Criterion reports `thrpt` in elem/s,
 //! one element being one message, i.e. messages per second on one core.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/suite/support/mod.rs"]
 mod support;
 
 use std::hint::black_box;

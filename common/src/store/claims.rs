@@ -3,11 +3,14 @@
 //!
 //! A publish first *claims* its jobs: it inserts them `received`, with its claim token,
 //! and the unique key on `jobs.id` decides between two replicas submitting one id at the
-//! same instant (the second waits on the first's row and finds it). A long publish
-//! *refreshes* its claim every minute (and publishes only what it still holds); after the
+//! same instant (the second waits on the first's row and finds it). The claim itself is
+//! one `publish_claims` row with a heartbeat: a long publish *refreshes* it every minute
+//! (one row, however many jobs it holds) and publishes only what it still holds; after the
 //! broker's confirm it *confirms* the jobs `accepted` with their `accepted` events. A publish that
-//! fails *releases* its claim, so the id can be submitted again. A claim left by a process
-//! that died is taken over by a resubmission once it is older than [`CLAIM_TTL`].
+//! fails *releases* its claim, so the id can be submitted again. A claim whose heartbeat
+//! is older than [`CLAIM_TTL`] belongs to a process that died or stalled: a resubmission
+//! takes its jobs over and marks the claim, so a stalled publish that wakes up re-reads
+//! what it still holds before it publishes more.
 
 use std::collections::HashMap;
 
@@ -33,6 +36,25 @@ pub enum ClaimOutcome {
     InFlight,
     /// Accepted before with different content: refused.
     Conflict,
+}
+
+/// What a publish still holds of its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimHeld {
+    /// Every job it claimed and has not confirmed.
+    All,
+    /// Only these ids: the others were taken over.
+    Only(std::collections::HashSet<String>),
+}
+
+impl ClaimHeld {
+    /// Whether the job `id` may still be published by this claim.
+    pub fn holds(&self, id: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(ids) => ids.contains(id),
+        }
+    }
 }
 
 /// One job to claim, with what the record keeps of it.
@@ -69,6 +91,10 @@ impl ClaimInput {
 }
 
 const CLAIM: &str = r#"
+WITH heartbeat AS (
+    INSERT INTO publish_claims (claim) VALUES ($7)
+    ON CONFLICT (claim) DO UPDATE SET heartbeat = now()
+)
 INSERT INTO jobs (id, batch_id, template, recipients, recipient_count, content_hash, state,
                   claim, claimed_at, updated_at, not_before, not_after)
 SELECT u.id, u.batch, u.template, string_to_array(u.rcpts, E'\n'), u.n, u.hash, 'received',
@@ -80,10 +106,31 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 "#;
 
+/// Jobs whose claim has no fresh heartbeat become `$2`'s; the claims they came from are
+/// marked `taken_from`. One statement.
 const TAKE_OVER: &str = r#"
-UPDATE jobs SET claim = $2, claimed_at = now()
-WHERE id = ANY($1) AND state = 'received' AND claimed_at < now() - make_interval(secs => $3)
-RETURNING id
+WITH taken AS (
+    UPDATE jobs SET claim = $2, claimed_at = now()
+    FROM jobs AS old
+    WHERE jobs.id = old.id AND jobs.id = ANY($1) AND jobs.state = 'received'
+      -- The job's own row decides between two take-overs at once: the second, waiting on
+      -- the first's row lock, re-checks it and finds it just taken.
+      AND jobs.claimed_at < now() - make_interval(secs => $3)
+      AND NOT EXISTS (
+          SELECT 1 FROM publish_claims c
+          WHERE c.claim = jobs.claim AND c.heartbeat >= now() - make_interval(secs => $3))
+    RETURNING jobs.id, old.claim AS from_claim
+), marked AS (
+    UPDATE publish_claims SET taken_from = true
+    WHERE claim IN (SELECT from_claim FROM taken)
+)
+SELECT id FROM taken
+"#;
+
+/// Refreshes the heartbeat; answers whether any of the claim's jobs were taken over.
+/// No row: the claim was released or pruned (everything it held is gone).
+const HEARTBEAT: &str = r#"
+UPDATE publish_claims SET heartbeat = now() WHERE claim = $1 RETURNING taken_from
 "#;
 
 const CONFIRM: &str = r#"
@@ -222,19 +269,29 @@ impl Store {
     }
 
     /// Keeps the publish `claim` fresh (a long publish calls it well within
-    /// [`CLAIM_TTL`]) and returns the ids it still holds: a claim taken over by another
-    /// (after this process stalled past the TTL) is not published here.
-    pub async fn refresh_claim(
-        &self,
-        claim: Uuid,
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
+    /// [`CLAIM_TTL`]): one row, however many jobs the claim holds. Answers what it still
+    /// holds: [`ClaimHeld::All`] unless a resubmission took some of its jobs over (after
+    /// this process stalled past the TTL), and then the ids left, so the others are not
+    /// published here.
+    pub async fn refresh_claim(&self, claim: Uuid) -> Result<ClaimHeld, StoreError> {
+        let r = sqlx::query_scalar::<_, bool>(HEARTBEAT)
+            .bind(claim)
+            .fetch_optional(&self.pool)
+            .await;
+        if self.observe("refreshing a claim", r)? == Some(false) {
+            return Ok(ClaimHeld::All);
+        }
         let r = sqlx::query_scalar::<_, String>(
-            "UPDATE jobs SET claimed_at = now() WHERE claim = $1 AND state = 'received' RETURNING id",
+            "SELECT id FROM jobs WHERE claim = $1 AND state = 'received'",
         )
         .bind(claim)
         .fetch_all(&self.pool)
         .await;
-        Ok(self.observe("refreshing a claim", r)?.into_iter().collect())
+        Ok(ClaimHeld::Only(
+            self.observe("reading what a claim holds", r)?
+                .into_iter()
+                .collect(),
+        ))
     }
 
     /// After the broker confirmed the publish: the jobs are `accepted` (unless render
@@ -282,12 +339,24 @@ impl Store {
         Ok(self.observe("releasing claims", r)?.rows_affected())
     }
 
-    /// Gives up every claim of the publish `claim` that is not accepted.
+    /// Gives up every claim of the publish `claim` that is not accepted, and the claim.
     pub async fn release_claim(&self, claim: Uuid) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM jobs WHERE claim = $1 AND state = 'received'")
+        let r = sqlx::query(
+            "WITH gone AS (DELETE FROM publish_claims WHERE claim = $1) \
+             DELETE FROM jobs WHERE claim = $1 AND state = 'received'",
+        )
+        .bind(claim)
+        .execute(&self.pool)
+        .await;
+        Ok(self.observe("releasing claims", r)?.rows_affected())
+    }
+
+    /// Ends a publish whose jobs are all confirmed or released: its claim row goes.
+    pub async fn end_claim(&self, claim: Uuid) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM publish_claims WHERE claim = $1")
             .bind(claim)
             .execute(&self.pool)
             .await;
-        Ok(self.observe("releasing claims", r)?.rows_affected())
+        self.observe("ending a claim", r).map(|_| ())
     }
 }

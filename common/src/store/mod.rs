@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch_owner::Opener;
 pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
-pub use claims::{ClaimInput, ClaimOutcome};
+pub use claims::{ClaimHeld, ClaimInput, ClaimOutcome};
 pub use health::{PROBE_EVERY, PROBE_TIMEOUT};
 pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;

@@ -22,9 +22,15 @@ DELETE FROM jobs WHERE id IN (
 const PRUNE_CLAIMS: &str = r#"
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE state = 'received' AND claimed_at < now() - interval '1 day'
+      AND NOT EXISTS (SELECT 1 FROM publish_claims c
+                      WHERE c.claim = jobs.claim AND c.heartbeat >= now() - interval '1 day')
     LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 "#;
+
+/// Claims whose publish died (no heartbeat for a day); their jobs went above.
+const PRUNE_CLAIM_ROWS: &str =
+    "DELETE FROM publish_claims WHERE heartbeat < now() - interval '1 day'";
 
 /// Batches with no job left, with their counters (all zero by then).
 const PRUNE_BATCHES: &str = r#"
@@ -101,6 +107,8 @@ impl Store {
                 break;
             }
         }
+        let r = sqlx::query(PRUNE_CLAIM_ROWS).execute(&self.pool).await;
+        self.observe("pruning dead claims", r)?;
         let sends = self
             .prune_in_steps(PRUNE_SENDS, cutoff, "pruning sends")
             .await?;

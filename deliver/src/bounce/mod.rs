@@ -15,7 +15,7 @@
 //! Bounded: only the first `MAX_SCAN` bytes are parsed (a report's parts come before the
 //! returned original, whose attachments are never decoded), at most `MAX_RECIPIENTS`
 //! recipients are kept, diagnostics are cleaned and cut (`clean_diagnostic`). Any bytes
-//! give an answer, never a panic (tests/bounce_props.rs).
+//! give an answer, never a panic (tests/suite/bounce_props.rs).
 
 mod dsn;
 mod fields;
@@ -206,7 +206,7 @@ fn original_message_id(msg: &Message<'_>) -> Option<(String, OriginalLink)> {
         let sub = ct.subtype().unwrap_or_default().to_ascii_lowercase();
         let ctype = ct.ctype().to_ascii_lowercase();
         // A nested message without parts panics mail-parser's accessors (found by
-        // tests/bounce_props.rs): skipped.
+        // tests/suite/bounce_props.rs): skipped.
         if let Some(nested) = part.message().filter(|n| !n.parts.is_empty())
             && let Some(id) = nested.message_id().and_then(message_id)
         {

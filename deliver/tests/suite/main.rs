@@ -1,0 +1,22 @@
+//! The deliver crate's integration tests, one binary with a module per concern: one link
+//! instead of one per file (see the README, "Quick start").
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth_discipline;
+mod bounce;
+mod bounce_props;
+mod check_pool;
+mod classify_props;
+mod docs_microsoft365;
+mod graph_client;
+mod pool;
+mod reliability;
+mod schedule;
+mod send_decision;
+mod starttls_injection;
+mod startup;
+mod token_requests;
