@@ -104,6 +104,12 @@ impl Application {
         let ownership = tokio::spawn(ownership.run(replay.clone(), ownership_stop.clone()));
 
         tokio::spawn(metrics::refresh_loop(pool.clone(), shutdown.clone()));
+        tokio::spawn(crate::pool::hold_report::run(
+            pool.clone(),
+            pipeline.store().clone(),
+            owner,
+            ownership_stop.clone(),
+        ));
         let graph = if settings.graph.enabled {
             Some(Arc::new(
                 GraphClient::from_settings(settings).context("building the Graph client")?,

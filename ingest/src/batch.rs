@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use mailpipe_common::amqp::PublishError;
 use mailpipe_common::contract::{FieldError, Job};
 use mailpipe_common::domain::{BatchId, JobId};
-use mailpipe_common::store::Opener;
+use mailpipe_common::store::{ClaimOutcome, Opener};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
@@ -248,87 +248,114 @@ pub async fn import<R: Read + Send + 'static>(
 const CLAIM_CHUNK: usize = 1000;
 
 /// Step 3: claims every spooled id; returns the ids not to publish (duplicates, in
-/// flight elsewhere, conflicts) and counts them into the report.
+/// flight elsewhere, conflicts) and counts them into the report. The next chunk is read
+/// and parsed while the database claims the one before: ingest and PostgreSQL work at
+/// once, and no statement holds more than one chunk.
 async fn claim_spool(
     spool: &mut std::fs::File,
     sender: &BatchSender,
     report: &mut ImportReport,
 ) -> Result<HashSet<JobId>, ImportError> {
-    use mailpipe_common::store::ClaimOutcome;
     let mut skip = HashSet::new();
     let mut reader = std::io::BufReader::with_capacity(256 * 1024, &*spool);
-    let mut chunk: Vec<(u64, Job)> = Vec::with_capacity(CLAIM_CHUNK);
-    loop {
-        let next = read_spooled(&mut reader).map_err(ImportError::Io)?;
-        let done = next.is_none();
-        if let Some(entry) = next {
-            chunk.push(entry);
-        }
-        if chunk.len() >= CLAIM_CHUNK || (done && !chunk.is_empty()) {
-            let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
-            let unavailable = |e: PublishError, report: &ImportReport| match e {
-                PublishError::Store(s) => ImportError::Unavailable(*s),
-                other => ImportError::Publish {
-                    report: report.clone(),
-                    source: other,
-                },
-            };
-            // `ingest.suppressed_recipients = "refuse"`: those jobs are bad lines, not claimed.
-            let refusals = sender
-                .suppression_refusals(&jobs)
-                .await
-                .map_err(|e| unavailable(e, report))?;
-            let mut kept = Vec::with_capacity(chunk.len());
-            for ((line, job), refusal) in chunk.drain(..).zip(refusals) {
-                match refusal {
-                    None => kept.push((line, job)),
-                    Some(error) => {
-                        report.rejected += 1;
-                        *report.error_counts.entry("suppressed").or_insert(0) += 1;
-                        if report.errors.len() < MAX_REPORTED_ERRORS {
-                            report.errors.push(LineError::new(line, error));
-                        }
-                        skip.insert(job.id);
-                    }
-                }
-            }
-            chunk = kept;
-            let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
-            let outcomes = sender.claim(&jobs).await.map_err(|e| match e {
-                PublishError::Store(s) => ImportError::Unavailable(*s),
-                other => ImportError::Publish {
-                    report: report.clone(),
-                    source: other,
-                },
-            })?;
-            for ((line, job), outcome) in chunk.drain(..).zip(outcomes) {
-                match outcome {
-                    ClaimOutcome::Claimed => continue,
-                    ClaimOutcome::Duplicate | ClaimOutcome::InFlight => {
-                        report.duplicates += 1;
-                        metrics::duplicate(1);
-                    }
-                    ClaimOutcome::Conflict => {
-                        report.conflicts += 1;
-                        *report.error_counts.entry("conflict").or_insert(0) += 1;
-                        if report.errors.len() < MAX_REPORTED_ERRORS {
-                            report.errors.push(LineError::new(
-                                line,
-                                FieldError::new("id", conflict_reason(&job.id)),
-                            ));
-                        }
-                    }
-                }
-                skip.insert(job.id);
-            }
-        }
-        if done {
-            break;
-        }
+    let mut next = read_chunk(&mut reader).map_err(ImportError::Io)?;
+    while !next.is_empty() {
+        let chunk = std::mem::take(&mut next);
+        let (claimed, read) = tokio::join!(claim_chunk(sender, chunk), async {
+            read_chunk(&mut reader)
+        });
+        let claimed = claimed.map_err(|e| match e {
+            PublishError::Store(s) => ImportError::Unavailable(*s),
+            other => ImportError::Publish {
+                report: report.clone(),
+                source: other,
+            },
+        })?;
+        claimed.tally(report, &mut skip);
+        next = read.map_err(ImportError::Io)?;
     }
     drop(reader);
     spool.rewind().map_err(ImportError::Io)?;
     Ok(skip)
+}
+
+/// Up to [`CLAIM_CHUNK`] spooled jobs with their lines; empty at the end.
+fn read_chunk(reader: &mut impl std::io::BufRead) -> std::io::Result<Vec<(u64, Job)>> {
+    let mut chunk = Vec::with_capacity(CLAIM_CHUNK);
+    while chunk.len() < CLAIM_CHUNK {
+        match read_spooled(reader)? {
+            Some(entry) => chunk.push(entry),
+            None => break,
+        }
+    }
+    Ok(chunk)
+}
+
+/// What claiming one chunk found, in line order.
+struct ClaimedChunk {
+    /// Refused for a suppressed recipient (`ingest.suppressed_recipients = "refuse"`):
+    /// bad lines, not claimed.
+    refused: Vec<(u64, JobId, FieldError)>,
+    claimed: Vec<(u64, JobId, ClaimOutcome)>,
+}
+
+/// Checks a chunk's recipients against the suppression list, then claims the rest.
+async fn claim_chunk(
+    sender: &BatchSender,
+    chunk: Vec<(u64, Job)>,
+) -> Result<ClaimedChunk, PublishError> {
+    let jobs: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
+    let refusals = sender.suppression_refusals(&jobs).await?;
+    let mut refused = Vec::new();
+    let mut kept = Vec::with_capacity(chunk.len());
+    for ((line, job), refusal) in chunk.into_iter().zip(refusals) {
+        match refusal {
+            None => kept.push((line, job)),
+            Some(error) => refused.push((line, job.id, error)),
+        }
+    }
+    let jobs: Vec<&Job> = kept.iter().map(|(_, j)| j).collect();
+    let outcomes = sender.claim(&jobs).await?;
+    let claimed = kept
+        .into_iter()
+        .zip(outcomes)
+        .map(|((line, job), outcome)| (line, job.id, outcome))
+        .collect();
+    Ok(ClaimedChunk { refused, claimed })
+}
+
+impl ClaimedChunk {
+    /// Counts the chunk into the report; what is not ours to publish goes in `skip`.
+    fn tally(self, report: &mut ImportReport, skip: &mut HashSet<JobId>) {
+        for (line, id, error) in self.refused {
+            report.rejected += 1;
+            *report.error_counts.entry("suppressed").or_insert(0) += 1;
+            if report.errors.len() < MAX_REPORTED_ERRORS {
+                report.errors.push(LineError::new(line, error));
+            }
+            skip.insert(id);
+        }
+        for (line, id, outcome) in self.claimed {
+            match outcome {
+                ClaimOutcome::Claimed => continue,
+                ClaimOutcome::Duplicate | ClaimOutcome::InFlight => {
+                    report.duplicates += 1;
+                    metrics::duplicate(1);
+                }
+                ClaimOutcome::Conflict => {
+                    report.conflicts += 1;
+                    *report.error_counts.entry("conflict").or_insert(0) += 1;
+                    if report.errors.len() < MAX_REPORTED_ERRORS {
+                        report.errors.push(LineError::new(
+                            line,
+                            FieldError::new("id", conflict_reason(&id)),
+                        ));
+                    }
+                }
+            }
+            skip.insert(id);
+        }
+    }
 }
 
 /// Why a job id is refused as a conflict (the API's 409 says the same).

@@ -16,6 +16,8 @@ mod claims;
 mod events;
 mod health;
 mod leases;
+mod mailbox_holds;
+mod member_lock;
 mod pool_view;
 mod prune;
 mod report_binding;
@@ -37,6 +39,8 @@ pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimHeld, ClaimInput, ClaimOutcome};
 pub use health::{PROBE_EVERY, PROBE_TIMEOUT};
+pub use mailbox_holds::MailboxHold;
+pub use member_lock::MemberLock;
 pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;
 pub use sends::{

@@ -823,3 +823,37 @@ fn a_hung_test_stops_its_binary_with_a_message() {
         "the message names the test and what hung: {stderr}"
     );
 }
+
+/// A process that held a member lock and lost it (its connection ended: a crash) is dead
+/// at once: it leaves the live list and its lease passes on before it lapses. While the
+/// lock is held, the lease is its own.
+#[tokio::test]
+async fn a_lease_passes_on_as_soon_as_its_owners_member_lock_is_gone() {
+    use mailpipe_common::store::MemberLock;
+    let db = Db::new("memberlock").await;
+    let s = &db.store;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ttl = std::time::Duration::from_secs(60);
+    let key = MemberLock::new_key();
+    let lock = s.hold_member_lock(key).await.unwrap();
+    s.heartbeat(a, "host-a", ttl, Some(key)).await.unwrap();
+    s.heartbeat(b, "host-b", ttl, None).await.unwrap();
+    let mailbox = "mbx9@contoso.example";
+    let first = s.acquire_lease(a, mailbox, ttl).await.unwrap().unwrap();
+    assert_eq!(s.acquire_lease(b, mailbox, ttl).await.unwrap(), None);
+    let mut live = vec![a, b];
+    live.sort();
+    assert_eq!(s.live_member_ids().await.unwrap(), live);
+
+    // The lock's connection ends; the lease still has a minute to run.
+    lock.release().await;
+    assert_eq!(s.live_member_ids().await.unwrap(), vec![b]);
+    let taken = s.acquire_lease(b, mailbox, ttl).await.unwrap();
+    assert_eq!(taken, Some(first + 1), "taken at once, under a new token");
+    // a's write-ahead sends are refused from now on.
+    assert_eq!(
+        s.open_send(&send("late", a, first)).await.unwrap(),
+        Decision::Fenced
+    );
+    db.cleanup().await;
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mailpipe_common::store::{Store, StoreError};
+use mailpipe_common::store::{MemberLock, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -26,6 +26,10 @@ use crate::metrics;
 use crate::pool::{Fence, MailboxPool};
 use crate::throttle::Millis;
 use replay::ReplayProgress;
+
+/// How often a process checks whether another one crashed, left or joined, or gave
+/// mailboxes back.
+const LANDSCAPE_CHECKED_EVERY: Duration = Duration::from_millis(500);
 
 /// Rows committed a little after a later-started one are still read: the tenant import
 /// reads this far back past the newest send it saw (and skips the ones it has).
@@ -43,6 +47,14 @@ pub struct MailboxOwnership {
     /// Mailboxes being given back: no new send; released once nothing is in flight.
     draining: HashSet<usize>,
     tenants: TenantImport,
+    /// This process's life line: while it is held, no other process takes its leases
+    /// before they lapse; once it is gone (a crash), they take them at once.
+    lock: Option<MemberLock>,
+    lock_key: i64,
+    /// The live processes and the free leases as the last round left them: a change
+    /// (a process crashed, left or joined; another gave mailboxes back) starts the next
+    /// round at once.
+    landscape: Option<(Vec<Uuid>, i64)>,
 }
 
 /// Other processes' sends counted in this process's tenant windows.
@@ -78,6 +90,54 @@ impl MailboxOwnership {
                 newest: None,
                 seen: HashMap::new(),
             },
+            lock: None,
+            lock_key: MemberLock::new_key(),
+            landscape: None,
+        }
+    }
+
+    /// Takes the member lock if it is not held (at start, or after its connection
+    /// dropped); the key to record, or `None` while it cannot be taken (the process is
+    /// then judged by its membership's time alone, as before locks).
+    async fn member_lock(&mut self) -> Option<i64> {
+        if let Some(lock) = self.lock.as_mut()
+            && lock.holds().await
+        {
+            return Some(lock.key());
+        }
+        if self.lock.take().is_some() {
+            tracing::warn!("the member lock's connection dropped; taking the lock again");
+        }
+        match self.store.hold_member_lock(self.lock_key).await {
+            Ok(lock) => {
+                self.lock = Some(lock);
+                Some(self.lock_key)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the member lock; other processes take this one's mailboxes only when its leases lapse");
+                None
+            }
+        }
+    }
+
+    /// Waits until the live processes or the free leases differ from what the last round
+    /// left (checked every [`LANDSCAPE_CHECKED_EVERY`]): a crashed process's mailboxes are
+    /// taken, and mailboxes given back are picked up, within about that, not a round later.
+    async fn landscape_changed(&self) {
+        loop {
+            tokio::time::sleep(LANDSCAPE_CHECKED_EVERY).await;
+            // A mailbox being given back whose last send ended: give it back now.
+            if self
+                .draining
+                .iter()
+                .any(|&idx| self.pool.in_flight(idx) == 0)
+            {
+                return;
+            }
+            match self.store.lease_landscape().await {
+                Ok(now) if Some(&now) != self.landscape.as_ref() => return,
+                _ => {}
+            }
         }
     }
 
@@ -96,7 +156,10 @@ impl MailboxOwnership {
     pub async fn round(&mut self) -> Result<Round, StoreError> {
         let asked_at = Instant::now();
         let until = self.valid_until(asked_at);
-        self.store.heartbeat(self.me, &self.host, self.ttl).await?;
+        let lock_key = self.member_lock().await;
+        self.store
+            .heartbeat(self.me, &self.host, self.ttl, lock_key)
+            .await?;
         let members = self.store.live_members().await?;
         let keys: Vec<String> = (0..self.pool.mailboxes().len())
             .map(|i| self.pool.mailbox_key(i))
@@ -194,6 +257,7 @@ impl MailboxOwnership {
             tracing::info!(mailbox = %key, token, sends_restored = sends.len(), "mailbox lease taken");
         }
         round.sends_restored += self.import_tenant_sends().await?;
+        self.landscape = Some(self.store.lease_landscape().await?);
         round.held = self.pool.held().len();
         metrics::MAILBOXES_OWNED.set(round.held as i64);
         metrics::DELIVER_MEMBERS.set(round.members as i64);
@@ -250,6 +314,7 @@ impl MailboxOwnership {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
+                _ = self.landscape_changed() => {}
             }
             match tokio::time::timeout(every, self.round()).await {
                 Ok(Ok(round)) => progress.finish(round.sends_restored),
@@ -282,6 +347,11 @@ impl MailboxOwnership {
             self.store.leave(self.me).await
         })
         .await;
+        if let Some(lock) = self.lock.take() {
+            tokio::time::timeout(Duration::from_secs(5), lock.release())
+                .await
+                .ok();
+        }
         match released {
             Ok(Ok(())) => tracing::info!(mailboxes = keys.len(), "mailbox leases given back"),
             Ok(Err(e)) => {

@@ -200,6 +200,7 @@ impl MailboxPool {
             };
             let state = book.health[idx].held_until(now + pause);
             let _ = book.schedule.set_state(idx, state);
+            book.held_for[idx] = problem.as_str();
             (episode, pause)
         };
         tracing::warn!(mailbox = %self.mailboxes[idx].address, problem = problem.as_str(), episode, pause_ms = pause.as_millis() as u64, quarantined = problem.is_quarantine(), "mailbox held back");
@@ -228,6 +229,7 @@ impl MailboxPool {
                     let _ = book
                         .schedule
                         .set_state(idx, MailboxState::Quarantined { until });
+                    book.held_for[idx] = problem.as_str();
                 }
             }
         }

@@ -9,6 +9,7 @@
 mod booking;
 pub mod eligibility;
 mod health;
+pub mod hold_report;
 mod line;
 mod sessions;
 
@@ -120,6 +121,9 @@ struct Book {
     classes: ClassCache,
     /// Who of the waiting messages picks next (lanes, batches in turn).
     line: WaitingLine,
+    /// What held each mailbox back last (`auth`, `rate`, `tenant_blocked`...): the
+    /// reason shown with its hold.
+    held_for: Vec<&'static str>,
 }
 
 impl Book {
@@ -264,6 +268,7 @@ impl MailboxPool {
                 health: vec![Health::unproven(); n],
                 classes: ClassCache::new(CLASS_CACHE_CAPACITY),
                 line: WaitingLine::default(),
+                held_for: vec![""; n],
             }),
             changed: Notify::new(),
             tokens,
@@ -477,6 +482,16 @@ impl MailboxPool {
             book.schedule.snapshot(idx, now)?,
             book.schedule.state(idx)?.at(now),
         ))
+    }
+
+    /// Whether `idx` is held back now: its state (paused or quarantined), why, and until
+    /// when (on the pool's clock).
+    pub fn hold_of(&self, idx: usize) -> Option<(MailboxState, &'static str)> {
+        let book = self.book();
+        match book.schedule.state(idx)?.at(now_millis()) {
+            MailboxState::Active => None,
+            held => Some((held, book.held_for.get(idx).copied().unwrap_or(""))),
+        }
     }
 
     pub fn limits(&self, idx: usize) -> Option<MailboxLimits> {

@@ -150,6 +150,25 @@ async fn a_mailbox_with_a_wrong_secret_is_quarantined_and_the_others_carry_its_s
         .await;
     }
     let (shutdown, task) = h.start_deliver().await;
+    // The hold is on record for the console and the ETA, with its reason.
+    let store = h.broker.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let holds = store.mailbox_holds().await.unwrap();
+        if let Some(hold) = holds
+            .iter()
+            .find(|m| m.mailbox.eq_ignore_ascii_case(&mailbox_address(1)))
+        {
+            assert_eq!(hold.reason, "auth", "{holds:?}");
+            assert!(hold.until > chrono::Utc::now(), "{holds:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken mailbox's hold was never reported: {holds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     h.wait_accepted(30, Duration::from_secs(180)).await;
     let broken = h.sim.mailbox(&mailbox_address(1)).unwrap();
     assert_eq!(broken.accepted, 0);

@@ -1,5 +1,5 @@
-//! The Pool page: every configured mailbox with the process holding its lease and what
-//! its windows hold (messages, recipients, open sends: room left), and every tenant's
+//! The Pool page: every configured mailbox with the process holding its lease, the hold
+//! that process reports (paused or quarantined, why, for how long), and what its windows hold (messages, recipients, open sends: room left), and every tenant's
 //! external-recipient budget used and left, with when room frees up.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use mailpipe_common::store::{MailboxView, TenantView};
+use mailpipe_common::store::{MailboxHold, MailboxView, TenantView};
 use serde::Serialize;
 
 use super::ConsoleState;
@@ -19,8 +19,11 @@ use super::session::Session;
 struct MailboxRow {
     view: MailboxView,
     tenant: String,
-    /// `sending` (a live process holds it) or `no owner`.
-    state: &'static str,
+    /// `sending` (a live process holds it), `no owner`, or the hold its owner reports:
+    /// `paused: rate`, `quarantined: auth`...
+    state: String,
+    /// Until when it is held back, when it is.
+    held_for_seconds: Option<f64>,
     messages_limit: u64,
     messages_left: u64,
     recipients_limit: u64,
@@ -72,13 +75,18 @@ pub async fn page(
         .map(|t| (t.id.clone(), secs(t.external_window_ms)))
         .collect();
     let store = state.api.records.store();
-    let (views, budgets) = match (
+    let (views, budgets, holds) = match (
         store.mailbox_views(&asked).await,
         store.tenant_views(&tenants).await,
+        store.mailbox_holds().await,
     ) {
-        (Ok(v), Ok(b)) => (v, b),
-        (Err(e), _) | (_, Err(e)) => return page::store_error(e),
+        (Ok(v), Ok(b), Ok(h)) => (v, b, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return page::store_error(e),
     };
+    let holds: HashMap<String, MailboxHold> = holds
+        .into_iter()
+        .map(|h| (h.mailbox.to_ascii_lowercase(), h))
+        .collect();
     let now = Utc::now();
     let mut views: HashMap<String, MailboxView> =
         views.into_iter().map(|v| (v.mailbox.clone(), v)).collect();
@@ -90,11 +98,15 @@ pub async fn page(
         .filter_map(|m| Some((m, views.remove(m.address.as_str())?)))
         .map(|(m, view)| MailboxRow {
             tenant: m.tenant.clone(),
-            state: if view.owner.is_some() {
-                "sending"
-            } else {
-                "no owner"
+            state: match holds.get(&m.address.as_str().to_ascii_lowercase()) {
+                Some(h) if view.owner.is_some() => format!("{}: {}", h.state, h.reason),
+                _ if view.owner.is_some() => "sending".into(),
+                _ => "no owner".into(),
             },
+            held_for_seconds: holds
+                .get(&m.address.as_str().to_ascii_lowercase())
+                .filter(|_| view.owner.is_some())
+                .and_then(|h| wait(Some(h.until), now)),
             messages_limit: m.limits.messages_per_window,
             messages_left: left(m.limits.messages_per_window, view.messages_in_window),
             recipients_limit: m.limits.recipients_per_window,

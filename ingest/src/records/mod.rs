@@ -318,6 +318,48 @@ impl Records {
                 return Ok(e);
             }
         };
+        // Mailboxes held back for a fault (credentials, send-as, blocked tenant, sessions
+        // that will not open) send nothing until they are back: the estimate leaves them out.
+        let holds = self.store.mailbox_holds().await?;
+        let faulted: Vec<&mailpipe_common::store::MailboxHold> =
+            holds.iter().filter(|h| is_fault(&h.reason)).collect();
+        let sending = PoolCapacity {
+            mailboxes: pool
+                .mailboxes
+                .iter()
+                .filter(|m| {
+                    !faulted
+                        .iter()
+                        .any(|h| h.mailbox.eq_ignore_ascii_case(m.address.as_str()))
+                })
+                .cloned()
+                .collect(),
+        };
+        if sending.mailboxes.is_empty() && remaining > 0 {
+            let list: Vec<String> = faulted
+                .iter()
+                .take(5)
+                .map(|h| {
+                    format!(
+                        "{} ({}, until {})",
+                        h.mailbox,
+                        h.reason,
+                        h.until.to_rfc3339()
+                    )
+                })
+                .collect();
+            return Ok(Eta::unknown(
+                now,
+                remaining,
+                recipients_left,
+                format!(
+                    "every mailbox of the pool is held back, so nothing can be sent now: {}{}",
+                    list.join(", "),
+                    if faulted.len() > 5 { ", ..." } else { "" }
+                ),
+            ));
+        }
+        let pool = &sending;
         let window_ms = pool
             .mailboxes
             .iter()
@@ -431,4 +473,14 @@ impl Records {
             .into_iter()
             .collect())
     }
+}
+
+/// Whether a hold's reason is a fault (the mailbox sends nothing until it is over), not a
+/// window that the ETA's model already counts (rate, recipient quota, connections, the
+/// tenant's external window).
+fn is_fault(reason: &str) -> bool {
+    !matches!(
+        reason,
+        "rate" | "quota" | "connections" | "tenant_external_limit"
+    )
 }

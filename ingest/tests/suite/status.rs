@@ -182,6 +182,76 @@ async fn batch_status_over_http_has_counts_mailboxes_failures_and_an_eta() {
     app.cleanup().await;
 }
 
+/// Mailboxes their deliver process reports held for a fault send nothing: the ETA leaves
+/// them out, and with every mailbox held it is null and says which and why. A mailbox held
+/// for a window (rate) still counts: the model already waits for windows.
+#[tokio::test]
+async fn the_eta_leaves_out_mailboxes_held_for_a_fault_and_is_null_when_all_are() {
+    use mailpipe_common::store::MailboxHold;
+    let app = TestApp::spawn("ing-held").await;
+    feed_batch(&app.broker.pipeline, "held").await;
+    let store = app.broker.store();
+    let deliver = uuid::Uuid::new_v4();
+    let hold = |mailbox: &str, state: &str, reason: &str| MailboxHold {
+        mailbox: mailbox.into(),
+        state: state.into(),
+        reason: reason.into(),
+        until: chrono::Utc::now() + chrono::Duration::minutes(10),
+    };
+    // b held for its credentials: only a's 0.5 message/s is left.
+    store
+        .report_mailbox_holds(
+            deliver,
+            &[hold("b@pool.example", "quarantined", "auth")],
+            &[],
+        )
+        .await
+        .unwrap();
+    let json = app
+        .eventually("/v1/batches/held", |j| {
+            j["eta"]["pool_messages_per_second"] == 0.5
+        })
+        .await;
+    assert_eq!(json["eta"]["eta_seconds"], 10.0, "{json}");
+    // a held for its rate window: still counted.
+    store
+        .report_mailbox_holds(deliver, &[hold("a@pool.example", "paused", "rate")], &[])
+        .await
+        .unwrap();
+    let json = app.get_json("/v1/batches/held").await;
+    assert_eq!(json["eta"]["pool_messages_per_second"], 0.5, "{json}");
+    // a quarantined too: nothing can send.
+    store
+        .report_mailbox_holds(
+            deliver,
+            &[hold("a@pool.example", "quarantined", "tenant_blocked")],
+            &[],
+        )
+        .await
+        .unwrap();
+    let json = app.get_json("/v1/batches/held").await;
+    assert_eq!(json["eta"]["eta_seconds"], Value::Null, "{json}");
+    let reason = json["eta"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("every mailbox")
+            && reason.contains("a@pool.example (tenant_blocked")
+            && reason.contains("b@pool.example (auth"),
+        "{reason}"
+    );
+    // Lifted: back to the whole pool.
+    store
+        .report_mailbox_holds(
+            deliver,
+            &[],
+            &["a@pool.example".into(), "b@pool.example".into()],
+        )
+        .await
+        .unwrap();
+    let json = app.get_json("/v1/batches/held").await;
+    assert_eq!(json["eta"]["eta_seconds"], 5.0, "{json}");
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn without_a_pool_the_eta_is_null_with_a_reason() {
     let broker = TestBroker::start("ing-nopool").await;

@@ -115,11 +115,29 @@ async fn sent(stack: &Stack, batch: &str) -> usize {
 
 /// The batch row's "at an end" count, as the page shows it now.
 async fn shown_done(c: &Client, batch: &str) -> u64 {
-    let cell = c
-        .find(Locator::Css(&format!("tr[data-batch='{batch}'] .done")))
+    shown_text(c, Locator::Css(&format!("tr[data-batch='{batch}'] .done")))
         .await
-        .unwrap();
-    cell.text().await.unwrap().trim().parse().unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The text of an element of the page's live part, as shown now. The page swaps that
+/// part in every 3 s: an element found just before a swap is stale by the time it is
+/// read, so it is found again.
+async fn shown_text(c: &Client, locator: Locator<'_>) -> String {
+    for _ in 0..50 {
+        match element(c, locator).await.text().await {
+            Ok(text) => return text,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{locator:?}: {e}"),
+        }
+    }
+    panic!("{locator:?} went stale 50 times in a row")
 }
 
 /// The element, once the page shows it (pages load after a click).
@@ -232,11 +250,10 @@ async fn run() {
         || async { shown_done(&c, "cb").await > first },
     )
     .await;
-    let state = c
-        .find(Locator::Css("tr[data-batch='cb'] td:nth-child(2)"))
-        .await
-        .unwrap();
-    assert_eq!(state.text().await.unwrap(), "running");
+    assert_eq!(
+        shown_text(&c, Locator::Css("tr[data-batch='cb'] td:nth-child(2)")).await,
+        "running"
+    );
     screenshot(&c, "batches").await;
 
     // Pause from the batch page, through its confirmation.
@@ -252,8 +269,7 @@ async fn run() {
         .click()
         .await
         .unwrap();
-    let state = element(&c, Locator::Id("batch-state")).await;
-    assert_eq!(state.text().await.unwrap(), "paused");
+    assert_eq!(shown_text(&c, Locator::Id("batch-state")).await, "paused");
     // Sends under way finish (no send of the batch is open on record); then the simulator
     // receives nothing more of it.
     let db = sqlx::PgPool::connect_with(stack.database.connect_options().unwrap())
@@ -359,8 +375,11 @@ async fn run() {
         .click()
         .await
         .unwrap();
-    let table = element(&c, Locator::Id("suppressions")).await;
-    assert!(table.text().await.unwrap().contains("ann@example.com"));
+    assert!(
+        shown_text(&c, Locator::Id("suppressions"))
+            .await
+            .contains("ann@example.com")
+    );
     screenshot(&c, "suppressions").await;
 
     c.close().await.unwrap();

@@ -429,3 +429,87 @@ async fn a_process_frozen_past_its_lease_sends_nothing_after_the_lease_ended() {
     db.close().await;
     stack.shutdown().await.unwrap();
 }
+
+/// Waits until the leases stand as `want` says (owner per mailbox), or fails naming them.
+async fn wait_owners(
+    store: &Store,
+    limit: Duration,
+    what: &str,
+    want: impl Fn(&HashMap<String, Uuid>) -> bool,
+) -> HashMap<String, Uuid> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let o = owners(store).await;
+        if want(&o) {
+            return o;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {o:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With leases of a minute, a crashed process's mailboxes pass on as soon as PostgreSQL
+/// sees its connection end (its member lock), not a lease later; a frozen one keeps them
+/// (its connection, and so its lock, lives on: for it the lease stays the fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_process_loses_its_mailboxes_at_once_and_a_frozen_one_keeps_them() {
+    const LONG_LEASE: Duration = Duration::from_secs(60);
+    let mut stack = Stack::prepare(StackOptions {
+        deliver_extra: format!("lease_ttl_ms = {}\nprefetch = 16\n", LONG_LEASE.as_millis()),
+        ..options("halock", 2, 2)
+    })
+    .await
+    .unwrap();
+    stack.start_binary(Binary::Ingest).await.unwrap();
+    stack.start_binary(Binary::Render).await.unwrap();
+    stack.start_deliver_replica("d1").await.unwrap();
+    stack.start_deliver_replica("d2").await.unwrap();
+    let db = store(&stack);
+    // A joining process takes its share without waiting for a lease round (20 s here).
+    let shared = wait_owners(&db, Duration::from_secs(15), "two mailboxes each", |o| {
+        let mut per: HashMap<Uuid, usize> = HashMap::new();
+        for owner in o.values() {
+            *per.entry(*owner).or_default() += 1;
+        }
+        o.len() == 4 && per.len() == 2 && per.values().all(|n| *n == 2)
+    })
+    .await;
+    let d1 = member_id(&db, "d1").await;
+
+    // Frozen for 5 s (ten of the others' checks): nothing moves.
+    stack.signal_replica("d2", "STOP").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        owners(&db).await,
+        shared,
+        "a frozen process keeps its leases"
+    );
+    stack.signal_replica("d2", "CONT").await.unwrap();
+
+    // Killed: d1 holds all four well before d2's leases (a minute) could have lapsed.
+    stack.signal_replica("d2", "KILL").await.unwrap();
+    wait_owners(
+        &db,
+        Duration::from_secs(20),
+        "d1 takes every mailbox",
+        |o| o.len() == 4 && o.values().all(|owner| *owner == d1),
+    )
+    .await;
+
+    // And they send: a batch through all four, each job once.
+    const JOBS: usize = 40;
+    let jsonl = write_batch(&stack.attachments_root(), "afterkill", JOBS, |_| 1).unwrap();
+    let (status, body) = stack.post_batch("afterkill", jsonl, false).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    finish(&stack, "afterkill", JOBS as u64, Duration::from_secs(180)).await;
+    stack.assert_exactly_once(JOBS);
+    let mailboxes: HashSet<String> = stack
+        .sim
+        .accepted()
+        .into_iter()
+        .map(|m| m.mailbox)
+        .collect();
+    assert_eq!(mailboxes.len(), 4, "{mailboxes:?}");
+    db.close().await;
+    stack.shutdown().await.unwrap();
+}
