@@ -172,10 +172,14 @@ pub async fn serve_bounded(
         } else {
             &http
         };
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
+        // Handlers that need the client's address (the console's login limit) take it
+        // with axum's `ConnectInfo` extractor.
+        let service = tower_layer::Layer::layer(
+            &axum::Extension(axum::extract::ConnectInfo(peer)),
+            router.clone(),
         );
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -15,6 +15,7 @@
 mod batch;
 mod batches;
 mod decisions;
+pub mod login_throttle;
 mod page;
 mod pool;
 pub mod session;
@@ -31,6 +32,7 @@ use axum::routing::{get, post};
 use mailpipe_common::pool::PoolSettings;
 
 use crate::api::AppState;
+use login_throttle::LoginThrottle;
 use session::Sessions;
 
 /// The console's state: the API's, the sessions, and the configured pool (for the pool
@@ -39,6 +41,7 @@ use session::Sessions;
 pub struct ConsoleState {
     pub(crate) api: AppState,
     pub(crate) sessions: Sessions,
+    pub(crate) logins: LoginThrottle,
     pub(crate) pool: Option<Arc<PoolSettings>>,
 }
 
@@ -47,6 +50,7 @@ impl ConsoleState {
         Self {
             api,
             sessions: Sessions::default(),
+            logins: LoginThrottle::default(),
             pool: pool.map(Arc::new),
         }
     }

@@ -10,10 +10,11 @@
 //! behind a load balancer use sticky sessions), for at most [`SESSION_TTL`].
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -207,6 +208,7 @@ fn login_page(error: Option<&str>, status: StatusCode) -> Response {
 /// `POST /console/login`: a token the API accepts opens a session.
 pub async fn login(
     State(state): State<ConsoleState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Form(fields): Form<HashMap<String, String>>,
 ) -> Response {
@@ -215,10 +217,30 @@ pub async fn login(
     if expected.is_empty() || !same(given, expected) {
         return refused();
     }
+    // Without the peer (a router served outside `serve_bounded`), one shared count.
+    let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ConnectInfo(p))| {
+        p.ip()
+    });
+    if let Err(wait) = state.logins.check(peer) {
+        let mut response = login_page(
+            Some(&format!(
+                "Too many failed logins from this address: try again in {} s.",
+                wait.as_secs()
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
     let caller = (!token.is_empty())
         .then(|| state.api.tokens.identify(token))
         .flatten();
+    if caller.is_none() {
+        state.logins.failed(peer);
+    }
     // A `submit` token sees only its own batches; the console shows the whole pool, so it
     // takes `read` or `operate` tokens.
     if caller.as_ref().is_some_and(|c| c.confined_to().is_some()) {

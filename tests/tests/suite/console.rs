@@ -2,7 +2,8 @@
 //! through chromedriver, against the real binaries and the simulator. Log in with a
 //! token; the batch list shows a running batch whose progress advances (the page's own
 //! polling, no reload); pausing from the page stops sends (counted on the simulator);
-//! the pool page shows the mailboxes; a page without a session goes to the login form;
+//! the pool page shows the mailboxes, a blocked tenant's held with the reason; a page
+//! without a session goes to the login form;
 //! a POST without the CSRF token, or from another site, changes nothing. Screenshots of
 //! each page: `MAILPIPE_CONSOLE_SCREENSHOTS=docs` puts them in docs/console/.
 
@@ -349,14 +350,29 @@ async fn run() {
         "a cross-site POST changed nothing: {status}"
     );
 
-    // The pool page lists every mailbox of the pool.
+    // The pool page lists every mailbox of the pool, and says which are held and why:
+    // fabrikam's tenant is blocked (550 5.7.708), and a new batch meets it.
+    assert!(stack.sim.set_tenant_blocked("fabrikam", true));
+    let jsonl = write_batch(&stack.attachments_root(), "cb2", 20, |_| 1).unwrap();
+    assert_eq!(stack.post_batch("cb2", jsonl, false).await.unwrap().0, 202);
     c.goto(&format!("{base}/console/pool")).await.unwrap();
     let rows = c
         .find_all(Locator::Css("#mailboxes tbody tr"))
         .await
         .unwrap();
     assert!(!rows.is_empty(), "the pool page shows the mailboxes");
+    wait_until(
+        "the pool page shows fabrikam's mailboxes held for the blocked tenant",
+        Duration::from_secs(90),
+        || async {
+            shown_text(&c, Locator::Css("#mailboxes"))
+                .await
+                .contains("quarantined: tenant_blocked")
+        },
+    )
+    .await;
     screenshot(&c, "pool").await;
+    assert!(stack.sim.set_tenant_blocked("fabrikam", false));
 
     c.goto(&format!("{base}/console/decisions")).await.unwrap();
     element(&c, Locator::Css("h1")).await;

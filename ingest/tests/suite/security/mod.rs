@@ -10,6 +10,7 @@
 use crate::support;
 
 mod callbacks;
+mod console_login;
 mod delivery;
 mod fairness;
 mod input;
