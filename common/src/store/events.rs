@@ -38,10 +38,15 @@ job AS (
         accepted_at = COALESCE(j.accepted_at, EXCLUDED.accepted_at),
         updated_at = EXCLUDED.updated_at
     WHERE mailpipe_moves_forward(j.state, j.updated_at, EXCLUDED.state, EXCLUDED.updated_at)
+    RETURNING 1
 )
 INSERT INTO job_events (job_id, kind, at, mailbox, tenant, recipients, external_recipients,
                         uncertain, event)
-VALUES ($1, $3, $14, $5, $15, $16, $17, $12, $18)
+SELECT $1, $3, $14, $5, $15, $16, $17, $12, $18
+-- A job is delivered once: a second `delivered` (a crash's redelivery recorded from its
+-- accepted send while the Sent Items lookup records the same send) adds no event, so
+-- the trail and the per-minute sends count it once.
+WHERE $3 <> 'delivered' OR EXISTS (SELECT 1 FROM job)
 ON CONFLICT (job_id, at, kind) DO NOTHING
 "#
     };

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum CrashPoint {
     /// The send is on record (written ahead), nothing handed to the server yet.
     AfterDecision,
+    /// The message's data is going to the server (the final `.` included) and its reply
+    /// is awaited: the abort comes [`DURING_DATA_DELAY`] after the data starts, while the
+    /// server (the simulator with `accepted_reply_delay_ms` above that) holds its 250.
+    DuringData,
     /// The server answered 250; the outcome is not on record yet.
     AfterReply,
     /// The outcome is on record; the message is not acked yet.
@@ -21,6 +25,7 @@ impl CrashPoint {
     pub fn as_str(self) -> &'static str {
         match self {
             CrashPoint::AfterDecision => "after_decision",
+            CrashPoint::DuringData => "during_data",
             CrashPoint::AfterReply => "after_reply",
             CrashPoint::AfterOutcome => "after_outcome",
         }
@@ -36,13 +41,30 @@ static DRILL: LazyLock<Option<(String, u64)>> = LazyLock::new(|| {
 
 static REACHED: AtomicU64 = AtomicU64::new(0);
 
-/// Aborts the process when the drill names `point` and this is its n-th time here.
+/// How long after the data starts a `during_data` drill aborts: far more than a small
+/// message takes to cross loopback, less than the simulator's held 250 in the drills.
+pub const DURING_DATA_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// Aborts the process when the drill names `point` and this is its n-th time here
+/// ([`CrashPoint::DuringData`]: [`DURING_DATA_DELAY`] later, from a thread of its own, so
+/// the data goes out meanwhile).
 pub fn reached(point: CrashPoint) {
     let Some((name, n)) = DRILL.as_ref() else {
         return;
     };
     if name == point.as_str() && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-        eprintln!("crash drill: aborting at {name} (MAILPIPE_CRASH_AT)");
-        std::process::abort();
+        let name = name.clone();
+        let abort = move || {
+            eprintln!("crash drill: aborting at {name} (MAILPIPE_CRASH_AT)");
+            std::process::abort();
+        };
+        if point == CrashPoint::DuringData {
+            std::thread::spawn(move || {
+                std::thread::sleep(DURING_DATA_DELAY);
+                abort();
+            });
+        } else {
+            abort();
+        }
     }
 }

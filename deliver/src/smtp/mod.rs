@@ -449,6 +449,7 @@ impl SmtpSession {
         if Instant::now() >= data_by {
             return Err(SmtpFailure::Fenced);
         }
+        crate::send::drill::reached(crate::send::drill::CrashPoint::DuringData);
         let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
         let text = response.message().collect::<Vec<_>>().join(" ");
         Ok(SendReport {

@@ -221,6 +221,27 @@ async fn crash_drill(point: &str) {
 async fn crash_drill_with(point: &str, deliver_extra: &str) {
     let mut opts = options(&format!("drill-{point}"), 1, 2);
     opts.deliver_extra.push_str(deliver_extra);
+    crash_drill_in(point, opts, Settler::Operator).await;
+}
+
+/// Who settles the sends a crash left uncertain.
+#[derive(Clone, Copy, PartialEq)]
+enum Settler {
+    /// This test, as an operator would (`mailpipe-ingest uncertain`).
+    Operator,
+    /// deliver itself, from the Sent Items (Graph).
+    Deliver,
+}
+
+/// [`crash_drill_with`] with Graph on (Sent Items settle uncertain sends).
+async fn crash_drill_graph(point: &str, deliver_extra: &str) {
+    let mut opts = options(&format!("drillg-{point}"), 1, 2);
+    opts.deliver_extra.push_str(deliver_extra);
+    opts.graph_poll_ms = Some(1000);
+    crash_drill_in(point, opts, Settler::Deliver).await;
+}
+
+async fn crash_drill_in(point: &str, opts: StackOptions, settler: Settler) {
     let mut stack = Stack::prepare(opts).await.unwrap();
     stack.start_binary(Binary::Ingest).await.unwrap();
     stack.start_binary(Binary::Render).await.unwrap();
@@ -238,7 +259,25 @@ async fn crash_drill_with(point: &str, deliver_extra: &str) {
         .await
         .unwrap();
     stack.start_deliver_replica("d1").await.unwrap();
-    finish(&stack, "drill", JOBS as u64, Duration::from_secs(120)).await;
+    match settler {
+        Settler::Operator => {
+            finish(&stack, "drill", JOBS as u64, Duration::from_secs(120)).await;
+        }
+        Settler::Deliver => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let status = stack.batch_status("drill").await.unwrap();
+                if status["counts"]["delivered"].as_u64() == Some(JOBS as u64) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not finished without an operator: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 
     stack.assert_exactly_once(JOBS);
     let store = store(&stack);
@@ -273,6 +312,25 @@ async fn a_crash_after_the_decision_under_resend_ends_every_job_once() {
     crash_drill_with(
         "after_decision",
         "uncertain_policy = \"resend\"\nuncertain_hold_ms = 2000\n",
+    )
+    .await;
+}
+
+/// Killed while the server holds the 250 of a message it has whole: the send is uncertain
+/// and held; the operator (this test, from the simulator's record, as from Sent Items)
+/// settles it: once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_the_data_ends_every_job_once() {
+    crash_drill("during_data").await;
+}
+
+/// The same under `resend`, with Graph on: deliver finds the message in the Sent Items
+/// itself and records it delivered instead of sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_the_data_under_resend_with_graph_ends_every_job_once() {
+    crash_drill_graph(
+        "during_data",
+        "uncertain_policy = \"resend\"\nuncertain_hold_ms = 600000\n",
     )
     .await;
 }
