@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum CrashPoint {
     /// The send is on record (written ahead), nothing handed to the server yet.
     AfterDecision,
-    /// The server answered 250; the outcome is not on record yet.
+    /// Graph: the draft is created and noted on the send, not sent yet.
+    AfterDraft,
+    /// The server answered 250 (Graph: 202); the outcome is not on record yet.
     AfterReply,
     /// The outcome is on record; the message is not acked yet.
     AfterOutcome,
@@ -21,6 +23,7 @@ impl CrashPoint {
     pub fn as_str(self) -> &'static str {
         match self {
             CrashPoint::AfterDecision => "after_decision",
+            CrashPoint::AfterDraft => "after_draft",
             CrashPoint::AfterReply => "after_reply",
             CrashPoint::AfterOutcome => "after_outcome",
         }

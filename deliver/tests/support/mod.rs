@@ -12,7 +12,7 @@ use mailpipe_common::domain::{BatchId, EmailAddress, JobId, Mailbox};
 use mailpipe_common::testkit::TestBroker;
 use mailpipe_deliver::settings::{
     AuthMethod, DeliverSettings, FromPolicy, LimitSettings, MailboxSettings, OAuthApp,
-    TenantSettings,
+    TenantSettings, Transport,
 };
 use mailpipe_deliver::startup::Application;
 use mailpipe_sim::{RunningSim, SimConfig, Simulator};
@@ -209,6 +209,7 @@ impl Harness {
             mailboxes.push(MailboxSettings {
                 address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
                 tenant: tenant_of(&spec, i),
+                transport: Transport::Smtp,
                 auth: if wrong_password {
                     AuthMethod::Password
                 } else {
