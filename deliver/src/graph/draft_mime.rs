@@ -135,7 +135,12 @@ fn addresses_of(field: &[u8]) -> Vec<String> {
             Some(_) => {}
             None => {
                 // `group: a@b, c@d;` and bare addresses.
-                let bare = t.rsplit(':').next().unwrap_or(t).trim_end_matches(';').trim();
+                let bare = t
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or(t)
+                    .trim_end_matches(';')
+                    .trim();
                 if bare.contains('@') && !bare.contains(char::is_whitespace) {
                     out.push(bare.to_owned());
                 }
@@ -164,12 +169,16 @@ mod tests {
     use super::*;
 
     fn env(list: &[&str]) -> Vec<EmailAddress> {
-        list.iter().map(|a| EmailAddress::parse(a).unwrap()).collect()
+        list.iter()
+            .map(|a| EmailAddress::parse(a).unwrap())
+            .collect()
     }
 
     fn header<'a>(out: &'a str, name: &str) -> Option<&'a str> {
-        out.lines()
-            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+        out.lines().find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
     }
 
     #[test]
@@ -188,10 +197,16 @@ mod tests {
         );
         let out = String::from_utf8(out).unwrap();
         let to = header(&out, "To").unwrap();
-        assert!(to.contains("z@fabrikam.example") && !to.contains("gone"), "{out}");
+        assert!(
+            to.contains("z@fabrikam.example") && !to.contains("gone"),
+            "{out}"
+        );
         assert!(header(&out, "Cc").is_none(), "{out}");
         let bcc = header(&out, "Bcc").unwrap();
-        assert!(bcc.contains("hidden@fabrikam.example") && !bcc.contains("z@"), "{out}");
+        assert!(
+            bcc.contains("hidden@fabrikam.example") && !bcc.contains("z@"),
+            "{out}"
+        );
         assert!(out.ends_with("\r\n\r\nbody\r\n"), "{out}");
         assert!(header(&out, "Subject").is_some());
     }
@@ -201,6 +216,9 @@ mod tests {
         let mime = b"To: undisclosed-recipients:;\r\n\r\nx";
         let out = String::from_utf8(with_envelope(mime, &env(&["b@x.example"]))).unwrap();
         assert!(out.starts_with("To: undisclosed-recipients:;\r\n"), "{out}");
-        assert!(header(&out, "Bcc").unwrap().contains("b@x.example"), "{out}");
+        assert!(
+            header(&out, "Bcc").unwrap().contains("b@x.example"),
+            "{out}"
+        );
     }
 }

@@ -63,7 +63,9 @@ pub enum GraphError {
     },
     /// The request would have gone out after its deadline (a throttling wait ran past it):
     /// it was not sent.
-    #[error("Graph {operation} for {mailbox} not sent: its deadline passed while it waited ({waited:?} for Retry-After)")]
+    #[error(
+        "Graph {operation} for {mailbox} not sent: its deadline passed while it waited ({waited:?} for Retry-After)"
+    )]
     PastDeadline {
         operation: &'static str,
         mailbox: String,

@@ -177,7 +177,10 @@ mod tests {
             Some(ReplyClass::Mailbox(SendAs))
         );
         assert_eq!(
-            class(&api(404, "MailboxNotEnabledForRESTAPI", "x"), SendStep::Draft),
+            class(
+                &api(404, "MailboxNotEnabledForRESTAPI", "x"),
+                SendStep::Draft
+            ),
             Some(ReplyClass::Mailbox(Auth))
         );
         assert_eq!(
@@ -207,7 +210,10 @@ mod tests {
             Some(ReplyClass::Tenant(TenantProblem::ExternalLimit))
         );
         assert_eq!(
-            class(&api(400, "ErrorMimeContentInvalid", "bad MIME"), SendStep::Draft),
+            class(
+                &api(400, "ErrorMimeContentInvalid", "bad MIME"),
+                SendStep::Draft
+            ),
             Some(ReplyClass::MessagePermanent)
         );
     }

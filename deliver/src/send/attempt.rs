@@ -301,7 +301,11 @@ impl DeliverStage {
     }
 
     /// Closes a write-ahead send with its outcome (waits for the database).
-    pub(super) async fn close_send(&self, id: Uuid, outcome: SendOutcome) -> Result<(), PublishError> {
+    pub(super) async fn close_send(
+        &self,
+        id: Uuid,
+        outcome: SendOutcome,
+    ) -> Result<(), PublishError> {
         self.pipeline
             .store()
             .close_send(id, outcome)

@@ -77,7 +77,11 @@ impl DeliverStage {
         };
         let draft = match draft {
             Ok(id) => id,
-            Err(e) => return self.graph_not_sent(meta, lease, sent, &e, SendStep::Draft).await,
+            Err(e) => {
+                return self
+                    .graph_not_sent(meta, lease, sent, &e, SendStep::Draft)
+                    .await;
+            }
         };
         self.pipeline
             .store()
@@ -100,7 +104,10 @@ impl DeliverStage {
                 };
                 Ok(Attempt::Delivered(report, sent))
             }
-            Err(e) => self.graph_not_sent(meta, lease, sent, &e, SendStep::Send).await,
+            Err(e) => {
+                self.graph_not_sent(meta, lease, sent, &e, SendStep::Send)
+                    .await
+            }
         }
     }
 
