@@ -78,11 +78,35 @@ pub enum AuthMethod {
     Password,
 }
 
+/// How a mailbox hands its messages to Exchange Online.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// SMTP AUTH client submission (port 587, STARTTLS, XOAUTH2 or password).
+    #[default]
+    Smtp,
+    /// Microsoft Graph: a draft created from the MIME, then sent (`Mail.Send`), for tenants
+    /// that switched SMTP AUTH off (docs/deliver.md, "The Graph transport").
+    Graph,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Smtp => "smtp",
+            Transport::Graph => "graph",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxSettings {
     pub address: EmailAddress,
     pub tenant: String,
+    /// `smtp` (the default) or `graph`.
+    #[serde(default)]
+    pub transport: Transport,
     #[serde(default = "default_auth")]
     pub auth: AuthMethod,
     /// For `auth = "password"`.

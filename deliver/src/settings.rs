@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mailpipe_common::config::{ConfigError, ConfigSource, Problems};
 pub use mailpipe_common::pool::{
-    AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings,
+    AuthMethod, LimitSettings, MailboxSettings, OAuthApp, TenantSettings, Transport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -251,6 +251,9 @@ impl DeliverSettings {
                     }
                 }
             }
+            if m.transport == Transport::Graph {
+                self.check_graph_transport(m, &key, &mut p);
+            }
             let l = &m.limits;
             for (name, value) in [
                 ("messages_per_window", l.messages_per_window),
@@ -276,6 +279,46 @@ impl DeliverSettings {
             }
         }
         p.into_result(())
+    }
+}
+
+impl DeliverSettings {
+    /// What a mailbox with `transport = "graph"` needs: the Graph endpoint (and the app's
+    /// `Mail.Send` permission, which only Exchange can check: `check-pool`), an app-only
+    /// token, sends at once within Graph's 4 requests per mailbox, and requests that end
+    /// within the step the send's deadline on record allows.
+    fn check_graph_transport(&self, m: &MailboxSettings, key: &str, p: &mut Problems) {
+        if !self.graph.enabled {
+            p.push(
+                format!("{key}.transport"),
+                "transport = \"graph\" needs [deliver.graph] enabled = true (its base_url and scope), and the tenant's app needs the Mail.Send and Mail.ReadWrite application permissions (docs/microsoft365.md)",
+            );
+        }
+        if m.auth == AuthMethod::Password {
+            p.push(
+                format!("{key}.auth"),
+                "transport = \"graph\" needs auth = \"oauth2\": Graph takes an app-only token of the tenant's app registration, never a password",
+            );
+        }
+        let most = crate::graph::settings::MAX_CONCURRENT_PER_MAILBOX;
+        if m.limits.max_connections > most {
+            p.push(
+                format!("{key}.limits.max_connections"),
+                format!(
+                    "{} sends at once is more than Graph allows a mailbox ({most} concurrent requests): at most {most} with transport = \"graph\"",
+                    m.limits.max_connections
+                ),
+            );
+        }
+        if self.graph.request_timeout_ms > self.smtp_timeout_ms {
+            p.push(
+                "deliver.graph.request_timeout_ms",
+                format!(
+                    "{} is longer than deliver.smtp_timeout_ms ({}): with Graph mailboxes a send's deadline on record allows one step of smtp_timeout_ms for the answer",
+                    self.graph.request_timeout_ms, self.smtp_timeout_ms
+                ),
+            );
+        }
     }
 }
 
@@ -400,6 +443,52 @@ mod tests {
         assert_eq!(check_ca_file(&ca), Ok(()));
         assert!(check_hello_name("[127.0.0.1]").is_ok());
         assert!(check_hello_name("").is_err());
+    }
+
+    #[test]
+    fn a_graph_mailbox_needs_graph_an_app_and_at_most_four_sends_at_once() {
+        let src = ConfigSource::from_toml(
+            r#"
+            [deliver]
+            smtp_timeout_ms = 10000
+            [deliver.graph]
+            request_timeout_ms = 20000
+            [[deliver.tenants]]
+            id = "contoso"
+            [[deliver.mailboxes]]
+            address = "a@contoso.example"
+            tenant = "contoso"
+            transport = "graph"
+            auth = "password"
+            password = { env = "PATH" }
+            [deliver.mailboxes.limits]
+            max_connections = 5
+            "#,
+        );
+        let problems = DeliverSettings::load(&src).unwrap_err().problems();
+        let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+        for key in [
+            "deliver.mailboxes[0].transport",
+            "deliver.mailboxes[0].auth",
+            "deliver.mailboxes[0].limits.max_connections",
+            "deliver.graph.request_timeout_ms",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {problems:#?}");
+        }
+        let text = format!("{problems:?}");
+        assert!(text.contains("Mail.Send"), "{text}");
+        let bad = ConfigSource::from_toml(
+            r#"
+            [[deliver.tenants]]
+            id = "contoso"
+            [[deliver.mailboxes]]
+            address = "a@contoso.example"
+            tenant = "contoso"
+            transport = "pigeon"
+            "#,
+        );
+        let err = DeliverSettings::load(&bad).unwrap_err().to_string();
+        assert!(err.contains("transport") || err.contains("pigeon"), "{err}");
     }
 
     #[test]

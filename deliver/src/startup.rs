@@ -118,12 +118,24 @@ impl Application {
             None
         };
         let feedback_stop = ownership_stop.clone();
-        if let Some(feedback) =
-            MailboxFeedback::new(settings, graph, pool.clone(), pipeline.store().clone())
-        {
+        if let Some(feedback) = MailboxFeedback::new(
+            settings,
+            graph.clone(),
+            pool.clone(),
+            pipeline.store().clone(),
+        ) {
             tokio::spawn(feedback.run(feedback_stop));
         }
-        let stage = DeliverStage::new(pool, pipeline, delivered, settings, owner, shutdown.clone());
+        // One Graph client for reads and sends: its per-mailbox gates count both.
+        let stage = DeliverStage::new(
+            pool,
+            pipeline,
+            delivered,
+            settings,
+            owner,
+            graph,
+            shutdown.clone(),
+        );
         Ok(Self {
             http,
             broker,

@@ -71,6 +71,9 @@ pub struct StackOptions {
     /// Reads the pool's mailboxes through the simulator's Graph, every this many ms
     /// (`[deliver.graph]`); `None`: Graph off.
     pub graph_poll_ms: Option<u64>,
+    /// Every mailbox sends through Graph (`transport = "graph"`; `[deliver.graph]` on, read
+    /// every `graph_poll_ms` or every second), and the simulator refuses them SMTP AUTH.
+    pub graph_transport: bool,
     /// Extra `[ingest]` TOML, written at the end of that section (keys, or subtables such
     /// as `[ingest.webhooks]`).
     pub ingest_extra: String,
@@ -98,6 +101,7 @@ impl Default for StackOptions {
             smtp_timeout_ms: 15_000,
             delivery_limit: 5,
             graph_poll_ms: None,
+            graph_transport: false,
             ingest_extra: String::new(),
         }
     }
@@ -275,11 +279,27 @@ impl Stack {
             options.sim_extra
         );
         let mut deliver_toml = String::new();
-        if let Some(poll) = options.graph_poll_ms {
+        let graph_poll = match (options.graph_poll_ms, options.graph_transport) {
+            (None, true) => Some(1_000),
+            (poll, _) => poll,
+        };
+        if let Some(poll) = graph_poll {
             deliver_toml.push_str(&format!(
                 "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n"
             ));
+            if options.graph_transport {
+                // A Graph request ends within the step the send's deadline allows.
+                deliver_toml.push_str(&format!(
+                    "request_timeout_ms = {}\n",
+                    options.smtp_timeout_ms
+                ));
+            }
         }
+        let (transport, smtp_auth) = if options.graph_transport {
+            ("transport = \"graph\"\n", "smtp_auth_enabled = false\n")
+        } else {
+            ("", "")
+        };
         for t in 0..options.tenants {
             let tenant = ["contoso", "fabrikam", "northwind", "tailspin"]
                 .get(t)
@@ -299,7 +319,7 @@ impl Stack {
                 let address = format!("sender{m}@{tenant}.example");
                 let password = "correct-horse";
                 sim_toml.push_str(&format!(
-                    "[[mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\npassword = \"{password}\"\n[mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
+                    "[[mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\npassword = \"{password}\"\n{smtp_auth}[mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
                     options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
                 ));
                 let auth = if options.wrong_password_mailbox == Some(idx) {
@@ -312,7 +332,7 @@ impl Stack {
                     String::new()
                 };
                 deliver_toml.push_str(&format!(
-                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {sim_smtp}\n{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
+                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {sim_smtp}\n{transport}{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
                     options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
                 ));
                 mailboxes.push(PoolMailbox {

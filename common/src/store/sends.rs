@@ -113,6 +113,9 @@ pub struct UncertainSend {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub recipients: u32,
+    /// The Graph draft a Graph send created (migration 0015); `None` for SMTP sends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_draft_id: Option<String>,
 }
 
 /// What an operator decides about an uncertain send.
@@ -312,6 +315,19 @@ impl Store {
         Ok(())
     }
 
+    /// Notes the Graph draft an open send created (between the draft and its send): a
+    /// send left open or uncertain then names its draft. Only while the send is open.
+    pub async fn note_graph_draft(&self, id: Uuid, draft_id: &str) -> Result<(), StoreError> {
+        self.durably("noting a send's Graph draft", || {
+            sqlx::query("UPDATE sends SET graph_draft_id = $2 WHERE id = $1 AND outcome IS NULL")
+                .bind(id)
+                .bind(draft_id)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Sends of `mailbox` started after `since` that the server may have counted.
     pub async fn mailbox_sends(
         &self,
@@ -387,7 +403,8 @@ impl Store {
     /// Uncertain sends no one decided on yet, oldest first (at most `limit`).
     pub async fn uncertain_sends(&self, limit: i64) -> Result<Vec<UncertainSend>, StoreError> {
         let r = sqlx::query_as::<_, UncertainRow>(
-            "SELECT s.job_id, j.batch_id, s.mailbox, s.message_id, s.started_at, s.ended_at, s.recipients
+            "SELECT s.job_id, j.batch_id, s.mailbox, s.message_id, s.started_at, s.ended_at, s.recipients,
+                    s.graph_draft_id
              FROM sends s LEFT JOIN jobs j ON j.id = s.job_id
              WHERE (s.outcome = 'uncertain' AND s.resolution IS NULL)
                 OR (s.outcome IS NULL AND s.deadline <= now())
@@ -407,6 +424,7 @@ impl Store {
                 started_at: r.started_at,
                 ended_at: r.ended_at,
                 recipients: r.recipients.max(0) as u32,
+                graph_draft_id: r.graph_draft_id,
             })
             .collect())
     }
@@ -492,4 +510,5 @@ struct UncertainRow {
     started_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
     recipients: i32,
+    graph_draft_id: Option<String>,
 }

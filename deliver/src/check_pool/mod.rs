@@ -105,6 +105,20 @@ async fn check_mailbox(
         test_message: None,
         graph: None,
     };
+    if m.transport == crate::settings::Transport::Graph {
+        // Sent through Graph: no SMTP session to check (the tenant may have SMTP AUTH off);
+        // the Graph check below reads its Inbox. Mail.Send shows only at a send
+        // (`--send-test` is SMTP's).
+        check.endpoint = settings.graph.base_url.clone();
+        check.stage = "done".into();
+        check.ok = true;
+        check.reply = if settings.graph.enabled {
+            "transport = graph: no SMTP session (the app needs Mail.Send; docs/microsoft365.md, step 10)".into()
+        } else {
+            "transport = graph needs [deliver.graph] enabled = true".into()
+        };
+        return check;
+    }
     let mut session = match pool.open_once(idx).await {
         Ok(s) => s,
         Err(e) => {

@@ -35,16 +35,28 @@ pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
 /// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
-pub const OPERATIONS: [&str; 6] = [
+pub const OPERATIONS: [&str; 9] = [
     "list_messages",
     "message_mime",
     "move_message",
     "find_folder",
     "create_folder",
     "find_sent",
+    "find_draft",
+    "create_draft",
+    "send_draft",
 ];
 /// Largest `$top` Graph takes for messages.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// What a request carries.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    Empty,
+    Json(serde_json::Value),
+    /// `Content-Type: text/plain` (a MIME message as base64, for Graph's MIME drafts).
+    Text(Bytes),
+}
 
 /// How a pool mailbox is reached through Graph, or why it is not.
 #[derive(Debug)]
@@ -336,7 +348,7 @@ impl GraphClient {
             .map(|f| FolderId(f.id)))
     }
 
-    async fn list_at(
+    pub(crate) async fn list_at(
         &self,
         mailbox: &EmailAddress,
         operation: &'static str,
@@ -375,7 +387,7 @@ impl GraphClient {
 
     /// `{base}/v1.0/users/{mailbox}/{segments…}`, each segment percent-encoded (an id
     /// cannot add path segments or a query).
-    fn mailbox_url(&self, mailbox: &EmailAddress, segments: &[&str]) -> Url {
+    pub(crate) fn mailbox_url(&self, mailbox: &EmailAddress, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty()
@@ -411,6 +423,38 @@ impl GraphClient {
         json: Option<serde_json::Value>,
         limit: u64,
     ) -> Result<(StatusCode, Bytes), GraphError> {
+        let body = json.map_or(RequestBody::Empty, RequestBody::Json);
+        self.request_with(mailbox, operation, method, url, &body, limit)
+            .await
+    }
+
+    /// `request` with any body (the send side posts MIME as base64 text).
+    pub(crate) async fn request_with(
+        &self,
+        mailbox: &EmailAddress,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: &RequestBody,
+        limit: u64,
+    ) -> Result<(StatusCode, Bytes), GraphError> {
+        self.request_by(mailbox, operation, method, url, body, limit, None)
+            .await
+    }
+
+    /// `request_with`, not sent at all once `deadline` has passed (a wait for the mailbox's
+    /// gate or its `Retry-After` may run past it): `GraphError::PastDeadline`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request_by(
+        &self,
+        mailbox: &EmailAddress,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: &RequestBody,
+        limit: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(StatusCode, Bytes), GraphError> {
         let tokens = self.tokens_for(mailbox)?;
         let who = || mailbox.to_string();
         let count = |outcome: &str| {
@@ -420,10 +464,21 @@ impl GraphClient {
         };
         let mut refreshed = false;
         let mut attempts = 0;
+        let mut maybe_processed = false;
+        let mut waited = std::time::Duration::ZERO;
         loop {
             attempts += 1;
             let admission = self.gates.admit(mailbox.as_str()).await;
             metrics::GRAPH_THROTTLED_WAIT.observe(admission.throttled_wait.as_secs_f64());
+            waited += admission.throttled_wait;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                count("past_deadline");
+                return Err(GraphError::PastDeadline {
+                    operation,
+                    mailbox: who(),
+                    waited,
+                });
+            }
             let started = Instant::now();
             let token = tokens
                 .token_since(started)
@@ -437,9 +492,13 @@ impl GraphClient {
                 .http
                 .request(method.clone(), url.clone())
                 .bearer_auth(token.expose_secret());
-            if let Some(body) = &json {
-                request = request.json(body);
-            }
+            request = match body {
+                RequestBody::Empty => request,
+                RequestBody::Json(json) => request.json(json),
+                RequestBody::Text(text) => request
+                    .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                    .body(text.clone()),
+            };
             let response = request.send().await.map_err(|e| {
                 count("transport");
                 transport(operation, mailbox, e)
@@ -457,6 +516,7 @@ impl GraphClient {
             if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
             {
                 count("throttled");
+                maybe_processed |= status == StatusCode::SERVICE_UNAVAILABLE;
                 let retry_after = response
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -470,6 +530,7 @@ impl GraphClient {
                         mailbox: who(),
                         attempts,
                         retry_after: wait,
+                        maybe_processed,
                     });
                 }
                 continue;
@@ -541,7 +602,7 @@ fn transport(operation: &'static str, mailbox: &EmailAddress, e: reqwest::Error)
     }
 }
 
-fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     mailbox: &EmailAddress,
     operation: &'static str,
     bytes: &[u8],

@@ -57,6 +57,19 @@ pub enum GraphError {
         mailbox: String,
         attempts: u32,
         retry_after: Duration,
+        /// One of the answers was a `503`: the server may have acted on that request (a
+        /// `429` is a refusal before any processing).
+        maybe_processed: bool,
+    },
+    /// The request would have gone out after its deadline (a throttling wait ran past it):
+    /// it was not sent.
+    #[error(
+        "Graph {operation} for {mailbox} not sent: its deadline passed while it waited ({waited:?} for Retry-After)"
+    )]
+    PastDeadline {
+        operation: &'static str,
+        mailbox: String,
+        waited: Duration,
     },
     #[error("Graph {operation} for {mailbox} answered something unexpected: {message}")]
     Malformed {

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use crate::auth::oauth::{ClientCredential, OAuthError, TokenSource};
 use crate::auth::token_endpoint::TokenEndpoint;
 use crate::pool::eligibility::{ClassCache, EligibilityKey};
-use crate::settings::{AuthMethod, DeliverSettings, FromPolicy};
+use crate::settings::{AuthMethod, DeliverSettings, FromPolicy, Transport};
 use crate::smtp::classify::{MailboxProblem, ReplyClass, TenantProblem};
 use crate::smtp::{SmtpEndpoint, SmtpFailure, SmtpSession, SmtpStage};
 use crate::throttle::{
@@ -55,6 +55,8 @@ pub struct PoolMailbox {
     pub address: EmailAddress,
     pub tenant: usize,
     pub tenant_id: String,
+    /// SMTP, or Graph (draft, then send): only the last step of a send differs.
+    pub transport: Transport,
     send_as: Vec<EmailAddress>,
     groups: Vec<String>,
     endpoint: SmtpEndpoint,
@@ -243,6 +245,7 @@ impl MailboxPool {
                 address: m.address.clone(),
                 tenant,
                 tenant_id: m.tenant.clone(),
+                transport: m.transport,
                 send_as: m.send_as.clone(),
                 groups: m.groups.clone(),
                 endpoint: SmtpEndpoint {

@@ -2,12 +2,22 @@
 //! the SMTP conversation, and what the outcome means for the mailbox and the windows.
 
 use super::*;
+use crate::pool::Fence;
 use crate::send::drill::{self, CrashPoint};
+use crate::settings::Transport;
 
 /// A send on record whose outcome is written with its job's event.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SentRecord {
     pub(super) id: Uuid,
+}
+
+/// What the send decision said.
+pub(super) enum Decided {
+    /// On record (written at that instant): send it.
+    Send(SentRecord, Instant),
+    /// Not to be sent through this mailbox now.
+    NotSent(Attempt),
 }
 
 pub(super) enum Attempt {
@@ -77,80 +87,36 @@ impl DeliverStage {
             self.pool.revoke(idx);
             return Ok(Attempt::Fenced);
         };
+        if mailbox.transport == Transport::Graph {
+            return self.send_through_graph(meta, mime, lease, fence).await;
+        }
         let started = Instant::now();
         let (mut session, reused) = match self.pool.session(idx).await {
             Ok(s) => s,
             Err(e) => return Ok(self.not_opened(lease, e)),
         };
-        let send = SendStart {
-            id: Uuid::now_v7(),
-            mailbox: self.pool.mailbox_key(idx),
-            tenant: Some(mailbox.tenant_id.clone()),
-            job_id: meta.job_id.as_str().to_owned(),
-            batch: meta.batch.as_ref().map(|b| b.as_str().to_owned()),
-            message_id: meta.message_id.clone(),
-            owner: self.owner,
-            token: fence.token,
-            recipients: meta.recipients.clone(),
-            external_recipients: self
-                .pool
-                .external_count_for(mailbox.tenant, &meta.recipients)
-                as u32,
-            budget: self.data_budget + self.step_timeout,
-            rules: SendRules {
-                uncertain_hold: match self.uncertain_policy {
-                    UncertainPolicy::Hold => None,
-                    UncertainPolicy::Resend => {
-                        Some(self.uncertain_hold.to_std().unwrap_or_default())
-                    }
-                },
-                tenant_budget: self.pool.tenant_budget(mailbox.tenant),
-            },
-        };
-        let written_at = Instant::now();
-        let decision = match self.pipeline.store().open_send(&send).await {
-            Ok(decision) => decision,
+        let decided = match self.decide(meta, idx, fence).await {
+            Ok(decided) => decided,
             Err(e) => {
                 self.pool.return_session(idx, session);
                 self.pool.release_unsent(lease);
-                return Err(e.into());
+                return Err(e);
             }
         };
-        metrics::SEND_DECISIONS
-            .with_label_values(&[decision.label()])
-            .inc();
-        let refused = match decision {
-            Decision::Written => None,
-            Decision::Fenced => {
-                // The database says the lease is another process's now: nothing is sent.
-                tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
+        let (sent, written_at) = match decided {
+            Decided::Send(sent, written_at) => (sent, written_at),
+            Decided::NotSent(Attempt::Fenced) => {
                 session.quit().await;
                 self.pool.release_unsent(lease);
                 self.pool.revoke(idx);
                 return Ok(Attempt::Fenced);
             }
-            Decision::Suppressed(_) => Some(Attempt::Rescreen),
-            Decision::TenantFull { until, detail } => {
-                tracing::info!(mailbox = %mailbox.address, tenant = %mailbox.tenant_id, %until, detail, "tenant's external-recipient window is full across processes; waiting");
-                Some(Attempt::TenantFull(until))
-            }
-            Decision::Duplicate => Some(Attempt::NotSent(Verdict::Duplicate)),
-            Decision::AcceptedBefore(a) => Some(Attempt::NotSent(Verdict::AcceptedBefore(a))),
-            Decision::Cancelled => Some(Attempt::NotSent(Verdict::Cancelled)),
-            Decision::Expired => Some(Attempt::NotSent(Verdict::Expired)),
-            Decision::Paused => Some(Attempt::NotSent(Verdict::Paused)),
-            Decision::InFlight(until) => Some(Attempt::NotSent(Verdict::InFlight(until))),
-            Decision::Uncertain(None) => Some(Attempt::NotSent(Verdict::Uncertain)),
-            Decision::Uncertain(Some(until)) => {
-                Some(Attempt::NotSent(Verdict::UncertainUntil(until)))
+            Decided::NotSent(attempt) => {
+                self.pool.return_session(idx, session);
+                self.pool.release_unsent(lease);
+                return Ok(attempt);
             }
         };
-        if let Some(attempt) = refused {
-            self.pool.return_session(idx, session);
-            self.pool.release_unsent(lease);
-            return Ok(attempt);
-        }
-        let sent = SentRecord { id: send.id };
         drill::reached(CrashPoint::AfterDecision);
         // The data starts before the lease's end and within the send's budget, or not at all.
         let data_by = fence.until.min(written_at + self.data_budget);
@@ -168,7 +134,7 @@ impl DeliverStage {
             session = match self.pool.open(idx, true).await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.close_send(send.id, SendOutcome::NotCounted).await?;
+                    self.close_send(sent.id, SendOutcome::NotCounted).await?;
                     return Ok(self.not_opened(lease, e));
                 }
             };
@@ -260,13 +226,86 @@ impl DeliverStage {
         // statement, in `delivered` and `uncertain`); the others end here, and their job's
         // record follows (a crash in between leaves the job to be sent again, as it should).
         if !matches!(attempt, Attempt::Delivered(..) | Attempt::Uncertain(..)) {
-            self.close_send(send.id, outcome).await?;
+            self.close_send(sent.id, outcome).await?;
         }
         Ok(attempt)
     }
 
+    /// The write-ahead decision for a send of `meta` through `idx` under `fence` (one
+    /// transaction in the store, whatever the transport): `Send` once it is on record, or
+    /// the attempt that ends it unsent (`Attempt::Fenced`: the caller gives the mailbox up).
+    pub(super) async fn decide(
+        &self,
+        meta: &RenderedMeta,
+        idx: usize,
+        fence: Fence,
+    ) -> Result<Decided, PublishError> {
+        let mailbox = &self.pool.mailboxes()[idx];
+        let send = SendStart {
+            id: Uuid::now_v7(),
+            mailbox: self.pool.mailbox_key(idx),
+            tenant: Some(mailbox.tenant_id.clone()),
+            job_id: meta.job_id.as_str().to_owned(),
+            batch: meta.batch.as_ref().map(|b| b.as_str().to_owned()),
+            message_id: meta.message_id.clone(),
+            owner: self.owner,
+            token: fence.token,
+            recipients: meta.recipients.clone(),
+            external_recipients: self
+                .pool
+                .external_count_for(mailbox.tenant, &meta.recipients)
+                as u32,
+            budget: self.data_budget + self.step_timeout,
+            rules: SendRules {
+                uncertain_hold: match self.uncertain_policy {
+                    UncertainPolicy::Hold => None,
+                    UncertainPolicy::Resend => {
+                        Some(self.uncertain_hold.to_std().unwrap_or_default())
+                    }
+                },
+                tenant_budget: self.pool.tenant_budget(mailbox.tenant),
+            },
+        };
+        let written_at = Instant::now();
+        let decision = self.pipeline.store().open_send(&send).await?;
+        metrics::SEND_DECISIONS
+            .with_label_values(&[decision.label()])
+            .inc();
+        let refused = match decision {
+            Decision::Written => None,
+            Decision::Fenced => {
+                // The database says the lease is another process's now: nothing is sent.
+                tracing::warn!(mailbox = %mailbox.address, token = fence.token, "mailbox lease lost before a send; not sending through it");
+                Some(Attempt::Fenced)
+            }
+            Decision::Suppressed(_) => Some(Attempt::Rescreen),
+            Decision::TenantFull { until, detail } => {
+                tracing::info!(mailbox = %mailbox.address, tenant = %mailbox.tenant_id, %until, detail, "tenant's external-recipient window is full across processes; waiting");
+                Some(Attempt::TenantFull(until))
+            }
+            Decision::Duplicate => Some(Attempt::NotSent(Verdict::Duplicate)),
+            Decision::AcceptedBefore(a) => Some(Attempt::NotSent(Verdict::AcceptedBefore(a))),
+            Decision::Cancelled => Some(Attempt::NotSent(Verdict::Cancelled)),
+            Decision::Expired => Some(Attempt::NotSent(Verdict::Expired)),
+            Decision::Paused => Some(Attempt::NotSent(Verdict::Paused)),
+            Decision::InFlight(until) => Some(Attempt::NotSent(Verdict::InFlight(until))),
+            Decision::Uncertain(None) => Some(Attempt::NotSent(Verdict::Uncertain)),
+            Decision::Uncertain(Some(until)) => {
+                Some(Attempt::NotSent(Verdict::UncertainUntil(until)))
+            }
+        };
+        Ok(match refused {
+            Some(attempt) => Decided::NotSent(attempt),
+            None => Decided::Send(SentRecord { id: send.id }, written_at),
+        })
+    }
+
     /// Closes a write-ahead send with its outcome (waits for the database).
-    async fn close_send(&self, id: Uuid, outcome: SendOutcome) -> Result<(), PublishError> {
+    pub(super) async fn close_send(
+        &self,
+        id: Uuid,
+        outcome: SendOutcome,
+    ) -> Result<(), PublishError> {
         self.pipeline
             .store()
             .close_send(id, outcome)

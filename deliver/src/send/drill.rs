@@ -15,7 +15,9 @@ pub enum CrashPoint {
     /// is awaited: the abort comes [`DURING_DATA_DELAY`] after the data starts, while the
     /// server (the simulator with `accepted_reply_delay_ms` above that) holds its 250.
     DuringData,
-    /// The server answered 250; the outcome is not on record yet.
+    /// Graph: the draft is created and noted on the send, not sent yet.
+    AfterDraft,
+    /// The server answered 250 (Graph: 202); the outcome is not on record yet.
     AfterReply,
     /// The outcome is on record; the message is not acked yet.
     AfterOutcome,
@@ -26,6 +28,7 @@ impl CrashPoint {
         match self {
             CrashPoint::AfterDecision => "after_decision",
             CrashPoint::DuringData => "during_data",
+            CrashPoint::AfterDraft => "after_draft",
             CrashPoint::AfterReply => "after_reply",
             CrashPoint::AfterOutcome => "after_outcome",
         }

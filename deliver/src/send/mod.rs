@@ -30,9 +30,11 @@ pub mod ledger;
 pub mod suppression;
 
 mod attempt;
+mod graph_attempt;
 mod settle;
 mod verdict;
 
+use crate::graph::GraphClient;
 use crate::metrics;
 use crate::pool::{AcquireError, Completion, Lease, MailboxPool, SessionError};
 use crate::settings::{DeliverSettings, UncertainPolicy};
@@ -91,6 +93,8 @@ pub struct DeliverStage {
     step_timeout: std::time::Duration,
     /// This process among the deliver processes (the owner of its leases and sends).
     owner: Uuid,
+    /// Microsoft Graph, for mailboxes with `transport = "graph"` (and feedback's reads).
+    graph: Option<Arc<GraphClient>>,
     shutdown: CancellationToken,
 }
 
@@ -107,6 +111,7 @@ impl DeliverStage {
         delivered: Arc<DeliveredJobs>,
         settings: &DeliverSettings,
         owner: Uuid,
+        graph: Option<Arc<GraphClient>>,
         shutdown: CancellationToken,
     ) -> Self {
         let step_timeout = settings.smtp_timeout();
@@ -124,6 +129,7 @@ impl DeliverStage {
             data_budget: step_timeout * 2,
             step_timeout,
             owner,
+            graph,
             shutdown,
         }
     }

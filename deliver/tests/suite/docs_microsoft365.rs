@@ -32,7 +32,7 @@ fn every_config_snippet_in_the_guide_passes_check_config() {
     )
     .unwrap();
     let blocks = toml_blocks(&guide);
-    assert_eq!(blocks.len(), 4, "the guide's TOML snippets");
+    assert_eq!(blocks.len(), 5, "the guide's TOML snippets");
     let dir = tempfile::tempdir().unwrap();
     let cert = AppCertificate::generate("mailpipe contoso").unwrap();
     std::fs::write(dir.path().join("contoso-app.crt"), &cert.certificate_pem).unwrap();

@@ -13,6 +13,7 @@ mod check_pool;
 mod classify_props;
 mod docs_microsoft365;
 mod graph_client;
+mod graph_send;
 mod pool;
 mod reliability;
 mod schedule;

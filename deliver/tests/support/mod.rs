@@ -12,7 +12,7 @@ use mailpipe_common::domain::{BatchId, EmailAddress, JobId, Mailbox};
 use mailpipe_common::testkit::TestBroker;
 use mailpipe_deliver::settings::{
     AuthMethod, DeliverSettings, FromPolicy, LimitSettings, MailboxSettings, OAuthApp,
-    TenantSettings,
+    TenantSettings, Transport,
 };
 use mailpipe_deliver::startup::Application;
 use mailpipe_sim::{RunningSim, SimConfig, Simulator};
@@ -60,6 +60,9 @@ pub struct PoolSpec {
     /// Every mailbox in one tenant (`t0`) with this external-recipient limit per window
     /// (ms), the same in the simulator and in deliver; `None`: a tenant per mailbox, no limit.
     pub shared_tenant: Option<(u64, u64)>,
+    /// Every mailbox sends through Graph (`transport = "graph"`, `[deliver.graph]` on the
+    /// simulator's Graph), and the simulator refuses them SMTP AUTH (`535 5.7.139`).
+    pub graph_transport: bool,
 }
 
 impl Default for PoolSpec {
@@ -75,6 +78,7 @@ impl Default for PoolSpec {
             faults: String::new(),
             mailbox_faults: vec![],
             shared_tenant: None,
+            graph_transport: false,
         }
     }
 }
@@ -120,6 +124,11 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
         } else {
             ""
         };
+        let smtp_auth = if spec.graph_transport {
+            "smtp_auth_enabled = false"
+        } else {
+            ""
+        };
         toml.push_str(&format!(
             r#"
 {tenant_decl}
@@ -128,6 +137,7 @@ address = "{addr}"
 tenant = "{t}"
 {send_as}
 {password}
+{smtp_auth}
 [mailboxes.limits]
 messages_per_window = {m}
 message_window_ms = {mw}
@@ -209,6 +219,11 @@ impl Harness {
             mailboxes.push(MailboxSettings {
                 address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
                 tenant: tenant_of(&spec, i),
+                transport: if spec.graph_transport {
+                    Transport::Graph
+                } else {
+                    Transport::Smtp
+                },
                 auth: if wrong_password {
                     AuthMethod::Password
                 } else {
@@ -251,6 +266,14 @@ impl Harness {
             mailboxes,
             ..DeliverSettings::default()
         };
+        let mut settings = settings;
+        if spec.graph_transport {
+            settings.graph.enabled = true;
+            settings.graph.base_url = sim.graph_base_url();
+            settings.graph.allow_loopback_http = true;
+            settings.graph.request_timeout_ms = settings.smtp_timeout_ms;
+            settings.graph.poll_interval_ms = 1_000;
+        }
         settings.validate().expect("deliver settings");
         let common = CommonSettings {
             rabbitmq: broker.settings.clone(),

@@ -218,12 +218,13 @@ impl Default for GraphConfig {
 }
 
 /// The next `requests` Graph requests of a mailbox get `429` with `Retry-After:
-/// retry_after_secs`.
+/// retry_after_secs`, or without `Retry-After` when it is left out (Graph sometimes does).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GraphThrottle {
     pub requests: u64,
-    pub retry_after_secs: u64,
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// `[[bounces]]`: a recipient (or a whole domain) that Exchange accepts mail for and then

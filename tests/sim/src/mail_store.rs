@@ -17,6 +17,7 @@ use crate::records::lock;
 pub(crate) enum WellKnown {
     Inbox,
     SentItems,
+    Drafts,
 }
 
 impl WellKnown {
@@ -24,6 +25,7 @@ impl WellKnown {
         match self {
             WellKnown::Inbox => "inbox",
             WellKnown::SentItems => "sentitems",
+            WellKnown::Drafts => "drafts",
         }
     }
 
@@ -31,6 +33,7 @@ impl WellKnown {
         match self {
             WellKnown::Inbox => "Inbox",
             WellKnown::SentItems => "Sent Items",
+            WellKnown::Drafts => "Drafts",
         }
     }
 }
@@ -91,7 +94,11 @@ impl MailboxFolders {
             messages: Vec::new(),
         };
         Self {
-            folders: vec![folder(WellKnown::Inbox), folder(WellKnown::SentItems)],
+            folders: vec![
+                folder(WellKnown::Inbox),
+                folder(WellKnown::SentItems),
+                folder(WellKnown::Drafts),
+            ],
         }
     }
 
@@ -159,6 +166,17 @@ impl MailStore {
             }
         });
         id
+    }
+
+    /// Takes a message out of a well-known folder (a draft being sent); `None` when it
+    /// is not there.
+    pub fn take(&self, mailbox: &str, folder: WellKnown, id: &str) -> Option<StoredMessage> {
+        self.with(mailbox, |m| {
+            let i = m.folder_index(folder.name())?;
+            let messages = &mut m.folders[i].messages;
+            let pos = messages.iter().position(|x| x.id == id)?;
+            Some(messages.remove(pos))
+        })
     }
 
     /// The id of a folder given by well-known name or id.

@@ -374,8 +374,15 @@ impl RunningSim {
         self.shared.graph_activity.arm_throttle(
             &mailbox.to_ascii_lowercase(),
             requests,
-            retry_after_secs,
+            Some(retry_after_secs),
         );
+    }
+
+    /// `throttle_graph` with `429`s that carry no `Retry-After`.
+    pub fn throttle_graph_without_retry_after(&self, mailbox: &str, requests: u64) {
+        self.shared
+            .graph_activity
+            .arm_throttle(&mailbox.to_ascii_lowercase(), requests, None);
     }
 
     /// Grants or denies apps Graph access to a mailbox (its application access policy).

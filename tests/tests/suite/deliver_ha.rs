@@ -219,8 +219,19 @@ async fn crash_drill(point: &str) {
 
 /// [`crash_drill`] with more `[deliver]` settings (an uncertain-send policy).
 async fn crash_drill_with(point: &str, deliver_extra: &str) {
-    let mut opts = options(&format!("drill-{point}"), 1, 2);
+    crash_drill_as(point, deliver_extra, false).await;
+}
+
+/// [`crash_drill_with`], through Graph (`transport = "graph"`, SMTP AUTH off) or SMTP.
+async fn crash_drill_as(point: &str, deliver_extra: &str, graph: bool) {
+    let name = if graph {
+        format!("gdrill-{point}")
+    } else {
+        format!("drill-{point}")
+    };
+    let mut opts = options(&name, 1, 2);
     opts.deliver_extra.push_str(deliver_extra);
+    opts.graph_transport = graph;
     crash_drill_in(point, opts, Settler::Operator).await;
 }
 
@@ -333,6 +344,26 @@ async fn a_crash_during_the_data_under_resend_with_graph_ends_every_job_once() {
         "uncertain_policy = \"resend\"\nuncertain_hold_ms = 600000\n",
     )
     .await;
+}
+
+/// Through Graph, a crash at each step of draft-then-send: the send left open is ended
+/// uncertain by the restart and settled from Sent Items (found: delivered) or, absent past
+/// `uncertain_hold_ms`, sent again, and then the draft it left in Drafts is the one sent.
+const GRAPH_DRILL: &str = "uncertain_hold_ms = 2000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_a_crash_before_the_draft_ends_every_job_once() {
+    crash_drill_as("after_decision", GRAPH_DRILL, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_a_crash_between_the_draft_and_its_send_ends_every_job_once() {
+    crash_drill_as("after_draft", GRAPH_DRILL, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_a_crash_between_the_send_and_its_record_ends_every_job_once() {
+    crash_drill_as("after_reply", GRAPH_DRILL, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,8 +23,11 @@ pub struct GraphRequest {
     pub at: DateTime<Utc>,
     /// When it was answered.
     pub answered_at: DateTime<Utc>,
-    /// The `Retry-After` of a `429`.
+    /// The `Retry-After` of a `429` (0 when the header was left out).
     pub retry_after_secs: Option<u64>,
+    /// Whether the `429` carried `Retry-After` (Graph sometimes leaves it out).
+    #[serde(default)]
+    pub retry_after_header: bool,
 }
 
 /// A `429` given to a mailbox's client, and when that client's next request arrived.
@@ -32,6 +35,8 @@ pub struct GraphRequest {
 pub struct ThrottleReply {
     pub answered_at: DateTime<Utc>,
     pub retry_after_secs: u64,
+    /// Whether it carried `Retry-After` (without it, a client backs off on its own).
+    pub retry_after_header: bool,
     /// The first request for the mailbox that arrived after the `429` was answered.
     pub next_request_at: Option<DateTime<Utc>>,
 }
@@ -65,8 +70,8 @@ pub struct GraphMailboxStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
     Serve,
-    /// `429` because a test armed it: `Retry-After` seconds.
-    Armed(u64),
+    /// `429` because a test armed it: `Retry-After` seconds, or no header (`None`).
+    Armed(Option<u64>),
     /// `429` because more than the cap are in flight.
     Concurrency,
 }
@@ -74,7 +79,8 @@ pub(crate) enum Admission {
 #[derive(Debug, Default)]
 struct MailboxActivity {
     stats: GraphMailboxStats,
-    armed_retry_after: u64,
+    /// `None`: the armed `429`s carry no `Retry-After`.
+    armed_retry_after: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -134,6 +140,7 @@ impl GraphActivity {
                 a.stats.throttle_replies.push(ThrottleReply {
                     answered_at: request.answered_at,
                     retry_after_secs: secs,
+                    retry_after_header: request.retry_after_header,
                     next_request_at: None,
                 });
             }
@@ -145,8 +152,9 @@ impl GraphActivity {
         }
     }
 
-    /// Answers the next `requests` requests of `mailbox` with `429`, `Retry-After: secs`.
-    pub fn arm_throttle(&self, mailbox: &str, requests: u64, retry_after_secs: u64) {
+    /// Answers the next `requests` requests of `mailbox` with `429`, `Retry-After: secs`
+    /// (`None`: without the header).
+    pub fn arm_throttle(&self, mailbox: &str, requests: u64, retry_after_secs: Option<u64>) {
         let mut map = lock(&self.mailboxes);
         let a = map.entry(mailbox.to_owned()).or_default();
         a.stats.address = mailbox.to_owned();
@@ -177,7 +185,7 @@ impl GraphActivity {
                 in_flight,
                 ..Default::default()
             };
-            a.armed_retry_after = 0;
+            a.armed_retry_after = None;
         }
     }
 }

@@ -60,6 +60,7 @@ impl Call {
             at: chrono::Utc::now(),
             answered_at: chrono::Utc::now(),
             retry_after_secs: None,
+            retry_after_header: false,
         };
         let refuse = |response: Response| {
             let mut logged = request.clone();
@@ -84,7 +85,9 @@ impl Call {
                 return Err(call.throttled(secs, "Application is over its resource limit."));
             }
             Admission::Concurrency => {
-                return Err(call.throttled(1, "Application is over its MailboxConcurrency limit."));
+                return Err(
+                    call.throttled(Some(1), "Application is over its MailboxConcurrency limit.")
+                );
             }
         }
         let latency = shared.config.graph.latency_ms;
@@ -94,17 +97,22 @@ impl Call {
         Ok(call)
     }
 
-    fn throttled(&mut self, secs: u64, message: &str) -> Response {
-        let mut response = graph_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ApplicationThrottled",
-            message,
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    /// A `429` with `Retry-After: secs`, or without the header (`None`).
+    pub fn throttled(&mut self, secs: Option<u64>, message: &str) -> Response {
+        self.throttled_as(secs, "ApplicationThrottled", message)
+    }
+
+    /// A `429` with Graph's error `code`.
+    pub fn throttled_as(&mut self, secs: Option<u64>, code: &str, message: &str) -> Response {
+        let mut response = graph_error(StatusCode::TOO_MANY_REQUESTS, code, message);
+        if let Some(secs) = secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Some(r) = self.request.as_mut() {
-            r.retry_after_secs = Some(secs);
+            r.retry_after_secs = Some(secs.unwrap_or(0));
+            r.retry_after_header = secs.is_some();
         }
         self.finish(response)
     }

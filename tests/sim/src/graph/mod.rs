@@ -1,13 +1,15 @@
 //! Microsoft Graph v1.0, the part a mail client of the pool's mailboxes needs: list a
 //! folder's messages (OData `$filter`, `$orderby`, `$top`, `$select`, paging by
-//! `@odata.nextLink`), a message's MIME (`$value`), move, and find-or-create a folder, with
-//! Graph's authentication, access policy and throttling answers (docs/simulator.md).
+//! `@odata.nextLink`), a message's MIME (`$value`), move, find-or-create a folder, and
+//! send (a draft from MIME, then the draft sent), with Graph's authentication, access
+//! policy and throttling answers (docs/simulator.md).
 
 mod activity;
 mod call;
 mod folders;
 mod messages;
 mod odata;
+mod sending;
 
 pub(crate) use activity::GraphActivity;
 pub use activity::{GraphMailboxStats, GraphRequest, ThrottleReply};
@@ -32,6 +34,17 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/v1.0/users/{upn}/messages/{id}/move",
             post(messages::move_to),
+        )
+        // Graph's own cap (4 MB) answers larger drafts, not axum's default of 2 MB.
+        .route(
+            "/v1.0/users/{upn}/messages",
+            post(sending::create_draft).layer(axum::extract::DefaultBodyLimit::max(
+                sending::MAX_REQUEST_BYTES * 2,
+            )),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}/send",
+            post(sending::send_draft),
         )
         .route(
             "/v1.0/users/{upn}/mailFolders",

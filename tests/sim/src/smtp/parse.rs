@@ -114,6 +114,12 @@ fn parse_path(s: &str) -> Option<(String, &str)> {
 
 /// The addresses in the From header(s) of a message (lower case). Empty when there is none.
 pub(crate) fn header_from_addresses(raw: &[u8]) -> Vec<String> {
+    header_addresses(raw, &["from"])
+}
+
+/// The addresses in the headers named `names` (lower case), in order (a Graph draft's
+/// recipients are its `To`, `Cc` and `Bcc`).
+pub(crate) fn header_addresses(raw: &[u8], names: &[&str]) -> Vec<String> {
     let text = String::from_utf8_lossy(header_block(raw));
     // Unfold continuation lines, then look at each header.
     let mut headers: Vec<String> = Vec::new();
@@ -132,8 +138,9 @@ pub(crate) fn header_from_addresses(raw: &[u8]) -> Vec<String> {
         .iter()
         .filter_map(|h| {
             let (name, value) = h.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("from")
+            names
+                .iter()
+                .any(|n| name.trim().eq_ignore_ascii_case(n))
                 .then(|| mailbox_list(value))
         })
         .flatten()

@@ -1,0 +1,155 @@
+//! The last step of a send through a mailbox with `transport = "graph"`: after the same
+//! decision as SMTP (`decide`), a draft from our MIME (the draft an earlier send left in
+//! Drafts, if there is one: never a second), its id noted on the send record, then the draft
+//! sent. Only the send step can leave the outcome unknown; that is settled like an SMTP
+//! send without a reply after the data: from Sent Items, or by the uncertain policy.
+
+use super::*;
+use crate::graph::send::{MAX_REQUEST_BYTES, base64_len};
+use crate::graph::send_outcome::{SendStep, StepFailure, accepted_reply, classify_failure};
+use crate::pool::Fence;
+use crate::send::attempt::Decided;
+use crate::send::drill::{self, CrashPoint};
+
+impl DeliverStage {
+    /// A send through Graph on the leased mailbox; the lease is always finished here.
+    pub(super) async fn send_through_graph(
+        &self,
+        meta: &RenderedMeta,
+        mime: &[u8],
+        lease: Lease<'_>,
+        fence: Fence,
+    ) -> Result<Attempt, PublishError> {
+        let idx = lease.idx;
+        let mailbox = &self.pool.mailboxes()[idx];
+        let Some(graph) = self.graph.clone() else {
+            // Settings refuse a Graph mailbox without [deliver.graph]: not reached.
+            self.pool.release_unsent(lease);
+            return Ok(Attempt::Failed {
+                class: ReplyClass::Mailbox(crate::smtp::classify::MailboxProblem::Auth),
+                reply: SmtpReply::new(0, "transport = \"graph\" without [deliver.graph] enabled"),
+            });
+        };
+        let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
+        let draft_mime = crate::graph::draft_mime::with_envelope(&bytes, &meta.recipients);
+        let size = base64_len(draft_mime.len());
+        if size > MAX_REQUEST_BYTES {
+            // Refused before any decision: nothing is on record, nothing was sent.
+            self.pool.release_unsent(lease);
+            return Ok(Attempt::Failed {
+                class: ReplyClass::MessagePermanent,
+                reply: SmtpReply::new(
+                    0,
+                    format!(
+                        "the message is {size} bytes as base64, above Microsoft Graph's single-request limit of {MAX_REQUEST_BYTES} bytes (upload sessions are not supported yet): send it through a mailbox with transport = \"smtp\""
+                    ),
+                ),
+            });
+        }
+        let (sent, written_at) = match self.decide(meta, idx, fence).await {
+            Ok(Decided::Send(sent, at)) => (sent, at),
+            Ok(Decided::NotSent(attempt)) => {
+                let fenced = matches!(attempt, Attempt::Fenced);
+                self.pool.release_unsent(lease);
+                if fenced {
+                    self.pool.revoke(idx);
+                }
+                return Ok(attempt);
+            }
+            Err(e) => {
+                self.pool.release_unsent(lease);
+                return Err(e);
+            }
+        };
+        drill::reached(CrashPoint::AfterDecision);
+        let started = Instant::now();
+        // Each request goes out before the lease's end and within the send's budget, or not
+        // at all (a Retry-After wait may run past them).
+        let send_by = fence.until.min(written_at + self.data_budget);
+        let address = &mailbox.address;
+        let draft = match graph.find_draft(address, &meta.message_id).await {
+            Ok(Some(found)) => {
+                tracing::info!(job = %meta.job_id, mailbox = %address, "an earlier send left its draft in Drafts: sending that one");
+                Ok(found.id)
+            }
+            Ok(None) => graph.create_draft(address, &draft_mime, send_by).await,
+            Err(e) => Err(e),
+        };
+        let draft = match draft {
+            Ok(id) => id,
+            Err(e) => {
+                return self
+                    .graph_not_sent(meta, lease, sent, &e, SendStep::Draft)
+                    .await;
+            }
+        };
+        self.pipeline
+            .store()
+            .note_graph_draft(sent.id, &draft)
+            .await
+            .map_err(PublishError::from)?;
+        drill::reached(CrashPoint::AfterDraft);
+        let result = graph.send_draft(address, &draft, send_by).await;
+        metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.pool.finish(lease, Completion::Counted);
+                metrics::SENDS
+                    .with_label_values(&[address.as_str(), "accepted"])
+                    .inc();
+                let report = SendReport {
+                    reply: accepted_reply(&draft),
+                    accepted: meta.recipients.clone(),
+                    refused: vec![],
+                };
+                Ok(Attempt::Delivered(report, sent))
+            }
+            Err(e) => {
+                self.graph_not_sent(meta, lease, sent, &e, SendStep::Send)
+                    .await
+            }
+        }
+    }
+
+    /// A step failed: uncertain (the send step only), or not sent, closed with its class.
+    async fn graph_not_sent(
+        &self,
+        meta: &RenderedMeta,
+        lease: Lease<'_>,
+        sent: SentRecord,
+        e: &crate::graph::GraphError,
+        step: SendStep,
+    ) -> Result<Attempt, PublishError> {
+        let idx = lease.idx;
+        let address = &self.pool.mailboxes()[idx].address;
+        match classify_failure(e, step) {
+            StepFailure::Uncertain(reply) => {
+                self.pool.finish(lease, Completion::Counted);
+                metrics::SENDS
+                    .with_label_values(&[address.as_str(), "uncertain"])
+                    .inc();
+                tracing::warn!(job = %meta.job_id, mailbox = %address, error = %e, "Graph send uncertain: no answer to sending the draft");
+                Ok(Attempt::Uncertain(reply, sent))
+            }
+            StepFailure::NotSent { class, reply } => {
+                let past_lease = matches!(e, crate::graph::GraphError::PastDeadline { .. })
+                    && self.pool.fence(idx).is_none();
+                if past_lease {
+                    // The lease ended while the request waited: nothing sent; another
+                    // mailbox (or process) takes it.
+                    self.pool.release_unsent(lease);
+                    self.pool.revoke(idx);
+                    self.close_send(sent.id, SendOutcome::NotCounted).await?;
+                    return Ok(Attempt::Fenced);
+                }
+                self.pool.finish(lease, Completion::NotCounted);
+                self.close_send(sent.id, SendOutcome::NotCounted).await?;
+                metrics::SENDS
+                    .with_label_values(&[address.as_str(), class.as_str()])
+                    .inc();
+                tracing::info!(job = %meta.job_id, mailbox = %address, error = %e, class = class.as_str(), "Graph send failed, not sent");
+                Ok(Attempt::Failed { class, reply })
+            }
+        }
+    }
+}
