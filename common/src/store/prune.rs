@@ -40,6 +40,8 @@ WITH gone AS (
     RETURNING id
 ), counters AS (
     DELETE FROM batch_counts c USING gone WHERE c.batch_id = gone.id
+), minutes AS (
+    DELETE FROM batch_minutes m USING gone WHERE m.batch_id = gone.id
 )
 SELECT count(*) FROM gone
 "#;

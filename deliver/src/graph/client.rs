@@ -305,9 +305,28 @@ impl GraphClient {
         mailbox: &EmailAddress,
         internet_message_id: &str,
     ) -> Result<Option<MessageSummary>, GraphError> {
-        let mut url = self.mailbox_url(mailbox, &["mailFolders", "sentitems", "messages"]);
+        self.find_by_message_id(
+            mailbox,
+            "sentitems",
+            SELECT,
+            "find_sent",
+            internet_message_id,
+        )
+        .await
+    }
+
+    /// The first message of `folder` (a well-known name) with this Message-ID.
+    pub(crate) async fn find_by_message_id(
+        &self,
+        mailbox: &EmailAddress,
+        folder: &str,
+        select: &str,
+        operation: &'static str,
+        internet_message_id: &str,
+    ) -> Result<Option<MessageSummary>, GraphError> {
+        let mut url = self.mailbox_url(mailbox, &["mailFolders", folder, "messages"]);
         url.query_pairs_mut()
-            .append_pair("$select", SELECT)
+            .append_pair("$select", select)
             .append_pair("$top", "1")
             .append_pair(
                 "$filter",
@@ -316,7 +335,7 @@ impl GraphClient {
                     string_literal(internet_message_id)
                 ),
             );
-        let page = self.list_at(mailbox, "find_sent", url).await?;
+        let page = self.list_at(mailbox, operation, url).await?;
         Ok(page.messages.into_iter().next())
     }
 

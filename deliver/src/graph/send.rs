@@ -15,7 +15,6 @@ use reqwest::Method;
 
 use crate::graph::client::{GraphClient, MAX_JSON_BYTES, RequestBody, decode};
 use crate::graph::error::GraphError;
-use crate::graph::odata::string_literal;
 use crate::graph::types::{MessageSummary, WireMessage};
 
 /// Graph refuses a request body above about 4 MB; the draft's MIME travels as base64.
@@ -34,19 +33,14 @@ impl GraphClient {
         mailbox: &EmailAddress,
         internet_message_id: &str,
     ) -> Result<Option<MessageSummary>, GraphError> {
-        let mut url = self.mailbox_url(mailbox, &["mailFolders", "drafts", "messages"]);
-        url.query_pairs_mut()
-            .append_pair("$select", "id,internetMessageId")
-            .append_pair("$top", "1")
-            .append_pair(
-                "$filter",
-                &format!(
-                    "internetMessageId eq {}",
-                    string_literal(internet_message_id)
-                ),
-            );
-        let page = self.list_at(mailbox, "find_draft", url).await?;
-        Ok(page.messages.into_iter().next())
+        self.find_by_message_id(
+            mailbox,
+            "drafts",
+            "id,internetMessageId",
+            "find_draft",
+            internet_message_id,
+        )
+        .await
     }
 
     /// Creates a draft from `mime` (its headers give the recipients and the Message-ID);

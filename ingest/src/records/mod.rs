@@ -4,6 +4,7 @@
 //! history kept.
 
 mod batch_list;
+pub mod progress;
 mod report;
 
 use std::collections::{BTreeMap, HashSet};

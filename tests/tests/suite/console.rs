@@ -257,8 +257,14 @@ async fn run() {
     );
     screenshot(&c, "batches").await;
 
-    // Pause from the batch page, through its confirmation.
+    // Pause from the batch page, through its confirmation. It draws the batch's progress
+    // over time: a bar per minute with sends.
     c.goto(&format!("{base}/console/batches/cb")).await.unwrap();
+    let bars = c
+        .find_all(Locator::Css("#progress-chart rect"))
+        .await
+        .unwrap();
+    assert!(!bars.is_empty(), "the batch page charts its progress");
     screenshot(&c, "batch").await;
     element(&c, Locator::Id("pause"))
         .await
