@@ -302,6 +302,35 @@ impl RunningSim {
             .file(mailbox, WellKnown::Inbox, raw.to_vec())
     }
 
+    /// Files `count` out-of-office replies (from `count` different customers) into a
+    /// mailbox's Inbox, oldest first, as a large batch of invoices draws them; returns
+    /// their Graph ids.
+    pub fn inject_auto_replies(&self, mailbox: &str, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|n| {
+                let from = format!("customer{n}@fabrikam.example");
+                self.inject_inbox(mailbox, &crate::inbox_mail::auto_reply(&from, mailbox, n))
+            })
+            .collect()
+    }
+
+    /// What a mailbox's folders hold, in bytes: what its `storage_quota_bytes` is judged by.
+    pub fn mailbox_bytes(&self, mailbox: &str) -> u64 {
+        self.shared.mail.mailbox_bytes(mailbox)
+    }
+
+    /// Deletes the messages of a folder (well-known name or id) received before `before`,
+    /// as an Exchange retention tag does when the Managed Folder Assistant processes the
+    /// mailbox; returns how many.
+    pub fn expire_folder(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        self.shared.mail.expire(mailbox, folder, before)
+    }
+
     /// Delivers a message from the internet into a mailbox's Inbox, through Exchange's
     /// header firewall ([`crate::strip_organization_headers`]): what an outsider who mails
     /// a pool mailbox achieves. Returns its Graph message id.

@@ -1,6 +1,7 @@
 //! Microsoft Graph v1.0, the part a mail client of the pool's mailboxes needs: list a
 //! folder's messages (OData `$filter`, `$orderby`, `$top`, `$select`, paging by
-//! `@odata.nextLink`), a message's MIME (`$value`), move, and find-or-create a folder, with
+//! `@odata.nextLink`), a message's MIME (`$value`), move, delete, find-or-create a folder,
+//! and a folder's count and size (`totalItemCount`, `sizeInBytes`), with
 //! Graph's authentication, access policy and throttling answers (docs/simulator.md).
 
 mod activity;
@@ -24,6 +25,14 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/v1.0/users/{upn}/mailFolders/{folder}/messages",
             get(messages::list),
+        )
+        .route(
+            "/v1.0/users/{upn}/mailFolders/{folder}",
+            get(folders::get_one),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}",
+            axum::routing::delete(messages::delete),
         )
         .route(
             "/v1.0/users/{upn}/messages/{id}/$value",
