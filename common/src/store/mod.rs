@@ -15,6 +15,7 @@ mod bounces;
 mod claims;
 mod events;
 mod health;
+mod inbox_set_aside;
 mod leases;
 mod pool_view;
 mod prune;
@@ -37,6 +38,7 @@ pub use batches::{BatchControl, SendCheck};
 pub use bounces::{BounceError, BounceRecord};
 pub use claims::{ClaimHeld, ClaimInput, ClaimOutcome};
 pub use health::{PROBE_EVERY, PROBE_TIMEOUT};
+pub use inbox_set_aside::{MAX_INBOX_KEY, SetAsideError};
 pub use pool_view::{MailboxView, TenantView};
 pub use prune::PruneReport;
 pub use sends::{

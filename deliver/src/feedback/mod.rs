@@ -1,6 +1,7 @@
 //! What the pool's mailboxes learn after a send, read through Microsoft Graph: whether an
-//! uncertain send is in the mailbox's Sent Items ([`sent_items`]), and the non-delivery
-//! reports that land in its Inbox ([`inbox`]).
+//! uncertain send is in the mailbox's Sent Items ([`sent_items`]), the non-delivery
+//! reports that land in its Inbox among everything else ([`inbox`]), and how much its Sent
+//! Items hold ([`storage`]).
 //!
 //! A task of deliver rather than a fourth binary: it needs the pool's app registration and
 //! its tokens, and the mailbox leases already say which process looks after which mailbox.
@@ -11,6 +12,7 @@
 
 pub mod inbox;
 pub mod sent_items;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ pub struct MailboxFeedback {
     poll: Duration,
     sent_items: sent_items::SentItemsLookup,
     inbox: inbox::InboxReader,
+    storage: storage::StorageWatch,
 }
 
 impl MailboxFeedback {
@@ -46,6 +49,7 @@ impl MailboxFeedback {
         Some(Self {
             sent_items: sent_items::SentItemsLookup::new(settings.uncertain_hold()),
             inbox: inbox::InboxReader::new(&settings.graph),
+            storage: storage::StorageWatch::new(settings.graph.storage_interval()),
             poll: settings.graph.poll_interval(),
             graph,
             pool,
@@ -73,12 +77,19 @@ impl MailboxFeedback {
             .map(|idx| self.pool.mailbox_address(idx).clone())
             .filter(|m| self.graph.check_mailbox(m).is_ok())
             .collect();
+        self.storage.maybe_read(&self.graph, &held).await;
         if held.is_empty() {
             return;
         }
         for mailbox in &held {
-            if let Err(e) = self.inbox.read(&self.graph, &self.store, mailbox).await {
-                tracing::warn!(mailbox = %mailbox, error = %e, "reading the Inbox failed; trying again next round");
+            match self.inbox.read(&self.graph, &self.store, mailbox).await {
+                Ok(round) if round.picked > 0 => {
+                    tracing::debug!(mailbox = %mailbox, ?round, "Inbox round");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(mailbox = %mailbox, error = %e, "reading the Inbox failed; trying again next round");
+                }
             }
         }
         if let Err(e) = self

@@ -35,13 +35,14 @@ pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
 /// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
-pub const OPERATIONS: [&str; 6] = [
+pub const OPERATIONS: [&str; 7] = [
     "list_messages",
     "message_mime",
     "move_message",
     "find_folder",
     "create_folder",
     "find_sent",
+    "folder_usage",
 ];
 /// Largest `$top` Graph takes for messages.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -375,7 +376,7 @@ impl GraphClient {
 
     /// `{base}/v1.0/users/{mailbox}/{segments…}`, each segment percent-encoded (an id
     /// cannot add path segments or a query).
-    fn mailbox_url(&self, mailbox: &EmailAddress, segments: &[&str]) -> Url {
+    pub(super) fn mailbox_url(&self, mailbox: &EmailAddress, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty()
@@ -402,7 +403,7 @@ impl GraphClient {
     /// One Graph call through the mailbox's gate: retried while throttled (each retry after
     /// the `Retry-After`), once after a `401` with a fresh token. Returns the status and the
     /// body of a 2xx answer, read up to `limit` bytes.
-    async fn request(
+    pub(super) async fn request(
         &self,
         mailbox: &EmailAddress,
         operation: &'static str,
@@ -541,7 +542,7 @@ fn transport(operation: &'static str, mailbox: &EmailAddress, e: reqwest::Error)
     }
 }
 
-fn decode<T: DeserializeOwned>(
+pub(super) fn decode<T: DeserializeOwned>(
     mailbox: &EmailAddress,
     operation: &'static str,
     bytes: &[u8],

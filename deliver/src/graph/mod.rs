@@ -1,7 +1,8 @@
 //! Microsoft Graph access to the pool's mailboxes, for reading bounces from their Inbox
 //! and finding uncertain sends in their Sent Items (docs/deliver.md, "Microsoft Graph").
 //!
-//! - [`client`] has `GraphClient`, the operations (list, MIME, move, folders, Sent Items).
+//! - [`client`] has `GraphClient`, the operations (list, MIME, move, folders, Sent Items);
+//!   [`usage`] adds a folder's count and size (the storage watch).
 //! - [`throttling`] keeps the per-mailbox concurrency cap and `Retry-After` discipline.
 //! - [`settings`] is the `[deliver.graph]` section.
 //! - [`types`] and [`error`] are what the operations return; [`odata`] quotes `$filter`
@@ -14,8 +15,10 @@ pub mod odata;
 pub mod settings;
 pub mod throttling;
 pub mod types;
+pub mod usage;
 
 pub use client::GraphClient;
 pub use error::GraphError;
 pub use settings::GraphSettings;
 pub use types::{FolderId, MessageSummary, NextPage, Order, Page};
+pub use usage::FolderUsage;
