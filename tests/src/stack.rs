@@ -71,6 +71,8 @@ pub struct StackOptions {
     /// Reads the pool's mailboxes through the simulator's Graph, every this many ms
     /// (`[deliver.graph]`); `None`: Graph off.
     pub graph_poll_ms: Option<u64>,
+    /// Extra `[deliver.graph]` settings (TOML lines), with `graph_poll_ms` set.
+    pub graph_extra: String,
     /// Extra `[ingest]` TOML, written at the end of that section (keys, or subtables such
     /// as `[ingest.webhooks]`).
     pub ingest_extra: String,
@@ -98,6 +100,7 @@ impl Default for StackOptions {
             smtp_timeout_ms: 15_000,
             delivery_limit: 5,
             graph_poll_ms: None,
+            graph_extra: String::new(),
             ingest_extra: String::new(),
         }
     }
@@ -277,7 +280,8 @@ impl Stack {
         let mut deliver_toml = String::new();
         if let Some(poll) = options.graph_poll_ms {
             deliver_toml.push_str(&format!(
-                "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n"
+                "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n{}\n",
+                options.graph_extra
             ));
         }
         for t in 0..options.tenants {

@@ -13,6 +13,7 @@ mod check_pool;
 mod classify_props;
 mod docs_microsoft365;
 mod graph_client;
+mod inbox_reader;
 mod pool;
 mod reliability;
 mod schedule;

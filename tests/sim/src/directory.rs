@@ -15,8 +15,6 @@ pub(crate) struct Mailbox {
     /// Lower case; may contain "*".
     pub send_as: Vec<String>,
     pub smtp_auth_enabled: bool,
-    /// `storage_quota_bytes`: submissions are refused once the folders hold this much.
-    pub storage_quota_bytes: Option<u64>,
 }
 
 impl Mailbox {
@@ -69,7 +67,6 @@ impl Directory {
                     password: m.password.clone(),
                     send_as: m.send_as.iter().map(|s| s.to_ascii_lowercase()).collect(),
                     smtp_auth_enabled: m.smtp_auth_enabled,
-                    storage_quota_bytes: m.storage_quota_bytes,
                 };
                 (mb.address.clone(), mb)
             })

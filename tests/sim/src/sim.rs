@@ -130,6 +130,14 @@ impl Simulator {
             .filter(|m| !m.graph_access)
             .map(|m| m.address.to_ascii_lowercase())
             .collect();
+        let storage_quotas: HashMap<String, u64> = config
+            .mailboxes
+            .iter()
+            .filter_map(|m| {
+                m.storage_quota_bytes
+                    .map(|q| (m.address.to_ascii_lowercase(), q))
+            })
+            .collect();
         let graph_activity = GraphActivity::new(config.graph.max_logged_requests);
         for m in &config.mailboxes {
             if let Some(t) = m.graph_throttle {
@@ -144,6 +152,7 @@ impl Simulator {
             mail: MailStore::new(config.max_recorded_messages),
             graph_activity,
             graph_denied: Mutex::new(graph_denied),
+            storage_quotas: Mutex::new(storage_quotas),
             directory: Directory::new(&config),
             tokens: TokenStore::default(),
             records: Records::new(
@@ -319,16 +328,29 @@ impl RunningSim {
         self.shared.mail.mailbox_bytes(mailbox)
     }
 
-    /// Deletes the messages of a folder (well-known name or id) received before `before`,
-    /// as an Exchange retention tag does when the Managed Folder Assistant processes the
-    /// mailbox; returns how many.
+    /// Sets (or, `None`, lifts) a mailbox's storage quota: at or over it, every submission
+    /// is refused `554 5.2.2 mailbox full; …QuotaExceededException…`.
+    pub fn set_storage_quota(&self, mailbox: &str, bytes: Option<u64>) {
+        let mut quotas = lock(&self.shared.storage_quotas);
+        match bytes {
+            Some(q) => quotas.insert(mailbox.to_ascii_lowercase(), q),
+            None => quotas.remove(&mailbox.to_ascii_lowercase()),
+        };
+    }
+
+    /// Deletes the messages of a folder (well-known name, id or display name) received
+    /// before `before`, as an Exchange retention tag does when the Managed Folder Assistant
+    /// processes the mailbox; returns how many.
     pub fn expire_folder(
         &self,
         mailbox: &str,
         folder: &str,
         before: chrono::DateTime<chrono::Utc>,
     ) -> usize {
-        self.shared.mail.expire(mailbox, folder, before)
+        match self.folder(mailbox, folder) {
+            Some(f) => self.shared.mail.expire(mailbox, &f.id, before),
+            None => 0,
+        }
     }
 
     /// Delivers a message from the internet into a mailbox's Inbox, through Exchange's

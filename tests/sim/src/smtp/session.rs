@@ -780,9 +780,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
 
-        if let Some(quota) = mailbox.storage_quota_bytes
-            && shared.mail.mailbox_bytes(&mailbox.address) >= quota
-        {
+        if shared.storage_full(&mailbox.address) {
             let r = replies::mailbox_full(&host);
             self.reply(conn, Stage::DataEnd, "DATA", r).await;
             return Ok(Flow::Continue);
