@@ -61,9 +61,8 @@ impl InboxError {
                 matches!(status, 400 | 404 | 409 | 413 | 422)
             }
             InboxError::Graph(GraphError::Malformed { .. }) => true,
-            InboxError::Record(BounceError::BadKey) | InboxError::SetAside(SetAsideError::BadKey) => {
-                true
-            }
+            InboxError::Record(BounceError::BadKey)
+            | InboxError::SetAside(SetAsideError::BadKey) => true,
             _ => false,
         }
     }
@@ -130,7 +129,13 @@ impl InboxReader {
         };
         for message in &picked {
             let looked = self
-                .look(graph, store, mailbox, message, set_aside.contains(&message.id))
+                .look(
+                    graph,
+                    store,
+                    mailbox,
+                    message,
+                    set_aside.contains(&message.id),
+                )
                 .await;
             let outcome = match looked {
                 Ok(Looked::Report) => {

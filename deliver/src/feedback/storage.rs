@@ -67,7 +67,9 @@ impl StorageWatch {
                         Some(bytes) => metrics::SENT_ITEMS_BYTES
                             .with_label_values(&[&key])
                             .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
-                        None => tracing::debug!(mailbox = %mailbox, "Graph gave no sizeInBytes for Sent Items; only the count is watched"),
+                        None => {
+                            tracing::debug!(mailbox = %mailbox, "Graph gave no sizeInBytes for Sent Items; only the count is watched")
+                        }
                     }
                     self.reported.insert(key);
                 }

@@ -182,7 +182,12 @@ async fn a_message_too_large_to_fetch_costs_one_fetch_and_a_recorded_one_none() 
                 &large_message("carol@fabrikam.example", SENDER, 200_000),
             );
             r.store
-                .set_aside(&me(), &id, None, "larger than deliver.graph.max_message_bytes")
+                .set_aside(
+                    &me(),
+                    &id,
+                    None,
+                    "larger than deliver.graph.max_message_bytes",
+                )
                 .await
                 .unwrap();
             let round = r.round().await;

@@ -299,9 +299,7 @@ impl MailStore {
 
     /// Folders with their count and size, well-known ones first.
     pub fn folder_list(&self, mailbox: &str) -> Vec<FolderUsage> {
-        self.with(mailbox, |m| {
-            m.folders.iter().map(Folder::usage).collect()
-        })
+        self.with(mailbox, |m| m.folders.iter().map(Folder::usage).collect())
     }
 
     /// Creates a folder under the mailbox's root; display names are unique, ignoring case.

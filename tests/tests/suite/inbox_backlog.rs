@@ -122,7 +122,11 @@ async fn a_report_behind_five_thousand_auto_replies_is_read_within_two_rounds() 
             .is_some_and(|f| f.messages.is_empty())
     })
     .await;
-    let other = stack.sim.folder(&mailbox, "mailpipe-other").unwrap().messages;
+    let other = stack
+        .sim
+        .folder(&mailbox, "mailpipe-other")
+        .unwrap()
+        .messages;
     assert_eq!(other.len(), 5000);
     assert!(other.iter().all(|m| m.fetches == 1), "each fetched once");
     let bounces = stack
@@ -181,7 +185,10 @@ async fn a_mailbox_over_its_storage_quota_is_held_with_the_reason_until_retentio
         .filter(|r| r.mailbox.as_deref() == Some(full))
         .collect();
     assert!(
-        !refused.is_empty() && refused.iter().all(|r| r.code == 554 && r.enhanced == "5.2.2"),
+        !refused.is_empty()
+            && refused
+                .iter()
+                .all(|r| r.code == 554 && r.enhanced == "5.2.2"),
         "{refused:?}"
     );
     // Held with the reason, and the sender's Sent Items watched.
