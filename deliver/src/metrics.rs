@@ -121,6 +121,13 @@ pub static SENT_ITEMS_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static SENT_ITEMS_DELETED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "mailpipe_deliver_sent_items_deleted_total",
+        "Sent Items permanently deleted by deliver.graph.sent_items_retention_days: older than that, and sends of ours on record"
+    )
+    .expect("metric registers once")
+});
 pub static SENT_ITEMS_COUNT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "mailpipe_deliver_mailbox_sent_items_count",
@@ -298,6 +305,7 @@ pub fn register() {
         &*TENANT_READY,
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    let _ = &*SENT_ITEMS_DELETED;
     let _ = (
         &*TENANT_EXTERNAL_LEFT,
         &*TENANT_EXTERNAL_LIMIT,

@@ -21,6 +21,7 @@ mod pool_view;
 mod prune;
 mod report_binding;
 mod sends;
+mod sent_record;
 mod settings;
 mod state;
 mod suppressions;

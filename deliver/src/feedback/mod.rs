@@ -1,7 +1,8 @@
 //! What the pool's mailboxes learn after a send, read through Microsoft Graph: whether an
 //! uncertain send is in the mailbox's Sent Items ([`sent_items`]), the non-delivery
-//! reports that land in its Inbox among everything else ([`inbox`]), and how much its Sent
-//! Items hold ([`storage`]).
+//! reports that land in its Inbox among everything else ([`inbox`]), how much its Sent
+//! Items hold ([`storage`]), and, when configured, its old Sent Items of ours deleted
+//! ([`retention`]).
 //!
 //! A task of deliver rather than a fourth binary: it needs the pool's app registration and
 //! its tokens, and the mailbox leases already say which process looks after which mailbox.
@@ -11,6 +12,7 @@
 //! tried again at the next.
 
 pub mod inbox;
+pub mod retention;
 pub mod sent_items;
 pub mod storage;
 
@@ -35,6 +37,7 @@ pub struct MailboxFeedback {
     sent_items: sent_items::SentItemsLookup,
     inbox: inbox::InboxReader,
     storage: storage::StorageWatch,
+    retention: Option<retention::SentItemsRetention>,
 }
 
 impl MailboxFeedback {
@@ -50,6 +53,10 @@ impl MailboxFeedback {
             sent_items: sent_items::SentItemsLookup::new(settings.uncertain_hold()),
             inbox: inbox::InboxReader::new(&settings.graph),
             storage: storage::StorageWatch::new(settings.graph.storage_interval()),
+            retention: settings
+                .graph
+                .sent_items_retention_days
+                .map(retention::SentItemsRetention::new),
             poll: settings.graph.poll_interval(),
             graph,
             pool,
@@ -77,7 +84,23 @@ impl MailboxFeedback {
             .map(|idx| self.pool.mailbox_address(idx).clone())
             .filter(|m| self.graph.check_mailbox(m).is_ok())
             .collect();
-        self.storage.maybe_read(&self.graph, &held).await;
+        self.storage.forget_others(&held);
+        if self.storage.due() {
+            if let Some(retention) = self.retention {
+                for mailbox in &held {
+                    match retention.prune(&self.graph, &self.store, mailbox).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(mailbox = %mailbox, deleted = n, "old Sent Items of ours deleted (deliver.graph.sent_items_retention_days)");
+                        }
+                        Err(e) => {
+                            tracing::warn!(mailbox = %mailbox, error = %e, "deleting old Sent Items failed; trying again at the next storage interval");
+                        }
+                    }
+                }
+            }
+            self.storage.read(&self.graph, &held).await;
+        }
         if held.is_empty() {
             return;
         }

@@ -40,9 +40,18 @@ impl StorageWatch {
         }
     }
 
-    /// Reads the held mailboxes' Sent Items when the interval has passed (at once the first
-    /// time), and drops the series of mailboxes no longer held.
-    pub async fn maybe_read(&mut self, graph: &GraphClient, held: &[EmailAddress]) {
+    /// Whether the interval has passed since the last read (true the first time): then
+    /// the caller reads now.
+    pub fn due(&mut self) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < self.interval) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+
+    /// Drops the series of mailboxes no longer held.
+    pub fn forget_others(&mut self, held: &[EmailAddress]) {
         let keys: BTreeSet<String> = held
             .iter()
             .map(|m| m.as_str().to_ascii_lowercase())
@@ -52,10 +61,10 @@ impl StorageWatch {
             let _ = metrics::SENT_ITEMS_COUNT.remove_label_values(&[gone]);
         }
         self.reported.retain(|m| keys.contains(m));
-        if self.last.is_some_and(|t| t.elapsed() < self.interval) {
-            return;
-        }
-        self.last = Some(Instant::now());
+    }
+
+    /// Reads the held mailboxes' Sent Items into the gauges.
+    pub async fn read(&mut self, graph: &GraphClient, held: &[EmailAddress]) {
         for mailbox in held {
             let key = mailbox.as_str().to_ascii_lowercase();
             match graph.folder_usage(mailbox, &FolderId::sent_items()).await {

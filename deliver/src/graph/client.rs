@@ -35,7 +35,7 @@ pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
 /// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
-pub const OPERATIONS: [&str; 7] = [
+pub const OPERATIONS: [&str; 8] = [
     "list_messages",
     "message_mime",
     "move_message",
@@ -43,6 +43,7 @@ pub const OPERATIONS: [&str; 7] = [
     "create_folder",
     "find_sent",
     "folder_usage",
+    "permanent_delete",
 ];
 /// Largest `$top` Graph takes for messages.
 pub const MAX_PAGE_SIZE: u32 = 1000;

@@ -13,6 +13,8 @@ pub const MAX_CONCURRENT_PER_MAILBOX: u32 = 4;
 /// page of Graph's largest (1000).
 pub const MIN_PER_ROUND: u32 = 2;
 pub const MAX_PER_ROUND: u32 = 2000;
+/// `sent_items_retention_days` at most (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3650;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +55,11 @@ pub struct GraphSettings {
     pub messages_per_round: u32,
     /// How often each mailbox's Sent Items size and count are read (the storage gauges).
     pub storage_interval_ms: u64,
+    /// When set, each storage interval permanently deletes the Sent Items older than this
+    /// many days that mailpipe itself sent and has on record (a closed send of that mailbox
+    /// with the message's Message-ID), and never anything else. Keep it below
+    /// `database.retention_days`: a send that left the record is no longer known as ours.
+    pub sent_items_retention_days: Option<u32>,
 }
 
 impl Default for GraphSettings {
@@ -72,6 +79,7 @@ impl Default for GraphSettings {
             poll_interval_ms: 60_000,
             messages_per_round: 200,
             storage_interval_ms: 15 * 60_000,
+            sent_items_retention_days: None,
         }
     }
 }
@@ -169,6 +177,14 @@ impl GraphSettings {
                     "{} is out of range: {MIN_PER_ROUND} to {MAX_PER_ROUND} (half from each end of the Inbox, one page each)",
                     self.messages_per_round
                 ),
+            );
+        }
+        if let Some(days) = self.sent_items_retention_days
+            && !(1..=MAX_RETENTION_DAYS).contains(&days)
+        {
+            p.push(
+                key("sent_items_retention_days"),
+                format!("{days} is out of range: 1 to {MAX_RETENTION_DAYS} days"),
             );
         }
         if self.storage_interval_ms < 1_000 {

@@ -1,7 +1,10 @@
-//! How much a mailbox folder holds: Graph's `mailFolder` with `totalItemCount` and
-//! `sizeInBytes`, read for Sent Items, which SMTP AUTH fills with a copy of every message
-//! sent until the mailbox reaches its storage quota (docs/microsoft365.md, "Sent Items").
-//! Apart from `client.rs` so the operations there stay the message ones.
+//! How much a mailbox folder holds, and freeing it: Graph's `mailFolder` with
+//! `totalItemCount` and `sizeInBytes`, read for Sent Items, which SMTP AUTH fills with a
+//! copy of every message sent until the mailbox reaches its storage quota
+//! (docs/microsoft365.md, "Sent Items fill the mailbox"); and `permanentDelete`, which
+//! takes a message out of the mailbox's quota (a plain `DELETE` only moves it to Deleted
+//! Items, which still counts). Apart from `client.rs` so the operations there stay the
+//! reading ones.
 
 use mailpipe_common::domain::EmailAddress;
 use reqwest::Method;
@@ -59,5 +62,27 @@ impl GraphClient {
             total_item_count,
             size_in_bytes: wire.size_in_bytes,
         })
+    }
+}
+
+impl GraphClient {
+    /// `POST /users/{mailbox}/messages/{id}/permanentDelete`: the message goes to the
+    /// Recoverable Items purges (its own quota), out of the mailbox's storage quota.
+    pub async fn permanent_delete(
+        &self,
+        mailbox: &EmailAddress,
+        id: &str,
+    ) -> Result<(), GraphError> {
+        let url = self.mailbox_url(mailbox, &["messages", id, "permanentDelete"]);
+        self.request(
+            mailbox,
+            "permanent_delete",
+            Method::POST,
+            url,
+            None,
+            MAX_JSON_BYTES,
+        )
+        .await?;
+        Ok(())
     }
 }

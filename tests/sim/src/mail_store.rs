@@ -255,6 +255,19 @@ impl MailStore {
         })
     }
 
+    /// Makes a folder's messages `by` older (their `receivedDateTime`); returns how many.
+    pub fn age(&self, mailbox: &str, folder: &str, by: chrono::Duration) -> usize {
+        self.with(mailbox, |m| {
+            let Some(i) = m.folder_index(folder) else {
+                return 0;
+            };
+            for x in &mut m.folders[i].messages {
+                x.received -= by;
+            }
+            m.folders[i].messages.len()
+        })
+    }
+
     /// A folder's count and size.
     pub fn folder_usage(&self, mailbox: &str, name_or_id: &str) -> Option<FolderUsage> {
         self.with(mailbox, |m| {

@@ -353,6 +353,23 @@ impl RunningSim {
         }
     }
 
+    /// Files a message into a mailbox's Sent Items as if a person had sent it from Outlook
+    /// (not through SMTP: nothing is accepted or counted); returns its Graph id.
+    pub fn file_sent_item(&self, mailbox: &str, raw: &[u8]) -> String {
+        self.shared
+            .mail
+            .file(mailbox, WellKnown::SentItems, raw.to_vec())
+    }
+
+    /// Makes the messages of a folder (well-known name, id or display name) `by` older, as
+    /// if they had arrived that much earlier; returns how many.
+    pub fn age_folder(&self, mailbox: &str, folder: &str, by: chrono::Duration) -> usize {
+        match self.folder(mailbox, folder) {
+            Some(f) => self.shared.mail.age(mailbox, &f.id, by),
+            None => 0,
+        }
+    }
+
     /// Delivers a message from the internet into a mailbox's Inbox, through Exchange's
     /// header firewall ([`crate::strip_organization_headers`]): what an outsider who mails
     /// a pool mailbox achieves. Returns its Graph message id.

@@ -3,7 +3,9 @@
 //! the job is `bounced` within two of the reader's rounds after the NDR arrived, and the
 //! backlog drains to `mailpipe-other`, every message fetched once. And a pool mailbox
 //! over its storage quota (`554 5.2.2 … QuotaExceeded`) is held with the reason while its
-//! Sent Items size shows on /metrics; once retention frees it, it sends again.
+//! Sent Items size shows on /metrics; once retention frees it, it sends again. With
+//! `sent_items_retention_days`, deliver deletes old Sent Items that are sends of ours on
+//! record, and leaves a person's message and young sends alone.
 
 #![allow(clippy::unwrap_used)]
 
@@ -245,6 +247,72 @@ async fn a_mailbox_over_its_storage_quota_is_held_with_the_reason_until_retentio
         stack.sim.accepted()[accepted_before..]
             .iter()
             .all(|m| m.mailbox == full)
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_items_retention_deletes_old_sends_of_ours_and_nothing_else() {
+    let opts = StackOptions {
+        name: "sent_retention".into(),
+        tenants: 1,
+        mailboxes_per_tenant: 1,
+        graph_poll_ms: Some(1000),
+        graph_extra: "storage_interval_ms = 1000\nsent_items_retention_days = 1\n".into(),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(opts).await.expect("stack starts");
+    let mailbox = "sender0@contoso.example";
+    let old = write_batch(&stack.attachments_root(), "old", 3, |_| 1).unwrap();
+    assert_eq!(stack.post_batch("old", old, false).await.unwrap().0, 202);
+    stack
+        .wait_batch_done("old", 3, Duration::from_secs(120))
+        .await
+        .unwrap();
+    // A person's message sent from Outlook, and the three invoices: two days old.
+    stack.sim.file_sent_item(
+        mailbox,
+        b"From: sender0@contoso.example\r\nTo: boss@contoso.example\r\nSubject: Personal note\r\nMessage-ID: <person-1@contoso.example>\r\n\r\nhi\r\n",
+    );
+    assert_eq!(
+        stack
+            .sim
+            .age_folder(mailbox, "sentitems", chrono::Duration::days(2)),
+        4
+    );
+    wait_for("old sends deleted", Duration::from_secs(60), async || {
+        stack
+            .sim
+            .folder(mailbox, "sentitems")
+            .is_some_and(|f| f.messages.len() == 1)
+    })
+    .await;
+    let kept = stack.sim.folder(mailbox, "sentitems").unwrap().messages;
+    assert_eq!(kept[0].subject.as_deref(), Some("Personal note"));
+
+    // A young send of ours stays: once the gauge counts it, retention has run past it.
+    let young = write_batch(&stack.attachments_root(), "young", 1, |_| 1).unwrap();
+    assert_eq!(stack.post_batch("young", young, false).await.unwrap().0, 202);
+    stack
+        .wait_batch_done("young", 1, Duration::from_secs(120))
+        .await
+        .unwrap();
+    wait_for("the gauge counts two", Duration::from_secs(60), async || {
+        let m = deliver_metrics(&stack).await;
+        series(
+            &m,
+            &format!("mailpipe_deliver_mailbox_sent_items_count{{mailbox=\"{mailbox}\"}}"),
+        ) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        stack.sim.folder(mailbox, "sentitems").unwrap().messages.len(),
+        2
+    );
+    let metrics = deliver_metrics(&stack).await;
+    assert_eq!(
+        series(&metrics, "mailpipe_deliver_sent_items_deleted_total"),
+        Some(3.0)
     );
     stack.shutdown().await.unwrap();
 }

@@ -207,14 +207,20 @@ pub(crate) async fn move_to(
     call.finish(response)
 }
 
-/// `DELETE /v1.0/users/{upn}/messages/{id}` → `204`.
+/// `DELETE /v1.0/users/{upn}/messages/{id}` and `POST …/{id}/permanentDelete` → `204`
+/// (Exchange moves the first to Deleted Items; here both take it out of the mailbox).
 pub(crate) async fn delete(
     State(s): State<Arc<Shared>>,
     Path((upn, id)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let mut call = match Call::begin(&s, &headers, &upn, "DELETE", &path_of(&uri)).await {
+    let method = if uri.path().ends_with("/permanentDelete") {
+        "POST"
+    } else {
+        "DELETE"
+    };
+    let mut call = match Call::begin(&s, &headers, &upn, method, &path_of(&uri)).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -1,6 +1,7 @@
 //! Microsoft Graph v1.0, the part a mail client of the pool's mailboxes needs: list a
 //! folder's messages (OData `$filter`, `$orderby`, `$top`, `$select`, paging by
-//! `@odata.nextLink`), a message's MIME (`$value`), move, delete, find-or-create a folder,
+//! `@odata.nextLink`), a message's MIME (`$value`), move, delete (`DELETE`,
+//! `permanentDelete`), find-or-create a folder,
 //! and a folder's count and size (`totalItemCount`, `sizeInBytes`), with
 //! Graph's authentication, access policy and throttling answers (docs/simulator.md).
 
@@ -33,6 +34,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/v1.0/users/{upn}/messages/{id}",
             axum::routing::delete(messages::delete),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}/permanentDelete",
+            post(messages::delete),
         )
         .route(
             "/v1.0/users/{upn}/messages/{id}/$value",
