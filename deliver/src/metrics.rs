@@ -128,9 +128,9 @@ pub static SENT_ITEMS_DELETED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
-pub static SENT_ITEMS_COUNT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub static SENT_ITEMS_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
-        "mailpipe_deliver_mailbox_sent_items_count",
+        "mailpipe_deliver_mailbox_sent_items_messages",
         "Messages in the mailbox's Sent Items folder, as Graph last gave it",
         &["mailbox"]
     )

@@ -72,8 +72,7 @@ impl SentItemsRetention {
                 if deleted >= MAX_DELETES {
                     return Ok(deleted);
                 }
-                if m
-                    .internet_message_id
+                if m.internet_message_id
                     .as_ref()
                     .is_some_and(|id| ours.contains(id))
                 {

@@ -1,6 +1,6 @@
 //! Mailbox storage watched: each held mailbox's Sent Items size and count, read through
 //! Graph every `deliver.graph.storage_interval_ms` into the gauges
-//! `mailpipe_deliver_mailbox_sent_items_bytes` and `..._count`.
+//! `mailpipe_deliver_mailbox_sent_items_bytes` and `..._messages`.
 //!
 //! SMTP AUTH saves a copy of every message sent in the mailbox's Sent Items, so a busy pool
 //! mailbox grows by what it sends (10,000 invoices a day with a 70 KB PDF: ~0.7 GB a day)
@@ -58,7 +58,7 @@ impl StorageWatch {
             .collect();
         for gone in self.reported.difference(&keys) {
             let _ = metrics::SENT_ITEMS_BYTES.remove_label_values(&[gone]);
-            let _ = metrics::SENT_ITEMS_COUNT.remove_label_values(&[gone]);
+            let _ = metrics::SENT_ITEMS_MESSAGES.remove_label_values(&[gone]);
         }
         self.reported.retain(|m| keys.contains(m));
     }
@@ -69,7 +69,7 @@ impl StorageWatch {
             let key = mailbox.as_str().to_ascii_lowercase();
             match graph.folder_usage(mailbox, &FolderId::sent_items()).await {
                 Ok(usage) => {
-                    metrics::SENT_ITEMS_COUNT
+                    metrics::SENT_ITEMS_MESSAGES
                         .with_label_values(&[&key])
                         .set(i64::try_from(usage.total_item_count).unwrap_or(i64::MAX));
                     match usage.size_in_bytes {

@@ -198,7 +198,7 @@ async fn a_mailbox_over_its_storage_quota_is_held_with_the_reason_until_retentio
         let m = deliver_metrics(&stack).await;
         series(
             &m,
-            &format!("mailpipe_deliver_mailbox_sent_items_count{{mailbox=\"{other}\"}}"),
+            &format!("mailpipe_deliver_mailbox_sent_items_messages{{mailbox=\"{other}\"}}"),
         ) == Some(6.0)
     })
     .await;
@@ -223,7 +223,7 @@ async fn a_mailbox_over_its_storage_quota_is_held_with_the_reason_until_retentio
     assert_eq!(
         series(
             &metrics,
-            &format!("mailpipe_deliver_mailbox_sent_items_count{{mailbox=\"{full}\"}}"),
+            &format!("mailpipe_deliver_mailbox_sent_items_messages{{mailbox=\"{full}\"}}"),
         ),
         Some(0.0)
     );
@@ -292,21 +292,33 @@ async fn sent_items_retention_deletes_old_sends_of_ours_and_nothing_else() {
 
     // A young send of ours stays: once the gauge counts it, retention has run past it.
     let young = write_batch(&stack.attachments_root(), "young", 1, |_| 1).unwrap();
-    assert_eq!(stack.post_batch("young", young, false).await.unwrap().0, 202);
+    assert_eq!(
+        stack.post_batch("young", young, false).await.unwrap().0,
+        202
+    );
     stack
         .wait_batch_done("young", 1, Duration::from_secs(120))
         .await
         .unwrap();
-    wait_for("the gauge counts two", Duration::from_secs(60), async || {
-        let m = deliver_metrics(&stack).await;
-        series(
-            &m,
-            &format!("mailpipe_deliver_mailbox_sent_items_count{{mailbox=\"{mailbox}\"}}"),
-        ) == Some(2.0)
-    })
+    wait_for(
+        "the gauge counts two",
+        Duration::from_secs(60),
+        async || {
+            let m = deliver_metrics(&stack).await;
+            series(
+                &m,
+                &format!("mailpipe_deliver_mailbox_sent_items_messages{{mailbox=\"{mailbox}\"}}"),
+            ) == Some(2.0)
+        },
+    )
     .await;
     assert_eq!(
-        stack.sim.folder(mailbox, "sentitems").unwrap().messages.len(),
+        stack
+            .sim
+            .folder(mailbox, "sentitems")
+            .unwrap()
+            .messages
+            .len(),
         2
     );
     let metrics = deliver_metrics(&stack).await;

@@ -236,7 +236,7 @@ async fn drive_every_path(stack: &Stack, http: &reqwest::Client) -> anyhow::Resu
     wait_for(
         http,
         &deliver,
-        "mailpipe_deliver_mailbox_sent_items_count",
+        "mailpipe_deliver_mailbox_sent_items_messages",
         Duration::from_secs(30),
     )
     .await?;
