@@ -173,19 +173,18 @@ impl InboxReader {
         let oldest_n = self.per_round.div_ceil(2);
         let newest_n = self.per_round - oldest_n;
         let inbox = FolderId::inbox();
-        let page = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        // Pages of 100 (`list_all`): a page of long subjects stays far below the 1 MiB
+        // bound on an answer, whatever a sender puts in them.
         let oldest = graph
-            .list_messages(mailbox, &inbox, Order::OldestFirst, page(oldest_n))
-            .await?
-            .messages;
-        // A page that is not full held the whole Inbox.
+            .list_all(mailbox, &inbox, Order::OldestFirst, oldest_n)
+            .await?;
+        // Fewer than asked: that was the whole Inbox.
         let newest = if oldest.len() < oldest_n {
             Vec::new()
         } else {
             graph
-                .list_messages(mailbox, &inbox, Order::NewestFirst, page(newest_n))
+                .list_all(mailbox, &inbox, Order::NewestFirst, newest_n)
                 .await?
-                .messages
         };
         Ok(take_turns(newest, oldest))
     }

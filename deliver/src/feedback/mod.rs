@@ -85,6 +85,10 @@ impl MailboxFeedback {
             .filter(|m| self.graph.check_mailbox(m).is_ok())
             .collect();
         self.storage.forget_others(&held);
+        if held.is_empty() {
+            // Not yet holding any (start-up): the storage interval starts with the first.
+            return;
+        }
         if self.storage.due() {
             if let Some(retention) = self.retention {
                 for mailbox in &held {
@@ -100,9 +104,6 @@ impl MailboxFeedback {
                 }
             }
             self.storage.read(&self.graph, &held).await;
-        }
-        if held.is_empty() {
-            return;
         }
         for mailbox in &held {
             match self.inbox.read(&self.graph, &self.store, mailbox).await {
