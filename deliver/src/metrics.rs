@@ -5,8 +5,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, register_gauge_vec,
+    GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_gauge_vec,
     register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 
 use crate::pool::MailboxPool;
@@ -101,6 +102,37 @@ pub static BOUNCE_REPORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "mailpipe_deliver_bounce_reports_total",
         "Non-delivery reports read from the pool's Inboxes (bounced: recorded on its job, moved to the bounce folder; untrusted: not bound to a send of ours or naming someone it may not, changed nothing, moved to the untrusted folder; already_handled: recorded before, only moved now)",
         &["outcome"]
+    )
+    .expect("metric registers once")
+});
+pub static INBOX_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "mailpipe_deliver_inbox_messages_total",
+        "Messages the Inbox reader looked at and moved out of a pool mailbox's Inbox (report: a non-delivery report, see mailpipe_deliver_bounce_reports_total; other: auto-replies, delay notices, customers' mail, moved to the other folder; too_large: over deliver.graph.max_message_bytes, fetched once, recorded and moved to the other folder; failed: Graph refused this one message, tried again next round)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+pub static SENT_ITEMS_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "mailpipe_deliver_mailbox_sent_items_bytes",
+        "Size of the mailbox's Sent Items folder in bytes, as Graph last gave it (read every deliver.graph.storage_interval_ms); SMTP AUTH saves every message sent there",
+        &["mailbox"]
+    )
+    .expect("metric registers once")
+});
+pub static SENT_ITEMS_DELETED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "mailpipe_deliver_sent_items_deleted_total",
+        "Sent Items permanently deleted by deliver.graph.sent_items_retention_days: older than that, and sends of ours on record"
+    )
+    .expect("metric registers once")
+});
+pub static SENT_ITEMS_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "mailpipe_deliver_mailbox_sent_items_messages",
+        "Messages in the mailbox's Sent Items folder, as Graph last gave it",
+        &["mailbox"]
     )
     .expect("metric registers once")
 });
@@ -273,6 +305,7 @@ pub fn register() {
         &*TENANT_READY,
     );
     let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    let _ = &*SENT_ITEMS_DELETED;
     let _ = (
         &*TENANT_EXTERNAL_LEFT,
         &*TENANT_EXTERNAL_LIMIT,
@@ -282,6 +315,9 @@ pub fn register() {
     // Graph's success and throttling series too, at 0 while Graph is unused.
     for outcome in ["bounced", "untrusted", "already_handled"] {
         BOUNCE_REPORTS.with_label_values(&[outcome]);
+    }
+    for outcome in ["report", "other", "too_large", "failed"] {
+        INBOX_MESSAGES.with_label_values(&[outcome]);
     }
     for how in ["found_in_sent_items", "resent"] {
         UNCERTAIN_SETTLED.with_label_values(&[how]);

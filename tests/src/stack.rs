@@ -74,6 +74,8 @@ pub struct StackOptions {
     /// Every mailbox sends through Graph (`transport = "graph"`; `[deliver.graph]` on, read
     /// every `graph_poll_ms` or every second), and the simulator refuses them SMTP AUTH.
     pub graph_transport: bool,
+    /// Extra `[deliver.graph]` settings (TOML lines), with `graph_poll_ms` set.
+    pub graph_extra: String,
     /// Extra `[ingest]` TOML, written at the end of that section (keys, or subtables such
     /// as `[ingest.webhooks]`).
     pub ingest_extra: String,
@@ -102,6 +104,7 @@ impl Default for StackOptions {
             delivery_limit: 5,
             graph_poll_ms: None,
             graph_transport: false,
+            graph_extra: String::new(),
             ingest_extra: String::new(),
         }
     }
@@ -285,7 +288,8 @@ impl Stack {
         };
         if let Some(poll) = graph_poll {
             deliver_toml.push_str(&format!(
-                "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n"
+                "[deliver.graph]\nenabled = true\nbase_url = \"{authority}\"\nallow_loopback_http = true\npoll_interval_ms = {poll}\n{}\n",
+                options.graph_extra
             ));
             if options.graph_transport {
                 // A Graph request ends within the step the send's deadline allows.

@@ -2,7 +2,7 @@
 //! deleted in bounded batches, so writers are never locked out for long, and several
 //! processes pruning at once skip each other's rows instead of waiting on them. Webhook
 //! events (with their deliveries) go the same way once none of them is pending, and
-//! handled reports (NDRs) with the retention.
+//! handled reports (NDRs) and set-aside Inbox messages with the retention.
 
 use chrono::{DateTime, Utc};
 
@@ -80,6 +80,13 @@ DELETE FROM handled_reports WHERE ctid IN (
 )
 "#;
 
+/// Inbox messages set aside before the retention: moved long ago, or gone some other way.
+const PRUNE_SET_ASIDE: &str = r#"
+DELETE FROM inbox_set_aside WHERE ctid IN (
+    SELECT ctid FROM inbox_set_aside WHERE recorded_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"#;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneReport {
     pub jobs: u64,
@@ -119,6 +126,8 @@ impl Store {
             .await?;
         let reports = self
             .prune_in_steps(PRUNE_REPORTS, cutoff, "pruning handled reports")
+            .await?;
+        self.prune_in_steps(PRUNE_SET_ASIDE, cutoff, "pruning set-aside Inbox messages")
             .await?;
         let r = sqlx::query_scalar::<_, i64>(PRUNE_BATCHES)
             .bind(cutoff)

@@ -1,6 +1,8 @@
 //! What the pool's mailboxes learn after a send, read through Microsoft Graph: whether an
-//! uncertain send is in the mailbox's Sent Items ([`sent_items`]), and the non-delivery
-//! reports that land in its Inbox ([`inbox`]).
+//! uncertain send is in the mailbox's Sent Items ([`sent_items`]), the non-delivery
+//! reports that land in its Inbox among everything else ([`inbox`]), how much its Sent
+//! Items hold ([`storage`]), and, when configured, its old Sent Items of ours deleted
+//! ([`retention`]).
 //!
 //! A task of deliver rather than a fourth binary: it needs the pool's app registration and
 //! its tokens, and the mailbox leases already say which process looks after which mailbox.
@@ -10,7 +12,9 @@
 //! tried again at the next.
 
 pub mod inbox;
+pub mod retention;
 pub mod sent_items;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,8 @@ pub struct MailboxFeedback {
     poll: Duration,
     sent_items: sent_items::SentItemsLookup,
     inbox: inbox::InboxReader,
+    storage: storage::StorageWatch,
+    retention: Option<retention::SentItemsRetention>,
 }
 
 impl MailboxFeedback {
@@ -46,6 +52,11 @@ impl MailboxFeedback {
         Some(Self {
             sent_items: sent_items::SentItemsLookup::new(settings.uncertain_hold()),
             inbox: inbox::InboxReader::new(&settings.graph),
+            storage: storage::StorageWatch::new(settings.graph.storage_interval()),
+            retention: settings
+                .graph
+                .sent_items_retention_days
+                .map(retention::SentItemsRetention::new),
             poll: settings.graph.poll_interval(),
             graph,
             pool,
@@ -73,12 +84,36 @@ impl MailboxFeedback {
             .map(|idx| self.pool.mailbox_address(idx).clone())
             .filter(|m| self.graph.check_mailbox(m).is_ok())
             .collect();
+        self.storage.forget_others(&held);
         if held.is_empty() {
+            // Not yet holding any (start-up): the storage interval starts with the first.
             return;
         }
+        if self.storage.due() {
+            if let Some(retention) = self.retention {
+                for mailbox in &held {
+                    match retention.prune(&self.graph, &self.store, mailbox).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(mailbox = %mailbox, deleted = n, "old Sent Items of ours deleted (deliver.graph.sent_items_retention_days)");
+                        }
+                        Err(e) => {
+                            tracing::warn!(mailbox = %mailbox, error = %e, "deleting old Sent Items failed; trying again at the next storage interval");
+                        }
+                    }
+                }
+            }
+            self.storage.read(&self.graph, &held).await;
+        }
         for mailbox in &held {
-            if let Err(e) = self.inbox.read(&self.graph, &self.store, mailbox).await {
-                tracing::warn!(mailbox = %mailbox, error = %e, "reading the Inbox failed; trying again next round");
+            match self.inbox.read(&self.graph, &self.store, mailbox).await {
+                Ok(round) if round.picked > 0 => {
+                    tracing::debug!(mailbox = %mailbox, ?round, "Inbox round");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(mailbox = %mailbox, error = %e, "reading the Inbox failed; trying again next round");
+                }
             }
         }
         if let Err(e) = self

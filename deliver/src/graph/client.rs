@@ -35,7 +35,7 @@ pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
 /// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
-pub const OPERATIONS: [&str; 9] = [
+pub const OPERATIONS: [&str; 11] = [
     "list_messages",
     "message_mime",
     "move_message",
@@ -45,6 +45,8 @@ pub const OPERATIONS: [&str; 9] = [
     "find_draft",
     "create_draft",
     "send_draft",
+    "folder_usage",
+    "permanent_delete",
 ];
 /// Largest `$top` Graph takes for messages.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -433,7 +435,7 @@ impl GraphClient {
     /// One Graph call through the mailbox's gate: retried while throttled (each retry after
     /// the `Retry-After`), once after a `401` with a fresh token. Returns the status and the
     /// body of a 2xx answer, read up to `limit` bytes.
-    async fn request(
+    pub(super) async fn request(
         &self,
         mailbox: &EmailAddress,
         operation: &'static str,

@@ -2,7 +2,8 @@
 //! and finding uncertain sends in their Sent Items (docs/deliver.md, "Microsoft Graph"),
 //! and for sending through mailboxes with `transport = "graph"` (draft, then send).
 //!
-//! - [`client`] has `GraphClient`, the operations (list, MIME, move, folders, Sent Items).
+//! - [`client`] has `GraphClient`, the operations (list, MIME, move, folders, Sent Items);
+//!   [`usage`] adds a folder's count and size (the storage watch).
 //! - [`throttling`] keeps the per-mailbox concurrency cap and `Retry-After` discipline.
 //! - [`settings`] is the `[deliver.graph]` section.
 //! - [`types`] and [`error`] are what the operations return; [`odata`] quotes `$filter`
@@ -20,8 +21,10 @@ pub mod send_outcome;
 pub mod settings;
 pub mod throttling;
 pub mod types;
+pub mod usage;
 
 pub use client::GraphClient;
 pub use error::GraphError;
 pub use settings::GraphSettings;
 pub use types::{FolderId, MessageSummary, NextPage, Order, Page};
+pub use usage::FolderUsage;

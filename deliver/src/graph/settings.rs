@@ -1,5 +1,6 @@
 //! `[deliver.graph]`: how deliver reaches the pool's mailboxes through Microsoft Graph
-//! (reading bounces from the Inbox, looking up Sent Items), checked at load.
+//! (reading bounces from the Inbox, looking up Sent Items, watching their size), checked at
+//! load.
 
 use std::time::Duration;
 
@@ -8,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 /// Exchange Online allows 4 concurrent Graph requests per app and mailbox.
 pub const MAX_CONCURRENT_PER_MAILBOX: u32 = 4;
+/// `messages_per_round` bounds: one from each end of the Inbox at least; each half one
+/// page of Graph's largest (1000).
+pub const MIN_PER_ROUND: u32 = 2;
+pub const MAX_PER_ROUND: u32 = 2000;
+/// `sent_items_retention_days` at most (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3650;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -36,8 +43,23 @@ pub struct GraphSettings {
     /// missing): forged ones, and real ones not about a send of ours (docs/deliver.md,
     /// "Which reports are trusted"). Never deleted, never acted on.
     pub untrusted_folder: String,
+    /// The folder everything else the Inbox reader looked at is moved to (auto-replies,
+    /// delay notices, customers' answers, messages too large to fetch), so the Inbox holds
+    /// only what it has not seen yet (created when missing; never deleted, never acted on).
+    pub other_folder: String,
     /// How often each mailbox's Inbox is read for bounces.
     pub poll_interval_ms: u64,
+    /// Inbox messages looked at per mailbox and round at most: half from the oldest end of
+    /// the Inbox (so every message gets its turn), half from the newest (so what just
+    /// arrived is read at once, whatever the backlog). Each costs a fetch and a move.
+    pub messages_per_round: u32,
+    /// How often each mailbox's Sent Items size and count are read (the storage gauges).
+    pub storage_interval_ms: u64,
+    /// When set, each storage interval permanently deletes the Sent Items older than this
+    /// many days that mailpipe itself sent and has on record (a closed send of that mailbox
+    /// with the message's Message-ID), and never anything else. Keep it below
+    /// `database.retention_days`: a send that left the record is no longer known as ours.
+    pub sent_items_retention_days: Option<u32>,
 }
 
 impl Default for GraphSettings {
@@ -53,7 +75,11 @@ impl Default for GraphSettings {
             max_message_bytes: 40 * 1024 * 1024,
             bounce_folder: "mailpipe-bounces".into(),
             untrusted_folder: "mailpipe-untrusted".into(),
+            other_folder: "mailpipe-other".into(),
             poll_interval_ms: 60_000,
+            messages_per_round: 200,
+            storage_interval_ms: 15 * 60_000,
+            sent_items_retention_days: None,
         }
     }
 }
@@ -69,6 +95,10 @@ impl GraphSettings {
 
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn storage_interval(&self) -> Duration {
+        Duration::from_millis(self.storage_interval_ms)
     }
 
     /// Pushes every problem, naming `deliver.graph.<key>`.
@@ -111,6 +141,7 @@ impl GraphSettings {
         for (name, folder) in [
             ("bounce_folder", &self.bounce_folder),
             ("untrusted_folder", &self.untrusted_folder),
+            ("other_folder", &self.other_folder),
         ] {
             let folder = folder.trim();
             if folder.is_empty() || folder.len() > 255 || folder.chars().any(char::is_control) {
@@ -128,6 +159,38 @@ impl GraphSettings {
             p.push(
                 key("untrusted_folder"),
                 "must differ from bounce_folder: a person reads what is in it",
+            );
+        }
+        if [&self.bounce_folder, &self.untrusted_folder]
+            .iter()
+            .any(|f| f.trim().eq_ignore_ascii_case(self.other_folder.trim()))
+        {
+            p.push(
+                key("other_folder"),
+                "must differ from bounce_folder and untrusted_folder: what is in it was never a report",
+            );
+        }
+        if !(MIN_PER_ROUND..=MAX_PER_ROUND).contains(&self.messages_per_round) {
+            p.push(
+                key("messages_per_round"),
+                format!(
+                    "{} is out of range: {MIN_PER_ROUND} to {MAX_PER_ROUND} (half from each end of the Inbox, one page each)",
+                    self.messages_per_round
+                ),
+            );
+        }
+        if let Some(days) = self.sent_items_retention_days
+            && !(1..=MAX_RETENTION_DAYS).contains(&days)
+        {
+            p.push(
+                key("sent_items_retention_days"),
+                format!("{days} is out of range: 1 to {MAX_RETENTION_DAYS} days"),
+            );
+        }
+        if self.storage_interval_ms < 1_000 {
+            p.push(
+                key("storage_interval_ms"),
+                format!("{} is too short: at least 1000", self.storage_interval_ms),
             );
         }
         if self.poll_interval_ms < 1_000 {

@@ -195,6 +195,7 @@ impl MailboxPool {
                 // that cannot be opened: each episode waits twice as long as the last.
                 MailboxProblem::Auth
                 | MailboxProblem::SendAs
+                | MailboxProblem::StorageFull
                 | MailboxProblem::Throttled
                 | MailboxProblem::Unreachable => self.backoff(episode),
             };

@@ -7,6 +7,7 @@
 //! | 535 5.7.139 (SMTP AUTH disabled) · 550 5.7.30 (basic auth unsupported) · 530 5.7.57 (not authenticated) | `Mailbox(Auth)` | quarantine with backoff, reroute |
 //! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine with backoff, reroute |
 //! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
+//! | 554 5.2.2 mailbox full; STOREDRV.Submission…QuotaExceededException (the *sending* mailbox is over its storage quota) | `Mailbox(StorageFull)` | quarantine with backoff, reroute: nothing it sends can pass until its Sent Items are emptied |
 //! | 432 4.3.2 sender thread limit / concurrent connections limit exceeded | `Mailbox(Connections)` | short pause, reroute |
 //! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
 //! | 550 5.2.251, 5.2.253–5.2.255 (sender throttled for continuous mailbox-full, licence, too-many-recipients, invalid-recipient errors) | `Mailbox(Throttled)` | pause with backoff, reroute: Exchange refuses the mailbox a while, and every refusal meanwhile would be one more error |
@@ -42,6 +43,9 @@ pub enum MailboxProblem {
     SendAs,
     /// The 24-hour recipient quota is spent.
     Quota,
+    /// The mailbox is over its storage quota (Sent Items fill it): Exchange cannot save what
+    /// it sends.
+    StorageFull,
     /// Too many concurrent connections.
     Connections,
     /// Message rate exceeded.
@@ -65,6 +69,7 @@ impl MailboxProblem {
             MailboxProblem::Auth => "auth",
             MailboxProblem::SendAs => "send_as",
             MailboxProblem::Quota => "quota",
+            MailboxProblem::StorageFull => "mailbox_full",
             MailboxProblem::Connections => "connections",
             MailboxProblem::Rate => "rate",
             MailboxProblem::Throttled => "throttled",
@@ -75,7 +80,10 @@ impl MailboxProblem {
     /// Quarantine (needs an operator's fix, re-admitted on a long backoff) vs pause
     /// (resolves itself when a window slides).
     pub fn is_quarantine(self) -> bool {
-        matches!(self, MailboxProblem::Auth | MailboxProblem::SendAs)
+        matches!(
+            self,
+            MailboxProblem::Auth | MailboxProblem::SendAs | MailboxProblem::StorageFull
+        )
     }
 }
 
@@ -120,6 +128,11 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     }
     if text.contains("submissionquotaexceeded") {
         return ReplyClass::Mailbox(MailboxProblem::Quota);
+    }
+    // The sender's own store refusing the submission; a recipient's full mailbox comes
+    // back later in an NDR (STOREDRV.Deliver), never in this reply.
+    if enhanced == "5.2.2" && text.contains("storedrv.submission") {
+        return ReplyClass::Mailbox(MailboxProblem::StorageFull);
     }
     // Older and current Exchange texts of the connection cap.
     if text.contains("sender thread limit") || text.contains("concurrent connections limit") {
@@ -195,6 +208,21 @@ mod tests {
                 "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message"
             ),
             ReplyClass::Mailbox(Quota)
+        );
+        assert_eq!(
+            class(
+                554,
+                "5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded; Failed to process message"
+            ),
+            ReplyClass::Mailbox(StorageFull)
+        );
+        // A recipient's full mailbox is about the message, not the sender.
+        assert_eq!(
+            class(
+                554,
+                "5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded"
+            ),
+            ReplyClass::MessagePermanent
         );
         assert_eq!(
             class(

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
 const SECRET: &str = "graph-test-secret";
-const SENDER: &str = "sender1@contoso.example";
+pub(crate) const SENDER: &str = "sender1@contoso.example";
 const SMTP_SCOPE: &str = "https://outlook.office365.com/.default";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
@@ -60,14 +60,23 @@ password = "pw"
     )
 }
 
-async fn start_sim(graph_latency_ms: u64) -> RunningSim {
+pub(crate) async fn start_sim(graph_latency_ms: u64) -> RunningSim {
     Simulator::start(SimConfig::from_toml_str(&sim_toml(graph_latency_ms)).unwrap())
         .await
         .unwrap()
 }
 
+/// deliver's Graph client for the simulator's pool; `graph` lines go into `[deliver.graph]`.
+pub(crate) fn client_for(sim: &RunningSim, dir: &tempfile::TempDir, graph: &str) -> GraphClient {
+    GraphClient::from_settings(&settings_for(sim, dir, graph)).unwrap()
+}
+
 /// deliver's settings for the simulator's pool; `graph` lines go into `[deliver.graph]`.
-fn client_for(sim: &RunningSim, dir: &tempfile::TempDir, graph: &str) -> GraphClient {
+pub(crate) fn settings_for(
+    sim: &RunningSim,
+    dir: &tempfile::TempDir,
+    graph: &str,
+) -> DeliverSettings {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let toml = format!(
@@ -108,8 +117,7 @@ host = "localhost"
         authority = sim.authority(),
         secret = secret.display().to_string(),
     );
-    let settings = DeliverSettings::load(&ConfigSource::from_toml(&toml)).unwrap();
-    GraphClient::from_settings(&settings).unwrap()
+    DeliverSettings::load(&ConfigSource::from_toml(&toml)).unwrap()
 }
 
 fn addr(a: &str) -> EmailAddress {

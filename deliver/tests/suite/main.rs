@@ -14,6 +14,7 @@ mod classify_props;
 mod docs_microsoft365;
 mod graph_client;
 mod graph_send;
+mod inbox_reader;
 mod pool;
 mod reliability;
 mod schedule;

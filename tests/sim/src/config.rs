@@ -185,6 +185,11 @@ pub struct MailboxConfig {
     /// `RunningSim::throttle_graph` does at run time).
     #[serde(default)]
     pub graph_throttle: Option<GraphThrottle>,
+    /// The mailbox's storage quota (Exchange's `ProhibitSendQuota`; 50 GB or 100 GB on
+    /// Exchange Online plans): once what its folders hold reaches it, every submission is
+    /// refused `554 5.2.2 mailbox full; … QuotaExceededException …`. None: unlimited.
+    #[serde(default)]
+    pub storage_quota_bytes: Option<u64>,
 }
 
 /// `[graph]`: how the simulated Microsoft Graph behaves.
@@ -697,6 +702,7 @@ mod tests {
             faults: None,
             graph_access: true,
             graph_throttle: None,
+            storage_quota_bytes: None,
         };
         let l = cfg.limits_for(&mb);
         assert_eq!(l.messages_per_window, 30);

@@ -20,6 +20,7 @@ mod faults;
 mod filing;
 mod graph;
 mod http;
+mod inbox_mail;
 mod mail_store;
 mod metrics;
 mod ndr;
@@ -37,6 +38,7 @@ pub use config::{
 };
 pub use error::{ConfigError, SimError};
 pub use graph::{GraphMailboxStats, GraphRequest, ThrottleReply};
+pub use inbox_mail::{auto_reply, large_message};
 pub use mail_store::{FolderMessage, FolderView};
 pub use ndr::{FailedRecipient, exchange_ndr, strip_organization_headers};
 pub use records::{AcceptedMessage, AuthFailure, MailboxStats, Refusal, Stage};

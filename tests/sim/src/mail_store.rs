@@ -49,6 +49,9 @@ pub(crate) struct StoredMessage {
     pub from: Option<String>,
     pub received: DateTime<Utc>,
     pub raw: Arc<Vec<u8>>,
+    /// How many times its MIME was served (`$value`), across moves: what a test counts a
+    /// client's fetches by.
+    pub fetches: u64,
 }
 
 /// A folder and what it holds, for the inspection API and tests.
@@ -70,6 +73,17 @@ pub struct FolderMessage {
     pub from: Option<String>,
     pub received: DateTime<Utc>,
     pub size: usize,
+    /// How many times its MIME was served, across moves.
+    pub fetches: u64,
+}
+
+/// A folder's item count and size, as Graph's `mailFolder` gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FolderUsage {
+    pub id: String,
+    pub display_name: String,
+    pub total_item_count: usize,
+    pub size_in_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -78,6 +92,17 @@ struct Folder {
     display_name: String,
     well_known: Option<WellKnown>,
     messages: Vec<StoredMessage>,
+}
+
+impl Folder {
+    fn usage(&self) -> FolderUsage {
+        FolderUsage {
+            id: self.id.clone(),
+            display_name: self.display_name.clone(),
+            total_item_count: self.messages.len(),
+            size_in_bytes: self.messages.iter().map(|x| x.raw.len() as u64).sum(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,6 +178,7 @@ impl MailStore {
             from,
             received: Utc::now(),
             raw: Arc::new(raw),
+            fetches: 0,
         };
         let id = message.id.clone();
         let max = self.max_per_folder;
@@ -195,6 +221,7 @@ impl MailStore {
     }
 
     /// A message by id, in whatever folder it is.
+    #[cfg(test)]
     pub fn message(&self, mailbox: &str, id: &str) -> Option<StoredMessage> {
         self.with(mailbox, |m| {
             m.folders
@@ -202,6 +229,78 @@ impl MailStore {
                 .flat_map(|f| f.messages.iter())
                 .find(|msg| msg.id == id)
                 .cloned()
+        })
+    }
+
+    /// A message by id, its MIME served once more (counted in `fetches`).
+    pub fn fetch(&self, mailbox: &str, id: &str) -> Option<StoredMessage> {
+        self.with(mailbox, |m| {
+            let msg = m
+                .folders
+                .iter_mut()
+                .flat_map(|f| f.messages.iter_mut())
+                .find(|msg| msg.id == id)?;
+            msg.fetches += 1;
+            Some(msg.clone())
+        })
+    }
+
+    /// Deletes a message (Graph's `DELETE`: to Recoverable Items, out of the quota's count
+    /// here, as a retention policy's permanent delete would be).
+    pub fn delete_message(&self, mailbox: &str, id: &str) -> Result<(), StoreError> {
+        self.with(mailbox, |m| {
+            for f in &mut m.folders {
+                if let Some(pos) = f.messages.iter().position(|x| x.id == id) {
+                    f.messages.remove(pos);
+                    return Ok(());
+                }
+            }
+            Err(StoreError::NoSuchMessage)
+        })
+    }
+
+    /// Deletes the messages of a folder received before `before`; returns how many (what
+    /// an Exchange retention tag on the folder does when the Managed Folder Assistant runs).
+    pub fn expire(&self, mailbox: &str, folder: &str, before: DateTime<Utc>) -> usize {
+        self.with(mailbox, |m| {
+            let Some(i) = m.folder_index(folder) else {
+                return 0;
+            };
+            let messages = &mut m.folders[i].messages;
+            let n = messages.len();
+            messages.retain(|x| x.received >= before);
+            n - messages.len()
+        })
+    }
+
+    /// Makes a folder's messages `by` older (their `receivedDateTime`); returns how many.
+    pub fn age(&self, mailbox: &str, folder: &str, by: chrono::Duration) -> usize {
+        self.with(mailbox, |m| {
+            let Some(i) = m.folder_index(folder) else {
+                return 0;
+            };
+            for x in &mut m.folders[i].messages {
+                x.received -= by;
+            }
+            m.folders[i].messages.len()
+        })
+    }
+
+    /// A folder's count and size.
+    pub fn folder_usage(&self, mailbox: &str, name_or_id: &str) -> Option<FolderUsage> {
+        self.with(mailbox, |m| {
+            m.folder_index(name_or_id).map(|i| m.folders[i].usage())
+        })
+    }
+
+    /// What the mailbox holds in every folder, in bytes (what its storage quota counts).
+    pub fn mailbox_bytes(&self, mailbox: &str) -> u64 {
+        self.with(mailbox, |m| {
+            m.folders
+                .iter()
+                .flat_map(|f| f.messages.iter())
+                .map(|x| x.raw.len() as u64)
+                .sum()
         })
     }
 
@@ -229,14 +328,9 @@ impl MailStore {
         })
     }
 
-    /// Folders as (id, display name), well-known ones first.
-    pub fn folder_list(&self, mailbox: &str) -> Vec<(String, String, usize)> {
-        self.with(mailbox, |m| {
-            m.folders
-                .iter()
-                .map(|f| (f.id.clone(), f.display_name.clone(), f.messages.len()))
-                .collect()
-        })
+    /// Folders with their count and size, well-known ones first.
+    pub fn folder_list(&self, mailbox: &str) -> Vec<FolderUsage> {
+        self.with(mailbox, |m| m.folders.iter().map(Folder::usage).collect())
     }
 
     /// Creates a folder under the mailbox's root; display names are unique, ignoring case.
@@ -278,6 +372,7 @@ impl MailStore {
                             from: x.from.clone(),
                             received: x.received,
                             size: x.raw.len(),
+                            fetches: x.fetches,
                         })
                         .collect(),
                 })

@@ -130,6 +130,14 @@ impl Simulator {
             .filter(|m| !m.graph_access)
             .map(|m| m.address.to_ascii_lowercase())
             .collect();
+        let storage_quotas: HashMap<String, u64> = config
+            .mailboxes
+            .iter()
+            .filter_map(|m| {
+                m.storage_quota_bytes
+                    .map(|q| (m.address.to_ascii_lowercase(), q))
+            })
+            .collect();
         let graph_activity = GraphActivity::new(config.graph.max_logged_requests);
         for m in &config.mailboxes {
             if let Some(t) = m.graph_throttle {
@@ -144,6 +152,7 @@ impl Simulator {
             mail: MailStore::new(config.max_recorded_messages),
             graph_activity,
             graph_denied: Mutex::new(graph_denied),
+            storage_quotas: Mutex::new(storage_quotas),
             directory: Directory::new(&config),
             tokens: TokenStore::default(),
             records: Records::new(
@@ -300,6 +309,65 @@ impl RunningSim {
         self.shared
             .mail
             .file(mailbox, WellKnown::Inbox, raw.to_vec())
+    }
+
+    /// Files `count` out-of-office replies (from `count` different customers) into a
+    /// mailbox's Inbox, oldest first, as a large batch of invoices draws them; returns
+    /// their Graph ids.
+    pub fn inject_auto_replies(&self, mailbox: &str, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|n| {
+                let from = format!("customer{n}@fabrikam.example");
+                self.inject_inbox(mailbox, &crate::inbox_mail::auto_reply(&from, mailbox, n))
+            })
+            .collect()
+    }
+
+    /// What a mailbox's folders hold, in bytes: what its `storage_quota_bytes` is judged by.
+    pub fn mailbox_bytes(&self, mailbox: &str) -> u64 {
+        self.shared.mail.mailbox_bytes(mailbox)
+    }
+
+    /// Sets (or, `None`, lifts) a mailbox's storage quota: at or over it, every submission
+    /// is refused `554 5.2.2 mailbox full; …QuotaExceededException…`.
+    pub fn set_storage_quota(&self, mailbox: &str, bytes: Option<u64>) {
+        let mut quotas = lock(&self.shared.storage_quotas);
+        match bytes {
+            Some(q) => quotas.insert(mailbox.to_ascii_lowercase(), q),
+            None => quotas.remove(&mailbox.to_ascii_lowercase()),
+        };
+    }
+
+    /// Deletes the messages of a folder (well-known name, id or display name) received
+    /// before `before`, as an Exchange retention tag does when the Managed Folder Assistant
+    /// processes the mailbox; returns how many.
+    pub fn expire_folder(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        match self.folder(mailbox, folder) {
+            Some(f) => self.shared.mail.expire(mailbox, &f.id, before),
+            None => 0,
+        }
+    }
+
+    /// Files a message into a mailbox's Sent Items as if a person had sent it from Outlook
+    /// (not through SMTP: nothing is accepted or counted); returns its Graph id.
+    pub fn file_sent_item(&self, mailbox: &str, raw: &[u8]) -> String {
+        self.shared
+            .mail
+            .file(mailbox, WellKnown::SentItems, raw.to_vec())
+    }
+
+    /// Makes the messages of a folder (well-known name, id or display name) `by` older, as
+    /// if they had arrived that much earlier; returns how many.
+    pub fn age_folder(&self, mailbox: &str, folder: &str, by: chrono::Duration) -> usize {
+        match self.folder(mailbox, folder) {
+            Some(f) => self.shared.mail.age(mailbox, &f.id, by),
+            None => 0,
+        }
     }
 
     /// Delivers a message from the internet into a mailbox's Inbox, through Exchange's

@@ -1,6 +1,6 @@
 //! The state shared by the SMTP sessions and the HTTP handlers of one running simulator.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub graph_activity: GraphActivity,
     /// Lower-case addresses the access policy denies Graph access to.
     pub graph_denied: Mutex<HashSet<String>>,
+    /// Storage quotas by lower-case address; starts from the config, changeable at run time.
+    pub storage_quotas: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -49,6 +51,14 @@ impl Shared {
     /// Whether apps may reach `mailbox` through Graph (its access policy).
     pub fn graph_access(&self, mailbox: &str) -> bool {
         !crate::records::lock(&self.graph_denied).contains(&mailbox.to_ascii_lowercase())
+    }
+
+    /// Whether `mailbox` is at or over its storage quota (what its folders hold).
+    pub fn storage_full(&self, mailbox: &str) -> bool {
+        let quota = crate::records::lock(&self.storage_quotas)
+            .get(&mailbox.to_ascii_lowercase())
+            .copied();
+        quota.is_some_and(|q| self.mail.mailbox_bytes(mailbox) >= q)
     }
 
     /// The tenant's postmaster address NDRs come from (its first domain, else its id).

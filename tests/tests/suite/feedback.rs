@@ -1,8 +1,8 @@
 //! After Exchange says 250, with the real binaries and the simulator's Graph: non-delivery
 //! reports read from the sending mailboxes end their jobs `bounced` with the report's code,
 //! put the addresses on the suppression list (the next batch does not send to them), and
-//! are each handled once, across a restart too; auto-replies and other mail stay where they
-//! are. An uncertain send (deliver killed while the simulator holds the 250) is settled
+//! are each handled once, across a restart too; auto-replies and other mail are moved out of
+//! the Inbox to `mailpipe-other`, untouched otherwise. An uncertain send (deliver killed while the simulator holds the 250) is settled
 //! from the mailbox's Sent Items: delivered once, neither lost nor sent twice.
 
 #![allow(clippy::unwrap_used)]
@@ -117,14 +117,17 @@ async fn bounces_end_their_jobs_suppress_the_addresses_and_are_handled_once() {
         "{listed}"
     );
 
-    // Each NDR was moved out of the Inbox once; other mail stays where it was.
-    wait_for("the NDRs moved", Duration::from_secs(30), async || {
-        in_folder(&stack, "inbox", "Undeliverable") == 0
+    // Each NDR was moved out of the Inbox once; other mail to the other folder.
+    wait_for("the Inboxes emptied", Duration::from_secs(30), async || {
+        mailboxes()
+            .iter()
+            .filter_map(|m| stack.sim.folder(m, "inbox"))
+            .all(|f| f.messages.is_empty())
     })
     .await;
     assert_eq!(in_folder(&stack, "mailpipe-bounces", "Undeliverable"), 2);
-    assert_eq!(in_folder(&stack, "inbox", "Automatic reply"), 1);
-    assert_eq!(in_folder(&stack, "inbox", "Question about"), 1);
+    assert_eq!(in_folder(&stack, "mailpipe-other", "Automatic reply"), 1);
+    assert_eq!(in_folder(&stack, "mailpipe-other", "Question about"), 1);
 
     // A restart reads the Inboxes again: nothing is recorded twice.
     stack.restart_binary(Binary::Deliver).await.unwrap();
@@ -158,7 +161,7 @@ async fn bounces_end_their_jobs_suppress_the_addresses_and_are_handled_once() {
         assert_eq!(bounces, 1, "handled once across the restart: {record}");
     }
     assert_eq!(in_folder(&stack, "mailpipe-bounces", "Undeliverable"), 2);
-    assert_eq!(in_folder(&stack, "inbox", "Automatic reply"), 1);
+    assert_eq!(in_folder(&stack, "mailpipe-other", "Automatic reply"), 1);
     stack.shutdown().await.unwrap();
 }
 

@@ -13,6 +13,7 @@ mod deploy_files;
 mod e2e;
 mod feedback;
 mod forged_reports;
+mod inbox_backlog;
 mod lanes;
 mod log_secrets;
 mod monitoring;

@@ -232,6 +232,14 @@ async fn drive_every_path(stack: &Stack, http: &reqwest::Client) -> anyhow::Resu
     stack
         .wait_batch_done("mon-blocked", 1, Duration::from_secs(60))
         .await?;
+    // Graph is on: the Sent Items gauges, from the first storage read.
+    wait_for(
+        http,
+        &deliver,
+        "mailpipe_deliver_mailbox_sent_items_messages",
+        Duration::from_secs(30),
+    )
+    .await?;
     Ok(())
 }
 
@@ -247,6 +255,8 @@ async fn every_referenced_mailpipe_metric_is_exported() -> anyhow::Result<()> {
         name: "monitoring".into(),
         tenants: 1,
         mailboxes_per_tenant: 2,
+        // The Graph-side series (Inbox, Sent Items) appear once Graph is read.
+        graph_poll_ms: Some(1000),
         ..Default::default()
     };
     let stack = Stack::start(options).await?;

@@ -1,5 +1,7 @@
-//! Mail folders: list (optionally `$filter=displayName eq '…'`) and create, so a client can
-//! find or create the folder it moves handled messages to.
+//! Mail folders: list (optionally `$filter=displayName eq '…'`), get one (by id or
+//! well-known name, with `totalItemCount` and `sizeInBytes`: what a client watches a
+//! mailbox's storage by) and create, so a client can find or create the folder it moves
+//! handled messages to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,17 +15,18 @@ use serde_json::{Value, json};
 
 use crate::graph::call::{Call, graph_error};
 use crate::graph::odata::parse_eq_filter;
-use crate::mail_store::StoreError;
+use crate::mail_store::{FolderUsage, StoreError};
 use crate::state::Shared;
 
-fn folder_json(id: &str, display_name: &str, total: usize) -> Value {
+fn folder_json(f: &FolderUsage) -> Value {
     json!({
-        "id": id,
-        "displayName": display_name,
+        "id": f.id,
+        "displayName": f.display_name,
         "parentFolderId": "msgfolderroot",
         "childFolderCount": 0,
-        "unreadItemCount": total,
-        "totalItemCount": total,
+        "unreadItemCount": f.total_item_count,
+        "totalItemCount": f.total_item_count,
+        "sizeInBytes": f.size_in_bytes,
         "isHidden": false,
     })
 }
@@ -59,8 +62,12 @@ pub(crate) async fn list(
         .mail
         .folder_list(&call.mailbox)
         .into_iter()
-        .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| f.eq_ignore_ascii_case(name)))
-        .map(|(id, name, total)| folder_json(&id, &name, total))
+        .filter(|u| {
+            filter
+                .as_ref()
+                .is_none_or(|f| f.eq_ignore_ascii_case(&u.display_name))
+        })
+        .map(|u| folder_json(&u))
         .collect();
     call.finish(Json(json!({ "value": value })).into_response())
 }
@@ -90,13 +97,49 @@ pub(crate) async fn create(
         ));
     };
     let response = match s.mail.create_folder(&call.mailbox, &name) {
-        Ok(id) => (StatusCode::CREATED, Json(folder_json(&id, &name, 0))).into_response(),
+        Ok(id) => {
+            let created = FolderUsage {
+                id,
+                display_name: name,
+                total_item_count: 0,
+                size_in_bytes: 0,
+            };
+            (StatusCode::CREATED, Json(folder_json(&created))).into_response()
+        }
         Err(StoreError::FolderExists) => graph_error(
             StatusCode::CONFLICT,
             "ErrorFolderExists",
             "A folder with the specified name already exists.",
         ),
         Err(_) => graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        ),
+    };
+    call.finish(response)
+}
+
+/// `GET /v1.0/users/{upn}/mailFolders/{folder}` (an id or a well-known name such as
+/// `sentitems`): the folder with its item count and size. `$select` is accepted and the
+/// whole resource answered (Graph adds unselected properties too, in places).
+pub(crate) async fn get_one(
+    State(s): State<Arc<Shared>>,
+    Path((upn, folder)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let mut call = match Call::begin(&s, &headers, &upn, "GET", &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let response = match s.mail.folder_usage(&call.mailbox, &folder) {
+        Some(u) => Json(folder_json(&u)).into_response(),
+        None => graph_error(
             StatusCode::NOT_FOUND,
             "ErrorItemNotFound",
             "The specified object was not found in the store.",

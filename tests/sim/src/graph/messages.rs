@@ -1,4 +1,4 @@
-//! Messages: list a folder (filtered, ordered, paged), a message's MIME, and move.
+//! Messages: list a folder (filtered, ordered, paged), a message's MIME, move and delete.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,7 +146,7 @@ pub(crate) async fn mime(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let response = match s.mail.message(&call.mailbox, &id) {
+    let response = match s.mail.fetch(&call.mailbox, &id) {
         Some(m) => (
             [(header::CONTENT_TYPE, "text/plain")],
             m.raw.as_ref().clone(),
@@ -203,6 +203,34 @@ pub(crate) async fn move_to(
                 "The specified object was not found in the store.",
             )
         }
+    };
+    call.finish(response)
+}
+
+/// `DELETE /v1.0/users/{upn}/messages/{id}` and `POST …/{id}/permanentDelete` → `204`
+/// (Exchange moves the first to Deleted Items; here both take it out of the mailbox).
+pub(crate) async fn delete(
+    State(s): State<Arc<Shared>>,
+    Path((upn, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let method = if uri.path().ends_with("/permanentDelete") {
+        "POST"
+    } else {
+        "DELETE"
+    };
+    let mut call = match Call::begin(&s, &headers, &upn, method, &path_of(&uri)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let response = match s.mail.delete_message(&call.mailbox, &id) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        ),
     };
     call.finish(response)
 }

@@ -1,8 +1,9 @@
 //! Microsoft Graph v1.0, the part a mail client of the pool's mailboxes needs: list a
 //! folder's messages (OData `$filter`, `$orderby`, `$top`, `$select`, paging by
-//! `@odata.nextLink`), a message's MIME (`$value`), move, find-or-create a folder, and
-//! send (a draft from MIME, then the draft sent), with Graph's authentication, access
-//! policy and throttling answers (docs/simulator.md).
+//! `@odata.nextLink`), a message's MIME (`$value`), move, delete (`DELETE`,
+//! `permanentDelete`), find-or-create a folder, a folder's count and size
+//! (`totalItemCount`, `sizeInBytes`), and send (a draft from MIME, then the draft sent),
+//! with Graph's authentication, access policy and throttling answers (docs/simulator.md).
 
 mod activity;
 mod call;
@@ -26,6 +27,18 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/v1.0/users/{upn}/mailFolders/{folder}/messages",
             get(messages::list),
+        )
+        .route(
+            "/v1.0/users/{upn}/mailFolders/{folder}",
+            get(folders::get_one),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}",
+            axum::routing::delete(messages::delete),
+        )
+        .route(
+            "/v1.0/users/{upn}/messages/{id}/permanentDelete",
+            post(messages::delete),
         )
         .route(
             "/v1.0/users/{upn}/messages/{id}/$value",

@@ -136,6 +136,17 @@ pub(crate) fn recipient_quota(host: &str) -> Reply {
     )
 }
 
+/// The sending mailbox is over its storage quota (`ProhibitSendQuota`): Exchange cannot save
+/// the submission (to Sent Items) and refuses it after the data.
+pub(crate) fn mailbox_full(host: &str) -> Reply {
+    Reply::new(
+        554,
+        format!(
+            "5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. [Hostname={host}]"
+        ),
+    )
+}
+
 pub(crate) fn tenant_external_limit(host: &str) -> Reply {
     Reply::new(
         550,

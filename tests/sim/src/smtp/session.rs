@@ -706,8 +706,8 @@ impl Session {
     }
 
     /// The policy checks Exchange makes once the whole message is in, in this order:
-    /// injected faults, Send As on the From header, message rate, recipient quota, tenant
-    /// external recipients. A refused message is not counted in any window.
+    /// injected faults, Send As on the From header, the mailbox's storage quota, message
+    /// rate, recipient quota, tenant external recipients. A refused message is not counted in any window.
     async fn end_of_data(&mut self, conn: &mut Conn, txn: Txn, raw: Vec<u8>) -> io::Result<Flow> {
         let host = self.host();
         let Some(a) = &self.auth else {
@@ -776,6 +776,12 @@ impl Session {
             .find(|f| !mailbox.may_send_as(f))
         {
             let r = replies::send_as_header(&host, &mailbox.address, &bad);
+            self.reply(conn, Stage::DataEnd, "DATA", r).await;
+            return Ok(Flow::Continue);
+        }
+
+        if shared.storage_full(&mailbox.address) {
+            let r = replies::mailbox_full(&host);
             self.reply(conn, Stage::DataEnd, "DATA", r).await;
             return Ok(Flow::Continue);
         }
