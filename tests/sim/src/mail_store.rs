@@ -221,7 +221,6 @@ impl MailStore {
     }
 
     /// A message by id, in whatever folder it is.
-    #[cfg(test)]
     pub fn message(&self, mailbox: &str, id: &str) -> Option<StoredMessage> {
         self.with(mailbox, |m| {
             m.folders
