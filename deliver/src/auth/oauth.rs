@@ -365,3 +365,90 @@ pub(crate) fn redirect_location(response: &reqwest::Response) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::PathBuf;
+
+    use mailpipe_common::config::SecretRef;
+
+    use super::*;
+
+    fn app() -> OAuthApp {
+        OAuthApp {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: "c".into(),
+            client_secret: None,
+            client_certificate: None,
+            client_certificate_key: None,
+            client_assertion_file: None,
+            client_assertion_file_env: None,
+            authority: "https://login.microsoftonline.com".into(),
+            scope: "s".into(),
+            allow_loopback_http: false,
+        }
+    }
+
+    fn error(app: &OAuthApp) -> String {
+        ClientCredential::from_settings(app, "k")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_app_has_exactly_one_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").unwrap();
+        let secret = Some(SecretRef {
+            env: None,
+            file: Some(token.clone()),
+        });
+        let file = Some(token);
+
+        let e = error(&app());
+        assert!(e.starts_with("k: give client_secret") && e.contains("client_assertion_file"));
+
+        let federated = OAuthApp {
+            client_assertion_file: file.clone(),
+            ..app()
+        };
+        let c = ClientCredential::from_settings(&federated, "k").unwrap();
+        assert_eq!(c.kind(), "federated");
+
+        for several in [
+            OAuthApp {
+                client_secret: secret.clone(),
+                ..federated.clone()
+            },
+            OAuthApp {
+                client_certificate: secret.clone(),
+                client_certificate_key: secret.clone(),
+                ..federated.clone()
+            },
+            OAuthApp {
+                client_secret: secret.clone(),
+                client_certificate: secret.clone(),
+                ..app()
+            },
+        ] {
+            assert!(error(&several).contains("not several"), "{several:?}");
+        }
+        let both_spellings = OAuthApp {
+            client_assertion_file_env: Some("AZURE_FEDERATED_TOKEN_FILE".into()),
+            ..federated.clone()
+        };
+        assert!(error(&both_spellings).contains("not both"));
+        let half_certificate = OAuthApp {
+            client_certificate: secret,
+            ..app()
+        };
+        assert!(error(&half_certificate).contains("go together"));
+        let missing = OAuthApp {
+            client_assertion_file: Some(PathBuf::from("/nonexistent/token")),
+            ..app()
+        };
+        assert!(error(&missing).starts_with("k.client_assertion_file:"));
+    }
+}
