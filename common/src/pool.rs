@@ -2,6 +2,8 @@
 //! app and external-recipient limit) and mailboxes (with their limits). deliver sends
 //! through it; ingest reads it to compute a batch's ETA from the pool's capacity.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::SecretRef;
@@ -51,7 +53,9 @@ pub struct OAuthApp {
     #[serde(default)]
     pub tenant_id: Option<String>,
     pub client_id: String,
-    /// A client secret; or `client_certificate` + `client_certificate_key`, not both.
+    /// How the app proves itself, exactly one of: a client secret; `client_certificate` +
+    /// `client_certificate_key`; or a federated token file (`client_assertion_file` or
+    /// `client_assertion_file_env`).
     #[serde(default)]
     pub client_secret: Option<SecretRef>,
     /// The certificate uploaded to the app registration (PEM).
@@ -60,6 +64,15 @@ pub struct OAuthApp {
     /// Its RSA private key (PEM, PKCS#8 or PKCS#1).
     #[serde(default)]
     pub client_certificate_key: Option<SecretRef>,
+    /// A file holding a token of an issuer the app trusts through a federated identity
+    /// credential (workload identity: Kubernetes' projected service-account token), sent
+    /// as the client assertion. Re-read for every token request: kubelet rotates it.
+    #[serde(default)]
+    pub client_assertion_file: Option<PathBuf>,
+    /// The name of an environment variable holding that file's path, read at start:
+    /// `AZURE_FEDERATED_TOKEN_FILE`, which Azure Workload Identity's webhook sets.
+    #[serde(default)]
+    pub client_assertion_file_env: Option<String>,
     /// `https://login.microsoftonline.com` (global); sovereign clouds differ.
     #[serde(default = "default_authority")]
     pub authority: String,

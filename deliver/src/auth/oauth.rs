@@ -1,7 +1,8 @@
 //! OAuth2 client-credentials tokens for SMTP XOAUTH2, one `TokenSource` per app
 //! registration: fetched on first use, cached, refreshed ahead of expiry, and refreshed
-//! once more when the server refuses a token. The app proves itself with a client secret or
-//! a signed assertion (certificate credentials). Secrets, keys and tokens stay wrapped and
+//! once more when the server refuses a token. The app proves itself with a client secret, a
+//! signed assertion (certificate credentials) or another issuer's token read from a file
+//! (federated credentials). Secrets, keys and tokens stay wrapped and
 //! never reach logs, errors or metrics; requests go only to the checked
 //! [`TokenEndpoint`], and a redirect is an error, never followed.
 
@@ -14,6 +15,7 @@ use tokio::sync::Mutex;
 use mailpipe_common::config::ConfigError;
 
 use crate::auth::assertion::{ASSERTION_TYPE, AssertionSigner};
+use crate::auth::federated::FederatedTokenFile;
 use crate::auth::token_endpoint::TokenEndpoint;
 use crate::settings::OAuthApp;
 
@@ -47,6 +49,10 @@ pub enum OAuthError {
     },
     #[error("signing the client assertion for {client_id} failed: {message}")]
     Assertion { client_id: String, message: String },
+    /// The federated token file could not be used (the message names the file and what is
+    /// wrong, never its content).
+    #[error("the federated token for {client_id} is unusable: {message}")]
+    AssertionFile { client_id: String, message: String },
 }
 
 /// The HTTP client for token requests: follows no redirects (a redirect would re-post the
@@ -69,18 +75,44 @@ pub fn token_http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client,
 pub enum ClientCredential {
     Secret(SecretString),
     Certificate(AssertionSigner),
+    /// A token of a trusted issuer, read from its file for each request.
+    Federated(FederatedTokenFile),
 }
 
 impl ClientCredential {
-    /// Resolves the app's secret, or its certificate and key; exactly one of the two.
-    /// `key` is the app's key path (`deliver.tenants[0].oauth`).
+    /// Resolves the app's secret, its certificate and key, or its federated token file:
+    /// exactly one. `key` is the app's key path (`deliver.tenants[0].oauth`).
     pub fn from_settings(app: &OAuthApp, key: &str) -> Result<Self, ConfigError> {
+        let federated =
+            app.client_assertion_file.is_some() || app.client_assertion_file_env.is_some();
+        let certificate = app.client_certificate.is_some() || app.client_certificate_key.is_some();
+        let given = [app.client_secret.is_some(), certificate, federated];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "give client_secret, client_certificate and client_certificate_key, or client_assertion_file (or client_assertion_file_env) for a federated credential",
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "give one credential: client_secret, a certificate, or a federated client_assertion_file, not several",
+                ));
+            }
+        }
+        if federated {
+            return Ok(ClientCredential::Federated(
+                FederatedTokenFile::from_settings(app, key)?,
+            ));
+        }
         match (
             &app.client_secret,
             &app.client_certificate,
             &app.client_certificate_key,
         ) {
-            (Some(secret), None, None) => Ok(ClientCredential::Secret(
+            (Some(secret), _, _) => Ok(ClientCredential::Secret(
                 secret.resolve(&format!("{key}.client_secret"))?,
             )),
             (None, Some(cert), Some(private_key)) => {
@@ -92,26 +124,19 @@ impl ClientCredential {
                     key,
                 )?))
             }
-            (None, Some(_), None) | (None, None, Some(_)) => Err(ConfigError::invalid(
+            _ => Err(ConfigError::invalid(
                 key,
                 "client_certificate and client_certificate_key go together",
-            )),
-            (None, None, None) => Err(ConfigError::invalid(
-                key,
-                "give client_secret, or client_certificate and client_certificate_key",
-            )),
-            (Some(_), _, _) => Err(ConfigError::invalid(
-                key,
-                "give client_secret or a certificate, not both",
             )),
         }
     }
 
-    /// `"secret"` or `"certificate"`, for tables and logs.
+    /// `"secret"`, `"certificate"` or `"federated"`, for tables and logs.
     pub fn kind(&self) -> &'static str {
         match self {
             ClientCredential::Secret(_) => "secret",
             ClientCredential::Certificate(_) => "certificate",
+            ClientCredential::Federated(_) => "federated",
         }
     }
 }
@@ -232,6 +257,7 @@ impl TokenSource {
     async fn fetch(&self) -> Result<CachedToken, OAuthError> {
         let endpoint = self.endpoint.to_string();
         let assertion;
+        let federated;
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
@@ -250,6 +276,17 @@ impl TokenSource {
                     })?;
                 form.push(("client_assertion_type", ASSERTION_TYPE));
                 form.push(("client_assertion", assertion.as_str()));
+            }
+            ClientCredential::Federated(file) => {
+                federated = file
+                    .read()
+                    .await
+                    .map_err(|message| OAuthError::AssertionFile {
+                        client_id: self.client_id.clone(),
+                        message,
+                    })?;
+                form.push(("client_assertion_type", ASSERTION_TYPE));
+                form.push(("client_assertion", federated.expose_secret()));
             }
         }
         let started = Instant::now();
@@ -327,4 +364,91 @@ pub(crate) fn redirect_location(response: &reqwest::Response) -> String {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::PathBuf;
+
+    use mailpipe_common::config::SecretRef;
+
+    use super::*;
+
+    fn app() -> OAuthApp {
+        OAuthApp {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: "c".into(),
+            client_secret: None,
+            client_certificate: None,
+            client_certificate_key: None,
+            client_assertion_file: None,
+            client_assertion_file_env: None,
+            authority: "https://login.microsoftonline.com".into(),
+            scope: "s".into(),
+            allow_loopback_http: false,
+        }
+    }
+
+    fn error(app: &OAuthApp) -> String {
+        ClientCredential::from_settings(app, "k")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_app_has_exactly_one_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").unwrap();
+        let secret = Some(SecretRef {
+            env: None,
+            file: Some(token.clone()),
+        });
+        let file = Some(token);
+
+        let e = error(&app());
+        assert!(e.starts_with("k: give client_secret") && e.contains("client_assertion_file"));
+
+        let federated = OAuthApp {
+            client_assertion_file: file.clone(),
+            ..app()
+        };
+        let c = ClientCredential::from_settings(&federated, "k").unwrap();
+        assert_eq!(c.kind(), "federated");
+
+        for several in [
+            OAuthApp {
+                client_secret: secret.clone(),
+                ..federated.clone()
+            },
+            OAuthApp {
+                client_certificate: secret.clone(),
+                client_certificate_key: secret.clone(),
+                ..federated.clone()
+            },
+            OAuthApp {
+                client_secret: secret.clone(),
+                client_certificate: secret.clone(),
+                ..app()
+            },
+        ] {
+            assert!(error(&several).contains("not several"), "{several:?}");
+        }
+        let both_spellings = OAuthApp {
+            client_assertion_file_env: Some("AZURE_FEDERATED_TOKEN_FILE".into()),
+            ..federated.clone()
+        };
+        assert!(error(&both_spellings).contains("not both"));
+        let half_certificate = OAuthApp {
+            client_certificate: secret,
+            ..app()
+        };
+        assert!(error(&half_certificate).contains("go together"));
+        let missing = OAuthApp {
+            client_assertion_file: Some(PathBuf::from("/nonexistent/token")),
+            ..app()
+        };
+        assert!(error(&missing).starts_with("k.client_assertion_file:"));
+    }
 }

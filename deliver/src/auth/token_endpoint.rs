@@ -139,6 +139,8 @@ mod tests {
             client_secret: None,
             client_certificate: None,
             client_certificate_key: None,
+            client_assertion_file: None,
+            client_assertion_file_env: None,
             authority: authority.into(),
             scope: "s".into(),
             allow_loopback_http: loopback,

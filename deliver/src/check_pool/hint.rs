@@ -37,7 +37,16 @@ fn token_hint(e: &OAuthError, cx: HintContext<'_>) -> String {
             Some(700027) => format!(
                 "the certificate is not registered on app {app}, or the key does not match it: upload the .cer under App registrations > {app} > Certificates & secrets"
             ),
-            Some(700024) => "the client assertion's time range was refused: check this machine's clock (NTP)".into(),
+            Some(700024) => "the client assertion's time range was refused: check this machine's clock (NTP); a federated token file that is not being rotated has expired".into(),
+            Some(700211 | 7002110) => format!(
+                "no federated credential on app {app} trusts this token's issuer: under App registrations > {app} > Certificates & secrets > Federated credentials, the issuer must be the cluster's OIDC issuer URL exactly (trailing slash included)"
+            ),
+            Some(700213 | 7002137 | 7002138) => format!(
+                "no federated credential on app {app} matches this token's subject: it must be system:serviceaccount:NAMESPACE:SERVICEACCOUNT of the pod, case-sensitive"
+            ),
+            Some(700212) => format!(
+                "the federated token's audience is not the credential's: project the service-account token with audience api://AzureADTokenExchange, the audience of the federated credential on app {app}"
+            ),
             Some(50013 | 700021) => "the assertion does not match the endpoint or app: check tenant_id, authority and client_id".into(),
             Some(700016) => format!(
                 "app {app} is not in this directory: check client_id and tenant_id (and that an admin consented to the app in this tenant)"
@@ -57,6 +66,9 @@ fn token_hint(e: &OAuthError, cx: HintContext<'_>) -> String {
         }
         OAuthError::Assertion { .. } => {
             "the client assertion could not be signed: check client_certificate_key".into()
+        }
+        OAuthError::AssertionFile { .. } => {
+            "the federated token file is unreadable: check the projected service-account token volume (azure.workload.identity/use: \"true\" on the pod) and client_assertion_file".into()
         }
     }
 }
@@ -119,5 +131,27 @@ mod tests {
             Some(90002)
         );
         assert_eq!(aadsts_code("no code"), None);
+    }
+
+    #[test]
+    fn federated_refusals_point_at_the_field_that_does_not_match() {
+        let refused = |description: &str| {
+            let e = SessionError::Token(OAuthError::Refused {
+                endpoint: "e".into(),
+                client_id: "app".into(),
+                status: 401,
+                error: "invalid_client".into(),
+                description: description.into(),
+            });
+            let cx = HintContext {
+                mailbox: "m@contoso.example",
+                oauth: true,
+                client_id: Some("app"),
+            };
+            hint(&e, cx)
+        };
+        assert!(refused("AADSTS700211: No matching federated identity record found for presented assertion issuer 'x'.").contains("issuer"));
+        assert!(refused("AADSTS700213: No matching federated identity record found for presented assertion subject 'x'.").contains("system:serviceaccount:"));
+        assert!(refused("AADSTS700212: No matching federated identity record found for presented assertion audience 'x'.").contains("api://AzureADTokenExchange"));
     }
 }

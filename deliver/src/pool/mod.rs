@@ -73,11 +73,15 @@ impl std::fmt::Debug for PoolMailbox {
 }
 
 impl PoolMailbox {
-    /// `oauth2 (secret)`, `oauth2 (certificate)` or `password`, for reports.
+    /// `oauth2 (secret)`, `oauth2 (certificate)`, `oauth2 (federated)` or `password`, for
+    /// reports.
     pub fn auth_label(&self) -> &'static str {
         match &self.auth {
-            MailboxAuth::OAuth(t) if t.credential_kind() == "certificate" => "oauth2 (certificate)",
-            MailboxAuth::OAuth(_) => "oauth2 (secret)",
+            MailboxAuth::OAuth(t) => match t.credential_kind() {
+                "certificate" => "oauth2 (certificate)",
+                "federated" => "oauth2 (federated)",
+                _ => "oauth2 (secret)",
+            },
             MailboxAuth::Password { .. } => "password",
         }
     }

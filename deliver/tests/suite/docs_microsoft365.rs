@@ -1,6 +1,6 @@
 //! Every TOML snippet in docs/microsoft365.md is a valid pool: each is loaded by
 //! `mailpipe-deliver --check-config` (paths pointed at real files: a generated certificate
-//! and key, as the guide makes them).
+//! and key, as the guide makes them, and a token file for the federated credential).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -32,11 +32,15 @@ fn every_config_snippet_in_the_guide_passes_check_config() {
     )
     .unwrap();
     let blocks = toml_blocks(&guide);
-    assert_eq!(blocks.len(), 5, "the guide's TOML snippets");
+    assert_eq!(blocks.len(), 6, "the guide's TOML snippets");
     let dir = tempfile::tempdir().unwrap();
     let cert = AppCertificate::generate("mailpipe contoso").unwrap();
     std::fs::write(dir.path().join("contoso-app.crt"), &cert.certificate_pem).unwrap();
     std::fs::write(dir.path().join("contoso-app.key"), &cert.private_key_pem).unwrap();
+    // The service-account token the federated snippet reads (a JWT's shape is enough for
+    // --check-config; Entra checks the signature).
+    let token = dir.path().join("azure-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n").unwrap();
     let here = format!("{}/", dir.path().display());
     for (i, block) in blocks.iter().enumerate() {
         let config = block
@@ -51,6 +55,7 @@ fn every_config_snippet_in_the_guide_passes_check_config() {
             .env_remove("MAILPIPE_CONFIG")
             .env("CONTOSO_CLIENT_SECRET", "s")
             .env("CONTOSO_GOV_CLIENT_SECRET", "s")
+            .env("AZURE_FEDERATED_TOKEN_FILE", &token)
             .output()
             .unwrap();
         assert!(

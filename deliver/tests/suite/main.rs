@@ -12,6 +12,7 @@ mod bounce_props;
 mod check_pool;
 mod classify_props;
 mod docs_microsoft365;
+mod federated;
 mod graph_client;
 mod graph_send;
 mod inbox_reader;

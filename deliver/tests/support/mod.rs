@@ -205,6 +205,8 @@ impl Harness {
                         }),
                         client_certificate: None,
                         client_certificate_key: None,
+                        client_assertion_file: None,
+                        client_assertion_file_env: None,
                         authority: sim.authority(),
                         scope: "https://outlook.office365.com/.default".into(),
                         allow_loopback_http: true,

@@ -142,18 +142,40 @@ pub struct TenantConfig {
 pub struct AppConfig {
     pub tenant: String,
     pub client_id: String,
-    /// The client secret; an app has a secret, a certificate, or both.
+    /// The client secret; an app has a secret, a certificate, federated credentials, or
+    /// several.
     #[serde(default)]
     pub client_secret: Option<String>,
     /// A certificate (PEM text) uploaded to the app: clients sign assertions with its key.
     #[serde(default)]
     pub client_certificate: Option<String>,
+    /// Federated identity credentials (`[[apps.federated]]`): tokens of another issuer
+    /// (a Kubernetes cluster, GitHub Actions) that this app accepts as its assertion.
+    #[serde(default)]
+    pub federated: Vec<FederatedCredentialConfig>,
     /// Mailboxes the app may authenticate as (Exchange's service principal grants); `"*"` = all
     /// mailboxes of its tenant.
     #[serde(default)]
     pub mailboxes: Vec<String>,
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+}
+
+/// A federated identity credential on an app registration: an assertion issued by `issuer`
+/// for `subject` and `audience`, signed by the issuer's key, gets the app a token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedCredentialConfig {
+    /// The issuer URL, compared exactly with the assertion's `iss` (Entra is case-sensitive).
+    pub issuer: String,
+    /// Compared exactly with `sub`, e.g. `system:serviceaccount:mailpipe:mailpipe-deliver`.
+    pub subject: String,
+    /// Compared with `aud`; Entra's recommended value is the default.
+    #[serde(default = "default_federated_audience")]
+    pub audience: String,
+    /// The issuer's signing key (PEM: an RSA public key or a certificate), standing in for
+    /// the keys Entra fetches from the issuer's JWKS.
+    pub issuer_key: String,
 }
 
 /// A licensed mailbox that can submit mail.
@@ -397,6 +419,9 @@ fn default_bounce_delay() -> u64 {
 fn default_external_window() -> u64 {
     defaults::EXTERNAL_WINDOW_MS
 }
+fn default_federated_audience() -> String {
+    "api://AzureADTokenExchange".into()
+}
 fn default_token_lifetime() -> u64 {
     defaults::TOKEN_LIFETIME_SECS
 }
@@ -485,16 +510,32 @@ impl SimConfig {
                     format!("duplicate client id {:?}", a.client_id),
                 );
             }
-            if a.client_secret.is_none() && a.client_certificate.is_none() {
+            if a.client_secret.is_none() && a.client_certificate.is_none() && a.federated.is_empty()
+            {
                 return invalid(
                     format!("apps[{i}].client_secret"),
-                    "an app needs a client_secret or a client_certificate".into(),
+                    "an app needs a client_secret, a client_certificate or a [[apps.federated]] credential".into(),
                 );
             }
             if let Some(pem) = &a.client_certificate
                 && let Err(e) = crate::app_certificate::RegisteredCertificate::from_pem(pem)
             {
                 return invalid(format!("apps[{i}].client_certificate"), e);
+            }
+            for (j, f) in a.federated.iter().enumerate() {
+                let key = format!("apps[{i}].federated[{j}]");
+                for (name, value) in [
+                    ("issuer", &f.issuer),
+                    ("subject", &f.subject),
+                    ("audience", &f.audience),
+                ] {
+                    if value.trim().is_empty() {
+                        return invalid(format!("{key}.{name}"), "must not be empty".into());
+                    }
+                }
+                if let Err(e) = crate::federated::IssuerKey::from_pem(&f.issuer_key) {
+                    return invalid(format!("{key}.issuer_key"), e);
+                }
             }
             for (j, mb) in a.mailboxes.iter().enumerate() {
                 if mb == "*" {

@@ -233,6 +233,25 @@ async fn token(
                     "client_assertion_type must be 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.",
                 );
             }
+            // An assertion issued by someone else than the app is a federated one.
+            if !app.federated.is_empty()
+                && crate::federated::issuer_of(assertion).is_some_and(|iss| iss != client_id)
+            {
+                match crate::federated::verify(app, assertion) {
+                    Ok(seen) => s.federated.record(seen),
+                    Err(r) => {
+                        return fail(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_client",
+                            r.code,
+                            &r.message,
+                        );
+                    }
+                }
+                return issue_token(&s, app, &form).unwrap_or_else(|(code, message)| {
+                    fail(StatusCode::BAD_REQUEST, "invalid_scope", code, &message)
+                });
+            }
             let registered = app
                 .client_certificate
                 .as_deref()
@@ -275,31 +294,38 @@ async fn token(
             );
         }
     }
+    issue_token(&s, app, &form).unwrap_or_else(|(code, message)| {
+        fail(StatusCode::BAD_REQUEST, "invalid_scope", code, &message)
+    })
+}
+
+/// The token for an app that proved itself: its audience from the requested scope, or the
+/// AADSTS code and text of an invalid scope.
+fn issue_token(
+    s: &Shared,
+    app: &crate::config::AppConfig,
+    form: &HashMap<String, String>,
+) -> Result<Response, (u32, String)> {
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
     let single = scope.split_whitespace().count() == 1;
     let listed =
         |list: &[String]| single && list.iter().any(|a| a.eq_ignore_ascii_case(scope.trim()));
     let audience = if listed(&s.config.accepted_scopes) {
-        Some(Audience::Exchange)
+        Audience::Exchange
     } else if listed(&s.config.graph_scopes) {
-        Some(Audience::Graph)
+        Audience::Graph
     } else {
-        None
-    };
-    let Some(audience) = audience else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
+        return Err((
             70011,
-            &format!(
+            format!(
                 "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
             ),
-        );
+        ));
     };
     let lifetime = app.token_lifetime_secs;
     let access_token = s.tokens.issue(
         &app.client_id,
-        &tenant.id.to_ascii_lowercase(),
+        &app.tenant.to_ascii_lowercase(),
         Duration::from_secs(lifetime),
         audience,
     );
@@ -307,13 +333,13 @@ async fn token(
         .tokens_issued
         .with_label_values(&[&app.client_id])
         .inc();
-    Json(json!({
+    Ok(Json(json!({
         "token_type": "Bearer",
         "expires_in": lifetime,
         "ext_expires_in": lifetime,
         "access_token": access_token,
     }))
-    .into_response()
+    .into_response())
 }
 
 // ---------- inspection API ----------

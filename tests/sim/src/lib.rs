@@ -17,6 +17,7 @@ mod config;
 mod directory;
 mod error;
 mod faults;
+mod federated;
 mod filing;
 mod graph;
 mod http;
@@ -33,10 +34,12 @@ mod tokens;
 
 pub use app_certificate::AppCertificate;
 pub use config::{
-    AppConfig, BounceRule, ErrorThrottlingConfig, FaultsConfig, GraphConfig, GraphThrottle, Limits,
-    LimitsConfig, MailboxConfig, SimConfig, TenantConfig, defaults,
+    AppConfig, BounceRule, ErrorThrottlingConfig, FaultsConfig, FederatedCredentialConfig,
+    GraphConfig, GraphThrottle, Limits, LimitsConfig, MailboxConfig, SimConfig, TenantConfig,
+    defaults,
 };
 pub use error::{ConfigError, SimError};
+pub use federated::FederatedAssertion;
 pub use graph::{GraphMailboxStats, GraphRequest, ThrottleReply};
 pub use inbox_mail::{auto_reply, large_message};
 pub use mail_store::{FolderMessage, FolderView};

@@ -155,6 +155,7 @@ impl Simulator {
             storage_quotas: Mutex::new(storage_quotas),
             directory: Directory::new(&config),
             tokens: TokenStore::default(),
+            federated: Default::default(),
             records: Records::new(
                 config.max_recorded_messages,
                 config.max_recorded_refusals,
@@ -466,6 +467,12 @@ impl RunningSim {
     /// The Graph base URL to give clients instead of `https://graph.microsoft.com`.
     pub fn graph_base_url(&self) -> String {
         self.authority()
+    }
+
+    /// The federated assertions that got tokens so far, oldest first: which issuer's
+    /// token (subject, `jti`) a client presented.
+    pub fn federated_assertions(&self) -> Vec<crate::FederatedAssertion> {
+        self.shared.federated.all()
     }
 
     /// Makes every token issued so far expired (tests of token refresh).

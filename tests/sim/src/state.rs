@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub config: SimConfig,
     pub directory: Directory,
     pub tokens: TokenStore,
+    /// Federated assertions that got tokens (which token a client presented).
+    pub federated: crate::federated::FederatedLog,
     pub records: Records,
     pub limits: Arc<LimitState>,
     pub faults: Faults,
@@ -80,6 +82,7 @@ impl Shared {
         self.limits.reset();
         self.faults.reseed();
         self.error_throttle.reset();
+        self.federated.clear();
     }
 
     pub fn idle_timeout(&self) -> Duration {

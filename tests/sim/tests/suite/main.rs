@@ -8,6 +8,7 @@ mod common;
 mod binary;
 mod client_assertions;
 mod error_throttling;
+mod federated_credentials;
 mod graph;
 mod http_api;
 mod lettre_xoauth2;
