@@ -684,6 +684,17 @@ fn read_secret_file(path: &Path) -> std::io::Result<String> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(not_a_file());
     }
+    // Non-blocking open: a FIFO swapped in after the check above must not block the open
+    // (it is then refused by the check on what was opened). No effect on a regular file.
+    #[cfg(unix)]
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?
+    };
+    #[cfg(not(unix))]
     let file = std::fs::File::open(path)?;
     if !file.metadata()?.is_file() {
         return Err(not_a_file());
