@@ -65,6 +65,13 @@ pub static MAILBOXES_OWNED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static PREFETCH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "mailpipe_deliver_prefetch",
+        "Prefetch of each deliver queue consumer: twice the connections of the mailboxes this process owns, at most deliver.prefetch"
+    )
+    .expect("metric registers once")
+});
 pub static DELIVER_MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "mailpipe_deliver_processes",
@@ -272,7 +279,12 @@ pub fn register() {
         &*REPLAYED_EVENTS,
         &*TENANT_READY,
     );
-    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    let _ = (
+        &*MAILBOXES_OWNED,
+        &*DELIVER_MEMBERS,
+        &*GRAPH_THROTTLED_WAIT,
+        &*PREFETCH,
+    );
     let _ = (
         &*TENANT_EXTERNAL_LEFT,
         &*TENANT_EXTERNAL_LIMIT,
