@@ -69,6 +69,7 @@ impl PrefetchShare {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
