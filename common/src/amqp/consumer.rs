@@ -202,6 +202,7 @@ where
                 }
                 Ended::Failed => continue 'channel,
                 Ended::Resize(next) => {
+                    prefetch = next;
                     // Stop the deliveries; the ones already sent to us are handled here.
                     let cancelled = broker
                         .bounded("basic.cancel", cancel_and_drain(&channel, consumer))
@@ -213,7 +214,6 @@ where
                             continue 'channel;
                         }
                     }
-                    prefetch = next;
                     // Subscribe again once the deliveries in hand are down to half of the
                     // (latest) new prefetch.
                     loop {
