@@ -66,6 +66,13 @@ pub static MAILBOXES_OWNED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub static PREFETCH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "mailpipe_deliver_prefetch",
+        "Prefetch of each deliver queue consumer: twice the connections of the mailboxes this process owns, at most deliver.prefetch"
+    )
+    .expect("metric registers once")
+});
 pub static DELIVER_MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "mailpipe_deliver_processes",
@@ -304,7 +311,12 @@ pub fn register() {
         &*REPLAYED_EVENTS,
         &*TENANT_READY,
     );
-    let _ = (&*MAILBOXES_OWNED, &*DELIVER_MEMBERS, &*GRAPH_THROTTLED_WAIT);
+    let _ = (
+        &*MAILBOXES_OWNED,
+        &*DELIVER_MEMBERS,
+        &*GRAPH_THROTTLED_WAIT,
+        &*PREFETCH,
+    );
     let _ = &*SENT_ITEMS_DELETED;
     let _ = (
         &*TENANT_EXTERNAL_LEFT,

@@ -42,7 +42,10 @@ pub struct DeliverSettings {
     pub pause_ms: u64,
     /// Longest pause or quarantine.
     pub max_pause_ms: u64,
-    /// Concurrent messages in hand (RabbitMQ prefetch of the deliver queue).
+    /// The most messages each deliver queue's consumer holds at once (its RabbitMQ
+    /// prefetch). Below it, the prefetch follows the mailboxes this process owns: twice
+    /// their `max_connections`, at least 1, so a message waits only in a process that can
+    /// send it soon and a process that joins finds work in the queue.
     pub prefetch: u16,
     /// What becomes of a job whose send has an unknown outcome (no reply after the data,
     /// or its deliver process died mid-send): `hold` it for an operator

@@ -21,6 +21,7 @@ use crate::feedback::MailboxFeedback;
 use crate::graph::GraphClient;
 use crate::metrics;
 use crate::ownership::MailboxOwnership;
+use crate::ownership::prefetch::PrefetchShare;
 use crate::ownership::replay::ReplayProgress;
 use crate::pool::MailboxPool;
 use crate::send::ledger::DeliveredJobs;
@@ -32,7 +33,8 @@ pub struct Application {
     http: HttpServer,
     broker: Broker,
     stage: DeliverStage,
-    prefetch: u16,
+    /// Each consumer's prefetch: sized by the lease rounds to the mailboxes owned.
+    prefetch: tokio::sync::watch::Receiver<u16>,
     shutdown: CancellationToken,
     /// Stops the lease rounds once the consumer is done (its sends ended): leases go back then.
     ownership_stop: CancellationToken,
@@ -78,12 +80,23 @@ impl Application {
             store,
         );
         let delivered = Arc::new(DeliveredJobs::default());
+        // deliver.prefetch is the ceiling: a process holds what its mailboxes can send.
+        let prefetch = PrefetchShare::new(
+            settings
+                .mailboxes
+                .iter()
+                .map(|m| m.limits.max_connections)
+                .collect(),
+            settings.prefetch,
+        );
+        let prefetch_sized = prefetch.subscribe();
         let mut ownership = MailboxOwnership::new(
             pipeline.store().clone(),
             pool.clone(),
             settings.lease_ttl(),
             quota_horizon(settings),
-        );
+        )
+        .sizing(prefetch);
         let owner = ownership.id();
         // The first round before consuming: this process's share of the pool is taken
         // (or known to be someone else's) and its windows rebuilt.
@@ -140,7 +153,7 @@ impl Application {
             http,
             broker,
             stage,
-            prefetch: settings.prefetch,
+            prefetch: prefetch_sized,
             shutdown,
             ownership_stop,
             ownership,
@@ -172,10 +185,12 @@ impl Application {
             }
         }
         // One consumer per lane queue, each with its own prefetch: the pool chooses between
-        // the messages they hold (transactional first, batches in turn).
+        // the messages they hold (transactional first, batches in turn). The prefetch
+        // follows the mailboxes owned, so the rest stays in the queue for the others.
         let consumers = queues.into_iter().map(|queue| {
             let stage = self.stage.clone();
-            consume(&self.broker, ConsumerSpec::queue(queue, self.prefetch), move |delivery| {
+            let spec = ConsumerSpec::queue(queue, 1).following(self.prefetch.clone());
+            consume(&self.broker, spec, move |delivery| {
             let stage = stage.clone();
             async move {
                 let span = tracing::info_span!("deliver", job = tracing::field::Empty);

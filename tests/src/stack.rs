@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub message_window_ms: u64,
     pub recipients_per_window: u64,
     pub recipient_window_ms: u64,
+    /// deliver's `max_connections` per mailbox (the simulator keeps Exchange's 3).
+    pub max_connections: u32,
     /// This mailbox (index over all) authenticates with a wrong password.
     pub wrong_password_mailbox: Option<usize>,
     pub record_eml: bool,
@@ -92,6 +94,7 @@ impl Default for StackOptions {
             message_window_ms: 2_000,
             recipients_per_window: 10_000,
             recipient_window_ms: 60_000,
+            max_connections: 3,
             wrong_password_mailbox: None,
             record_eml: false,
             sim_extra: String::new(),
@@ -336,8 +339,8 @@ impl Stack {
                     String::new()
                 };
                 deliver_toml.push_str(&format!(
-                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {sim_smtp}\n{transport}{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
-                    options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
+                    "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {sim_smtp}\n{transport}{auth}[deliver.mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\nmax_connections = {}\n",
+                    options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms, options.max_connections
                 ));
                 mailboxes.push(PoolMailbox {
                     address,

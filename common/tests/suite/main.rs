@@ -7,6 +7,7 @@ mod amqp;
 mod bounces;
 mod config_props;
 mod contract_props;
+mod prefetch_follows;
 mod store;
 mod topology_changes;
 mod webhook_outbox;

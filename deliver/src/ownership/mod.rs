@@ -19,12 +19,14 @@ use mailpipe_common::store::{MemberLock, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod prefetch;
 pub mod replay;
 pub mod shares;
 
 use crate::metrics;
 use crate::pool::{Fence, MailboxPool};
 use crate::throttle::Millis;
+use prefetch::PrefetchShare;
 use replay::ReplayProgress;
 
 /// How often a process checks whether another one crashed, left or joined, or gave
@@ -55,6 +57,8 @@ pub struct MailboxOwnership {
     /// (a process crashed, left or joined; another gave mailboxes back) starts the next
     /// round at once.
     landscape: Option<(Vec<Uuid>, i64)>,
+    /// The consumers' prefetch, sized after every round to the mailboxes held.
+    prefetch: Option<PrefetchShare>,
 }
 
 /// Other processes' sends counted in this process's tenant windows.
@@ -93,7 +97,14 @@ impl MailboxOwnership {
             lock: None,
             lock_key: MemberLock::new_key(),
             landscape: None,
+            prefetch: None,
         }
+    }
+
+    /// After every round, `prefetch` follows the mailboxes this process holds.
+    pub fn sizing(mut self, prefetch: PrefetchShare) -> Self {
+        self.prefetch = Some(prefetch);
+        self
     }
 
     /// Takes the member lock if it is not held (at start, or after its connection
@@ -258,7 +269,11 @@ impl MailboxOwnership {
         }
         round.sends_restored += self.import_tenant_sends().await?;
         self.landscape = Some(self.store.lease_landscape().await?);
-        round.held = self.pool.held().len();
+        let held = self.pool.held();
+        round.held = held.len();
+        if let Some(prefetch) = &self.prefetch {
+            prefetch.follow(&held);
+        }
         metrics::MAILBOXES_OWNED.set(round.held as i64);
         metrics::DELIVER_MEMBERS.set(round.members as i64);
         Ok(round)

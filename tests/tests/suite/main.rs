@@ -18,6 +18,7 @@ mod lanes;
 mod log_secrets;
 mod monitoring;
 mod readme_commands;
+mod rebalance;
 mod suppression;
 mod tracing;
 mod webhooks;
