@@ -52,7 +52,7 @@ ON CONFLICT (job_id, at, kind) DO NOTHING
     };
 }
 
-const RECORD_EVENT: &str = concat!("WITH ", record_event_ctes!());
+pub(super) const RECORD_EVENT: &str = concat!("WITH ", record_event_ctes!());
 
 /// A send's outcome and its job's event, in one statement: a crash can never leave a send
 /// `accepted` (or `uncertain`) and its job as it was before the send. Not fenced: what
@@ -70,7 +70,7 @@ const CLOSE_AND_RECORD: &str = concat!(
 type EventQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// The event's 19 parameters, `$1`..`$19` of `record_event_ctes!`.
-fn bind_event<'q>(q: EventQuery<'q>, e: &'q DeliveryEvent) -> EventQuery<'q> {
+pub(super) fn bind_event<'q>(q: EventQuery<'q>, e: &'q DeliveryEvent) -> EventQuery<'q> {
     let state = JobState::of(e.kind).as_str();
     let smtp = e.smtp.as_ref();
     let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);

@@ -219,6 +219,12 @@ WHERE tenant = ANY($1) AND external_recipients > 0 AND owner <> $3 AND started_a
 ORDER BY started_at
 "#;
 
+/// A decision on a job's uncertain sends (and its sends left open past their deadline).
+const RESOLVE_UNCERTAIN: &str = "UPDATE sends SET resolution = $2, resolved_at = now(),
+        outcome = COALESCE(outcome, 'uncertain'), ended_at = COALESCE(ended_at, deadline)
+ WHERE job_id = $1 AND resolution IS NULL
+   AND (outcome = 'uncertain' OR (outcome IS NULL AND deadline <= now()))";
+
 impl Store {
     /// The one decision point of a send: checks the job, its batch, the suppression list,
     /// the mailbox's fence and the tenant's budget, and writes the send ahead, in one
@@ -440,17 +446,31 @@ impl Store {
         why: &str,
         mailbox: Option<EmailAddress>,
     ) -> Result<bool, StoreError> {
-        if self.resolve_uncertain(job.as_str(), resolution).await? == 0 {
-            return Ok(false);
+        let mut event = DeliveryEvent::new(job.clone(), None, EventKind::Delivered);
+        event.at = Utc::now();
+        event.reason = Some(why.to_owned());
+        event.mailbox = mailbox;
+        // One transaction: a send marked sent and its job delivered become visible
+        // together, so a redelivered copy's decision never finds the one without the other
+        // (it would record the delivery itself, under another reason).
+        let r = async {
+            let mut tx = self.pool.begin().await?;
+            let settled = sqlx::query(RESOLVE_UNCERTAIN)
+                .bind(job.as_str())
+                .bind(resolution.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if settled > 0 && resolution == Resolution::MarkedSent {
+                super::events::bind_event(sqlx::query(super::events::RECORD_EVENT), &event)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(settled)
         }
-        if resolution == Resolution::MarkedSent {
-            let mut event = DeliveryEvent::new(job.clone(), None, EventKind::Delivered);
-            event.at = Utc::now();
-            event.reason = Some(why.to_owned());
-            event.mailbox = mailbox;
-            self.record_event(&event).await?;
-        }
-        Ok(true)
+        .await;
+        Ok(self.observe("settling an uncertain send", r)? > 0)
     }
 
     /// Records a decision on a job's uncertain sends; how many it settled (0: the job has
@@ -460,16 +480,11 @@ impl Store {
         job_id: &str,
         resolution: Resolution,
     ) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE sends SET resolution = $2, resolved_at = now(),
-                    outcome = COALESCE(outcome, 'uncertain'), ended_at = COALESCE(ended_at, deadline)
-             WHERE job_id = $1 AND resolution IS NULL
-               AND (outcome = 'uncertain' OR (outcome IS NULL AND deadline <= now()))",
-        )
-        .bind(job_id)
-        .bind(resolution.as_str())
-        .execute(&self.pool)
-        .await;
+        let r = sqlx::query(RESOLVE_UNCERTAIN)
+            .bind(job_id)
+            .bind(resolution.as_str())
+            .execute(&self.pool)
+            .await;
         Ok(self
             .observe("resolving an uncertain send", r)?
             .rows_affected())
