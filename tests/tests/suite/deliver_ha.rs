@@ -104,12 +104,13 @@ fn settle_uncertain(stack: &Stack, seen: &mut HashSet<String>) -> (usize, usize)
         };
         seen.insert(job.clone());
         let out = ingest(stack, &["uncertain", verb, &job]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // With Graph on, deliver settles from the Sent Items itself: it may have done so
+        // between the list and this decision, as it can for an operator.
+        if stderr.contains("no uncertain send waiting for a decision") {
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
     }
     (marked, resent)
 }
