@@ -27,6 +27,8 @@
 //! runs scenario 2 alone, without it (with `--quick`: shorter). A benchmark, not a test: it
 //! prints figures and only fails if the pipeline does not finish at all.
 
+#[path = "measure/mod.rs"]
+mod measure;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -105,24 +107,8 @@ fn parse_args() -> Args {
     }
 }
 
-/// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture Linux
-/// exposes to user space (sysconf would need libc; the workspace forbids unsafe code).
-const USER_HZ: f64 = 100.0;
-
-/// User + system CPU seconds of a process (all its threads, live and exited).
-fn cpu_seconds_of(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state); utime is field 14, stime field 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
-}
-
 fn cpu_seconds() -> f64 {
-    cpu_seconds_of("self").unwrap_or(0.0)
+    measure::cpu_seconds_of("self").unwrap_or(0.0)
 }
 
 fn status_kib(key: &str) -> u64 {
@@ -163,39 +149,6 @@ fn rabbitmq_pid() -> Option<String> {
         }
     }
     None
-}
-
-/// CPU seconds of every PostgreSQL process on this machine (server and backends): the
-/// database's share of a run, shown per message next to deliver's.
-fn postgres_cpu_seconds() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            (comm.trim() == "postgres")
-                .then(|| cpu_seconds_of(&name))
-                .flatten()
-        })
-        .sum()
-}
-
-/// Transactions the test database has run (committed or rolled back). deliver's statements
-/// run one per transaction, so a run's difference is its statements. PostgreSQL publishes
-/// the counters within about a second, hence the pause before reading.
-async fn database_statements(h: &Harness) -> i64 {
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    sqlx::query_scalar(
-        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(h.broker.store().pool())
-    .await
-    .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -317,9 +270,9 @@ async fn limits_off(mailboxes: usize, n: usize) {
     publish_backlog(&h, &format!("off{mailboxes}"), n).await;
 
     let rabbit = rabbitmq_pid();
-    let rabbit_cpu0 = rabbit.as_deref().and_then(cpu_seconds_of);
-    let statements0 = database_statements(&h).await;
-    let pg_cpu0 = postgres_cpu_seconds();
+    let rabbit_cpu0 = rabbit.as_deref().and_then(measure::cpu_seconds_of);
+    let statements0 = measure::transactions(h.broker.store()).await;
+    let pg_cpu0 = measure::postgres_cpu_seconds();
     let rss_reset = reset_peak_rss();
     let smtp0 = smtp_seconds();
     let cpu0 = cpu_seconds();
@@ -335,7 +288,7 @@ async fn limits_off(mailboxes: usize, n: usize) {
     let cpu = cpu_seconds() - cpu0;
     let rabbit_cpu = rabbit
         .as_deref()
-        .and_then(cpu_seconds_of)
+        .and_then(measure::cpu_seconds_of)
         .zip(rabbit_cpu0)
         .map(|(b, a)| b - a);
     let peak = status_kib("VmHWM:");
@@ -343,8 +296,8 @@ async fn limits_off(mailboxes: usize, n: usize) {
     let steady = (last - first).as_secs_f64();
     let refusals = h.sim.refusals().len();
     let smtp_ms = mean_smtp_ms(smtp0, smtp_seconds());
-    let pg_cpu = postgres_cpu_seconds() - pg_cpu0;
-    let statements = database_statements(&h).await - statements0;
+    let pg_cpu = measure::postgres_cpu_seconds() - pg_cpu0;
+    let statements = measure::transactions(h.broker.store()).await - statements0;
 
     println!(
         "  {mailboxes:>4} mailboxes  {n:>6} msgs  {wall:>6.2} s  {:>7.0} msg/s  (first accept after {:>4.0} ms, then {:>7.0} msg/s)  \

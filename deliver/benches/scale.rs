@@ -15,6 +15,8 @@
 //! the CPU figure is this process's, not one deliver's. A benchmark, not a test: it prints
 //! figures and only fails if a run does not finish.
 
+#[path = "measure/mod.rs"]
+mod measure;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -22,49 +24,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use support::{Harness, Limits, PoolSpec, recipients};
-
-/// Linux reports utime/stime in USER_HZ ticks: 100 on every architecture it exposes.
-const USER_HZ: f64 = 100.0;
-
-fn cpu_seconds_of(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
-}
-
-/// Every PostgreSQL process on this machine (server and backends).
-fn postgres_cpu_seconds() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            (comm.trim() == "postgres")
-                .then(|| cpu_seconds_of(&name))
-                .flatten()
-        })
-        .sum()
-}
-
-/// Transactions the test database has run; PostgreSQL publishes the counters within
-/// about a second, hence the pause.
-async fn transactions(h: &Harness) -> i64 {
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    sqlx::query_scalar(
-        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(h.broker.store().pool())
-    .await
-    .unwrap_or(0)
-}
 
 fn accepted_count(h: &Harness) -> u64 {
     h.sim.mailbox_stats().iter().map(|s| s.accepted).sum()
@@ -126,9 +85,9 @@ async fn run(mailboxes: usize, limits: Limits, windows: u64, processes: usize) {
             }
         })
         .await;
-    let tx0 = transactions(&h).await;
-    let cpu0 = cpu_seconds_of("self").unwrap_or(0.0);
-    let pg0 = postgres_cpu_seconds();
+    let tx0 = measure::transactions(h.broker.store()).await;
+    let cpu0 = measure::cpu_seconds_of("self").unwrap_or(0.0);
+    let pg0 = measure::postgres_cpu_seconds();
     let window = Duration::from_millis(limits.message_window_ms);
     let limit = window * (windows as u32) * 4 + Duration::from_secs(60);
     let deadline = Instant::now() + limit;
@@ -140,9 +99,9 @@ async fn run(mailboxes: usize, limits: Limits, windows: u64, processes: usize) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let cpu = cpu_seconds_of("self").unwrap_or(0.0) - cpu0;
-    let pg = postgres_cpu_seconds() - pg0;
-    let tx = transactions(&h).await - tx0;
+    let cpu = measure::cpu_seconds_of("self").unwrap_or(0.0) - cpu0;
+    let pg = measure::postgres_cpu_seconds() - pg0;
+    let tx = measure::transactions(h.broker.store()).await - tx0;
     let accepted = h.sim.accepted();
     let first = accepted.iter().map(|m| m.received_at).min().expect("some");
     let last = accepted.iter().map(|m| m.received_at).max().expect("some");
