@@ -15,8 +15,11 @@ use crate::support::job_json;
 /// loopback on Linux).
 const FLOODER: [u8; 4] = [127, 0, 0, 1];
 const OTHER: [u8; 4] = [127, 0, 0, 2];
-/// Connections of each kind the flooder opens: several times the server's cap.
-const FLOOD: usize = 300;
+/// Connections of each kind the flooder opens: together twice the server's default
+/// `max_connections` (1,024), as in the attack that was reported.
+const FLOOD: usize = 1_100;
+/// The default per-client cap.
+const PER_PEER: usize = 64;
 
 async fn connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -27,11 +30,19 @@ async fn connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_flood_from_one_client_does_not_starve_another() {
     bounded("idle flood", Duration::from_secs(120), async {
+        // The flood's sockets and the server's live in this one process.
+        let fds = mailpipe_common::http_server::raise_fd_limit().unwrap_or(u64::MAX);
+        assert!(
+            fds > 3 * FLOOD as u64,
+            "this test opens {} sockets; the open-file limit is {fds}: raise `ulimit -n`",
+            2 * FLOOD
+        );
+        // The defaults (1,024 connections, 64 per client, a 30 s head timeout): without
+        // the per-client cap the flood would hold every slot for 30 s.
         let app = spawn_with_callbacks("sec-flood", &["127.0.0.1:9"], |s| {
-            s.max_connections = 128;
-            s.max_connections_per_peer = 16;
-            // Long, so that without the per-client cap the flood would hold every slot.
-            s.header_read_timeout_ms = 30_000;
+            assert_eq!(s.max_connections, 1024);
+            assert_eq!(s.header_read_timeout_ms, 30_000);
+            assert_eq!(s.max_connections_per_peer, PER_PEER);
         })
         .await;
         let server: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
@@ -93,7 +104,7 @@ async fn an_idle_flood_from_one_client_does_not_starve_another() {
             .and_then(|n| n.parse::<f64>().ok())
             .unwrap_or(0.0);
         assert!(
-            refused >= (2 * FLOOD - 16) as f64,
+            refused >= (2 * FLOOD - PER_PEER) as f64,
             "refusals not counted: {refused}"
         );
         drop(held);
