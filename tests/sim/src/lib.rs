@@ -14,6 +14,7 @@
 
 mod app_certificate;
 mod config;
+mod config_builder;
 mod directory;
 mod error;
 mod faults;
