@@ -14,7 +14,9 @@ use mailpipe_common::testkit::{
     CLEANUP_LIMIT, TestBroker, Watchdog, amqp_url, database_settings, drop_schema,
     ensure_test_database, forget_child, register_child, unique_prefix, within,
 };
-use mailpipe_sim::{RunningSim, SimConfig, Simulator};
+use mailpipe_sim::{
+    AppConfig, LimitsConfig, MailboxConfig, RunningSim, SimConfig, Simulator, TenantConfig,
+};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -278,12 +280,15 @@ impl Stack {
         // The simulator's ports are chosen here so deliver's settings can name them.
         let (sim_smtp, sim_http) = (free_port()?, free_port()?);
         let authority = format!("http://127.0.0.1:{sim_http}");
-        let mut sim_toml = format!(
+        // The test's own simulator settings (`sim_extra`, TOML) first; the pool is added
+        // in code below.
+        let mut sim_config = SimConfig::from_toml_str(&format!(
             "smtp_listen = \"127.0.0.1:{sim_smtp}\"\nhttp_listen = \"127.0.0.1:{sim_http}\"\nstate_dir = {:?}\nrecord_eml = {}\nlimits_enabled = true\n{}\n",
             dir.join("sim").display().to_string(),
             options.record_eml,
             options.sim_extra
-        );
+        ))
+        .context("simulator configuration (sim_extra)")?;
         let mut deliver_toml = String::new();
         let graph_poll = match (options.graph_poll_ms, options.graph_transport) {
             (None, true) => Some(1_000),
@@ -302,10 +307,10 @@ impl Stack {
                 ));
             }
         }
-        let (transport, smtp_auth) = if options.graph_transport {
-            ("transport = \"graph\"\n", "smtp_auth_enabled = false\n")
+        let transport = if options.graph_transport {
+            "transport = \"graph\"\n"
         } else {
-            ("", "")
+            ""
         };
         for t in 0..options.tenants {
             let tenant = ["contoso", "fabrikam", "northwind", "tailspin"]
@@ -314,9 +319,10 @@ impl Stack {
                 .unwrap_or_else(|| format!("tenant{t}"));
             let secret = uuid::Uuid::new_v4().simple().to_string();
             std::fs::write(dir.join(format!("secrets/{tenant}-client-secret")), &secret)?;
-            sim_toml.push_str(&format!(
-                "[[tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[[apps]]\ntenant = \"{tenant}\"\nclient_id = \"{tenant}-app\"\nclient_secret = \"{secret}\"\nmailboxes = [\"*\"]\n"
-            ));
+            sim_config = sim_config.with_tenant(
+                TenantConfig::new(&tenant, &[&format!("{tenant}.example")]),
+                AppConfig::with_secret(&tenant, &format!("{tenant}-app"), &secret),
+            );
             deliver_toml.push_str(&format!(
                 "[[deliver.tenants]]\nid = \"{tenant}\"\ndomains = [\"{tenant}.example\"]\n[deliver.tenants.oauth]\ntenant_id = \"{tenant}.example\"\nclient_id = \"{tenant}-app\"\nclient_secret = {{ file = {:?} }}\nauthority = \"{authority}\"\nallow_loopback_http = true\n",
                 dir.join(format!("secrets/{tenant}-client-secret")).display().to_string(),
@@ -325,10 +331,17 @@ impl Stack {
                 let idx = mailboxes.len();
                 let address = format!("sender{m}@{tenant}.example");
                 let password = "correct-horse";
-                sim_toml.push_str(&format!(
-                    "[[mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\npassword = \"{password}\"\n{smtp_auth}[mailboxes.limits]\nmessages_per_window = {}\nmessage_window_ms = {}\nrecipients_per_window = {}\nrecipient_window_ms = {}\n",
-                    options.messages_per_window, options.message_window_ms, options.recipients_per_window, options.recipient_window_ms
-                ));
+                sim_config = sim_config.with_mailbox(MailboxConfig {
+                    password: Some(password.to_owned()),
+                    smtp_auth_enabled: !options.graph_transport,
+                    limits: LimitsConfig::windows(
+                        options.messages_per_window,
+                        options.message_window_ms,
+                        options.recipients_per_window,
+                        options.recipient_window_ms,
+                    ),
+                    ..MailboxConfig::new(&address, &tenant)
+                });
                 let auth = if options.wrong_password_mailbox == Some(idx) {
                     std::fs::write(dir.join(format!("secrets/{address}")), "wrong-password")?;
                     format!(
@@ -348,11 +361,9 @@ impl Stack {
                 });
             }
         }
-        std::fs::write(dir.join("sim.toml"), &sim_toml)?;
-        let sim = Simulator::start(
-            SimConfig::from_toml_str(&sim_toml).context("simulator configuration")?,
-        )
-        .await?;
+        sim_config.validate().context("simulator configuration")?;
+        std::fs::write(dir.join("sim.toml"), sim_config.to_toml())?;
+        let sim = Simulator::start(sim_config).await?;
 
         let mut ports = HashMap::new();
         for b in Binary::ALL {
