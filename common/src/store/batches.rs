@@ -106,41 +106,58 @@ ON CONFLICT (id) DO UPDATE SET
 RETURNING control
 "#;
 
-/// Every job of the batch not sent yet ends `cancelled`, with its event. Runs after the
-/// batch row is locked by `SET_CONTROL`, so no send decision of the batch is in progress
-/// (they hold the row `FOR SHARE`) and none starts before the commit: a job with an open
-/// send (decided before the cancel) or an accepted one is not counted as cancelled.
+/// Up to `$3` jobs of the batch not sent yet end `cancelled`, with their events; returns
+/// how many. Runs after the cancel committed (`SET_CONTROL`): a send decision in progress
+/// then held the batch row `FOR SHARE`, so the cancel waited for it, and every decision
+/// since sees the batch cancelled and starts nothing. A job with an open send (decided
+/// before the cancel) or an accepted one is therefore left as it is. The jobs are locked in
+/// id order, so chunks and deliver's single-job statements never wait on each other
+/// crosswise.
 const CANCEL_JOBS: &str = r#"
-WITH cancelled AS (
-    UPDATE jobs SET state = 'cancelled', updated_at = $2, reason = 'batch cancelled',
-                    smtp_code = NULL, smtp_enhanced = NULL, smtp_text = NULL
+WITH picked AS (
+    SELECT id FROM jobs
     WHERE batch_id = $1 AND state IN ('accepted', 'rendered', 'retrying')
       AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.job_id = jobs.id
                       AND (s.outcome IS NULL OR s.outcome = 'accepted'))
-    RETURNING id, attempt
+    ORDER BY id
+    LIMIT $3
+    FOR UPDATE
+), cancelled AS (
+    UPDATE jobs SET state = 'cancelled', updated_at = $2, reason = 'batch cancelled',
+                    smtp_code = NULL, smtp_enhanced = NULL, smtp_text = NULL
+    FROM picked
+    WHERE jobs.id = picked.id AND jobs.state IN ('accepted', 'rendered', 'retrying')
+    RETURNING jobs.id, jobs.attempt
+), recorded AS (
+    INSERT INTO job_events (job_id, kind, at, event)
+    SELECT id, 'cancelled', $2,
+           jsonb_build_object('v', 1, 'job_id', id, 'batch', $1::text, 'kind', 'cancelled',
+                              'attempt', attempt, 'reason', 'batch cancelled', 'at', $2)
+    FROM cancelled
+    ON CONFLICT (job_id, at, kind) DO NOTHING
 )
-INSERT INTO job_events (job_id, kind, at, event)
-SELECT id, 'cancelled', $2,
-       jsonb_build_object('v', 1, 'job_id', id, 'batch', $1::text, 'kind', 'cancelled',
-                          'attempt', attempt, 'reason', 'batch cancelled', 'at', $2)
-FROM cancelled
-ON CONFLICT (job_id, at, kind) DO NOTHING
+SELECT count(*) FROM cancelled
 "#;
+
+/// Jobs a cancel ends per statement: every statement stays bounded (a million-job batch
+/// is 200 statements of a fraction of a second, not one past the statement timeout).
+const CANCEL_CHUNK: i64 = 5_000;
 
 impl Store {
     /// Sets a batch's control; `None` when no job of that batch is known. A cancelled
-    /// batch stays cancelled. Cancelling also ends every unsent job `cancelled` at once
-    /// (one transaction); returns how many.
+    /// batch stays cancelled. Once the cancel is committed no send of the batch starts;
+    /// then every unsent job ends `cancelled`, in bounded chunks (a crash between chunks
+    /// leaves jobs that deliver ends `cancelled` when it meets them, and a second cancel
+    /// finishes them); returns how many this call ended.
     pub async fn set_batch_control(
         &self,
         batch: &str,
         control: BatchControl,
     ) -> Result<Option<(BatchControl, u64)>, StoreError> {
-        let mut tx = self.observe("starting a transaction", self.pool.begin().await)?;
         let r = sqlx::query_scalar::<_, String>(SET_CONTROL)
             .bind(batch)
             .bind(control.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await;
         let Some(now) = self.observe("setting a batch's control", r)? else {
             return Ok(None);
@@ -148,16 +165,21 @@ impl Store {
         let now = BatchControl::from_column(Some(&now));
         let mut cancelled = 0;
         if now == BatchControl::Cancelled {
-            let r = sqlx::query(CANCEL_JOBS)
-                .bind(batch)
-                .bind(chrono::Utc::now())
-                .execute(&mut *tx)
-                .await;
-            cancelled = self
-                .observe("cancelling a batch's jobs", r)?
-                .rows_affected();
+            let at = chrono::Utc::now();
+            loop {
+                let r = sqlx::query_scalar::<_, i64>(CANCEL_JOBS)
+                    .bind(batch)
+                    .bind(at)
+                    .bind(CANCEL_CHUNK)
+                    .fetch_one(&self.pool)
+                    .await;
+                let n = self.observe("cancelling a batch's jobs", r)?;
+                if n == 0 {
+                    break;
+                }
+                cancelled += n as u64;
+            }
         }
-        self.observe("committing", tx.commit().await)?;
         Ok(Some((now, cancelled)))
     }
 

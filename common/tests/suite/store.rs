@@ -709,6 +709,142 @@ async fn a_batch_is_paused_resumed_and_cancelled_and_a_cancel_is_final() {
     db.cleanup().await;
 }
 
+/// `n` jobs of batch `batch`, accepted (as ingest leaves a job it published).
+async fn accepted_jobs(store: &Store, batch: &str, n: i64) {
+    sqlx::query(
+        "INSERT INTO jobs (id, batch_id, state, recipient_count, accepted_at, updated_at)
+         SELECT $1 || '-' || g, $1, 'accepted', 1, now(), now() FROM generate_series(1, $2) g",
+    )
+    .bind(batch)
+    .bind(n)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn count(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// A statement that moves many jobs stays linear whatever its connection ran before.
+/// PL/pgSQL keeps, per session, the plan its triggers made at their first call for the
+/// join of a statement's old and new rows; on a connection that first moved single jobs
+/// (as every send does) that was a nested loop, and a 20,000-job statement on it then
+/// compared 20,000 × 20,000 rows, far past the 30 s statement timeout.
+#[tokio::test]
+async fn a_bulk_update_on_a_connection_that_moved_single_jobs_finishes() {
+    let db = Db::new("bulk-after-single").await;
+    let s = &db.store;
+    accepted_jobs(s, "month", 20_000).await;
+    let mut conn = s.pool().acquire().await.unwrap();
+    for i in 1..=10 {
+        let state = if i % 2 == 0 { "delivered" } else { "rendered" };
+        sqlx::query("UPDATE jobs SET state = $2, updated_at = now() WHERE id = $1")
+            .bind(format!("month-{i}"))
+            .bind(state)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let moved = mailpipe_common::testkit::within(
+        std::time::Duration::from_secs(120),
+        "a 20,000-job update",
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', updated_at = now(), reason = 'bulk'
+             WHERE batch_id = 'month' AND state IN ('accepted', 'rendered')",
+        )
+        .execute(&mut *conn),
+    )
+    .await
+    .expect("the bulk update finishes within the statement timeout")
+    .rows_affected();
+    drop(conn);
+    assert_eq!(moved, 19_995);
+    // Each job's outcome is recorded for webhooks once, as a single move records it.
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM webhook_events WHERE type = 'job.failed'"
+        )
+        .await,
+        19_995
+    );
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM webhook_events WHERE type = 'job.delivered'"
+        )
+        .await,
+        5
+    );
+    db.cleanup().await;
+}
+
+/// A cancel ends a batch of any size in bounded statements: 12,000 unsent jobs (more than
+/// two chunks) all end `cancelled` with one event each, a delivered job stays delivered,
+/// and a job whose send is under way is left to its send.
+#[tokio::test]
+async fn a_cancel_ends_every_unsent_job_of_a_large_batch_once() {
+    use mailpipe_common::store::BatchControl;
+    let db = Db::new("chunked-cancel").await;
+    let s = &db.store;
+    accepted_jobs(s, "month", 12_002).await;
+    let mut delivered = DeliveryEvent::new(
+        JobId::parse("month-1").unwrap(),
+        Some(BatchId::parse("month").unwrap()),
+        EventKind::Delivered,
+    );
+    delivered.at = Utc::now();
+    s.record_event(&delivered).await.unwrap();
+    let owner = Uuid::new_v4();
+    let token = s
+        .acquire_lease(
+            owner,
+            "mbx0@contoso.example",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let under_way = SendStart {
+        batch: Some("month".into()),
+        ..send("month-2", owner, token)
+    };
+    assert_eq!(s.open_send(&under_way).await.unwrap(), Decision::Written);
+
+    let (control, cancelled) = s
+        .set_batch_control("month", BatchControl::Cancelled)
+        .await
+        .unwrap()
+        .expect("the batch is known");
+    assert_eq!((control, cancelled), (BatchControl::Cancelled, 12_000));
+    assert_eq!(state(s, "month-1").await, Some(JobState::Delivered));
+    assert_eq!(state(s, "month-2").await, Some(JobState::Accepted));
+    assert_eq!(
+        count(s, "SELECT count(*) FROM jobs WHERE state = 'cancelled'").await,
+        12_000
+    );
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM job_events WHERE kind = 'cancelled'"
+        )
+        .await,
+        12_000
+    );
+    // A second cancel finds nothing left to end.
+    assert_eq!(
+        s.set_batch_control("month", BatchControl::Cancelled)
+            .await
+            .unwrap(),
+        Some((BatchControl::Cancelled, 0))
+    );
+    db.cleanup().await;
+}
+
 /// Polls `store.readiness()` until `want` holds or `limit` passes; returns the last answer.
 async fn readiness_until(
     store: &Store,

@@ -282,7 +282,8 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
     .await
     .unwrap();
     assert!(both.is_empty(), "cancelled and delivered: {both:?}");
-    // What the cancel answered is what happened, and the rest were delivered.
+    // The cancel ended what it answered; deliver ended the few it met meanwhile (the
+    // cancel works through the batch in chunks after it committed); the rest were delivered.
     let counts: HashMap<String, i64> =
         sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY state")
             .fetch_all(store.pool())
@@ -290,9 +291,11 @@ async fn after_a_cancel_commits_no_send_of_its_batch_starts() {
             .unwrap()
             .into_iter()
             .collect();
+    let all_cancelled = counts.get("cancelled").copied().unwrap_or(0);
+    assert!(all_cancelled >= cancelled as i64, "{counts:?}");
     assert_eq!(
-        counts.get("cancelled").copied(),
-        Some(cancelled as i64),
+        all_cancelled + counts.get("delivered").copied().unwrap_or(0),
+        JOBS as i64,
         "{counts:?}"
     );
     assert_eq!(
