@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum CrashPoint {
     /// The send is on record (written ahead), nothing handed to the server yet.
     AfterDecision,
-    /// The message's data is going to the server (the final `.` included) and its reply
-    /// is awaited: the abort comes [`DURING_DATA_DELAY`] after the data starts, while the
-    /// server (the simulator with `accepted_reply_delay_ms` above that) holds its 250.
+    /// The message's data and its final `.` are written and the reply is awaited: the
+    /// abort comes when the connection first reads after the data, so the server has the
+    /// whole message however slow the machine is, and (the simulator with
+    /// `accepted_reply_delay_ms`) holds its 250.
     DuringData,
     /// Graph: the draft is created and noted on the send, not sent yet.
     AfterDraft,
@@ -44,30 +45,27 @@ static DRILL: LazyLock<Option<(String, u64)>> = LazyLock::new(|| {
 
 static REACHED: AtomicU64 = AtomicU64::new(0);
 
-/// How long after the data starts a `during_data` drill aborts: far more than a small
-/// message takes to cross loopback, less than the simulator's held 250 in the drills.
-pub const DURING_DATA_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
-
-/// Aborts the process when the drill names `point` and this is its n-th time here
-/// ([`CrashPoint::DuringData`]: [`DURING_DATA_DELAY`] later, from a thread of its own, so
-/// the data goes out meanwhile).
-pub fn reached(point: CrashPoint) {
+/// True when the drill names `point` and this is its n-th time here: the caller aborts
+/// (with [`abort_at`]) at the instant it chooses.
+pub fn armed(point: CrashPoint) -> bool {
     let Some((name, n)) = DRILL.as_ref() else {
-        return;
+        return false;
     };
-    if name == point.as_str() && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-        let name = name.clone();
-        let abort = move || {
-            eprintln!("crash drill: aborting at {name} (MAILPIPE_CRASH_AT)");
-            std::process::abort();
-        };
-        if point == CrashPoint::DuringData {
-            std::thread::spawn(move || {
-                std::thread::sleep(DURING_DATA_DELAY);
-                abort();
-            });
-        } else {
-            abort();
-        }
+    name == point.as_str() && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *n
+}
+
+/// Aborts the process, as a `kill -9` would leave things.
+pub fn abort_at(point: CrashPoint) -> ! {
+    eprintln!(
+        "crash drill: aborting at {} (MAILPIPE_CRASH_AT)",
+        point.as_str()
+    );
+    std::process::abort()
+}
+
+/// Aborts the process when the drill names `point` and this is its n-th time here.
+pub fn reached(point: CrashPoint) {
+    if armed(point) {
+        abort_at(point);
     }
 }

@@ -181,6 +181,8 @@ pub struct SmtpSession {
     auth_reply: SmtpReply,
     /// Set once the server closed the session or can no longer be trusted on it.
     retired: bool,
+    /// The socket's guard (STARTTLS injection; the `during_data` crash drill).
+    guard: Arc<GuardState>,
 }
 
 impl std::fmt::Debug for SmtpSession {
@@ -348,6 +350,7 @@ impl SmtpSession {
                 auth.message().collect::<Vec<_>>().join(" "),
             ),
             retired: false,
+            guard,
         })
     }
 
@@ -449,7 +452,9 @@ impl SmtpSession {
         if Instant::now() >= data_by {
             return Err(SmtpFailure::Fenced);
         }
-        crate::send::drill::reached(crate::send::drill::CrashPoint::DuringData);
+        if crate::send::drill::armed(crate::send::drill::CrashPoint::DuringData) {
+            self.guard.crash_on_next_read();
+        }
         let response = step(self.timeout, SmtpStage::Message, self.conn.message(message)).await?;
         let text = response.message().collect::<Vec<_>>().join(" ");
         Ok(SendReport {

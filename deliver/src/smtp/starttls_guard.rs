@@ -26,12 +26,21 @@ const MAX_STARTTLS_REPLY: usize = 4096;
 pub(crate) struct GuardState {
     armed: AtomicBool,
     injected: AtomicBool,
+    /// A `during_data` crash drill: abort at the next read (the message is written whole).
+    crash_on_read: AtomicBool,
 }
 
 impl GuardState {
     /// The next reply is the STARTTLS reply: nothing may follow it before the handshake.
     pub fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// A crash drill (`MAILPIPE_CRASH_AT=during_data:N`): the process aborts when this
+    /// connection next reads, which is once everything written before (the message and
+    /// its final `.`) is in the socket and the reply is awaited.
+    pub fn crash_on_next_read(&self) {
+        self.crash_on_read.store(true, Ordering::SeqCst);
     }
 
     /// Did the server send data after its STARTTLS reply?
@@ -92,6 +101,9 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.state.crash_on_read.load(Ordering::Relaxed) {
+            crate::send::drill::abort_at(crate::send::drill::CrashPoint::DuringData);
+        }
         if !this.state.armed.load(Ordering::SeqCst) {
             if !this.pending.is_empty() {
                 this.hand_over(buf);
