@@ -27,6 +27,10 @@ pub struct MailboxCheck {
     /// Reading the Inbox through Microsoft Graph (`[deliver.graph]` enabled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph: Option<String>,
+    /// What may fail later without failing the check (a permission the token does not
+    /// show, which RBAC for Applications may grant), each with its fix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +101,9 @@ impl PoolReport {
             out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
             if let Some(h) = &m.hint {
                 out.push_str(&format!("    -> {h}\n"));
+            }
+            for w in &m.warnings {
+                out.push_str(&format!("    warning: {w}\n"));
             }
         }
         let failed = self.mailboxes.iter().filter(|m| !m.ok).count();

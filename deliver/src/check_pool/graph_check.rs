@@ -1,0 +1,177 @@
+//! check-pool's Graph part, for `transport = "graph"` mailboxes and `[deliver.graph]`: the
+//! permissions in the app's Graph token (`graph_permissions`), then one cheap request on
+//! the mailbox itself (a one-message Inbox listing) that proves the app may act on THAT
+//! mailbox: an app scoped elsewhere by RBAC for Applications or an application access
+//! policy, or a mailbox without Exchange Online, is named here with its fix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mailpipe_common::config::ConfigError;
+use secrecy::ExposeSecret as _;
+
+use super::graph_permissions::{Need, missing, missing_role_fix, needs, token_roles};
+use super::hint::{HintContext, hint};
+use super::report::MailboxCheck;
+use crate::auth::oauth::{ClientCredential, TokenSource};
+use crate::auth::token_endpoint::TokenEndpoint;
+use crate::graph::{FolderId, GraphClient, GraphError, Order};
+use crate::pool::{PoolMailbox, SessionError};
+use crate::settings::{DeliverSettings, OAuthApp, Transport};
+
+/// The Graph client and, per tenant id, its app's Graph token source and client id.
+#[derive(Debug)]
+pub struct GraphCheck {
+    client: GraphClient,
+    tokens: HashMap<String, (Arc<TokenSource>, String)>,
+}
+
+impl GraphCheck {
+    /// `None` when `[deliver.graph]` is not enabled (then no mailbox is reached through
+    /// Graph: settings refuse `transport = "graph"` without it).
+    pub fn from_settings(settings: &DeliverSettings) -> Result<Option<Self>, ConfigError> {
+        if !settings.graph.enabled {
+            return Ok(None);
+        }
+        let client = GraphClient::from_settings(settings)?;
+        let extra_ca = match &settings.extra_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError::invalid("deliver.extra_ca_file", format!("{}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let http = crate::auth::oauth::token_http_client(extra_ca.as_deref()).map_err(|e| {
+            ConfigError::invalid("deliver.extra_ca_file", e.without_url().to_string())
+        })?;
+        let mut tokens = HashMap::new();
+        for (i, t) in settings.tenants.iter().enumerate() {
+            let Some(app) = &t.oauth else { continue };
+            let key = format!("deliver.tenants[{i}].oauth");
+            let graph_app = OAuthApp {
+                scope: settings.graph.scope.clone(),
+                ..app.clone()
+            };
+            let source = TokenSource::new(
+                &graph_app,
+                TokenEndpoint::new(&graph_app, &key)?,
+                ClientCredential::from_settings(&graph_app, &key)?,
+                http.clone(),
+            );
+            tokens.insert(t.id.clone(), (Arc::new(source), app.client_id.clone()));
+        }
+        Ok(Some(Self { client, tokens }))
+    }
+
+    /// Checks `m` through Graph and records the outcome in `check` (a failure only when
+    /// the SMTP part passed, so the first problem is the one shown).
+    pub async fn check(&self, m: &PoolMailbox, check: &mut MailboxCheck) {
+        let mailbox = &m.address;
+        if let Err(e) = self.client.check_mailbox(mailbox) {
+            check.graph = Some(format!("not read: {e}"));
+            return;
+        }
+        let Some((source, client_id)) = self.tokens.get(&m.tenant_id) else {
+            return;
+        };
+        let token = match source.token().await {
+            Ok(t) => t,
+            Err(e) => {
+                check.graph = Some(format!("FAILED: Graph token: {e}"));
+                let fix = hint(
+                    &SessionError::Token(e),
+                    HintContext {
+                        mailbox: mailbox.as_str(),
+                        oauth: true,
+                        client_id: Some(client_id),
+                    },
+                );
+                fail(check, "graph", fix);
+                return;
+            }
+        };
+        let wanted = needs(m.transport == Transport::Graph, true);
+        let lacking = match token_roles(token.expose_secret()) {
+            Ok(roles) => missing(&wanted, &roles),
+            Err(why) => {
+                check.warnings.push(format!(
+                    "the Graph token's permissions could not be read ({why}); the Inbox probe below decides"
+                ));
+                Vec::new()
+            }
+        };
+        drop(token);
+        match self
+            .client
+            .list_messages(mailbox, &FolderId::inbox(), Order::OldestFirst, 1)
+            .await
+        {
+            Ok(_) => {
+                check.graph = Some("ok (Inbox readable)".into());
+                // The mailbox answered: a role missing from the token may be granted by
+                // RBAC for Applications, which the token does not show.
+                for need in &lacking {
+                    check
+                        .warnings
+                        .push(missing_role_fix(need, client_id, mailbox.as_str()));
+                }
+            }
+            Err(e) => {
+                check.graph = Some(format!("FAILED: {e}"));
+                fail(
+                    check,
+                    "graph",
+                    graph_hint(&e, mailbox.as_str(), client_id, &lacking),
+                );
+            }
+        }
+    }
+}
+
+fn fail(check: &mut MailboxCheck, stage: &str, fix: String) {
+    if check.ok {
+        check.ok = false;
+        check.stage = stage.into();
+        check.hint = Some(fix);
+    }
+}
+
+/// What to do about Graph refusing the probe on `mailbox`; `lacking`: the roles the token
+/// does not hold.
+pub fn graph_hint(e: &GraphError, mailbox: &str, client_id: &str, lacking: &[Need]) -> String {
+    let (status, code, message) = match e {
+        GraphError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => (*status, code.as_str(), message.as_str()),
+        _ => {
+            return "Graph could not be reached or answered with an error: check deliver.graph.base_url and the network".into();
+        }
+    };
+    match (status, code) {
+        (403, _) if !lacking.is_empty() => {
+            let fixes: Vec<String> = lacking
+                .iter()
+                .map(|n| missing_role_fix(n, client_id, mailbox))
+                .collect();
+            fixes.join("; and ")
+        }
+        (403, _) if message.contains("OData is disabled") || message.contains("RAOP") => format!(
+            "an application access policy keeps app {client_id} out of {mailbox}: add the mailbox to the policy's mail-enabled security group (Add-DistributionGroupMember -Identity <policy group> -Member {mailbox}), check with Test-ApplicationAccessPolicy -Identity {mailbox} -AppId {client_id} (the policy governs Mail.ReadWrite and Mail.Send alike); better, move to RBAC for Applications (docs/microsoft365.md, step 9)"
+        ),
+        (403, _) => format!(
+            "app {client_id} may not act on {mailbox}: the mailbox is outside its RBAC for Applications scope. Put it in the scope's group (Add-DistributionGroupMember -Identity mailpipe-pool -Member {mailbox}) or assign the roles for it: New-ManagementRoleAssignment -App {client_id} -Role \"Application Mail.ReadWrite\" -CustomResourceScope mailpipe-pool (and \"Application Mail.Send\" for transport = \"graph\"); check with Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox} (docs/microsoft365.md, step 9)"
+        ),
+        (404, "MailboxNotEnabledForRESTAPI") => format!(
+            "{mailbox} has no Exchange Online mailbox Graph can reach: assign it an Exchange Online licence (an on-premises or unlicensed mailbox is not served by Graph), wait for provisioning, then run check-pool again"
+        ),
+        (404, _) => format!(
+            "Graph does not know {mailbox} in this tenant (ErrorInvalidUser): check the address and the tenant's tenant_id"
+        ),
+        (401, _) => format!(
+            "Graph refused app {client_id}'s token: the app needs a service principal in this tenant (admin consent, or New-ServicePrincipal -AppId {client_id} -ObjectId <enterprise application's object id> for RBAC for Applications) and deliver.graph.scope = \"https://graph.microsoft.com/.default\""
+        ),
+        _ => format!("Graph answered {status} {code}: see the reply; check deliver.graph.base_url"),
+    }
+}
