@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod pool;
 pub mod send;
+pub mod sender_domain;
 pub mod settings;
 pub mod smtp;
 pub mod startup;

@@ -167,7 +167,12 @@ async fn check_mailbox(
                 check.ok = false;
                 check.stage = "test_message".into();
                 check.test_message = Some(format!("{} {}", report.reply.code, report.reply.text));
-                check.hint = Some("the test message was refused: see the reply".into());
+                check.hint = Some(
+                    match crate::smtp::classify::sender_domain_refusal(&report.reply) {
+                        Some(domain) => domain.hint().into(),
+                        None => "the test message was refused: see the reply".into(),
+                    },
+                );
             }
             Err(f) => {
                 check.ok = false;
