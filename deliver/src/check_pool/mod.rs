@@ -7,10 +7,12 @@
 //! permissions in the app's Graph token: an app not granted the mailbox is named here, not
 //! discovered when the first NDR goes unread or the first Graph send is refused.
 
+mod domains;
 mod graph_check;
 mod graph_permissions;
 mod hint;
 mod report;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -18,10 +20,12 @@ use futures::StreamExt as _;
 use mail_builder::MessageBuilder;
 use mailpipe_common::domain::EmailAddress;
 
+pub use domains::from_domains;
 pub use graph_check::{GraphCheck, graph_hint};
 pub use graph_permissions::{MAX_TOKEN_BYTES, Need, needs, token_roles};
 pub use hint::{HintContext, aadsts_code, hint};
 pub use report::{MailboxCheck, PoolReport};
+pub use settings::CheckPoolSettings;
 
 use crate::pool::{MailboxPool, SessionError};
 use crate::settings::DeliverSettings;
@@ -79,7 +83,8 @@ pub async fn check_pool(
         .buffered(PARALLEL)
         .collect()
         .await;
-    Ok(PoolReport::new(checks))
+    let domains = domains::check_domains(settings).await?;
+    Ok(PoolReport::new(checks, domains))
 }
 
 async fn check_mailbox(
