@@ -63,7 +63,7 @@ pub async fn check_domains(settings: &DeliverSettings) -> anyhow::Result<Vec<Dom
     let domains = from_domains(settings);
     // Only when some domain's records must be read (a resolver reads the system's
     // configuration, which a host may lack).
-    let dns = match domains.iter().any(|(d, _)| without_lookup(d).is_none()) {
+    let dns = match domains.iter().any(|(d, v)| without_lookup(d, *v).is_none()) {
         true => Some(Dns::new(cfg.dns, cfg.dns_timeout()).map_err(|e| {
             anyhow::anyhow!(
                 "deliver.check_pool: {e} (set deliver.check_pool.dns, or sender_domains = false)"

@@ -2,8 +2,9 @@
 //! missing record is depends on volume: Outlook.com refuses (`550 5.7.515`) domains that
 //! send it more than 5,000 messages a day without all three, so above that bar a missing
 //! record fails the check, below it it is a warning. `onmicrosoft.com` domains are
-//! Microsoft's and fine as they are; reserved names (`.example`, `.test`, ...) cannot be
-//! looked up and are skipped.
+//! Microsoft's and authenticated as they are, but Microsoft lets a tenant send them to at
+//! most 100 external recipients a day (`550 5.7.236`): above that, a warning. Reserved
+//! names (`.example`, `.test`, ...) cannot be looked up and are skipped.
 
 use serde::Serialize;
 
@@ -14,6 +15,9 @@ use super::spf::{self, Spf};
 
 /// Outlook.com's bar for high-volume senders (messages a day).
 pub const OUTLOOK_HIGH_VOLUME: u64 = 5_000;
+/// External recipients a day Exchange Online lets a tenant send From its onmicrosoft.com
+/// domain (the MOERA limit, enforced for every tenant since June 2026).
+pub const ONMICROSOFT_DAILY_LIMIT: u64 = 100;
 
 /// Top-level names reserved by RFC 2606 / RFC 6761: never in public DNS.
 const RESERVED_TLDS: [&str; 4] = ["example", "test", "invalid", "localhost"];
@@ -93,14 +97,23 @@ fn finding(check: &'static str, result: Outcome, detail: String, fix: Option<Str
 
 /// The findings of a domain that is not looked up (Microsoft's own, or a reserved name),
 /// `None` for a domain whose records must be read.
-pub fn without_lookup(domain: &str) -> Option<Vec<Finding>> {
+pub fn without_lookup(domain: &str, volume: Volume) -> Option<Vec<Finding>> {
     if domain.ends_with(".onmicrosoft.com") {
-        return Some(vec![finding(
-            "domain",
-            Outcome::Ok,
-            "a Microsoft onmicrosoft.com domain: Microsoft publishes its SPF, signs it with DKIM and sets its DMARC".into(),
-            None,
-        )]);
+        let detail = "a Microsoft onmicrosoft.com domain: Microsoft publishes its SPF and signs it with DKIM";
+        return Some(vec![if volume.daily > ONMICROSOFT_DAILY_LIMIT {
+            finding(
+                "domain",
+                Outcome::Warning,
+                format!(
+                    "{detail}, but Exchange Online lets a tenant send From onmicrosoft.com addresses to at most {ONMICROSOFT_DAILY_LIMIT} external recipients a day (550 5.7.236 beyond)"
+                ),
+                Some(format!(
+                    "send From a custom domain of the tenant (Microsoft 365 admin center > Settings > Domains), with SPF, DKIM and DMARC: use its addresses for the pool's mailboxes instead of {domain}"
+                )),
+            )
+        } else {
+            finding("domain", Outcome::Ok, detail.into(), None)
+        }]);
     }
     let tld = domain.rsplit('.').next().unwrap_or(domain);
     RESERVED_TLDS.contains(&tld).then(|| {
@@ -116,7 +129,7 @@ pub fn without_lookup(domain: &str) -> Option<Vec<Finding>> {
 /// Checks `domain` (lower case) through `dns` (needed only when `without_lookup` is
 /// `None`).
 pub async fn check_domain(dns: Option<&Dns>, domain: &str, volume: Volume) -> DomainCheck {
-    let findings = match (without_lookup(domain), dns) {
+    let findings = match (without_lookup(domain, volume), dns) {
         (Some(findings), _) => findings,
         (None, None) => vec![finding(
             "domain",
@@ -208,7 +221,7 @@ fn spf_finding(domain: &str, spf: Spf, volume: Volume) -> Finding {
 
 fn dkim_finding(domain: &str, dkim: Dkim, volume: Volume) -> Finding {
     let enable = format!(
-        "in Exchange Online PowerShell: New-DkimSigningConfig -DomainName {domain} -Enabled $false; Get-DkimSigningConfig -Identity {domain} | Format-List Selector1CNAME,Selector2CNAME; publish CNAME records selector1._domainkey.{domain} and selector2._domainkey.{domain} to those two targets; then Set-DkimSigningConfig -Identity {domain} -Enabled $true (or Microsoft Defender portal > Email & collaboration > Policies & rules > Threat policies > Email authentication settings > DKIM)"
+        "in Exchange Online PowerShell: New-DkimSigningConfig -DomainName {domain} -Enabled $false; Get-DkimSigningConfig -Identity {domain} | Format-List Selector1CNAME,Selector2CNAME; publish CNAME records selector1._domainkey.{domain} and selector2._domainkey.{domain} to those two targets; then Set-DkimSigningConfig -Identity {domain} -Enabled $true (or the Microsoft Defender portal's DKIM page under Email authentication settings)"
     );
     match dkim {
         Dkim::Published { targets } => finding(
@@ -278,7 +291,7 @@ fn dmarc_finding(domain: &str, dmarc: Dmarc, dkim_ok: bool, volume: Volume) -> F
             Outcome::Failed,
             format!("the record at {at} is not valid: {why}"),
             Some(format!(
-                "one TXT record at {at} starting \"v=DMARC1; p=none\" (or quarantine, reject); {publish}"
+                "replace it with one TXT record at {at}: \"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}\" (p=quarantine or p=reject once the reports show your mail aligned)"
             )),
         ),
         Dmarc::Unknown(e) => lookup_failed("dmarc", e),
@@ -300,16 +313,23 @@ mod tests {
 
     #[test]
     fn microsofts_domains_pass_and_reserved_names_are_skipped_without_dns() {
-        let f = without_lookup("contoso.onmicrosoft.com").unwrap();
+        let v = |daily| Volume {
+            daily,
+            from: "test",
+        };
+        let f = without_lookup("contoso.onmicrosoft.com", v(100)).unwrap();
         assert_eq!(f[0].result, Outcome::Ok);
+        let f = without_lookup("contoso.onmicrosoft.com", v(101)).unwrap();
+        assert_eq!(f[0].result, Outcome::Warning);
+        assert!(f[0].detail.contains("5.7.236"));
         for reserved in ["contoso.example", "a.test", "x.invalid", "localhost"] {
             assert_eq!(
-                without_lookup(reserved).unwrap()[0].result,
+                without_lookup(reserved, v(1)).unwrap()[0].result,
                 Outcome::Skipped
             );
         }
-        assert!(without_lookup("contoso.com").is_none());
-        assert!(without_lookup("onmicrosoft.com.evil.net").is_none());
+        assert!(without_lookup("contoso.com", v(1)).is_none());
+        assert!(without_lookup("onmicrosoft.com.evil.net", v(1)).is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! receiving provider that checks SPF, DKIM and DMARC refuses every message of a domain
 //! that fails them (Outlook.com's `550 5.7.515` for high-volume senders without all three,
 //! `5.7.509` for a DMARC reject; Gmail's `5.7.26`/`5.7.27`), and Exchange refuses a From
-//! domain the tenant does not have (`5.7.750`). Recognised by the enhanced status code
+//! domain the tenant does not have (`5.7.750`) and mail From its onmicrosoft.com domain
+//! past 100 external recipients a day (`5.7.236`). Recognised by the enhanced status code
 //! (and, for codes other providers reuse, the word DMARC or SPF in the text), wherever
 //! they arrive: in an SMTP reply or in a non-delivery report from the Inbox.
 
@@ -13,6 +14,8 @@ pub enum SenderDomainRefusal {
     Authentication,
     /// The From domain is not an accepted domain of the tenant.
     UnregisteredDomain,
+    /// The tenant's onmicrosoft.com domain is past its 100 external recipients a day.
+    OnMicrosoftLimit,
 }
 
 impl SenderDomainRefusal {
@@ -32,6 +35,7 @@ impl SenderDomainRefusal {
             // Exchange Online: SPF validation failed (receiving tenant's policy).
             "5.7.23" => Some(Self::Authentication),
             "5.7.750" => Some(Self::UnregisteredDomain),
+            "5.7.236" => Some(Self::OnMicrosoftLimit),
             // Yahoo, AOL and others: a policy code naming DMARC or SPF in the text.
             s if s.starts_with("5.7.") && (lower.contains("dmarc") || lower.contains("spf")) => {
                 Some(Self::Authentication)
@@ -45,6 +49,7 @@ impl SenderDomainRefusal {
         match self {
             Self::Authentication => "sender_domain_authentication",
             Self::UnregisteredDomain => "sender_domain_unregistered",
+            Self::OnMicrosoftLimit => "sender_domain_onmicrosoft_limit",
         }
     }
 
@@ -56,6 +61,9 @@ impl SenderDomainRefusal {
             }
             Self::UnregisteredDomain => {
                 "a sender-domain problem: the From domain is not an accepted domain of the tenant: add and verify it (Microsoft 365 admin center > Settings > Domains), or send From a domain the tenant has"
+            }
+            Self::OnMicrosoftLimit => {
+                "a sender-domain problem: Exchange Online lets a tenant send From its onmicrosoft.com domain to at most 100 external recipients a day: send From a custom domain of the tenant (with SPF, DKIM and DMARC; check-pool checks them)"
             }
         }
     }
@@ -85,6 +93,7 @@ mod tests {
             R::of("5.7.750", "unregistered domains"),
             Some(R::UnregisteredDomain)
         );
+        assert_eq!(R::of("5.7.236", ""), Some(R::OnMicrosoftLimit));
         assert_eq!(
             R::of("5.7.9", "Message not accepted for policy reasons: DMARC"),
             Some(R::Authentication)

@@ -15,7 +15,7 @@
 //! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
 //! | a session cannot be opened (connect, STARTTLS, AUTH: timeout, network, 4xx) | `Mailbox(Unreachable)` | pause with doubling backoff, reroute |
 //! | other 4xx, timeouts, dropped connections | `Transient` | retry ladder (an attempt is spent), dead letters after `max_attempts` |
-//! | 550 5.7.515, 5.7.509, 5.7.26, 5.7.27, 5.7.23, 5.7.750 (the sender domain's SPF/DKIM/DMARC, or a domain the tenant lacks: `sender_domain_refusal`) | `MessagePermanent` | as below, the failure reason carrying the sender-domain hint (`check-pool` checks the records) |
+//! | 550 5.7.515, 5.7.509, 5.7.26, 5.7.27, 5.7.23, 5.7.750, 5.7.236 (the sender domain's SPF/DKIM/DMARC, or a domain the tenant lacks: `sender_domain_refusal`) | `MessagePermanent` | as below, the failure reason carrying the sender-domain hint (`check-pool` checks the records) |
 //! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
 //!
 //! Mailbox- and tenant-level refusals never spend one of the message's attempts: the
