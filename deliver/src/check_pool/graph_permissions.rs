@@ -93,6 +93,7 @@ pub fn missing_role_fix(need: &Need, client_id: &str, mailbox: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -308,6 +308,7 @@ fn lookup_failed(check: &'static str, e: super::lookup::LookupError) -> Finding 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -106,6 +106,7 @@ pub async fn check(dns: &Dns, domain: &str) -> Dmarc {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
