@@ -175,3 +175,70 @@ pub fn graph_hint(e: &GraphError, mailbox: &str, client_id: &str, lacking: &[Nee
         _ => format!("Graph answered {status} {code}: see the reply; check deliver.graph.base_url"),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, message: &str) -> GraphError {
+        GraphError::Api {
+            operation: "list_messages",
+            mailbox: "m@contoso.com".into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    const APP: &str = "app-id";
+
+    #[test]
+    fn each_graph_refusal_gets_its_own_fix() {
+        let hint = |e: &GraphError| graph_hint(e, "m@contoso.com", APP, &[]);
+        assert!(
+            hint(&api(
+                403,
+                "ErrorAccessDenied",
+                "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
+            ))
+            .contains("Test-ApplicationAccessPolicy -Identity m@contoso.com -AppId app-id")
+        );
+        assert!(
+            hint(&api(
+                403,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and try again."
+            ))
+            .contains(
+                "Test-ServicePrincipalAuthorization -Identity app-id -Resource m@contoso.com"
+            )
+        );
+        assert!(
+            hint(&api(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "hosted on-premise"
+            ))
+            .contains("Exchange Online licence")
+        );
+        assert!(hint(&api(404, "ErrorInvalidUser", "invalid")).contains("does not know"));
+        assert!(
+            hint(&api(401, "InvalidAuthenticationToken", "x"))
+                .contains("New-ServicePrincipal -AppId app-id")
+        );
+    }
+
+    #[test]
+    fn a_refusal_with_roles_missing_from_the_token_names_the_roles() {
+        let lacking = super::super::graph_permissions::missing(&needs(true, true), &[]);
+        let h = graph_hint(
+            &api(403, "ErrorAccessDenied", "Access is denied."),
+            "m@contoso.com",
+            APP,
+            &lacking,
+        );
+        assert!(h.contains("-Role \"Application Mail.ReadWrite\""), "{h}");
+        assert!(h.contains("-Role \"Application Mail.Send\""), "{h}");
+    }
+}

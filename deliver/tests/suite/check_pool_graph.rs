@@ -3,7 +3,8 @@
 //! warned that `transport = "graph"` needs Mail.Send (with the RBAC command and the one that
 //! checks it); an app without any Graph permission fails with the feature that needs each;
 //! an app scoped by RBAC for Applications to some mailboxes fails on the others with the
-//! role assignment that fixes it; a mailbox Graph does not know is named as such.
+//! role assignment that fixes it; a mailbox Graph does not know, or one without an Exchange
+//! Online licence, is named as such.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -39,6 +40,10 @@ tenant = "contoso"
 [[mailboxes]]
 address = "reader@contoso.example"
 tenant = "contoso"
+[[mailboxes]]
+address = "unlicensed@contoso.example"
+tenant = "contoso"
+licensed = false
 "#
     )
 }
@@ -204,13 +209,19 @@ async fn a_mailbox_outside_the_apps_rbac_scope_fails_with_the_assignment_that_fi
 }
 
 #[tokio::test]
-async fn a_graph_mailbox_the_tenant_does_not_have_is_named() {
+async fn a_graph_mailbox_the_tenant_does_not_have_or_without_a_licence_is_named() {
     let sim = sim("").await;
     let dir = tempfile::tempdir().unwrap();
+    let port = sim.smtp_addr().port();
     let extra = mailbox(
         "typo@contoso.example",
         "contoso",
-        sim.smtp_addr().port(),
+        port,
+        "transport = \"graph\"\n",
+    ) + &mailbox(
+        "unlicensed@contoso.example",
+        "contoso",
+        port,
         "transport = \"graph\"\n",
     );
     write_config(&sim, dir.path(), &extra);
@@ -224,6 +235,19 @@ async fn a_graph_mailbox_the_tenant_does_not_have_is_named() {
             .as_str()
             .unwrap()
             .contains("Graph does not know typo@contoso.example"),
+        "{r}"
+    );
+    let r = row(&v, "unlicensed@contoso.example");
+    assert_eq!(r["stage"], "graph", "{r}");
+    assert!(
+        text(&r["graph"]).contains("404 MailboxNotEnabledForRESTAPI"),
+        "{r}"
+    );
+    assert!(
+        r["hint"]
+            .as_str()
+            .unwrap()
+            .contains("assign it an Exchange Online licence"),
         "{r}"
     );
     for m in ["sender1@contoso.example", "sender2@contoso.example"] {

@@ -215,6 +215,10 @@ pub struct MailboxConfig {
     /// ErrorAccessDenied`.
     #[serde(default = "default_true")]
     pub graph_access: bool,
+    /// Whether the mailbox has an Exchange Online licence; `false` (unlicensed, or living
+    /// on-premises): Graph answers `404 MailboxNotEnabledForRESTAPI` (SMTP is unchanged).
+    #[serde(default = "default_true")]
+    pub licensed: bool,
     /// Answer this mailbox's next Graph requests `429` (armed at start, as
     /// `RunningSim::throttle_graph` does at run time).
     #[serde(default)]

@@ -1,8 +1,9 @@
-//! What an app may do in Graph and where: the application permission a request needs (the
-//! token's `roles`, what an admin consented to) and the mailboxes the app is scoped to (RBAC
-//! for Applications, `[[apps]] graph_scope`). Graph answers both refusals `403
-//! ErrorAccessDenied`, so a client cannot tell them apart by the answer alone; `check-pool`
-//! reads the `roles` claim to say which it is. Called once, from `graph::call`.
+//! What an app may do in Graph and where: the mailbox must have Exchange Online (`404
+//! MailboxNotEnabledForRESTAPI` otherwise), the request needs an application permission (the
+//! token's `roles`, what an admin consented to) and the mailbox must be in the app's scope
+//! (RBAC for Applications, `[[apps]] graph_scope`). Graph answers the last two `403
+//! ErrorAccessDenied` alike, so a client cannot tell them apart by the answer alone;
+//! `check-pool` reads the `roles` claim to say which it is. Called once, from `graph::call`.
 
 use crate::state::Shared;
 use crate::tokens::IssuedToken;
@@ -22,16 +23,40 @@ fn permitted_by(method: &str, path: &str) -> &'static [&'static str] {
     }
 }
 
-/// `Err` is Graph's message of the `403 ErrorAccessDenied` that refuses `token`'s app acting
-/// on `mailbox` (lower case) with this request.
+/// Graph's refusal: status, error code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// `Err` is Graph's refusal of `token`'s app acting on `mailbox` (lower case, known to the
+/// directory) with this request.
 pub(crate) fn check(
     shared: &Shared,
     token: &IssuedToken,
     mailbox: &str,
     method: &str,
     path: &str,
-) -> Result<(), &'static str> {
-    let denied = || ACCESS_DENIED;
+) -> Result<(), Refusal> {
+    if shared
+        .directory
+        .mailbox(mailbox)
+        .is_some_and(|m| !m.licensed)
+    {
+        return Err(Refusal {
+            status: 404,
+            code: "MailboxNotEnabledForRESTAPI",
+            message: "The mailbox is either inactive, soft-deleted, or is hosted on-premise."
+                .into(),
+        });
+    }
+    let denied = || Refusal {
+        status: 403,
+        code: "ErrorAccessDenied",
+        message: ACCESS_DENIED.into(),
+    };
     let needed = permitted_by(method, path);
     if !token
         .roles

@@ -216,11 +216,8 @@ fn authorise(
         )));
     }
     // The app's permissions (token roles) and its RBAC for Applications scope.
-    crate::scope::check(shared, &issued, mailbox, method, path).map_err(|message| {
-        Box::new(graph_error(
-            StatusCode::FORBIDDEN,
-            "ErrorAccessDenied",
-            message,
-        ))
+    crate::scope::check(shared, &issued, mailbox, method, path).map_err(|r| {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+        Box::new(graph_error(status, r.code, &r.message))
     })
 }

@@ -1,7 +1,8 @@
 //! What an app may do in the simulated Graph: its tokens are JWT-shaped and carry the
 //! consented application permissions in `roles` (Exchange tokens `SMTP.SendAsApp`); Graph
 //! refuses a request the roles do not cover, and a mailbox outside the app's RBAC for
-//! Applications scope, with `403 ErrorAccessDenied`.
+//! Applications scope, with `403 ErrorAccessDenied`; an unlicensed mailbox with `404
+//! MailboxNotEnabledForRESTAPI`.
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
@@ -34,6 +35,11 @@ tenant = "contoso"
 [[mailboxes]]
 address = "b@contoso.example"
 tenant = "contoso"
+
+[[mailboxes]]
+address = "unlicensed@contoso.example"
+tenant = "contoso"
+licensed = false
 "#;
 
 async fn token_for(
@@ -144,6 +150,17 @@ async fn tokens_carry_the_apps_roles_and_graph_enforces_them_and_the_scope() {
         let (status, body) = status_and_body(http.get(inbox(mbx)).bearer_auth(&full)).await;
         assert_eq!(status, 200, "{mbx}: {body}");
     }
+    // A mailbox without an Exchange Online licence is not served, whoever asks.
+    let (status, body) = status_and_body(
+        http.get(inbox("unlicensed@contoso.example"))
+            .bearer_auth(&full),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body["error"]["code"], "MailboxNotEnabledForRESTAPI",
+        "{body}"
+    );
     sim.shutdown().await;
 }
 
