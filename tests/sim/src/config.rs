@@ -775,6 +775,7 @@ mod tests {
             limits: LimitsConfig::default(),
             faults: None,
             graph_access: true,
+            licensed: true,
             graph_throttle: None,
             storage_quota_bytes: None,
         };

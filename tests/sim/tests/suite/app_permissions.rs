@@ -9,6 +9,14 @@ use base64::Engine as _;
 
 use crate::common::*;
 
+/// Every request of these tests is bounded.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 const CONFIG: &str = r#"
 [[tenants]]
 id = "contoso"
@@ -48,7 +56,7 @@ async fn token_for(
     secret: &str,
     scope: &str,
 ) -> String {
-    let reply: serde_json::Value = reqwest::Client::new()
+    let reply: serde_json::Value = http()
         .post(sim.token_url("contoso"))
         .form(&[
             ("grant_type", "client_credentials"),
@@ -117,7 +125,7 @@ async fn tokens_carry_the_apps_roles_and_graph_enforces_them_and_the_scope() {
         serde_json::json!(["SMTP.SendAsApp"])
     );
 
-    let http = reqwest::Client::new();
+    let http = http();
     let base = sim.graph_base_url();
     let inbox = |mbx: &str| format!("{base}/v1.0/users/{mbx}/mailFolders/inbox/messages?$top=1");
     // Mail.Read reads the mailbox in scope, ...
