@@ -90,13 +90,13 @@ impl GraphCheck {
             }
         };
         let wanted = needs(m.transport == Transport::Graph, true);
-        let lacking = match token_roles(token.expose_secret()) {
-            Ok(roles) => missing(&wanted, &roles),
+        let (lacking, no_roles) = match token_roles(token.expose_secret()) {
+            Ok(roles) => (missing(&wanted, &roles), roles.is_empty()),
             Err(why) => {
                 check.warnings.push(format!(
                     "the Graph token's permissions could not be read ({why}); the Inbox probe below decides"
                 ));
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         drop(token);
@@ -106,14 +106,10 @@ impl GraphCheck {
             .await
         {
             Ok(_) => {
-                check.graph = Some("ok (Inbox readable)".into());
-                // The mailbox answered: a role missing from the token may be granted by
-                // RBAC for Applications, which the token does not show.
-                for need in &lacking {
-                    check
-                        .warnings
-                        .push(missing_role_fix(need, client_id, mailbox.as_str()));
-                }
+                let (graph, warnings) =
+                    after_inbox_read(no_roles, &lacking, client_id, mailbox.as_str());
+                check.graph = Some(graph);
+                check.warnings.extend(warnings);
             }
             Err(e) => {
                 check.graph = Some(format!("FAILED: {e}"));
@@ -125,6 +121,41 @@ impl GraphCheck {
             }
         }
     }
+}
+
+/// What a readable Inbox means for the roles the token lacks: the `graph` column and the
+/// warnings. A token with no Graph role at all that still reads the mailbox gets its access
+/// from RBAC for Applications (the recommended setup, invisible in the token): said in the
+/// column, with the command that lists the grants, not warned on every run. A token holding
+/// some roles but not all is an Entra consent with a role forgotten: each one warned.
+fn after_inbox_read(
+    no_roles: bool,
+    lacking: &[Need],
+    client_id: &str,
+    mailbox: &str,
+) -> (String, Vec<String>) {
+    if lacking.is_empty() {
+        return ("ok (Inbox readable)".into(), Vec::new());
+    }
+    if no_roles {
+        let roles: Vec<&str> = lacking.iter().map(|n| n.role).collect();
+        return (
+            format!(
+                "ok (Inbox readable; the token carries no Graph roles, so RBAC for Applications grants them: Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox} must list {} in scope)",
+                roles
+                    .iter()
+                    .map(|r| format!("Application {r}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            Vec::new(),
+        );
+    }
+    let warnings = lacking
+        .iter()
+        .map(|n| missing_role_fix(n, client_id, mailbox))
+        .collect();
+    ("ok (Inbox readable)".into(), warnings)
 }
 
 fn fail(check: &mut MailboxCheck, stage: &str, fix: String) {
@@ -227,6 +258,29 @@ mod tests {
             hint(&api(401, "InvalidAuthenticationToken", "x"))
                 .contains("New-ServicePrincipal -AppId app-id")
         );
+    }
+
+    #[test]
+    fn a_readable_mailbox_warns_of_a_forgotten_role_but_not_of_rbac_grants() {
+        let need = needs(true, true);
+        let some = super::super::graph_permissions::missing(&need, &["Mail.ReadWrite".into()]);
+        let (graph, warnings) = after_inbox_read(false, &some, APP, "m@contoso.com");
+        assert_eq!(graph, "ok (Inbox readable)");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("has no Mail.Send"));
+        let all = super::super::graph_permissions::missing(&need, &[]);
+        let (graph, warnings) = after_inbox_read(true, &all, APP, "m@contoso.com");
+        assert!(warnings.is_empty());
+        assert!(
+            graph.contains("RBAC for Applications")
+                && graph.contains("Application Mail.ReadWrite and Application Mail.Send")
+                && graph.contains(
+                    "Test-ServicePrincipalAuthorization -Identity app-id -Resource m@contoso.com"
+                ),
+            "{graph}"
+        );
+        let (graph, warnings) = after_inbox_read(false, &[], APP, "m@contoso.com");
+        assert_eq!((graph.as_str(), warnings.len()), ("ok (Inbox readable)", 0));
     }
 
     #[test]
