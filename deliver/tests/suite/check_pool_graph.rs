@@ -87,7 +87,13 @@ fn write_config(sim: &RunningSim, dir: &Path, extra: &str) {
 async fn check(dir: &Path) -> (i32, Value, String) {
     let (code, out, err) = run(dir, &["--config", "mailpipe.toml", "check-pool", "--json"]).await;
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
-    (code, v, out + &err)
+    // Neither the app's tokens (JWTs start "eyJ") nor its secret reach the report.
+    let all = out + &err;
+    assert!(
+        !all.contains("eyJ") && !all.contains("contoso-secret"),
+        "{all}"
+    );
+    (code, v, all)
 }
 
 fn row<'a>(v: &'a Value, address: &str) -> &'a Value {
