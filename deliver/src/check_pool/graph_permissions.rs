@@ -86,7 +86,7 @@ pub fn missing(needs: &[Need], roles: &[String]) -> Vec<Need> {
 /// What to do about a role missing from the token, for `mailbox`.
 pub fn missing_role_fix(need: &Need, client_id: &str, mailbox: &str) -> String {
     format!(
-        "app {client_id}'s Graph token has no {role}, which {feature} needs. Grant it to the pool's mailboxes only with RBAC for Applications (Exchange Online PowerShell): New-ManagementRoleAssignment -App {client_id} -Role \"Application {role}\" -CustomResourceScope mailpipe-pool (after New-ServicePrincipal and New-ManagementScope, docs/microsoft365.md); if you did, confirm with Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox} (RBAC grants do not show in the token). Or tenant-wide: Entra admin center > App registrations > {client_id} > API permissions > Microsoft Graph > Application permissions > {role}, then Grant admin consent",
+        "app {client_id}'s Graph token has no {role}, which {feature} needs. Grant it to the pool's mailboxes only with RBAC for Applications (Exchange Online PowerShell): New-ManagementRoleAssignment -App {client_id} -Role \"Application {role}\" -CustomResourceScope \"mailpipe pool\" (after New-ServicePrincipal and New-ManagementScope, docs/microsoft365.md steps 4 and 5); if you did, confirm with Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox} (RBAC grants do not show in the token). Or tenant-wide: Entra admin center > App registrations > {client_id} > API permissions > Microsoft Graph > Application permissions > {role}, then Grant admin consent",
         role = need.role,
         feature = need.feature,
     )

@@ -129,7 +129,7 @@ async fn a_token_without_mail_send_warns_the_graph_mailboxes_with_the_role_assig
             "has no Mail.Send",
             "transport = \"graph\" (sends the draft)",
             &format!(
-                "New-ManagementRoleAssignment -App {APP} -Role \"Application Mail.Send\" -CustomResourceScope mailpipe-pool"
+                "New-ManagementRoleAssignment -App {APP} -Role \"Application Mail.Send\" -CustomResourceScope \"mailpipe pool\""
             ),
             &format!("Test-ServicePrincipalAuthorization -Identity {APP} -Resource {m}"),
             "Grant admin consent",
@@ -201,9 +201,9 @@ async fn a_mailbox_outside_the_apps_rbac_scope_fails_with_the_assignment_that_fi
     let hint = out["hint"].as_str().unwrap();
     for part in [
         "outside its RBAC for Applications scope",
-        "Add-DistributionGroupMember -Identity mailpipe-pool -Member sender2@contoso.example",
+        "Set-Mailbox sender2@contoso.example -CustomAttribute1 mailpipe-pool",
         &format!(
-            "New-ManagementRoleAssignment -App {APP} -Role \"Application Mail.ReadWrite\" -CustomResourceScope mailpipe-pool"
+            "New-ManagementRoleAssignment -App {APP} -Role \"Application Mail.ReadWrite\" -CustomResourceScope \"mailpipe pool\""
         ),
         &format!(
             "Test-ServicePrincipalAuthorization -Identity {APP} -Resource sender2@contoso.example"
