@@ -19,7 +19,9 @@
 //! - [`auth`]: tokens and certificate credentials.
 //! - After the 250: [`graph`] (Microsoft Graph), [`feedback`] (Sent Items, the Inbox),
 //!   [`bounce`] (reading non-delivery reports, pure).
-//! - [`settings`], [`startup`], [`metrics`], [`check_pool`] (the preflight of every mailbox).
+//! - [`settings`], [`startup`], [`metrics`], [`check_pool`] (the preflight of every mailbox,
+//!   its Graph permissions and every sender domain), [`sender_domain`] (what receivers judge
+//!   of the From domain: SPF, DKIM, DMARC through DNS, and the refusals that blame it).
 
 pub mod auth;
 pub mod bounce;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod pool;
 pub mod send;
+pub mod sender_domain;
 pub mod settings;
 pub mod smtp;
 pub mod startup;

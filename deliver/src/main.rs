@@ -29,8 +29,10 @@ struct Cli {
 enum Command {
     /// Check every pool mailbox without sending: token from its app, connect, EHLO,
     /// STARTTLS (verified, TLS 1.2+), AUTH, QUIT. One connection and one AUTH attempt per
-    /// mailbox. Prints each mailbox's result, Exchange's reply and what to fix; exits 0
-    /// when all pass, 1 otherwise.
+    /// mailbox. With [deliver.graph]: the Graph permissions in the app's token and one Inbox
+    /// read per mailbox. Then every sender domain's SPF, DKIM and DMARC through DNS
+    /// ([deliver.check_pool]). Prints each result, the server's answer and what to fix;
+    /// exits 0 when all pass (warnings allowed), 1 otherwise.
     #[command(
         after_help = "Examples:\n  mailpipe-deliver --config mailpipe.toml check-pool\n  mailpipe-deliver --config mailpipe.toml check-pool --json\n  mailpipe-deliver --config mailpipe.toml check-pool --send-test you@example.com\n\nSetting up a tenant so that every mailbox passes: docs/microsoft365.md."
     )]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::oauth::ClientCredential;
 use crate::auth::token_endpoint::TokenEndpoint;
+pub use crate::check_pool::CheckPoolSettings;
 pub use crate::graph::GraphSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +61,8 @@ pub struct DeliverSettings {
     pub lease_ttl_ms: u64,
     /// `[deliver.graph]`: reading the pool's mailboxes through Microsoft Graph.
     pub graph: GraphSettings,
+    /// `[deliver.check_pool]`: the sender-domain checks of `check-pool`.
+    pub check_pool: CheckPoolSettings,
     pub tenants: Vec<TenantSettings>,
     pub mailboxes: Vec<MailboxSettings>,
 }
@@ -81,6 +84,7 @@ impl Default for DeliverSettings {
             uncertain_hold_ms: 600_000,
             lease_ttl_ms: 6_000,
             graph: GraphSettings::default(),
+            check_pool: CheckPoolSettings::default(),
             tenants: Vec::new(),
             mailboxes: Vec::new(),
         }
@@ -159,6 +163,7 @@ impl DeliverSettings {
             );
         }
         self.graph.check(&mut p);
+        self.check_pool.check(&mut p);
         if let Err(why) = check_hello_name(&self.hello_name) {
             p.push("deliver.hello_name", why);
         }

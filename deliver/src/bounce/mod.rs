@@ -151,6 +151,18 @@ pub fn parse(raw: &[u8]) -> Report {
     Report::NotAReport(Why::OrdinaryMail)
 }
 
+/// The sender-domain problem a bounce names, when one of its recipients was refused for
+/// the From domain's SPF/DKIM/DMARC (`5.7.515`, `5.7.509`, `5.7.26`...) or for a domain
+/// the tenant does not have: every message From that domain meets it at that receiver.
+pub fn sender_domain_refusal(bounce: &Bounce) -> Option<crate::sender_domain::SenderDomainRefusal> {
+    bounce.recipients.iter().find_map(|r| {
+        crate::sender_domain::SenderDomainRefusal::of(
+            &r.status.to_string(),
+            r.diagnostic.as_deref().unwrap_or(""),
+        )
+    })
+}
+
 /// A bounce when any recipient failed for good, else a delay when any is still tried.
 fn classify(
     recipients: Vec<BouncedRecipient>,

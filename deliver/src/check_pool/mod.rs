@@ -3,11 +3,16 @@
 //! code deliver sends with, and says what to fix. One connection and at most one AUTH per
 //! mailbox per run: a failing mailbox is not hammered (Exchange throttles repeated errors).
 //! With `[deliver.graph]` enabled it also reads one message summary of each Inbox through
-//! Microsoft Graph, as deliver does for bounces and uncertain sends: an app not granted the
-//! mailbox is named here, not discovered when the first NDR goes unread.
+//! Microsoft Graph, as deliver does for bounces and uncertain sends, after reading the
+//! permissions in the app's Graph token: an app not granted the mailbox is named here, not
+//! discovered when the first NDR goes unread or the first Graph send is refused.
 
+mod domains;
+mod graph_check;
+mod graph_permissions;
 mod hint;
 mod report;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -15,10 +20,13 @@ use futures::StreamExt as _;
 use mail_builder::MessageBuilder;
 use mailpipe_common::domain::EmailAddress;
 
+pub use domains::from_domains;
+pub use graph_check::{GraphCheck, graph_hint};
+pub use graph_permissions::{MAX_TOKEN_BYTES, Need, needs, token_roles};
 pub use hint::{HintContext, aadsts_code, hint};
 pub use report::{MailboxCheck, PoolReport};
+pub use settings::CheckPoolSettings;
 
-use crate::graph::{FolderId, GraphClient, GraphError, Order};
 use crate::pool::{MailboxPool, SessionError};
 use crate::settings::DeliverSettings;
 use crate::smtp::SmtpFailure;
@@ -62,23 +70,21 @@ pub async fn check_pool(
 ) -> anyhow::Result<PoolReport> {
     let pool = MailboxPool::build(settings)?;
     let pool = &pool;
-    let graph = match settings.graph.enabled {
-        true => Some(GraphClient::from_settings(settings)?),
-        false => None,
-    };
+    let graph = GraphCheck::from_settings(settings)?;
     let graph = graph.as_ref();
     let checks: Vec<MailboxCheck> = futures::stream::iter(0..pool.mailboxes().len())
         .map(|idx| async move {
             let mut check = check_mailbox(pool, settings, idx, options).await;
             if let Some(graph) = graph {
-                check_graph(graph, &pool.mailboxes()[idx].address, &mut check).await;
+                graph.check(&pool.mailboxes()[idx], &mut check).await;
             }
             check
         })
         .buffered(PARALLEL)
         .collect()
         .await;
-    Ok(PoolReport::new(checks))
+    let domains = domains::check_domains(settings).await?;
+    Ok(PoolReport::new(checks, domains))
 }
 
 async fn check_mailbox(
@@ -104,16 +110,17 @@ async fn check_mailbox(
         hint: None,
         test_message: None,
         graph: None,
+        warnings: Vec::new(),
     };
     if m.transport == crate::settings::Transport::Graph {
         // Sent through Graph: no SMTP session to check (the tenant may have SMTP AUTH off);
-        // the Graph check below reads its Inbox. Mail.Send shows only at a send
+        // the Graph check below reads the token's permissions and the mailbox's Inbox
         // (`--send-test` is SMTP's).
         check.endpoint = settings.graph.base_url.clone();
         check.stage = "done".into();
         check.ok = true;
         check.reply = if settings.graph.enabled {
-            "transport = graph: no SMTP session (the app needs Mail.Send; docs/microsoft365.md, step 10)".into()
+            "transport = graph: no SMTP session".into()
         } else {
             "transport = graph needs [deliver.graph] enabled = true".into()
         };
@@ -165,7 +172,12 @@ async fn check_mailbox(
                 check.ok = false;
                 check.stage = "test_message".into();
                 check.test_message = Some(format!("{} {}", report.reply.code, report.reply.text));
-                check.hint = Some("the test message was refused: see the reply".into());
+                check.hint = Some(
+                    match crate::smtp::classify::sender_domain_refusal(&report.reply) {
+                        Some(domain) => domain.hint().into(),
+                        None => "the test message was refused: see the reply".into(),
+                    },
+                );
             }
             Err(f) => {
                 check.ok = false;
@@ -187,41 +199,6 @@ async fn check_mailbox(
     }
     session.quit().await;
     check
-}
-
-/// Reads one message summary of the mailbox's Inbox through Graph. A mailbox Graph cannot
-/// serve by configuration (password auth, a tenant without an app) is noted, not failed:
-/// its bounces are simply not read.
-async fn check_graph(graph: &GraphClient, mailbox: &EmailAddress, check: &mut MailboxCheck) {
-    if let Err(e) = graph.check_mailbox(mailbox) {
-        check.graph = Some(format!("not read: {e}"));
-        return;
-    }
-    match graph
-        .list_messages(mailbox, &FolderId::inbox(), Order::OldestFirst, 1)
-        .await
-    {
-        Ok(_) => check.graph = Some("ok (Inbox readable)".into()),
-        Err(e) => {
-            check.graph = Some(format!("FAILED: {e}"));
-            if check.ok {
-                check.ok = false;
-                check.stage = "graph".into();
-                check.hint = Some(graph_hint(&e, mailbox));
-            }
-        }
-    }
-}
-
-fn graph_hint(e: &GraphError, mailbox: &EmailAddress) -> String {
-    match e.status() {
-        Some(403) => format!(
-            "the app may not read {mailbox}: grant it Mail.ReadWrite on this mailbox (RBAC for Applications, or the application access policy's group); docs/microsoft365.md, step 9"
-        ),
-        Some(401) => "Graph refused the app's token: give the app the Mail.ReadWrite application permission with admin consent (or an RBAC role assignment); docs/microsoft365.md, step 9".into(),
-        Some(404) => format!("Graph does not know {mailbox} in this tenant: check the address and the tenant's directory id"),
-        _ => "Graph could not be reached or answered with an error: check deliver.graph.base_url and the network".into(),
-    }
 }
 
 /// A short plain-text message From the mailbox itself (always allowed).

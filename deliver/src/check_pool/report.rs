@@ -1,6 +1,9 @@
-//! The outcome of `check-pool`: one row per mailbox, printed as a table or as JSON.
+//! The outcome of `check-pool`: one row per mailbox and one block per sender domain,
+//! printed as a table or as JSON.
 
 use serde::Serialize;
+
+use crate::sender_domain::check::{DomainCheck, Outcome};
 
 /// One mailbox's check.
 #[derive(Debug, Clone, Serialize)]
@@ -27,19 +30,26 @@ pub struct MailboxCheck {
     /// Reading the Inbox through Microsoft Graph (`[deliver.graph]` enabled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph: Option<String>,
+    /// What may fail later without failing the check (a permission the token does not
+    /// show, which RBAC for Applications may grant), each with its fix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolReport {
     pub ok: bool,
     pub mailboxes: Vec<MailboxCheck>,
+    /// The From domains' SPF, DKIM and DMARC (`[deliver.check_pool] sender_domains`).
+    pub domains: Vec<DomainCheck>,
 }
 
 impl PoolReport {
-    pub fn new(mailboxes: Vec<MailboxCheck>) -> Self {
+    pub fn new(mailboxes: Vec<MailboxCheck>, domains: Vec<DomainCheck>) -> Self {
         Self {
-            ok: mailboxes.iter().all(|m| m.ok),
+            ok: mailboxes.iter().all(|m| m.ok) && domains.iter().all(|d| d.ok),
             mailboxes,
+            domains,
         }
     }
 
@@ -98,6 +108,9 @@ impl PoolReport {
             if let Some(h) = &m.hint {
                 out.push_str(&format!("    -> {h}\n"));
             }
+            for w in &m.warnings {
+                out.push_str(&format!("    warning: {w}\n"));
+            }
         }
         let failed = self.mailboxes.iter().filter(|m| !m.ok).count();
         out.push_str(&if failed == 0 {
@@ -105,6 +118,50 @@ impl PoolReport {
         } else {
             format!("{failed} of {} mailboxes failed\n", self.mailboxes.len())
         });
+        out.push_str(&self.domains_table());
+        out
+    }
+
+    /// One line per check of each sender domain, its fix below a warning or failure.
+    fn domains_table(&self) -> String {
+        if self.domains.is_empty() {
+            return String::new();
+        }
+        let width = self
+            .domains
+            .iter()
+            .map(|d| d.domain.len())
+            .max()
+            .unwrap_or(0)
+            .max("SENDER DOMAIN".len());
+        let mut out = format!("\n{:<width$}  CHECK  RESULT   DETAIL\n", "SENDER DOMAIN");
+        for d in &self.domains {
+            for f in &d.findings {
+                out.push_str(&format!(
+                    "{:<width$}  {:<5}  {:<7}  {}\n",
+                    d.domain,
+                    f.check,
+                    f.result.as_str(),
+                    f.detail
+                ));
+                if let Some(fix) = &f.fix {
+                    out.push_str(&format!("    -> {fix}\n"));
+                }
+            }
+        }
+        let count = |o: Outcome| {
+            self.domains
+                .iter()
+                .flat_map(|d| &d.findings)
+                .filter(|f| f.result == o)
+                .count()
+        };
+        let failed = self.domains.iter().filter(|d| !d.ok).count();
+        out.push_str(&format!(
+            "{} sender domains: {failed} failed, {} warnings\n",
+            self.domains.len(),
+            count(Outcome::Warning)
+        ));
         out
     }
 }

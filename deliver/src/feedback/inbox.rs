@@ -237,6 +237,12 @@ impl InboxReader {
             }
         };
         bounce::origin::confirm_for_mailbox(&mut bounce, mailbox);
+        if let Some(domain) = bounce::sender_domain_refusal(&bounce) {
+            tracing::warn!(
+                mailbox = %mailbox, refusal = domain.as_str(),
+                "a non-delivery report blames the sender's domain: {}", domain.hint()
+            );
+        }
         let key = message
             .internet_message_id
             .clone()

@@ -301,7 +301,12 @@ impl DeliverStage {
                         reply
                     }
                     ReplyClass::MessagePermanent => {
-                        let reason = format!("refused by the server: {reply}");
+                        let reason = match crate::smtp::classify::sender_domain_refusal(&reply) {
+                            Some(domain) => {
+                                format!("refused by the server: {reply} ({})", domain.hint())
+                            }
+                            None => format!("refused by the server: {reply}"),
+                        };
                         return self
                             .dead(&meta, props, mime, &reason, Some(reply), Some(idx), vec![])
                             .await;

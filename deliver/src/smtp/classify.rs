@@ -8,13 +8,14 @@
 //! | 5.7.60 · 554 5.2.252 SendAsDenied | `Mailbox(SendAs)` | quarantine with backoff, reroute |
 //! | 554 5.2.0 SubmissionQuotaExceededException | `Mailbox(Quota)` | pause for the recipient window, reroute |
 //! | 554 5.2.2 mailbox full; STOREDRV.Submission…QuotaExceededException (the *sending* mailbox is over its storage quota) | `Mailbox(StorageFull)` | quarantine with backoff, reroute: nothing it sends can pass until its Sent Items are emptied |
-//! | 432 4.3.2 sender thread limit / concurrent connections limit exceeded | `Mailbox(Connections)` | short pause, reroute |
+//! | 432 (4.3.2: "sender thread limit exceeded", now "Concurrent connections limit exceeded"; recognised by the code, whatever the text) | `Mailbox(Connections)` | short pause, reroute |
 //! | 421 4.4.2 submission rate exceeded | `Mailbox(Rate)` | pause for the message window, reroute |
 //! | 550 5.2.251, 5.2.253–5.2.255 (sender throttled for continuous mailbox-full, licence, too-many-recipients, invalid-recipient errors) | `Mailbox(Throttled)` | pause with backoff, reroute: Exchange refuses the mailbox a while, and every refusal meanwhile would be one more error |
 //! | 550 5.7.708 (tenant blocked) | `Tenant(Blocked)` | quarantine every mailbox of the tenant, reroute |
 //! | 550 5.7.233 (tenant external recipient limit) | `Tenant(ExternalLimit)` | pause the tenant for its window, reroute |
 //! | a session cannot be opened (connect, STARTTLS, AUTH: timeout, network, 4xx) | `Mailbox(Unreachable)` | pause with doubling backoff, reroute |
 //! | other 4xx, timeouts, dropped connections | `Transient` | retry ladder (an attempt is spent), dead letters after `max_attempts` |
+//! | 550 5.7.515, 5.7.509, 5.7.26, 5.7.27, 5.7.23, 5.7.750, 5.7.236 (the sender domain's SPF/DKIM/DMARC, or a domain the tenant lacks: `sender_domain_refusal`) | `MessagePermanent` | as below, the failure reason carrying the sender-domain hint (`check-pool` checks the records) |
 //! | other 5xx (5.1.1 unknown recipient, 5.3.4 too big, ...) | `MessagePermanent` | `failed` event, dead letters with the reply, ack |
 //!
 //! Mailbox- and tenant-level refusals never spend one of the message's attempts: the
@@ -26,6 +27,8 @@
 //! classification reads `SmtpReply::enhanced` (parsed from the text) and a few markers.
 
 use mailpipe_common::contract::SmtpReply;
+
+use crate::sender_domain::SenderDomainRefusal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyClass {
@@ -134,8 +137,10 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     if enhanced == "5.2.2" && text.contains("storedrv.submission") {
         return ReplyClass::Mailbox(MailboxProblem::StorageFull);
     }
-    // Older and current Exchange texts of the connection cap.
-    if text.contains("sender thread limit") || text.contains("concurrent connections limit") {
+    // The connection cap, by its code: Exchange's text has changed ("sender thread limit
+    // exceeded", then "Concurrent connections limit exceeded") and may again. 432 is
+    // Exchange's own code for it (`421 4.3.2` is a server going away: transient).
+    if reply.code == 432 {
         return ReplyClass::Mailbox(MailboxProblem::Connections);
     }
     if enhanced == "4.4.2" && text.contains("submission rate") {
@@ -149,6 +154,16 @@ pub fn classify(reply: &SmtpReply) -> ReplyClass {
     } else {
         ReplyClass::MessagePermanent
     }
+}
+
+/// A refusal that blames the sender's domain (SPF, DKIM, DMARC, or a domain the tenant
+/// does not have): every message From that domain would meet it at that receiver, so the
+/// failure reason says what to check. Still `MessagePermanent`: the mailbox is not at fault.
+pub fn sender_domain_refusal(reply: &SmtpReply) -> Option<SenderDomainRefusal> {
+    if !reply.is_permanent() {
+        return None;
+    }
+    SenderDomainRefusal::of(reply.enhanced.as_deref().unwrap_or(""), &reply.text)
 }
 
 #[cfg(test)]
@@ -262,7 +277,15 @@ mod tests {
             ReplyClass::Tenant(TenantProblem::ExternalLimit)
         );
         assert_eq!(
-            class(432, "4.3.2 Concurrent connections limit exceeded."),
+            class(
+                432,
+                "4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information. [Hostname=AM0PR01MB1234]"
+            ),
+            ReplyClass::Mailbox(Connections)
+        );
+        // Whatever the next text is, the code decides.
+        assert_eq!(
+            class(432, "4.3.2 Too many open sessions for this sender"),
             ReplyClass::Mailbox(Connections)
         );
         assert_eq!(
@@ -280,6 +303,36 @@ mod tests {
         assert_eq!(
             class(552, "5.3.4 Message size exceeds fixed maximum message size"),
             ReplyClass::MessagePermanent
+        );
+    }
+
+    #[test]
+    fn sender_domain_refusals_stay_message_permanent_and_are_named() {
+        let reply = SmtpReply::new(
+            550,
+            "5.7.515 Access denied, sending domain contoso.com doesn't meet the required authentication level.",
+        );
+        assert_eq!(classify(&reply), ReplyClass::MessagePermanent);
+        assert_eq!(
+            sender_domain_refusal(&reply),
+            Some(SenderDomainRefusal::Authentication)
+        );
+        let dmarc = SmtpReply::new(
+            550,
+            "5.7.509 Access denied, sending domain contoso.com does not pass DMARC verification and has a DMARC policy of reject.",
+        );
+        assert_eq!(
+            sender_domain_refusal(&dmarc),
+            Some(SenderDomainRefusal::Authentication)
+        );
+        assert_eq!(
+            sender_domain_refusal(&SmtpReply::new(550, "5.1.1 unknown")),
+            None
+        );
+        // A transient reply is never blamed on the domain.
+        assert_eq!(
+            sender_domain_refusal(&SmtpReply::new(451, "4.7.26 try later, DMARC")),
+            None
         );
     }
 }

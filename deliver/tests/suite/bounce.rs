@@ -220,3 +220,57 @@ fn a_report_from_outside_is_outside_whatever_it_claims() {
         assert_eq!(b.provenance.origin, expected, "{from}");
     }
 }
+
+/// Outlook.com's refusal of a domain without SPF, DKIM and DMARC comes back as an Exchange
+/// NDR: it is a bounce like any other, and it names the sender-domain problem (the fix is
+/// in DNS, not in the message).
+#[test]
+fn an_ndr_for_outlook_coms_authentication_requirement_names_the_sender_domain() {
+    use mailpipe_deliver::bounce::sender_domain_refusal;
+    use mailpipe_deliver::sender_domain::SenderDomainRefusal;
+    let original = b"From: billing@contoso.com\r\nTo: someone@outlook.com\r\nMessage-ID: <inv-9@contoso.com>\r\nSubject: Invoice\r\n\r\nbody\r\n";
+    let ndr = |status: &str, diagnostic: &str| {
+        mailpipe_sim::exchange_ndr(
+            "AM0PR01MB1234.eurprd01.prod.exchangelabs.com",
+            "postmaster@contoso.com",
+            "billing@contoso.com",
+            original,
+            &[mailpipe_sim::FailedRecipient {
+                address: "someone@outlook.com".into(),
+                status: status.into(),
+                diagnostic: diagnostic.into(),
+            }],
+            chrono::Utc::now(),
+        )
+    };
+    let refused = ndr(
+        "5.7.515",
+        "550 5.7.515 Access denied, sending domain contoso.com doesn't meet the required authentication level. The sender's domain in the 5322.From address doesn't meet the authentication requirements defined for the sender.",
+    );
+    let Report::Bounce(b) = parse(&refused) else {
+        panic!("not a bounce")
+    };
+    assert_eq!(b.recipients[0].status.to_string(), "5.7.515");
+    let problem = sender_domain_refusal(&b);
+    assert_eq!(problem, Some(SenderDomainRefusal::Authentication));
+    assert!(problem.unwrap().hint().contains("check-pool"));
+    let dmarc = ndr(
+        "5.7.509",
+        "550 5.7.509 Access denied, sending domain contoso.com does not pass DMARC verification and has a DMARC policy of reject.",
+    );
+    let Report::Bounce(b) = parse(&dmarc) else {
+        panic!("not a bounce")
+    };
+    assert_eq!(
+        sender_domain_refusal(&b),
+        Some(SenderDomainRefusal::Authentication)
+    );
+    let unknown = ndr(
+        "5.1.10",
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+    );
+    let Report::Bounce(b) = parse(&unknown) else {
+        panic!("not a bounce")
+    };
+    assert_eq!(sender_domain_refusal(&b), None);
+}

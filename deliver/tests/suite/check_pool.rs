@@ -69,13 +69,13 @@ async fn sim() -> RunningSim {
         .unwrap()
 }
 
-fn tenant(id: &str, client_id: &str, secret_env: &str, authority: &str) -> String {
+pub(crate) fn tenant(id: &str, client_id: &str, secret_env: &str, authority: &str) -> String {
     format!(
         "[[deliver.tenants]]\nid = \"{id}\"\n[deliver.tenants.oauth]\ntenant_id = \"{id}.onmicrosoft.com\"\nclient_id = \"{client_id}\"\nclient_secret = {{ env = \"{secret_env}\" }}\nauthority = \"{authority}\"\nallow_loopback_http = true\n"
     )
 }
 
-fn mailbox(address: &str, tenant: &str, port: u16, extra: &str) -> String {
+pub(crate) fn mailbox(address: &str, tenant: &str, port: u16, extra: &str) -> String {
     format!(
         "[[deliver.mailboxes]]\naddress = \"{address}\"\ntenant = \"{tenant}\"\nhost = \"localhost\"\nport = {port}\n{extra}"
     )
@@ -134,16 +134,20 @@ fn write_config(sim: &RunningSim, dir: &Path, broken: bool) {
     std::fs::write(dir.join("mailpipe.toml"), toml).unwrap();
 }
 
-async fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailpipe-deliver"))
+/// Runs `mailpipe-deliver` with `args` in `dir`, killed if it has not finished in 120 s.
+pub(crate) async fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailpipe-deliver"))
         .args(args)
         .current_dir(dir)
         .env_remove("MAILPIPE_CONFIG")
         .env("CONTOSO_SECRET", "contoso-secret")
         .env("NORTHWIND_SECRET", "northwind-secret")
         .env("TAILSPIN_SECRET", "not-the-secret")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), child)
         .await
+        .unwrap_or_else(|_| panic!("mailpipe-deliver {args:?} ran longer than 120 s"))
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -347,4 +351,5 @@ async fn graph_access_is_checked_for_each_mailbox() {
         denied["hint"].as_str().unwrap().contains("Mail.ReadWrite"),
         "{denied}"
     );
+    sim.shutdown().await;
 }

@@ -32,7 +32,7 @@ fn every_config_snippet_in_the_guide_passes_check_config() {
     )
     .unwrap();
     let blocks = toml_blocks(&guide);
-    assert_eq!(blocks.len(), 6, "the guide's TOML snippets");
+    assert_eq!(blocks.len(), 7, "the guide's TOML snippets");
     let dir = tempfile::tempdir().unwrap();
     let cert = AppCertificate::generate("mailpipe contoso").unwrap();
     std::fs::write(dir.path().join("contoso-app.crt"), &cert.certificate_pem).unwrap();
@@ -64,4 +64,63 @@ fn every_config_snippet_in_the_guide_passes_check_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The `mailpipe-deliver` command lines of the guide's `sh` blocks.
+fn deliver_commands(markdown: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    for line in markdown.lines() {
+        match line.trim_end() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            l if in_sh && l.starts_with("mailpipe-deliver ") => {
+                let command = l.split(" #").next().unwrap_or(l);
+                out.push(
+                    command
+                        .split_whitespace()
+                        .skip(1)
+                        .map(str::to_owned)
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every `mailpipe-deliver` command the guide shows is one the binary takes: its options and
+/// values parse (with `--help` appended, so nothing runs against a tenant; `check-pool` itself
+/// runs as shown in `check_pool.rs` against the simulator).
+#[test]
+fn every_command_in_the_guide_parses() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/microsoft365.md"),
+    )
+    .unwrap();
+    let commands = deliver_commands(&guide);
+    assert!(
+        commands.iter().any(|c| c.iter().any(|a| a == "check-pool")),
+        "{commands:?}"
+    );
+    for args in &commands {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-deliver"))
+            .args(args)
+            .arg("--help")
+            .env_remove("MAILPIPE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A misspelt option is refused the same way, so the check above means something.
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe-deliver"))
+        .args(["check-pool", "--sendtest", "you@contoso.com", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

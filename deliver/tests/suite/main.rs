@@ -10,6 +10,8 @@ mod auth_discipline;
 mod bounce;
 mod bounce_props;
 mod check_pool;
+mod check_pool_domains;
+mod check_pool_graph;
 mod classify_props;
 mod docs_microsoft365;
 mod federated;

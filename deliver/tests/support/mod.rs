@@ -3,6 +3,8 @@
 //! and helpers to publish rendered messages and wait for outcomes.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod dns_zone;
+
 use std::time::Duration;
 
 use chrono::Utc;

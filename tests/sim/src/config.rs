@@ -25,6 +25,8 @@ pub mod defaults {
     pub const EXTERNAL_WINDOW_MS: u64 = 86_400_000;
     /// Entra ID answers `expires_in: 3599` for a one-hour token.
     pub const TOKEN_LIFETIME_SECS: u64 = 3599;
+    /// The Graph application permissions an app has unless `[[apps]] roles` says otherwise.
+    pub const GRAPH_ROLES: [&str; 2] = ["Mail.ReadWrite", "Mail.Send"];
     pub const SCOPE: &str = "https://outlook.office365.com/.default";
     /// The scope of app-only Microsoft Graph tokens (global cloud).
     pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -159,6 +161,16 @@ pub struct AppConfig {
     pub mailboxes: Vec<String>,
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+    /// Microsoft Graph application permissions an admin consented to: the `roles` claim of
+    /// the app's Graph tokens, and what Graph lets the app do (`Mail.ReadWrite` to read,
+    /// move and create drafts, `Mail.Send` to send). Default: both.
+    #[serde(default = "default_graph_roles")]
+    pub roles: Vec<String>,
+    /// RBAC for Applications (or an application access policy) scoping the app to these
+    /// mailboxes of its tenant; others get `403 ErrorAccessDenied` from Graph. None: every
+    /// mailbox of the tenant.
+    #[serde(default)]
+    pub graph_scope: Option<Vec<String>>,
 }
 
 /// A federated identity credential on an app registration: an assertion issued by `issuer`
@@ -203,6 +215,10 @@ pub struct MailboxConfig {
     /// ErrorAccessDenied`.
     #[serde(default = "default_true")]
     pub graph_access: bool,
+    /// Whether the mailbox has an Exchange Online licence; `false` (unlicensed, or living
+    /// on-premises): Graph answers `404 MailboxNotEnabledForRESTAPI` (SMTP is unchanged).
+    #[serde(default = "default_true")]
+    pub licensed: bool,
     /// Answer this mailbox's next Graph requests `429` (armed at start, as
     /// `RunningSim::throttle_graph` does at run time).
     #[serde(default)]
@@ -425,6 +441,12 @@ fn default_federated_audience() -> String {
 fn default_token_lifetime() -> u64 {
     defaults::TOKEN_LIFETIME_SECS
 }
+fn default_graph_roles() -> Vec<String> {
+    defaults::GRAPH_ROLES
+        .iter()
+        .map(|r| (*r).to_owned())
+        .collect()
+}
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -535,6 +557,17 @@ impl SimConfig {
                 }
                 if let Err(e) = crate::federated::IssuerKey::from_pem(&f.issuer_key) {
                     return invalid(format!("{key}.issuer_key"), e);
+                }
+            }
+            for (j, mb) in a.graph_scope.iter().flatten().enumerate() {
+                let known = self.mailboxes.iter().any(|m| {
+                    m.address.eq_ignore_ascii_case(mb) && m.tenant.eq_ignore_ascii_case(&a.tenant)
+                });
+                if !known {
+                    return invalid(
+                        format!("apps[{i}].graph_scope[{j}]"),
+                        format!("{mb:?} is not a mailbox of tenant {:?}", a.tenant),
+                    );
                 }
             }
             for (j, mb) in a.mailboxes.iter().enumerate() {
@@ -742,6 +775,7 @@ mod tests {
             limits: LimitsConfig::default(),
             faults: None,
             graph_access: true,
+            licensed: true,
             graph_throttle: None,
             storage_quota_bytes: None,
         };

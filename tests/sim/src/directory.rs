@@ -15,6 +15,8 @@ pub(crate) struct Mailbox {
     /// Lower case; may contain "*".
     pub send_as: Vec<String>,
     pub smtp_auth_enabled: bool,
+    /// Has an Exchange Online licence (Graph serves it).
+    pub licensed: bool,
 }
 
 impl Mailbox {
@@ -67,6 +69,7 @@ impl Directory {
                     password: m.password.clone(),
                     send_as: m.send_as.iter().map(|s| s.to_ascii_lowercase()).collect(),
                     smtp_auth_enabled: m.smtp_auth_enabled,
+                    licensed: m.licensed,
                 };
                 (mb.address.clone(), mb)
             })

@@ -323,11 +323,18 @@ fn issue_token(
         ));
     };
     let lifetime = app.token_lifetime_secs;
+    // Exchange's tokens carry Exchange's permission (SMTP AUTH as the app); Graph's the
+    // Graph permissions the app was consented.
+    let roles = match audience {
+        Audience::Exchange => vec!["SMTP.SendAsApp".to_owned()],
+        Audience::Graph => app.roles.clone(),
+    };
     let access_token = s.tokens.issue(
         &app.client_id,
         &app.tenant.to_ascii_lowercase(),
         Duration::from_secs(lifetime),
         audience,
+        &roles,
     );
     s.metrics
         .tokens_issued

@@ -27,6 +27,7 @@ mod mail_store;
 mod metrics;
 mod ndr;
 mod records;
+mod scope;
 mod sim;
 mod smtp;
 mod state;

@@ -1,5 +1,7 @@
-//! OAuth2 access tokens issued by the simulated Entra ID endpoint: opaque random strings
-//! remembered with their app, tenant and expiry.
+//! OAuth2 access tokens issued by the simulated Entra ID endpoint: JWT-shaped like Entra's
+//! (a header, the claims a client may read: `aud`, `tid`, `appid`, `roles`, `exp`, and a
+//! random "signature" that makes each one unique), remembered with their app, tenant and
+//! expiry; the store, not the signature, is what validates them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,6 +30,8 @@ pub(crate) struct IssuedToken {
     /// Tenant id (lower case).
     pub tenant: String,
     pub expires_at: Instant,
+    /// The application permissions in its `roles` claim.
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +53,9 @@ impl TokenStore {
         tenant: &str,
         lifetime: Duration,
         audience: Audience,
+        roles: &[String],
     ) -> String {
-        let mut bytes = [0u8; 48];
-        rand::rng().fill_bytes(&mut bytes);
-        // Real tokens are JWTs starting with "eyJ"; clients must treat them as opaque, and a
-        // different shape catches clients that try to parse them.
-        let token = format!(
-            "simtok.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
+        let token = jwt_shaped(client_id, tenant, lifetime, audience, roles);
         let now = Instant::now();
         let mut map = lock(&self.tokens);
         map.retain(|_, t| t.expires_at > now);
@@ -68,6 +66,7 @@ impl TokenStore {
                 audience,
                 tenant: tenant.to_owned(),
                 expires_at: now + lifetime,
+                roles: roles.to_vec(),
             },
         );
         token
@@ -89,4 +88,40 @@ impl TokenStore {
             t.expires_at = now;
         }
     }
+}
+
+/// `header.claims.signature`, base64url without padding, as Entra's access tokens are;
+/// the signature is 48 random bytes (nothing verifies it: the store does).
+fn jwt_shaped(
+    client_id: &str,
+    tenant: &str,
+    lifetime: Duration,
+    audience: Audience,
+    roles: &[String],
+) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = chrono::Utc::now().timestamp();
+    let aud = match audience {
+        Audience::Exchange => "https://outlook.office365.com",
+        Audience::Graph => "https://graph.microsoft.com",
+    };
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": "mailpipe-sim"});
+    let claims = serde_json::json!({
+        "aud": aud,
+        "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": now,
+        "nbf": now,
+        "exp": now.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+        "appid": client_id,
+        "tid": tenant,
+        "roles": roles,
+    });
+    let mut signature = [0u8; 48];
+    rand::rng().fill_bytes(&mut signature);
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(&signature)
+    )
 }

@@ -1,5 +1,6 @@
 //! One Graph request's way in and out: the bearer token (a Graph token of the mailbox's
-//! tenant), the mailbox (known, and granted to apps by the access policy), throttling
+//! tenant), the mailbox (known, granted to apps by the access policy, and to this app by
+//! its permissions and scope: `crate::scope`), throttling
 //! (armed `429`s, more than the concurrency cap in flight), the simulated latency, and the
 //! log entry when it is answered (or dropped).
 
@@ -68,7 +69,7 @@ impl Call {
             shared.graph_activity.leave(logged, false);
             response
         };
-        if let Some(response) = refusal(shared, headers, &mailbox) {
+        if let Some(response) = refusal(shared, headers, &mailbox, method, path) {
             return Err(refuse(response));
         }
         let admission = shared
@@ -140,11 +141,25 @@ impl Drop for Call {
 /// The checks Graph makes before touching a mailbox: a valid token for Graph, a mailbox
 /// of the token's tenant, and an access policy that grants apps that mailbox. `Some` is
 /// the refusal.
-fn refusal(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Option<Response> {
-    authorise(shared, headers, mailbox).err().map(|b| *b)
+fn refusal(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mailbox: &str,
+    method: &str,
+    path: &str,
+) -> Option<Response> {
+    authorise(shared, headers, mailbox, method, path)
+        .err()
+        .map(|b| *b)
 }
 
-fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), Box<Response>> {
+fn authorise(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mailbox: &str,
+    method: &str,
+    path: &str,
+) -> Result<(), Box<Response>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -200,5 +215,9 @@ fn authorise(shared: &Shared, headers: &HeaderMap, mailbox: &str) -> Result<(), 
             "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
         )));
     }
-    Ok(())
+    // The app's permissions (token roles) and its RBAC for Applications scope.
+    crate::scope::check(shared, &issued, mailbox, method, path).map_err(|r| {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+        Box::new(graph_error(status, r.code, &r.message))
+    })
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod app_permissions;
 mod binary;
 mod client_assertions;
 mod error_throttling;
