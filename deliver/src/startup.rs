@@ -12,7 +12,7 @@ use mailpipe_common::amqp::{Broker, ConsumerSpec, Publisher, Stage, consume};
 use mailpipe_common::config::CommonSettings;
 use mailpipe_common::pipeline::Pipeline;
 use mailpipe_common::service::{HttpServer, ReadyCheck, ops_router, serve};
-use mailpipe_common::store::Store;
+use mailpipe_common::store::{DatabaseSettings, Store};
 use mailpipe_common::telemetry::adopt_trace_context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -27,6 +27,10 @@ use crate::pool::MailboxPool;
 use crate::send::ledger::DeliveredJobs;
 use crate::send::{DeliverStage, DeliveryOutcome};
 use crate::settings::DeliverSettings;
+
+/// Connections kept for the lease rounds (membership, renewals, takes), beside
+/// `database.max_connections` for everything else and the member lock's own one.
+const LEASE_CONNECTIONS: u32 = 2;
 
 #[derive(Debug)]
 pub struct Application {
@@ -90,8 +94,18 @@ impl Application {
             settings.prefetch,
         );
         let prefetch_sized = prefetch.subscribe();
+        // Leases are renewed on connections of their own: on a loaded machine the sends
+        // filled the shared pool, renewals waited past their deadline, and every mailbox
+        // stopped until the next round (sends starved by their own bookkeeping).
+        let lease_store = Store::new(
+            &DatabaseSettings {
+                max_connections: LEASE_CONNECTIONS,
+                ..common.database.clone()
+            },
+            shutdown.clone(),
+        )?;
         let mut ownership = MailboxOwnership::new(
-            pipeline.store().clone(),
+            lease_store,
             pool.clone(),
             settings.lease_ttl(),
             quota_horizon(settings),
