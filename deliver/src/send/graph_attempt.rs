@@ -10,6 +10,7 @@ use crate::graph::send_outcome::{SendStep, StepFailure, accepted_reply, classify
 use crate::pool::Fence;
 use crate::send::attempt::Decided;
 use crate::send::drill::{self, CrashPoint};
+use crate::settings::Transport;
 
 impl DeliverStage {
     /// A send through Graph on the leased mailbox; the lease is always finished here.
@@ -90,13 +91,11 @@ impl DeliverStage {
             .map_err(PublishError::from)?;
         drill::reached(CrashPoint::AfterDraft);
         let result = graph.send_draft(address, &draft, send_by).await;
-        metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
+        metrics::observe_send(Transport::Graph, started.elapsed());
         match result {
             Ok(()) => {
                 self.pool.finish(lease, Completion::Counted);
-                metrics::SENDS
-                    .with_label_values(&[address.as_str(), "accepted"])
-                    .inc();
+                metrics::count_send(address.as_str(), Transport::Graph, "accepted");
                 let report = SendReport {
                     reply: accepted_reply(&draft),
                     accepted: meta.recipients.clone(),
@@ -125,9 +124,7 @@ impl DeliverStage {
         match classify_failure(e, step) {
             StepFailure::Uncertain(reply) => {
                 self.pool.finish(lease, Completion::Counted);
-                metrics::SENDS
-                    .with_label_values(&[address.as_str(), "uncertain"])
-                    .inc();
+                metrics::count_send(address.as_str(), Transport::Graph, "uncertain");
                 tracing::warn!(job = %meta.job_id, mailbox = %address, error = %e, "Graph send uncertain: no answer to sending the draft");
                 Ok(Attempt::Uncertain(reply, sent))
             }
@@ -144,9 +141,7 @@ impl DeliverStage {
                 }
                 self.pool.finish(lease, Completion::NotCounted);
                 self.close_send(sent.id, SendOutcome::NotCounted).await?;
-                metrics::SENDS
-                    .with_label_values(&[address.as_str(), class.as_str()])
-                    .inc();
+                metrics::count_send(address.as_str(), Transport::Graph, class.as_str());
                 tracing::info!(job = %meta.job_id, mailbox = %address, error = %e, class = class.as_str(), "Graph send failed, not sent");
                 Ok(Attempt::Failed { class, reply })
             }
