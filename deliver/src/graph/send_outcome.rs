@@ -97,7 +97,9 @@ pub fn classify_failure(e: &GraphError, step: SendStep) -> StepFailure {
         GraphError::Redirected { .. }
         | GraphError::TooLarge { .. }
         | GraphError::Malformed { .. }
-        | GraphError::ForeignLink { .. } => {
+        | GraphError::ForeignLink { .. }
+        | GraphError::ForeignUploadUrl { .. }
+        | GraphError::UploadStalled { .. } => {
             if step == SendStep::Send {
                 StepFailure::Uncertain(reply)
             } else {

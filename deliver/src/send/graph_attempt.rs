@@ -3,9 +3,14 @@
 //! Drafts, if there is one: never a second), its id noted on the send record, then the draft
 //! sent. Only the send step can leave the outcome unknown; that is settled like an SMTP
 //! send without a reply after the data: from Sent Items, or by the uncertain policy.
+//!
+//! A message too large for one request goes as a draft without its attachments, its id
+//! noted, then each attachment added (an upload session for the large ones), then the send.
+//! A draft of such a message found in Drafts may be half built (a crash or failure while
+//! adding the attachments): it is deleted and built again, never sent as found.
 
 use super::*;
-use crate::graph::send::{MAX_REQUEST_BYTES, base64_len};
+use crate::graph::send::{DraftPlan, plan_draft};
 use crate::graph::send_outcome::{SendStep, StepFailure, accepted_reply, classify_failure};
 use crate::pool::Fence;
 use crate::send::attempt::Decided;
@@ -33,20 +38,17 @@ impl DeliverStage {
         };
         let bytes = compose::finalize(meta, mime, self.pool.policy(), &mailbox.address);
         let draft_mime = crate::graph::draft_mime::with_envelope(&bytes, &meta.recipients);
-        let size = base64_len(draft_mime.len());
-        if size > MAX_REQUEST_BYTES {
-            // Refused before any decision: nothing is on record, nothing was sent.
-            self.pool.release_unsent(lease);
-            return Ok(Attempt::Failed {
-                class: ReplyClass::MessagePermanent,
-                reply: SmtpReply::new(
-                    0,
-                    format!(
-                        "the message is {size} bytes as base64, above Microsoft Graph's single-request limit of {MAX_REQUEST_BYTES} bytes (upload sessions are not supported yet): send it through a mailbox with transport = \"smtp\""
-                    ),
-                ),
-            });
-        }
+        let plan = match plan_draft(draft_mime, graph.max_send_bytes()) {
+            Ok(plan) => plan,
+            Err(reason) => {
+                // Refused before any decision: nothing is on record, nothing was sent.
+                self.pool.release_unsent(lease);
+                return Ok(Attempt::Failed {
+                    class: ReplyClass::MessagePermanent,
+                    reply: SmtpReply::new(0, reason),
+                });
+            }
+        };
         let (sent, written_at) = match self.decide(meta, idx, fence).await {
             Ok(Decided::Send(sent, at)) => (sent, at),
             Ok(Decided::NotSent(attempt)) => {
@@ -68,12 +70,25 @@ impl DeliverStage {
         // at all (a Retry-After wait may run past them).
         let send_by = fence.until.min(written_at + self.data_budget);
         let address = &mailbox.address;
+        let (draft_bytes, attachments) = match &plan {
+            DraftPlan::Whole(mime) => (mime.as_slice(), &[][..]),
+            DraftPlan::Split(split) => (split.draft.as_slice(), split.attachments.as_slice()),
+        };
         let draft = match graph.find_draft(address, &meta.message_id).await {
+            Ok(Some(found)) if !attachments.is_empty() => {
+                // An earlier send may have stopped while adding the attachments: a draft
+                // that may be half built is deleted and built again, never sent.
+                tracing::info!(job = %meta.job_id, mailbox = %address, "an earlier send left its draft in Drafts, perhaps without all its attachments: deleting it and building it again");
+                match graph.delete_draft(address, &found.id, send_by).await {
+                    Ok(()) => graph.create_draft(address, draft_bytes, send_by).await,
+                    Err(e) => Err(e),
+                }
+            }
             Ok(Some(found)) => {
                 tracing::info!(job = %meta.job_id, mailbox = %address, "an earlier send left its draft in Drafts: sending that one");
                 Ok(found.id)
             }
-            Ok(None) => graph.create_draft(address, &draft_mime, send_by).await,
+            Ok(None) => graph.create_draft(address, draft_bytes, send_by).await,
             Err(e) => Err(e),
         };
         let draft = match draft {
@@ -90,6 +105,21 @@ impl DeliverStage {
             .await
             .map_err(PublishError::from)?;
         drill::reached(CrashPoint::AfterDraft);
+        for (i, attachment) in attachments.iter().enumerate() {
+            if i > 0 {
+                drill::reached(CrashPoint::MidAttachments);
+            }
+            if let Err(e) = graph.attach(address, &draft, attachment, send_by).await {
+                // Not sent; the half-built draft goes now (or, failing that, when the job
+                // comes back: see above).
+                if let Err(gone) = graph.delete_draft(address, &draft, send_by).await {
+                    tracing::info!(job = %meta.job_id, mailbox = %address, error = %gone, "could not delete the half-built draft: the next send of the job deletes it");
+                }
+                return self
+                    .graph_not_sent(meta, lease, sent, &e, SendStep::Draft)
+                    .await;
+            }
+        }
         let result = graph.send_draft(address, &draft, send_by).await;
         metrics::observe_send(Transport::Graph, started.elapsed());
         match result {
