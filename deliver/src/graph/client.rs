@@ -437,7 +437,10 @@ impl GraphClient {
         url
     }
 
-    pub(super) fn tokens_for(&self, mailbox: &EmailAddress) -> Result<&Arc<TokenSource>, GraphError> {
+    pub(super) fn tokens_for(
+        &self,
+        mailbox: &EmailAddress,
+    ) -> Result<&Arc<TokenSource>, GraphError> {
         match self.routes.get(&mailbox.as_str().to_ascii_lowercase()) {
             Some(Route::Graph(t)) => Ok(t),
             Some(Route::NoGraph(reason)) => Err(GraphError::NoGraph {
@@ -626,7 +629,11 @@ impl GraphClient {
     }
 }
 
-pub(super) fn transport(operation: &'static str, mailbox: &EmailAddress, e: reqwest::Error) -> GraphError {
+pub(super) fn transport(
+    operation: &'static str,
+    mailbox: &EmailAddress,
+    e: reqwest::Error,
+) -> GraphError {
     let kind = if e.is_timeout() {
         "timed out: "
     } else if e.is_connect() {

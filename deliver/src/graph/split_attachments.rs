@@ -164,7 +164,8 @@ fn attachment_of(part: &[u8]) -> Option<Attachment> {
     let is_attachment = match disposition {
         Some(d) => d.is_attachment(),
         None => false,
-    } || (disposition.is_none_or(|d| !d.is_inline()) && headers.attachment_name().is_some());
+    } || (disposition.is_none_or(|d| !d.is_inline())
+        && headers.attachment_name().is_some());
     if !is_attachment {
         return None;
     }
@@ -307,6 +308,9 @@ mod tests {
 
     #[test]
     fn quoted_printable_is_undone() {
-        assert_eq!(quoted_printable(b"a=3Db=\r\nc=E2=82=AC"), "a=bc€".as_bytes());
+        assert_eq!(
+            quoted_printable(b"a=3Db=\r\nc=E2=82=AC"),
+            "a=bc€".as_bytes()
+        );
     }
 }

@@ -203,7 +203,11 @@ impl GraphClient {
             format!(
                 "{}://{}",
                 u.scheme(),
-                u.host_str().unwrap_or("?").chars().take(100).collect::<String>()
+                u.host_str()
+                    .unwrap_or("?")
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
             )
         };
         let url = Url::parse(raw).map_err(|_| GraphError::ForeignUploadUrl {
@@ -214,8 +218,7 @@ impl GraphClient {
         let base_origin = url.scheme() == self.base.scheme()
             && url.host() == self.base.host()
             && url.port_or_known_default() == self.base.port_or_known_default();
-        let upload_host =
-            url.scheme() == "https" && self.upload_hosts.iter().any(|h| *h == host);
+        let upload_host = url.scheme() == "https" && self.upload_hosts.iter().any(|h| *h == host);
         let https_base = base_origin && url.scheme() == "https";
         let loopback_base = base_origin && self.base.scheme() == "http";
         let plain = url.username().is_empty() && url.password().is_none();
