@@ -315,7 +315,7 @@ pub(crate) async fn create_session(
 
 fn expiration(from_now: Duration) -> String {
     let at = chrono::Utc::now() + chrono::Duration::from_std(from_now).unwrap_or_default();
-    at.format("%Y-%m-%dT%H:%M:%S%.7fZ").to_string()
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,5 +501,12 @@ mod tests {
         );
         assert_eq!(parse_content_range("bytes */1000"), None);
         assert_eq!(parse_content_range("0-1/2"), None);
+    }
+
+    #[test]
+    fn expiration_is_a_graph_timestamp() {
+        let at = expiration(Duration::from_secs(900));
+        assert!(chrono::DateTime::parse_from_rfc3339(&at).is_ok(), "{at}");
+        assert!(at.ends_with('Z'), "{at}");
     }
 }
