@@ -380,8 +380,51 @@ fn first_expected(ranges: &[String]) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn client(base_url: &str, loopback: bool) -> GraphClient {
+        let mut settings = crate::settings::DeliverSettings::default();
+        settings.graph.base_url = base_url.into();
+        settings.graph.allow_loopback_http = loopback;
+        GraphClient::from_settings(&settings).unwrap()
+    }
+
+    #[test]
+    fn an_upload_url_is_used_only_over_https_on_the_graph_host_family() {
+        let mailbox = EmailAddress::parse("m@contoso.example").unwrap();
+        let c = client("https://graph.microsoft.com", false);
+        let ok = |u: &str| c.checked_upload_url(&mailbox, u).is_ok();
+        assert!(ok(
+            "https://outlook.office.com/api/v2.0/Users('x')/Messages('y')/AttachmentSessions('z')?authtoken=SECRET"
+        ));
+        assert!(ok("https://OUTLOOK.office365.com/up?authtoken=SECRET"));
+        assert!(ok("https://graph.microsoft.com/up?authtoken=SECRET"));
+        for foreign in [
+            "http://outlook.office.com/up?authtoken=SECRET",
+            "https://outlook.office.com.evil.example/up?authtoken=SECRET",
+            "https://evil.example/up?authtoken=SECRET",
+            "https://user:pw@outlook.office.com/up?authtoken=SECRET",
+            "not a url SECRET",
+        ] {
+            let e = c.checked_upload_url(&mailbox, foreign).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("upload_hosts"), "{text}");
+            // The query is a credential: never in the error.
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+        // A loopback simulator over http: its own origin only.
+        let sim = client("http://127.0.0.1:4000", true);
+        assert!(
+            sim.checked_upload_url(&mailbox, "http://127.0.0.1:4000/upload/x?authtoken=s")
+                .is_ok()
+        );
+        assert!(
+            sim.checked_upload_url(&mailbox, "http://127.0.0.1:4001/upload/x?authtoken=s")
+                .is_err()
+        );
+    }
 
     #[test]
     fn chunks_are_multiples_of_320_kib_under_4_mb() {
