@@ -123,18 +123,18 @@ fn attach(
     name: &str,
     content_type: &str,
     bytes: &[u8],
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let max = s.config.graph.max_message_bytes;
     let outcome = s.mail.rewrite(mailbox, WellKnown::Drafts, draft_id, |raw| {
         let out = with_attachment(raw, name, content_type, bytes);
         if out.len() as u64 > max {
-            Err(too_large(max))
+            Err(Box::new(too_large(max)))
         } else {
             Ok(out)
         }
     });
     match outcome {
-        None => Err(not_found()),
+        None => Err(Box::new(not_found())),
         Some(result) => result,
     }
 }
@@ -202,7 +202,7 @@ pub(crate) async fn add(
         .unwrap_or_else(|| "application/octet-stream".into());
     let mailbox = call.mailbox.clone();
     if let Err(answer) = attach(&s, &mailbox, &id, &a.name, &content_type, &bytes) {
-        return call.finish(answer);
+        return call.finish(*answer);
     }
     let answer = json!({
         "@odata.type": "#microsoft.graph.fileAttachment",
@@ -421,7 +421,7 @@ fn range(
             "a range is at most {MAX_RANGE_BYTES} bytes; this one has {}",
             body.len()
         ))
-    } else if end + 1 < total && body.len() % RANGE_MULTIPLE != 0 {
+    } else if end + 1 < total && !body.len().is_multiple_of(RANGE_MULTIPLE) {
         Some(format!(
             "a range but the last must be a multiple of 320 KiB; this one is {} bytes",
             body.len()
@@ -463,7 +463,7 @@ fn range(
         &done.content_type,
         &done.received,
     ) {
-        return answer;
+        return *answer;
     }
     let attachment_id = format!("AAMkAtt{}", uuid::Uuid::new_v4().simple());
     let location = format!(
