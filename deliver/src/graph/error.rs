@@ -61,10 +61,10 @@ pub enum GraphError {
         /// `429` is a refusal before any processing).
         maybe_processed: bool,
     },
-    /// The request would have gone out after its deadline (a throttling wait ran past it):
-    /// it was not sent.
+    /// The request would have gone out after its deadline (a throttling wait, or the
+    /// send's earlier requests, ran past it): it was not sent.
     #[error(
-        "Graph {operation} for {mailbox} not sent: its deadline passed while it waited ({waited:?} for Retry-After)"
+        "Graph {operation} for {mailbox} not sent: the send's deadline passed before it could start ({waited:?} of waiting for Retry-After)"
     )]
     PastDeadline {
         operation: &'static str,

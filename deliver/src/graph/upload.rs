@@ -54,13 +54,14 @@ impl std::fmt::Debug for WireUploadSession {
 
 impl GraphClient {
     /// Adds `attachment` to the draft: in one request, or through an upload session when
-    /// it is larger than [`UPLOAD_SESSION_ABOVE`]. No request starts after `deadline`.
+    /// it is larger than [`UPLOAD_SESSION_ABOVE`]. No request starts after `deadline()`
+    /// (read before each: the send's lease may be renewed meanwhile).
     pub async fn attach(
         &self,
         mailbox: &EmailAddress,
         draft_id: &str,
         attachment: &Attachment,
-        deadline: Instant,
+        deadline: &(dyn Fn() -> Instant + Sync),
     ) -> Result<(), GraphError> {
         if attachment.bytes.len() <= UPLOAD_SESSION_ABOVE {
             self.add_attachment(mailbox, draft_id, attachment, deadline)
@@ -103,7 +104,7 @@ impl GraphClient {
         mailbox: &EmailAddress,
         draft_id: &str,
         attachment: &Attachment,
-        deadline: Instant,
+        deadline: &(dyn Fn() -> Instant + Sync),
     ) -> Result<(), GraphError> {
         let url = self.mailbox_url(mailbox, &["messages", draft_id, "attachments"]);
         let body = serde_json::json!({
@@ -119,7 +120,7 @@ impl GraphClient {
             url,
             &crate::graph::client::RequestBody::Json(body),
             MAX_JSON_BYTES,
-            Some(deadline),
+            Some(deadline()),
         )
         .await
         .map(drop)
@@ -130,7 +131,7 @@ impl GraphClient {
         mailbox: &EmailAddress,
         draft_id: &str,
         attachment: &Attachment,
-        deadline: Instant,
+        deadline: &(dyn Fn() -> Instant + Sync),
     ) -> Result<(), GraphError> {
         let url = self.mailbox_url(
             mailbox,
@@ -153,7 +154,7 @@ impl GraphClient {
                 url,
                 &crate::graph::client::RequestBody::Json(body),
                 MAX_JSON_BYTES,
-                Some(deadline),
+                Some(deadline()),
             )
             .await?;
         let session: WireUploadSession =
@@ -242,7 +243,7 @@ impl GraphClient {
         start: usize,
         total: usize,
         range: Bytes,
-        deadline: Instant,
+        deadline: &(dyn Fn() -> Instant + Sync),
     ) -> Result<RangeAnswer, GraphError> {
         const OPERATION: &str = "upload_range";
         let who = || mailbox.to_string();
@@ -259,7 +260,7 @@ impl GraphClient {
             let admission = self.gates.admit(mailbox.as_str()).await;
             metrics::GRAPH_THROTTLED_WAIT.observe(admission.throttled_wait.as_secs_f64());
             waited += admission.throttled_wait;
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline() {
                 count("past_deadline");
                 return Err(GraphError::PastDeadline {
                     operation: OPERATION,

@@ -17,6 +17,9 @@ use crate::send::attempt::Decided;
 use crate::send::drill::{self, CrashPoint};
 use crate::settings::Transport;
 
+/// How long after a failed attachment step its draft's deletion may still start.
+const DRAFT_CLEANUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl DeliverStage {
     /// A send through Graph on the leased mailbox; the lease is always finished here.
     pub(super) async fn send_through_graph(
@@ -67,8 +70,19 @@ impl DeliverStage {
         drill::reached(CrashPoint::AfterDecision);
         let started = Instant::now();
         // Each request goes out before the lease's end and within the send's budget, or not
-        // at all (a Retry-After wait may run past them).
-        let send_by = fence.until.min(written_at + self.data_budget);
+        // at all (a Retry-After wait, or a large message's uploads, may run past them). The
+        // lease's end is read again before each request: renewed meanwhile under the same
+        // fencing token, it is still this send's lease (a large message's uploads may take
+        // longer than one lease period; the budget still bounds the send).
+        let budget_end = written_at + self.data_budget;
+        let pool = &self.pool;
+        let send_by = move || {
+            let until = match pool.fence(idx) {
+                Some(now) if now.token == fence.token => now.until,
+                _ => fence.until,
+            };
+            until.min(budget_end)
+        };
         let address = &mailbox.address;
         let (draft_bytes, attachments) = match &plan {
             DraftPlan::Whole(mime) => (mime.as_slice(), &[][..]),
@@ -79,8 +93,8 @@ impl DeliverStage {
                 // An earlier send may have stopped while adding the attachments: a draft
                 // that may be half built is deleted and built again, never sent.
                 tracing::info!(job = %meta.job_id, mailbox = %address, "an earlier send left its draft in Drafts, perhaps without all its attachments: deleting it and building it again");
-                match graph.delete_draft(address, &found.id, send_by).await {
-                    Ok(()) => graph.create_draft(address, draft_bytes, send_by).await,
+                match graph.delete_draft(address, &found.id, send_by()).await {
+                    Ok(()) => graph.create_draft(address, draft_bytes, send_by()).await,
                     Err(e) => Err(e),
                 }
             }
@@ -88,7 +102,7 @@ impl DeliverStage {
                 tracing::info!(job = %meta.job_id, mailbox = %address, "an earlier send left its draft in Drafts: sending that one");
                 Ok(found.id)
             }
-            Ok(None) => graph.create_draft(address, draft_bytes, send_by).await,
+            Ok(None) => graph.create_draft(address, draft_bytes, send_by()).await,
             Err(e) => Err(e),
         };
         let draft = match draft {
@@ -109,18 +123,25 @@ impl DeliverStage {
             if i > 0 {
                 drill::reached(CrashPoint::MidAttachments);
             }
-            if let Err(e) = graph.attach(address, &draft, attachment, send_by).await {
-                // Not sent; the half-built draft goes now (or, failing that, when the job
-                // comes back: see above).
-                if let Err(gone) = graph.delete_draft(address, &draft, send_by).await {
-                    tracing::info!(job = %meta.job_id, mailbox = %address, error = %gone, "could not delete the half-built draft: the next send of the job deletes it");
-                }
+            if let Err(e) = graph.attach(address, &draft, attachment, &send_by).await {
+                // Not sent. The half-built draft goes now, apart from the send (past its
+                // deadline too: deleting an unsent draft sends nothing), or, failing that,
+                // when the job comes back to this mailbox (see above).
+                let (graph, mailbox, job) =
+                    (Arc::clone(&graph), address.clone(), meta.job_id.clone());
+                let draft = draft.clone();
+                tokio::spawn(async move {
+                    let by = Instant::now() + DRAFT_CLEANUP_WINDOW;
+                    if let Err(gone) = graph.delete_draft(&mailbox, &draft, by).await {
+                        tracing::info!(%job, %mailbox, error = %gone, "could not delete the half-built draft: the next send of the job through this mailbox deletes it");
+                    }
+                });
                 return self
                     .graph_not_sent(meta, lease, sent, &e, SendStep::Draft)
                     .await;
             }
         }
-        let result = graph.send_draft(address, &draft, send_by).await;
+        let result = graph.send_draft(address, &draft, send_by()).await;
         metrics::observe_send(Transport::Graph, started.elapsed());
         match result {
             Ok(()) => {
