@@ -223,7 +223,7 @@ async fn wait_accepted(h: &Harness, n: u64, limit: Duration) -> Option<(Instant,
 
 /// deliver's own SMTP-exchange histogram (process-global): (sum of seconds, count).
 fn smtp_seconds() -> (f64, u64) {
-    let h = &*mailpipe_deliver::metrics::SMTP_SECONDS;
+    let h = mailpipe_deliver::metrics::SMTP_SECONDS.with_label_values(&["smtp"]);
     (h.get_sample_sum(), h.get_sample_count())
 }
 

@@ -35,7 +35,7 @@ pub const MAX_THROTTLED_ATTEMPTS: u32 = 5;
 /// The properties a listing asks for.
 const SELECT: &str = "id,internetMessageId,subject,receivedDateTime,from";
 /// The `operation` label values of `mailpipe_deliver_graph_requests_total`.
-pub const OPERATIONS: [&str; 11] = [
+pub const OPERATIONS: [&str; 15] = [
     "list_messages",
     "message_mime",
     "move_message",
@@ -45,6 +45,10 @@ pub const OPERATIONS: [&str; 11] = [
     "find_draft",
     "create_draft",
     "send_draft",
+    "add_attachment",
+    "create_upload_session",
+    "upload_range",
+    "delete_draft",
     "folder_usage",
     "permanent_delete",
 ];
@@ -70,11 +74,15 @@ enum Route {
 #[derive(Debug)]
 pub struct GraphClient {
     /// `base_url` with a trailing `/`.
-    base: Url,
-    http: reqwest::Client,
+    pub(super) base: Url,
+    pub(super) http: reqwest::Client,
     max_message_bytes: u64,
+    /// `deliver.graph.max_send_bytes`.
+    pub(super) max_send_bytes: u64,
+    /// `deliver.graph.upload_hosts`, lower case.
+    pub(super) upload_hosts: Vec<String>,
     routes: HashMap<String, Route>,
-    gates: MailboxGates,
+    pub(super) gates: MailboxGates,
 }
 
 impl GraphClient {
@@ -157,9 +165,20 @@ impl GraphClient {
             base,
             http,
             max_message_bytes: graph.max_message_bytes,
+            max_send_bytes: graph.max_send_bytes,
+            upload_hosts: graph
+                .upload_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             routes,
             gates: MailboxGates::new(graph.max_concurrent_per_mailbox),
         })
+    }
+
+    /// `deliver.graph.max_send_bytes`: the largest message sent through Graph.
+    pub fn max_send_bytes(&self) -> u64 {
+        self.max_send_bytes
     }
 
     /// Whether `mailbox` can be read through Graph; `Err` says why not.
@@ -418,7 +437,10 @@ impl GraphClient {
         url
     }
 
-    fn tokens_for(&self, mailbox: &EmailAddress) -> Result<&Arc<TokenSource>, GraphError> {
+    pub(super) fn tokens_for(
+        &self,
+        mailbox: &EmailAddress,
+    ) -> Result<&Arc<TokenSource>, GraphError> {
         match self.routes.get(&mailbox.as_str().to_ascii_lowercase()) {
             Some(Route::Graph(t)) => Ok(t),
             Some(Route::NoGraph(reason)) => Err(GraphError::NoGraph {
@@ -607,7 +629,11 @@ impl GraphClient {
     }
 }
 
-fn transport(operation: &'static str, mailbox: &EmailAddress, e: reqwest::Error) -> GraphError {
+pub(super) fn transport(
+    operation: &'static str,
+    mailbox: &EmailAddress,
+    e: reqwest::Error,
+) -> GraphError {
     let kind = if e.is_timeout() {
         "timed out: "
     } else if e.is_connect() {

@@ -61,10 +61,10 @@ pub enum GraphError {
         /// `429` is a refusal before any processing).
         maybe_processed: bool,
     },
-    /// The request would have gone out after its deadline (a throttling wait ran past it):
-    /// it was not sent.
+    /// The request would have gone out after its deadline (a throttling wait, or the
+    /// send's earlier requests, ran past it): it was not sent.
     #[error(
-        "Graph {operation} for {mailbox} not sent: its deadline passed while it waited ({waited:?} for Retry-After)"
+        "Graph {operation} for {mailbox} not sent: the send's deadline passed before it could start ({waited:?} of waiting for Retry-After)"
     )]
     PastDeadline {
         operation: &'static str,
@@ -77,6 +77,17 @@ pub enum GraphError {
         mailbox: String,
         message: String,
     },
+    /// An upload session's `uploadUrl` that is not https on `base_url`'s host or one of
+    /// `upload_hosts`: its bytes (and the URL's own credential) would go elsewhere. Only the
+    /// origin is kept: the URL's query is a credential.
+    #[error(
+        "Graph create_upload_session for {mailbox}: refusing an uploadUrl at {origin}, which is not https on deliver.graph.base_url's host or one of deliver.graph.upload_hosts"
+    )]
+    ForeignUploadUrl { mailbox: String, origin: String },
+    /// The upload session stopped making progress: Graph asked for a range that does not
+    /// continue the upload, or never finished it.
+    #[error("Graph upload_range for {mailbox}: {message}")]
+    UploadStalled { mailbox: String, message: String },
     /// An `@odata.nextLink` pointing away from `base_url` (the token would go with it).
     #[error("Graph list for {mailbox}: refusing a nextLink outside deliver.graph.base_url: {url}")]
     ForeignLink { mailbox: String, url: String },

@@ -10,6 +10,8 @@
 //!   literals.
 //! - [`send`] creates and sends drafts, [`draft_mime`] makes a draft's headers name exactly
 //!   the envelope, [`send_outcome`] says what a failed step means for the send.
+//! - [`split_attachments`] takes a large message's attachments out of its draft, and
+//!   [`upload`] adds them back to the draft (in one request, or an upload session).
 
 mod body;
 pub mod client;
@@ -19,8 +21,10 @@ pub mod odata;
 pub mod send;
 pub mod send_outcome;
 pub mod settings;
+pub mod split_attachments;
 pub mod throttling;
 pub mod types;
+pub mod upload;
 pub mod usage;
 
 pub use client::GraphClient;

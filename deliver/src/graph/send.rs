@@ -15,6 +15,7 @@ use reqwest::Method;
 
 use crate::graph::client::{GraphClient, MAX_JSON_BYTES, RequestBody, decode};
 use crate::graph::error::GraphError;
+use crate::graph::split_attachments::{Split, split_attachments};
 use crate::graph::types::{MessageSummary, WireMessage};
 
 /// Graph refuses a request body above about 4 MB; the draft's MIME travels as base64.
@@ -23,6 +24,45 @@ pub const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes a message of `mime_len` bytes takes as base64.
 pub fn base64_len(mime_len: usize) -> u64 {
     (mime_len as u64).div_ceil(3) * 4
+}
+
+/// How a message becomes a draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftPlan {
+    /// The whole MIME in one request.
+    Whole(Vec<u8>),
+    /// Too large for one request: a draft without the attachments, then each attachment
+    /// added to it (`graph::upload`).
+    Split(Split),
+}
+
+/// The plan for `mime` (the draft's MIME, as sent), or why it cannot go through Graph at
+/// all: above `max_send_bytes` (Exchange's message size limit), or above Graph's
+/// single-request limit without attachments to take out.
+pub fn plan_draft(mime: Vec<u8>, max_send_bytes: u64) -> Result<DraftPlan, String> {
+    let size = mime.len() as u64;
+    if size > max_send_bytes {
+        return Err(format!(
+            "the message is {size} bytes, above the message size limit of {max_send_bytes} bytes for Graph mailboxes (deliver.graph.max_send_bytes, Exchange Online's limit: 35 MB unless the mailbox's MaxSendSize was raised)"
+        ));
+    }
+    let encoded = base64_len(mime.len());
+    if encoded <= MAX_REQUEST_BYTES {
+        return Ok(DraftPlan::Whole(mime));
+    }
+    let Some(split) = split_attachments(&mime) else {
+        return Err(format!(
+            "the message is {encoded} bytes as base64, above Microsoft Graph's single-request limit of {MAX_REQUEST_BYTES} bytes, and has no attachments to upload apart (only attachments go through upload sessions): make the body smaller, or send it through a mailbox with transport = \"smtp\""
+        ));
+    };
+    let draft = base64_len(split.draft.len());
+    if draft > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "without its {} attachment(s) the message is still {draft} bytes as base64, above Microsoft Graph's single-request limit of {MAX_REQUEST_BYTES} bytes (only attachments go through upload sessions): make the body smaller, or send it through a mailbox with transport = \"smtp\"",
+            split.attachments.len()
+        ));
+    }
+    Ok(DraftPlan::Split(split))
 }
 
 impl GraphClient {
@@ -94,8 +134,41 @@ impl GraphClient {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn with_attachment(len: usize) -> Vec<u8> {
+        mail_builder::MessageBuilder::new()
+            .from("a@contoso.example")
+            .to("b@fabrikam.example")
+            .subject("s")
+            .text_body("Hello.")
+            .attachment("application/pdf", "a.pdf", vec![7u8; len])
+            .write_to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_draft_is_whole_split_or_refused_with_the_reason() {
+        let max = 35 * 1024 * 1024;
+        assert!(matches!(
+            plan_draft(with_attachment(1_000), max),
+            Ok(DraftPlan::Whole(_))
+        ));
+        match plan_draft(with_attachment(10_000_000), max) {
+            Ok(DraftPlan::Split(split)) => {
+                assert_eq!(split.attachments[0].bytes.len(), 10_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let over = plan_draft(with_attachment(10_000_000), 5_000_000).unwrap_err();
+        assert!(over.contains("deliver.graph.max_send_bytes"), "{over}");
+        let mut body = b"Subject: s\r\n\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 3_200_000));
+        let text = plan_draft(body, max).unwrap_err();
+        assert!(text.contains("single-request limit"), "{text}");
+    }
 
     #[test]
     fn base64_is_four_bytes_per_three() {

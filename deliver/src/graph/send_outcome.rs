@@ -68,6 +68,11 @@ pub fn classify_failure(e: &GraphError, step: SendStep) -> StepFailure {
         GraphError::NoGraph { .. } | GraphError::Token { .. } => {
             not_sent(ReplyClass::Mailbox(MailboxProblem::Auth))
         }
+        // Kept back by Retry-After waits: the mailbox is throttled. Without any such wait
+        // the send's own requests (a large message's uploads) used its budget up.
+        GraphError::PastDeadline { waited, .. } if waited.is_zero() => {
+            not_sent(ReplyClass::Transient)
+        }
         GraphError::PastDeadline { .. } => not_sent(ReplyClass::Mailbox(MailboxProblem::Rate)),
         GraphError::Throttled {
             maybe_processed: true,
@@ -97,7 +102,9 @@ pub fn classify_failure(e: &GraphError, step: SendStep) -> StepFailure {
         GraphError::Redirected { .. }
         | GraphError::TooLarge { .. }
         | GraphError::Malformed { .. }
-        | GraphError::ForeignLink { .. } => {
+        | GraphError::ForeignLink { .. }
+        | GraphError::ForeignUploadUrl { .. }
+        | GraphError::UploadStalled { .. } => {
             if step == SendStep::Send {
                 StepFailure::Uncertain(reply)
             } else {
@@ -248,6 +255,19 @@ mod tests {
             Some(ReplyClass::Mailbox(MailboxProblem::Rate))
         );
         assert_eq!(class(&refused, SendStep::Send), Some(ReplyClass::Transient));
+        let past = |waited| GraphError::PastDeadline {
+            operation: "upload_range",
+            mailbox: "m@x".into(),
+            waited,
+        };
+        assert_eq!(
+            class(&past(std::time::Duration::ZERO), SendStep::Draft),
+            Some(ReplyClass::Transient)
+        );
+        assert_eq!(
+            class(&past(std::time::Duration::from_secs(2)), SendStep::Send),
+            Some(ReplyClass::Mailbox(MailboxProblem::Rate))
+        );
         assert_eq!(reply_of(&throttled(false)).code, 429);
         assert_eq!(accepted_reply("AAMkADxyz").code, 202);
     }

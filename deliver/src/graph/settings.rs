@@ -13,6 +13,11 @@ pub const MAX_CONCURRENT_PER_MAILBOX: u32 = 4;
 /// page of Graph's largest (1000).
 pub const MIN_PER_ROUND: u32 = 2;
 pub const MAX_PER_ROUND: u32 = 2000;
+/// Exchange Online's default message size limit (35 MB), what `max_send_bytes` defaults to.
+pub const DEFAULT_MAX_SEND_BYTES: u64 = 35 * 1024 * 1024;
+/// The largest message size limit Exchange Online can be set to (150 MB), and the largest
+/// attachment an upload session takes.
+pub const MAX_SEND_BYTES_CEILING: u64 = 150 * 1024 * 1024;
 /// `sent_items_retention_days` at most (ten years).
 pub const MAX_RETENTION_DAYS: u32 = 3650;
 
@@ -37,6 +42,16 @@ pub struct GraphSettings {
     pub connect_timeout_ms: u64,
     /// Largest message (MIME) fetched; bigger ones are refused, naming the limit.
     pub max_message_bytes: u64,
+    /// Largest message (MIME, as deliver would send it) sent through a Graph mailbox:
+    /// Exchange Online's message size limit for the pool's mailboxes (35 MB unless the
+    /// admin changed `MaxSendSize`, at most 150 MB). A larger one fails permanently before
+    /// any Graph request, naming this key.
+    pub max_send_bytes: u64,
+    /// Hosts an upload session's `uploadUrl` may point to (besides `base_url`'s own):
+    /// Exchange answers with a pre-authenticated URL on Outlook's host, and its bytes go
+    /// there without the bearer token. Over https only. Sovereign clouds differ
+    /// (`outlook.office365.us`, ...).
+    pub upload_hosts: Vec<String>,
     /// The folder handled NDRs are moved to (created when missing).
     pub bounce_folder: String,
     /// The folder reports that may change nothing are moved to, for a person (created when
@@ -73,6 +88,8 @@ impl Default for GraphSettings {
             request_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
             max_message_bytes: 40 * 1024 * 1024,
+            max_send_bytes: DEFAULT_MAX_SEND_BYTES,
+            upload_hosts: vec!["outlook.office.com".into(), "outlook.office365.com".into()],
             bounce_folder: "mailpipe-bounces".into(),
             untrusted_folder: "mailpipe-untrusted".into(),
             other_folder: "mailpipe-other".into(),
@@ -137,6 +154,28 @@ impl GraphSettings {
                 key("max_message_bytes"),
                 format!("{} is too small: at least 1024", self.max_message_bytes),
             );
+        }
+        if !(1024 * 1024..=MAX_SEND_BYTES_CEILING).contains(&self.max_send_bytes) {
+            p.push(
+                key("max_send_bytes"),
+                format!(
+                    "{} is out of range: 1048576 to {MAX_SEND_BYTES_CEILING} (Exchange Online's message size limit is 35 MB by default, 150 MB at most)",
+                    self.max_send_bytes
+                ),
+            );
+        }
+        for host in &self.upload_hosts {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !valid {
+                p.push(
+                    key("upload_hosts"),
+                    format!("{host:?} is not a host name such as outlook.office.com"),
+                );
+            }
         }
         for (name, folder) in [
             ("bounce_folder", &self.bounce_folder),

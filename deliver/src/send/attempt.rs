@@ -143,7 +143,7 @@ impl DeliverStage {
                 .instrument(span)
                 .await;
         }
-        metrics::SMTP_SECONDS.observe(started.elapsed().as_secs_f64());
+        metrics::observe_send(Transport::Smtp, started.elapsed());
         let outcome = match &result {
             Ok(report) if report.delivered() => SendOutcome::Accepted {
                 recipients: report.accepted.len() as u32,
@@ -163,17 +163,17 @@ impl DeliverStage {
                 // could take the slot, find no idle session and open one connection too many.
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::Counted);
-                metrics::SENDS
-                    .with_label_values(&[mailbox.address.as_str(), "accepted"])
-                    .inc();
+                metrics::count_send(mailbox.address.as_str(), Transport::Smtp, "accepted");
                 Attempt::Delivered(report, sent)
             }
             Ok(report) => {
                 self.pool.return_session(idx, session);
                 self.pool.finish(lease, Completion::NotCounted);
-                metrics::SENDS
-                    .with_label_values(&[mailbox.address.as_str(), "message_permanent"])
-                    .inc();
+                metrics::count_send(
+                    mailbox.address.as_str(),
+                    Transport::Smtp,
+                    "message_permanent",
+                );
                 Attempt::AllRefused(report)
             }
             Err(SmtpFailure::Fenced) => {
@@ -204,16 +204,12 @@ impl DeliverStage {
                 }
                 self.pool.finish(lease, counted);
                 if failure.maybe_accepted() {
-                    metrics::SENDS
-                        .with_label_values(&[mailbox.address.as_str(), "uncertain"])
-                        .inc();
+                    metrics::count_send(mailbox.address.as_str(), Transport::Smtp, "uncertain");
                     tracing::warn!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, "send uncertain: no reply after the message data");
                     Attempt::Uncertain(failure.reply(), sent)
                 } else {
                     let class = failure.class();
-                    metrics::SENDS
-                        .with_label_values(&[mailbox.address.as_str(), class.as_str()])
-                        .inc();
+                    metrics::count_send(mailbox.address.as_str(), Transport::Smtp, class.as_str());
                     tracing::info!(job = %meta.job_id, mailbox = %mailbox.address, error = %failure, class = class.as_str(), "send failed");
                     Attempt::Failed {
                         class,
@@ -327,9 +323,7 @@ impl DeliverStage {
         };
         let class = e.class();
         tracing::warn!(mailbox = %mailbox.address, error = %e, class = class.as_str(), "cannot open an SMTP session");
-        metrics::SENDS
-            .with_label_values(&[mailbox.address.as_str(), class.as_str()])
-            .inc();
+        metrics::count_send(mailbox.address.as_str(), Transport::Smtp, class.as_str());
         Attempt::Failed { class, reply }
     }
 }

@@ -18,6 +18,9 @@ pub enum CrashPoint {
     DuringData,
     /// Graph: the draft is created and noted on the send, not sent yet.
     AfterDraft,
+    /// Graph, a message with several attachments: the draft has its first attachment,
+    /// not the others (a draft that must never be sent as it is).
+    MidAttachments,
     /// The server answered 250 (Graph: 202); the outcome is not on record yet.
     AfterReply,
     /// The outcome is on record; the message is not acked yet.
@@ -30,6 +33,7 @@ impl CrashPoint {
             CrashPoint::AfterDecision => "after_decision",
             CrashPoint::DuringData => "during_data",
             CrashPoint::AfterDraft => "after_draft",
+            CrashPoint::MidAttachments => "mid_attachments",
             CrashPoint::AfterReply => "after_reply",
             CrashPoint::AfterOutcome => "after_outcome",
         }

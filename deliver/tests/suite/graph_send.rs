@@ -3,7 +3,8 @@
 //! a batch ends every job delivered once through draft-then-send within the windows; `429`s
 //! with and without `Retry-After` are waited out (the header's seconds to the instant, a
 //! backoff without it) and nothing is sent twice; a message too large for one Graph request
-//! is refused with that reason, nothing on record as sent.
+//! is refused with that reason, nothing on record as sent; a mixed pool (SMTP and Graph
+//! mailboxes) shares one batch, each job once, both transports used, no window overrun.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -202,7 +203,8 @@ async fn a_message_too_large_for_one_graph_request_is_refused_with_that_reason()
         &recipients(0, 1),
         |_| {},
     );
-    // 3.2 MB of text: 4.3 MB as base64, over Graph's 4 MB per request.
+    // 3.2 MB of text and no attachment to upload apart: 4.3 MB as base64, over Graph's
+    // 4 MB per request.
     let mut big = mime.into_bytes();
     big.extend(std::iter::repeat_n(b'x', 3_200_000));
     h.broker
@@ -239,6 +241,92 @@ async fn a_message_too_large_for_one_graph_request_is_refused_with_that_reason()
         .await
         .unwrap();
     assert_eq!(sends, 0, "nothing on record as sent");
+    stop.cancel();
+    within(Duration::from_secs(30), "deliver stops", task)
+        .await
+        .unwrap()
+        .unwrap();
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_pool_of_smtp_and_graph_mailboxes_shares_one_batch() {
+    // Mailboxes 0 and 1 send through Graph (their SMTP AUTH is off), 2 and 3 over SMTP.
+    let spec = PoolSpec {
+        mailboxes: 4,
+        smtp_mailboxes: vec![2, 3],
+        ..graph_pool(4)
+    };
+    let h = Harness::new("graph-mixed", spec).await;
+    const JOBS: usize = 60;
+    h.publish_jobs(JOBS, 1).await;
+    let (stop, task) = h.start_deliver().await;
+    wait_delivered(&h, JOBS as i64, Duration::from_secs(90)).await;
+    h.wait_accepted(JOBS, Duration::from_secs(30)).await;
+
+    let per_id = accepted_per_message_id(&h);
+    assert_eq!(per_id.len(), JOBS, "every job accepted");
+    assert!(
+        per_id.values().all(|n| *n == 1),
+        "a job sent twice: {per_id:?}"
+    );
+    assert!(h.sim.refusals().is_empty(), "{:?}", h.sim.refusals());
+    // Both transports carried part of the batch, each mailbox within its window.
+    let accepted_by: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT mailbox, count(*) FROM sends WHERE outcome = 'accepted' GROUP BY mailbox",
+    )
+    .fetch_all(h.broker.store().pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for i in 0..4 {
+        let address = mailbox_address(i);
+        assert!(
+            accepted_by.get(&address).copied().unwrap_or(0) > 0,
+            "{address} sent nothing: {accepted_by:?}"
+        );
+        let stats = h.sim.mailbox(&address).unwrap();
+        assert!(
+            stats.max_messages_in_window <= 5,
+            "window overrun: {stats:?}"
+        );
+    }
+    for graph in [0, 1] {
+        let address = mailbox_address(graph);
+        assert_eq!(h.sim.auth_attempts(&address), 0, "{address} tried SMTP");
+        let sent = h.sim.folder(&address, "Sent Items").unwrap().messages.len() as i64;
+        assert_eq!(sent, accepted_by[&address], "{address}: sent through Graph");
+        assert!(h.sim.graph_mailbox(&address).max_concurrent <= 4);
+    }
+    for smtp in [2, 3] {
+        let address = mailbox_address(smtp);
+        assert!(
+            h.sim.auth_attempts(&address) > 0,
+            "{address} never used SMTP"
+        );
+        let drafts = h
+            .sim
+            .graph_requests()
+            .into_iter()
+            .filter(|r| {
+                r.mailbox == address
+                    && r.method == "POST"
+                    && (r.path.ends_with("/messages") || r.path.ends_with("/send"))
+            })
+            .count();
+        assert_eq!(drafts, 0, "{address} sent through Graph");
+    }
+    // The records name the draft exactly for the Graph mailboxes' sends.
+    let (graph_sends, with_draft): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE mailbox IN ($1, $2)), count(graph_draft_id) FROM sends WHERE outcome = 'accepted'",
+    )
+    .bind(mailbox_address(0))
+    .bind(mailbox_address(1))
+    .fetch_one(h.broker.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(graph_sends, with_draft);
     stop.cancel();
     within(Duration::from_secs(30), "deliver stops", task)
         .await

@@ -17,6 +17,7 @@ mod docs_microsoft365;
 mod federated;
 mod graph_client;
 mod graph_send;
+mod graph_upload;
 mod inbox_reader;
 mod pool;
 mod reliability;

@@ -65,6 +65,9 @@ pub struct PoolSpec {
     /// Every mailbox sends through Graph (`transport = "graph"`, `[deliver.graph]` on the
     /// simulator's Graph), and the simulator refuses them SMTP AUTH (`535 5.7.139`).
     pub graph_transport: bool,
+    /// With `graph_transport`: mailbox indexes that stay on SMTP (SMTP AUTH on), for a
+    /// mixed pool.
+    pub smtp_mailboxes: Vec<usize>,
 }
 
 impl Default for PoolSpec {
@@ -81,6 +84,7 @@ impl Default for PoolSpec {
             mailbox_faults: vec![],
             shared_tenant: None,
             graph_transport: false,
+            smtp_mailboxes: vec![],
         }
     }
 }
@@ -126,7 +130,7 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
         } else {
             ""
         };
-        let smtp_auth = if spec.graph_transport {
+        let smtp_auth = if spec.graph_transport && !spec.smtp_mailboxes.contains(&i) {
             "smtp_auth_enabled = false"
         } else {
             ""
@@ -223,7 +227,7 @@ impl Harness {
             mailboxes.push(MailboxSettings {
                 address: EmailAddress::parse(&mailbox_address(i)).unwrap(),
                 tenant: tenant_of(&spec, i),
-                transport: if spec.graph_transport {
+                transport: if spec.graph_transport && !spec.smtp_mailboxes.contains(&i) {
                     Transport::Graph
                 } else {
                     Transport::Smtp

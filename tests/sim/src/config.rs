@@ -246,6 +246,13 @@ pub struct GraphConfig {
     pub latency_ms: u64,
     /// Graph requests kept in the request log (`GET /api/graph/requests`).
     pub max_logged_requests: usize,
+    /// Exchange Online's message size limit (35 MB by default): a draft above it is not
+    /// sent (`413 ErrorMessageSizeExceeded`), an upload session that would take the draft
+    /// above it is not created.
+    pub max_message_bytes: u64,
+    /// How long an attachment upload session lives without a range arriving (each range
+    /// extends it); an expired session's URL answers `404`.
+    pub upload_session_expiry_secs: u64,
 }
 
 impl Default for GraphConfig {
@@ -256,6 +263,8 @@ impl Default for GraphConfig {
             max_page_size: 1000,
             latency_ms: 0,
             max_logged_requests: 100_000,
+            max_message_bytes: 35 * 1024 * 1024,
+            upload_session_expiry_secs: 900,
         }
     }
 }

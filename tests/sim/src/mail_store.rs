@@ -205,6 +205,29 @@ impl MailStore {
         })
     }
 
+    /// Rewrites the MIME of a message in a well-known folder (an attachment added to a
+    /// draft), under the store's lock so two changes never lose one another; the id stays.
+    /// `f`'s `Err` leaves the message as it was and is given back.
+    pub fn rewrite<E>(
+        &self,
+        mailbox: &str,
+        folder: WellKnown,
+        id: &str,
+        f: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+    ) -> Option<Result<(), E>> {
+        self.with(mailbox, |m| {
+            let i = m.folder_index(folder.name())?;
+            let msg = m.folders[i].messages.iter_mut().find(|x| x.id == id)?;
+            Some(f(&msg.raw).map(|raw| {
+                let (internet_message_id, subject, from) = summary_headers(&raw);
+                msg.internet_message_id = internet_message_id;
+                msg.subject = subject;
+                msg.from = from;
+                msg.raw = Arc::new(raw);
+            }))
+        })
+    }
+
     /// The id of a folder given by well-known name or id.
     pub fn folder_id(&self, mailbox: &str, name_or_id: &str) -> Option<String> {
         self.with(mailbox, |m| {

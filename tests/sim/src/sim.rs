@@ -151,6 +151,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             mail: MailStore::new(config.max_recorded_messages),
             graph_activity,
+            graph_uploads: crate::graph::UploadSessions::default(),
             graph_denied: Mutex::new(graph_denied),
             storage_quotas: Mutex::new(storage_quotas),
             directory: Directory::new(&config),
@@ -412,6 +413,25 @@ impl RunningSim {
                     .as_deref()
                     .is_some_and(|w| w.eq_ignore_ascii_case(name))
         })
+    }
+
+    /// Files `raw` into the mailbox's Drafts (a draft an earlier client left); returns its id.
+    pub fn file_draft(&self, mailbox: &str, raw: &[u8]) -> String {
+        self.shared.mail.file(
+            &mailbox.to_ascii_lowercase(),
+            crate::mail_store::WellKnown::Drafts,
+            raw.to_vec(),
+        )
+    }
+
+    /// Attachment upload sessions open (created, not finished, not expired).
+    pub fn open_upload_sessions(&self) -> usize {
+        self.shared.graph_uploads.open()
+    }
+
+    /// Ends every open upload session's life now: its next range is answered `404`.
+    pub fn expire_upload_sessions(&self) {
+        self.shared.graph_uploads.expire_all();
     }
 
     /// Graph requests answered so far, oldest first (at most `graph.max_logged_requests`).

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub mail: MailStore,
     /// Graph requests: concurrency, throttling, the request log.
     pub graph_activity: GraphActivity,
+    /// Attachment upload sessions open on drafts.
+    pub graph_uploads: crate::graph::UploadSessions,
     /// Lower-case addresses the access policy denies Graph access to.
     pub graph_denied: Mutex<HashSet<String>>,
     /// Storage quotas by lower-case address; starts from the config, changeable at run time.
@@ -79,6 +81,7 @@ impl Shared {
         self.records.clear();
         self.mail.clear();
         self.graph_activity.clear();
+        self.graph_uploads.clear();
         self.limits.reset();
         self.faults.reseed();
         self.error_throttle.reset();

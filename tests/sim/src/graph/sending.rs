@@ -1,7 +1,7 @@
 //! Sending through Graph: a draft created from MIME (`POST /users/{id}/messages`, the MIME
 //! as base64 with `Content-Type: text/plain`) lands in Drafts; sending it (`POST
 //! /users/{id}/messages/{id}/send`) applies the limits and refusals the SMTP side applies at
-//! the end of DATA (Send As on From, message rate, recipient quota, the tenant's external
+//! the end of DATA (its size against `max_message_bytes`, Send As on From, message rate, recipient quota, the tenant's external
 //! recipients, a blocked tenant), then takes the draft out of Drafts and records the message
 //! like an accepted SMTP one (Sent Items, NDRs, the accepted-mail log). A draft is sent at
 //! most once: its id is gone from Drafts afterwards (`404`).
@@ -131,6 +131,14 @@ pub(crate) async fn send_draft(
     };
     let host = s.hostname().to_owned();
     let raw = draft.raw.as_ref().clone();
+    let max = s.config.graph.max_message_bytes;
+    if raw.len() as u64 > max {
+        return call.finish(graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ErrorMessageSizeExceeded",
+            &format!("The message exceeds the maximum supported size of {max} bytes."),
+        ));
+    }
     let rcpts: Vec<String> = header_addresses(&raw, &["to", "cc", "bcc"])
         .into_iter()
         .filter(|a| a.contains('@'))

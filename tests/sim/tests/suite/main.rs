@@ -11,6 +11,7 @@ mod client_assertions;
 mod error_throttling;
 mod federated_credentials;
 mod graph;
+mod graph_uploads;
 mod http_api;
 mod lettre_xoauth2;
 mod limits;
