@@ -110,7 +110,8 @@ RETURNING control
 /// how many. Runs after the cancel committed (`SET_CONTROL`): a send decision in progress
 /// then held the batch row `FOR SHARE`, so the cancel waited for it, and every decision
 /// since sees the batch cancelled and starts nothing. A job with an open send (decided
-/// before the cancel) or an accepted one is therefore left as it is. The jobs are locked in
+/// before the cancel), an accepted one or an uncertain one not settled yet (it may have
+/// been delivered: the settling decides) is left as it is. The jobs are locked in
 /// id order, so chunks and deliver's single-job statements never wait on each other
 /// crosswise.
 const CANCEL_JOBS: &str = r#"
@@ -118,7 +119,8 @@ WITH picked AS (
     SELECT id FROM jobs
     WHERE batch_id = $1 AND state IN ('accepted', 'rendered', 'retrying')
       AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.job_id = jobs.id
-                      AND (s.outcome IS NULL OR s.outcome = 'accepted'))
+                      AND (s.outcome IS NULL OR s.outcome = 'accepted'
+                           OR (s.outcome = 'uncertain' AND s.resolution IS NULL)))
     ORDER BY id
     LIMIT $3
     FOR UPDATE

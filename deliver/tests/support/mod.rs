@@ -17,7 +17,10 @@ use mailpipe_deliver::settings::{
     TenantSettings, Transport,
 };
 use mailpipe_deliver::startup::Application;
-use mailpipe_sim::{RunningSim, SimConfig, Simulator};
+use mailpipe_sim::{
+    AppConfig, FaultsConfig, LimitsConfig, MailboxConfig, RunningSim, SimConfig, Simulator,
+    TenantConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "s3cret-value-for-tests";
@@ -104,71 +107,55 @@ pub fn mailbox_address(i: usize) -> String {
 /// Each mailbox in its own tenant, so one tenant's app can carry a wrong secret alone.
 pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
     let l = spec.limits;
-    let mut toml = format!("limits_enabled = true\n{}\n", spec.faults);
+    // The test's own simulator settings (`faults`, TOML) first; the pool is added in code.
+    let mut config = SimConfig::from_toml_str(&format!("limits_enabled = true\n{}\n", spec.faults))
+        .expect("the spec's simulator settings");
     for i in 0..spec.mailboxes {
-        // With a shared tenant, only t0 (and its app) is declared.
         let t = tenant_of(spec, i);
-        let tenant_decl = match spec.shared_tenant {
-            Some(_) if i > 0 => String::new(),
-            shared => format!(
-                "[[tenants]]\nid = \"t{i}\"\ndomains = [\"contoso.example\", \"t{i}.onmicrosoft.com\"]\n{limit}\n[[apps]]\ntenant = \"t{i}\"\nclient_id = \"app-{i}\"\nclient_secret = \"{SECRET}\"\nmailboxes = [\"*\"]\ntoken_lifetime_secs = {lifetime}\n",
-                limit = shared
-                    .map(|(n, ms)| format!(
-                        "external_recipient_limit = {n}\nexternal_window_ms = {ms}"
-                    ))
-                    .unwrap_or_default(),
-                lifetime = spec.token_lifetime_secs,
-            ),
-        };
-        let send_as = if spec.send_as_billing.contains(&i) {
-            r#"send_as = ["billing@contoso.example"]"#
-        } else {
-            ""
-        };
-        let password = if spec.wrong_password.contains(&i) {
-            r#"password = "the-right-password""#
-        } else {
-            ""
-        };
-        let smtp_auth = if spec.graph_transport && !spec.smtp_mailboxes.contains(&i) {
-            "smtp_auth_enabled = false"
-        } else {
-            ""
-        };
-        toml.push_str(&format!(
-            r#"
-{tenant_decl}
-[[mailboxes]]
-address = "{addr}"
-tenant = "{t}"
-{send_as}
-{password}
-{smtp_auth}
-[mailboxes.limits]
-messages_per_window = {m}
-message_window_ms = {mw}
-recipients_per_window = {r}
-recipient_window_ms = {rw}
-max_connections = {c}
-{faults}
-"#,
-            addr = mailbox_address(i),
-            m = l.messages,
-            mw = l.message_window_ms,
-            r = l.recipients,
-            rw = l.recipient_window_ms,
-            c = l.connections,
-            faults = spec
-                .mailbox_faults
-                .iter()
-                .filter(|(m, _)| *m == i)
-                .map(|(_, f)| format!("[mailboxes.faults]\n{f}\n"))
-                .collect::<String>(),
-        ));
+        // With a shared tenant, only t0 (and its app) is declared.
+        if spec.shared_tenant.is_none() || i == 0 {
+            let mut tenant =
+                TenantConfig::new(&t, &["contoso.example", &format!("{t}.onmicrosoft.com")]);
+            if let Some((n, ms)) = spec.shared_tenant {
+                tenant = tenant.with_external_limit(n, ms);
+            }
+            let app = AppConfig {
+                token_lifetime_secs: spec.token_lifetime_secs,
+                ..AppConfig::with_secret(&t, &format!("app-{i}"), SECRET)
+            };
+            config = config.with_tenant(tenant, app);
+        }
+        let faults = spec
+            .mailbox_faults
+            .iter()
+            .find(|(m, _)| *m == i)
+            .map(|(_, f)| FaultsConfig::from_toml_fragment(f).expect("a mailbox's faults"));
+        config = config.with_mailbox(MailboxConfig {
+            send_as: if spec.send_as_billing.contains(&i) {
+                vec!["billing@contoso.example".into()]
+            } else {
+                vec![]
+            },
+            password: spec
+                .wrong_password
+                .contains(&i)
+                .then(|| "the-right-password".to_owned()),
+            smtp_auth_enabled: !(spec.graph_transport && !spec.smtp_mailboxes.contains(&i)),
+            limits: LimitsConfig {
+                max_connections: Some(l.connections),
+                ..LimitsConfig::windows(
+                    l.messages,
+                    l.message_window_ms,
+                    l.recipients,
+                    l.recipient_window_ms,
+                )
+            },
+            faults,
+            ..MailboxConfig::new(&mailbox_address(i), &t)
+        });
     }
-    Simulator::start(SimConfig::from_toml_str(&toml).expect("sim config"))
-        .await
-        .expect("simulator starts")
+    config.validate().expect("sim config");
+    Simulator::start(config).await.expect("simulator starts")
 }
 
 pub struct Harness {

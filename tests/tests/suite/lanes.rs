@@ -53,7 +53,6 @@ async fn transactional_jobs_overtake_a_bulk_backlog_that_saturates_the_pool() {
     let stack = Stack::start(saturable("lanes-tx"))
         .await
         .expect("stack starts");
-    let window = Duration::from_secs(20);
     let bulk = write_batch(&stack.attachments_root(), "month-end", 2_000, |_| 1).unwrap();
     assert_eq!(
         stack.post_batch("month-end", bulk, false).await.unwrap().0,
@@ -71,7 +70,8 @@ async fn transactional_jobs_overtake_a_bulk_backlog_that_saturates_the_pool() {
             format!("{job}\n")
         })
         .collect();
-    let submitted = Utc::now();
+    // Where the simulator's record stood when the urgent jobs were submitted.
+    let before = stack.sent_jobs().await.len();
     assert_eq!(
         stack.post_batch("urgent", urgent, false).await.unwrap().0,
         202
@@ -80,15 +80,23 @@ async fn transactional_jobs_overtake_a_bulk_backlog_that_saturates_the_pool() {
         .wait_batch_done("urgent", 20, Duration::from_secs(120))
         .await
         .expect("the transactional jobs are delivered");
-    let times = delivered_at(&stack, "urgent").await;
-    assert_eq!(times.len(), 20);
-    for (job, at) in &times {
-        let waited = (*at - submitted).to_std().unwrap_or_default();
-        assert!(
-            waited <= window,
-            "{job} was sent {waited:?} after its submission: more than one message window ({window:?})"
-        );
-    }
+    assert_eq!(delivered_at(&stack, "urgent").await.len(), 20);
+    // Overtaking, judged by the simulator's order of arrival rather than the clock (a
+    // loaded machine stretches every send): in line behind the backlog, the urgent jobs
+    // would have waited for the ~1,900 bulk jobs still queued. Ahead of it, what goes out
+    // before the last of them is what was being sent already and what the open window
+    // took while an urgent job waited for its retry: less than one window of the pool
+    // (80) and its 12 connections.
+    let sent = stack.sent_jobs().await;
+    let last_urgent = sent.iter().rposition(|(b, _)| b == "urgent").unwrap();
+    let bulk_before_last = sent[before..=last_urgent]
+        .iter()
+        .filter(|(b, _)| b == "month-end")
+        .count();
+    assert!(
+        bulk_before_last < 92,
+        "{bulk_before_last} bulk jobs went out between the urgent jobs' submission and the last of them: they did not overtake the backlog"
+    );
     // The bulk backlog was there all along: it is far from done.
     let bulk = stack.batch_status("month-end").await.unwrap();
     assert!(
