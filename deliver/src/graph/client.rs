@@ -172,7 +172,10 @@ impl GraphClient {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             routes,
-            gates: MailboxGates::new(graph.max_concurrent_per_mailbox),
+            gates: MailboxGates::new(
+                graph.max_concurrent_per_mailbox,
+                graph.max_concurrent_requests,
+            ),
         })
     }
 

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// Exchange Online allows 4 concurrent Graph requests per app and mailbox.
 pub const MAX_CONCURRENT_PER_MAILBOX: u32 = 4;
+/// Default app-wide cap on Graph requests in flight from one process.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
+/// Highest accepted app-wide cap (each request holds a connection and a task).
+pub const MAX_CONCURRENT_REQUESTS_CEILING: u32 = 4096;
 /// `messages_per_round` bounds: one from each end of the Inbox at least; each half one
 /// page of Graph's largest (1000).
 pub const MIN_PER_ROUND: u32 = 2;
@@ -36,6 +40,8 @@ pub struct GraphSettings {
     pub allow_loopback_http: bool,
     /// Requests in flight per mailbox (at most 4: Exchange answers the fifth `429`).
     pub max_concurrent_per_mailbox: u32,
+    /// Graph requests in flight from this process at most, all mailboxes together.
+    pub max_concurrent_requests: u32,
     /// Timeout of one request, body included.
     pub request_timeout_ms: u64,
     /// Timeout of the TCP + TLS connect.
@@ -85,6 +91,7 @@ impl Default for GraphSettings {
             scope: "https://graph.microsoft.com/.default".into(),
             allow_loopback_http: false,
             max_concurrent_per_mailbox: MAX_CONCURRENT_PER_MAILBOX,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             request_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
             max_message_bytes: 40 * 1024 * 1024,
@@ -138,6 +145,15 @@ impl GraphSettings {
                 format!(
                     "{} is out of range: 1 to {MAX_CONCURRENT_PER_MAILBOX} (Exchange refuses more concurrent requests per mailbox)",
                     self.max_concurrent_per_mailbox
+                ),
+            );
+        }
+        if !(1..=MAX_CONCURRENT_REQUESTS_CEILING).contains(&self.max_concurrent_requests) {
+            p.push(
+                key("max_concurrent_requests"),
+                format!(
+                    "{} is out of range: 1 to {MAX_CONCURRENT_REQUESTS_CEILING}",
+                    self.max_concurrent_requests
                 ),
             );
         }

@@ -1,6 +1,9 @@
 //! Graph's throttling rules, per mailbox: at most N requests in flight (a semaphore), and
 //! once a mailbox got a `429`/`503`, no request for it leaves before the instant its
-//! `Retry-After` names (seconds or an HTTP date; a doubling backoff when absent).
+//! `Retry-After` names (seconds or an HTTP date; a doubling backoff when absent). Beside
+//! them one app-wide cap on requests in flight (`deliver.graph.max_concurrent_requests`):
+//! Microsoft documents the per-mailbox limit inconsistently (per app and mailbox, per
+//! app, per mailbox), so a process can also be kept below an app-wide figure.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,11 +44,12 @@ struct GateState {
     next_backoff: Option<Duration>,
 }
 
-/// Every mailbox's gate.
+/// Every mailbox's gate, and the app-wide cap.
 #[derive(Debug)]
 pub struct MailboxGates {
     max_concurrent: usize,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
+    overall: Arc<Semaphore>,
 }
 
 /// A request's right to go out for a mailbox; dropping it frees the slot.
@@ -53,6 +57,7 @@ pub struct MailboxGates {
 pub struct Admission {
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
+    _overall: OwnedSemaphorePermit,
     /// How long this request waited for a `Retry-After` instant.
     pub throttled_wait: Duration,
 }
@@ -62,10 +67,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MailboxGates {
-    pub fn new(max_concurrent: u32) -> Self {
+    /// `max_concurrent` requests in flight per mailbox, `overall` for the whole app.
+    pub fn new(max_concurrent: u32, overall: u32) -> Self {
         Self {
             max_concurrent: max_concurrent.max(1) as usize,
             gates: Mutex::new(HashMap::new()),
+            overall: Arc::new(Semaphore::new(overall.max(1) as usize)),
         }
     }
 
@@ -83,7 +90,8 @@ impl MailboxGates {
     }
 
     /// Waits for a slot of `mailbox`, then for its `Retry-After` instant (which another
-    /// request may push further while this one waits).
+    /// request may push further while this one waits), then for an app-wide slot (taken
+    /// last, so a request held back for its mailbox does not hold one meanwhile).
     pub async fn admit(&self, mailbox: &str) -> Admission {
         let gate = self.gate(mailbox);
         let permit = Arc::clone(&gate.permits)
@@ -102,9 +110,14 @@ impl MailboxGates {
                 _ => break,
             }
         }
+        let overall = Arc::clone(&self.overall)
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("the semaphore is never closed"));
         Admission {
             gate,
             _permit: permit,
+            _overall: overall,
             throttled_wait: waited,
         }
     }
@@ -158,11 +171,25 @@ mod tests {
 
     #[tokio::test]
     async fn default_backoff_doubles_and_resets() {
-        let gates = MailboxGates::new(4);
+        let gates = MailboxGates::new(4, 16);
         let a = gates.admit("a@x").await;
         assert_eq!(a.throttled(None), DEFAULT_BACKOFF);
         assert_eq!(a.throttled(None), DEFAULT_BACKOFF * 2);
         a.succeeded();
         assert_eq!(a.throttled(None), DEFAULT_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn the_app_wide_cap_holds_requests_of_every_mailbox() {
+        let gates = MailboxGates::new(4, 2);
+        let a = gates.admit("a@x").await;
+        let _b = gates.admit("b@x").await;
+        // A third request, for a mailbox with free slots of its own, waits for the app.
+        let third = tokio::time::timeout(Duration::from_millis(200), gates.admit("c@x")).await;
+        assert!(third.is_err(), "admitted past the app-wide cap");
+        drop(a);
+        let _c = tokio::time::timeout(Duration::from_secs(5), gates.admit("c@x"))
+            .await
+            .expect("admitted once a slot is free");
     }
 }

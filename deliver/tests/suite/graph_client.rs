@@ -555,6 +555,7 @@ fn graph_settings_that_cannot_work_are_refused_naming_each_key() {
         [deliver.graph]
         base_url = "http://graph.example"
         max_concurrent_per_mailbox = 5
+        max_concurrent_requests = 0
         request_timeout_ms = 0
         max_message_bytes = 10
         bounce_folder = ""
@@ -574,6 +575,7 @@ fn graph_settings_that_cannot_work_are_refused_naming_each_key() {
     for key in [
         "deliver.graph.base_url",
         "deliver.graph.max_concurrent_per_mailbox",
+        "deliver.graph.max_concurrent_requests",
         "deliver.graph.request_timeout_ms",
         "deliver.graph.max_message_bytes",
         "deliver.graph.bounce_folder",
@@ -586,6 +588,7 @@ fn graph_settings_that_cannot_work_are_refused_naming_each_key() {
     assert!(!defaults.enabled);
     assert_eq!(defaults.base_url, "https://graph.microsoft.com");
     assert_eq!(defaults.max_concurrent_per_mailbox, 4);
+    assert_eq!(defaults.max_concurrent_requests, 64);
     assert_eq!(defaults.max_message_bytes, 40 * 1024 * 1024);
     assert_eq!(defaults.bounce_folder, "mailpipe-bounces");
     assert_eq!(defaults.untrusted_folder, "mailpipe-untrusted");
