@@ -140,7 +140,7 @@ pub async fn start_sim(spec: &PoolSpec) -> RunningSim {
                 .wrong_password
                 .contains(&i)
                 .then(|| "the-right-password".to_owned()),
-            smtp_auth_enabled: !(spec.graph_transport && !spec.smtp_mailboxes.contains(&i)),
+            smtp_auth_enabled: !spec.graph_transport || spec.smtp_mailboxes.contains(&i),
             limits: LimitsConfig {
                 max_connections: Some(l.connections),
                 ..LimitsConfig::windows(

@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn a_fault_fragment_names_an_unknown_key() {
-        let e = FaultsConfig::from_toml_fragment("reply_452_rate = 0.5").unwrap_err();
+        let e =
+            FaultsConfig::from_toml_fragment("reply_452_rate = 0.5").expect_err("an unknown key");
         assert!(e.to_string().contains("reply_452_rate"), "{e}");
     }
 }
