@@ -144,8 +144,8 @@ async fn two_batches_at_once_both_progress() {
     // messages, so idle the first sends about as many as the second meanwhile (30 to 90
     // of 60 measured). Which consumer has a message waiting when a slot frees depends on
     // how fast each refills its prefetch, so on a loaded machine the share drifts (22 of
-    // 60 seen beside two busy loops): the bound is a quarter either way, far from
-    // starving (0, or the whole first batch).
+    // 60 seen beside two busy loops): the bounds are a quarter of the second's 60 and
+    // twice it, far from either batch starving (0, or the whole first batch).
     assert!(
         (15..=120).contains(&first_meanwhile),
         "while the second batch's 60 went out, the first sent {first_meanwhile}"
