@@ -563,12 +563,7 @@ impl GraphClient {
             {
                 count("throttled");
                 maybe_processed |= status == StatusCode::SERVICE_UNAVAILABLE;
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
-                let wait = admission.throttled(retry_after);
+                let wait = admission.throttled(retry_after_of(&response));
                 tracing::info!(%mailbox, operation, status = status.as_u16(), wait_ms = wait.as_millis() as u64, "Graph throttled the mailbox; waiting");
                 if attempts >= MAX_THROTTLED_ATTEMPTS {
                     return Err(GraphError::Throttled {
@@ -588,48 +583,74 @@ impl GraphClient {
                 refreshed = true;
                 continue;
             }
-            let body = match read_bounded(response, limit).await {
-                Ok(Ok(body)) => body,
-                Ok(Err(())) => {
-                    count("too_large");
-                    return Err(GraphError::TooLarge {
-                        operation,
-                        mailbox: who(),
-                        limit,
-                        hint: if operation == "message_mime" {
-                            " (deliver.graph.max_message_bytes)"
-                        } else {
-                            ""
-                        },
-                    });
-                }
-                Err(e) => {
-                    count("transport");
-                    return Err(transport(operation, mailbox, e));
-                }
+            let hint = if operation == "message_mime" {
+                " (deliver.graph.max_message_bytes)"
+            } else {
+                ""
             };
-            if !status.is_success() {
-                count(match status.as_u16() {
-                    401 => "unauthorized",
-                    404 => "not_found",
-                    409 => "conflict",
-                    400..=499 => "client_error",
-                    _ => "server_error",
-                });
-                let err: WireError = serde_json::from_slice(&body).unwrap_or_default();
-                return Err(GraphError::Api {
-                    operation,
-                    mailbox: who(),
-                    status: status.as_u16(),
-                    code: err.error.code,
-                    message: err.error.message.chars().take(500).collect(),
-                });
-            }
+            let body = answer_body(response, operation, mailbox, limit, hint, &count).await?;
             admission.succeeded();
             count("ok");
             return Ok((status, body));
         }
     }
+}
+
+/// The `Retry-After` of a throttling answer, when it carries a usable one.
+pub(super) fn retry_after_of(response: &reqwest::Response) -> Option<std::time::Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+}
+
+/// The body of an answer that is neither a redirect nor throttling, read up to `limit`
+/// bytes (`hint` names the setting behind the limit); a failure status becomes
+/// [`GraphError::Api`] with Graph's error code. `count` records the request's outcome.
+pub(super) async fn answer_body(
+    response: reqwest::Response,
+    operation: &'static str,
+    mailbox: &EmailAddress,
+    limit: u64,
+    hint: &'static str,
+    count: &(dyn Fn(&str) + Sync),
+) -> Result<bytes::Bytes, GraphError> {
+    let status = response.status();
+    let body = match read_bounded(response, limit).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(())) => {
+            count("too_large");
+            return Err(GraphError::TooLarge {
+                operation,
+                mailbox: mailbox.to_string(),
+                limit,
+                hint,
+            });
+        }
+        Err(e) => {
+            count("transport");
+            return Err(transport(operation, mailbox, e));
+        }
+    };
+    if !status.is_success() {
+        count(match status.as_u16() {
+            401 => "unauthorized",
+            404 => "not_found",
+            409 => "conflict",
+            400..=499 => "client_error",
+            _ => "server_error",
+        });
+        let err: WireError = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(GraphError::Api {
+            operation,
+            mailbox: mailbox.to_string(),
+            status: status.as_u16(),
+            code: err.error.code,
+            message: err.error.message.chars().take(500).collect(),
+        });
+    }
+    Ok(body)
 }
 
 pub(super) fn transport(

@@ -18,12 +18,12 @@ use mailpipe_common::domain::EmailAddress;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
-use crate::graph::body::read_bounded;
-use crate::graph::client::{GraphClient, MAX_JSON_BYTES, MAX_THROTTLED_ATTEMPTS, transport};
+use crate::graph::client::{
+    GraphClient, MAX_JSON_BYTES, MAX_THROTTLED_ATTEMPTS, answer_body, retry_after_of, transport,
+};
 use crate::graph::error::GraphError;
 use crate::graph::split_attachments::Attachment;
-use crate::graph::throttling::parse_retry_after;
-use crate::graph::types::WireError;
+
 use crate::metrics;
 
 /// Attachments up to this size go in one request (as base64 it stays under Graph's 4 MB
@@ -293,12 +293,7 @@ impl GraphClient {
             if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
             {
                 count("throttled");
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
-                let wait = admission.throttled(retry_after);
+                let wait = admission.throttled(retry_after_of(&response));
                 if attempts >= MAX_THROTTLED_ATTEMPTS {
                     return Err(GraphError::Throttled {
                         operation: OPERATION,
@@ -310,39 +305,8 @@ impl GraphClient {
                 }
                 continue;
             }
-            let body = match read_bounded(response, MAX_JSON_BYTES).await {
-                Ok(Ok(body)) => body,
-                Ok(Err(())) => {
-                    count("too_large");
-                    return Err(GraphError::TooLarge {
-                        operation: OPERATION,
-                        mailbox: who(),
-                        limit: MAX_JSON_BYTES,
-                        hint: "",
-                    });
-                }
-                Err(e) => {
-                    count("transport");
-                    return Err(transport(OPERATION, mailbox, e));
-                }
-            };
-            if !status.is_success() {
-                count(match status.as_u16() {
-                    401 => "unauthorized",
-                    404 => "not_found",
-                    409 => "conflict",
-                    400..=499 => "client_error",
-                    _ => "server_error",
-                });
-                let err: WireError = serde_json::from_slice(&body).unwrap_or_default();
-                return Err(GraphError::Api {
-                    operation: OPERATION,
-                    mailbox: who(),
-                    status: status.as_u16(),
-                    code: err.error.code,
-                    message: err.error.message.chars().take(500).collect(),
-                });
-            }
+            let body =
+                answer_body(response, OPERATION, mailbox, MAX_JSON_BYTES, "", &count).await?;
             admission.succeeded();
             count("ok");
             if status == StatusCode::CREATED {
